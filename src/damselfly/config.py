@@ -1,0 +1,212 @@
+"""Configuration: one typed object per component, composed at the root.
+
+Defaults live here, written in units. YAML keys follow Dragonfly's where one
+exists (camelCase, e.g. ``download.concurrentPieceCount``); snake_case field
+names are accepted too. Load with :func:`load_daemon_config` /
+:func:`load_scheduler_config`, which read an optional YAML file and apply
+overrides given as a nested dict (from the command line).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from .errors import ConfigError
+from .units import MINUTES, SECONDS, MiB
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- shared
+
+class MetricsConfig(Section):
+    """Prometheus ``/metrics`` and ``GET /healthy`` on one small HTTP server."""
+
+    enable: bool = True
+    ip: str = "127.0.0.1"
+    port: int = 4002  # 0: pick a free port
+
+
+class TLSConfig(Section):
+    """mTLS for a gRPC link; all three paths empty means plaintext."""
+
+    ca_cert: str = ""
+    cert: str = ""
+    key: str = ""
+
+
+# --------------------------------------------------------------------------- scheduler
+
+class SchedulerServerConfig(Section):
+    ip: str = "0.0.0.0"
+    advertise_ip: str = ""
+    port: int = 8002
+    data_dir: str = ""  # logs and the ready file go here when set
+
+
+class SchedulingConfig(Section):
+    """Policy knobs of the scheduler (Dragonfly's ``scheduler.*``)."""
+
+    algorithm: str = "default"  # evaluator name, see scheduler/evaluator.py
+    candidate_parent_limit: int = 4
+    filter_parent_limit: int = 15
+    retry_limit: int = 5  # scheduling rounds without a parent before back-to-source
+    retry_back_to_source_limit: int = 3
+    retry_interval: float = 0.2 * SECONDS
+    # How long a peer may wait for a parent (e.g. a seed that was just triggered)
+    # before the scheduler sends it to the origin.
+    back_to_source_after: float = 10 * SECONDS
+    peer_upload_limit: int = 200  # children per normal host
+    seed_upload_limit: int = 2000  # children per seed host
+
+
+class GCConfig(Section):
+    interval: float = 30 * SECONDS
+    host_ttl: float = 3 * MINUTES  # a host that stopped announcing is dropped after this
+    peer_ttl: float = 24 * 60 * MINUTES
+    task_ttl: float = 24 * 60 * MINUTES
+    pending_peer_ttl: float = 10 * MINUTES  # a peer stuck without progress
+
+
+class SeedPeerTriggerConfig(Section):
+    enable: bool = True
+
+
+class SchedulerConfig(Section):
+    server: SchedulerServerConfig = Field(default_factory=SchedulerServerConfig)
+    scheduler: SchedulingConfig = Field(default_factory=SchedulingConfig)
+    gc: GCConfig = Field(default_factory=GCConfig)
+    seed_peer: SeedPeerTriggerConfig = Field(default_factory=SeedPeerTriggerConfig)
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(port=8000))
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+
+# --------------------------------------------------------------------------- daemon
+
+class HostConfig(Section):
+    hostname: str = Field(default_factory=socket.gethostname)
+    ip: str = ""  # advertised address; empty: the upload server's IP, or 127.0.0.1
+    idc: str = ""
+    location: str = ""
+
+
+class SeedPeerConfig(Section):
+    enable: bool = False
+    type: str = "super"  # super | strong | weak
+
+
+class SchedulerClientConfig(Section):
+    addrs: list[str] = Field(default_factory=lambda: ["127.0.0.1:8002"])
+    announce_interval: float = 30 * SECONDS
+    schedule_timeout: float = 30 * SECONDS
+
+
+class DownloadServerConfig(Section):
+    socket_path: str = ""  # empty: <storage.dir>/dfdaemon.sock
+
+
+class DownloadConfig(Section):
+    server: DownloadServerConfig = Field(default_factory=DownloadServerConfig)
+    concurrent_piece_count: int = 16
+    piece_timeout: float = 30 * SECONDS
+    bandwidth_limit: int = 0  # bytes/s for all downloads of the host; 0: unlimited
+    back_to_source_bandwidth_limit: int = 0
+
+
+class UploadServerConfig(Section):
+    ip: str = "0.0.0.0"
+    port: int = 4000  # gRPC DfdaemonUpload; 0: pick a free port
+
+
+class UploadConfig(Section):
+    server: UploadServerConfig = Field(default_factory=UploadServerConfig)
+    bandwidth_limit: int = 0
+    concurrent_upload_limit: int = 200  # upload slots the host offers
+
+
+class StorageServerConfig(Section):
+    ip: str = "0.0.0.0"
+    tcp_port: int = 4005  # Vortex piece server; 0: pick a free port
+
+
+class StorageConfig(Section):
+    dir: str = "/var/lib/damselfly"
+    server: StorageServerConfig = Field(default_factory=StorageServerConfig)
+    read_buffer_size: int = 1 * MiB
+    write_buffer_size: int = 1 * MiB
+
+
+class SourceConfig(Section):
+    connect_timeout: float = 10 * SECONDS
+    # The origin must send a byte at least this often, or the download fails.
+    read_timeout: float = 60 * SECONDS
+    insecure_skip_verify: bool = False
+    ca_cert: str = ""
+
+
+class DaemonConfig(Section):
+    host: HostConfig = Field(default_factory=HostConfig)
+    seed_peer: SeedPeerConfig = Field(default_factory=SeedPeerConfig)
+    scheduler: SchedulerClientConfig = Field(default_factory=SchedulerClientConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    upload: UploadConfig = Field(default_factory=UploadConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.download.server.socket_path or Path(self.storage.dir) / "dfdaemon.sock")
+
+
+# --------------------------------------------------------------------------- loading
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _load(model: type[M], path: str | Path | None, overrides: dict[str, Any] | None) -> M:
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data = loaded
+    data = _merge(data, overrides or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}:\n{e}") from e
+
+
+def load_daemon_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DaemonConfig:
+    return _load(DaemonConfig, path, overrides)
+
+
+def load_scheduler_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> SchedulerConfig:
+    return _load(SchedulerConfig, path, overrides)
