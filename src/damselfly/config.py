@@ -27,6 +27,7 @@ class Section(BaseModel):
 
 # --------------------------------------------------------------------------- shared
 
+
 class MetricsConfig(Section):
     """Prometheus ``/metrics`` and ``GET /healthy`` on one small HTTP server."""
 
@@ -44,6 +45,7 @@ class TLSConfig(Section):
 
 
 # --------------------------------------------------------------------------- scheduler
+
 
 class SchedulerServerConfig(Section):
     ip: str = "0.0.0.0"
@@ -90,6 +92,7 @@ class SchedulerConfig(Section):
 
 
 # --------------------------------------------------------------------------- daemon
+
 
 class HostConfig(Section):
     hostname: str = Field(default_factory=socket.gethostname)
@@ -202,7 +205,9 @@ def _load(model: type[M], path: str | Path | None, overrides: dict[str, Any] | N
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}:\n{e}") from e
 
 
-def load_daemon_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DaemonConfig:
+def load_daemon_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> DaemonConfig:
     return _load(DaemonConfig, path, overrides)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import duration_pb2
 
@@ -31,10 +31,11 @@ def duration(seconds: float) -> duration_pb2.Duration:
 
 
 def seconds(d: PB) -> float:
-    return float(d.seconds) + d.nanos / 1e9
+    return float(d.seconds) + float(d.nanos) / 1e9
 
 
 # -- hosts -------------------------------------------------------------------
+
 
 def host_to_pb(h: HostInfo) -> PB:
     pb = common_pb2.Host(
@@ -89,13 +90,14 @@ def host_from_pb(pb: PB) -> HostInfo:
 
 # -- downloads ---------------------------------------------------------------
 
+
 def download_to_pb(d: DownloadSpec) -> PB:
     pb = common_pb2.Download(
         url=d.url,
         digest=d.digest or None,
         tag=d.tag or None,
         application=d.application or None,
-        priority=d.priority,
+        priority=cast(Any, d.priority),
         filtered_query_params=d.filtered_query_params or [],
         request_header=d.request_header,
         output_path=d.output_path or None,
@@ -146,13 +148,14 @@ def download_from_pb(pb: PB) -> DownloadSpec:
 
 # -- pieces ------------------------------------------------------------------
 
+
 def piece_to_pb(p: PieceInfo) -> PB:
     pb = common_pb2.Piece(
         number=p.number,
         offset=p.offset,
         length=p.length,
         digest=p.digest,
-        traffic_type=int(p.traffic_type),
+        traffic_type=cast(Any, int(p.traffic_type)),
     )
     if p.parent_id:
         pb.parent_id = p.parent_id
@@ -178,6 +181,7 @@ def piece_from_pb(pb: PB) -> PieceInfo:
 
 
 # -- candidate parents and scheduling answers --------------------------------
+
 
 def candidate_to_pb(c: CandidateParent) -> PB:
     pb = common_pb2.Peer(id=c.peer_id, state=c.state)
@@ -211,7 +215,9 @@ def answer_to_pb(answer: ScheduleAnswer) -> PB:
         )
     if isinstance(answer, NeedBackToSource):
         return scheduler_pb2.AnnouncePeerResponse(
-            need_back_to_source_response=scheduler_pb2.NeedBackToSourceResponse(description=answer.description)
+            need_back_to_source_response=scheduler_pb2.NeedBackToSourceResponse(
+                description=answer.description
+            )
         )
     return scheduler_pb2.AnnouncePeerResponse(empty_task_response=scheduler_pb2.EmptyTaskResponse())
 
