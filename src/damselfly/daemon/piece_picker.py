@@ -1,0 +1,91 @@
+"""Which piece to fetch next, and from which parent: pure policy, chosen by name.
+
+A picker sees plain state (what is missing, what is in flight, which parent
+holds what and how busy each parent is) and returns an assignment; the
+conductor carries it out. Policies:
+
+* ``rarest-first`` (default): among missing pieces that some usable parent
+  holds, take those held by the fewest parents, break ties at random, and give
+  the piece to the least-loaded parent that holds it (ties: the parent with
+  the lower mean piece cost). Peers that start together then hold different
+  pieces early and can trade.
+* ``sequential``: lowest piece number first (useful for streaming reads).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ParentView:
+    """What the conductor knows about one parent when picking."""
+
+    pieces: Set[int]
+    in_flight: int = 0
+    max_in_flight: int = 4
+    mean_cost_s: float = 0.0
+
+
+@dataclass(slots=True)
+class PickState:
+    missing: Set[int]
+    in_flight: Set[int]
+    parents: Mapping[str, ParentView]
+    rng: random.Random = field(default_factory=random.Random)
+
+
+Picker = Callable[[PickState], tuple[int, str] | None]
+
+
+def _usable(state: PickState) -> dict[str, ParentView]:
+    return {pid: p for pid, p in state.parents.items() if p.in_flight < p.max_in_flight}
+
+
+def _best_parent(candidates: list[tuple[str, ParentView]], rng: random.Random) -> str:
+    rng.shuffle(candidates)
+    return min(candidates, key=lambda kv: (kv[1].in_flight, kv[1].mean_cost_s))[0]
+
+
+def rarest_first(state: PickState) -> tuple[int, str] | None:
+    usable = _usable(state)
+    if not usable:
+        return None
+    best: list[int] = []
+    best_count = 1 << 30
+    for number in state.missing:
+        if number in state.in_flight:
+            continue
+        count = sum(1 for p in state.parents.values() if number in p.pieces)
+        if count == 0 or not any(number in p.pieces for p in usable.values()):
+            continue
+        if count < best_count:
+            best, best_count = [number], count
+        elif count == best_count:
+            best.append(number)
+    if not best:
+        return None
+    number = state.rng.choice(best)
+    holders = [(pid, p) for pid, p in usable.items() if number in p.pieces]
+    return number, _best_parent(holders, state.rng)
+
+
+def sequential(state: PickState) -> tuple[int, str] | None:
+    usable = _usable(state)
+    for number in sorted(state.missing - state.in_flight):
+        holders = [(pid, p) for pid, p in usable.items() if number in p.pieces]
+        if holders:
+            return number, _best_parent(holders, state.rng)
+    return None
+
+
+PICKERS: dict[str, Picker] = {"rarest-first": rarest_first, "sequential": sequential}
+
+
+def get_picker(name: str) -> Picker:
+    try:
+        return PICKERS[name]
+    except KeyError:
+        raise ValueError(f"unknown piece picker {name!r}; choose one of {sorted(PICKERS)}") from None

@@ -1,0 +1,230 @@
+"""The daemon's side of ``scheduler.v2.Scheduler``: host announces and peer streams.
+
+Protobuf stays in this module (and :mod:`damselfly.api.convert`); the
+conductor talks to a :class:`PeerStream` in domain types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import grpc
+
+from ..api import scheduler_pb2, scheduler_pb2_grpc
+from ..api.convert import answer_from_pb, download_to_pb, duration, host_to_pb, piece_to_pb
+from ..domain import DownloadSpec, HostInfo, PieceInfo, ScheduleAnswer
+from ..errors import SchedulerError
+
+log = logging.getLogger(__name__)
+
+_EOF = object()
+
+
+class PeerStream:
+    """One ``AnnouncePeer`` stream: the conductor's conversation about one peer.
+
+    Answers (NormalTask / NeedBackToSource / EmptyTask) are read by a reader
+    task owned by this object into a queue; :meth:`next_answer` takes them in
+    order. :meth:`close` half-closes and cancels the reader.
+    """
+
+    def __init__(
+        self, stub: scheduler_pb2_grpc.SchedulerStub, host_id: str, task_id: str, peer_id: str
+    ) -> None:
+        self.host_id, self.task_id, self.peer_id = host_id, task_id, peer_id
+        self._stub = stub
+        self._call: Any = None
+        self._answers: asyncio.Queue[Any] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def _read_loop(self) -> None:
+        assert self._call is not None
+        try:
+            while True:
+                msg = await self._call.read()
+                if msg is grpc.aio.EOF:
+                    break
+                try:
+                    self._answers.put_nowait(answer_from_pb(msg))
+                except ValueError as e:
+                    log.warning("ignoring scheduler message: %s", e)
+        except grpc.aio.AioRpcError as e:
+            self._answers.put_nowait(SchedulerError(f"scheduler stream ended: {e.code().name} {e.details()}"))
+            return
+        except asyncio.CancelledError:
+            raise
+        self._answers.put_nowait(_EOF)
+
+    async def _send(self, **request: Any) -> None:
+        if self._closed:
+            return
+        if self._call is None:
+            self._call = self._stub.AnnouncePeer()
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        msg = scheduler_pb2.AnnouncePeerRequest(
+            host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
+        )
+        try:
+            await self._call.write(msg)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
+            raise SchedulerError(f"cannot write to the scheduler stream: {e}") from e
+
+    async def register(self, download: DownloadSpec) -> None:
+        await self._send(
+            register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download_to_pb(download))
+        )
+
+    async def register_restored(
+        self, download: DownloadSpec, content_length: int, piece_length: int, piece_count: int
+    ) -> None:
+        """Tell the scheduler this host already holds the complete task (after a restart)."""
+        pb = download_to_pb(download)
+        pb.actual_content_length = content_length
+        pb.actual_piece_length = piece_length
+        pb.actual_piece_count = piece_count
+        await self._send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=pb))
+        await self.finished()
+
+    async def started(self) -> None:
+        await self._send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
+
+    async def back_to_source_started(self, description: str = "") -> None:
+        await self._send(
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest(
+                description=description
+            )
+        )
+
+    async def piece_finished(self, piece: PieceInfo) -> None:
+        await self._send(
+            download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(
+                piece=piece_to_pb(piece)
+            )
+        )
+
+    async def piece_back_to_source_finished(self, piece: PieceInfo) -> None:
+        await self._send(
+            download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
+                piece=piece_to_pb(piece)
+            )
+        )
+
+    async def piece_failed(self, number: int, parent_id: str, *, temporary: bool) -> None:
+        await self._send(
+            download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
+                piece_number=number, parent_id=parent_id, temporary=temporary
+            )
+        )
+
+    async def reschedule(self, failed_parents: list[str], description: str) -> None:
+        from ..api import common_pb2
+
+        await self._send(
+            reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest(
+                candidate_parents=[common_pb2.Peer(id=p) for p in failed_parents], description=description
+            )
+        )
+
+    async def finished(self) -> None:
+        await self._send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
+
+    async def back_to_source_finished(self) -> None:
+        await self._send(
+            download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest()
+        )
+
+    async def failed(self, description: str) -> None:
+        await self._send(
+            download_peer_failed_request=scheduler_pb2.DownloadPeerFailedRequest(description=description)
+        )
+
+    async def back_to_source_failed(self, description: str) -> None:
+        await self._send(
+            download_peer_back_to_source_failed_request=scheduler_pb2.DownloadPeerBackToSourceFailedRequest(
+                description=description
+            )
+        )
+
+    async def next_answer(self, timeout: float | None) -> ScheduleAnswer:
+        """The scheduler's next answer; :class:`SchedulerError` if the stream ended or timed out."""
+        try:
+            item = await asyncio.wait_for(self._answers.get(), timeout)
+        except TimeoutError:
+            raise SchedulerError(f"the scheduler did not answer within {timeout:.0f}s") from None
+        if item is _EOF:
+            self._answers.put_nowait(_EOF)
+            raise SchedulerError("the scheduler closed the stream")
+        if isinstance(item, SchedulerError):
+            self._answers.put_nowait(item)
+            raise item
+        answer: ScheduleAnswer = item
+        return answer
+
+    async def close(self) -> None:
+        """Half-close (the scheduler sees a clean end) and stop reading."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._call is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.CancelledError):
+                await asyncio.wait_for(self._call.done_writing(), 5)
+            # Give the scheduler a moment to see the half-close before cancelling.
+            if self._reader is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(self._reader), 2)
+                self._reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._reader
+            self._call.cancel()
+
+
+class SchedulerClient:
+    """A channel to the scheduler (the first address; more come with consistent hashing)."""
+
+    def __init__(self, addrs: list[str], *, credentials: grpc.ChannelCredentials | None = None) -> None:
+        if not addrs:
+            raise SchedulerError("no scheduler address configured")
+        self.addr = addrs[0]
+        options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(self.addr, credentials, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.addr, options=options)
+        self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
+
+    async def announce_host(self, host: HostInfo, interval_s: float, *, timeout: float = 10) -> None:
+        try:
+            await self._stub.AnnounceHost(
+                scheduler_pb2.AnnounceHostRequest(host=host_to_pb(host), interval=duration(interval_s)),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as e:
+            raise SchedulerError(f"AnnounceHost to {self.addr} failed: {e.code().name} {e.details()}") from e
+
+    async def delete_host(self, host_id: str, *, timeout: float = 5) -> None:
+        try:
+            await self._stub.DeleteHost(scheduler_pb2.DeleteHostRequest(host_id=host_id), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise SchedulerError(f"DeleteHost failed: {e.code().name} {e.details()}") from e
+
+    async def delete_peer(self, host_id: str, task_id: str, peer_id: str) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._stub.DeletePeer(
+                scheduler_pb2.DeletePeerRequest(host_id=host_id, task_id=task_id, peer_id=peer_id), timeout=5
+            )
+
+    async def delete_task(self, host_id: str, task_id: str) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._stub.DeleteTask(
+                scheduler_pb2.DeleteTaskRequest(host_id=host_id, task_id=task_id), timeout=5
+            )
+
+    def peer_stream(self, host_id: str, task_id: str, peer_id: str) -> PeerStream:
+        return PeerStream(self._stub, host_id, task_id, peer_id)
+
+    async def close(self) -> None:
+        await self._channel.close()
