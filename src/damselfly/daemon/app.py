@@ -1,0 +1,281 @@
+"""The daemon process: its listeners, its background jobs, start and stop.
+
+Listeners (docs/PROTOCOL.md): DfdaemonUpload gRPC (peers, the scheduler),
+the piece server (Vortex over TCP), DfdaemonDownload gRPC on a unix socket
+(dfget), and ``/metrics`` + ``/healthy`` over HTTP. Background jobs: the host
+announce loop. Owner of everything here: :class:`Daemon`; :meth:`Daemon.stop`
+closes it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from .. import __version__, ids
+from ..api import dfdaemon_pb2_grpc
+from ..config import DaemonConfig
+from ..domain import DownloadSpec, HostInfo, HostType
+from ..errors import DamselflyError, SchedulerError
+from .conductor import ConductorDeps
+from .metrics import DaemonMetrics, metrics_app
+from .peer_rpc import PeerRPC
+from .piece_client import PieceConnectionPool
+from .piece_server import PieceServer
+from .scheduler_client import SchedulerClient
+from .service import Downloads, DownloadService, UploadService, socket_path_ok
+from .source import HTTPSource
+from .storage import PieceStore
+from .tasks import TaskManager
+
+log = logging.getLogger(__name__)
+
+SEED_TYPES = {"super": HostType.SUPER_SEED, "strong": HostType.STRONG_SEED, "weak": HostType.WEAK_SEED}
+
+
+def write_ready_file(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _advertise_ip(config: DaemonConfig) -> str:
+    if config.host.ip:
+        return config.host.ip
+    listen = config.upload.server.ip
+    if listen not in ("0.0.0.0", "::", ""):
+        return listen
+    try:
+        ip = socket.gethostbyname(config.host.hostname)
+        if not ip.startswith("127."):
+            return ip
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+class Daemon:
+    """One dfdaemon: a normal peer or, with ``seed_peer.enable``, a seed peer."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.is_seed = config.seed_peer.enable
+        self.ip = _advertise_ip(config)
+        self.host_id = ids.host_id(self.ip, config.host.hostname, seed=self.is_seed)
+        self.metrics = DaemonMetrics()
+        self.store = PieceStore(Path(config.storage.dir))
+        self.source = HTTPSource(config.source)
+        self.pool = PieceConnectionPool(connect_timeout=10.0)
+        self.peer_rpc = PeerRPC()
+        self.scheduler: SchedulerClient | None = (
+            SchedulerClient(config.scheduler.addrs) if config.scheduler.addrs else None
+        )
+        self.piece_server = PieceServer(self.store, on_upload=self.metrics.on_upload)
+        self.host: HostInfo | None = None
+        self.manager: TaskManager | None = None
+        self._servers: list[Any] = []
+        self._runner: web.AppRunner | None = None
+        self._jobs: list[asyncio.Task[None]] = []
+        self.ports: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- start
+
+    async def start(self) -> None:
+        cfg = self.config
+        piece_port = await self.piece_server.start(cfg.storage.server.ip, cfg.storage.server.tcp_port)
+
+        upload_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        upload_port = upload_server.add_insecure_port(f"{cfg.upload.server.ip}:{cfg.upload.server.port}")
+        if upload_port == 0:
+            raise DamselflyError(f"cannot listen on {cfg.upload.server.ip}:{cfg.upload.server.port}")
+
+        self.host = HostInfo(
+            id=self.host_id,
+            hostname=cfg.host.hostname,
+            ip=self.ip,
+            port=upload_port,
+            download_port=piece_port,
+            type=SEED_TYPES.get(cfg.seed_peer.type, HostType.SUPER_SEED) if self.is_seed else HostType.NORMAL,
+            idc=cfg.host.idc,
+            location=cfg.host.location,
+            max_tx_bandwidth=cfg.upload.bandwidth_limit,
+            max_rx_bandwidth=cfg.download.bandwidth_limit,
+            os=platform.system().lower(),
+            platform=platform.platform(),
+            version=__version__,
+        )
+        deps = ConductorDeps(
+            store=self.store,
+            pool=self.pool,
+            source=self.source,
+            peer_rpc=self.peer_rpc,
+            scheduler=self.scheduler,
+            host_id=self.host_id,
+            host_ip=self.ip,
+            hostname=cfg.host.hostname,
+            is_seed=self.is_seed,
+            concurrent_piece_count=cfg.download.concurrent_piece_count,
+            piece_timeout=cfg.download.piece_timeout,
+            schedule_timeout=cfg.scheduler.schedule_timeout,
+            on_piece=self.metrics.on_piece,
+        )
+        self.manager = TaskManager(deps)
+        downloads = Downloads(self.manager, self.store, self.host)
+        dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(
+            UploadService(downloads, self.ip, piece_port), upload_server
+        )
+        await upload_server.start()
+        self._servers.append(upload_server)
+
+        sock = cfg.socket_path
+        socket_path_ok(sock)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        download_server = grpc.aio.server()
+        dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(DownloadService(downloads), download_server)
+        download_server.add_insecure_port(f"unix:{sock}")
+        await download_server.start()
+        self._servers.append(download_server)
+
+        metrics_port = 0
+        if cfg.metrics.enable:
+            self._runner = web.AppRunner(metrics_app(self.metrics.registry, self._refresh_gauges))
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, cfg.metrics.ip, cfg.metrics.port)
+            await site.start()
+            metrics_port = self._runner.addresses[0][1]
+
+        self.ports = {"upload_port": upload_port, "piece_port": piece_port, "metrics_port": metrics_port}
+        if self.scheduler is not None:
+            self._jobs.append(asyncio.get_running_loop().create_task(self._announce_loop()))
+        log.info(
+            "daemon %s up: upload %s:%d, pieces %s:%d, socket %s, metrics %d%s",
+            self.host_id, cfg.upload.server.ip, upload_port, cfg.storage.server.ip, piece_port, sock,
+            metrics_port, " (seed peer)" if self.is_seed else "",
+        )  # fmt: skip
+
+    def _refresh_gauges(self) -> None:
+        tasks = self.store.tasks()
+        self.metrics.tasks.set(len(tasks))
+        self.metrics.store_bytes.set(self.store.usage())
+        if self.manager is not None:
+            self.metrics.running_tasks.set(len(self.manager.running()))
+
+    async def _announce_loop(self) -> None:
+        """Announce the host now and every interval; restore held tasks after each (re)connect."""
+        assert self.scheduler is not None and self.host is not None
+        interval = self.config.scheduler.announce_interval
+        restored = False
+        while True:
+            try:
+                self.host.tx_bandwidth = 0
+                await self.scheduler.announce_host(self.host, interval)
+                if not restored:
+                    await self._restore_tasks()
+                    restored = True
+                wait = interval
+            except SchedulerError as e:
+                log.warning("%s; retrying", e)
+                restored = False
+                wait = min(interval, 2.0)
+            await asyncio.sleep(wait)
+
+    async def _restore_tasks(self) -> None:
+        """Tell the scheduler about complete tasks this host holds (after a restart)."""
+        assert self.scheduler is not None and self.manager is not None
+        count = 0
+        for meta in self.store.tasks():
+            if meta.state != "succeeded" or not meta.is_complete or self.manager.is_running(meta.task_id):
+                continue
+            assert meta.content_length is not None and meta.piece_length is not None
+            stream = self.scheduler.peer_stream(
+                self.host_id, meta.task_id, ids.peer_id(self.ip, self.config.host.hostname, seed=self.is_seed)
+            )
+            spec = DownloadSpec(url=meta.url, tag=meta.tag, application=meta.application)
+            try:
+                await stream.register_restored(
+                    spec, meta.content_length, meta.piece_length, meta.piece_count or 0
+                )
+            except SchedulerError as e:
+                log.warning("could not restore task %s: %s", meta.task_id[:12], e)
+            finally:
+                await stream.close()
+            count += 1
+        if count:
+            log.info("announced %d stored task(s) to the scheduler", count)
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self) -> None:
+        for job in self._jobs:
+            job.cancel()
+        for job in self._jobs:
+            with contextlib.suppress(BaseException):
+                await job
+        if self.scheduler is not None:
+            with contextlib.suppress(SchedulerError):
+                await self.scheduler.delete_host(self.host_id)
+        if self.manager is not None:
+            await self.manager.close()
+        for server in self._servers:
+            await server.stop(grace=1.0)
+        await self.piece_server.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.pool.close()
+        await self.peer_rpc.close()
+        await self.source.close()
+        if self.scheduler is not None:
+            await self.scheduler.close()
+        self.store.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.config.socket_path.unlink()
+
+
+async def serve(
+    config: DaemonConfig, *, ready_file: Path | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run a daemon until ``stop`` is set."""
+    stop = stop or asyncio.Event()
+    daemon = Daemon(config)
+    try:
+        await daemon.start()
+        if ready_file is not None:
+            write_ready_file(
+                ready_file,
+                {
+                    "pid": os.getpid(),
+                    "host_id": daemon.host_id,
+                    "socket": str(config.socket_path),
+                    **daemon.ports,
+                },
+            )
+        await stop.wait()
+    finally:
+        await daemon.stop()
+
+
+def run(config: DaemonConfig, *, ready_file: Path | None = None) -> None:
+    """Run a daemon in the foreground; SIGINT/SIGTERM stop it cleanly."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, ready_file=ready_file, stop=stop)
+
+    asyncio.run(main())

@@ -1,0 +1,434 @@
+"""One download of one task on this daemon: the :class:`Conductor`.
+
+The conductor registers a peer with the scheduler, follows its answers, and
+fills the piece store: from candidate parents (SyncPieces for what they hold,
+piece bytes over the piece protocol, several pieces in flight, each verified)
+or from the origin. It reports every piece so the scheduler can send other
+peers here while the download is still running, asks for a reschedule when
+its parents cannot finish, and falls back to the origin when told to.
+
+Owner: :class:`damselfly.daemon.tasks.TaskManager`, one conductor per task at a
+time. Mutable state: the parents table and in-flight set (this object), the
+task's pieces (the :class:`PieceStore`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import ids, logs
+from ..domain import (
+    CandidateParent,
+    DownloadSpec,
+    EmptyTask,
+    NeedBackToSource,
+    NormalTask,
+    PieceInfo,
+    ScheduleAnswer,
+    TrafficType,
+)
+from ..errors import (
+    DamselflyError,
+    DigestMismatch,
+    NoCandidateParents,
+    NotFound,
+    PeerError,
+    ProtocolError,
+    SchedulerError,
+)
+from ..pieces import piece_count, piece_length_for, piece_span
+from .peer_rpc import PeerRPC
+from .piece_picker import ParentView, PickState, get_picker
+from .scheduler_client import PeerStream, SchedulerClient
+from .storage import PieceStore
+
+log = logging.getLogger(__name__)
+
+# A parent that fails this many pieces in a row is dropped for this download.
+PARENT_FAILURE_LIMIT = 3
+
+
+@dataclass
+class ConductorDeps:
+    """What a conductor needs from its daemon."""
+
+    store: PieceStore
+    pool: Any  # PieceConnectionPool
+    source: Any  # HTTPSource
+    peer_rpc: PeerRPC
+    scheduler: SchedulerClient | None
+    host_id: str
+    host_ip: str
+    hostname: str
+    is_seed: bool
+    concurrent_piece_count: int = 16
+    piece_timeout: float = 30.0
+    schedule_timeout: float = 30.0
+    picker: str = "rarest-first"
+    on_piece: Callable[[PieceInfo], None] | None = None  # metrics
+
+
+@dataclass
+class _Parent:
+    candidate: CandidateParent
+    view: ParentView
+    failures: int = 0
+    dead: bool = False
+    sync_done: bool = False
+    sync_task: asyncio.Task[None] | None = None
+    costs: list[float] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.candidate.peer_id
+
+
+class Conductor:
+    """Downloads ``spec`` into the store as task ``task_id``."""
+
+    def __init__(self, deps: ConductorDeps, task_id: str, spec: DownloadSpec) -> None:
+        self.deps = deps
+        self.task_id = task_id
+        self.spec = spec
+        self.peer_id = ids.peer_id(deps.host_ip, deps.hostname, seed=deps.is_seed)
+        self._parents: dict[str, _Parent] = {}
+        self._in_flight: set[int] = set()
+        self._wake = asyncio.Event()
+        self._stream: PeerStream | None = None
+        self._rng = random.Random()
+        self.back_to_source = False
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ entry
+
+    async def run(self) -> None:
+        """Download the task; return when the store holds it complete, or raise."""
+        logs.bind(task_id=self.task_id, peer_id=self.peer_id)
+        store = self.deps.store
+        meta = store.get(self.task_id)
+        if meta is not None and meta.state == "succeeded" and meta.is_complete:
+            return
+        store.create_task(
+            self.task_id, url=self.spec.url, tag=self.spec.tag, application=self.spec.application
+        )
+        store.mark_running(self.task_id)
+        try:
+            await self._run()
+        except BaseException as e:
+            self.error = e
+            store.mark_failed(self.task_id, str(e))
+            raise
+        store.mark_succeeded(self.task_id)
+        log.info("download finished (%s)", "origin" if self.back_to_source else "peers")
+
+    async def _run(self) -> None:
+        if self.deps.scheduler is None:
+            await self._origin_only("no scheduler configured")
+            return
+        self._stream = self.deps.scheduler.peer_stream(self.deps.host_id, self.task_id, self.peer_id)
+        try:
+            try:
+                await self._stream.register(self.spec)
+                answer = await self._stream.next_answer(self.deps.schedule_timeout)
+            except SchedulerError as e:
+                log.warning("scheduler unavailable (%s)", e)
+                await self._origin_only(f"scheduler unavailable: {e}")
+                return
+            await self._follow(answer)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._stream.close()
+            self._stop_syncs()
+
+    async def _origin_only(self, why: str) -> None:
+        if self.spec.disable_back_to_source:
+            raise NoCandidateParents(f"{why}, and back-to-source is disabled")
+        await self._fetch_from_origin(None)
+
+    # ---------------------------------------------------------- the dialogue
+
+    async def _follow(self, answer: ScheduleAnswer) -> None:
+        stream = self._stream
+        assert stream is not None
+        started = False
+        while True:
+            if isinstance(answer, EmptyTask):
+                self.deps.store.set_content_length(
+                    self.task_id, 0, piece_length_for(0, self.spec.piece_length)
+                )
+                await stream.finished()
+                return
+            if isinstance(answer, NeedBackToSource):
+                if self.spec.disable_back_to_source:
+                    await stream.failed("back-to-source disabled")
+                    raise NoCandidateParents(
+                        f"no peer can serve this task ({answer.description or 'no parent'}), "
+                        "and back-to-source is disabled"
+                    )
+                log.info("going back to source: %s", answer.description)
+                await stream.back_to_source_started(answer.description)
+                try:
+                    await self._fetch_from_origin(stream)
+                except BaseException as e:
+                    with contextlib.suppress(Exception):
+                        await stream.back_to_source_failed(str(e))
+                    raise
+                await stream.back_to_source_finished()
+                return
+            assert isinstance(answer, NormalTask)
+            if not started:
+                await stream.started()
+                started = True
+            for c in answer.parents:
+                self._add_parent(c)
+            done = await self._from_parents()
+            if done:
+                await stream.finished()
+                return
+            failed = [p.id for p in self._parents.values() if p.dead]
+            log.info("parents cannot finish the task; rescheduling (failed: %s)", failed)
+            await stream.reschedule(failed, "parents cannot finish the task")
+            try:
+                answer = await stream.next_answer(self.deps.schedule_timeout)
+            except SchedulerError as e:
+                await self._origin_only(f"scheduler lost during reschedule: {e}")
+                return
+
+    # ---------------------------------------------------------- from parents
+
+    def _add_parent(self, c: CandidateParent) -> None:
+        existing = self._parents.get(c.peer_id)
+        if existing is not None and not existing.dead:
+            return
+        p = _Parent(candidate=c, view=ParentView(pieces=set(), max_in_flight=self._per_parent_limit()))
+        self._parents[c.peer_id] = p
+        p.sync_task = asyncio.get_running_loop().create_task(self._sync(p))
+
+    def _per_parent_limit(self) -> int:
+        return max(2, self.deps.concurrent_piece_count // 2)
+
+    def _stop_syncs(self) -> None:
+        for p in self._parents.values():
+            if p.sync_task is not None and not p.sync_task.done():
+                p.sync_task.cancel()
+
+    async def _ensure_content_length(self) -> bool:
+        meta = self.deps.store.get(self.task_id)
+        assert meta is not None
+        if meta.content_length is not None:
+            return True
+        for p in list(self._parents.values()):
+            if p.dead:
+                continue
+            length = p.candidate.content_length
+            if length is None:
+                try:
+                    length = await self.deps.peer_rpc.stat_task_length(p.candidate.host, self.task_id)
+                except (PeerError, NotFound) as e:
+                    log.info("parent %s cannot say the content length: %s", p.id, e)
+                    self._drop(p)
+                    continue
+            self.deps.store.set_content_length(
+                self.task_id, length, piece_length_for(length, self.spec.piece_length)
+            )
+            return True
+        return False
+
+    async def _sync(self, p: _Parent) -> None:
+        """Follow what the parent holds (SyncPieces) into ``p.view.pieces``."""
+        try:
+            async for number in self.deps.peer_rpc.sync_pieces(
+                p.candidate.host, self.deps.host_id, self.task_id
+            ):
+                p.view.pieces.add(number)
+                self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except DamselflyError as e:
+            log.info("piece sync with parent %s ended: %s", p.id, e)
+            self._drop(p)
+        finally:
+            p.sync_done = True
+            self._wake.set()
+
+    def _drop(self, p: _Parent) -> None:
+        p.dead = True
+        p.view.max_in_flight = 0
+        self._wake.set()
+
+    async def _from_parents(self) -> bool:
+        """Fetch missing pieces from the parents; True when complete, False when stuck."""
+        store = self.deps.store
+        if not await self._ensure_content_length():
+            return False
+        meta = store.get(self.task_id)
+        assert meta is not None and meta.content_length is not None and meta.piece_length is not None
+        total = piece_count(meta.content_length, meta.piece_length)
+        picker = get_picker(self.deps.picker)
+        fd = store.open_write_fd(self.task_id)
+        workers: set[asyncio.Task[None]] = set()
+        last_progress = time.monotonic()
+        try:
+            while True:
+                have = store.get(self.task_id)
+                assert have is not None
+                missing = set(range(total)) - have.pieces.keys()
+                if not missing:
+                    return True
+                live = {pid: p.view for pid, p in self._parents.items() if not p.dead}
+                while len(workers) < self.deps.concurrent_piece_count:
+                    pick = picker(PickState(missing, self._in_flight, live, self._rng))
+                    if pick is None:
+                        break
+                    number, pid = pick
+                    self._in_flight.add(number)
+                    self._parents[pid].view.in_flight += 1
+                    t = asyncio.get_running_loop().create_task(
+                        self._fetch_piece(
+                            fd, meta.content_length, meta.piece_length, number, self._parents[pid]
+                        )
+                    )
+                    workers.add(t)
+                    t.add_done_callback(workers.discard)
+                if not workers:
+                    stuck = all(p.dead or p.sync_done for p in self._parents.values())
+                    if stuck or time.monotonic() - last_progress > self.deps.piece_timeout:
+                        return False
+                self._wake.clear()
+                before = len(have.pieces)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                now = store.get(self.task_id)
+                if now is not None and len(now.pieces) != before:
+                    last_progress = time.monotonic()
+        finally:
+            for t in list(workers):
+                t.cancel()
+            if workers:
+                await asyncio.gather(*workers, return_exceptions=True)
+            os.close(fd)
+
+    async def _fetch_piece(
+        self, fd: int, content_length: int, piece_length: int, number: int, p: _Parent
+    ) -> None:
+        span = piece_span(number, content_length, piece_length)
+        host = p.candidate.host
+        try:
+            info = await self.deps.pool.download_piece(
+                host.ip,
+                host.download_port,
+                self.task_id,
+                number,
+                fd,
+                span.offset,
+                span.length,
+                timeout=self.deps.piece_timeout,
+            )
+        except DigestMismatch as e:
+            log.warning("piece %d from parent %s failed its digest check: %s", number, p.id, e)
+            self._drop(p)
+            await self._report_failed(number, p.id, temporary=False)
+            return
+        except (PeerError, ProtocolError, NotFound, OSError) as e:
+            p.failures += 1
+            temporary = p.failures < PARENT_FAILURE_LIMIT and not isinstance(e, ProtocolError)
+            log.info(
+                "piece %d from parent %s failed (%s)%s", number, p.id, e, "" if temporary else "; dropping it"
+            )
+            if isinstance(e, NotFound):
+                p.view.pieces.discard(number)
+            if not temporary:
+                self._drop(p)
+            await self._report_failed(number, p.id, temporary=temporary)
+            return
+        finally:
+            self._in_flight.discard(number)
+            p.view.in_flight -= 1
+            self._wake.set()
+        p.failures = 0
+        p.costs.append(info.cost_s)
+        p.view.mean_cost_s = sum(p.costs[-16:]) / len(p.costs[-16:])
+        info.parent_id = p.id
+        info.traffic_type = TrafficType.REMOTE_PEER
+        self.deps.store.finish_piece(self.task_id, info)
+        if self.deps.on_piece is not None:
+            self.deps.on_piece(info)
+        if self._stream is not None:
+            with contextlib.suppress(SchedulerError):
+                await self._stream.piece_finished(info)
+
+    async def _report_failed(self, number: int, parent_id: str, *, temporary: bool) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(SchedulerError):
+                await self._stream.piece_failed(number, parent_id, temporary=temporary)
+
+    # ---------------------------------------------------------- from origin
+
+    async def _fetch_from_origin(self, stream: PeerStream | None) -> None:
+        """Fetch what the store lacks from the origin, reporting each piece."""
+        self.back_to_source = True
+        store = self.deps.store
+        meta = store.get(self.task_id)
+        assert meta is not None
+        have = set(meta.pieces) if meta.content_length is not None else set()
+        reports: asyncio.Queue[PieceInfo | None] = asyncio.Queue()
+
+        async def on_start(content_length: int | None, headers: dict[str, str]) -> int:
+            piece_length = piece_length_for(content_length or 0, self.spec.piece_length)
+            current = store.get(self.task_id)
+            if current is not None and current.content_length is not None:
+                if content_length is not None and content_length != current.content_length:
+                    raise ProtocolError(
+                        f"the origin's content length changed: {current.content_length} -> {content_length}"
+                    )
+                assert current.piece_length is not None
+                return current.piece_length
+            if content_length is not None:
+                store.set_content_length(self.task_id, content_length, piece_length, headers)
+            return piece_length
+
+        def on_piece(info: PieceInfo) -> None:
+            info.traffic_type = TrafficType.BACK_TO_SOURCE
+            store.finish_piece(self.task_id, info)
+            if self.deps.on_piece is not None:
+                self.deps.on_piece(info)
+            reports.put_nowait(info)
+
+        async def reporter() -> None:
+            # Reports go out in order, off the byte path; None ends the queue.
+            while (info := await reports.get()) is not None:
+                if stream is not None:
+                    with contextlib.suppress(SchedulerError):
+                        await stream.piece_back_to_source_finished(info)
+
+        reporter_task = asyncio.get_running_loop().create_task(reporter())
+        try:
+            content_length = await self.deps.source.fetch_into(
+                self.spec.url,
+                dict(self.spec.request_header),
+                fd_factory=lambda: store.open_write_fd(self.task_id),
+                on_start=on_start,
+                on_piece=on_piece,
+                have=have,
+            )
+            current = store.get(self.task_id)
+            if current is not None and current.content_length is None:
+                store.set_content_length(
+                    self.task_id, content_length, piece_length_for(content_length, self.spec.piece_length)
+                )
+        finally:
+            # Drain the reports before the caller sends "finished".
+            reports.put_nowait(None)
+            try:
+                await asyncio.wait_for(asyncio.shield(reporter_task), 10)
+            except (TimeoutError, asyncio.CancelledError):
+                reporter_task.cancel()
+                raise
