@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 class ParentView:
     """What the conductor knows about one parent when picking."""
 
-    pieces: Set[int]
+    pieces: set[int]
     in_flight: int = 0
     max_in_flight: int = 4
     mean_cost_s: float = 0.0

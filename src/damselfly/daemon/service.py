@@ -200,6 +200,7 @@ class DownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: igno
         meta = self.downloads.store.get(request.task_id)
         if meta is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
+        assert meta is not None
         return task_to_pb(meta)
 
     async def DeleteTask(self, request: Any, context: Any) -> Any:
@@ -246,6 +247,7 @@ class UploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[m
             meta = self.store.get(task_id)
         if meta is None or meta.content_length is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "content length not known yet")
+        assert meta is not None
         return task_to_pb(meta)
 
     async def SyncPieces(self, request: Any, context: Any) -> AsyncIterator[Any]:
