@@ -1,0 +1,279 @@
+"""Pulling pieces from a parent's piece server (Vortex framing over TCP).
+
+Receiving is copy-light: frame headers are read exactly (never past the
+frame), then content goes from the socket with ``sock_recv_into`` into one
+reused buffer and from there with ``os.pwrite`` to the piece offset in the
+caller's fd, with the crc32 computed on the way. A piece is never held whole
+in memory.
+
+The caller says where the piece goes (offset, length it computed from the
+task's geometry). A parent whose header disagrees gets :class:`ProtocolError`:
+a parent must never make us write elsewhere.
+
+Errors: the parent's Error frames become :class:`NotFound` (code 1) or
+:class:`PeerError`; a wrong digest :class:`DigestMismatch` (the bytes written
+are just not recorded by the caller, who fetches again); broken connections,
+refused connections and timeouts :class:`PeerError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import zlib
+from collections.abc import Callable
+
+from ..domain import PieceInfo, TrafficType
+from ..errors import DigestMismatch, NotFound, PeerError, ProtocolError
+from ..units import MiB
+from . import vortex
+
+log = logging.getLogger(__name__)
+
+RECV_BUFFER_SIZE = 1 * MiB
+
+
+class PieceClient:
+    """One TCP connection to one parent's piece server; one request at a time.
+
+    After any failure other than a clean Error frame or a digest mismatch the
+    connection is marked :attr:`broken` (its framing is unknown) and should be
+    closed.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: tuple[str, int],
+        *,
+        buffer_size: int = RECV_BUFFER_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sock = sock
+        self.address = address
+        self._loop = asyncio.get_running_loop()
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self._clock = clock
+        self._packet_id = 0
+        self._busy = False
+        self.broken = False
+        self.closed = False
+        self.requests = 0
+        # Whether the current request got any byte back (a reused idle connection that the
+        # parent closed fails before that, and may be retried on a fresh one).
+        self.received_any = False
+        self.timed_out = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, timeout: float = 10.0) -> PieceClient:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                last: OSError | None = None
+                for family, type_, proto, _, addr in infos:
+                    sock = socket.socket(family, type_, proto)
+                    sock.setblocking(False)
+                    try:
+                        await loop.sock_connect(sock, addr)
+                    except OSError as e:
+                        sock.close()
+                        last = e
+                        continue
+                    except BaseException:
+                        sock.close()
+                        raise
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    return cls(sock, (host, port))
+                raise last or OSError(f"no address for {host}")
+        except TimeoutError:
+            raise PeerError(f"connecting to parent {host}:{port} timed out after {timeout:g}s") from None
+        except OSError as e:
+            raise PeerError(f"cannot connect to parent {host}:{port}: {e}") from e
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if not self.broken and not self._busy:
+            with contextlib.suppress(OSError):
+                self._sock.send(vortex.encode_close(self._next_packet_id()))
+        self._sock.close()
+
+    def _next_packet_id(self) -> int:
+        self._packet_id = (self._packet_id + 1) & 0xFF
+        return self._packet_id
+
+    async def _recv_into(self, view: memoryview) -> int:
+        n = await self._loop.sock_recv_into(self._sock, view)
+        if n == 0:
+            raise PeerError(f"parent {self._where} closed the connection mid-piece")
+        self.received_any = True
+        return n
+
+    @property
+    def _where(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    async def download_piece(
+        self, task_id: str, number: int, fd: int, offset: int, length: int, *, timeout: float = 30.0
+    ) -> PieceInfo:
+        """Fetch piece ``number`` of ``task_id`` and pwrite it to ``fd`` at ``offset``.
+
+        Returns the PieceInfo (``crc32:<n>`` digest, cost, REMOTE_PEER; the caller
+        sets ``parent_id``) once the content matched the parent's digest.
+        """
+        if self.closed or self.broken:
+            raise PeerError(f"connection to parent {self._where} is no longer usable")
+        if self._busy:
+            raise PeerError("one request at a time per piece connection")
+        self._busy = True
+        self.received_any = False
+        self.timed_out = False
+        self.requests += 1
+        start = self._clock()
+        ok = False
+        try:
+            async with asyncio.timeout(timeout):
+                info = await self._exchange(task_id, number, fd, offset, length)
+            info.cost_s = self._clock() - start
+            ok = True
+            return info
+        except (NotFound, DigestMismatch):
+            ok = True  # the whole frame was read: the connection is still in sync
+            raise
+        except TimeoutError:
+            self.timed_out = True
+            raise PeerError(
+                f"piece {number} from parent {self._where} timed out after {timeout:g}s"
+            ) from None
+        except OSError as e:
+            raise PeerError(f"piece {number} from parent {self._where} failed: {e}") from e
+        finally:
+            self._busy = False
+            if not ok:
+                self.broken = True
+
+    async def _exchange(self, task_id: str, number: int, fd: int, offset: int, length: int) -> PieceInfo:
+        packet_id = self._next_packet_id()
+        await self._loop.sock_sendall(self._sock, vortex.encode_download_piece(packet_id, task_id, number))
+        parser = vortex.FrameParser()
+        event: vortex.Event | None = None
+        while event is None:
+            event = parser.next_event()
+            if event is None:
+                need = min(parser.bytes_needed(), len(self._buf))
+                n = await self._recv_into(self._view[:need])
+                parser.feed(self._view[:n])
+        if event.packet_id != packet_id:
+            raise ProtocolError(f"parent {self._where} answered packet {event.packet_id}, asked {packet_id}")
+        if isinstance(event, vortex.Error):
+            if event.code == vortex.ErrorCode.NOT_FOUND:
+                raise NotFound(f"parent {self._where} does not hold piece {number}: {event.message}")
+            raise PeerError(
+                f"parent {self._where} refused piece {number} (code {event.code}): {event.message}"
+            )
+        if not isinstance(event, vortex.PieceHeader):
+            raise ProtocolError(f"parent {self._where} answered with {type(event).__name__}")
+        if (event.number, event.offset, event.length) != (number, offset, length):
+            raise ProtocolError(
+                f"parent {self._where} sent piece {event.number} at {event.offset}+{event.length}, "
+                f"expected piece {number} at {offset}+{length}"
+            )
+        crc = 0
+        pos, end = offset, offset + length
+        view = self._view
+        while pos < end:
+            n = await self._recv_into(view[: min(len(view), end - pos)])
+            chunk = view[:n]
+            crc = zlib.crc32(chunk, crc)
+            written = 0
+            while written < n:
+                written += os.pwrite(fd, chunk[written:], pos + written)
+            pos += n
+        digest = f"crc32:{crc}"
+        if digest != event.digest:
+            raise DigestMismatch(f"piece {number} of task {task_id} from {self._where}", event.digest, digest)
+        return PieceInfo(
+            number=number,
+            offset=offset,
+            length=length,
+            digest=digest,
+            traffic_type=TrafficType.REMOTE_PEER,
+        )
+
+
+class PieceConnectionPool:
+    """Reuses idle :class:`PieceClient` connections per parent ``(host, port)``.
+
+    Owns every connection it made; concurrent downloads from one parent each
+    use their own connection. At most ``max_idle_per_parent`` idle connections
+    are kept per parent, the rest are closed when they finish.
+    """
+
+    def __init__(self, *, max_idle_per_parent: int = 8, connect_timeout: float = 10.0) -> None:
+        self._max_idle = max_idle_per_parent
+        self._connect_timeout = connect_timeout
+        self._idle: dict[tuple[str, int], list[PieceClient]] = {}
+        self._closed = False
+
+    async def _acquire(self, key: tuple[str, int]) -> tuple[PieceClient, bool]:
+        idle = self._idle.get(key)
+        while idle:
+            client = idle.pop()
+            if not client.closed and not client.broken:
+                return client, True
+        return await PieceClient.connect(key[0], key[1], timeout=self._connect_timeout), False
+
+    async def _release(self, key: tuple[str, int], client: PieceClient) -> None:
+        idle = self._idle.setdefault(key, [])
+        if self._closed or client.broken or client.closed or len(idle) >= self._max_idle:
+            await client.close()
+        else:
+            idle.append(client)
+
+    async def download_piece(
+        self,
+        host: str,
+        port: int,
+        task_id: str,
+        number: int,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        timeout: float = 30.0,
+    ) -> PieceInfo:
+        """Like :meth:`PieceClient.download_piece` on a pooled connection to ``host:port``.
+
+        A reused connection that the parent had closed while idle fails before any
+        byte comes back; that request is retried once on a fresh connection.
+        """
+        if self._closed:
+            raise PeerError("piece connection pool is closed")
+        key = (host, port)
+        for attempt in range(2):
+            client, reused = await self._acquire(key)
+            try:
+                return await client.download_piece(task_id, number, fd, offset, length, timeout=timeout)
+            except PeerError:
+                stale = client.broken and not client.received_any and not client.timed_out
+                if attempt == 0 and reused and stale:
+                    log.debug("idle connection to %s:%d was stale; retrying", host, port)
+                    continue
+                raise
+            finally:
+                await self._release(key, client)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for clients in idle.values():
+            for client in clients:
+                await client.close()

@@ -1,0 +1,195 @@
+"""The TCP server other peers pull piece bytes from (Vortex framing, docs/PROTOCOL.md).
+
+One request at a time per connection; connections are persistent. A piece is
+sent as a header written normally, then the content straight from the store's
+content file with ``loop.sendfile`` (zero-copy ``sendfile(2)`` on Linux). Only
+pieces the store has recorded as finished are served, at the offset and length
+the store recorded, so no request can read bytes outside a finished piece.
+
+Failures are answered, not crashed on: an unknown task or a piece not held
+(yet) gets ``Error(NOT_FOUND)``, an out-of-range number ``Error(INVALID_ARGUMENT)``
+and the connection stays open; a malformed frame gets ``Error(INVALID_ARGUMENT)``
+and the connection is closed, since its framing can no longer be trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Callable
+
+from ..errors import DamselflyError, ProtocolError
+from . import vortex
+from .storage import PieceStore
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 64 * 1024
+
+
+class PieceServer:
+    """Serves finished pieces of ``store`` over TCP.
+
+    Owns its listening socket and one asyncio task per connection; :meth:`close`
+    cancels them all. ``on_upload(task_id, nbytes)`` is called after each piece
+    is sent (metrics, later rate limits); it must not block.
+    """
+
+    def __init__(self, store: PieceStore, *, on_upload: Callable[[str, int], None] | None = None) -> None:
+        self._store = store
+        self._on_upload = on_upload
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.bytes_sent = 0
+        self.pieces_sent = 0
+        self.active_connections = 0
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: a free port) and return the bound port."""
+        self._server = await asyncio.start_server(self._on_connect, host, port, reuse_address=True)
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.active_connections += 1
+        parser = vortex.FrameParser()
+        files = _OpenFiles(self._store)
+        peer = writer.get_extra_info("peername")
+        try:
+            while True:
+                try:
+                    event = parser.next_event()
+                except ProtocolError as e:
+                    log.info("piece request from %s is malformed: %s", peer, e)
+                    writer.write(vortex.encode_error(0, vortex.ErrorCode.INVALID_ARGUMENT, str(e)))
+                    await writer.drain()
+                    return
+                if event is None:
+                    data = await reader.read(_READ_SIZE)
+                    if not data:
+                        return
+                    parser.feed(data)
+                    continue
+                if isinstance(event, vortex.Close):
+                    return
+                if not isinstance(event, vortex.DownloadPiece):
+                    writer.write(
+                        vortex.encode_error(
+                            event.packet_id,
+                            vortex.ErrorCode.INVALID_ARGUMENT,
+                            f"a piece server accepts DownloadPiece and Close, not {type(event).__name__}",
+                        )
+                    )
+                    await writer.drain()
+                    return
+                if not await self._send_piece(writer, event, files):
+                    return
+        except (ConnectionError, OSError) as e:
+            log.debug("piece connection from %s ended: %s", peer, e)
+        finally:
+            self.active_connections -= 1
+            files.close()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _send_piece(
+        self, writer: asyncio.StreamWriter, request: vortex.DownloadPiece, files: _OpenFiles
+    ) -> bool:
+        """Answer one DownloadPiece; False when the connection must close."""
+        pid = request.packet_id
+        meta = self._store.get(request.task_id)
+        if meta is None:
+            writer.write(vortex.encode_error(pid, vortex.ErrorCode.NOT_FOUND, "unknown task"))
+            await writer.drain()
+            return True
+        piece = meta.pieces.get(request.number)
+        if piece is None:
+            count = meta.piece_count
+            if count is not None and request.number >= count:
+                code, message = vortex.ErrorCode.INVALID_ARGUMENT, f"piece {request.number} >= {count} pieces"
+            else:
+                code, message = vortex.ErrorCode.NOT_FOUND, f"piece {request.number} is not held (yet)"
+            writer.write(vortex.encode_error(pid, code, message))
+            await writer.drain()
+            return True
+        try:
+            file = files.get(request.task_id)
+        except DamselflyError as e:
+            writer.write(vortex.encode_error(pid, vortex.ErrorCode.NOT_FOUND, str(e)))
+            await writer.drain()
+            return True
+        writer.write(vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest))
+        sent = await asyncio.get_running_loop().sendfile(writer.transport, file, piece.offset, piece.length)
+        self.bytes_sent += sent
+        if sent != piece.length:
+            log.warning(
+                "task %s piece %d: content file short (%d of %d bytes sent); closing",
+                request.task_id,
+                piece.number,
+                sent,
+                piece.length,
+            )
+            return False
+        self.pieces_sent += 1
+        if self._on_upload is not None:
+            try:
+                self._on_upload(request.task_id, sent)
+            except Exception:
+                log.exception("on_upload callback failed")
+        return True
+
+
+class _OpenFiles:
+    """The content file of the last task served on a connection (children ask for many
+    pieces of one task in a row, so one open file per connection is enough)."""
+
+    def __init__(self, store: PieceStore) -> None:
+        self._store = store
+        self._task_id = ""
+        self._file: io.FileIO | None = None
+
+    def get(self, task_id: str) -> io.FileIO:
+        if self._file is not None and self._task_id == task_id and self._same_file(task_id, self._file):
+            return self._file
+        self.close()
+        fd = self._store.open_read_fd(task_id)
+        try:
+            self._file = io.FileIO(fd, "rb", closefd=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._task_id = task_id
+        return self._file
+
+    def _same_file(self, task_id: str, file: io.FileIO) -> bool:
+        # A task deleted and downloaded again has a new content file.
+        try:
+            return os.stat(self._store.content_path(task_id)).st_ino == os.fstat(file.fileno()).st_ino
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,605 @@
+"""The piece store on disk: one content file per task, metadata that survives restarts.
+
+Layout under ``root``::
+
+    tasks/<id[:3]>/<id>/content         the task's bytes, sparse, pieces written in place
+    tasks/<id[:3]>/<id>/metadata.json   task fields; the full piece list once succeeded
+    tasks/<id[:3]>/<id>/pieces.journal  JSON lines, one per finished piece (unfinished tasks)
+
+Crash consistency:
+
+* A piece is recorded (journal line appended, in-memory ``pieces``) only after
+  the caller wrote its bytes and checked its crc32. Journal appends are not
+  fsynced: after a crash, a journal line may outlive the bytes it describes.
+* Therefore, on restart, every journaled piece of an unfinished task
+  (pending/running/failed) is **re-verified** against its crc32 by reading the
+  content; pieces that do not match, a torn last line, and lines that do not
+  fit the task's geometry are **dropped**. A task that was running comes back
+  ``pending`` with its verified pieces, so a new download resumes from them.
+* :meth:`PieceStore.mark_succeeded` fsyncs the content, then writes the final
+  metadata (with every piece) atomically (temp file, fsync, rename, fsync dir)
+  and removes the journal. Succeeded tasks are trusted on restart without
+  re-reading their content.
+
+Task IDs are checked with :func:`damselfly.ids.is_task_id` before any path is
+built, so a request cannot reach outside ``root``.
+
+Thread-safety: the store's state is guarded by one lock, so blocking calls
+(``mark_succeeded`` fsyncs) may run in ``asyncio.to_thread``; waiters are woken
+on their own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..domain import PieceInfo, TrafficType
+from ..errors import InvalidArgument, NotFound, StorageError
+from ..ids import is_task_id
+from ..pieces import piece_count as _piece_count
+from ..units import MiB
+
+log = logging.getLogger(__name__)
+
+STATES = ("pending", "running", "succeeded", "failed")
+_META = "metadata.json"
+_JOURNAL = "pieces.journal"
+_CONTENT = "content"
+_VERIFY_CHUNK = 1 * MiB
+
+
+@dataclass(slots=True)
+class TaskMeta:
+    """What the store knows about one task. Owned by :class:`PieceStore`; treat as read-only."""
+
+    task_id: str
+    url: str = ""
+    tag: str = ""
+    application: str = ""
+    content_length: int | None = None
+    piece_length: int | None = None
+    state: str = "pending"
+    pieces: dict[int, PieceInfo] = field(default_factory=dict)
+    response_header: dict[str, str] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    accessed_at: float = 0.0
+    version: int = 0
+    failure: str = ""
+
+    @property
+    def piece_count(self) -> int | None:
+        if self.content_length is None or not self.piece_length:
+            return None
+        return _piece_count(self.content_length, self.piece_length)
+
+    @property
+    def is_complete(self) -> bool:
+        count = self.piece_count
+        return count is not None and len(self.pieces) == count
+
+    def to_json(self, *, with_pieces: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "task_id": self.task_id,
+            "url": self.url,
+            "tag": self.tag,
+            "application": self.application,
+            "content_length": self.content_length,
+            "piece_length": self.piece_length,
+            "state": self.state,
+            "response_header": self.response_header,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "accessed_at": self.accessed_at,
+            "version": self.version,
+            "failure": self.failure,
+        }
+        if with_pieces:
+            data["pieces"] = [_piece_to_json(p) for p in sorted(self.pieces.values(), key=_number)]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskMeta:
+        meta = cls(
+            task_id=str(data["task_id"]),
+            url=str(data.get("url", "")),
+            tag=str(data.get("tag", "")),
+            application=str(data.get("application", "")),
+            content_length=_opt_int(data.get("content_length")),
+            piece_length=_opt_int(data.get("piece_length")),
+            state=str(data.get("state", "pending")),
+            response_header={str(k): str(v) for k, v in dict(data.get("response_header", {})).items()},
+            created_at=float(data.get("created_at", 0.0)),
+            updated_at=float(data.get("updated_at", 0.0)),
+            accessed_at=float(data.get("accessed_at", 0.0)),
+            version=int(data.get("version", 0)),
+            failure=str(data.get("failure", "")),
+        )
+        for raw in data.get("pieces", []):
+            piece = _piece_from_json(raw)
+            meta.pieces[piece.number] = piece
+        return meta
+
+
+def _number(p: PieceInfo) -> int:
+    return p.number
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _piece_to_json(p: PieceInfo) -> dict[str, Any]:
+    return {
+        "n": p.number,
+        "o": p.offset,
+        "l": p.length,
+        "d": p.digest,
+        "t": int(p.traffic_type),
+        "c": p.cost_s,
+        "p": p.parent_id,
+    }
+
+
+def _piece_from_json(raw: dict[str, Any]) -> PieceInfo:
+    return PieceInfo(
+        number=int(raw["n"]),
+        offset=int(raw["o"]),
+        length=int(raw["l"]),
+        digest=str(raw["d"]),
+        traffic_type=TrafficType(int(raw.get("t", 1))),
+        cost_s=float(raw.get("c", 0.0)),
+        parent_id=str(raw.get("p", "")),
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _crc32_of_range(fd: int, offset: int, length: int, buf: bytearray) -> int | None:
+    """crc32 of ``length`` bytes at ``offset``, or None if the file is shorter."""
+    view = memoryview(buf)
+    crc = 0
+    pos, end = offset, offset + length
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
+        if n <= 0:
+            return None
+        crc = zlib.crc32(view[:n], crc)
+        pos += n
+    return crc
+
+
+class PieceStore:
+    """Pieces of every task this daemon holds, on disk under ``root``.
+
+    Owns the task metadata (in memory, mirrored to disk) and the waiters of
+    :meth:`wait_for_change`. Content bytes are written by callers through
+    :meth:`open_write_fd` (``os.pwrite`` at the piece offset) and recorded with
+    :meth:`finish_piece` once verified.
+    """
+
+    def __init__(self, root: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._tasks: dict[str, TaskMeta] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._journals: dict[str, int] = {}
+        (self.root / "tasks").mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    # ------------------------------------------------------------------ paths
+
+    def _dir(self, task_id: str) -> Path:
+        if not isinstance(task_id, str) or not is_task_id(task_id):
+            raise InvalidArgument(f"not a task id: {task_id!r}")
+        return self.root / "tasks" / task_id[:3] / task_id
+
+    def content_path(self, task_id: str) -> Path:
+        return self._dir(task_id) / _CONTENT
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self) -> None:
+        for meta_path in sorted((self.root / "tasks").glob(f"*/*/{_META}")):
+            task_dir = meta_path.parent
+            if not is_task_id(task_dir.name) or task_dir.parent.name != task_dir.name[:3]:
+                continue
+            try:
+                meta = TaskMeta.from_json(json.loads(meta_path.read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("dropping task %s: unreadable metadata (%s)", task_dir.name, e)
+                shutil.rmtree(task_dir, ignore_errors=True)
+                continue
+            if meta.task_id != task_dir.name:
+                log.warning("dropping task dir %s: metadata names %s", task_dir.name, meta.task_id)
+                continue
+            if meta.state != "succeeded":
+                meta.pieces = self._recover_pieces(meta, task_dir)
+                if meta.state == "running":
+                    meta.state = "pending"
+            elif not meta.is_complete or not (task_dir / _CONTENT).exists():
+                log.warning("task %s was succeeded but is incomplete on disk; recovering", meta.task_id)
+                meta.state = "pending"
+                meta.pieces = self._recover_pieces(meta, task_dir, extra=list(meta.pieces.values()))
+            self._tasks[meta.task_id] = meta
+
+    def _recover_pieces(
+        self, meta: TaskMeta, task_dir: Path, extra: list[PieceInfo] | None = None
+    ) -> dict[int, PieceInfo]:
+        """Journaled pieces of an unfinished task whose bytes still match their crc32."""
+        candidates: list[PieceInfo] = list(extra or [])
+        try:
+            lines = (task_dir / _JOURNAL).read_bytes().split(b"\n")
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                candidates.append(_piece_from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                log.info("task %s: skipping a torn or bad journal line", meta.task_id)
+        kept: dict[int, PieceInfo] = {}
+        try:
+            fd = os.open(task_dir / _CONTENT, os.O_RDONLY)
+        except FileNotFoundError:
+            return kept
+        buf = bytearray(_VERIFY_CHUNK)
+        try:
+            for piece in candidates:
+                if piece.number in kept or not self._fits(meta, piece):
+                    continue
+                crc = _crc32_of_range(fd, piece.offset, piece.length, buf)
+                if crc is not None and piece.digest == f"crc32:{crc}":
+                    kept[piece.number] = piece
+                else:
+                    log.info("task %s: dropping piece %d, bytes do not match", meta.task_id, piece.number)
+        finally:
+            os.close(fd)
+        self._rewrite_journal(task_dir, kept)
+        return kept
+
+    def _rewrite_journal(self, task_dir: Path, pieces: dict[int, PieceInfo]) -> None:
+        tmp = task_dir / (_JOURNAL + ".tmp")
+        lines = b"".join(
+            json.dumps(_piece_to_json(p), separators=(",", ":")).encode() + b"\n"
+            for p in sorted(pieces.values(), key=_number)
+        )
+        tmp.write_bytes(lines)
+        os.replace(tmp, task_dir / _JOURNAL)
+
+    @staticmethod
+    def _fits(meta: TaskMeta, piece: PieceInfo) -> bool:
+        if piece.number < 0 or piece.offset < 0 or piece.length <= 0:
+            return False
+        if meta.piece_length and piece.offset != piece.number * meta.piece_length:
+            return False
+        if meta.piece_length and piece.length > meta.piece_length:
+            return False
+        if meta.content_length is not None:
+            end = min(meta.content_length, piece.offset + (meta.piece_length or piece.length))
+            if piece.offset >= meta.content_length or piece.offset + piece.length != end:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, task_id: str) -> TaskMeta | None:
+        if not is_task_id(task_id):
+            return None
+        return self._tasks.get(task_id)
+
+    def tasks(self) -> list[TaskMeta]:
+        with self._lock:
+            return list(self._tasks.values())
+
+    def has_piece(self, task_id: str, number: int) -> bool:
+        meta = self.get(task_id)
+        return meta is not None and number in meta.pieces
+
+    def _require(self, task_id: str) -> TaskMeta:
+        meta = self.get(task_id)
+        if meta is None:
+            if not is_task_id(task_id):
+                raise InvalidArgument(f"not a task id: {task_id!r}")
+            raise NotFound(f"task {task_id} is not in the store")
+        return meta
+
+    def usage(self) -> int:
+        """Bytes on disk (allocated blocks, so sparse content counts what is written)."""
+        total = 0
+        for meta in self.tasks():
+            try:
+                for entry in os.scandir(self._dir(meta.task_id)):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except FileNotFoundError:
+                continue
+        return total
+
+    # ------------------------------------------------------------------ changes
+
+    def _save_meta(self, meta: TaskMeta, *, with_pieces: bool = False) -> None:
+        try:
+            _atomic_write_json(self._dir(meta.task_id) / _META, meta.to_json(with_pieces=with_pieces))
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot write metadata of task {meta.task_id}: {e.strerror}") from e
+
+    def _changed(self, meta: TaskMeta) -> None:
+        now = self._clock()
+        meta.version += 1
+        meta.updated_at = now
+        self._wake(meta.task_id)
+
+    def create_task(self, task_id: str, *, url: str = "", tag: str = "", application: str = "") -> TaskMeta:
+        """The task's metadata, created if new. Idempotent; a failed task is reset to pending
+        (keeping its verified pieces, so a retry resumes)."""
+        task_dir = self._dir(task_id)
+        with self._lock:
+            meta = self._tasks.get(task_id)
+            if meta is not None:
+                if meta.state == "failed":
+                    meta.state = "pending"
+                    meta.failure = ""
+                    self._changed(meta)
+                    self._save_meta(meta)
+                return meta
+            now = self._clock()
+            meta = TaskMeta(
+                task_id=task_id,
+                url=url,
+                tag=tag,
+                application=application,
+                created_at=now,
+                updated_at=now,
+                accessed_at=now,
+            )
+            try:
+                task_dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(task_dir / _CONTENT, os.O_RDWR | os.O_CREAT, 0o644)
+                os.close(fd)
+            except OSError as e:
+                raise StorageError(e.errno, f"cannot create task {task_id}: {e.strerror}") from e
+            self._save_meta(meta)
+            self._tasks[task_id] = meta
+            return meta
+
+    def set_content_length(
+        self,
+        task_id: str,
+        content_length: int,
+        piece_length: int,
+        response_header: dict[str, str] | None = None,
+    ) -> None:
+        """Fix the task's size and piece length; sizes the content file (sparse).
+
+        May be called again with the same numbers (e.g. at the end of a chunked
+        download). Changing them while pieces are held is refused.
+        """
+        if content_length < 0 or piece_length <= 0:
+            raise InvalidArgument(f"bad sizes: content_length={content_length} piece_length={piece_length}")
+        with self._lock:
+            meta = self._require(task_id)
+            if meta.pieces and meta.piece_length not in (None, piece_length):
+                raise InvalidArgument(
+                    f"task {task_id} holds pieces of length {meta.piece_length}, not {piece_length}"
+                )
+            if meta.pieces and meta.content_length is not None and meta.content_length != content_length:
+                raise InvalidArgument(
+                    f"task {task_id} holds pieces of {meta.content_length} bytes, not {content_length}"
+                )
+            try:
+                os.truncate(self.content_path(task_id), content_length)
+            except OSError as e:
+                raise StorageError(e.errno, f"cannot size task {task_id}: {e.strerror}") from e
+            meta.content_length = content_length
+            meta.piece_length = piece_length
+            if response_header is not None:
+                meta.response_header = dict(response_header)
+            self._changed(meta)
+            self._save_meta(meta)
+
+    def set_piece_length(self, task_id: str, piece_length: int) -> None:
+        """Fix the piece length before the content length is known (chunked origin responses)."""
+        if piece_length <= 0:
+            raise InvalidArgument(f"bad piece length {piece_length}")
+        with self._lock:
+            meta = self._require(task_id)
+            if meta.pieces and meta.piece_length not in (None, piece_length):
+                raise InvalidArgument(f"task {task_id} already holds pieces of length {meta.piece_length}")
+            meta.piece_length = piece_length
+            self._changed(meta)
+            self._save_meta(meta)
+
+    def open_write_fd(self, task_id: str) -> int:
+        """A raw fd opened O_RDWR on the content; the caller pwrite()s at piece offsets and closes it."""
+        self._require(task_id)
+        try:
+            return os.open(self.content_path(task_id), os.O_RDWR)
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot open task {task_id} for writing: {e.strerror}") from e
+
+    def open_read_fd(self, task_id: str) -> int:
+        self._require(task_id)
+        try:
+            return os.open(self.content_path(task_id), os.O_RDONLY)
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot open task {task_id} for reading: {e.strerror}") from e
+
+    def finish_piece(self, task_id: str, piece: PieceInfo) -> None:
+        """Record a piece whose bytes the caller wrote and verified; wakes waiters.
+
+        Recording the same piece twice is a no-op. A piece that does not fit the
+        task's geometry (offset, length) is refused with InvalidArgument.
+        """
+        with self._lock:
+            meta = self._require(task_id)
+            if piece.number in meta.pieces:
+                return
+            if not self._fits(meta, piece):
+                raise InvalidArgument(
+                    f"piece {piece.number} (offset {piece.offset}, length {piece.length}) does not fit "
+                    f"task {task_id} (content {meta.content_length}, piece length {meta.piece_length})"
+                )
+            line = json.dumps(_piece_to_json(piece), separators=(",", ":")).encode() + b"\n"
+            try:
+                fd = self._journals.get(task_id)
+                if fd is None:
+                    fd = os.open(self._dir(task_id) / _JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                    self._journals[task_id] = fd
+                os.write(fd, line)
+            except OSError as e:
+                raise StorageError(e.errno, f"cannot journal piece of task {task_id}: {e.strerror}") from e
+            meta.pieces[piece.number] = piece
+            self._changed(meta)
+
+    def _close_journal(self, task_id: str) -> None:
+        fd = self._journals.pop(task_id, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _set_state(self, task_id: str, state: str, failure: str = "") -> TaskMeta:
+        meta = self._require(task_id)
+        meta.state = state
+        meta.failure = failure
+        self._changed(meta)
+        return meta
+
+    def mark_running(self, task_id: str) -> None:
+        with self._lock:
+            meta = self._set_state(task_id, "running")
+            self._save_meta(meta)
+
+    def mark_succeeded(self, task_id: str) -> None:
+        """fsync the content, then write the final metadata atomically. Blocks on disk I/O."""
+        with self._lock:
+            meta = self._require(task_id)
+            if not meta.is_complete:
+                raise InvalidArgument(
+                    f"task {task_id} is not complete: {len(meta.pieces)} of {meta.piece_count} pieces"
+                )
+            try:
+                fd = os.open(self.content_path(task_id), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise StorageError(e.errno, f"cannot sync task {task_id}: {e.strerror}") from e
+            meta.state = "succeeded"
+            meta.failure = ""
+            meta.version += 1
+            meta.updated_at = self._clock()
+            self._save_meta(meta, with_pieces=True)
+            self._close_journal(task_id)
+            with contextlib.suppress(FileNotFoundError):
+                (self._dir(task_id) / _JOURNAL).unlink()
+            self._wake(task_id)
+
+    def mark_failed(self, task_id: str, reason: str = "") -> None:
+        with self._lock:
+            meta = self._set_state(task_id, "failed", reason)
+            self._save_meta(meta)
+
+    def touch(self, task_id: str) -> None:
+        """Note an access (for LRU eviction); persisted for finished tasks."""
+        with self._lock:
+            meta = self._require(task_id)
+            meta.accessed_at = self._clock()
+            self._save_meta(meta, with_pieces=meta.state == "succeeded")
+
+    def delete_task(self, task_id: str) -> None:
+        """Forget the task and remove its files. Open fds stay readable (POSIX); waiters wake."""
+        task_dir = self._dir(task_id)
+        with self._lock:
+            self._close_journal(task_id)
+            self._tasks.pop(task_id, None)
+            shutil.rmtree(task_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                task_dir.parent.rmdir()  # only when empty
+            self._wake(task_id)
+
+    def close(self) -> None:
+        """Close journal fds (the store stays usable; they reopen on demand)."""
+        with self._lock:
+            for task_id in list(self._journals):
+                self._close_journal(task_id)
+
+    # ------------------------------------------------------------------ waiting
+
+    def _wake(self, task_id: str) -> None:
+        for fut in self._waiters.pop(task_id, ()):
+            loop = fut.get_loop()
+            if loop.is_closed():
+                continue
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                _resolve(fut)
+            else:
+                loop.call_soon_threadsafe(_resolve, fut)
+
+    async def wait_for_change(self, task_id: str, seen_version: int, timeout: float | None = None) -> int:
+        """Wait until the task's version differs from ``seen_version``; return the version.
+
+        Returns at once when it already differs, and the current version on
+        timeout. Any number of waiters may wait on one task; every change wakes
+        them all. Raises NotFound when the task is (or becomes) unknown.
+        """
+        meta = self._require(task_id)
+        if meta.version != seen_version:
+            return meta.version
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            meta = self._require(task_id)
+            if meta.version != seen_version:
+                return meta.version
+            self._waiters.setdefault(task_id, set()).add(fut)
+        try:
+            await asyncio.wait({fut}, timeout=timeout)
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(task_id)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[task_id]
+        return self._require(task_id).version
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
