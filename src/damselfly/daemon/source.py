@@ -1,0 +1,356 @@
+"""Back-to-source over HTTP(S): the origin's bytes go straight into the piece store.
+
+:meth:`HTTPSource.fetch_into` is the one entry point. A fresh download is one
+streaming GET (the origin sees one fetch of the file); the body is cut into
+pieces as it arrives, each piece ``pwrite``-n at its offset into the store's
+content fd with its crc32 computed on the way, and reported as soon as its last
+byte is written, so other peers can pull it while the rest downloads. A resumed
+download asks only for the missing pieces, with one ``Range`` request per run of
+consecutive missing pieces (and copes with origins that ignore ``Range``).
+
+Headers the user gave (``Authorization`` included) go to the origin and nowhere
+else; they are never logged. ``Accept-Encoding: identity`` is sent unless the
+user set an encoding, and bodies are never decompressed: the stored content is
+exactly the origin's bytes.
+
+Errors are translated here: status >= 400 -> :class:`SourceStatusError`; DNS,
+refused connection, TLS, connect timeout -> :class:`SourceUnreachable`; no byte
+for ``read_timeout`` -> :class:`DownloadTimeout`; a body shorter than announced,
+or a broken connection mid-body -> :class:`SourceError`; a failed disk write ->
+:class:`StorageError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import ssl
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Set
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from ..config import SourceConfig
+from ..domain import PieceInfo, TrafficType
+from ..errors import (
+    DamselflyError,
+    DownloadTimeout,
+    SourceError,
+    SourceStatusError,
+    SourceUnreachable,
+    StorageError,
+)
+
+log = logging.getLogger(__name__)
+
+OnStart = Callable[[int | None, dict[str, str]], Awaitable[int]]
+OnPiece = Callable[[PieceInfo], None]
+
+# Headers that describe one hop or one byte range, not the content.
+_DROP_RESPONSE = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Range", "Content-Length", "Trailer")
+)
+_DROP_REQUEST = frozenset(h.lower() for h in ("Range", "If-Range", "Connection", "Keep-Alive", "Host"))
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+class HTTPSource:
+    """Fetches content from HTTP(S) origins into the piece store.
+
+    Owns one :class:`aiohttp.ClientSession`, created on first use (inside the
+    running loop) and closed by :meth:`close`. TLS certificates are verified
+    unless ``insecure_skip_verify``; ``ca_cert`` adds a trusted CA bundle.
+    """
+
+    def __init__(self, config: SourceConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if self._config.insecure_skip_verify:
+            return False
+        if self._config.ca_cert:
+            return ssl.create_default_context(cafile=self._config.ca_cert)
+        return True
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self._config.connect_timeout,
+                sock_read=self._config.read_timeout,
+            )
+            self._session = aiohttp.ClientSession(
+                timeout=timeout,
+                connector=aiohttp.TCPConnector(ssl=self._ssl()),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def fetch_into(
+        self,
+        url: str,
+        headers: dict[str, str],
+        *,
+        fd_factory: Callable[[], int],
+        on_start: OnStart,
+        on_piece: OnPiece,
+        have: Set[int] = frozenset(),
+        piece_length: int | None = None,
+    ) -> int:
+        """Download ``url`` into the store, piece by piece; return the content length.
+
+        The call sequence, for the caller (the conductor):
+
+        1. ``await on_start(content_length, response_headers)`` once, as soon as
+           the origin answers. ``content_length`` is None when the origin sends
+           no length (chunked); the headers are the origin's, minus hop-by-hop
+           and range headers. It must return the piece length to cut the
+           content into (``damselfly.pieces.piece_length_for``); this is the
+           moment to size the store (``set_content_length``). For an unknown
+           length, the caller must keep that piece length for the end.
+        2. ``fd_factory()`` once, after ``on_start``: an fd open for writing on
+           the content file. ``fetch_into`` owns it and closes it on return.
+        3. ``on_piece(PieceInfo)`` for every piece as soon as its bytes are
+           written (``crc32:<n>`` digest, cost in seconds, traffic type
+           BACK_TO_SOURCE; ``parent_id`` empty). Not called for pieces in
+           ``have``. An exception from it aborts the download.
+
+        ``have``: piece numbers already held (their bytes are neither rewritten
+        nor reported). With ``have`` non-empty, pass ``piece_length`` (the
+        store's) so only the missing runs are requested with ``Range``;
+        without it the whole content is fetched and held pieces are skipped.
+        An origin answering ``200`` to a Range request is read from the start.
+
+        Raises SourceStatusError, SourceUnreachable, DownloadTimeout, SourceError,
+        StorageError (see the module docstring), and whatever the callbacks raise.
+        """
+        run = _Fetch(self, url, headers, fd_factory, on_start, on_piece, have, piece_length)
+        try:
+            return await run.go()
+        except DamselflyError:
+            raise
+        except aiohttp.ConnectionTimeoutError as e:
+            raise SourceUnreachable(f"timed out connecting to the origin for {url}: {e}") from e
+        except TimeoutError as e:
+            raise DownloadTimeout(
+                f"the origin sent no byte for {self._config.read_timeout:g}s while downloading {url}"
+            ) from e
+        except (aiohttp.ClientConnectorError, aiohttp.ClientSSLError) as e:
+            raise SourceUnreachable(f"cannot reach the origin for {url}: {e}") from e
+        except aiohttp.ClientPayloadError as e:
+            raise SourceError(f"the origin's body for {url} ended early or was malformed: {e}") from e
+        except aiohttp.InvalidURL as e:
+            raise SourceUnreachable(f"invalid URL {url!r}: {e}") from e
+        except aiohttp.ClientError as e:
+            raise SourceError(f"downloading {url} from the origin failed: {e}") from e
+        finally:
+            run.close()
+
+    def _origin_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        out = {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
+        if not any(k.lower() == "accept-encoding" for k in out):
+            out["Accept-Encoding"] = "identity"
+        return out
+
+    @asynccontextmanager
+    async def _get(
+        self, url: str, headers: dict[str, str], byte_range: tuple[int, int | None] | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        req = dict(headers)
+        if byte_range is not None:
+            start, end = byte_range
+            req["Range"] = f"bytes={start}-{'' if end is None else end}"
+        async with self._get_session().get(url, headers=req) as resp:
+            if resp.status >= 400:
+                raise SourceStatusError(url, resp.status, resp.reason or "")
+            if resp.status not in (200, 206):
+                raise SourceError(f"the origin answered {resp.status} {resp.reason or ''} for {url}")
+            yield resp
+
+
+def _response_headers(resp: aiohttp.ClientResponse, total: int | None) -> dict[str, str]:
+    out = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE}
+    if total is not None:
+        out["Content-Length"] = str(total)
+    return out
+
+
+def _content_range(resp: aiohttp.ClientResponse, url: str) -> tuple[int, int, int | None]:
+    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+    if not m:
+        raise SourceError(f"the origin answered 206 without a usable Content-Range for {url}")
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), int(m.group(2)), total
+
+
+class _Fetch:
+    """The state of one ``fetch_into`` call: where the bytes go and which pieces are done."""
+
+    def __init__(
+        self,
+        source: HTTPSource,
+        url: str,
+        headers: dict[str, str],
+        fd_factory: Callable[[], int],
+        on_start: OnStart,
+        on_piece: OnPiece,
+        have: Set[int],
+        piece_length: int | None,
+    ) -> None:
+        self.source = source
+        self.url = url
+        self.headers = source._origin_headers(headers)
+        self.fd_factory = fd_factory
+        self.on_start = on_start
+        self.on_piece = on_piece
+        self.skip: set[int] = set(have)
+        self.hint = piece_length
+        self.fd: int | None = None
+        self.piece_length = 0
+        self.total: int | None = None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _first_range(self) -> tuple[int, int | None] | None:
+        if not self.skip or not self.hint:
+            return None
+        first = next(n for n in range(len(self.skip) + 1) if n not in self.skip)
+        later = [n for n in self.skip if n > first]
+        end = min(later) * self.hint - 1 if later else None
+        return first * self.hint, end
+
+    def _missing_runs(self) -> list[tuple[int, int]]:
+        """Byte ranges (inclusive) of consecutive pieces still missing."""
+        assert self.total is not None
+        count = (self.total + self.piece_length - 1) // self.piece_length
+        runs: list[tuple[int, int]] = []
+        n = 0
+        while n < count:
+            if n in self.skip:
+                n += 1
+                continue
+            start = n
+            while n < count and n not in self.skip:
+                n += 1
+            runs.append((start * self.piece_length, min(n * self.piece_length, self.total) - 1))
+        return runs
+
+    async def go(self) -> int:
+        first = self._first_range()
+        src = self.source
+        async with src._get(self.url, self.headers, first) as resp:
+            if resp.status == 206 and first is not None:
+                start, end, total = _content_range(resp, self.url)
+                if start != first[0]:
+                    raise SourceError(f"the origin sent bytes from {start}, asked {first[0]}, for {self.url}")
+                self.total = total
+            elif resp.status == 200:
+                start, end = 0, None
+                self.total = resp.content_length
+                first = None
+            else:
+                raise SourceError(f"the origin answered 206 to a request without Range for {self.url}")
+            self.piece_length = await self.on_start(self.total, _response_headers(resp, self.total))
+            if self.piece_length <= 0:
+                raise SourceError(f"on_start returned piece length {self.piece_length}")
+            if first is not None and self.piece_length != self.hint:
+                raise SourceError("on_start returned a piece length other than the one given for resume")
+            self.fd = self.fd_factory()
+            stop = self.total if end is None else end + 1
+            written = await self._stream(resp, start, stop)
+            if first is None:
+                # The whole content came in one response.
+                return self.total if self.total is not None else written
+        if self.total is None:
+            raise SourceError(f"the origin did not say the content length of {self.url} in its 206 answer")
+        for a, b in self._missing_runs():
+            async with src._get(self.url, self.headers, (a, b)) as resp:
+                if resp.status == 200:
+                    await self._stream(resp, 0, self.total)
+                    break
+                start, end, total = _content_range(resp, self.url)
+                if total is not None and total != self.total:
+                    raise SourceError(f"the content length of {self.url} changed mid-download")
+                if (start, end) != (a, b):
+                    raise SourceError(f"the origin sent bytes {start}-{end}, asked {a}-{b}, for {self.url}")
+                await self._stream(resp, a, b + 1)
+        return self.total
+
+    async def _stream(self, resp: aiohttp.ClientResponse, start: int, end: int | None) -> int:
+        """Write the body, which holds bytes [start, end) of the content, piece by piece.
+
+        ``end`` None: unknown (chunked); the content ends where the body does.
+        Returns the offset reached.
+        """
+        fd = self.fd
+        assert fd is not None
+        pl = self.piece_length
+        clock = self.source._clock
+        total = self.total
+        pos = start
+        number = pos // pl
+        piece_start = number * pl
+        crc = 0
+        began = clock()
+        async for data in resp.content.iter_any():
+            view = memoryview(data)
+            while view:
+                piece_end = piece_start + pl if total is None else min(piece_start + pl, total)
+                if (end is not None and pos >= end) or pos >= piece_end:
+                    raise SourceError(f"the origin sent more bytes than announced for {self.url}")
+                take = min(len(view), piece_end - pos)
+                chunk = view[:take]
+                if number not in self.skip:
+                    crc = zlib.crc32(chunk, crc)
+                    _pwrite_all(fd, chunk, pos)
+                pos += take
+                view = view[take:]
+                if pos == piece_end:
+                    self._piece_done(number, piece_start, pos - piece_start, crc, began)
+                    number += 1
+                    piece_start = pos
+                    crc = 0
+                    began = clock()
+        if end is not None and pos < end:
+            raise SourceError(f"the origin's body for {self.url} ended at byte {pos} of {end}")
+        if total is None and pos > piece_start:
+            self._piece_done(number, piece_start, pos - piece_start, crc, began)
+        return pos
+
+    def _piece_done(self, number: int, offset: int, length: int, crc: int, began: float) -> None:
+        if number in self.skip:
+            return
+        self.skip.add(number)
+        self.on_piece(
+            PieceInfo(
+                number=number,
+                offset=offset,
+                length=length,
+                digest=f"crc32:{crc}",
+                traffic_type=TrafficType.BACK_TO_SOURCE,
+                cost_s=self.source._clock() - began,
+            )
+        )
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    try:
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], offset + done)
+    except OSError as e:
+        raise StorageError(e.errno, f"cannot write downloaded content: {e.strerror}") from e
