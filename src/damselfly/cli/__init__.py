@@ -1,0 +1,1 @@
+"""The command line: ``damselfly`` (scheduler, daemon, get, up, bench, demo) and ``dfget``."""

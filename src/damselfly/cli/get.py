@@ -1,0 +1,267 @@
+"""dfget: download one URL through the local daemon's unix socket.
+
+The flow: check every argument locally (digest, URL, output folder) so a typo
+fails before any network; open ``dfdaemon.v2.DfdaemonDownload.DownloadTask`` on
+the daemon's socket with an absolute ``output_path``; show progress from the
+response stream; the *daemon* writes the output (link or copy, fsync, rename)
+once the content is complete and verified. dfget's last duty is that a failed
+run leaves no file at the output path that was not there before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from ..domain import DownloadSpec
+from ..errors import DaemonUnavailable
+from .exitcodes import DAEMON_HINT, DfgetFailure, ExitCode, failure_from_error, failure_from_status
+from .parsing import (
+    check_output,
+    check_url,
+    default_endpoint,
+    human_size,
+    normalize_endpoint,
+    parse_digest,
+    parse_duration,
+    parse_headers,
+    parse_piece_length,
+)
+
+CONNECT_TIMEOUT_S = 5.0
+# The daemon enforces --timeout itself; our own deadline is a backstop a little later.
+DEADLINE_GRACE_S = 10.0
+
+
+@dataclass
+class GetOptions:
+    """dfget's flags as given on the command line (strings, not yet checked)."""
+
+    url: str
+    output: str
+    digest: str | None = None
+    tag: str = ""
+    application: str = ""
+    headers: list[str] = field(default_factory=list)
+    filtered_query_params: list[str] = field(default_factory=list)
+    piece_length: str | None = None
+    disable_back_to_source: bool = False
+    timeout: str | None = None
+    progress: bool = True
+    endpoint: str | None = None
+
+
+@dataclass
+class GetPlan:
+    """A checked request: what to send, where the output goes, which socket to use."""
+
+    spec: DownloadSpec
+    output: Path
+    socket: Path
+    timeout_s: float | None
+    output_existed: bool
+
+
+def plan(opts: GetOptions) -> GetPlan:
+    """Check every argument, digest first; raise :class:`DfgetFailure` with the exit code on error."""
+    try:
+        digest = parse_digest(opts.digest)
+        url = check_url(opts.url)
+        headers = parse_headers(opts.headers)
+        piece_length = parse_piece_length(opts.piece_length) if opts.piece_length else None
+        timeout_s = parse_duration(opts.timeout) if opts.timeout else None
+        socket = normalize_endpoint(opts.endpoint or default_endpoint())
+        output = check_output(opts.output)
+    except Exception as e:
+        raise failure_from_error(e) from e
+    spec = DownloadSpec(
+        url=url,
+        digest=digest,
+        tag=opts.tag,
+        application=opts.application,
+        filtered_query_params=list(opts.filtered_query_params) or None,
+        request_header=headers,
+        piece_length=piece_length,
+        output_path=str(output),
+        timeout_s=timeout_s,
+        disable_back_to_source=opts.disable_back_to_source,
+    )
+    return GetPlan(spec, output, socket, timeout_s, output_existed=os.path.lexists(output))
+
+
+class ProgressSink(Protocol):
+    def started(self, total: int | None) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class NoProgress:
+    def started(self, total: int | None) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RichProgress:
+    """A rich progress bar on stderr: bytes, rate, ETA."""
+
+    def __init__(self, description: str, stream: TextIO) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=stream),
+            transient=True,
+        )
+        self._task = self._progress.add_task(description, total=None)
+        self._progress.start()
+
+    def started(self, total: int | None) -> None:
+        self._progress.update(self._task, total=total or None)
+
+    def advance(self, nbytes: int) -> None:
+        self._progress.advance(self._task, nbytes)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+@dataclass
+class GetResult:
+    size: int
+    elapsed_s: float
+
+
+async def execute(p: GetPlan, sink: ProgressSink) -> GetResult:
+    """Run the download on the daemon; raise :class:`DfgetFailure` on any failure."""
+    import grpc
+
+    from ..api import dfdaemon_pb2, dfdaemon_pb2_grpc
+    from ..api.convert import download_to_pb
+
+    if not p.socket.exists():
+        raise DfgetFailure(ExitCode.DAEMON_UNAVAILABLE, f"no daemon socket at {p.socket}; {DAEMON_HINT}")
+    began = time.monotonic()
+    started = False
+    content_length = 0
+    async with grpc.aio.insecure_channel(f"unix://{p.socket}") as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            raise failure_from_error(
+                DaemonUnavailable(f"no daemon answers on {p.socket}; {DAEMON_HINT}")
+            ) from None
+        stub: Any = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
+        request = dfdaemon_pb2.DownloadTaskRequest(download=download_to_pb(p.spec))
+        deadline = p.timeout_s + DEADLINE_GRACE_S if p.timeout_s else None
+        call = stub.DownloadTask(request, timeout=deadline)
+        try:
+            async for response in call:
+                which = response.WhichOneof("response")
+                if which == "download_task_started_response":
+                    started = True
+                    r = response.download_task_started_response
+                    content_length = int(r.content_length)
+                    sink.started(content_length)
+                    for piece in r.pieces:
+                        sink.advance(int(piece.length))
+                elif which == "download_piece_finished_response":
+                    sink.advance(int(response.download_piece_finished_response.piece.length))
+        except grpc.aio.AioRpcError as e:
+            raise failure_from_status(
+                e.code().name,
+                e.details() or "",
+                back_to_source_disabled=p.spec.disable_back_to_source,
+                started=started,
+            ) from None
+    elapsed = time.monotonic() - began
+    try:
+        size = p.output.stat().st_size
+    except OSError:
+        raise DfgetFailure(
+            ExitCode.UNEXPECTED, f"the daemon reported success but wrote no file at {p.output}"
+        ) from None
+    if started and content_length and size != content_length:
+        raise DfgetFailure(
+            ExitCode.UNEXPECTED,
+            f"the daemon wrote {size} bytes to {p.output} but announced {content_length}",
+        )
+    return GetResult(size, elapsed)
+
+
+def remove_new_output(p: GetPlan) -> None:
+    """After a failure: remove a file at the output path that was not there before."""
+    if not p.output_existed and os.path.lexists(p.output) and not p.output.is_dir():
+        try:
+            p.output.unlink()
+        except OSError as e:
+            print(f"dfget: warning: could not remove partial output {p.output}: {e}", file=sys.stderr)
+
+
+def summary_line(result: GetResult, output: Path) -> str:
+    rate = result.size / result.elapsed_s if result.elapsed_s > 0 else 0.0
+    return f"dfget: {human_size(result.size)} to {output} in {result.elapsed_s:.2f} s ({human_size(rate)}/s)"
+
+
+async def get_async(opts: GetOptions, *, stderr: TextIO | None = None) -> ExitCode:
+    """dfget as a coroutine: prints its messages to ``stderr`` and returns the exit code."""
+    err = stderr or sys.stderr
+    try:
+        p = plan(opts)
+    except DfgetFailure as f:
+        print(f"dfget: error: {f.message}", file=err)
+        return f.code
+    return await run_plan(p, progress=opts.progress, stderr=err)
+
+
+async def run_plan(p: GetPlan, *, progress: bool, stderr: TextIO) -> ExitCode:
+    show = progress and stderr.isatty()
+    sink: ProgressSink = RichProgress(p.output.name, stderr) if show else NoProgress()
+    try:
+        result = await execute(p, sink)
+    except BaseException as e:
+        sink.close()
+        remove_new_output(p)
+        if isinstance(e, asyncio.CancelledError | KeyboardInterrupt):
+            raise
+        failure = failure_from_error(e)
+        print(f"dfget: error: {failure.message}", file=stderr)
+        return failure.code
+    sink.close()
+    print(summary_line(result, p.output), file=stderr)
+    return ExitCode.OK
+
+
+def run_get(opts: GetOptions) -> int:
+    """dfget as a program: runs the loop, turns Ctrl-C into exit 130 with no new output file."""
+    try:
+        p = plan(opts)
+    except DfgetFailure as f:
+        print(f"dfget: error: {f.message}", file=sys.stderr)
+        return int(f.code)
+    try:
+        return int(asyncio.run(run_plan(p, progress=opts.progress, stderr=sys.stderr)))
+    except KeyboardInterrupt:
+        remove_new_output(p)
+        print("dfget: cancelled", file=sys.stderr)
+        return int(ExitCode.CANCELLED)

@@ -1,0 +1,241 @@
+"""The ``damselfly`` and ``dfget`` commands (typer).
+
+Subcommands import what they run lazily, so ``dfget`` starts without loading
+the scheduler or the daemon.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from .parsing import DEFAULT_ENDPOINT, ENDPOINT_ENV
+
+app = typer.Typer(
+    name="damselfly",
+    help="P2P file and container-image distribution (Dragonfly's v2 API). "
+    "Start with `damselfly up --data-dir DIR`, then `dfget -e DIR/dfdaemon.sock URL -O FILE`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks on this machine.", no_args_is_help=True, add_completion=False)
+app.add_typer(bench_app, name="bench")
+dfget_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR")]
+LogFile = Annotated[Path | None, typer.Option("--log-file", help="log here instead of stderr")]
+ReadyFile = Annotated[
+    Path | None, typer.Option("--ready-file", help="write the bound ports here (JSON) once listening")
+]
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config; flags override it")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"damselfly {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    """Damselfly."""
+
+
+@app.command()
+def scheduler(
+    config: ConfigFile = None,
+    ip: Annotated[str | None, typer.Option(help="listen IP (server.ip)")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port, 0 for a free one (server.port)")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="metrics + /healthy port (metrics.port)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="data directory (server.dataDir)")] = None,
+    ready_file: ReadyFile = None,
+    log_level: LogLevel = "INFO",
+    log_file: LogFile = None,
+) -> None:
+    """Run a scheduler: hosts, tasks, peers, and who downloads from whom."""
+    from .servers import run_scheduler, scheduler_overrides
+
+    overrides = scheduler_overrides(ip=ip, port=port, metrics_port=metrics_port, data_dir=data_dir)
+    raise typer.Exit(
+        run_scheduler(config, overrides, ready_file=ready_file, log_level=log_level, log_file=log_file)
+    )
+
+
+@app.command()
+def daemon(
+    config: ConfigFile = None,
+    seed: Annotated[bool, typer.Option("--seed", help="be a seed peer (seedPeer.enable)")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="storage directory (storage.dir)")] = None,
+    scheduler: Annotated[
+        list[str] | None,
+        typer.Option("--scheduler", help="scheduler host:port, repeatable (scheduler.addrs)"),
+    ] = None,
+    hostname: Annotated[str | None, typer.Option(help="host name (host.hostname)")] = None,
+    ip: Annotated[str | None, typer.Option(help="advertised IP (host.ip)")] = None,
+    idc: Annotated[str | None, typer.Option(help="IDC (host.idc)")] = None,
+    location: Annotated[str | None, typer.Option(help="location, e.g. cn|zj|hz (host.location)")] = None,
+    listen_ip: Annotated[str | None, typer.Option(help="IP the upload and piece servers listen on")] = None,
+    upload_port: Annotated[int | None, typer.Option(help="gRPC upload port (upload.server.port)")] = None,
+    piece_port: Annotated[int | None, typer.Option(help="piece server port (storage.server.tcpPort)")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="metrics + /healthy port (metrics.port)")] = None,
+    socket: Annotated[Path | None, typer.Option(help="local API socket (download.server.socketPath)")] = None,
+    ready_file: ReadyFile = None,
+    log_level: LogLevel = "INFO",
+    log_file: LogFile = None,
+) -> None:
+    """Run a daemon (peer or --seed): downloads, stores and serves pieces."""
+    from .servers import daemon_overrides, run_daemon
+
+    overrides = daemon_overrides(
+        seed=seed,
+        data_dir=data_dir,
+        schedulers=scheduler,
+        hostname=hostname,
+        ip=ip,
+        idc=idc,
+        location=location,
+        listen_ip=listen_ip,
+        upload_port=upload_port,
+        piece_port=piece_port,
+        metrics_port=metrics_port,
+        socket=socket,
+    )
+    raise typer.Exit(
+        run_daemon(config, overrides, ready_file=ready_file, log_level=log_level, log_file=log_file)
+    )
+
+
+def get(
+    url: Annotated[str, typer.Argument(help="http(s) URL to download")],
+    output: Annotated[str, typer.Option("--output", "-O", help="where to write the file")],
+    digest: Annotated[
+        str | None, typer.Option(help="expected digest: sha256:<hex>, sha512:<hex> or crc32:<n>")
+    ] = None,
+    tag: Annotated[str, typer.Option(help="tag: a different tag is a different task")] = "",
+    application: Annotated[str, typer.Option(help="application name, part of the task ID")] = "",
+    header: Annotated[
+        list[str] | None, typer.Option("--header", "-H", help="'Name: value' sent to the origin; repeatable")
+    ] = None,
+    filtered_query_param: Annotated[
+        list[str] | None,
+        typer.Option(help="query parameter left out of the task ID; repeatable (replaces the defaults)"),
+    ] = None,
+    piece_length: Annotated[str | None, typer.Option(help="piece length, e.g. 4MiB")] = None,
+    disable_back_to_source: Annotated[
+        bool, typer.Option("--disable-back-to-source", help="fail rather than download from the origin")
+    ] = False,
+    timeout: Annotated[str | None, typer.Option(help="give up after this long, e.g. 90s, 30m, 2h")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
+    endpoint: Annotated[
+        str,
+        typer.Option(
+            "--endpoint",
+            "-e",
+            envvar=ENDPOINT_ENV,
+            help="the daemon's unix socket (path or unix:///path)",
+        ),
+    ] = DEFAULT_ENDPOINT,
+) -> None:
+    """Download URL through the local daemon (P2P) to --output."""
+    from .get import GetOptions, run_get
+
+    opts = GetOptions(
+        url=url,
+        output=output,
+        digest=digest,
+        tag=tag,
+        application=application,
+        headers=list(header or []),
+        filtered_query_params=list(filtered_query_param or []),
+        piece_length=piece_length,
+        disable_back_to_source=disable_back_to_source,
+        timeout=timeout,
+        progress=not no_progress,
+        endpoint=endpoint,
+    )
+    raise typer.Exit(run_get(opts))
+
+
+app.command("get")(get)
+dfget_app.command("dfget")(get)
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="where everything lives: data, logs, the socket")],
+    scheduler_port: Annotated[int, typer.Option(help="scheduler gRPC port (0: free)")] = 8002,
+    scheduler_metrics_port: Annotated[int, typer.Option(help="scheduler metrics port")] = 8000,
+    upload_port: Annotated[int, typer.Option(help="peer daemon's gRPC upload port")] = 4000,
+    piece_port: Annotated[int, typer.Option(help="peer daemon's piece server port")] = 4005,
+    metrics_port: Annotated[int, typer.Option(help="peer daemon's metrics port")] = 4002,
+    ready_file: ReadyFile = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run a scheduler, a seed daemon and a peer daemon here, in the foreground."""
+    from .up import run_up
+
+    raise typer.Exit(
+        run_up(
+            data_dir,
+            scheduler_port=scheduler_port,
+            scheduler_metrics_port=scheduler_metrics_port,
+            upload_port=upload_port,
+            piece_port=piece_port,
+            metrics_port=metrics_port,
+            ready_file=ready_file,
+            log_level=log_level,
+        )
+    )
+
+
+@bench_app.command("local")
+def bench_local(
+    peers: Annotated[int, typer.Option(min=1, max=64, help="peer daemons")] = 3,
+    size: Annotated[str, typer.Option(help="file size, e.g. 64MiB")] = "64MiB",
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    keep: Annotated[bool, typer.Option(help="keep the temp dir (logs, data)")] = False,
+    timeout: Annotated[str, typer.Option(help="per-dfget timeout")] = "10m",
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Origin + scheduler + seed + N peers on 127.0.0.1; dfget on every peer at once."""
+    from ..units import parse_size
+    from .bench import print_result, run_bench
+    from .parsing import parse_duration
+
+    try:
+        size_bytes = parse_size(size)
+        timeout_s = parse_duration(timeout)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    result = run_bench(
+        peers, size_bytes, keep=keep, log_level=log_level, timeout_s=timeout_s, progress=not json_out
+    )
+    raise typer.Exit(print_result(result, as_json=json_out))
+
+
+@app.command()
+def demo(keep: Annotated[bool, typer.Option(help="keep the temp dir (logs, data)")] = False) -> None:
+    """Three peers fetch one 64 MiB file at once; see what P2P saved the origin."""
+    from ..units import MiB
+    from .bench import human_summary, run_bench
+
+    typer.echo("Damselfly demo: an origin, a scheduler, a seed and 3 peers on this machine.")
+    result = run_bench(3, 64 * MiB, keep=keep, log_level="INFO")
+    typer.echo(human_summary(result))
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def main() -> None:
+    app(prog_name="damselfly")
+
+
+def dfget_main() -> None:
+    dfget_app(prog_name="dfget")
