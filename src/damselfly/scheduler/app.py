@@ -1,0 +1,128 @@
+"""Run a scheduler: gRPC ``scheduler.v2.Scheduler`` plus metrics and ``/healthy``.
+
+:func:`serve` is the async entry point (tests run it in-process on port 0);
+:func:`run` wraps it for the command line with SIGINT/SIGTERM handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from ..api import scheduler_pb2_grpc
+from ..config import SchedulerConfig, TLSConfig
+from ..errors import ConfigError
+from .metrics import SchedulerMetrics
+from .service import SchedulerService
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 2.0  # seconds open RPCs get to finish on stop
+
+
+def write_ready_file(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _server_credentials(tls: TLSConfig) -> Any | None:
+    if not (tls.cert or tls.key or tls.ca_cert):
+        return None
+    if not (tls.cert and tls.key):
+        raise ConfigError("tls needs both cert and key (and caCert to require client certificates)")
+    try:
+        key = Path(tls.key).read_bytes()
+        cert = Path(tls.cert).read_bytes()
+        ca = Path(tls.ca_cert).read_bytes() if tls.ca_cert else None
+    except OSError as e:
+        raise ConfigError(f"cannot read TLS file {e.filename}: {e.strerror}") from e
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+def _address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+async def serve(
+    config: SchedulerConfig, *, ready_file: Path | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Serve until ``stop`` is set (forever when None), then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    metrics = SchedulerMetrics()
+    service = SchedulerService(config, metrics=metrics)
+    server = grpc.aio.server()
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server)
+    address = _address(config.server.ip, config.server.port)
+    credentials = _server_credentials(config.tls)
+    try:
+        if credentials is None:
+            grpc_port = server.add_insecure_port(address)
+        else:
+            grpc_port = server.add_secure_port(address, credentials)
+    except RuntimeError as e:
+        raise ConfigError(f"cannot listen on {address} for gRPC: {e}") from e
+    if grpc_port == 0:
+        raise ConfigError(f"cannot listen on {address} for gRPC (address in use?)")
+
+    runner: web.AppRunner | None = None
+    metrics_port = 0
+    await server.start()
+    service.start()
+    try:
+        if config.metrics.enable:
+            runner = web.AppRunner(metrics.app(), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, config.metrics.ip, config.metrics.port)
+            try:
+                await site.start()
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot listen on {config.metrics.ip}:{config.metrics.port} for metrics: {e.strerror}"
+                ) from e
+            metrics_port = int(runner.addresses[0][1])
+        log.info("scheduler listening: grpc %s (port %d), metrics port %d", address, grpc_port, metrics_port)
+        if ready_file is not None:
+            write_ready_file(
+                Path(ready_file), {"pid": os.getpid(), "grpc_port": grpc_port, "metrics_port": metrics_port}
+            )
+        await stop.wait()
+    finally:
+        log.info("scheduler stopping")
+        await service.close()
+        await server.stop(SHUTDOWN_GRACE)
+        if runner is not None:
+            await runner.cleanup()
+
+
+def run(config: SchedulerConfig, *, ready_file: Path | None = None) -> None:
+    """Run :func:`serve` in a new event loop until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, ready_file=ready_file, stop=stop)
+
+    asyncio.run(main())

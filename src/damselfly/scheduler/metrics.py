@@ -1,0 +1,69 @@
+"""Prometheus metrics of one scheduler, with ``GET /healthy``.
+
+Each :class:`SchedulerMetrics` has its own ``CollectorRegistry``, so several
+schedulers can run in one process (tests) without clashing names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+PREFIX = "damselfly_scheduler_"
+
+_SCHEDULE_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
+
+
+class SchedulerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.announce_peer = Counter(
+            PREFIX + "announce_peer_total", "AnnouncePeer requests by type", ["type"], registry=r
+        )
+        self.register_peer = Counter(PREFIX + "register_peer_total", "Peers registered", registry=r)
+        self.announce_host = Counter(PREFIX + "announce_host_total", "AnnounceHost calls", registry=r)
+        self.schedule_duration = Histogram(
+            PREFIX + "schedule_duration_milliseconds",
+            "Time to take one scheduling decision, in milliseconds",
+            buckets=_SCHEDULE_BUCKETS_MS,
+            registry=r,
+        )
+        self.decisions = Counter(
+            PREFIX + "schedule_decision_total", "Scheduling decisions by kind", ["kind"], registry=r
+        )
+        self.back_to_source = Counter(PREFIX + "back_to_source_total", "Peers sent to the origin", registry=r)
+        self.seed_trigger = Counter(
+            PREFIX + "seed_trigger_total", "Seed peer downloads triggered", ["result"], registry=r
+        )
+        self.peer_finished = Counter(
+            PREFIX + "download_peer_finished_total", "Peers that finished a task", registry=r
+        )
+        self.peer_failed = Counter(PREFIX + "download_peer_failed_total", "Peers that failed", registry=r)
+        self.hosts = Gauge(PREFIX + "hosts", "Hosts known", registry=r)
+        self.peers = Gauge(PREFIX + "peers", "Peers known", registry=r)
+        self.tasks = Gauge(PREFIX + "tasks", "Tasks known", registry=r)
+
+    def bind_sizes(
+        self, hosts: Callable[[], float], peers: Callable[[], float], tasks: Callable[[], float]
+    ) -> None:
+        """Make the size gauges read the live resources at scrape time."""
+        self.hosts.set_function(hosts)
+        self.peers.set_function(peers)
+        self.tasks.set_function(tasks)
+
+    def app(self) -> web.Application:
+        async def metrics(_: web.Request) -> web.Response:
+            body = generate_latest(self.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthy(_: web.Request) -> web.Response:
+            return web.Response(text="OK")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthy", healthy)
+        return app

@@ -1,0 +1,197 @@
+"""Scheduling policy: what to tell a peer that needs parents.
+
+Plain synchronous functions over :class:`~.resources.Resources`:
+:func:`schedule` decides, :func:`apply_decision` records the decision in the
+resources (parent edges, waiting, the task's seed state); the gRPC service
+sends the answer and starts the seed download. The rules are those of
+docs/PROTOCOL.md, step 1 and 4:
+
+1. ``need_back_to_source`` -> back to source.
+2. A peer on a seed host, when no other seed peer of the task has started ->
+   back to source (the seed fetches the origin once for everybody).
+3. Content length known to be 0 -> empty task.
+4. After ``retry_limit`` reschedules -> back to source (when allowed).
+5. Candidates (sampled, filtered, ranked) -> a normal task with the best few.
+6. No candidate: after ``back_to_source_after`` seconds of waiting -> back to
+   source (fail when back-to-source is disabled).
+   Else, if nobody is fetching the task yet: trigger a seed peer when a seed
+   host exists (once per task), otherwise send this peer to the origin. Else
+   wait for a candidate to appear.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..config import SchedulingConfig
+from .evaluator import Evaluator
+from .resources import Host, Peer, PeerState, Resources, SeedState
+
+
+@dataclass(frozen=True, slots=True)
+class Parents:
+    """Answer NormalTaskResponse with these candidate parents, best first."""
+
+    parents: list[Peer]
+
+
+@dataclass(frozen=True, slots=True)
+class BackToSource:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Empty:
+    """The task has no content: answer EmptyTaskResponse."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """No answer yet; ask again when a candidate may have appeared."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSeed:
+    """Wait, and ask ``host`` to download the task first (once per task)."""
+
+    host: Host
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """No parent and back-to-source is disabled: end the peer's stream."""
+
+    reason: str
+
+
+Decision = Parents | BackToSource | Empty | Wait | TriggerSeed | Fail
+
+
+def candidate_parents(
+    peer: Peer, res: Resources, cfg: SchedulingConfig, evaluator: Evaluator, rng: random.Random
+) -> list[Peer]:
+    """Sample up to ``filter_parent_limit`` serving peers of the task and keep the usable ones."""
+    out = []
+    for cand in peer.task.available.sample(cfg.filter_parent_limit, rng):
+        if (
+            cand is peer
+            or not cand.state.can_serve
+            or cand.host is peer.host
+            or cand.id in peer.blocked
+            or cand.host.info.disable_shared
+            or (cand.host.free_upload_slots <= 0 and cand.id not in peer.parents)
+            or res.is_ancestor(peer, cand)
+            or evaluator.is_bad_parent(cand)
+        ):
+            continue
+        out.append(cand)
+    return out
+
+
+def other_seed_started(peer: Peer) -> bool:
+    """Whether another peer of the task on a seed host is downloading or done."""
+    return any(p is not peer and p.host.is_seed for p in peer.task.available)
+
+
+def someone_fetches_for(peer: Peer, res: Resources) -> bool:
+    """Whether a peer this one could use is getting the task from the origin, or a seed soon will.
+
+    Fetchers blocked for ``peer`` do not count (so a peer whose only source
+    failed it goes to the origin itself instead of waiting for nothing), and a
+    triggered seed counts until its own peer shows up among the fetchers.
+    """
+    seed_registered = False
+    for pid in peer.task.source_peers:
+        fetcher = res.peers.get(pid)
+        if fetcher is None or fetcher is peer:
+            continue
+        seed_registered = seed_registered or fetcher.host.is_seed
+        if pid not in peer.blocked:
+            return True
+    return peer.task.seed_state is SeedState.TRIGGERED and not seed_registered
+
+
+def pick_seed_host(res: Resources, exclude: Host | None = None) -> Host | None:
+    """The least loaded seed host (fewest used upload slots relative to its limit)."""
+    best: Host | None = None
+    best_load = 2.0
+    for host in res.seed_hosts():
+        if host is exclude or host.info.disable_shared:
+            continue
+        load = host.children / host.upload_limit if host.upload_limit else 1.0
+        if load < best_load or (load == best_load and best is not None and host.id < best.id):
+            best, best_load = host, load
+    return best
+
+
+def _give_up(peer: Peer, reason: str) -> Decision:
+    if peer.disable_back_to_source:
+        return Fail(f"{reason}, and back-to-source is disabled")
+    return BackToSource(reason)
+
+
+def schedule(
+    peer: Peer,
+    res: Resources,
+    cfg: SchedulingConfig,
+    evaluator: Evaluator,
+    now: float,
+    *,
+    seed_trigger: bool = True,
+    rng: random.Random | None = None,
+) -> Decision:
+    """Decide what to answer ``peer`` now (see the module docstring for the rules)."""
+    task = peer.task
+    if peer.need_back_to_source:
+        return BackToSource("the download asked for back-to-source")
+    if peer.host.is_seed and not other_seed_started(peer):
+        return BackToSource("seed peer fetches the task from the origin")
+    if task.is_empty_content:
+        return Empty()
+
+    retries_spent = peer.reschedule_count >= cfg.retry_limit
+    if retries_spent and not peer.disable_back_to_source:
+        return BackToSource(f"parents failed {peer.reschedule_count} times")
+
+    parents = candidate_parents(peer, res, cfg, evaluator, rng or random.Random())
+    if parents:
+        return Parents(evaluator.rank(parents, peer, cfg.candidate_parent_limit, now))
+
+    if retries_spent:
+        return _give_up(peer, f"no parent after {peer.reschedule_count} reschedules")
+    if peer.waiting_since is not None and now - peer.waiting_since >= cfg.back_to_source_after:
+        return _give_up(peer, f"no parent within {cfg.back_to_source_after:g}s")
+
+    if not someone_fetches_for(peer, res):
+        if seed_trigger and task.seed_state is SeedState.NONE:
+            seed = pick_seed_host(res, exclude=peer.host)
+            if seed is not None:
+                return TriggerSeed(seed)
+        if not peer.disable_back_to_source:
+            return BackToSource("first peer of the task fetches it from the origin")
+    return Wait("no candidate parent yet")
+
+
+def apply_decision(peer: Peer, decision: Decision, res: Resources, now: float) -> None:
+    """Record a decision in the resources (the service then sends the answer)."""
+    task = peer.task
+    match decision:
+        case Parents(parents):
+            res.stop_waiting(peer)
+            res.set_parents(peer, parents)
+        case BackToSource():
+            res.stop_waiting(peer)
+            res.clear_parents(peer)
+            task.source_peers.add(peer.id)
+        case Empty():
+            res.stop_waiting(peer)
+        case TriggerSeed():
+            task.seed_state = SeedState.TRIGGERED
+            res.start_waiting(peer, now)
+        case Wait():
+            res.start_waiting(peer, now)
+        case Fail():
+            res.set_state(peer, PeerState.FAILED, now)

@@ -1,0 +1,115 @@
+"""The seed-peer trigger: ask a seed daemon to download a new task.
+
+The policy (whether and which seed host) lives in :mod:`.scheduling`; this
+module does the I/O. :class:`SeedTrigger` owns one background task per
+triggered task: it calls ``DfdaemonUpload.DownloadTask`` on the seed host and
+drains the progress stream, then reports the outcome through ``on_done`` (in
+the event loop). ``close()`` cancels whatever is still running.
+
+The request carries the registering peer's ``Download`` (request headers
+included: the seed is trusted infrastructure and may need the credentials for
+the origin), minus what only concerns that peer's copy (output path, range,
+back-to-source flags, restore numbers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+from ..domain import HostInfo
+from ..errors import SchedulerError
+
+log = logging.getLogger(__name__)
+
+PB = Any
+OnDone = Callable[[str, "SchedulerError | None"], None]
+
+# Fields of common.v2.Download about one peer's copy, not the content: the seed
+# gets everything else (URL, tag, application, filtered params, headers, piece
+# length, ...) so it computes the same task ID.
+_PEER_FIELDS = (
+    "output_path",
+    "range",
+    "timeout",
+    "disable_back_to_source",
+    "need_back_to_source",
+    "prefetch",
+    "is_prefetch",
+    "need_piece_content",
+    "force_hard_link",
+    "remote_ip",
+    "overwrite",
+    "actual_piece_length",
+    "actual_content_length",
+    "actual_piece_count",
+    "metadata_only",
+)
+
+
+def seed_download(download: PB) -> PB:
+    """The ``Download`` to send a seed host for a peer's ``download``."""
+    out = common_pb2.Download()
+    out.CopyFrom(download)
+    fields = out.DESCRIPTOR.fields_by_name
+    for name in _PEER_FIELDS:
+        if name in fields:
+            out.ClearField(name)
+    return out
+
+
+def target(host: HostInfo) -> str:
+    ip = f"[{host.ip}]" if ":" in host.ip else host.ip
+    return f"{ip}:{host.port}"
+
+
+class SeedTrigger:
+    """Runs seed downloads in the background; one task per triggered task ID."""
+
+    def __init__(self, on_done: OnDone) -> None:
+        self._on_done = on_done
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def trigger(self, task_id: str, host: HostInfo, download: PB) -> None:
+        if task_id in self._running:
+            return
+        request = dfdaemon_pb2.DownloadTaskRequest(download=seed_download(download))
+        t = asyncio.get_running_loop().create_task(
+            self._run(task_id, host, request), name=f"seed-trigger-{task_id[:12]}"
+        )
+        self._running[task_id] = t
+
+    async def _run(self, task_id: str, host: HostInfo, request: PB) -> None:
+        error: SchedulerError | None = None
+        try:
+            async with grpc.aio.insecure_channel(target(host)) as channel:
+                stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
+                call = stub.DownloadTask(request)
+                async for _ in call:
+                    pass
+            log.info("seed host %s downloaded task %s", host.id, task_id[:12])
+        except grpc.aio.AioRpcError as e:
+            error = SchedulerError(
+                f"seed host {host.id} ({target(host)}) failed task {task_id[:12]}: "
+                f"{e.code().name} {e.details()}"
+            )
+            log.warning("%s", error)
+        finally:
+            self._running.pop(task_id, None)
+        self._on_done(task_id, error)
+
+    async def close(self) -> None:
+        tasks = list(self._running.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._running.clear()

@@ -1,0 +1,506 @@
+"""The gRPC face of the scheduler: ``scheduler.v2.Scheduler`` over grpc.aio.
+
+Protobuf stops here: requests are translated with :mod:`damselfly.api.convert`
+and handed to the resources and the policy (:mod:`.scheduling`), whose
+decisions this module carries out (send an answer, start a seed download, end
+a stream).
+
+One AnnouncePeer stream is one peer. Its handler owns a reader task (requests
+in, handled synchronously against the resources) and writes what lands in the
+stream's :class:`Outbox`, so an answer for a waiting peer can be sent from
+anywhere: when another peer of the task starts, sends a piece or finishes
+(event-driven), or from the periodic retry loop (the backstop that also
+enforces ``back_to_source_after``).
+
+Owner of all mutable scheduler state: :class:`SchedulerService`, on the event
+loop; its background tasks (retry loop, GC loop, seed downloads) are cancelled
+by :meth:`SchedulerService.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+
+from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
+from ..config import SchedulerConfig
+from ..domain import CandidateParent, EmptyTask, NeedBackToSource, NormalTask
+from ..errors import DamselflyError, InvalidArgument, NotFound
+from ..logs import log_context
+from . import gc
+from .evaluator import get_evaluator
+from .metrics import SchedulerMetrics
+from .resources import Peer, PeerState, Resources, SeedState, Task
+from .scheduling import (
+    BackToSource,
+    Decision,
+    Empty,
+    Fail,
+    Parents,
+    TriggerSeed,
+    Wait,
+    apply_decision,
+    schedule,
+)
+from .seed import SeedTrigger
+
+log = logging.getLogger(__name__)
+
+PB = Any
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    code: Any  # grpc.StatusCode
+    details: str
+
+
+_END = object()
+
+
+class Outbox:
+    """What the handler of one AnnouncePeer stream should write next, in order."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def send(self, message: PB) -> None:
+        self._queue.put_nowait(message)
+
+    def abort(self, code: Any, details: str) -> None:
+        self._queue.put_nowait(_Abort(code, details))
+
+    def end(self) -> None:
+        self._queue.put_nowait(_END)
+
+    async def get(self) -> object:
+        return await self._queue.get()
+
+
+def status_of(error: DamselflyError) -> Any:
+    if isinstance(error, NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def _candidate(parent: Peer) -> CandidateParent:
+    task = parent.task
+    return CandidateParent(
+        peer_id=parent.id,
+        host=parent.host.info,
+        task_id=task.id,
+        content_length=task.content_length,
+        piece_count=task.piece_count,
+        finished_pieces=len(parent.finished_pieces),
+        state=parent.state.value,
+    )
+
+
+class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
+    """``scheduler.v2.Scheduler``: peers, tasks and hosts; cache/persistent RPCs are UNIMPLEMENTED."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        *,
+        clock: Clock = time.monotonic,
+        metrics: SchedulerMetrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.cfg = config.scheduler
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.res = Resources(
+            peer_upload_limit=self.cfg.peer_upload_limit, seed_upload_limit=self.cfg.seed_upload_limit
+        )
+        self.evaluator = get_evaluator(self.cfg.algorithm)
+        self.metrics = metrics or SchedulerMetrics()
+        self.metrics.bind_sizes(
+            lambda: len(self.res.hosts), lambda: len(self.res.peers), lambda: len(self.res.tasks)
+        )
+        self.seeds = SeedTrigger(self._seed_done)
+        self._streams: dict[str, Outbox] = {}
+        self._downloads: dict[str, PB] = {}  # task ID -> first register's Download, for the seed
+        self._loops: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the retry and GC loops (call from the running event loop)."""
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(self._retry_loop(), name="scheduler-retry"),
+            loop.create_task(self._gc_loop(), name="scheduler-gc"),
+        ]
+
+    async def close(self) -> None:
+        """Cancel background work and end every open AnnouncePeer stream with UNAVAILABLE."""
+        for t in self._loops:
+            t.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        await self.seeds.close()
+        for outbox in self._streams.values():
+            outbox.abort(grpc.StatusCode.UNAVAILABLE, "scheduler is shutting down")
+        self._streams.clear()
+
+    async def _retry_loop(self) -> None:
+        interval = max(self.cfg.retry_interval, 0.01)
+        while True:
+            await asyncio.sleep(interval)
+            self.retry_waiting()
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.gc.interval)
+            self.run_gc()
+
+    def retry_waiting(self) -> None:
+        """Schedule every waiting peer again (the backstop for missed events and timeouts)."""
+        for peer in list(self.res.waiting.values()):
+            if peer.waiting_since is not None and peer.id in self.res.peers:
+                self._decide(peer)
+
+    def run_gc(self) -> None:
+        plan = gc.plan(self.res, self.config.gc, self.clock(), keep=self._streams)
+        if not plan:
+            return
+        touched = self._tasks_of(plan.peer_ids) | self._tasks_of(
+            pid for hid in plan.host_ids if (h := self.res.hosts.get(hid)) for pid in h.peers
+        )
+        gc.collect(self.res, plan)
+        for pid in plan.peer_ids:
+            self._streams.pop(pid, None)
+        for task_id in list(self._downloads):
+            if task_id not in self.res.tasks:
+                del self._downloads[task_id]
+        log.info(
+            "gc dropped %d hosts, %d peers, %d tasks",
+            len(plan.host_ids),
+            len(plan.peer_ids),
+            len(plan.task_ids),
+        )
+        self._wake_tasks(touched)
+
+    # -- scheduling: decide, then do --------------------------------------------
+
+    def _decide(self, peer: Peer) -> Decision:
+        now = self.clock()
+        started = time.perf_counter()
+        decision = schedule(
+            peer,
+            self.res,
+            self.cfg,
+            self.evaluator,
+            now,
+            seed_trigger=self.config.seed_peer.enable,
+            rng=self.rng,
+        )
+        apply_decision(peer, decision, self.res, now)
+        self.metrics.schedule_duration.observe((time.perf_counter() - started) * 1000.0)
+        self.metrics.decisions.labels(type(decision).__name__).inc()
+        self._carry_out(peer, decision)
+        return decision
+
+    def _carry_out(self, peer: Peer, decision: Decision) -> None:
+        outbox = self._streams.get(peer.id)
+        with log_context(task_id=peer.task.id, peer_id=peer.id):
+            match decision:
+                case Parents(parents):
+                    log.debug("candidate parents %s", [p.id for p in parents])
+                    if outbox:
+                        outbox.send(convert.answer_to_pb(NormalTask([_candidate(p) for p in parents])))
+                case BackToSource(reason):
+                    log.info("back to source: %s", reason)
+                    self.metrics.back_to_source.inc()
+                    if outbox:
+                        outbox.send(convert.answer_to_pb(NeedBackToSource(reason)))
+                case Empty():
+                    if outbox:
+                        outbox.send(convert.answer_to_pb(EmptyTask()))
+                case TriggerSeed(host):
+                    log.info("triggering seed host %s", host.id)
+                    self.metrics.seed_trigger.labels("triggered").inc()
+                    download = self._downloads.get(peer.task.id)
+                    if download is None:
+                        download = convert.download_to_pb(peer.spec)
+                    self.seeds.trigger(peer.task.id, host.info, download)
+                case Wait():
+                    pass
+                case Fail(reason):
+                    log.info("peer failed: %s", reason)
+                    self.metrics.peer_failed.inc()
+                    if outbox:
+                        outbox.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
+
+    def _wake(self, task: Task) -> None:
+        """A candidate may have appeared (or a fetcher gone): answer the task's waiting peers."""
+        for peer in list(task.waiting.values()):
+            if peer.waiting_since is not None and peer.id in self.res.peers:
+                self._decide(peer)
+
+    def _wake_tasks(self, task_ids: set[str]) -> None:
+        for task_id in task_ids:
+            task = self.res.tasks.get(task_id)
+            if task is not None:
+                self._wake(task)
+
+    def _tasks_of(self, peer_ids: Any) -> set[str]:
+        return {p.task.id for pid in peer_ids if (p := self.res.peers.get(pid)) is not None}
+
+    def _seed_done(self, task_id: str, error: DamselflyError | None) -> None:
+        self.metrics.seed_trigger.labels("failed" if error else "succeeded").inc()
+        task = self.res.tasks.get(task_id)
+        if task is None or error is None:
+            return
+        task.seed_state = SeedState.FAILED
+        self._wake(task)
+
+    # -- AnnouncePeer ------------------------------------------------------------
+
+    async def AnnouncePeer(self, request_iterator: AsyncIterator[PB], context: Any) -> None:
+        outbox = Outbox()
+        bound: list[str] = []  # the peer ID this stream registered, once it has
+        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, outbox, bound))
+        try:
+            while True:
+                item = await outbox.get()
+                if item is _END:
+                    break
+                if isinstance(item, _Abort):
+                    await context.abort(item.code, item.details)
+                await context.write(item)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            if bound:
+                self._stream_closed(bound[0], outbox)
+
+    async def _read(self, requests: AsyncIterator[PB], outbox: Outbox, bound: list[str]) -> None:
+        try:
+            async for request in requests:
+                try:
+                    self._handle(request, outbox, bound)
+                except DamselflyError as e:
+                    outbox.abort(status_of(e), str(e))
+                    return
+        except Exception as e:  # the stream broke under us
+            log.debug("announce peer stream broke: %r", e)
+            outbox.abort(grpc.StatusCode.CANCELLED, "stream broken")
+            return
+        outbox.end()
+
+    def _stream_closed(self, peer_id: str, outbox: Outbox) -> None:
+        if self._streams.get(peer_id) is not outbox:
+            return
+        del self._streams[peer_id]
+        peer = self.res.peers.get(peer_id)
+        if peer is None or peer.state.is_final:
+            return
+        with log_context(task_id=peer.task.id, peer_id=peer.id):
+            log.info("stream closed before the peer finished; marking it failed")
+        self.res.set_state(peer, PeerState.FAILED, self.clock())
+        self.metrics.peer_failed.inc()
+        self._wake(peer.task)
+
+    def _handle(self, request: PB, outbox: Outbox, bound: list[str]) -> None:
+        kind = request.WhichOneof("request")
+        self.metrics.announce_peer.labels(kind or "none").inc()
+        now = self.clock()
+        if kind == "register_peer_request":
+            self._register(request, outbox, bound, now)
+            return
+        peer = self.res.peer(request.peer_id)
+        task = peer.task
+        if kind == "download_peer_started_request":
+            self.res.set_state(peer, PeerState.RUNNING, now)
+            self._wake(task)
+        elif kind == "download_peer_back_to_source_started_request":
+            self.res.set_state(peer, PeerState.BACK_TO_SOURCE, now)
+            task.source_peers.add(peer.id)
+            self._wake(task)
+        elif kind == "reschedule_peer_request":
+            msg = request.reschedule_peer_request
+            peer.blocked.update(c.id for c in msg.candidate_parents)
+            peer.reschedule_count += 1
+            self.res.clear_parents(peer)
+            with log_context(task_id=task.id, peer_id=peer.id):
+                log.info("reschedule %d: %s", peer.reschedule_count, msg.description)
+            self._decide(peer)
+        elif kind in ("download_peer_finished_request", "download_peer_back_to_source_finished_request"):
+            self._finish(peer, now)
+        elif kind in ("download_peer_failed_request", "download_peer_back_to_source_failed_request"):
+            if peer.state is not PeerState.SUCCEEDED:
+                self.res.set_state(peer, PeerState.FAILED, now)
+                self.metrics.peer_failed.inc()
+                self._wake(task)
+        elif kind in ("download_piece_finished_request", "download_piece_back_to_source_finished_request"):
+            piece = convert.piece_from_pb(getattr(request, kind).piece)
+            self.res.record_piece(peer, piece, now)
+            if peer.state is PeerState.PENDING:
+                back = kind == "download_piece_back_to_source_finished_request"
+                self.res.set_state(peer, PeerState.BACK_TO_SOURCE if back else PeerState.RUNNING, now)
+            if task.waiting:
+                self._wake(task)
+        elif kind == "download_piece_failed_request":
+            msg = request.download_piece_failed_request
+            if msg.parent_id and not msg.temporary:
+                peer.blocked.add(msg.parent_id)
+        elif kind == "download_piece_back_to_source_failed_request":
+            pass  # the daemon reports the peer failed if it gives up
+        else:
+            raise InvalidArgument(f"unexpected AnnouncePeerRequest {kind!r}")
+
+    def _register(self, request: PB, outbox: Outbox, bound: list[str], now: float) -> None:
+        host = self.res.host(request.host_id)
+        if not request.task_id or not request.peer_id:
+            raise InvalidArgument("RegisterPeerRequest needs task_id and peer_id")
+        download = request.register_peer_request.download
+        spec = convert.download_from_pb(download)
+        task = self.res.get_or_create_task(request.task_id, spec, now)
+        self._downloads.setdefault(task.id, download)
+        peer = self.res.create_peer(request.peer_id, task, host, spec, now)
+        self._streams[peer.id] = outbox
+        bound[:] = [peer.id]
+        self.metrics.register_peer.inc()
+        if download.HasField("actual_content_length") and download.HasField("actual_piece_count"):
+            self._restore(peer, download, now)
+            return
+        self._decide(peer)
+
+    def _restore(self, peer: Peer, download: PB, now: float) -> None:
+        """A daemon holds the complete task: record a Succeeded peer, answer nothing, trigger nothing."""
+        task = peer.task
+        if task.content_length is None:
+            task.content_length = download.actual_content_length
+            task.piece_count = download.actual_piece_count
+            if download.HasField("actual_piece_length"):
+                task.piece_length = download.actual_piece_length
+        self.res.set_state(peer, PeerState.SUCCEEDED, now)
+        self._wake(task)
+
+    def _finish(self, peer: Peer, now: float) -> None:
+        task = peer.task
+        if peer.state is not PeerState.SUCCEEDED:
+            if task.content_length is None:
+                task.content_length = peer.finished_bytes
+                task.piece_count = len(peer.finished_pieces)
+            self.res.set_state(peer, PeerState.SUCCEEDED, now)
+            self.metrics.peer_finished.inc()
+        self._wake(task)
+
+    # -- unary RPCs --------------------------------------------------------------
+
+    async def _abort(self, context: Any, error: DamselflyError) -> None:
+        await context.abort(status_of(error), str(error))
+
+    async def StatPeer(self, request: PB, context: Any) -> PB:
+        try:
+            peer = self.res.peer(request.peer_id)
+        except NotFound as e:
+            await self._abort(context, e)
+        pb = common_pb2.Peer(id=peer.id, state=peer.state.value, need_back_to_source=peer.need_back_to_source)
+        pb.task.CopyFrom(self._task_pb(peer.task))
+        pb.host.CopyFrom(convert.host_to_pb(peer.host.info))
+        return pb
+
+    async def DeletePeer(self, request: PB, context: Any) -> PB:
+        self._delete_peers([request.peer_id])
+        return empty_pb2.Empty()
+
+    async def StatTask(self, request: PB, context: Any) -> PB:
+        try:
+            task = self.res.task(request.task_id)
+        except NotFound as e:
+            await self._abort(context, e)
+        return self._task_pb(task)
+
+    async def DeleteTask(self, request: PB, context: Any) -> PB:
+        host = self.res.hosts.get(request.host_id)
+        if host is not None:
+            self._delete_peers([p.id for p in host.peers.values() if p.task.id == request.task_id])
+        return empty_pb2.Empty()
+
+    async def AnnounceHost(self, request: PB, context: Any) -> PB:
+        info = convert.host_from_pb(request.host)
+        if not info.id:
+            await self._abort(context, InvalidArgument("AnnounceHost needs host.id"))
+        self.res.upsert_host(info, self.clock())
+        self.metrics.announce_host.inc()
+        return empty_pb2.Empty()
+
+    async def ListHosts(self, request: PB, context: Any) -> PB:
+        hosts = self.res.hosts.values()
+        if request.HasField("type"):
+            hosts = [h for h in hosts if int(h.info.type) == request.type]  # type: ignore[assignment]
+        return scheduler_pb2.ListHostsResponse(hosts=[convert.host_to_pb(h.info) for h in hosts])
+
+    async def DeleteHost(self, request: PB, context: Any) -> PB:
+        host = self.res.hosts.get(request.host_id)
+        if host is not None:
+            touched = {p.task.id for p in host.peers.values()}
+            for pid in self.res.delete_host(host.id):
+                self._streams.pop(pid.id, None)
+            self._wake_tasks(touched)
+        return empty_pb2.Empty()
+
+    def _delete_peers(self, peer_ids: list[str]) -> None:
+        touched = self._tasks_of(peer_ids)
+        for pid in peer_ids:
+            self.res.delete_peer(pid)
+            self._streams.pop(pid, None)
+        self._wake_tasks(touched)
+
+    def _task_pb(self, task: Task) -> PB:
+        spec = task.spec
+        pb = common_pb2.Task(
+            id=task.id,
+            type=common_pb2.STANDARD,
+            url=spec.url,
+            tag=spec.tag,
+            application=spec.application,
+            filtered_query_params=spec.filtered_query_params or [],
+            state=task.state,
+            peer_count=len(task.peers),
+            has_available_peer=len(task.available) > 0,
+        )
+        if spec.digest:
+            pb.digest = spec.digest
+        if task.content_length is not None:
+            pb.content_length = task.content_length
+        if task.piece_count is not None:
+            pb.piece_count = task.piece_count
+        return pb
+
+
+async def _unimplemented(self: SchedulerService, request: Any, context: Any) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented by the damselfly scheduler")
+
+
+_IMPLEMENTED = {
+    "AnnouncePeer",
+    "StatPeer",
+    "DeletePeer",
+    "StatTask",
+    "DeleteTask",
+    "AnnounceHost",
+    "ListHosts",
+    "DeleteHost",
+}
+for _name in dir(scheduler_pb2_grpc.SchedulerServicer):
+    if _name[:1].isupper() and _name not in _IMPLEMENTED:
+        setattr(SchedulerService, _name, _unimplemented)

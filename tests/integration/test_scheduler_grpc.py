@@ -1,0 +1,265 @@
+"""The scheduler over real gRPC on loopback, driven by stubs acting as daemons."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from scheduler_harness import URL, FakePeer, announce_host, host_pb, running_scheduler
+
+from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
+from damselfly.ids import task_id as make_task_id
+
+pytestmark = pytest.mark.integration
+
+TASK = make_task_id(URL)
+PIECE = 4 * 1024 * 1024
+
+
+def which(answer: Any) -> str:
+    return str(answer.WhichOneof("response"))
+
+
+async def test_first_peer_goes_to_source_then_second_gets_it_as_parent(tmp_path: Path) -> None:
+    async with running_scheduler(tmp_path) as s:
+        ha, hb = host_pb("a"), host_pb("b")
+        await announce_host(s.stub, ha)
+        await announce_host(s.stub, hb)
+
+        a = FakePeer(s.stub, ha.id, TASK, "peer-a")
+        a.register()
+        assert which(await a.answer()) == "need_back_to_source_response"
+
+        # B registers while nobody can serve: it waits, and is answered when A starts.
+        b = FakePeer(s.stub, hb.id, TASK, "peer-b")
+        b.register()
+        b_answer = asyncio.ensure_future(b.answer())
+        await asyncio.sleep(0.3)
+        assert not b_answer.done(), "B must wait for a parent, not go to the origin too"
+
+        a.send(
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+        )
+        answer = await b_answer
+        assert which(answer) == "normal_task_response"
+        parents = answer.normal_task_response.candidate_parents
+        assert [p.id for p in parents] == ["peer-a"]
+        assert parents[0].host.id == ha.id and parents[0].host.port == 4000
+
+        for n in range(3):
+            a.piece(n, PIECE, back_to_source=True)
+        a.send(
+            download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest()
+        )
+        await a.done()
+        assert await a.call.code() == grpc.StatusCode.OK
+
+        task = await s.stub.StatTask(scheduler_pb2.StatTaskRequest(task_id=TASK))
+        assert task.content_length == 3 * PIECE
+        assert task.piece_count == 3
+        assert task.state == "Succeeded"
+        assert task.peer_count == 2
+        assert task.has_available_peer
+
+        b.send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
+        b.piece(0, PIECE, parent_id="peer-a")
+        # A parent failing for good gets blocked; with no other parent, B goes to the origin.
+        b.send(
+            reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest(
+                candidate_parents=[parents[0]], description="parent gone"
+            )
+        )
+        assert which(await b.answer()) == "need_back_to_source_response"
+
+        peer = await s.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id="peer-b"))
+        assert peer.state == "Running"
+
+        await s.stub.DeleteHost(scheduler_pb2.DeleteHostRequest(host_id=ha.id))
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id="peer-a"))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        hosts = await s.stub.ListHosts(scheduler_pb2.ListHostsRequest())
+        assert [h.id for h in hosts.hosts] == [hb.id]
+        task = await s.stub.StatTask(scheduler_pb2.StatTaskRequest(task_id=TASK))
+        assert task.peer_count == 1
+        b.close()
+
+
+async def test_finished_task_answers_new_peer_at_once_and_stream_break_fails_peer(tmp_path: Path) -> None:
+    async with running_scheduler(tmp_path) as s:
+        hosts = [host_pb(n) for n in ("a", "b", "c")]
+        for h in hosts:
+            await announce_host(s.stub, h)
+        a = FakePeer(s.stub, hosts[0].id, TASK, "peer-a")
+        a.register()
+        assert which(await a.answer()) == "need_back_to_source_response"
+        a.send(
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+        )
+        a.piece(0, 1000, back_to_source=True)
+        a.send(
+            download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest()
+        )
+        await a.done()
+
+        c = FakePeer(s.stub, hosts[2].id, TASK, "peer-c")
+        c.register()
+        answer = await c.answer()
+        assert which(answer) == "normal_task_response"
+        parent = answer.normal_task_response.candidate_parents[0]
+        assert parent.id == "peer-a"
+        assert parent.state == "Succeeded"
+        assert parent.task.content_length == 1000 and parent.task.piece_count == 1
+
+        # A daemon that vanishes mid-download leaves a Failed peer behind.
+        c.call.cancel()
+        for _ in range(100):
+            peer = await s.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id="peer-c"))
+            if peer.state == "Failed":
+                break
+            await asyncio.sleep(0.02)
+        assert peer.state == "Failed"
+
+
+async def test_empty_task_and_restore_register(tmp_path: Path) -> None:
+    async with running_scheduler(tmp_path) as s:
+        ha, hb, hc = host_pb("a"), host_pb("b"), host_pb("c")
+        for h in (ha, hb, hc):
+            await announce_host(s.stub, h)
+        empty_task = make_task_id(URL + "?empty")
+        a = FakePeer(s.stub, ha.id, empty_task, "peer-a")
+        a.register(URL + "?empty")
+        assert which(await a.answer()) == "need_back_to_source_response"
+        a.send(
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+        )
+        a.send(
+            download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest()
+        )
+        await a.done()
+        b = FakePeer(s.stub, hb.id, empty_task, "peer-b")
+        b.register(URL + "?empty")
+        assert which(await b.answer()) == "empty_task_response"
+        b.close()
+
+        # Restore: a daemon holding the whole task re-registers it after a restart.
+        restored = make_task_id(URL + "?restored")
+        r = FakePeer(s.stub, hb.id, restored, "peer-r")
+        r.register(
+            URL + "?restored",
+            actual_content_length=10 * PIECE,
+            actual_piece_count=3,
+            actual_piece_length=PIECE,
+        )
+        r.send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
+        await r.done()
+        assert await r.call.code() == grpc.StatusCode.OK
+        task = await s.stub.StatTask(scheduler_pb2.StatTaskRequest(task_id=restored))
+        assert (task.content_length, task.piece_count, task.state) == (10 * PIECE, 3, "Succeeded")
+
+        c = FakePeer(s.stub, hc.id, restored, "peer-c")
+        c.register(URL + "?restored")
+        answer = await c.answer()
+        assert [p.id for p in answer.normal_task_response.candidate_parents] == ["peer-r"]
+        c.close()
+
+
+async def test_disable_back_to_source_fails_with_failed_precondition(tmp_path: Path) -> None:
+    async with running_scheduler(tmp_path, scheduler={"backToSourceAfter": 0.3, "retryInterval": 0.05}) as s:
+        ha = host_pb("a")
+        await announce_host(s.stub, ha)
+        a = FakePeer(s.stub, ha.id, TASK, "peer-a")
+        a.register(disable_back_to_source=True)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await a.answer()
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_unknown_host_and_unimplemented(tmp_path: Path) -> None:
+    async with running_scheduler(tmp_path) as s:
+        a = FakePeer(s.stub, "nobody", TASK, "peer-a")
+        a.register()
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await a.answer()
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.stub.StatCacheTask(scheduler_pb2.StatCacheTaskRequest(task_id=TASK))
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_metrics_and_healthy(tmp_path: Path) -> None:
+    async with running_scheduler(tmp_path) as s:
+        await announce_host(s.stub, host_pb("a"))
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{s.metrics_port}/healthy") as r:
+                assert r.status == 200 and await r.text() == "OK"
+            async with http.get(f"http://127.0.0.1:{s.metrics_port}/metrics") as r:
+                text = await r.text()
+        assert "damselfly_scheduler_hosts 1.0" in text
+        assert "damselfly_scheduler_announce_host_total 1.0" in text
+
+
+class FakeSeedDaemon(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[misc]
+    """A seed daemon's DfdaemonUpload that records DownloadTask calls and streams nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.release = asyncio.Event()
+
+    async def DownloadTask(self, request: Any, context: Any) -> Any:
+        self.calls.append(request)
+        await self.release.wait()
+        yield dfdaemon_pb2.DownloadTaskResponse(task_id=TASK)
+
+
+async def test_seed_trigger_once_for_twenty_concurrent_peers(tmp_path: Path) -> None:
+    seed_daemon = FakeSeedDaemon()
+    server = grpc.aio.server()
+    dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(seed_daemon, server)
+    seed_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with running_scheduler(tmp_path) as s:
+            seed_host = host_pb("seed", port=seed_port, seed=True)
+            await announce_host(s.stub, seed_host)
+            hosts = [host_pb(f"h{i}") for i in range(20)]
+            await asyncio.gather(*(announce_host(s.stub, h) for h in hosts))
+
+            peers = [FakePeer(s.stub, h.id, TASK, f"peer-{i}") for i, h in enumerate(hosts)]
+            for p in peers:
+                p.register(request_header={"Authorization": "Bearer x"}, output_path="/tmp/out")
+            answers = [asyncio.ensure_future(p.answer()) for p in peers]
+            for _ in range(200):
+                if seed_daemon.calls:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            assert len(seed_daemon.calls) == 1
+            download = seed_daemon.calls[0].download
+            assert download.url == URL
+            assert dict(download.request_header) == {"Authorization": "Bearer x"}
+            assert not download.output_path
+            assert not any(a.done() for a in answers), "peers wait for the seed instead of the origin"
+
+            # The seed daemon registers its own peer: it goes to the origin, and everyone else gets it.
+            sp = FakePeer(s.stub, seed_host.id, TASK, "peer-seed")
+            sp.register()
+            assert which(await sp.answer()) == "need_back_to_source_response"
+            sp.send(
+                download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+            )
+            results = await asyncio.gather(*answers)
+            assert all(which(r) == "normal_task_response" for r in results)
+            assert all(
+                "peer-seed" in [c.id for c in r.normal_task_response.candidate_parents] for r in results
+            )
+            assert len(seed_daemon.calls) == 1
+            seed_daemon.release.set()
+            for p in [*peers, sp]:
+                p.close()
+    finally:
+        await server.stop(None)
