@@ -68,6 +68,7 @@ class PieceClient:
         # parent closed fails before that, and may be retried on a fresh one).
         self.received_any = False
         self.timed_out = False
+        self._frame_done = False
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float = 10.0) -> PieceClient:
@@ -135,6 +136,7 @@ class PieceClient:
         self._busy = True
         self.received_any = False
         self.timed_out = False
+        self._frame_done = False
         self.requests += 1
         start = self._clock()
         ok = False
@@ -144,8 +146,8 @@ class PieceClient:
             info.cost_s = self._clock() - start
             ok = True
             return info
-        except (NotFound, DigestMismatch):
-            ok = True  # the whole frame was read: the connection is still in sync
+        except (NotFound, DigestMismatch, PeerError):
+            ok = self._frame_done  # the whole answer was read: the connection is still in sync
             raise
         except TimeoutError:
             self.timed_out = True
@@ -173,6 +175,7 @@ class PieceClient:
         if event.packet_id != packet_id:
             raise ProtocolError(f"parent {self._where} answered packet {event.packet_id}, asked {packet_id}")
         if isinstance(event, vortex.Error):
+            self._frame_done = True
             if event.code == vortex.ErrorCode.NOT_FOUND:
                 raise NotFound(f"parent {self._where} does not hold piece {number}: {event.message}")
             raise PeerError(
@@ -196,6 +199,7 @@ class PieceClient:
             while written < n:
                 written += os.pwrite(fd, chunk[written:], pos + written)
             pos += n
+        self._frame_done = True
         digest = f"crc32:{crc}"
         if digest != event.digest:
             raise DigestMismatch(f"piece {number} of task {task_id} from {self._where}", event.digest, digest)

@@ -165,6 +165,11 @@ def _piece_from_json(raw: dict[str, Any]) -> PieceInfo:
     )
 
 
+def _valid_id(task_id: object) -> bool:
+    # is_task_id's regex lets a trailing newline through ("$"); a path must not.
+    return isinstance(task_id, str) and len(task_id) == 64 and is_task_id(task_id)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -222,7 +227,7 @@ class PieceStore:
     # ------------------------------------------------------------------ paths
 
     def _dir(self, task_id: str) -> Path:
-        if not isinstance(task_id, str) or not is_task_id(task_id):
+        if not _valid_id(task_id):
             raise InvalidArgument(f"not a task id: {task_id!r}")
         return self.root / "tasks" / task_id[:3] / task_id
 
@@ -234,7 +239,7 @@ class PieceStore:
     def _load(self) -> None:
         for meta_path in sorted((self.root / "tasks").glob(f"*/*/{_META}")):
             task_dir = meta_path.parent
-            if not is_task_id(task_dir.name) or task_dir.parent.name != task_dir.name[:3]:
+            if not _valid_id(task_dir.name) or task_dir.parent.name != task_dir.name[:3]:
                 continue
             try:
                 meta = TaskMeta.from_json(json.loads(meta_path.read_bytes()))
@@ -317,7 +322,7 @@ class PieceStore:
     # ------------------------------------------------------------------ queries
 
     def get(self, task_id: str) -> TaskMeta | None:
-        if not is_task_id(task_id):
+        if not _valid_id(task_id):
             return None
         return self._tasks.get(task_id)
 
@@ -332,7 +337,7 @@ class PieceStore:
     def _require(self, task_id: str) -> TaskMeta:
         meta = self.get(task_id)
         if meta is None:
-            if not is_task_id(task_id):
+            if not _valid_id(task_id):
                 raise InvalidArgument(f"not a task id: {task_id!r}")
             raise NotFound(f"task {task_id} is not in the store")
         return meta

@@ -1,0 +1,397 @@
+"""Piece server and client over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from damselfly.daemon import vortex
+from damselfly.daemon.piece_client import PieceClient, PieceConnectionPool
+from damselfly.daemon.piece_server import PieceServer
+from damselfly.daemon.storage import PieceStore
+from damselfly.domain import PieceInfo, TrafficType
+from damselfly.errors import DigestMismatch, NotFound, PeerError, ProtocolError
+from damselfly.ids import task_id
+from damselfly.pieces import piece_count, piece_span
+
+pytestmark = pytest.mark.integration
+
+TID = task_id("http://example.com/big")
+OTHER = task_id("http://example.com/other")
+PL = 64 * 1024
+
+
+def make_content(n: int) -> bytes:
+    # Not periodic in the piece length, so a piece written at the wrong offset shows.
+    return b"".join(struct.pack(">I", i) for i in range(n // 4 + 1))[:n]
+
+
+def seed(store: PieceStore, tid: str, data: bytes, *, pieces: list[int] | None = None) -> None:
+    """Put ``data`` into the store as a task with the given finished pieces (all by default)."""
+    store.create_task(tid)
+    store.set_content_length(tid, len(data), PL)
+    fd = store.open_write_fd(tid)
+    try:
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+    count = piece_count(len(data), PL)
+    for n in range(count) if pieces is None else pieces:
+        span = piece_span(n, len(data), PL)
+        chunk = data[span.offset : span.offset + span.length]
+        store.finish_piece(tid, PieceInfo(n, span.offset, span.length, f"crc32:{zlib.crc32(chunk)}"))
+    if pieces is None:
+        store.mark_succeeded(tid)
+
+
+@dataclass
+class Parent:
+    store: PieceStore
+    server: PieceServer
+    port: int
+    uploads: list[tuple[str, int]]
+
+
+@pytest.fixture
+async def parent(tmp_path: Path) -> AsyncIterator[Parent]:
+    store = PieceStore(tmp_path / "parent")
+    uploads: list[tuple[str, int]] = []
+    server = PieceServer(store, on_upload=lambda t, n: uploads.append((t, n)))
+    port = await server.start("127.0.0.1", 0)
+    yield Parent(store, server, port, uploads)
+    await server.close()
+    store.close()
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> PieceStore:
+    return PieceStore(tmp_path / "child")
+
+
+# ----------------------------------------------------------------- conformance
+# The same piece-move assertions for every way a child can pull from a parent.
+
+Fetch = Callable[[str, int, int, int, int], Awaitable[PieceInfo]]
+
+
+async def assert_moves_task(fetch: Fetch, parent: Parent, child: PieceStore, data: bytes) -> None:
+    seed(parent.store, TID, data)
+    child.create_task(TID)
+    child.set_content_length(TID, len(data), PL)
+    fd = child.open_write_fd(TID)
+    try:
+        count = piece_count(len(data), PL)
+        spans = [piece_span(n, len(data), PL) for n in range(count)]
+        infos = await asyncio.gather(*(fetch(TID, s.number, fd, s.offset, s.length) for s in spans))
+    finally:
+        os.close(fd)
+    for info, span in zip(infos, spans, strict=True):
+        chunk = data[span.offset : span.offset + span.length]
+        assert (info.number, info.offset, info.length) == (span.number, span.offset, span.length)
+        assert info.digest == f"crc32:{zlib.crc32(chunk)}"
+        assert info.traffic_type is TrafficType.REMOTE_PEER
+        assert info.cost_s >= 0
+        child.finish_piece(TID, info)
+    child.mark_succeeded(TID)
+    assert child.content_path(TID).read_bytes() == data
+    assert sum(n for _, n in parent.uploads) == len(data) == parent.server.bytes_sent
+    assert {t for t, _ in parent.uploads} == {TID}
+
+
+async def test_pool_moves_a_multi_piece_task(parent: Parent, child: PieceStore) -> None:
+    pool = PieceConnectionPool(max_idle_per_parent=4)
+    try:
+
+        async def fetch(tid: str, n: int, fd: int, offset: int, length: int) -> PieceInfo:
+            return await pool.download_piece("127.0.0.1", parent.port, tid, n, fd, offset, length)
+
+        await assert_moves_task(fetch, parent, child, make_content(20 * PL + 1234))
+    finally:
+        await pool.close()
+
+
+async def test_one_connection_moves_a_task_sequentially(parent: Parent, child: PieceStore) -> None:
+    client = await PieceClient.connect("127.0.0.1", parent.port)
+    lock = asyncio.Lock()
+    try:
+
+        async def fetch(tid: str, n: int, fd: int, offset: int, length: int) -> PieceInfo:
+            async with lock:
+                return await client.download_piece(tid, n, fd, offset, length)
+
+        await assert_moves_task(fetch, parent, child, make_content(5 * PL + 3))
+        assert client.requests == 6 and not client.broken
+    finally:
+        await client.close()
+
+
+# ----------------------------------------------------------------- errors answered
+
+
+async def test_errors_are_answered_and_the_connection_survives(parent: Parent, tmp_path: Path) -> None:
+    data = make_content(4 * PL)
+    seed(parent.store, OTHER, data, pieces=[0, 2])
+    client = await PieceClient.connect("127.0.0.1", parent.port)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(NotFound, match="unknown task"):
+            await client.download_piece(TID, 0, fd, 0, PL)
+        with pytest.raises(NotFound, match="not held"):
+            await client.download_piece(OTHER, 1, fd, PL, PL)
+        with pytest.raises(PeerError, match=r"code 2.*>= 4 pieces"):
+            await client.download_piece(OTHER, 9, fd, 9 * PL, PL)
+        assert not client.broken
+        info = await client.download_piece(OTHER, 2, fd, 2 * PL, PL)  # same connection still works
+        assert os.pread(fd, PL, 2 * PL) == data[2 * PL : 3 * PL]
+        assert info.digest == f"crc32:{zlib.crc32(data[2 * PL : 3 * PL])}"
+        assert client.requests == 4
+    finally:
+        os.close(fd)
+        await client.close()
+
+
+async def read_all(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.read(), 5)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        struct.pack(">BBI", 1, 0, 68) + b"../" * 21 + b"x" + b"\0\0\0\0",
+        struct.pack(">BBI", 1, 1, 30) + b"\0" * 30,  # a client must not send PieceContent
+        struct.pack(">BBI", 1, 0, 0xFFFFFFF0),
+    ],
+)
+async def test_malformed_frames_get_an_error_then_close(
+    parent: Parent, garbage: bytes, tmp_path: Path
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", parent.port)
+    try:
+        writer.write(garbage)
+        await writer.drain()
+        answer = await read_all(reader)  # the server closes after answering
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    parser = vortex.FrameParser()
+    parser.feed(answer)
+    event = parser.next_event()
+    assert isinstance(event, vortex.Error) and event.code == vortex.ErrorCode.INVALID_ARGUMENT
+    assert parser.next_event() is None and parser.buffered == 0
+    # The server survives and serves the next peer.
+    data = make_content(PL)
+    seed(parent.store, TID, data)
+    client = await PieceClient.connect("127.0.0.1", parent.port)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    try:
+        await client.download_piece(TID, 0, fd, 0, PL)
+        assert os.pread(fd, PL, 0) == data
+    finally:
+        os.close(fd)
+        await client.close()
+
+
+async def test_close_frame_ends_the_connection(parent: Parent) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", parent.port)
+    try:
+        writer.write(vortex.encode_close(1))
+        assert await read_all(reader) == b""
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_corrupted_parent_content_is_a_digest_mismatch(parent: Parent, tmp_path: Path) -> None:
+    data = make_content(3 * PL)
+    seed(parent.store, TID, data)
+    fd = os.open(parent.store.content_path(TID), os.O_WRONLY)
+    os.pwrite(fd, bytes([data[PL + 77] ^ 0xFF]), PL + 77)
+    os.close(fd)
+    client = await PieceClient.connect("127.0.0.1", parent.port)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(DigestMismatch):
+            await client.download_piece(TID, 1, fd, PL, PL)
+        assert not client.broken  # the frame was read whole; the connection is in sync
+        await client.download_piece(TID, 2, fd, 2 * PL, PL)
+    finally:
+        os.close(fd)
+        await client.close()
+
+
+async def test_client_refuses_a_wrong_piece_request_locally(tmp_path: Path) -> None:
+    # A bad task id is refused before anything is sent.
+    client_sock, server_sock = socket.socketpair()
+    client_sock.setblocking(False)
+    client = PieceClient(client_sock, ("pair", 0))
+    try:
+        with pytest.raises(ProtocolError):
+            await client.download_piece("../etc/passwd", 0, 0, 0, 1)
+        assert client.broken
+    finally:
+        await client.close()
+        server_sock.close()
+
+
+# ----------------------------------------------------------------- lying or failing parents
+
+
+class FakeParent:
+    """A raw TCP server answering each DownloadPiece with ``respond(request, writer)``."""
+
+    def __init__(
+        self, respond: Callable[[vortex.DownloadPiece, asyncio.StreamWriter], Awaitable[None]]
+    ) -> None:
+        self.respond = respond
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.get_running_loop().create_task(self.serve(reader, writer))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            raw = await reader.readexactly(vortex.HEADER_SIZE + vortex.DOWNLOAD_PIECE_LENGTH)
+            parser = vortex.FrameParser()
+            parser.feed(raw)
+            request = parser.next_event()
+            assert isinstance(request, vortex.DownloadPiece)
+            await self.respond(request, writer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+
+async def pull_from_fake(
+    respond: Callable[[vortex.DownloadPiece, asyncio.StreamWriter], Awaitable[None]],
+    tmp_path: Path,
+    *,
+    timeout: float = 5.0,
+) -> tuple[Exception, bytes]:
+    fake = FakeParent(respond)
+    port = await fake.start()
+    path = tmp_path / "out"
+    path.write_bytes(b"\xee" * (4 * PL))
+    fd = os.open(path, os.O_RDWR)
+    pool = PieceConnectionPool()
+    try:
+        with pytest.raises(Exception) as caught:
+            await pool.download_piece("127.0.0.1", port, TID, 1, fd, PL, PL, timeout=timeout)
+    finally:
+        os.close(fd)
+        await pool.close()
+        await fake.close()
+    assert isinstance(caught.value, Exception)
+    return caught.value, path.read_bytes()
+
+
+async def test_parent_lying_about_the_offset_is_a_protocol_error(tmp_path: Path) -> None:
+    async def respond(req: vortex.DownloadPiece, writer: asyncio.StreamWriter) -> None:
+        payload = b"\x01" * PL
+        writer.write(
+            vortex.encode_piece_header(req.packet_id, req.number, 0, PL, f"crc32:{zlib.crc32(payload)}")
+        )
+        writer.write(payload)
+
+    error, out = await pull_from_fake(respond, tmp_path)
+    assert isinstance(error, ProtocolError) and "expected piece 1 at 65536" in str(error)
+    assert out == b"\xee" * (4 * PL)  # nothing was written anywhere
+
+
+async def test_parent_answering_another_packet_id_is_a_protocol_error(tmp_path: Path) -> None:
+    async def respond(req: vortex.DownloadPiece, writer: asyncio.StreamWriter) -> None:
+        writer.write(vortex.encode_piece_header((req.packet_id + 1) % 256, req.number, PL, PL, "crc32:0"))
+
+    error, _ = await pull_from_fake(respond, tmp_path)
+    assert isinstance(error, ProtocolError)
+
+
+async def test_parent_closing_mid_piece_is_a_peer_error(tmp_path: Path) -> None:
+    async def respond(req: vortex.DownloadPiece, writer: asyncio.StreamWriter) -> None:
+        writer.write(vortex.encode_piece_header(req.packet_id, req.number, PL, PL, "crc32:1"))
+        writer.write(b"\x02" * (PL // 2))
+
+    error, _ = await pull_from_fake(respond, tmp_path)
+    assert isinstance(error, PeerError) and "closed the connection" in str(error)
+
+
+async def test_silent_parent_times_out_as_a_peer_error(tmp_path: Path) -> None:
+    async def respond(req: vortex.DownloadPiece, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3600)
+
+    error, _ = await pull_from_fake(respond, tmp_path, timeout=0.2)
+    assert isinstance(error, PeerError) and "timed out" in str(error)
+
+
+async def test_unreachable_parent_is_a_peer_error() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    with pytest.raises(PeerError, match="cannot connect"):
+        await PieceClient.connect("127.0.0.1", port)
+
+
+async def test_pool_retries_a_connection_the_parent_closed_while_idle(tmp_path: Path) -> None:
+    store = PieceStore(tmp_path / "p")
+    data = make_content(2 * PL)
+    seed(store, TID, data)
+    server = PieceServer(store)
+    port = await server.start("127.0.0.1", 0)
+    pool = PieceConnectionPool()
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    server2: PieceServer | None = None
+    try:
+        await pool.download_piece("127.0.0.1", port, TID, 0, fd, 0, PL)
+        await server.close()  # drops the pooled idle connection
+        server2 = PieceServer(store)
+        assert await server2.start("127.0.0.1", port) == port
+        await pool.download_piece("127.0.0.1", port, TID, 1, fd, PL, PL)
+        assert os.pread(fd, 2 * PL, 0) == data
+    finally:
+        os.close(fd)
+        await pool.close()
+        if server2 is not None:
+            await server2.close()
+        await server.close()
+
+
+async def test_server_close_ends_open_connections(parent: Parent) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", parent.port)
+    try:
+        for _ in range(100):
+            if parent.server.active_connections == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert parent.server.active_connections == 1
+        await parent.server.close()
+        assert parent.server.active_connections == 0
+        assert await read_all(reader) == b""
+    finally:
+        writer.close()
+        await writer.wait_closed()
