@@ -1,0 +1,321 @@
+"""Back-to-source against real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from damselfly.config import SourceConfig
+from damselfly.daemon.source import HTTPSource
+from damselfly.daemon.storage import PieceStore
+from damselfly.domain import PieceInfo, TrafficType
+from damselfly.errors import DownloadTimeout, SourceError, SourceStatusError, SourceUnreachable
+from damselfly.ids import task_id
+from damselfly.pieces import piece_span
+
+pytestmark = pytest.mark.integration
+
+PL = 16 * 1024
+DATA = bytes((i * 7 + i // 251) & 0xFF for i in range(5 * PL + 321))  # 6 pieces, last one short
+TID = task_id("http://origin/file")
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+
+
+@dataclass
+class Origin:
+    url: str
+    requests: list[dict[str, str]] = field(default_factory=list)
+    bytes_served: int = 0
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[Origin]:
+    state = Origin("")
+
+    async def file(request: web.Request) -> web.StreamResponse:
+        state.requests.append(dict(request.headers))
+        start, end, status = 0, len(DATA) - 1, 200
+        m = _RANGE.fullmatch(request.headers.get("Range", ""))
+        if m and "norange" not in request.query:
+            start = int(m.group(1))
+            end = int(m.group(2)) if m.group(2) else len(DATA) - 1
+            status = 206
+        body = DATA[start : end + 1]
+        headers = {"X-Origin": "yes", "Content-Type": "application/x-test"}
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(DATA)}"
+        resp = web.StreamResponse(status=status, headers=headers)
+        if "chunked" in request.query:
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = len(body)
+        await resp.prepare(request)
+        for i in range(0, len(body), 5000):  # odd-sized writes, straddling piece boundaries
+            await resp.write(body[i : i + 5000])
+            state.bytes_served += len(body[i : i + 5000])
+        await resp.write_eof()
+        return resp
+
+    async def status(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]), text="nope")
+
+    app = web.Application()
+    app.router.add_get("/file", file)
+    app.router.add_get("/status/{code}", status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state.url = f"http://127.0.0.1:{port}"
+    yield state
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def source() -> AsyncIterator[HTTPSource]:
+    src = HTTPSource(SourceConfig(connect_timeout=2, read_timeout=0.5))
+    yield src
+    await src.close()
+
+
+@dataclass
+class Result:
+    length: int
+    pieces: list[PieceInfo]
+    starts: list[tuple[int | None, dict[str, str]]]
+
+
+async def fetch(
+    source: HTTPSource,
+    store: PieceStore,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    have: set[int] | None = None,
+    piece_length: int | None = None,
+) -> Result:
+    """Do what the conductor does: size the store in on_start, record each piece."""
+    store.create_task(TID)
+    pieces: list[PieceInfo] = []
+    starts: list[tuple[int | None, dict[str, str]]] = []
+
+    async def on_start(length: int | None, hdrs: dict[str, str]) -> int:
+        starts.append((length, hdrs))
+        if length is not None:
+            store.set_content_length(TID, length, PL, hdrs)
+        else:
+            store.set_piece_length(TID, PL)
+        return PL
+
+    def on_piece(info: PieceInfo) -> None:
+        store.finish_piece(TID, info)
+        pieces.append(info)
+
+    length = await source.fetch_into(
+        url,
+        headers or {},
+        fd_factory=lambda: store.open_write_fd(TID),
+        on_start=on_start,
+        on_piece=on_piece,
+        have=have or set(),
+        piece_length=piece_length,
+    )
+    return Result(length, pieces, starts)
+
+
+def assert_pieces_right(pieces: list[PieceInfo], numbers: list[int]) -> None:
+    assert sorted(p.number for p in pieces) == numbers
+    for p in pieces:
+        span = piece_span(p.number, len(DATA), PL)
+        assert (p.offset, p.length) == (span.offset, span.length)
+        assert p.digest == f"crc32:{zlib.crc32(DATA[span.offset : span.offset + span.length])}"
+        assert p.traffic_type is TrafficType.BACK_TO_SOURCE and p.cost_s >= 0 and p.parent_id == ""
+
+
+async def test_fresh_download_is_one_get_byte_exact(
+    origin: Origin, source: HTTPSource, tmp_path: Path
+) -> None:
+    store = PieceStore(tmp_path)
+    result = await fetch(source, store, origin.url + "/file", headers={"Authorization": "Bearer s3cret"})
+    assert result.length == len(DATA)
+    assert_pieces_right(result.pieces, list(range(6)))
+    assert [p.number for p in result.pieces] == list(range(6))  # reported in order, as they arrive
+    assert store.content_path(TID).read_bytes() == DATA
+    assert store.get(TID).is_complete  # type: ignore[union-attr]
+    # One fetch of the file; user headers reach the origin; bytes come unencoded.
+    assert len(origin.requests) == 1 and origin.bytes_served == len(DATA)
+    sent = origin.requests[0]
+    assert sent["Authorization"] == "Bearer s3cret"
+    assert sent["Accept-Encoding"] == "identity"
+    assert "Range" not in sent
+    ((length, hdrs),) = result.starts
+    assert length == len(DATA)
+    assert hdrs["X-Origin"] == "yes" and hdrs["Content-Length"] == str(len(DATA))
+
+
+async def test_chunked_response(origin: Origin, source: HTTPSource, tmp_path: Path) -> None:
+    store = PieceStore(tmp_path)
+    result = await fetch(source, store, origin.url + "/file?chunked=1")
+    assert result.starts[0][0] is None
+    assert result.length == len(DATA)
+    assert_pieces_right(result.pieces, list(range(6)))
+    store.set_content_length(TID, result.length, PL)
+    assert store.get(TID).is_complete  # type: ignore[union-attr]
+    assert store.content_path(TID).read_bytes() == DATA
+
+
+async def test_resume_requests_only_missing_runs(origin: Origin, source: HTTPSource, tmp_path: Path) -> None:
+    store = PieceStore(tmp_path)
+    store.create_task(TID)
+    store.set_content_length(TID, len(DATA), PL)
+    fd = store.open_write_fd(TID)
+    for n in (0, 2):
+        span = piece_span(n, len(DATA), PL)
+        chunk = DATA[span.offset : span.offset + span.length]
+        os.pwrite(fd, chunk, span.offset)
+        store.finish_piece(TID, PieceInfo(n, span.offset, span.length, f"crc32:{zlib.crc32(chunk)}"))
+    os.close(fd)
+    result = await fetch(source, store, origin.url + "/file", have={0, 2}, piece_length=PL)
+    assert_pieces_right(result.pieces, [1, 3, 4, 5])
+    assert store.content_path(TID).read_bytes() == DATA
+    assert [r["Range"] for r in origin.requests] == [
+        f"bytes={PL}-{2 * PL - 1}",
+        f"bytes={3 * PL}-{len(DATA) - 1}",
+    ]
+    assert origin.bytes_served == len(DATA) - 2 * PL
+    assert result.starts[0][0] == len(DATA)
+    assert "Content-Range" not in result.starts[0][1]
+
+
+async def test_resume_when_origin_ignores_range(origin: Origin, source: HTTPSource, tmp_path: Path) -> None:
+    store = PieceStore(tmp_path)
+    store.create_task(TID)
+    store.set_content_length(TID, len(DATA), PL)
+    fd = store.open_write_fd(TID)
+    os.pwrite(fd, b"\xaa" * PL, PL)  # piece 1 "held" with other bytes: must not be rewritten
+    os.close(fd)
+    result = await fetch(source, store, origin.url + "/file?norange=1", have={1}, piece_length=PL)
+    assert_pieces_right(result.pieces, [0, 2, 3, 4, 5])
+    content = store.content_path(TID).read_bytes()
+    assert content[PL : 2 * PL] == b"\xaa" * PL
+    assert content[:PL] == DATA[:PL] and content[2 * PL :] == DATA[2 * PL :]
+    assert len(origin.requests) == 1
+
+
+@pytest.mark.parametrize("code", [404, 500, 403])
+async def test_error_status(origin: Origin, source: HTTPSource, tmp_path: Path, code: int) -> None:
+    with pytest.raises(SourceStatusError) as caught:
+        await fetch(source, PieceStore(tmp_path), origin.url + f"/status/{code}")
+    assert caught.value.status == code and str(code) in str(caught.value)
+
+
+async def test_connection_refused_is_unreachable(source: HTTPSource, tmp_path: Path) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(SourceUnreachable):
+        await fetch(source, PieceStore(tmp_path), f"http://127.0.0.1:{port}/file")
+
+
+async def test_tls_failure_is_unreachable(origin: Origin, source: HTTPSource, tmp_path: Path) -> None:
+    # TLS to a plain-HTTP port fails the handshake.
+    with pytest.raises(SourceUnreachable):
+        await fetch(source, PieceStore(tmp_path), origin.url.replace("http://", "https://") + "/file")
+
+
+# ----------------------------------------------------------------- misbehaving origins (raw TCP)
+
+Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def raw_origin() -> AsyncIterator[Callable[[Behaviour], Awaitable[str]]]:
+    servers: list[asyncio.Server] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def start(behaviour: Behaviour) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await behaviour(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.get_running_loop().create_task(handle(reader, writer))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/file"
+
+    yield start
+    for server in servers:
+        server.close()
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for server in servers:
+        await server.wait_closed()
+
+
+async def test_truncated_body_is_a_source_error(
+    raw_origin: Callable[[Behaviour], Awaitable[str]], source: HTTPSource, tmp_path: Path
+) -> None:
+    async def truncated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\n\r\n".encode())
+        writer.write(DATA[: 2 * PL + 10])
+        await writer.drain()
+
+    store = PieceStore(tmp_path)
+    with pytest.raises(SourceError) as caught:
+        await fetch(source, store, await raw_origin(truncated))
+    assert not isinstance(caught.value, (SourceStatusError, SourceUnreachable))
+    # The two whole pieces that did arrive were recorded; nothing else.
+    assert sorted(store.get(TID).pieces) == [0, 1]  # type: ignore[union-attr]
+
+
+async def test_silent_origin_is_a_download_timeout(
+    raw_origin: Callable[[Behaviour], Awaitable[str]], source: HTTPSource, tmp_path: Path
+) -> None:
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\n\r\n".encode())
+        writer.write(DATA[:100])
+        await writer.drain()
+        await asyncio.sleep(3600)
+
+    with pytest.raises(DownloadTimeout, match="no byte"):
+        await fetch(source, PieceStore(tmp_path), await raw_origin(stalls))
+
+
+async def test_body_longer_than_a_content_range_is_refused(
+    raw_origin: Callable[[Behaviour], Awaitable[str]], source: HTTPSource, tmp_path: Path
+) -> None:
+    async def wrong_range(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Asked for piece 1 onwards, answers from byte 0.
+        writer.write(
+            f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/{len(DATA)}\r\n"
+            "Content-Length: 100\r\n\r\n".encode()
+        )
+        writer.write(DATA[:100])
+        await writer.drain()
+
+    store = PieceStore(tmp_path)
+    store.create_task(TID)
+    store.set_content_length(TID, len(DATA), PL)
+    with pytest.raises(SourceError, match="from 0"):
+        await fetch(source, store, await raw_origin(wrong_range), have={0}, piece_length=PL)
