@@ -165,12 +165,8 @@ async def execute(p: GetPlan, sink: ProgressSink) -> GetResult:
     started = False
     content_length = 0
     async with grpc.aio.insecure_channel(f"unix://{p.socket}") as channel:
-        try:
-            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
-        except TimeoutError:
-            raise failure_from_error(
-                DaemonUnavailable(f"no daemon answers on {p.socket}; {DAEMON_HINT}")
-            ) from None
+        if not await _connects(channel, grpc.ChannelConnectivity):
+            raise failure_from_error(DaemonUnavailable(f"no daemon answers on {p.socket}; {DAEMON_HINT}"))
         stub: Any = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
         request = dfdaemon_pb2.DownloadTaskRequest(download=download_to_pb(p.spec))
         deadline = p.timeout_s + DEADLINE_GRACE_S if p.timeout_s else None
@@ -207,6 +203,26 @@ async def execute(p: GetPlan, sink: ProgressSink) -> GetResult:
             f"the daemon wrote {size} bytes to {p.output} but announced {content_length}",
         )
     return GetResult(size, elapsed)
+
+
+async def _connects(channel: Any, states: Any) -> bool:
+    """Whether the channel connects; gives up at the first failure (a socket file
+    nobody listens on), not after grpc's reconnect backoff."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_TIMEOUT_S
+    state = channel.get_state(try_to_connect=True)
+    while state != states.READY:
+        if state in (states.TRANSIENT_FAILURE, states.SHUTDOWN):
+            return False
+        left = deadline - loop.time()
+        if left <= 0:
+            return False
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), left)
+        except TimeoutError:
+            return False
+        state = channel.get_state(try_to_connect=True)
+    return True
 
 
 def remove_new_output(p: GetPlan) -> None:

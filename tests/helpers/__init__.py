@@ -1,0 +1,1 @@
+"""Test helpers that start real Damselfly processes (see processes.py)."""

@@ -1,0 +1,161 @@
+"""Flag parsing of the damselfly and dfget commands, without starting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from damselfly.cli import get as get_module
+from damselfly.cli import servers
+from damselfly.cli.main import app, dfget_app
+from damselfly.config import load_daemon_config, load_scheduler_config
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def fake(kind: str) -> Any:
+        def run(config_file: Path | None, overrides: dict[str, Any], **kw: Any) -> int:
+            seen.update(kind=kind, config_file=config_file, overrides=overrides, **kw)
+            return 0
+
+        return run
+
+    monkeypatch.setattr(servers, "run_daemon", fake("daemon"))
+    monkeypatch.setattr(servers, "run_scheduler", fake("scheduler"))
+
+    def fake_get(opts: get_module.GetOptions) -> int:
+        seen.update(kind="get", opts=opts)
+        return 0
+
+    monkeypatch.setattr(get_module, "run_get", fake_get)
+    return seen
+
+
+def test_daemon_flags_become_config_overrides(captured: dict[str, Any], tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "daemon", "--seed", "--data-dir", str(tmp_path), "--scheduler", "10.0.0.1:8002",
+            "--scheduler", "10.0.0.2:8002", "--hostname", "h1", "--ip", "10.0.0.9", "--idc", "idc1",
+            "--location", "cn|zj", "--listen-ip", "127.0.0.1", "--upload-port", "0", "--piece-port", "0",
+            "--metrics-port", "0", "--socket", str(tmp_path / "d.sock"), "--ready-file", str(tmp_path / "r"),
+            "--log-level", "DEBUG",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert captured["kind"] == "daemon"
+    assert captured["ready_file"] == tmp_path / "r" and captured["log_level"] == "DEBUG"
+    cfg = load_daemon_config(None, captured["overrides"])
+    assert cfg.seed_peer.enable is True
+    assert cfg.storage.dir == str(tmp_path)
+    assert cfg.scheduler.addrs == ["10.0.0.1:8002", "10.0.0.2:8002"]
+    assert (cfg.host.hostname, cfg.host.ip, cfg.host.idc, cfg.host.location) == (
+        "h1",
+        "10.0.0.9",
+        "idc1",
+        "cn|zj",
+    )
+    assert cfg.upload.server.ip == cfg.storage.server.ip == "127.0.0.1"
+    assert (cfg.upload.server.port, cfg.storage.server.tcp_port, cfg.metrics.port) == (0, 0, 0)
+    assert cfg.socket_path == tmp_path / "d.sock"
+
+
+def test_daemon_without_flags_keeps_the_file_and_defaults(captured: dict[str, Any], tmp_path: Path) -> None:
+    conf = tmp_path / "d.yaml"
+    conf.write_text("upload:\n  server:\n    port: 4100\nhost:\n  idc: from-file\n")
+    result = runner.invoke(app, ["daemon", "--config", str(conf), "--idc", "from-flag"])
+    assert result.exit_code == 0, result.output
+    cfg = load_daemon_config(captured["config_file"], captured["overrides"])
+    assert cfg.upload.server.port == 4100  # from the file
+    assert cfg.host.idc == "from-flag"  # the flag wins
+    assert cfg.seed_peer.enable is False
+
+
+def test_scheduler_flags(captured: dict[str, Any], tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["scheduler", "--ip", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--data-dir", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    cfg = load_scheduler_config(None, captured["overrides"])
+    assert (cfg.server.ip, cfg.server.port, cfg.metrics.port) == ("127.0.0.1", 0, 0)
+    assert cfg.server.data_dir == str(tmp_path)
+
+
+def test_bad_config_file_exits_2(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.yaml"
+    conf.write_text("nosuchsection: 1\n")
+    assert servers.run_daemon(conf, {}, ready_file=None, log_level="INFO", log_file=None) == 2
+    assert servers.run_scheduler(conf, {}, ready_file=None, log_level="INFO", log_file=None) == 2
+
+
+@pytest.mark.parametrize("application", [app, dfget_app])
+def test_get_flags(captured: dict[str, Any], application: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DAMSELFLY_ENDPOINT", raising=False)
+    args = ["get"] if application is app else []
+    result = runner.invoke(
+        application,
+        [
+            *args, "http://h/x", "-O", "/tmp/out", "--digest", "sha256:" + "a" * 64, "--tag", "t",
+            "--application", "a", "-H", "A: 1", "--header", "B: 2", "--filtered-query-param", "sig",
+            "--piece-length", "4MiB", "--disable-back-to-source", "--timeout", "30m", "--no-progress",
+            "-e", "unix:///run/x.sock",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    opts: get_module.GetOptions = captured["opts"]
+    assert opts.url == "http://h/x" and opts.output == "/tmp/out"
+    assert opts.headers == ["A: 1", "B: 2"] and opts.filtered_query_params == ["sig"]
+    assert opts.disable_back_to_source and not opts.progress
+    assert (opts.tag, opts.application, opts.piece_length, opts.timeout) == ("t", "a", "4MiB", "30m")
+    assert opts.endpoint == "unix:///run/x.sock"
+
+
+def test_get_endpoint_from_environment(captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAMSELFLY_ENDPOINT", "/env.sock")
+    result = runner.invoke(dfget_app, ["http://h/x", "-O", "/tmp/out"])
+    assert result.exit_code == 0, result.output
+    assert captured["opts"].endpoint == "/env.sock"
+
+
+def test_get_requires_output() -> None:
+    result = runner.invoke(dfget_app, ["http://h/x"])
+    assert result.exit_code == 2
+
+
+def test_plan_builds_the_download(tmp_path: Path) -> None:
+    p = get_module.plan(
+        get_module.GetOptions(
+            url="http://h/x?X-Amz-Signature=s",
+            output=str(tmp_path / "o"),
+            digest="SHA256:" + "A" * 64,
+            headers=["Authorization: Bearer t"],
+            piece_length="8MiB",
+            timeout="90s",
+            endpoint="unix:///run/d.sock",
+        )
+    )
+    assert p.spec.output_path == str(tmp_path / "o")
+    assert p.spec.digest == "sha256:" + "a" * 64
+    assert p.spec.request_header == {"Authorization": "Bearer t"}
+    assert p.spec.piece_length == 8 * 1024 * 1024 and p.timeout_s == 90
+    assert p.spec.filtered_query_params is None  # the defaults
+    assert p.socket == Path("/run/d.sock") and not p.output_existed
+
+
+def test_plan_checks_the_digest_before_the_output(tmp_path: Path) -> None:
+    with pytest.raises(get_module.DfgetFailure) as e:
+        get_module.plan(get_module.GetOptions(url="nourl", output="/no/such/dir/f", digest="sha256:zz"))
+    assert e.value.code == 2 and "sha256" in e.value.message
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and "damselfly" in result.output

@@ -1,0 +1,149 @@
+"""dfget's client against a fake DfdaemonDownload server on a real unix socket.
+
+The fake plays the daemon's side of docs/PROTOCOL.md ("dfget to its daemon"):
+it streams started/piece responses and writes the output, or ends the stream
+with a status. These tests pin down dfget's side: exit codes, one-line errors,
+and that a failed run leaves no new file at the output path.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from damselfly.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
+from damselfly.cli.exitcodes import ExitCode
+from damselfly.cli.get import GetOptions, get_async
+
+CONTENT = b"0123456789" * 1000
+
+
+def _write(path: Path) -> None:
+    path.write_bytes(CONTENT)
+
+
+class FakeDaemon(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    async def DownloadTask(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        d = request.download
+        self.requests.append(d)
+        kind = d.url.rsplit("/", 1)[-1]
+        out = Path(d.output_path)
+        if kind == "origin404":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"origin answered 404 for {d.url}")
+        yield dfdaemon_pb2.DownloadTaskResponse(
+            download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
+                content_length=len(CONTENT)
+            )
+        )
+        half = len(CONTENT) // 2
+        for number, (offset, length) in enumerate([(0, half), (half, len(CONTENT) - half)]):
+            piece = common_pb2.Piece(number=number, offset=offset, length=length)
+            yield dfdaemon_pb2.DownloadTaskResponse(
+                download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(piece=piece)
+            )
+        if kind == "digest":
+            _write(out)  # a misbehaving daemon: leaves the file, then fails
+            await context.abort(grpc.StatusCode.DATA_LOSS, "expected sha256:aa, got sha256:bb")
+        if kind == "timeout":
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "download timed out after 1 s")
+        if kind == "ok":
+            _write(out)
+
+
+@pytest.fixture
+async def daemon(short_tmp: Path) -> AsyncIterator[tuple[FakeDaemon, Path]]:
+    sock = short_tmp / "fake.sock"
+    fake = FakeDaemon()
+    server = grpc.aio.server()
+    dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(fake, server)
+    server.add_insecure_port(f"unix://{sock}")
+    await server.start()
+    try:
+        yield fake, sock
+    finally:
+        await server.stop(None)
+
+
+async def _get(url: str, output: Path, sock: Path, **kw: Any) -> tuple[ExitCode, str]:
+    err = io.StringIO()
+    code = await get_async(GetOptions(url=url, output=str(output), endpoint=str(sock), **kw), stderr=err)
+    return code, err.getvalue()
+
+
+async def test_success_reports_one_line(daemon: tuple[FakeDaemon, Path], short_tmp: Path) -> None:
+    fake, sock = daemon
+    out = short_tmp / "out.bin"
+    code, err = await _get("http://h/ok", out, sock, digest="sha256:" + "A" * 64, headers=["X-A: 1"])
+    assert code is ExitCode.OK, err
+    assert out.read_bytes() == CONTENT
+    assert len(err.strip().splitlines()) == 1 and "9.8 KiB" in err and str(out) in err
+    sent = fake.requests[0]
+    assert sent.output_path == str(out) and Path(sent.output_path).is_absolute()
+    assert sent.digest == "sha256:" + "a" * 64
+    assert dict(sent.request_header) == {"X-A": "1"}
+
+
+async def test_digest_mismatch_removes_the_new_file(daemon: tuple[FakeDaemon, Path], short_tmp: Path) -> None:
+    _, sock = daemon
+    out = short_tmp / "out.bin"
+    code, err = await _get("http://h/digest", out, sock)
+    assert code is ExitCode.DIGEST_MISMATCH
+    assert err.startswith("dfget: error: digest mismatch") and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+async def test_failure_keeps_a_file_that_was_there_before(
+    daemon: tuple[FakeDaemon, Path], short_tmp: Path
+) -> None:
+    _, sock = daemon
+    out = short_tmp / "out.bin"
+    out.write_bytes(b"mine")
+    code, _ = await _get("http://h/origin404", out, sock)
+    assert code is ExitCode.ORIGIN
+    assert out.read_bytes() == b"mine"
+
+
+async def test_origin_error(daemon: tuple[FakeDaemon, Path], short_tmp: Path) -> None:
+    _, sock = daemon
+    code, err = await _get("http://h/origin404", short_tmp / "o", sock)
+    assert code is ExitCode.ORIGIN and "404" in err
+    assert not (short_tmp / "o").exists()
+
+
+async def test_timeout(daemon: tuple[FakeDaemon, Path], short_tmp: Path) -> None:
+    _, sock = daemon
+    code, _ = await _get("http://h/timeout", short_tmp / "o", sock, timeout="1s")
+    assert code is ExitCode.TIMEOUT
+    assert not (short_tmp / "o").exists()
+
+
+async def test_success_without_a_file_is_an_error(daemon: tuple[FakeDaemon, Path], short_tmp: Path) -> None:
+    _, sock = daemon
+    code, err = await _get("http://h/nofile", short_tmp / "o", sock)
+    assert code is ExitCode.UNEXPECTED and "wrote no file" in err
+
+
+async def test_no_daemon_socket(short_tmp: Path) -> None:
+    code, err = await _get("http://h/ok", short_tmp / "o", short_tmp / "none.sock")
+    assert code is ExitCode.DAEMON_UNAVAILABLE
+    assert "damselfly up --data-dir" in err and len(err.strip().splitlines()) == 1
+
+
+async def test_stale_socket_file(short_tmp: Path) -> None:
+    import socket
+
+    path = short_tmp / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()  # the file stays, nobody listens
+    code, err = await _get("http://h/ok", short_tmp / "o", path)
+    assert code is ExitCode.DAEMON_UNAVAILABLE, err
+    assert not (short_tmp / "o").exists()
