@@ -7,7 +7,7 @@ a stream).
 
 One AnnouncePeer stream is one peer. Its handler owns a reader task (requests
 in, handled synchronously against the resources) and writes what lands in the
-stream's :class:`Outbox`, so an answer for a waiting peer can be sent from
+stream's :class:`PeerStream`, so an answer for a waiting peer can be sent from
 anywhere: when another peer of the task starts, sends a piece or finishes
 (event-driven), or from the periodic retry loop (the backstop that also
 enforces ``back_to_source_after``).
@@ -68,10 +68,11 @@ class _Abort:
 _END = object()
 
 
-class Outbox:
-    """What the handler of one AnnouncePeer stream should write next, in order."""
+class PeerStream:
+    """One AnnouncePeer stream: the peer it registered, and what its handler should write next."""
 
     def __init__(self) -> None:
+        self.peer_id = ""  # set by the RegisterPeerRequest
         self._queue: asyncio.Queue[object] = asyncio.Queue()
 
     def send(self, message: PB) -> None:
@@ -85,6 +86,13 @@ class Outbox:
 
     async def get(self) -> object:
         return await self._queue.get()
+
+    def pending(self) -> list[object]:
+        """Take everything queued so far (for tests that drive :meth:`SchedulerService.handle`)."""
+        out = []
+        while not self._queue.empty():
+            out.append(self._queue.get_nowait())
+        return out
 
 
 def status_of(error: DamselflyError) -> Any:
@@ -132,7 +140,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
             lambda: len(self.res.hosts), lambda: len(self.res.peers), lambda: len(self.res.tasks)
         )
         self.seeds = SeedTrigger(self._seed_done)
-        self._streams: dict[str, Outbox] = {}
+        self._streams: dict[str, PeerStream] = {}
         self._downloads: dict[str, PB] = {}  # task ID -> first register's Download, for the seed
         self._loops: list[asyncio.Task[None]] = []
 
@@ -272,9 +280,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
     # -- AnnouncePeer ------------------------------------------------------------
 
     async def AnnouncePeer(self, request_iterator: AsyncIterator[PB], context: Any) -> None:
-        outbox = Outbox()
-        bound: list[str] = []  # the peer ID this stream registered, once it has
-        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, outbox, bound))
+        outbox = PeerStream()
+        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, outbox))
         try:
             while True:
                 item = await outbox.get()
@@ -287,14 +294,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            if bound:
-                self._stream_closed(bound[0], outbox)
+            if outbox.peer_id:
+                self._stream_closed(outbox.peer_id, outbox)
 
-    async def _read(self, requests: AsyncIterator[PB], outbox: Outbox, bound: list[str]) -> None:
+    async def _read(self, requests: AsyncIterator[PB], outbox: PeerStream) -> None:
         try:
             async for request in requests:
                 try:
-                    self._handle(request, outbox, bound)
+                    self.handle(request, outbox)
                 except DamselflyError as e:
                     outbox.abort(status_of(e), str(e))
                     return
@@ -304,7 +311,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
             return
         outbox.end()
 
-    def _stream_closed(self, peer_id: str, outbox: Outbox) -> None:
+    def _stream_closed(self, peer_id: str, outbox: PeerStream) -> None:
         if self._streams.get(peer_id) is not outbox:
             return
         del self._streams[peer_id]
@@ -317,12 +324,13 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         self.metrics.peer_failed.inc()
         self._wake(peer.task)
 
-    def _handle(self, request: PB, outbox: Outbox, bound: list[str]) -> None:
+    def handle(self, request: PB, stream: PeerStream) -> None:
+        """Apply one AnnouncePeerRequest; answers go to ``stream`` (or to waiting peers' streams)."""
         kind = request.WhichOneof("request")
         self.metrics.announce_peer.labels(kind or "none").inc()
         now = self.clock()
         if kind == "register_peer_request":
-            self._register(request, outbox, bound, now)
+            self._register(request, stream, now)
             return
         peer = self.res.peer(request.peer_id)
         task = peer.task
@@ -365,7 +373,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         else:
             raise InvalidArgument(f"unexpected AnnouncePeerRequest {kind!r}")
 
-    def _register(self, request: PB, outbox: Outbox, bound: list[str], now: float) -> None:
+    def _register(self, request: PB, stream: PeerStream, now: float) -> None:
         host = self.res.host(request.host_id)
         if not request.task_id or not request.peer_id:
             raise InvalidArgument("RegisterPeerRequest needs task_id and peer_id")
@@ -374,8 +382,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         task = self.res.get_or_create_task(request.task_id, spec, now)
         self._downloads.setdefault(task.id, download)
         peer = self.res.create_peer(request.peer_id, task, host, spec, now)
-        self._streams[peer.id] = outbox
-        bound[:] = [peer.id]
+        self._streams[peer.id] = stream
+        stream.peer_id = peer.id
         self.metrics.register_peer.inc()
         if download.HasField("actual_content_length") and download.HasField("actual_piece_count"):
             self._restore(peer, download, now)

@@ -1,0 +1,162 @@
+"""Scheduling rules (docs/PROTOCOL.md steps 1 and 4) on an in-memory world with a fake clock."""
+
+from __future__ import annotations
+
+from sched_world import World
+
+from damselfly.scheduler.resources import PeerState, SeedState
+from damselfly.scheduler.scheduling import BackToSource, Empty, Fail, Parents, TriggerSeed, Wait
+
+
+def parent_ids(d: object) -> list[str]:
+    assert isinstance(d, Parents), d
+    return [p.id for p in d.parents]
+
+
+def test_first_peer_without_seed_host_goes_to_source_and_the_rest_wait() -> None:
+    w = World()
+    a, b = w.peer("a", "ha"), w.peer("b", "hb")
+    assert isinstance(w.decide(a), BackToSource)
+    assert w.task().source_peers == {"a"}
+    assert isinstance(w.decide(b), Wait)
+    assert b.waiting_since == w.clock() and "b" in w.task().waiting
+    w.res.set_state(a, PeerState.BACK_TO_SOURCE, w.clock())
+    assert parent_ids(w.decide(b)) == ["a"]
+    assert "b" not in w.res.waiting and b.parents.keys() == {"a"}
+
+
+def test_when_the_source_peer_fails_a_waiting_peer_takes_over() -> None:
+    w = World()
+    a, b = w.peer("a", "ha"), w.peer("b", "hb")
+    w.decide(a)
+    assert isinstance(w.decide(b), Wait)
+    w.res.set_state(a, PeerState.FAILED, w.clock())
+    assert isinstance(w.decide(b), BackToSource)
+
+
+def test_seed_is_triggered_once_and_peers_wait_for_it() -> None:
+    w = World()
+    seed_host = w.host("s", seed=True)
+    peers = [w.peer(f"p{i}", f"h{i}") for i in range(5)]
+    decisions = [w.decide(p) for p in peers]
+    assert isinstance(decisions[0], TriggerSeed) and decisions[0].host is seed_host
+    assert all(isinstance(d, Wait) for d in decisions[1:])
+    assert w.task().seed_state is SeedState.TRIGGERED
+
+
+def test_seed_host_peer_goes_to_source_unless_another_seed_started() -> None:
+    w = World()
+    s1 = w.peer("s1", w.host("seed1", seed=True))
+    assert isinstance(w.decide(s1), BackToSource)
+    s2 = w.peer("s2", w.host("seed2", seed=True))
+    assert isinstance(w.decide(s2), BackToSource)  # s1 has not started yet
+    w.res.set_state(s1, PeerState.BACK_TO_SOURCE, w.clock())
+    assert parent_ids(w.decide(s2)) == ["s1"]
+
+
+def test_failed_seed_trigger_sends_the_first_waiting_peer_to_source() -> None:
+    w = World()
+    w.host("s", seed=True)
+    a, b = w.peer("a", "ha"), w.peer("b", "hb")
+    assert isinstance(w.decide(a), TriggerSeed)
+    assert isinstance(w.decide(b), Wait)
+    w.task().seed_state = SeedState.FAILED
+    assert isinstance(w.decide(a), BackToSource)
+    assert isinstance(w.decide(b), Wait)
+
+
+def test_need_back_to_source_wins() -> None:
+    w = World()
+    w.peer("s", "hs", state=PeerState.SUCCEEDED)
+    assert isinstance(w.decide(w.peer("a", "ha", need_back_to_source=True)), BackToSource)
+
+
+def test_waiting_too_long_goes_to_source_or_fails_when_disabled() -> None:
+    w = World()
+    w.cfg.back_to_source_after = 5.0
+    w.seed_trigger = False
+    w.decide(w.peer("src", "hsrc"))  # someone else fetches, so these two wait
+    a = w.peer("a", "ha")
+    b = w.peer("b", "hb", disable_back_to_source=True)
+    assert isinstance(w.decide(a), Wait) and isinstance(w.decide(b), Wait)
+    w.clock.advance(4.9)
+    assert isinstance(w.decide(a), Wait)
+    w.clock.advance(0.2)
+    assert isinstance(w.decide(a), BackToSource)
+    d = w.decide(b)
+    assert isinstance(d, Fail)
+    assert b.state is PeerState.FAILED
+
+
+def test_disabled_back_to_source_first_peer_waits_instead_of_fetching() -> None:
+    w = World()
+    a = w.peer("a", "ha", disable_back_to_source=True)
+    assert isinstance(w.decide(a), Wait)
+    assert not w.task().source_peers
+
+
+def test_reschedule_never_returns_blocked_parents() -> None:
+    w = World()
+    w.peer("p1", "h1", state=PeerState.SUCCEEDED)
+    w.peer("p2", "h2", state=PeerState.SUCCEEDED)
+    c = w.peer("c", "hc")
+    assert sorted(parent_ids(w.decide(c))) == ["p1", "p2"]
+    c.blocked.add("p1")
+    c.reschedule_count += 1
+    assert parent_ids(w.decide(c)) == ["p2"]
+    assert c.parents.keys() == {"p2"}
+    c.blocked.add("p2")
+    c.reschedule_count += 1
+    # Every fetcher is blocked for c: nobody useful is coming, so c fetches itself.
+    assert isinstance(w.decide(c), BackToSource)
+
+
+def test_retry_limit_sends_to_source() -> None:
+    w = World()
+    w.peer("p1", "h1", state=PeerState.SUCCEEDED)
+    c = w.peer("c", "hc")
+    c.reschedule_count = w.cfg.retry_limit - 1
+    assert isinstance(w.decide(c), Parents)
+    c.reschedule_count = w.cfg.retry_limit
+    assert isinstance(w.decide(c), BackToSource)
+
+
+def test_retry_limit_with_back_to_source_disabled_fails_only_without_parents() -> None:
+    w = World()
+    c = w.peer("c", "hc", disable_back_to_source=True)
+    c.reschedule_count = w.cfg.retry_limit
+    p = w.peer("p1", "h1", state=PeerState.SUCCEEDED)
+    assert isinstance(w.decide(c), Parents)
+    c.blocked.add(p.id)
+    assert isinstance(w.decide(c), Fail)
+
+
+def test_candidate_filter() -> None:
+    w = World()
+    c = w.peer("c", "hc")
+    w.peer("same-host", "hc", state=PeerState.SUCCEEDED)
+    w.peer("pending", "h1")
+    w.peer("failed", "h2", state=PeerState.FAILED)
+    w.peer("private", w.host("hp", disable_shared=True), state=PeerState.SUCCEEDED)
+    full = w.peer("full", "hf", state=PeerState.SUCCEEDED)
+    full.host.children = full.host.upload_limit
+    bad = w.peer("bad", "hb", state=PeerState.RUNNING)
+    bad.served_costs.extend([0.01, 0.01, 1.0])
+    child = w.peer("child-of-c", "hx", state=PeerState.RUNNING)
+    w.res.add_parent(child, c)
+    w.peer("good", "hg", state=PeerState.RUNNING)
+    assert parent_ids(w.decide(c)) == ["good"]
+
+
+def test_best_candidate_parent_limit_of_a_sample() -> None:
+    w = World()
+    for i in range(40):
+        w.peer(f"p{i}", f"h{i}", state=PeerState.SUCCEEDED)
+    d = w.decide(w.peer("c", "hc"))
+    assert len(parent_ids(d)) == w.cfg.candidate_parent_limit
+
+
+def test_empty_task() -> None:
+    w = World()
+    w.task().content_length = 0
+    assert isinstance(w.decide(w.peer("a", "ha")), Empty)

@@ -1,0 +1,123 @@
+"""The service's message handling without sockets: requests in, answers queued per stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sched_world import FakeClock
+
+from damselfly.api import common_pb2, scheduler_pb2
+from damselfly.config import SchedulerConfig
+from damselfly.domain import HostInfo
+from damselfly.scheduler.resources import PeerState
+from damselfly.scheduler.service import PeerStream, SchedulerService
+
+TASK = "f" * 64
+
+
+def request(host: str, peer: str, **kw: Any) -> Any:
+    return scheduler_pb2.AnnouncePeerRequest(host_id=host, task_id=TASK, peer_id=peer, **kw)
+
+
+def register(host: str, peer: str, **download: Any) -> Any:
+    return request(
+        host,
+        peer,
+        register_peer_request=scheduler_pb2.RegisterPeerRequest(
+            download=common_pb2.Download(url="http://o/f", **download)
+        ),
+    )
+
+
+def make_service(seed_host: bool = False) -> tuple[SchedulerService, FakeClock]:
+    clock = FakeClock()
+    svc = SchedulerService(SchedulerConfig(), clock=clock)
+    for name in ("a", "b", "c"):
+        svc.res.upsert_host(
+            HostInfo(id=name, hostname=name, ip="127.0.0.1", port=1, download_port=2),
+            clock(),
+        )
+    return svc, clock
+
+
+def kinds(stream: PeerStream) -> list[str]:
+    return [m.WhichOneof("response") for m in stream.pending()]  # type: ignore[attr-defined]
+
+
+async def test_restore_register_records_a_succeeded_peer_and_answers_nothing() -> None:
+    svc, _ = make_service()
+    s = PeerStream()
+    svc.handle(register("a", "pa", actual_content_length=123, actual_piece_count=1, actual_piece_length=4), s)
+    svc.handle(
+        request("a", "pa", download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest()), s
+    )
+    assert s.pending() == []
+    peer = svc.res.peer("pa")
+    assert peer.state is PeerState.SUCCEEDED
+    task = svc.res.task(TASK)
+    assert (task.content_length, task.piece_count, task.piece_length) == (123, 1, 4)
+    assert svc.seeds.running == 0 and not task.source_peers
+
+
+async def test_waiting_peer_is_answered_when_the_source_peer_starts() -> None:
+    svc, _ = make_service()
+    sa, sb = PeerStream(), PeerStream()
+    svc.handle(register("a", "pa"), sa)
+    assert kinds(sa) == ["need_back_to_source_response"]
+    svc.handle(register("b", "pb"), sb)
+    assert kinds(sb) == []
+    svc.handle(
+        request(
+            "a",
+            "pa",
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest(),
+        ),
+        sa,
+    )
+    assert kinds(sb) == ["normal_task_response"]
+
+
+async def test_permanent_piece_failure_blocks_the_parent_and_temporary_does_not() -> None:
+    svc, _ = make_service()
+    s = PeerStream()
+    svc.handle(register("a", "pa"), PeerStream())
+    svc.handle(register("b", "pb"), s)
+    failed = scheduler_pb2.DownloadPieceFailedRequest
+    svc.handle(
+        request(
+            "b", "pb", download_piece_failed_request=failed(piece_number=1, parent_id="pa", temporary=True)
+        ),
+        s,
+    )
+    assert svc.res.peer("pb").blocked == set()
+    svc.handle(request("b", "pb", download_piece_failed_request=failed(piece_number=1, parent_id="pa")), s)
+    assert svc.res.peer("pb").blocked == {"pa"}
+
+
+async def test_piece_costs_are_recorded_against_the_parent() -> None:
+    svc, _ = make_service()
+    svc.handle(register("a", "pa"), PeerStream())
+    svc.handle(register("b", "pb"), PeerStream())
+    piece = common_pb2.Piece(number=0, length=10, parent_id="pa")
+    piece.cost.FromMilliseconds(250)
+    svc.handle(
+        request(
+            "b", "pb", download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(piece=piece)
+        ),
+        PeerStream(),
+    )
+    assert list(svc.res.peer("pa").served_costs) == [0.25]
+    assert svc.res.peer("pb").state is PeerState.RUNNING
+    assert svc.res.peer("pb").finished_pieces == {0}
+
+
+async def test_backstop_retry_sends_a_long_waiting_peer_to_source() -> None:
+    svc, clock = make_service()
+    sa, sb = PeerStream(), PeerStream()
+    svc.handle(register("a", "pa"), sa)
+    svc.handle(register("b", "pb"), sb)
+    svc.retry_waiting()
+    assert kinds(sb) == []
+    clock.advance(svc.cfg.back_to_source_after + 1)
+    svc.retry_waiting()
+    assert kinds(sb) == ["need_back_to_source_response"]
