@@ -99,6 +99,32 @@ class OriginStats:
         self.paths.clear()
 
 
+class _CountedFileResponse(web.FileResponse):
+    """A sendfile response that knows whose counters it feeds.
+
+    ``bytes`` is counted when the headers go out (:func:`_count_started`, once
+    the status and Content-Length of a possibly ranged answer are known);
+    ``bytes_completed`` once the body has been handed to the kernel.
+    """
+
+    def __init__(self, path: Path, stats: PathStats, *, chunk_size: int) -> None:
+        super().__init__(path, chunk_size=chunk_size)
+        self.path_stats = stats
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        writer = await super().prepare(request)
+        if request.method != "HEAD" and self.status in (200, 206):
+            self.path_stats.bytes_completed += self.content_length or 0
+        return writer
+
+
+async def _count_started(request: web.Request, response: web.StreamResponse) -> None:
+    counted = isinstance(response, _CountedFileResponse) and request.method != "HEAD"
+    if counted and response.status in (200, 206):
+        assert isinstance(response, _CountedFileResponse)
+        response.path_stats.bytes += response.content_length or 0
+
+
 class Origin:
     """The origin server: serves ``directory`` on ``host:port`` (0 picks a free port)."""
 
@@ -116,6 +142,7 @@ class Origin:
         app.router.add_get("/_stats", self._get_stats)
         app.router.add_post("/_stats/reset", self._reset_stats)
         app.router.add_get("/{path:.*}", self._serve)
+        app.on_response_prepare.append(_count_started)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._port)
@@ -185,17 +212,7 @@ class Origin:
         if fault in ("truncate", "stall", "slow"):
             return await self._serve_fault(request, fault, target, size, stats)
 
-        response = web.FileResponse(target, chunk_size=_CHUNK)
-        if request.method == "HEAD":
-            return response
-        await response.prepare(request)
-        sent = response.content_length or 0
-        if response.status in (200, 206):
-            stats.bytes += sent
-        await response.write_eof()
-        if response.status in (200, 206):
-            stats.bytes_completed += sent
-        return response
+        return _CountedFileResponse(target, stats, chunk_size=_CHUNK)
 
     async def _serve_fault(
         self, request: web.Request, fault: str, target: Path, size: int, stats: PathStats
