@@ -54,9 +54,11 @@ async def running_scheduler(tmp_path: Path, **overrides: Any) -> AsyncIterator[R
             address, info["metrics_port"], stop, task, channel, scheduler_pb2_grpc.SchedulerStub(channel)
         )
     finally:
-        await channel.close()
         stop.set()
-        await asyncio.wait_for(task, 10)
+        try:
+            await asyncio.wait_for(task, 10)
+        finally:
+            await channel.close()
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

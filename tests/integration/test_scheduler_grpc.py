@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,36 @@ async def test_seed_trigger_once_for_twenty_concurrent_peers(tmp_path: Path) -> 
                 p.close()
     finally:
         await server.stop(None)
+
+
+async def test_unreachable_seed_host_falls_back_to_one_origin_fetch(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    async with running_scheduler(tmp_path) as s:
+        seed_host = host_pb("seed", port=dead_port, seed=True)
+        await announce_host(s.stub, seed_host)
+        hosts = [host_pb(f"h{i}") for i in range(3)]
+        for h in hosts:
+            await announce_host(s.stub, h)
+        seeds = await s.stub.ListHosts(scheduler_pb2.ListHostsRequest(type=1))
+        assert [h.id for h in seeds.hosts] == [seed_host.id]
+
+        peers = [FakePeer(s.stub, h.id, TASK, f"peer-{i}") for i, h in enumerate(hosts)]
+        for p in peers:
+            p.register()
+        # The seed download fails at once; the first peer is sent to the origin, the others wait for it.
+        first = await peers[0].answer()
+        assert which(first) == "need_back_to_source_response"
+        others = [asyncio.ensure_future(p.answer()) for p in peers[1:]]
+        await asyncio.sleep(0.3)
+        assert not any(o.done() for o in others)
+        peers[0].send(
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+        )
+        for o in others:
+            answer = await o
+            assert [c.id for c in answer.normal_task_response.candidate_parents] == ["peer-0"]
+    # Streams still open when the scheduler stops end with UNAVAILABLE, not a hang.
+    for p in peers:
+        assert await asyncio.wait_for(p.call.code(), 5) == grpc.StatusCode.UNAVAILABLE

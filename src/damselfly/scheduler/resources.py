@@ -369,6 +369,17 @@ class Resources:
                     stack.append(parent)
         return False
 
+    def descendants(self, peer: Peer) -> set[str]:
+        """IDs of every peer downloading from ``peer``, directly or not (walks child edges once)."""
+        out: set[str] = set()
+        stack = list(peer.children.values())
+        while stack:
+            p = stack.pop()
+            if p.id not in out:
+                out.add(p.id)
+                stack.extend(p.children.values())
+        return out
+
     def can_add_edge(self, child: Peer, parent: Peer) -> bool:
         """An edge child -> parent keeps the graph acyclic and joins two hosts."""
         if child is parent or child.host is parent.host:

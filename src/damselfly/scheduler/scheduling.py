@@ -75,6 +75,8 @@ def candidate_parents(
 ) -> list[Peer]:
     """Sample up to ``filter_parent_limit`` serving peers of the task and keep the usable ones."""
     out = []
+    # Parents must not be descendants (a cycle); walk the peer's subtree once, not per candidate.
+    below = res.descendants(peer) if peer.children else ()
     for cand in peer.task.available.sample(cfg.filter_parent_limit, rng):
         if (
             cand is peer
@@ -83,7 +85,7 @@ def candidate_parents(
             or cand.id in peer.blocked
             or cand.host.info.disable_shared
             or (cand.host.free_upload_slots <= 0 and cand.id not in peer.parents)
-            or res.is_ancestor(peer, cand)
+            or cand.id in below
             or evaluator.is_bad_parent(cand)
         ):
             continue

@@ -144,6 +144,8 @@ def test_candidate_filter() -> None:
     bad.served_costs.extend([0.01, 0.01, 1.0])
     child = w.peer("child-of-c", "hx", state=PeerState.RUNNING)
     w.res.add_parent(child, c)
+    grandchild = w.peer("grandchild-of-c", "hy", state=PeerState.RUNNING)
+    w.res.add_parent(grandchild, child)
     w.peer("good", "hg", state=PeerState.RUNNING)
     assert parent_ids(w.decide(c)) == ["good"]
 
