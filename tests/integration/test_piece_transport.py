@@ -395,3 +395,18 @@ async def test_server_close_ends_open_connections(parent: Parent) -> None:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_idle_connections_are_closed(tmp_path: Path) -> None:
+    store = PieceStore(tmp_path)
+    server = PieceServer(store, idle_timeout=0.05)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            assert await read_all(reader) == b""  # closed by the server, not by the 5 s guard
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        await server.close()

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 
 from ..errors import DamselflyError, ProtocolError
+from ..units import MINUTES
 from . import vortex
 from .storage import PieceStore
 
@@ -35,11 +36,19 @@ class PieceServer:
 
     Owns its listening socket and one asyncio task per connection; :meth:`close`
     cancels them all. ``on_upload(task_id, nbytes)`` is called after each piece
-    is sent (metrics, later rate limits); it must not block.
+    is sent (metrics, later rate limits); it must not block. A connection with
+    no request for ``idle_timeout`` is closed (children reconnect on demand).
     """
 
-    def __init__(self, store: PieceStore, *, on_upload: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: PieceStore,
+        *,
+        on_upload: Callable[[str, int], None] | None = None,
+        idle_timeout: float = 5 * MINUTES,
+    ) -> None:
         self._store = store
+        self._idle_timeout = idle_timeout
         self._on_upload = on_upload
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -85,7 +94,12 @@ class PieceServer:
                     await writer.drain()
                     return
                 if event is None:
-                    data = await reader.read(_READ_SIZE)
+                    try:
+                        async with asyncio.timeout(self._idle_timeout):
+                            data = await reader.read(_READ_SIZE)
+                    except TimeoutError:
+                        log.debug("closing piece connection from %s: idle", peer)
+                        return
                     if not data:
                         return
                     parser.feed(data)
@@ -104,7 +118,8 @@ class PieceServer:
                     return
                 if not await self._send_piece(writer, event, files):
                     return
-        except (ConnectionError, OSError) as e:
+        except (ConnectionError, OSError, RuntimeError) as e:
+            # RuntimeError: loop.sendfile on a transport the peer already closed.
             log.debug("piece connection from %s ended: %s", peer, e)
         finally:
             self.active_connections -= 1

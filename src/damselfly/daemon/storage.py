@@ -424,6 +424,13 @@ class PieceStore:
                 raise InvalidArgument(
                     f"task {task_id} holds pieces of {meta.content_length} bytes, not {content_length}"
                 )
+            geometry = TaskMeta(task_id, content_length=content_length, piece_length=piece_length)
+            misfits = [n for n, p in meta.pieces.items() if not self._fits(geometry, p)]
+            if misfits:
+                raise InvalidArgument(
+                    f"task {task_id}: pieces {sorted(misfits)[:5]} do not fit content length "
+                    f"{content_length} with piece length {piece_length}"
+                )
             try:
                 os.truncate(self.content_path(task_id), content_length)
             except OSError as e:
@@ -507,21 +514,28 @@ class PieceStore:
             self._save_meta(meta)
 
     def mark_succeeded(self, task_id: str) -> None:
-        """fsync the content, then write the final metadata atomically. Blocks on disk I/O."""
+        """fsync the content, then write the final metadata atomically.
+
+        Blocks on disk I/O (seconds for a large task with dirty pages): call it as
+        ``await asyncio.to_thread(store.mark_succeeded, task_id)`` from the event loop.
+        """
+        meta = self._require(task_id)
+        if not meta.is_complete:
+            raise InvalidArgument(
+                f"task {task_id} is not complete: {len(meta.pieces)} of {meta.piece_count} pieces"
+            )
+        # The long fsync runs without the lock, so other tasks' pieces keep flowing
+        # when this is called from a worker thread.
+        try:
+            fd = os.open(self.content_path(task_id), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot sync task {task_id}: {e.strerror}") from e
         with self._lock:
             meta = self._require(task_id)
-            if not meta.is_complete:
-                raise InvalidArgument(
-                    f"task {task_id} is not complete: {len(meta.pieces)} of {meta.piece_count} pieces"
-                )
-            try:
-                fd = os.open(self.content_path(task_id), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                raise StorageError(e.errno, f"cannot sync task {task_id}: {e.strerror}") from e
             meta.state = "succeeded"
             meta.failure = ""
             meta.version += 1

@@ -299,3 +299,27 @@ async def test_cancelled_waiter_is_forgotten(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert not store._waiters
+
+
+def test_chunked_task_refuses_a_length_its_pieces_do_not_fit(tmp_path: Path) -> None:
+    store = PieceStore(tmp_path)
+    data = content(3 * PL)
+    store.create_task(TID)
+    for n in range(3):
+        write_piece(store, TID, data, n)  # cut at PL before any length was known
+    with pytest.raises(InvalidArgument, match="do not fit"):
+        store.set_content_length(TID, len(data), 2 * PL)
+    store.set_content_length(TID, len(data), PL)
+    assert store.get(TID).is_complete  # type: ignore[union-attr]
+
+
+async def test_mark_succeeded_in_a_thread_wakes_waiters(tmp_path: Path) -> None:
+    store = PieceStore(tmp_path)
+    data = content(2 * PL)
+    fill(store, TID, data)
+    v = store.get(TID).version  # type: ignore[union-attr]
+    waiter = asyncio.create_task(store.wait_for_change(TID, v))
+    await asyncio.sleep(0)
+    await asyncio.to_thread(store.mark_succeeded, TID)
+    assert await waiter == v + 1
+    assert store.get(TID).state == "succeeded"  # type: ignore[union-attr]
