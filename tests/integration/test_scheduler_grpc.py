@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import grpc
 import pytest
 from scheduler_harness import URL, FakePeer, announce_host, host_pb, running_scheduler
 
-from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
+from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from damselfly.ids import task_id as make_task_id
 
 pytestmark = pytest.mark.integration
@@ -297,3 +300,32 @@ async def test_unreachable_seed_host_falls_back_to_one_origin_fetch(tmp_path: Pa
     # Streams still open when the scheduler stops end with UNAVAILABLE, not a hang.
     for p in peers:
         assert await asyncio.wait_for(p.call.code(), 5) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_run_in_a_process_writes_ready_file_and_stops_on_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    overrides = {"server": {"ip": "127.0.0.1", "port": 0}, "metrics": {"ip": "127.0.0.1", "port": 0}}
+    code = (
+        "from pathlib import Path; from damselfly.config import load_scheduler_config;"
+        "from damselfly.scheduler.app import run;"
+        f"run(load_scheduler_config(overrides={overrides!r}), ready_file=Path({str(ready)!r}))"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+    try:
+        for _ in range(500):
+            if ready.exists() or proc.returncode is not None:
+                break
+            await asyncio.sleep(0.02)
+        info = json.loads(ready.read_text())
+        assert info["pid"] == proc.pid and info["grpc_port"] > 0 and info["metrics_port"] > 0
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{info['grpc_port']}") as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            await announce_host(stub, host_pb("a"))
+            hosts = await stub.ListHosts(scheduler_pb2.ListHostsRequest())
+            assert len(hosts.hosts) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
