@@ -6,6 +6,8 @@ import asyncio
 import os
 import re
 import socket
+import ssl
+import subprocess
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from damselfly.config import SourceConfig
 from damselfly.daemon.source import HTTPSource
 from damselfly.daemon.storage import PieceStore
 from damselfly.domain import PieceInfo, TrafficType
-from damselfly.errors import DownloadTimeout, SourceError, SourceStatusError, SourceUnreachable
+from damselfly.errors import ConfigError, DownloadTimeout, SourceError, SourceStatusError, SourceUnreachable
 from damselfly.ids import task_id
 from damselfly.pieces import piece_span
 
@@ -319,3 +321,82 @@ async def test_body_longer_than_a_content_range_is_refused(
     store.set_content_length(TID, len(DATA), PL)
     with pytest.raises(SourceError, match="from 0"):
         await fetch(source, store, await raw_origin(wrong_range), have={0}, piece_length=PL)
+
+
+# ----------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    d = tmp_path_factory.mktemp("certs")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    ca = "-subj /CN=damselfly-test-CA -addext basicConstraints=critical,CA:TRUE"
+    ca += " -addext keyUsage=critical,keyCertSign,cRLSign"
+    steps = [
+        ["openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", *ca.split()],
+        ["openssl", "req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"],
+        [
+            *["openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key"],
+            *["-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext.cnf"],
+        ],
+    ]
+    for step in steps:
+        subprocess.run(step, cwd=d, check=True, capture_output=True)
+    return d
+
+
+@pytest.fixture
+async def tls_origin(certs: Path) -> AsyncIterator[str]:
+    async def file(request: web.Request) -> web.Response:
+        return web.Response(body=DATA)
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs / "srv.crt", certs / "srv.key")
+    app = web.Application()
+    app.router.add_get("/file", file)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"https://127.0.0.1:{port}/file"
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("trust", ["ca_cert", "insecure"])
+async def test_https_with_a_trusted_ca_or_insecure(
+    tls_origin: str, certs: Path, tmp_path: Path, trust: str
+) -> None:
+    config = (
+        SourceConfig(ca_cert=str(certs / "ca.crt"))
+        if trust == "ca_cert"
+        else SourceConfig(insecure_skip_verify=True)
+    )
+    src = HTTPSource(config)
+    try:
+        store = PieceStore(tmp_path)
+        result = await fetch(src, store, tls_origin)
+    finally:
+        await src.close()
+    assert result.length == len(DATA)
+    assert store.content_path(TID).read_bytes() == DATA
+
+
+async def test_https_with_an_unknown_ca_is_unreachable(tls_origin: str, tmp_path: Path) -> None:
+    src = HTTPSource(SourceConfig())
+    try:
+        with pytest.raises(SourceUnreachable, match="certificate"):
+            await fetch(src, PieceStore(tmp_path), tls_origin)
+    finally:
+        await src.close()
+
+
+async def test_missing_ca_file_is_a_config_error(tmp_path: Path) -> None:
+    src = HTTPSource(SourceConfig(ca_cert=str(tmp_path / "nope.pem")))
+    try:
+        with pytest.raises(ConfigError, match="caCert"):
+            await fetch(src, PieceStore(tmp_path), "https://127.0.0.1:1/file")
+    finally:
+        await src.close()

@@ -36,6 +36,7 @@ import aiohttp
 from ..config import SourceConfig
 from ..domain import PieceInfo, TrafficType
 from ..errors import (
+    ConfigError,
     DamselflyError,
     DownloadTimeout,
     SourceError,
@@ -75,7 +76,10 @@ class HTTPSource:
         if self._config.insecure_skip_verify:
             return False
         if self._config.ca_cert:
-            return ssl.create_default_context(cafile=self._config.ca_cert)
+            try:
+                return ssl.create_default_context(cafile=self._config.ca_cert)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"cannot load source.caCert {self._config.ca_cert}: {e}") from e
         return True
 
     def _get_session(self) -> aiohttp.ClientSession:
