@@ -11,7 +11,8 @@ What is measured, in the same run, median of ``--runs``:
 
 Both read the source from the page cache (warmed once before the runs) and
 both pay for writing to disk and fsync inside the timed window. The order of
-the two alternates between runs, and outputs are deleted between runs. Page
+the two alternates between runs, outputs are deleted between runs, and
+``sync`` runs (untimed) before each measurement. Page
 caches are not dropped (that would need root and would slow the source side
 of both equally). Prints JSON: both throughputs, the ratio (target >= 0.8).
 
@@ -249,6 +250,7 @@ def main() -> None:
         for run in range(args.runs):
             order = ("damselfly", "nginx") if run % 2 == 0 else ("nginx", "damselfly")
             for who in order:
+                os.sync()  # the previous contender's writeback is not charged to this one
                 if who == "damselfly":
                     ours.append(
                         asyncio.run(pull(parent_port, tmp / "child", size, piece_length, args.concurrency))
