@@ -151,8 +151,8 @@ def run_bench(
     dfgets: list[ChildProcess] = []
     old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def say(msg: str) -> None:
-        if progress:
+    def say(msg: str, *, always: bool = False) -> None:
+        if progress or always:
             print(msg, file=sys.stderr, flush=True)
 
     try:
@@ -175,20 +175,21 @@ def run_bench(
             ok = out.is_file() and file_digest(str(out), "sha256").value == expected
             result.digests_ok.append(ok)
             if codes[i] != 0:
-                say(f"bench: dfget on peer{i} exited {codes[i]}:\n{log_tail(dfgets[i].log_path, 5)}")
+                tail = log_tail(dfgets[i].log_path, 5)
+                say(f"bench: dfget on peer{i} exited {codes[i]}:\n{tail}", always=True)
         result.all_digests_ok = all(result.digests_ok)
         stats = origin_stats(port)
         result.origin_bytes = int(stats["bytes"])
         result.origin_requests = int(stats["requests"])
         if not result.ok:
             for child in cluster.children:
-                say(f"bench: log tail of {child.name}:\n{child.log_tail(8)}")
+                say(f"bench: log tail of {child.name}:\n{child.log_tail(8)}", always=True)
     except ChildFailed as e:
         result.error = str(e).splitlines()[0]
-        say(f"bench: {e}")
+        say(f"bench: {e}", always=True)
     except _Interrupted:
         result.error = "interrupted"
-        say("bench: interrupted; cleaning up")
+        say("bench: interrupted; cleaning up", always=True)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
