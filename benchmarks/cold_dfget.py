@@ -1,0 +1,111 @@
+"""Cold dfget through the seed vs a direct curl, from the same origin to the same disk.
+
+Target (P2P core issue): a cold dfget (origin -> seed daemon -> peer daemon ->
+output file) takes at most 1.3x the time of ``curl -o`` of the same URL.
+Each run uses a new URL (``?cold=<i>``), so every dfget is a new task that the
+seed must fetch from the origin; curl and dfget alternate, median of ``--runs``.
+Also reports the peak RSS (VmHWM) of each daemon after the runs.
+
+    .venv/bin/python benchmarks/cold_dfget.py --size 1GiB --runs 3
+
+Prints JSON; exits 1 if a download failed or a digest was wrong (not for a
+missed target: that is a number to report, not a crash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from damselfly.cli.bench import origin_stats, start_origin, write_random_file
+from damselfly.pieces import file_digest
+from damselfly.testbed.cluster import LocalCluster, PeerSpec
+from damselfly.testbed.procs import ChildProcess, peak_rss_bytes, python_module_command, stop_all
+from damselfly.units import parse_size
+
+
+def timed(argv: list[str], timeout: float) -> tuple[float, subprocess.CompletedProcess[str]]:
+    began = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return time.monotonic() - began, r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1GiB")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per download")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    if shutil.which("curl") is None:
+        print("cold_dfget: curl is not installed (apt-get install curl)", file=sys.stderr)
+        return 2
+
+    root = Path(tempfile.mkdtemp(prefix="dfcold-"))
+    origin: ChildProcess | None = None
+    cluster: LocalCluster | None = None
+    result: dict[str, Any] = {"size_bytes": size, "runs": args.runs, "target_ratio": 1.3}
+    ok = True
+    try:
+        (root / "origin").mkdir()
+        expected = write_random_file(root / "origin" / "blob.bin", size)
+        origin = start_origin(root, root / "origin")
+        port = int(origin.wait_ready(30)["port"])
+        cluster = LocalCluster(root, [PeerSpec("peer")], log_level="WARNING")
+        cluster.start()
+        sock = cluster.socket_of(0)
+        out = root / "out.bin"
+        curl_s: list[float] = []
+        dfget_s: list[float] = []
+        for i in range(args.runs):
+            url = f"http://127.0.0.1:{port}/blob.bin?cold={i}"
+            t, r = timed(["curl", "-sS", "-f", "-o", str(out), url], args.timeout)
+            ok &= r.returncode == 0 and out.stat().st_size == size
+            curl_s.append(round(t, 4))
+            out.unlink(missing_ok=True)
+            argv = python_module_command(
+                "damselfly", "get", url, "-O", str(out), "-e", str(sock), "--no-progress"
+            )
+            t, r = timed(argv, args.timeout)
+            if r.returncode != 0:
+                print(f"cold_dfget: dfget failed ({r.returncode}): {r.stderr.strip()}", file=sys.stderr)
+                ok = False
+            elif file_digest(str(out), "sha256").value != expected:
+                print("cold_dfget: dfget output has the wrong sha256", file=sys.stderr)
+                ok = False
+            dfget_s.append(round(t, 4))
+            out.unlink(missing_ok=True)
+        result["curl_s"] = curl_s
+        result["dfget_s"] = dfget_s
+        result["curl_median_s"] = statistics.median(curl_s)
+        result["dfget_median_s"] = statistics.median(dfget_s)
+        result["ratio"] = round(result["dfget_median_s"] / result["curl_median_s"], 3)
+        result["meets_target"] = result["ratio"] <= 1.3
+        result["peak_rss_bytes"] = {c.name: peak_rss_bytes(c.pid) for c in cluster.children}
+        stats = origin_stats(port)
+        result["origin_bytes"] = stats["bytes"]
+        result["all_ok"] = ok
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if origin is not None:
+            stop_all([origin])
+        if args.keep:
+            print(f"cold_dfget: kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
