@@ -303,6 +303,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
                 try:
                     self.handle(request, outbox)
                 except DamselflyError as e:
+                    log.warning("ending announce peer stream of %s: %s", request.peer_id, e)
                     outbox.abort(status_of(e), str(e))
                     return
         except Exception as e:  # the stream broke under us
@@ -319,7 +320,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         if peer is None or peer.state.is_final:
             return
         with log_context(task_id=peer.task.id, peer_id=peer.id):
-            log.info("stream closed before the peer finished; marking it failed")
+            log.info("stream of peer %s closed before the peer finished; marking it failed", peer_id)
         self.res.set_state(peer, PeerState.FAILED, self.clock())
         self.metrics.peer_failed.inc()
         self._wake(peer.task)
@@ -327,6 +328,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
     def handle(self, request: PB, stream: PeerStream) -> None:
         """Apply one AnnouncePeerRequest; answers go to ``stream`` (or to waiting peers' streams)."""
         kind = request.WhichOneof("request")
+        log.debug("peer %s: %s", request.peer_id, kind)
         self.metrics.announce_peer.labels(kind or "none").inc()
         now = self.clock()
         if kind == "register_peer_request":
