@@ -121,3 +121,27 @@ async def test_backstop_retry_sends_a_long_waiting_peer_to_source() -> None:
     clock.advance(svc.cfg.back_to_source_after + 1)
     svc.retry_waiting()
     assert kinds(sb) == ["need_back_to_source_response"]
+
+
+async def test_gc_of_a_silent_source_host_sends_a_waiting_peer_to_source_at_once() -> None:
+    svc, clock = make_service()
+    sa, sb = PeerStream(), PeerStream()
+    svc.handle(register("a", "pa"), sa)
+    svc.handle(register("b", "pb"), sb)
+    assert kinds(sb) == []
+    clock.advance(svc.config.gc.host_ttl / 2)
+    svc.res.upsert_host(svc.res.hosts["b"].info, clock())  # b keeps announcing, a went silent
+    clock.advance(svc.config.gc.host_ttl / 2 + 1)
+    svc.run_gc()
+    assert "a" not in svc.res.hosts and "pa" not in svc.res.peers
+    assert kinds(sb) == ["need_back_to_source_response"]
+
+
+async def test_delete_task_removes_only_that_hosts_peer() -> None:
+    svc, _ = make_service()
+    svc.handle(register("a", "pa"), PeerStream())
+    svc.handle(register("b", "pb"), PeerStream())
+    await svc.DeleteTask(scheduler_pb2.DeleteTaskRequest(host_id="a", task_id=TASK), None)
+    assert set(svc.res.task(TASK).peers) == {"pb"}
+    await svc.DeletePeer(scheduler_pb2.DeletePeerRequest(host_id="b", task_id=TASK, peer_id="pb"), None)
+    assert svc.res.task(TASK).peers == {}
