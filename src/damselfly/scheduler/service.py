@@ -166,15 +166,20 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         self._streams.clear()
 
     async def _retry_loop(self) -> None:
-        interval = max(self.cfg.retry_interval, 0.01)
-        while True:
-            await asyncio.sleep(interval)
-            self.retry_waiting()
+        await self._every(max(self.cfg.retry_interval, 0.01), self.retry_waiting)
 
     async def _gc_loop(self) -> None:
+        await self._every(self.config.gc.interval, self.run_gc)
+
+    @staticmethod
+    async def _every(interval: float, step: Callable[[], None]) -> None:
+        """Run ``step`` every ``interval`` seconds; a bug in one round must not stop the next."""
         while True:
-            await asyncio.sleep(self.config.gc.interval)
-            self.run_gc()
+            await asyncio.sleep(interval)
+            try:
+                step()
+            except Exception:
+                log.exception("scheduler background step %s failed", getattr(step, "__name__", step))
 
     def retry_waiting(self) -> None:
         """Schedule every waiting peer again (the backstop for missed events and timeouts)."""
@@ -298,18 +303,26 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
                 self._stream_closed(outbox.peer_id, outbox)
 
     async def _read(self, requests: AsyncIterator[PB], outbox: PeerStream) -> None:
-        try:
-            async for request in requests:
-                try:
-                    self.handle(request, outbox)
-                except DamselflyError as e:
-                    log.warning("ending announce peer stream of %s: %s", request.peer_id, e)
-                    outbox.abort(status_of(e), str(e))
-                    return
-        except Exception as e:  # the stream broke under us
-            log.debug("announce peer stream broke: %r", e)
-            outbox.abort(grpc.StatusCode.CANCELLED, "stream broken")
-            return
+        it = aiter(requests)
+        while True:
+            try:
+                request = await anext(it)
+            except StopAsyncIteration:
+                break
+            except Exception as e:  # the stream broke under us
+                log.debug("announce peer stream broke: %r", e)
+                outbox.abort(grpc.StatusCode.CANCELLED, "stream broken")
+                return
+            try:
+                self.handle(request, outbox)
+            except DamselflyError as e:
+                log.warning("ending announce peer stream of %s: %s", request.peer_id, e)
+                outbox.abort(status_of(e), str(e))
+                return
+            except Exception as e:
+                log.exception("bug handling an announce peer request of %s", request.peer_id)
+                outbox.abort(grpc.StatusCode.INTERNAL, f"scheduler error: {e!r}")
+                return
         outbox.end()
 
     def _stream_closed(self, peer_id: str, outbox: PeerStream) -> None:
