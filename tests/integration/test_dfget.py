@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from damselfly.testbed.procs import python_module_command
 from damselfly.units import MiB
 from helpers.processes import (
     Cluster,
@@ -134,3 +138,43 @@ def test_bad_digest_flag_fails_before_contacting_anything(short_tmp: Path) -> No
     r = run_dfget("http://127.0.0.1:1/x", short_tmp / "o", short_tmp / "nobody.sock", "--digest", "md5:00")
     assert r.returncode == 2
     assert "digest" in _one_error_line(r.stderr)
+
+
+def _wait_for_origin_request(cluster: Cluster, path: str) -> None:
+    """Block until the origin has seen a request for ``path`` (a condition, not a timing)."""
+    deadline = time.monotonic() + 30
+    while cluster.origin.stats()["paths"].get(path, {}).get("requests", 0) < 1:
+        assert time.monotonic() < deadline, f"the origin never saw {path}\n{cluster.logs()}"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_cancels_with_130_and_no_file(cluster: Cluster, short_tmp: Path) -> None:
+    random_file(cluster.origin_dir / "stall1.bin", 1 * MiB)
+    url = cluster.origin.url("stall1.bin", fault="stall", query="stall_s=20")
+    out = short_tmp / "o.bin"
+    argv = python_module_command(
+        "damselfly", "get", url, "-O", str(out), "-e", str(cluster.socket), "--no-progress"
+    )
+    p = subprocess.Popen(argv, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        _wait_for_origin_request(cluster, "/_fault/stall/stall1.bin")
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 130
+        assert p.stderr is not None and "cancelled" in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if p.stderr is not None:
+            p.stderr.close()
+    assert not out.exists()
+
+
+def test_timeout_exits_6_and_leaves_no_file(cluster: Cluster, short_tmp: Path) -> None:
+    random_file(cluster.origin_dir / "stall2.bin", 1 * MiB)
+    url = cluster.origin.url("stall2.bin", fault="stall", query="stall_s=30")
+    out = short_tmp / "o.bin"
+    r = run_dfget(url, out, cluster.socket, "--timeout", "1s")
+    assert r.returncode == 6, r.stderr + cluster.logs()
+    assert "timed out" in _one_error_line(r.stderr)
+    assert not out.exists()
