@@ -313,6 +313,8 @@ class Resources:
             self.stop_waiting(peer)
         if state is PeerState.FAILED:
             peer.task.source_peers.discard(peer.id)
+            for child in list(peer.children.values()):  # it serves nobody any more
+                self._drop_edge(child, peer)
 
     def _set_state_counts(self, peer: Peer, new: PeerState) -> None:
         task, old = peer.task, peer.state

@@ -50,6 +50,10 @@ def test_upload_slots_follow_edges_and_free_when_child_finishes() -> None:
     assert parent_host.children == 1 and c1.parents == {}
     w.res.delete_peer("c2")
     assert parent_host.children == 0
+    c3 = w.peer("c3", "h3")
+    w.res.set_parents(c3, [p])
+    w.res.set_state(p, PeerState.FAILED, w.clock())  # a failed parent frees its slots and children
+    assert parent_host.children == 0 and c3.parents == {}
 
 
 def test_seed_hosts_get_the_seed_upload_limit() -> None:
