@@ -25,7 +25,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -52,55 +51,12 @@ from .scheduling import (
     schedule,
 )
 from .seed import SeedTrigger
+from .stream import END, Abort, PeerStream, status_of
 
 log = logging.getLogger(__name__)
 
 PB = Any
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    code: Any  # grpc.StatusCode
-    details: str
-
-
-_END = object()
-
-
-class PeerStream:
-    """One AnnouncePeer stream: the peer it registered, and what its handler should write next."""
-
-    def __init__(self) -> None:
-        self.peer_id = ""  # set by the RegisterPeerRequest
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-
-    def send(self, message: PB) -> None:
-        self._queue.put_nowait(message)
-
-    def abort(self, code: Any, details: str) -> None:
-        self._queue.put_nowait(_Abort(code, details))
-
-    def end(self) -> None:
-        self._queue.put_nowait(_END)
-
-    async def get(self) -> object:
-        return await self._queue.get()
-
-    def pending(self) -> list[object]:
-        """Take everything queued so far (for tests that drive :meth:`SchedulerService.handle`)."""
-        out = []
-        while not self._queue.empty():
-            out.append(self._queue.get_nowait())
-        return out
-
-
-def status_of(error: DamselflyError) -> Any:
-    if isinstance(error, NotFound):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(error, InvalidArgument):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    return grpc.StatusCode.INTERNAL
 
 
 def _candidate(parent: Peer) -> CandidateParent:
@@ -290,9 +246,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         try:
             while True:
                 item = await outbox.get()
-                if item is _END:
+                if item is END:
                     break
-                if isinstance(item, _Abort):
+                if isinstance(item, Abort):
                     await context.abort(item.code, item.details)
                 await context.write(item)
         finally:

@@ -10,7 +10,8 @@ from damselfly.api import common_pb2, scheduler_pb2
 from damselfly.config import SchedulerConfig
 from damselfly.domain import HostInfo
 from damselfly.scheduler.resources import PeerState
-from damselfly.scheduler.service import PeerStream, SchedulerService
+from damselfly.scheduler.service import SchedulerService
+from damselfly.scheduler.stream import PeerStream
 
 TASK = "f" * 64
 
