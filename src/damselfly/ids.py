@@ -95,7 +95,7 @@ def blob_task_id(digest: str, *, tag: str = "", application: str = "") -> str:
 
 def is_task_id(value: str) -> bool:
     """Whether ``value`` has the shape of a task ID (64 lowercase hex digits)."""
-    return bool(_SHA256_HEX.match(value))
+    return bool(_SHA256_HEX.fullmatch(value))
 
 
 def host_id(ip: str, hostname: str, *, seed: bool = False) -> str:

@@ -206,9 +206,8 @@ class Daemon:
             )
             spec = DownloadSpec(url=meta.url, tag=meta.tag, application=meta.application)
             try:
-                await stream.register_restored(
-                    spec, meta.content_length, meta.piece_length, meta.piece_count or 0
-                )
+                stream.register_restored(spec, meta.content_length, meta.piece_length, meta.piece_count or 0)
+                await stream.flush()
             except SchedulerError as e:
                 log.warning("could not restore task %s: %s", meta.task_id[:12], e)
             finally:

@@ -126,7 +126,8 @@ class Conductor:
             self.error = e
             store.mark_failed(self.task_id, str(e))
             raise
-        store.mark_succeeded(self.task_id)
+        # mark_succeeded flushes the whole file to disk: keep it off the event loop.
+        await asyncio.to_thread(store.mark_succeeded, self.task_id)
         log.info("download finished (%s)", "origin" if self.back_to_source else "peers")
 
     async def _run(self) -> None:
@@ -136,7 +137,7 @@ class Conductor:
         self._stream = self.deps.scheduler.peer_stream(self.deps.host_id, self.task_id, self.peer_id)
         try:
             try:
-                await self._stream.register(self.spec)
+                self._stream.register(self.spec)
                 answer = await self._stream.next_answer(self.deps.schedule_timeout)
             except SchedulerError as e:
                 log.warning("scheduler unavailable (%s)", e)
@@ -164,38 +165,38 @@ class Conductor:
                 self.deps.store.set_content_length(
                     self.task_id, 0, piece_length_for(0, self.spec.piece_length)
                 )
-                await stream.finished()
+                stream.finished()
                 return
             if isinstance(answer, NeedBackToSource):
                 if self.spec.disable_back_to_source:
-                    await stream.failed("back-to-source disabled")
+                    stream.failed("back-to-source disabled")
                     raise NoCandidateParents(
                         f"no peer can serve this task ({answer.description or 'no parent'}), "
                         "and back-to-source is disabled"
                     )
                 log.info("going back to source: %s", answer.description)
-                await stream.back_to_source_started(answer.description)
+                stream.back_to_source_started(answer.description)
                 try:
                     await self._fetch_from_origin(stream)
                 except BaseException as e:
                     with contextlib.suppress(Exception):
-                        await stream.back_to_source_failed(str(e))
+                        stream.back_to_source_failed(str(e))
                     raise
-                await stream.back_to_source_finished()
+                stream.back_to_source_finished()
                 return
             assert isinstance(answer, NormalTask)
             if not started:
-                await stream.started()
+                stream.started()
                 started = True
             for c in answer.parents:
                 self._add_parent(c)
             done = await self._from_parents()
             if done:
-                await stream.finished()
+                stream.finished()
                 return
             failed = [p.id for p in self._parents.values() if p.dead]
             log.info("parents cannot finish the task; rescheduling (failed: %s)", failed)
-            await stream.reschedule(failed, "parents cannot finish the task")
+            stream.reschedule(failed, "parents cannot finish the task")
             try:
                 answer = await stream.next_answer(self.deps.schedule_timeout)
             except SchedulerError as e:
@@ -363,12 +364,12 @@ class Conductor:
             self.deps.on_piece(info)
         if self._stream is not None:
             with contextlib.suppress(SchedulerError):
-                await self._stream.piece_finished(info)
+                self._stream.piece_finished(info)
 
     async def _report_failed(self, number: int, parent_id: str, *, temporary: bool) -> None:
         if self._stream is not None:
             with contextlib.suppress(SchedulerError):
-                await self._stream.piece_failed(number, parent_id, temporary=temporary)
+                self._stream.piece_failed(number, parent_id, temporary=temporary)
 
     # ---------------------------------------------------------- from origin
 
@@ -379,7 +380,7 @@ class Conductor:
         meta = store.get(self.task_id)
         assert meta is not None
         have = set(meta.pieces) if meta.content_length is not None else set()
-        reports: asyncio.Queue[PieceInfo | None] = asyncio.Queue()
+        chosen_piece_length: list[int] = []
 
         async def on_start(content_length: int | None, headers: dict[str, str]) -> int:
             piece_length = piece_length_for(content_length or 0, self.spec.piece_length)
@@ -393,6 +394,9 @@ class Conductor:
                 return current.piece_length
             if content_length is not None:
                 store.set_content_length(self.task_id, content_length, piece_length, headers)
+            else:
+                store.set_piece_length(self.task_id, piece_length)
+            chosen_piece_length.append(piece_length)
             return piece_length
 
         def on_piece(info: PieceInfo) -> None:
@@ -400,35 +404,20 @@ class Conductor:
             store.finish_piece(self.task_id, info)
             if self.deps.on_piece is not None:
                 self.deps.on_piece(info)
-            reports.put_nowait(info)
+            if stream is not None:
+                with contextlib.suppress(SchedulerError):
+                    stream.piece_back_to_source_finished(info)
 
-        async def reporter() -> None:
-            # Reports go out in order, off the byte path; None ends the queue.
-            while (info := await reports.get()) is not None:
-                if stream is not None:
-                    with contextlib.suppress(SchedulerError):
-                        await stream.piece_back_to_source_finished(info)
-
-        reporter_task = asyncio.get_running_loop().create_task(reporter())
-        try:
-            content_length = await self.deps.source.fetch_into(
-                self.spec.url,
-                dict(self.spec.request_header),
-                fd_factory=lambda: store.open_write_fd(self.task_id),
-                on_start=on_start,
-                on_piece=on_piece,
-                have=have,
-            )
-            current = store.get(self.task_id)
-            if current is not None and current.content_length is None:
-                store.set_content_length(
-                    self.task_id, content_length, piece_length_for(content_length, self.spec.piece_length)
-                )
-        finally:
-            # Drain the reports before the caller sends "finished".
-            reports.put_nowait(None)
-            try:
-                await asyncio.wait_for(asyncio.shield(reporter_task), 10)
-            except (TimeoutError, asyncio.CancelledError):
-                reporter_task.cancel()
-                raise
+        content_length = await self.deps.source.fetch_into(
+            self.spec.url,
+            dict(self.spec.request_header),
+            fd_factory=lambda: store.open_write_fd(self.task_id),
+            on_start=on_start,
+            on_piece=on_piece,
+            have=have,
+            piece_length=meta.piece_length if have else None,
+        )
+        current = store.get(self.task_id)
+        if current is not None and current.content_length is None:
+            piece_length = (chosen_piece_length or [piece_length_for(content_length)])[0]
+            store.set_content_length(self.task_id, content_length, piece_length)

@@ -26,19 +26,24 @@ _EOF = object()
 class PeerStream:
     """One ``AnnouncePeer`` stream: the conductor's conversation about one peer.
 
-    Answers (NormalTask / NeedBackToSource / EmptyTask) are read by a reader
-    task owned by this object into a queue; :meth:`next_answer` takes them in
-    order. :meth:`close` half-closes and cancels the reader.
+    Requests are queued by plain (non-async) methods and written in order by
+    one writer task, so a caller that is cancelled (a piece worker at the end
+    of a download) never cancels the RPC mid-write, and grpc.aio's one-write-
+    at-a-time rule holds. Answers (NormalTask / NeedBackToSource / EmptyTask)
+    are read by a reader task into a queue; :meth:`next_answer` takes them in
+    order. :meth:`close` flushes the queue, half-closes and stops both tasks.
+    Owner of both tasks: this object.
     """
 
-    def __init__(
-        self, stub: scheduler_pb2_grpc.SchedulerStub, host_id: str, task_id: str, peer_id: str
-    ) -> None:
+    def __init__(self, stub: Any, host_id: str, task_id: str, peer_id: str) -> None:
         self.host_id, self.task_id, self.peer_id = host_id, task_id, peer_id
         self._stub = stub
         self._call: Any = None
         self._answers: asyncio.Queue[Any] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._write_error: SchedulerError | None = None
         self._closed = False
 
     async def _read_loop(self) -> None:
@@ -55,30 +60,54 @@ class PeerStream:
         except grpc.aio.AioRpcError as e:
             self._answers.put_nowait(SchedulerError(f"scheduler stream ended: {e.code().name} {e.details()}"))
             return
-        except asyncio.CancelledError:
-            raise
         self._answers.put_nowait(_EOF)
 
-    async def _send(self, **request: Any) -> None:
+    async def _write_loop(self) -> None:
+        assert self._call is not None
+        while True:
+            msg = await self._outbox.get()
+            try:
+                if msg is _EOF:
+                    await self._call.done_writing()
+                    return
+                await self._call.write(msg)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
+                self._write_error = SchedulerError(f"cannot write to the scheduler stream: {e!r}")
+                self._answers.put_nowait(self._write_error)
+                return
+            finally:
+                self._outbox.task_done()
+
+    def _send(self, **request: Any) -> None:
         if self._closed:
             return
+        if self._write_error is not None:
+            raise self._write_error
         if self._call is None:
             self._call = self._stub.AnnouncePeer()
-            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
-        msg = scheduler_pb2.AnnouncePeerRequest(
-            host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
-        )
-        try:
-            await self._call.write(msg)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:
-            raise SchedulerError(f"cannot write to the scheduler stream: {e}") from e
-
-    async def register(self, download: DownloadSpec) -> None:
-        await self._send(
-            register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download_to_pb(download))
+            loop = asyncio.get_running_loop()
+            self._reader = loop.create_task(self._read_loop())
+            self._writer = loop.create_task(self._write_loop())
+        self._outbox.put_nowait(
+            scheduler_pb2.AnnouncePeerRequest(
+                host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
+            )
         )
 
-    async def register_restored(
+    async def flush(self, timeout: float = 10) -> None:
+        """Wait until every queued request was written."""
+        if self._writer is None:
+            return
+        waiter = asyncio.ensure_future(self._outbox.join())
+        await asyncio.wait({waiter, self._writer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self._write_error is not None:
+            raise self._write_error
+
+    def register(self, download: DownloadSpec) -> None:
+        self._send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download_to_pb(download)))
+
+    def register_restored(
         self, download: DownloadSpec, content_length: int, piece_length: int, piece_count: int
     ) -> None:
         """Tell the scheduler this host already holds the complete task (after a restart)."""
@@ -86,64 +115,64 @@ class PeerStream:
         pb.actual_content_length = content_length
         pb.actual_piece_length = piece_length
         pb.actual_piece_count = piece_count
-        await self._send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=pb))
-        await self.finished()
+        self._send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=pb))
+        self.finished()
 
-    async def started(self) -> None:
-        await self._send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
+    def started(self) -> None:
+        self._send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
 
-    async def back_to_source_started(self, description: str = "") -> None:
-        await self._send(
+    def back_to_source_started(self, description: str = "") -> None:
+        self._send(
             download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest(
                 description=description
             )
         )
 
-    async def piece_finished(self, piece: PieceInfo) -> None:
-        await self._send(
+    def piece_finished(self, piece: PieceInfo) -> None:
+        self._send(
             download_piece_finished_request=scheduler_pb2.DownloadPieceFinishedRequest(
                 piece=piece_to_pb(piece)
             )
         )
 
-    async def piece_back_to_source_finished(self, piece: PieceInfo) -> None:
-        await self._send(
+    def piece_back_to_source_finished(self, piece: PieceInfo) -> None:
+        self._send(
             download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
                 piece=piece_to_pb(piece)
             )
         )
 
-    async def piece_failed(self, number: int, parent_id: str, *, temporary: bool) -> None:
-        await self._send(
+    def piece_failed(self, number: int, parent_id: str, *, temporary: bool) -> None:
+        self._send(
             download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
                 piece_number=number, parent_id=parent_id, temporary=temporary
             )
         )
 
-    async def reschedule(self, failed_parents: list[str], description: str) -> None:
+    def reschedule(self, failed_parents: list[str], description: str) -> None:
         from ..api import common_pb2
 
-        await self._send(
+        self._send(
             reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest(
                 candidate_parents=[common_pb2.Peer(id=p) for p in failed_parents], description=description
             )
         )
 
-    async def finished(self) -> None:
-        await self._send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
+    def finished(self) -> None:
+        self._send(download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest())
 
-    async def back_to_source_finished(self) -> None:
-        await self._send(
+    def back_to_source_finished(self) -> None:
+        self._send(
             download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest()
         )
 
-    async def failed(self, description: str) -> None:
-        await self._send(
+    def failed(self, description: str) -> None:
+        self._send(
             download_peer_failed_request=scheduler_pb2.DownloadPeerFailedRequest(description=description)
         )
 
-    async def back_to_source_failed(self, description: str) -> None:
-        await self._send(
+    def back_to_source_failed(self, description: str) -> None:
+        self._send(
             download_peer_back_to_source_failed_request=scheduler_pb2.DownloadPeerBackToSourceFailedRequest(
                 description=description
             )
@@ -165,21 +194,24 @@ class PeerStream:
         return answer
 
     async def close(self) -> None:
-        """Half-close (the scheduler sees a clean end) and stop reading."""
+        """Write what is queued, half-close (the scheduler sees a clean end), stop both tasks."""
         if self._closed:
             return
         self._closed = True
-        if self._call is not None:
-            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.CancelledError):
-                await asyncio.wait_for(self._call.done_writing(), 5)
-            # Give the scheduler a moment to see the half-close before cancelling.
-            if self._reader is not None:
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(self._reader), 2)
-                self._reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await self._reader
-            self._call.cancel()
+        if self._call is None:
+            return
+        self._outbox.put_nowait(_EOF)
+        assert self._writer is not None and self._reader is not None
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(self._writer), 10)
+        # Give the scheduler a moment to end its side before cancelling.
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(self._reader), 2)
+        for task in (self._writer, self._reader):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._call.cancel()
 
 
 class SchedulerClient:

@@ -1,0 +1,119 @@
+"""Scenario tests: a scheduler, an origin and several daemons in one process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from damselfly.daemon.tasks import task_id_for
+from damselfly.domain import DownloadSpec
+from damselfly.units import MiB
+
+from .harness import Swarm, corrupt, sha256_file
+
+
+async def test_seed_fetches_origin_once_for_a_crowd(swarm: Swarm, tmp_path):
+    size = 24 * MiB + 123
+    src = swarm.file("crowd.bin", size)
+    await swarm.add_daemon("seed", seed=True)
+    names = [f"peer{i}" for i in range(4)]
+    for n in names:
+        await swarm.add_daemon(n)
+    url = swarm.url("crowd.bin")
+    results = await asyncio.gather(*(swarm.download(n, url, tmp_path / f"{n}.out") for n in names))
+    assert all(r.ok for r in results), [r.details for r in results]
+    want = sha256_file(src)
+    for n in names:
+        assert sha256_file(tmp_path / f"{n}.out") == want
+    # One fetch of the file from the origin, by the seed peer.
+    assert swarm.origin_bytes() <= size * 1.01
+    tid = task_id_for(DownloadSpec(url=url))
+    seed_meta = swarm.daemons["seed"].store.get(tid)
+    assert seed_meta is not None and seed_meta.is_complete
+
+
+async def test_second_download_is_a_local_hit(swarm: Swarm, tmp_path):
+    src = swarm.file("hit.bin", 5 * MiB)
+    await swarm.add_daemon("seed", seed=True)
+    await swarm.add_daemon("peer")
+    url = swarm.url("hit.bin")
+    assert (await swarm.download("peer", url, tmp_path / "a")).ok
+    before = swarm.origin_bytes()
+    r = await swarm.download("peer", url, tmp_path / "b")
+    assert r.ok and r.content_length == 5 * MiB
+    assert sha256_file(tmp_path / "b") == sha256_file(src)
+    assert swarm.origin_bytes() == before
+
+
+async def test_corrupt_piece_at_parent_is_rejected_and_refetched(swarm: Swarm, tmp_path):
+    size = 12 * MiB
+    src = swarm.file("bad.bin", size)
+    await swarm.add_daemon("seed", seed=True)
+    await swarm.add_daemon("peer1")
+    url = swarm.url("bad.bin")
+    assert (await swarm.download("peer1", url, tmp_path / "p1")).ok
+    tid = task_id_for(DownloadSpec(url=url))
+    # Flip a byte in piece 1 at both holders; a new peer must not accept it.
+    corrupt(swarm.daemons["seed"].store.content_path(tid), 4 * MiB + 10)
+    corrupt(swarm.daemons["peer1"].store.content_path(tid), 4 * MiB + 10)
+    await swarm.add_daemon("peer2")
+    r = await swarm.download("peer2", url, tmp_path / "p2")
+    assert r.ok, r.details
+    assert sha256_file(tmp_path / "p2") == sha256_file(src)
+    meta = swarm.daemons["peer2"].store.get(tid)
+    assert meta is not None and meta.is_complete
+
+
+async def test_origin_errors_are_clear_and_leave_no_output(swarm: Swarm, tmp_path):
+    swarm.file("x.bin", MiB)
+    await swarm.add_daemon("seed", seed=True)
+    await swarm.add_daemon("peer")
+    out = tmp_path / "out"
+    r = await swarm.download("peer", swarm.url("x.bin", fault="404"), out)
+    assert not r.ok and r.code == grpc.StatusCode.FAILED_PRECONDITION and "404" in r.details
+    assert not out.exists()
+    r = await swarm.download("peer", swarm.url("x.bin", fault="500"), out)
+    assert not r.ok and "500" in r.details and not out.exists()
+    r = await swarm.download("peer", swarm.url("x.bin"), out, digest="sha256:" + "0" * 64)
+    assert not r.ok and r.code == grpc.StatusCode.DATA_LOSS and not out.exists()
+    r = await swarm.download("peer", "http://127.0.0.1:9/nothing", out)
+    assert not r.ok and r.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
+    assert not out.exists()
+
+
+async def test_restarted_daemon_serves_what_it_had(swarm: Swarm, tmp_path):
+    size = 9 * MiB
+    src = swarm.file("keep.bin", size)
+    await swarm.add_daemon("peer1")  # no seed: peer1 goes to the origin
+    url = swarm.url("keep.bin")
+    assert (await swarm.download("peer1", url, tmp_path / "a")).ok
+    await swarm.stop_daemon("peer1")
+    await swarm.add_daemon("peer1")  # same data dir
+    before = swarm.origin_bytes()
+    await asyncio.sleep(0.3)  # the restored task is announced after the host
+    await swarm.add_daemon("peer2")
+    r = await swarm.download("peer2", url, tmp_path / "b")
+    assert r.ok, r.details
+    assert sha256_file(tmp_path / "b") == sha256_file(src)
+    assert swarm.origin_bytes() == before  # served by the restarted peer1, not the origin
+
+
+async def test_parent_that_dies_midway_is_replaced(swarm: Swarm, tmp_path):
+    size = 16 * MiB
+    src = swarm.file("die.bin", size)
+    await swarm.add_daemon("seed", seed=True)
+    await swarm.add_daemon("peer")
+    # The origin trickles, so the seed is still downloading when it is stopped.
+    url = swarm.url("die.bin", fault="slow", query="rate=4194304")
+    job = asyncio.ensure_future(swarm.download("peer", url, tmp_path / "out"))
+    tid = task_id_for(DownloadSpec(url=url))
+    for _ in range(500):
+        meta = swarm.daemons["peer"].store.get(tid)
+        if meta is not None and len(meta.pieces) >= 1:
+            break
+        await asyncio.sleep(0.02)
+    await swarm.stop_daemon("seed")
+    r = await asyncio.wait_for(job, 60)
+    assert r.ok, r.details
+    assert sha256_file(tmp_path / "out") == sha256_file(src)
