@@ -89,6 +89,9 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._jobs: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
+        # Set after the first successful AnnounceHost (and restore): until then the
+        # scheduler cannot schedule to or from this host, so "ready" waits for it.
+        self.announced = asyncio.Event()
 
     # ----------------------------------------------------------------- start
 
@@ -186,6 +189,7 @@ class Daemon:
                 if not restored:
                     await self._restore_tasks()
                     restored = True
+                self.announced.set()
                 wait = interval
             except SchedulerError as e:
                 log.warning("%s; retrying", e)
@@ -252,6 +256,11 @@ async def serve(
     daemon = Daemon(config)
     try:
         await daemon.start()
+        if daemon.scheduler is not None:
+            try:
+                await asyncio.wait_for(daemon.announced.wait(), 15)
+            except TimeoutError:
+                log.warning("the scheduler has not accepted this host yet; serving anyway")
         if ready_file is not None:
             write_ready_file(
                 ready_file,
