@@ -92,6 +92,7 @@ class Daemon:
         # Set after the first successful AnnounceHost (and restore): until then the
         # scheduler cannot schedule to or from this host, so "ready" waits for it.
         self.announced = asyncio.Event()
+        self._to_sync: asyncio.Queue[str] = asyncio.Queue()
 
     # ----------------------------------------------------------------- start
 
@@ -133,6 +134,7 @@ class Daemon:
             piece_timeout=cfg.download.piece_timeout,
             schedule_timeout=cfg.scheduler.schedule_timeout,
             on_piece=self.metrics.on_piece,
+            on_success=self._to_sync.put_nowait,
         )
         self.manager = TaskManager(deps)
         downloads = Downloads(self.manager, self.store, self.host)
@@ -162,6 +164,7 @@ class Daemon:
             metrics_port = self._runner.addresses[0][1]
 
         self.ports = {"upload_port": upload_port, "piece_port": piece_port, "metrics_port": metrics_port}
+        self._jobs.append(asyncio.get_running_loop().create_task(self._durable_loop()))
         if self.scheduler is not None:
             self._jobs.append(asyncio.get_running_loop().create_task(self._announce_loop()))
         log.info(
@@ -176,6 +179,15 @@ class Daemon:
         self.metrics.store_bytes.set(self.store.usage())
         if self.manager is not None:
             self.metrics.running_tasks.set(len(self.manager.running()))
+
+    async def _durable_loop(self) -> None:
+        """fsync finished tasks' content in the background, one at a time."""
+        while True:
+            task_id = await self._to_sync.get()
+            try:
+                await asyncio.to_thread(self.store.make_durable, task_id)
+            except DamselflyError as e:
+                log.warning("could not flush task %s to disk: %s", task_id[:12], e)
 
     async def _announce_loop(self) -> None:
         """Announce the host now and every interval; restore held tasks after each (re)connect."""
@@ -233,6 +245,11 @@ class Daemon:
                 await self.scheduler.delete_host(self.host_id)
         if self.manager is not None:
             await self.manager.close()
+        # Flush what finished but is not on disk yet, so a restart trusts it as is.
+        while not self._to_sync.empty():
+            task_id = self._to_sync.get_nowait()
+            with contextlib.suppress(DamselflyError):
+                await asyncio.to_thread(self.store.make_durable, task_id)
         for server in self._servers:
             await server.stop(grace=1.0)
         await self.piece_server.close()

@@ -74,6 +74,7 @@ class ConductorDeps:
     schedule_timeout: float = 30.0
     picker: str = "rarest-first"
     on_piece: Callable[[PieceInfo], None] | None = None  # metrics
+    on_success: Callable[[str], None] | None = None  # given: the owner makes the content durable later
 
 
 @dataclass
@@ -126,8 +127,11 @@ class Conductor:
             self.error = e
             store.mark_failed(self.task_id, str(e))
             raise
-        # mark_succeeded flushes the whole file to disk: keep it off the event loop.
-        await asyncio.to_thread(store.mark_succeeded, self.task_id)
+        # The content is flushed to disk later (on_success -> make_durable), off the
+        # requester's critical path; a crash before that costs a crc32 re-check.
+        await asyncio.to_thread(store.mark_succeeded, self.task_id, durable=self.deps.on_success is None)
+        if self.deps.on_success is not None:
+            self.deps.on_success(self.task_id)
         log.info("download finished (%s)", "origin" if self.back_to_source else "peers")
 
     async def _run(self) -> None:

@@ -78,6 +78,9 @@ class TaskMeta:
     accessed_at: float = 0.0
     version: int = 0
     failure: str = ""
+    # False between mark_succeeded and make_durable: the content may still sit
+    # in dirty pages, so after a crash the pieces are re-verified on load.
+    durable: bool = True
 
     @property
     def piece_count(self) -> int | None:
@@ -105,6 +108,7 @@ class TaskMeta:
             "accessed_at": self.accessed_at,
             "version": self.version,
             "failure": self.failure,
+            "durable": self.durable,
         }
         if with_pieces:
             data["pieces"] = [_piece_to_json(p) for p in sorted(self.pieces.values(), key=_number)]
@@ -126,6 +130,7 @@ class TaskMeta:
             accessed_at=float(data.get("accessed_at", 0.0)),
             version=int(data.get("version", 0)),
             failure=str(data.get("failure", "")),
+            durable=bool(data.get("durable", True)),
         )
         for raw in data.get("pieces", []):
             piece = _piece_from_json(raw)
@@ -253,6 +258,17 @@ class PieceStore:
             if meta.state != "succeeded":
                 meta.pieces = self._recover_pieces(meta, task_dir)
                 if meta.state == "running":
+                    meta.state = "pending"
+            elif not meta.durable:
+                # Stopped before the content reached the disk: trust only verified pieces.
+                pieces = list(meta.pieces.values())
+                meta.pieces = self._recover_pieces(meta, task_dir, extra=pieces)
+                if meta.is_complete:
+                    meta.durable = True
+                    self._save_meta(meta, with_pieces=True)
+                    self._dir(meta.task_id).joinpath(_JOURNAL).unlink(missing_ok=True)
+                else:
+                    log.warning("task %s lost pieces in a crash; it will resume", meta.task_id)
                     meta.state = "pending"
             elif not meta.is_complete or not (task_dir / _CONTENT).exists():
                 log.warning("task %s was succeeded but is incomplete on disk; recovering", meta.task_id)
@@ -513,19 +529,52 @@ class PieceStore:
             meta = self._set_state(task_id, "running")
             self._save_meta(meta)
 
-    def mark_succeeded(self, task_id: str) -> None:
-        """fsync the content, then write the final metadata atomically.
+    def mark_succeeded(self, task_id: str, *, durable: bool = True) -> None:
+        """Record the task as complete and write the final metadata atomically.
 
-        Blocks on disk I/O (seconds for a large task with dirty pages): call it as
-        ``await asyncio.to_thread(store.mark_succeeded, task_id)`` from the event loop.
+        With ``durable`` (the default) the content is fsynced first, which blocks
+        on disk I/O (seconds for a large task with dirty pages): call it through
+        ``asyncio.to_thread`` from the event loop. With ``durable=False`` the
+        content is left to the page cache and the task is marked not yet
+        durable; :meth:`make_durable` finishes the job off the critical path. A
+        crash in between costs a crc32 check of the task's pieces on the next
+        load, never a wrong piece served as good.
         """
         meta = self._require(task_id)
         if not meta.is_complete:
             raise InvalidArgument(
                 f"task {task_id} is not complete: {len(meta.pieces)} of {meta.piece_count} pieces"
             )
-        # The long fsync runs without the lock, so other tasks' pieces keep flowing
-        # when this is called from a worker thread.
+        if durable:
+            self._fsync_content(task_id)
+        with self._lock:
+            meta = self._require(task_id)
+            meta.state = "succeeded"
+            meta.failure = ""
+            meta.durable = durable
+            meta.version += 1
+            meta.updated_at = self._clock()
+            self._save_meta(meta, with_pieces=True)
+            self._close_journal(task_id)
+            with contextlib.suppress(FileNotFoundError):
+                (self._dir(task_id) / _JOURNAL).unlink()
+            self._wake(task_id)
+
+    def make_durable(self, task_id: str) -> None:
+        """fsync a succeeded task's content, then record that it is durable (blocking)."""
+        meta = self.get(task_id)
+        if meta is None or meta.state != "succeeded" or meta.durable:
+            return
+        # The long fsync runs without the lock, so other tasks' pieces keep flowing.
+        self._fsync_content(task_id)
+        with self._lock:
+            meta = self._tasks.get(task_id)
+            if meta is None or meta.state != "succeeded":
+                return
+            meta.durable = True
+            self._save_meta(meta, with_pieces=True)
+
+    def _fsync_content(self, task_id: str) -> None:
         try:
             fd = os.open(self.content_path(task_id), os.O_RDONLY)
             try:
@@ -534,17 +583,6 @@ class PieceStore:
                 os.close(fd)
         except OSError as e:
             raise StorageError(e.errno, f"cannot sync task {task_id}: {e.strerror}") from e
-        with self._lock:
-            meta = self._require(task_id)
-            meta.state = "succeeded"
-            meta.failure = ""
-            meta.version += 1
-            meta.updated_at = self._clock()
-            self._save_meta(meta, with_pieces=True)
-            self._close_journal(task_id)
-            with contextlib.suppress(FileNotFoundError):
-                (self._dir(task_id) / _JOURNAL).unlink()
-            self._wake(task_id)
 
     def mark_failed(self, task_id: str, reason: str = "") -> None:
         with self._lock:
