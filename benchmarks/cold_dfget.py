@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per download")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    ap.add_argument("--log-level", default="WARNING", help="daemons' and scheduler's log level")
     args = ap.parse_args()
     size = parse_size(args.size)
     if shutil.which("curl") is None:
@@ -60,7 +61,7 @@ def main() -> int:
         expected = write_random_file(root / "origin" / "blob.bin", size)
         origin = start_origin(root, root / "origin")
         port = int(origin.wait_ready(30)["port"])
-        cluster = LocalCluster(root, [PeerSpec("peer")], log_level="WARNING")
+        cluster = LocalCluster(root, [PeerSpec("peer")], log_level=args.log_level)
         cluster.start()
         sock = cluster.socket_of(0)
         out = root / "out.bin"
