@@ -10,7 +10,6 @@ stopped, and ``up`` exits 1.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from ..errors import InvalidArgument
+from ..process import write_ready_file
 from ..testbed.cluster import MAX_SOCKET_PATH, DaemonPorts, LocalCluster, PeerSpec
 from ..testbed.procs import ChildFailed
 
@@ -31,12 +31,6 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Stop(signum)
-
-
-def _write_json_atomic(path: Path, data: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def describe(cluster: LocalCluster, socket: Path) -> str:
@@ -104,7 +98,7 @@ def run_up(
             return 2
         print(describe(cluster, socket), flush=True)
         if ready_file is not None:
-            _write_json_atomic(
+            write_ready_file(
                 ready_file,
                 {
                     "pid": os.getpid(),

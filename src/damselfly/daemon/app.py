@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import platform
-import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,9 @@ from ..api import dfdaemon_pb2_grpc
 from ..config import DaemonConfig
 from ..domain import DownloadSpec, HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
+from ..process import metrics_app, run_until_signal, write_ready_file
 from .conductor import ConductorDeps
-from .metrics import DaemonMetrics, metrics_app
+from .metrics import DaemonMetrics
 from .peer_rpc import PeerRPC
 from .piece_client import PieceConnectionPool
 from .piece_server import PieceServer
@@ -42,13 +41,6 @@ from .tasks import TaskManager
 log = logging.getLogger(__name__)
 
 SEED_TYPES = {"super": HostType.SUPER_SEED, "strong": HostType.STRONG_SEED, "weak": HostType.WEAK_SEED}
-
-
-def write_ready_file(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def _advertise_ip(config: DaemonConfig) -> str:
@@ -295,12 +287,4 @@ async def serve(
 
 def run(config: DaemonConfig, *, ready_file: Path | None = None) -> None:
     """Run a daemon in the foreground; SIGINT/SIGTERM stop it cleanly."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, ready_file=ready_file, stop=stop)
-
-    asyncio.run(main())
+    run_until_signal(lambda stop: serve(config, ready_file=ready_file, stop=stop))

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one daemon, and the small HTTP server for ``/metrics`` and ``/healthy``.
+"""Prometheus metrics of one daemon (served by :func:`damselfly.process.metrics_app`).
 
 Each daemon owns a private :class:`CollectorRegistry`, so several daemons can
 run in one process (swarm tests) without colliding.
@@ -6,10 +6,7 @@ run in one process (swarm tests) without colliding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..domain import PieceInfo, TrafficType
 
@@ -51,21 +48,3 @@ class DaemonMetrics:
 
     def on_upload(self, _task_id: str, nbytes: int) -> None:
         self.upload_traffic.inc(nbytes)
-
-
-def metrics_app(registry: CollectorRegistry, refresh: Callable[[], None] | None = None) -> web.Application:
-    """An aiohttp app with ``GET /metrics`` (Prometheus text) and ``GET /healthy``."""
-
-    async def metrics(_: web.Request) -> web.Response:
-        if refresh is not None:
-            refresh()
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthy(_: web.Request) -> web.Response:
-        return web.Response(text="OK")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthy", healthy)
-    return app

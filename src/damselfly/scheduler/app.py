@@ -7,11 +7,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +18,13 @@ from aiohttp import web
 from ..api import scheduler_pb2_grpc
 from ..config import SchedulerConfig, TLSConfig
 from ..errors import ConfigError
+from ..process import run_until_signal, write_ready_file
 from .metrics import SchedulerMetrics
 from .service import SchedulerService
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 2.0  # seconds open RPCs get to finish on stop
-
-
-def write_ready_file(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _server_credentials(tls: TLSConfig) -> Any | None:
@@ -117,12 +100,4 @@ async def serve(
 
 def run(config: SchedulerConfig, *, ready_file: Path | None = None) -> None:
     """Run :func:`serve` in a new event loop until SIGINT or SIGTERM."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, ready_file=ready_file, stop=stop)
-
-    asyncio.run(main())
+    run_until_signal(lambda stop: serve(config, ready_file=ready_file, stop=stop))

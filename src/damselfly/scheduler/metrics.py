@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from ..process import metrics_app
 
 PREFIX = "damselfly_scheduler_"
 
@@ -56,14 +57,4 @@ class SchedulerMetrics:
         self.tasks.set_function(tasks)
 
     def app(self) -> web.Application:
-        async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthy(_: web.Request) -> web.Response:
-            return web.Response(text="OK")
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthy", healthy)
-        return app
+        return metrics_app(self.registry)

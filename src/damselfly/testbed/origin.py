@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -53,6 +52,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..process import write_ready_file
 from ..units import MiB
 
 log = logging.getLogger(__name__)
@@ -249,13 +249,6 @@ class Origin:
         await response.write_eof()
         stats.bytes_completed += size
         return response
-
-
-def write_ready_file(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to ``path`` atomically (temp file + rename), so readers never see half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 async def _serve_forever(args: argparse.Namespace) -> None:
