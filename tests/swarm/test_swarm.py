@@ -117,3 +117,23 @@ async def test_parent_that_dies_midway_is_replaced(swarm: Swarm, tmp_path):
     r = await asyncio.wait_for(job, 60)
     assert r.ok, r.details
     assert sha256_file(tmp_path / "out") == sha256_file(src)
+
+
+async def test_credentials_do_not_reach_the_scheduler(swarm: Swarm, tmp_path, monkeypatch):
+    from damselfly.scheduler import service as sched_service
+
+    seen: list[dict[str, str]] = []
+    original = sched_service.SchedulerService.handle
+
+    def spy(self, request, stream):
+        if request.WhichOneof("request") == "register_peer_request":
+            seen.append(dict(request.register_peer_request.download.request_header))
+        return original(self, request, stream)
+
+    monkeypatch.setattr(sched_service.SchedulerService, "handle", spy)
+    swarm.file("private.bin", MiB)
+    await swarm.add_daemon("peer")
+    headers = {"Authorization": "Bearer secret-token", "X-Trace": "1"}
+    r = await swarm.download("peer", swarm.url("private.bin"), tmp_path / "o", request_header=headers)
+    assert r.ok, r.details
+    assert seen and all("Authorization" not in h for h in seen) and seen[0].get("X-Trace") == "1"

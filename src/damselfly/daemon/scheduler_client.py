@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ import grpc
 
 from ..api import scheduler_pb2, scheduler_pb2_grpc
 from ..api.convert import answer_from_pb, download_to_pb, duration, host_to_pb, piece_to_pb
+from ..credentials import without_credentials
 from ..domain import DownloadSpec, HostInfo, PieceInfo, ScheduleAnswer
 from ..errors import SchedulerError
 
@@ -105,13 +107,15 @@ class PeerStream:
             raise self._write_error
 
     def register(self, download: DownloadSpec) -> None:
+        # The scheduler (and through it seed peers) never sees the user's credentials.
+        download = dataclasses.replace(download, request_header=without_credentials(download.request_header))
         self._send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download_to_pb(download)))
 
     def register_restored(
         self, download: DownloadSpec, content_length: int, piece_length: int, piece_count: int
     ) -> None:
         """Tell the scheduler this host already holds the complete task (after a restart)."""
-        pb = download_to_pb(download)
+        pb = download_to_pb(dataclasses.replace(download, request_header={}))
         pb.actual_content_length = content_length
         pb.actual_piece_length = piece_length
         pb.actual_piece_count = piece_count

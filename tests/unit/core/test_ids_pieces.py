@@ -68,3 +68,11 @@ def test_parse_size():
     assert parse_size("1GiB") == GiB and parse_size("256MiB") == 256 * MiB and parse_size("10MB") == 10**7
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_credentials_never_leave():
+    from damselfly.credentials import redact, without_credentials
+
+    h = {"Authorization": "Bearer x", "cookie": "c", "Accept": "a", "X-Registry-Auth": "r"}
+    assert without_credentials(h) == {"Accept": "a"}
+    assert redact(h)["Authorization"] == "<redacted>" and redact(h)["Accept"] == "a"
