@@ -83,9 +83,10 @@ async def origin() -> AsyncIterator[Origin]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def source() -> AsyncIterator[HTTPSource]:
-    src = HTTPSource(SourceConfig(connect_timeout=2, read_timeout=0.5))
+@pytest.fixture(params=[True, False], ids=["rawhttp", "aiohttp"])
+async def source(request: pytest.FixtureRequest) -> AsyncIterator[HTTPSource]:
+    # Every case runs on both body paths: they must behave the same.
+    src = HTTPSource(SourceConfig(connect_timeout=2, read_timeout=0.5), fast_path=request.param)
     yield src
     await src.close()
 

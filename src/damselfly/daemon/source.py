@@ -30,6 +30,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Set
 from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -44,8 +45,16 @@ from ..errors import (
     SourceUnreachable,
     StorageError,
 )
+from . import rawhttp
 
 log = logging.getLogger(__name__)
+
+
+class ByteLimiter(Protocol):
+    """A host-wide bandwidth limit: ``consume`` returns once ``nbytes`` may pass."""
+
+    async def consume(self, nbytes: int) -> None: ...
+
 
 OnStart = Callable[[int | None, dict[str, str]], Awaitable[int]]
 OnPiece = Callable[[PieceInfo], None]
@@ -67,10 +76,21 @@ class HTTPSource:
     unless ``insecure_skip_verify``; ``ca_cert`` adds a trusted CA bundle.
     """
 
-    def __init__(self, config: SourceConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: SourceConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        limiter: ByteLimiter | None = None,
+        fast_path: bool = True,
+    ) -> None:
         self._config = config
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
+        # Host-wide back-to-source bandwidth: every body chunk takes tokens first.
+        self.limiter = limiter
+        # Plain-HTTP origins go through rawhttp (see its docstring for why).
+        self.fast_path = fast_path
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if self._config.insecure_skip_verify:
@@ -170,11 +190,31 @@ class HTTPSource:
     @asynccontextmanager
     async def _get(
         self, url: str, headers: dict[str, str], byte_range: tuple[int, int | None] | None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[Any]:
         req = dict(headers)
         if byte_range is not None:
             start, end = byte_range
             req["Range"] = f"bytes={start}-{'' if end is None else end}"
+        if self.fast_path and url.startswith("http://"):
+            try:
+                raw = await rawhttp.get(
+                    url,
+                    req,
+                    connect_timeout=self._config.connect_timeout,
+                    read_timeout=self._config.read_timeout,
+                )
+            except rawhttp.Unsupported:
+                pass  # a redirect or a chunked body: aiohttp below handles it
+            else:
+                try:
+                    if raw.status >= 400:
+                        raise SourceStatusError(url, raw.status, raw.reason)
+                    if raw.status not in (200, 206):
+                        raise SourceError(f"the origin answered {raw.status} {raw.reason} for {url}")
+                    yield raw
+                finally:
+                    raw.close()
+                return
         async with self._get_session().get(url, headers=req) as resp:
             if resp.status >= 400:
                 raise SourceStatusError(url, resp.status, resp.reason or "")
@@ -294,7 +334,7 @@ class _Fetch:
                 await self._stream(resp, a, b + 1)
         return self.total
 
-    async def _stream(self, resp: aiohttp.ClientResponse, start: int, end: int | None) -> int:
+    async def _stream(self, resp: Any, start: int, end: int | None) -> int:
         """Write the body, which holds bytes [start, end) of the content, piece by piece.
 
         ``end`` None: unknown (chunked); the content ends where the body does.
@@ -305,6 +345,7 @@ class _Fetch:
         pl = self.piece_length
         clock = self.source._clock
         total = self.total
+        limiter = self.source.limiter
         pos = start
         number = pos // pl
         piece_start = number * pl
@@ -318,6 +359,8 @@ class _Fetch:
                     raise SourceError(f"the origin sent more bytes than announced for {self.url}")
                 take = min(len(view), piece_end - pos)
                 chunk = view[:take]
+                if limiter is not None:
+                    await limiter.consume(take)
                 if number not in self.skip:
                     crc = zlib.crc32(chunk, crc)
                     _pwrite_all(fd, chunk, pos)
