@@ -9,10 +9,10 @@ Whole-file digests are ``sha256:<hex>``, ``sha512:<hex>`` or ``crc32:<decimal>``
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from .checksum import crc32
 from .errors import DigestMismatch, InvalidArgument
 from .units import MiB
 
@@ -54,7 +54,7 @@ def piece_span(number: int, content_length: int, piece_length: int) -> PieceSpan
 
 
 def crc32_digest(data: bytes | memoryview | bytearray, running: int = 0) -> str:
-    return f"crc32:{zlib.crc32(data, running)}"
+    return f"crc32:{crc32(data, running)}"
 
 
 def format_crc32(value: int) -> str:
@@ -66,7 +66,7 @@ class _Crc32Hasher:
         self.value = 0
 
     def update(self, data: bytes | bytearray | memoryview, /) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = crc32(data, self.value)
 
     def hexdigest(self) -> str:
         return str(self.value)

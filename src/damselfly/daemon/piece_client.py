@@ -24,9 +24,9 @@ import logging
 import os
 import socket
 import time
-import zlib
 from collections.abc import Callable
 
+from ..checksum import crc32
 from ..domain import PieceInfo, TrafficType
 from ..errors import DigestMismatch, NotFound, PeerError, ProtocolError
 from ..units import MiB
@@ -194,7 +194,7 @@ class PieceClient:
         while pos < end:
             n = await self._recv_into(view[: min(len(view), end - pos)])
             chunk = view[:n]
-            crc = zlib.crc32(chunk, crc)
+            crc = crc32(chunk, crc)
             written = 0
             while written < n:
                 written += os.pwrite(fd, chunk[written:], pos + written)

@@ -27,13 +27,13 @@ import os
 import re
 import ssl
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Set
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import aiohttp
 
+from ..checksum import crc32
 from ..config import SourceConfig
 from ..domain import PieceInfo, TrafficType
 from ..errors import (
@@ -362,7 +362,7 @@ class _Fetch:
                 if limiter is not None:
                     await limiter.consume(take)
                 if number not in self.skip:
-                    crc = zlib.crc32(chunk, crc)
+                    crc = crc32(chunk, crc)
                     _pwrite_all(fd, chunk, pos)
                 pos += take
                 view = view[take:]

@@ -39,12 +39,12 @@ import os
 import shutil
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checksum import crc32
 from ..domain import PieceInfo, TrafficType
 from ..errors import InvalidArgument, NotFound, StorageError
 from ..ids import is_task_id
@@ -205,7 +205,7 @@ def _crc32_of_range(fd: int, offset: int, length: int, buf: bytearray) -> int | 
         n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
         if n <= 0:
             return None
-        crc = zlib.crc32(view[:n], crc)
+        crc = crc32(view[:n], crc)
         pos += n
     return crc
 
