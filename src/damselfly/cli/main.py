@@ -221,6 +221,11 @@ def bench_local(
     raise typer.Exit(print_result(result, as_json=json_out))
 
 
+from .bench_scheduler import bench_scheduler  # noqa: E402  (imports only typer; the load code is lazy)
+
+bench_app.command("scheduler")(bench_scheduler)
+
+
 @app.command()
 def demo(keep: Annotated[bool, typer.Option(help="keep the temp dir (logs, data)")] = False) -> None:
     """Three peers fetch one 64 MiB file at once; see what P2P saved the origin."""
