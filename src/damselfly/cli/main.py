@@ -87,6 +87,9 @@ def daemon(
     piece_port: Annotated[int | None, typer.Option(help="piece server port (storage.server.tcpPort)")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="metrics + /healthy port (metrics.port)")] = None,
     socket: Annotated[Path | None, typer.Option(help="local API socket (download.server.socketPath)")] = None,
+    proxy_port: Annotated[
+        int | None, typer.Option(help="registry mirror / proxy port, 0 for a free one (proxy.server.port)")
+    ] = None,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     log_file: LogFile = None,
@@ -107,6 +110,7 @@ def daemon(
         piece_port=piece_port,
         metrics_port=metrics_port,
         socket=socket,
+        proxy_port=proxy_port,
     )
     raise typer.Exit(
         run_daemon(config, overrides, ready_file=ready_file, log_level=log_level, log_file=log_file)
@@ -244,3 +248,12 @@ def main() -> None:
 
 def dfget_main() -> None:
     dfget_app(prog_name="dfget")
+
+
+def _register_bench_swarm() -> None:
+    from .bench_swarm import swarm
+
+    bench_app.command("swarm")(swarm)
+
+
+_register_bench_swarm()

@@ -1,0 +1,114 @@
+"""``damselfly bench swarm``: a real distribution across hosts in network namespaces (root).
+
+Imports the testbed lazily, so ``damselfly --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+SCENARIO_HELP = (
+    "flash-crowd, staggered, mixed-rates, large-file-few-peers or small-file-many-peers "
+    "(ignored with --rates-file)"
+)
+
+
+def swarm(
+    scenario: Annotated[str, typer.Option(help=SCENARIO_HELP)] = "flash-crowd",
+    peers: Annotated[int | None, typer.Option(min=1, max=200, help="peer hosts (scenario default)")] = None,
+    size: Annotated[str | None, typer.Option(help="file size, e.g. 256MiB (scenario default)")] = None,
+    rate: Annotated[str, typer.Option(help="each host's upload and download rate")] = "100mbit",
+    origin_rate: Annotated[str | None, typer.Option(help="the origin's rate (default: --rate)")] = None,
+    seeds: Annotated[int, typer.Option(min=0, max=8, help="seed peer hosts")] = 1,
+    seed_rate: Annotated[str | None, typer.Option(help="seed hosts' rate (default: --rate)")] = None,
+    stagger: Annotated[str, typer.Option(help="staggered: time between arrivals")] = "2s",
+    slow_fraction: Annotated[float, typer.Option(help="mixed-rates: share of slow peers")] = 0.25,
+    slow_factor: Annotated[float, typer.Option(help="mixed-rates: their share of --rate")] = 0.25,
+    rates_file: Annotated[
+        Path | None, typer.Option(help="YAML/JSON: origin, seeds and peers with rate/up/down/arrival")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the JSON result on stdout")] = False,
+    out: Annotated[Path | None, typer.Option(help="write the JSON result here")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="PNG of the peers' progress (default: --out with .png)")
+    ] = None,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="no PNG")] = False,
+    timeout: Annotated[str, typer.Option(help="per-dfget timeout")] = "10m",
+    poll_interval: Annotated[float, typer.Option(help="seconds between progress samples")] = 1.0,
+    keep: Annotated[bool, typer.Option(help="keep the run's directory (logs, data)")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="the daemons' log level")] = "INFO",
+    cleanup: Annotated[
+        str | None,
+        typer.Option("--cleanup", metavar="PREFIX", help="remove the namespaces PREFIX-* and exit"),
+    ] = None,
+    cleanup_stale: Annotated[
+        bool, typer.Option("--cleanup-stale", help="remove namespaces of crashed runs and exit")
+    ] = False,
+) -> None:
+    """Origin, scheduler, seed(s) and N peers, each in its own network namespace with tc-shaped
+    links; every peer runs dfget at its arrival time. Reports completion times against the
+    fluid bound T_min, origin bytes / F and CPU use. Needs root."""
+    from ..errors import InvalidArgument
+    from ..testbed import netns
+    from ..testbed.report import human_summary
+    from ..testbed.scenarios import Knobs, build_scenario, load_rates_file
+    from ..testbed.shaping import parse_rate
+    from ..testbed.swarm import SwarmOptions, dump_result, run_swarm
+    from ..units import MiB, parse_size
+    from .parsing import parse_duration
+
+    try:
+        if cleanup is not None or cleanup_stale:
+            netns.check_can_build()
+            removed = netns.cleanup_prefix(cleanup) if cleanup is not None else netns.sweep_stale()
+            typer.echo(f"removed {len(removed)} namespaces" + (f": {' '.join(removed)}" if removed else ""))
+            raise typer.Exit(0)
+        rate_bits = parse_rate(rate)
+        knobs = Knobs(
+            peers=peers,
+            size=parse_size(size) if size else None,
+            rate_bits=rate_bits,
+            origin_bits=parse_rate(origin_rate) if origin_rate else None,
+            seeds=seeds,
+            seed_bits=parse_rate(seed_rate) if seed_rate else None,
+            stagger_s=parse_duration(stagger),
+            slow_fraction=slow_fraction,
+            slow_factor=slow_factor,
+        )
+        if rates_file is not None:
+            sc = load_rates_file(rates_file, size=knobs.size or 256 * MiB, default_bits=rate_bits)
+        else:
+            sc = build_scenario(scenario, knobs)
+        options = SwarmOptions(
+            timeout_s=parse_duration(timeout), poll_interval_s=poll_interval, log_level=log_level, keep=keep
+        )
+    except (InvalidArgument, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+    try:
+        result = run_swarm(sc, options)
+    except netns.TestbedError as e:
+        typer.echo(f"damselfly bench swarm: {e}", err=True)
+        raise typer.Exit(2) from None
+    data = result.to_json()
+    plot_path = plot or (out.with_suffix(".png") if out else Path(f"swarm-{sc.name}-{result.prefix}.png"))
+    if not no_plot and result.hosts:
+        from ..testbed.plot import plot_progress
+
+        try:
+            data["plot"] = result.plot = str(plot_progress(data, plot_path))
+        except netns.TestbedError as e:
+            typer.echo(f"damselfly bench swarm: no plot: {e}", err=True)
+    if out is not None:
+        data = dump_result(result, out)
+    typer.echo(human_summary(data), err=json_out)
+    if data["plot"]:
+        typer.echo(f"  plot: {data['plot']}", err=json_out)
+    if json_out:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    raise typer.Exit(0 if result.ok else 1)

@@ -1,0 +1,221 @@
+"""What a swarm run measured, and the arithmetic over it (no I/O but reading /proc/stat).
+
+Why apart from :mod:`damselfly.testbed.swarm`: the numbers a benchmark
+reports (percentiles, ratios to the fluid bound, origin bytes / F, the CPU busy
+fraction) are easy to get subtly wrong, so they live in plain functions over
+plain data that unit tests pin down.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .scenarios import Scenario
+
+UPLOAD_METRIC = "damselfly_daemon_upload_traffic_bytes_total"
+DOWNLOAD_METRIC = "damselfly_daemon_download_traffic_bytes_total"
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    """The samples of ``name`` in Prometheus text, keyed by their ``type`` label ("" when unlabelled)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if not m or m.group(1) != name:
+            continue
+        labels = dict(_LABEL.findall(m.group(2) or ""))
+        try:
+            out[labels.get("type", "")] = float(m.group(3))
+        except ValueError:
+            continue
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    busy: int
+    total: int
+
+
+def parse_proc_stat(text: str) -> CpuTimes:
+    """The machine-wide ``cpu`` line: busy = everything but idle and iowait (guest is inside user)."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            fields = [int(x) for x in line.split()[1:]]
+            user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+            busy = user + nice + system + irq + softirq + steal
+            return CpuTimes(busy=busy, total=busy + idle + iowait)
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def read_cpu_times(path: Path = Path("/proc/stat")) -> CpuTimes:
+    return parse_proc_stat(path.read_text())
+
+
+def busy_fraction(start: CpuTimes, end: CpuTimes) -> float:
+    """Share of all cores' time spent busy between two readings (0..1)."""
+    total = end.total - start.total
+    return (end.busy - start.busy) / total if total > 0 else 0.0
+
+
+@dataclass
+class HostResult:
+    """One seed or peer after the run."""
+
+    name: str
+    role: str  # "seed" or "peer"
+    ip: str
+    up_bits: int
+    down_bits: int
+    arrival_s: float = 0.0
+    exit_code: int | None = None
+    completion_s: float | None = None  # dfget's end minus the scenario start
+    digest_ok: bool = False
+    uploaded_bytes: int = 0
+    downloaded: dict[str, int] = field(default_factory=dict)  # by traffic type
+
+    @property
+    def since_arrival_s(self) -> float | None:
+        return None if self.completion_s is None else round(self.completion_s - self.arrival_s, 4)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["completion_since_arrival_s"] = self.since_arrival_s
+        return out
+
+
+def _ratio(value: float | None, bound: float) -> float | None:
+    return None if value is None or bound <= 0 else round(value / bound, 4)
+
+
+def percentile_summary(times: Sequence[float | None]) -> dict[str, float | None]:
+    """p50 and max of the finished times; None when no peer finished. A peer that never finished
+    makes ``max`` None too: a run that lost a peer has no maximum worth comparing."""
+    done = [t for t in times if t is not None]
+    if not done:
+        return {"p50_s": None, "max_s": None}
+    return {
+        "p50_s": round(statistics.median(done), 4),
+        "max_s": round(max(done), 4) if len(done) == len(times) else None,
+    }
+
+
+@dataclass
+class SwarmResult:
+    """Everything a run reports; :meth:`to_json` is the ``--json`` output."""
+
+    scenario: Scenario
+    prefix: str
+    workdir: str
+    hosts: list[HostResult] = field(default_factory=list)
+    origin_bytes: int = 0
+    origin_requests: int = 0
+    cpu_busy_fraction: float | None = None
+    wall_s: float = 0.0
+    error: str = ""
+    progress: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)
+    plot: str = ""
+
+    @property
+    def peers(self) -> list[HostResult]:
+        return [h for h in self.hosts if h.role == "peer"]
+
+    @property
+    def ok(self) -> bool:
+        peers = self.peers
+        return not self.error and bool(peers) and all(p.exit_code == 0 and p.digest_ok for p in peers)
+
+    @property
+    def back_to_source_count(self) -> int:
+        """Seeds and peers that fetched any bytes from the origin themselves."""
+        return sum(1 for h in self.hosts if h.downloaded.get("back_to_source", 0) > 0)
+
+    def to_json(self) -> dict[str, Any]:
+        bound = self.scenario.bound()
+        f = self.scenario.file_size
+        since_start = percentile_summary([p.completion_s for p in self.peers])
+        since_arrival = percentile_summary([p.since_arrival_s for p in self.peers])
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "scenario": self.scenario.to_json(),
+            "prefix": self.prefix,
+            "file_size": f,
+            "t_min_s": round(bound.t_min, 4),
+            "bound": {
+                "server_s": round(bound.server_term, 4),
+                "download_s": round(bound.download_term, 4),
+                "aggregate_s": round(bound.aggregate_term, 4),
+                "binding": bound.binding,
+            },
+            "completion": {
+                **since_start,
+                "p50_over_t_min": _ratio(since_start["p50_s"], bound.t_min),
+                "max_over_t_min": _ratio(since_start["max_s"], bound.t_min),
+                "since_arrival": since_arrival,
+            },
+            "origin": {
+                "bytes": self.origin_bytes,
+                "requests": self.origin_requests,
+                "bytes_over_f": round(self.origin_bytes / f, 4) if f else None,
+            },
+            "back_to_source_count": self.back_to_source_count,
+            "uploaded_bytes": {h.name: h.uploaded_bytes for h in self.hosts},
+            "cpu_busy_fraction": None if self.cpu_busy_fraction is None else round(self.cpu_busy_fraction, 4),
+            "wall_s": round(self.wall_s, 3),
+            "hosts": [h.to_json() for h in self.hosts],
+            "progress": {k: [[round(t, 3), b] for t, b in v] for k, v in self.progress.items()},
+            "cpu_samples": [[round(t, 3), round(c, 4)] for t, c in self.cpu_samples],
+            "plot": self.plot,
+            "workdir": self.workdir,
+        }
+
+
+def human_summary(data: dict[str, Any]) -> str:
+    """A few lines for the terminal from :meth:`SwarmResult.to_json`'s output."""
+    from ..cli.parsing import human_size
+
+    c = data["completion"]
+    sc = data["scenario"]
+
+    def num(v: float | None, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None else fmt.format(v)
+
+    lines = [
+        f"{sc['name']}: {len(sc['peers'])} peers + {len(sc['seeds'])} seed(s), "
+        f"{human_size(data['file_size'])}; T_min {data['t_min_s']:.2f} s ({data['bound']['binding']} bound)",
+    ]
+    if data["error"]:
+        lines.append(f"  error: {data['error']}")
+    for h in data["hosts"]:
+        if h["role"] != "peer":
+            continue
+        status = "ok" if h["exit_code"] == 0 and h["digest_ok"] else f"FAILED (exit {h['exit_code']})"
+        lines.append(
+            f"  {h['name']:>8} {h['up_bits'] / 1e6:g}/{h['down_bits'] / 1e6:g} mbit  "
+            f"done {num(h['completion_s'])} s (since arrival {num(h['completion_since_arrival_s'])} s)  "
+            f"up {human_size(h['uploaded_bytes'])}  {status}"
+        )
+    lines.append(
+        f"  p50 {num(c['p50_s'])} s = {num(c['p50_over_t_min'])} T_min;  "
+        f"max {num(c['max_s'])} s = {num(c['max_over_t_min'])} T_min"
+    )
+    o = data["origin"]
+    lines.append(
+        f"  origin sent {human_size(o['bytes'])} = {num(o['bytes_over_f'], '{:.3f}')} F in {o['requests']} "
+        f"request(s); back-to-source hosts: {data['back_to_source_count']}"
+    )
+    lines.append(f"  CPU busy {num(data['cpu_busy_fraction'], '{:.0%}')} of all cores during the transfer")
+    lines.append("  all digests ok" if data["ok"] else "  RUN FAILED")
+    return "\n".join(lines)

@@ -1,0 +1,425 @@
+"""One swarm run on the namespace testbed: build the hosts, distribute, measure, tear down.
+
+Why: ``damselfly bench swarm`` and the e2e test need the same sequence, and
+the cleanup (processes by PID, then namespaces) must hold on every path, Ctrl-C
+included. Layout of a run (``<prefix>`` from :func:`~damselfly.testbed.netns.new_prefix`)::
+
+    namespace <prefix>-br          the bridge br0
+    namespace <prefix>-origin      the origin (python -m damselfly.testbed.origin), shaped at the origin rate
+    namespace <prefix>-scheduler   the scheduler, unshaped (control plane)
+    namespace <prefix>-seed...     seed daemons
+    namespace <prefix>-peer<i>     peer daemons; dfget runs here at the peer's arrival time
+
+    ROOT/origin/blob.bin  ROOT/<host>/ (storage, socket)  ROOT/logs/  ROOT/run/  ROOT/out/
+
+Each host's daemon listens on its own address with the default ports (every
+namespace has its own port space). A thread per host inside its namespace
+polls the daemon's ``/metrics`` (bytes downloaded, for progress and the plot);
+the origin's ``/_stats`` gives origin bytes. Completion of a peer is its dfget's
+exit time minus the scenario start; the CPU busy fraction is read from
+/proc/stat over the same interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ..units import MiB
+from .netns import (
+    HostNet,
+    Network,
+    TestbedError,
+    call_in_netns,
+    check_can_build,
+    enter_netns,
+    host_ip,
+    netns_exec,
+    netns_name,
+    new_prefix,
+    sweep_stale,
+)
+from .procs import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
+from .report import (
+    DOWNLOAD_METRIC,
+    UPLOAD_METRIC,
+    HostResult,
+    SwarmResult,
+    busy_fraction,
+    metric_values,
+    read_cpu_times,
+)
+from .scenarios import HostSpec, Scenario
+
+ORIGIN_PORT = 8080
+SCHEDULER_PORT = 8002
+SCHEDULER_METRICS_PORT = 8000
+UPLOAD_PORT = 4000
+PIECE_PORT = 4005
+METRICS_PORT = 4002
+READY_TIMEOUT = 60.0
+FILE_NAME = "blob.bin"
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmOptions:
+    timeout_s: float = 600.0  # per dfget
+    poll_interval_s: float = 1.0
+    log_level: str = "INFO"
+    keep: bool = False  # keep ROOT (logs, data)
+    prefix: str | None = None  # None: a fresh one
+    sweep: bool = True  # remove stale runs' namespaces first
+    report_every_s: float = 2.0
+
+
+Say = Callable[[str], None]
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Interrupted(signum)
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return str(r.read().decode())
+
+
+def write_random_file(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with path.open("wb") as f:
+        left = size
+        while left > 0:
+            chunk = os.urandom(min(4 * MiB, left))
+            h.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(4 * MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+class MetricsPoller(threading.Thread):
+    """Polls one host's daemon ``/metrics`` from inside its namespace; keeps ``(t, downloaded)`` samples.
+
+    Owned by :class:`SwarmRun`, which sets ``stop`` and joins it.
+    """
+
+    def __init__(self, netns: str, url: str, t0: float, interval: float, stop: threading.Event) -> None:
+        super().__init__(name=f"poll-{netns}", daemon=True)
+        self.netns, self.url, self.t0, self.interval, self.stop_event = netns, url, t0, interval, stop
+        self.samples: list[tuple[float, int]] = []
+        self.latest = 0
+
+    def run(self) -> None:
+        try:
+            enter_netns(self.netns)
+        except TestbedError:
+            return
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                text = http_get(self.url, timeout=max(1.0, self.interval))
+                self.latest = int(sum(metric_values(text, DOWNLOAD_METRIC).values()))
+                self.samples.append((time.monotonic() - self.t0, self.latest))
+            if self.stop_event.wait(self.interval):
+                return
+
+
+class SwarmRun:
+    """One run of ``scenario``. Owns its children and its network; :meth:`run` always cleans both up."""
+
+    def __init__(self, scenario: Scenario, options: SwarmOptions, say: Say) -> None:
+        self.scenario = scenario
+        self.options = options
+        self.say = say
+        self.prefix = options.prefix or new_prefix()
+        self.root = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-", dir="/tmp"))
+        self.result = SwarmResult(scenario=scenario, prefix=self.prefix, workdir=str(self.root))
+        self.children: list[ChildProcess] = []  # servers: origin, scheduler, daemons
+        self.dfgets: list[ChildProcess] = []
+        downloaders = [*(("seed", h) for h in scenario.seeds), *(("peer", h) for h in scenario.peers)]
+        self.host_nets: dict[str, HostNet] = {}
+        names = ["origin", "scheduler", *(h.name for _, h in downloaders)]
+        rates: dict[str, tuple[int | None, int | None]] = {
+            "origin": (scenario.origin_bits, scenario.origin_bits),
+            "scheduler": (None, None),
+            **{h.name: (h.up_bits, h.down_bits) for _, h in downloaders},
+        }
+        for index, name in enumerate(names):
+            up, down = rates[name]
+            self.host_nets[name] = HostNet(name, netns_name(self.prefix, name), host_ip(index), up, down)
+        self.downloaders = downloaders
+        self.network = Network(self.prefix, list(self.host_nets.values()))
+
+    # -- processes -------------------------------------------------------------
+
+    def _spawn(self, host: str, name: str, argv: list[str], *, ready: bool = True) -> ChildProcess:
+        ns = self.host_nets[host].netns
+        ready_file = self.root / "run" / f"{name}.ready.json" if ready else None
+        child = spawn(
+            name, netns_exec(ns, argv), log_path=self.root / "logs" / f"{name}.log", ready_file=ready_file
+        )
+        return child
+
+    def _start_origin(self) -> None:
+        argv = python_module_command(
+            "damselfly.testbed.origin", "--dir", str(self.root / "origin"), "--host", "0.0.0.0",
+            "--port", str(ORIGIN_PORT), "--ready-file", str(self.root / "run" / "origin.ready.json"),
+        )  # fmt: skip
+        child = self._spawn("origin", "origin", argv)
+        self.children.append(child)
+        child.wait_ready(READY_TIMEOUT)
+
+    def _start_scheduler(self) -> None:
+        ip = self.host_nets["scheduler"].ip
+        argv = python_module_command(
+            "damselfly", "scheduler", "--ip", ip, "--port", str(SCHEDULER_PORT),
+            "--metrics-port", str(SCHEDULER_METRICS_PORT), "--data-dir", str(self.root / "scheduler"),
+            "--ready-file", str(self.root / "run" / "scheduler.ready.json"),
+            "--log-file", str(self.root / "logs" / "scheduler.log"), "--log-level", self.options.log_level,
+        )  # fmt: skip
+        child = self._spawn("scheduler", "scheduler", argv)
+        self.children.append(child)
+        child.wait_ready(READY_TIMEOUT)
+
+    def _daemon_argv(self, spec: HostSpec, *, seed: bool) -> list[str]:
+        net = self.host_nets[spec.name]
+        sched = f"{self.host_nets['scheduler'].ip}:{SCHEDULER_PORT}"
+        argv = [
+            "daemon", "--data-dir", str(self.root / spec.name), "--scheduler", sched,
+            "--hostname", f"{self.prefix}-{spec.name}", "--ip", net.ip, "--listen-ip", net.ip,
+            "--upload-port", str(UPLOAD_PORT), "--piece-port", str(PIECE_PORT),
+            "--metrics-port", str(METRICS_PORT), "--socket", str(self.socket_of(spec.name)),
+            "--ready-file", str(self.root / "run" / f"{spec.name}.ready.json"),
+            "--log-file", str(self.root / "logs" / f"{spec.name}.log"), "--log-level", self.options.log_level,
+        ]  # fmt: skip
+        if seed:
+            argv.append("--seed")
+        return python_module_command("damselfly", *argv)
+
+    def socket_of(self, host: str) -> Path:
+        return self.root / host / "dfdaemon.sock"
+
+    def _start_daemons(self) -> None:
+        # Seeds first: a peer that registers before any seed host is known goes to the origin.
+        for role in ("seed", "peer"):
+            started = []
+            for r, spec in self.downloaders:
+                if r == role:
+                    child = self._spawn(spec.name, spec.name, self._daemon_argv(spec, seed=role == "seed"))
+                    self.children.append(child)
+                    started.append(child)
+            for child in started:
+                child.wait_ready(READY_TIMEOUT)
+
+    def _start_dfget(self, spec: HostSpec, url: str) -> ChildProcess:
+        argv = python_module_command(
+            "damselfly", "get", url, "-O", str(self.root / "out" / f"{spec.name}.bin"),
+            "-e", str(self.socket_of(spec.name)), "--no-progress",
+            "--timeout", f"{int(self.options.timeout_s)}s",
+        )  # fmt: skip
+        child = self._spawn(spec.name, f"dfget-{spec.name}", argv, ready=False)
+        self.dfgets.append(child)
+        return child
+
+    # -- the run ---------------------------------------------------------------
+
+    def _distribute(self, url: str) -> None:
+        """Start each peer's dfget at its arrival time; wait for all; record times and progress."""
+        sc, opts = self.scenario, self.options
+        peers = sorted(sc.peers, key=lambda p: p.arrival_s)
+        hosts = {h.name: h for h in self.result.hosts}
+        stop = threading.Event()
+        t0 = time.monotonic()
+        pollers = {
+            spec.name: MetricsPoller(
+                self.host_nets[spec.name].netns,
+                f"http://127.0.0.1:{METRICS_PORT}/metrics",
+                t0,
+                opts.poll_interval_s,
+                stop,
+            )
+            for _, spec in self.downloaders
+        }
+        for p in pollers.values():
+            p.start()
+        cpu0 = read_cpu_times()
+        last_cpu, last_cpu_t = cpu0, 0.0
+        started: dict[str, ChildProcess] = {}
+        deadline = t0 + (peers[-1].arrival_s if peers else 0) + opts.timeout_s + 30
+        next_report = t0
+        try:
+            while True:
+                now = time.monotonic()
+                for spec in peers:
+                    if spec.name not in started and now - t0 >= spec.arrival_s:
+                        started[spec.name] = self._start_dfget(spec, url)
+                for name, child in started.items():
+                    code = child.popen.poll()
+                    if code is not None and hosts[name].exit_code is None:
+                        hosts[name].exit_code = code
+                        hosts[name].completion_s = round(now - t0, 4)
+                        if code != 0:
+                            self.say(f"swarm: dfget on {name} exited {code}:\n{log_tail(child.log_path, 5)}")
+                finished = sum(1 for h in self.result.peers if h.exit_code is not None)
+                if now >= next_report or finished == len(peers):
+                    cpu = read_cpu_times()
+                    self.result.cpu_samples.append((now - t0, busy_fraction(last_cpu, cpu)))
+                    last_cpu, last_cpu_t = cpu, now - t0
+                    self._report(now - t0, pollers, finished, last_cpu_t)
+                    next_report = now + opts.report_every_s
+                if finished == len(peers):
+                    break
+                if now > deadline:
+                    raise TestbedError(f"peers still downloading {opts.timeout_s:.0f} s after their start")
+                dead = next((c for c in self.children if not c.alive()), None)
+                if dead is not None:
+                    raise ChildFailed(dead, f"{dead.name} exited during the run:\n{dead.log_tail(8)}")
+                time.sleep(0.02)
+        finally:
+            self.result.cpu_busy_fraction = busy_fraction(cpu0, read_cpu_times())
+            self.result.wall_s = time.monotonic() - t0
+            stop.set()
+            for p in pollers.values():
+                p.join(timeout=5)
+            self.result.progress = {name: p.samples for name, p in pollers.items()}
+
+    def _report(self, t: float, pollers: dict[str, MetricsPoller], finished: int, _cpu_t: float) -> None:
+        f = self.scenario.file_size
+        parts = []
+        for spec in self.scenario.peers:
+            host = next(h for h in self.result.peers if h.name == spec.name)
+            pct = (
+                100 if host.exit_code == 0 else min(99, int(100 * pollers[spec.name].latest / f)) if f else 0
+            )
+            parts.append(f"{spec.name.removeprefix('peer')}:{pct}%")
+        cpu = self.result.cpu_samples[-1][1] if self.result.cpu_samples else 0.0
+        self.say(
+            f"[{t:6.1f}s] {finished}/{len(self.scenario.peers)} done  cpu {cpu:4.0%}  " + " ".join(parts)
+        )
+
+    def _collect(self, expected: str) -> None:
+        for h in self.result.hosts:
+            ns = self.host_nets[h.name].netns
+            try:
+                text = call_in_netns(ns, lambda: http_get(f"http://127.0.0.1:{METRICS_PORT}/metrics"))
+            except (OSError, TestbedError) as e:
+                self.say(f"swarm: no metrics from {h.name}: {e}")
+                continue
+            h.uploaded_bytes = int(sum(metric_values(text, UPLOAD_METRIC).values()))
+            h.downloaded = {k: int(v) for k, v in metric_values(text, DOWNLOAD_METRIC).items()}
+        stats = json.loads(
+            call_in_netns(
+                self.host_nets["origin"].netns, lambda: http_get(f"http://127.0.0.1:{ORIGIN_PORT}/_stats")
+            )
+        )
+        self.result.origin_bytes = int(stats["bytes"])
+        self.result.origin_requests = int(stats["requests"])
+        for h in self.result.peers:
+            out = self.root / "out" / f"{h.name}.bin"
+            h.digest_ok = out.is_file() and sha256_file(out) == expected
+
+    def run(self) -> SwarmResult:
+        sc = self.scenario
+        old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for d in ("origin", "out", "logs", "run"):
+                (self.root / d).mkdir(parents=True, exist_ok=True)
+            if self.options.sweep:
+                removed = sweep_stale()
+                if removed:
+                    self.say(f"swarm: removed {len(removed)} namespaces of crashed runs: {' '.join(removed)}")
+            self.say(f"swarm: {sc.name}, writing a {sc.file_size / MiB:.0f} MiB random file in {self.root}")
+            expected = write_random_file(self.root / "origin" / FILE_NAME, sc.file_size)
+            self.say(f"swarm: building {len(self.host_nets)} hosts in namespaces {self.prefix}-*")
+            self.network.create()
+            self.result.hosts = [
+                HostResult(
+                    spec.name,
+                    role,
+                    self.host_nets[spec.name].ip,
+                    spec.up_bits,
+                    spec.down_bits,
+                    spec.arrival_s,
+                )
+                for role, spec in self.downloaders
+            ]
+            self.say("swarm: starting the origin, the scheduler and the daemons")
+            self._start_origin()
+            self._start_scheduler()
+            self._start_daemons()
+            url = f"http://{self.host_nets['origin'].ip}:{ORIGIN_PORT}/{FILE_NAME}"
+            bound = sc.bound()
+            self.say(f"swarm: distributing to {len(sc.peers)} peers; T_min = {bound.t_min:.2f} s")
+            self._distribute(url)
+            self._collect(expected)
+        except ChildFailed as e:
+            self.result.error = str(e).splitlines()[0]
+            self.say(f"swarm: {e}")
+        except TestbedError as e:
+            self.result.error = str(e)
+            self.say(f"swarm: {e}")
+        except _Interrupted:
+            self.result.error = "interrupted"
+            self.say("swarm: interrupted; cleaning up")
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                self.cleanup()
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+        return self.result
+
+    def cleanup(self) -> None:
+        """dfgets, then daemons, then scheduler and origin, by PID; then the namespaces; then ROOT."""
+        stop_all(self.dfgets, grace=5)
+        servers = list(reversed(self.children))  # daemons say goodbye before the scheduler stops
+        stop_all(servers, grace=10)
+        removed = self.network.destroy()
+        self.say(f"swarm: removed {len(removed)} namespaces")
+        if self.options.keep:
+            self.say(f"swarm: kept {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run_swarm(
+    scenario: Scenario, options: SwarmOptions = SwarmOptions(), say: Say | None = None
+) -> SwarmResult:
+    """Check we can build namespaces (raises :class:`TestbedError` if not), then run ``scenario``."""
+    check_can_build()
+    printer = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    return SwarmRun(scenario, options, printer).run()
+
+
+def dump_result(result: SwarmResult, path: Path) -> dict[str, Any]:
+    data = result.to_json()
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return data
