@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -36,6 +37,12 @@ def timed(argv: list[str], timeout: float) -> tuple[float, subprocess.CompletedP
     began = time.monotonic()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     return time.monotonic() - began, r
+
+
+def settle() -> None:
+    """Start each measurement with no dirty pages of the previous one still being written back."""
+    os.sync()
+    time.sleep(0.5)
 
 
 def main() -> int:
@@ -69,22 +76,34 @@ def main() -> int:
         dfget_s: list[float] = []
         for i in range(args.runs):
             url = f"http://127.0.0.1:{port}/blob.bin?cold={i}"
-            t, r = timed(["curl", "-sS", "-f", "-o", str(out), url], args.timeout)
-            ok &= r.returncode == 0 and out.stat().st_size == size
-            curl_s.append(round(t, 4))
-            out.unlink(missing_ok=True)
-            argv = python_module_command(
-                "damselfly", "get", url, "-O", str(out), "-e", str(sock), "--no-progress"
-            )
-            t, r = timed(argv, args.timeout)
-            if r.returncode != 0:
-                print(f"cold_dfget: dfget failed ({r.returncode}): {r.stderr.strip()}", file=sys.stderr)
-                ok = False
-            elif file_digest(str(out), "sha256").value != expected:
-                print("cold_dfget: dfget output has the wrong sha256", file=sys.stderr)
-                ok = False
-            dfget_s.append(round(t, 4))
-            out.unlink(missing_ok=True)
+
+            def run_curl(url: str = url) -> None:
+                nonlocal ok
+                settle()
+                t, r = timed(["curl", "-sS", "-f", "-o", str(out), url], args.timeout)
+                ok &= r.returncode == 0 and out.stat().st_size == size
+                curl_s.append(round(t, 4))
+                out.unlink(missing_ok=True)
+
+            def run_dfget(url: str = url) -> None:
+                nonlocal ok
+                settle()
+                argv = python_module_command(
+                    "damselfly", "get", url, "-O", str(out), "-e", str(sock), "--no-progress"
+                )
+                t, r = timed(argv, args.timeout)
+                if r.returncode != 0:
+                    print(f"cold_dfget: dfget failed ({r.returncode}): {r.stderr.strip()}", file=sys.stderr)
+                    ok = False
+                elif file_digest(str(out), "sha256").value != expected:
+                    print("cold_dfget: dfget output has the wrong sha256", file=sys.stderr)
+                    ok = False
+                dfget_s.append(round(t, 4))
+                out.unlink(missing_ok=True)
+
+            # Alternate which goes first, so neither always inherits the other's dirty pages.
+            for step in (run_curl, run_dfget) if i % 2 == 0 else (run_dfget, run_curl):
+                step()
         result["curl_s"] = curl_s
         result["dfget_s"] = dfget_s
         result["curl_median_s"] = statistics.median(curl_s)
