@@ -1,0 +1,182 @@
+"""The namespace testbed for real: a small swarm across shaped hosts, cleanup on Ctrl-C, the stale sweep.
+
+Needs root and ``ip netns``; skipped otherwise. Timing ratios are reported by
+``damselfly bench swarm``, never asserted here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from damselfly.testbed import netns
+from damselfly.testbed.netns import HostNet, Network, Runner, call_in_netns
+from damselfly.testbed.procs import pid_alive
+from damselfly.testbed.scenarios import Knobs, build_scenario
+from damselfly.testbed.swarm import SwarmOptions, run_swarm
+from damselfly.units import MiB
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "the namespace testbed needs root"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "iproute2 (ip, tc) is not installed"
+    probe = f"{netns.new_prefix()}-probe"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        return f"ip netns is unavailable here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
+    return None
+
+
+_REASON = _why_not()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+
+
+def _namespaces_with(prefix: str) -> list[str]:
+    return [ns for ns in netns.list_namespaces(Runner()) if ns.startswith(f"{prefix}-")]
+
+
+def test_small_flash_crowd_across_namespaces() -> None:
+    """The CI scenario: 3 peers, 32 MiB, 200 mbit. Every digest right, the origin sends F once."""
+    sc = build_scenario("flash-crowd", Knobs(peers=3, size=32 * MiB, rate_bits=200_000_000))
+    lines: list[str] = []
+    result = run_swarm(sc, SwarmOptions(timeout_s=90, log_level="INFO"), say=lines.append)
+    data = result.to_json()
+    assert result.error == "", "\n".join(lines)
+    assert all(h.exit_code == 0 and h.digest_ok for h in result.peers), "\n".join(lines)
+    assert data["ok"] is True
+    assert 0 < data["origin"]["bytes"] <= 1.01 * sc.file_size
+    assert data["back_to_source_count"] >= 1
+    # Every byte a peer holds came from somewhere: peers and seed uploaded what the peers downloaded
+    # apart from what they fetched from the origin themselves.
+    from_peers = sum(h.downloaded.get("remote_peer", 0) for h in result.hosts)
+    assert sum(h.uploaded_bytes for h in result.hosts) >= from_peers > 0
+    assert data["t_min_s"] > 0 and data["completion"]["max_over_t_min"] is not None
+    assert 0.0 <= data["cpu_busy_fraction"] <= 1.0
+    assert all(data["progress"][p.name] for p in result.peers)
+    json.dumps(data)  # the report is JSON
+    assert _namespaces_with(result.prefix) == []
+    assert not os.path.exists(result.workdir)
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    prefix = netns.new_prefix()
+    hosts = [
+        HostNet(
+            "a", netns.netns_name(prefix, "a"), netns.host_ip(0), up_bits=50_000_000, down_bits=80_000_000
+        ),
+        HostNet("b", netns.netns_name(prefix, "b"), netns.host_ip(1)),
+    ]
+    net = Network(prefix, hosts)
+    net.create()
+    try:
+        yield net
+    finally:
+        net.destroy()
+        assert _namespaces_with(prefix) == []
+
+
+def test_hosts_reach_each_other_and_the_root_namespace_stays_out(network: Network) -> None:
+    a, b = network.hosts
+    server = call_in_netns(b.netns, lambda: socket.create_server((b.ip, 0)))
+    port = server.getsockname()[1]
+    accepted: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            accepted.append(conn.recv(16))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+
+        def send() -> None:
+            with socket.create_connection((b.ip, port), timeout=5) as s:
+                s.sendall(b"hello")
+
+        call_in_netns(a.netns, send)
+        t.join(5)
+    finally:
+        server.close()
+    assert accepted == [b"hello"]
+    # The test subnet exists only inside the namespaces.
+    root_addrs = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, check=True).stdout
+    assert "10.213." not in root_addrs
+    routes = subprocess.run(["ip", "-n", a.netns, "route"], capture_output=True, text=True, check=True).stdout
+    assert "default" not in routes
+    qdiscs = subprocess.run(["tc", "-n", a.netns, "qdisc"], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"tbf .* dev eth0 root .*rate 50Mbit", qdiscs), qdiscs
+    assert re.search(r"tbf .* dev ifb0 root .*rate 80Mbit", qdiscs), qdiscs
+    assert "ingress ffff: dev eth0" in qdiscs
+
+
+def test_stale_sweep_kills_leftovers_and_removes_their_namespaces() -> None:
+    """A run that died without cleaning up: no run record, a process still inside its namespace."""
+    prefix = netns.new_prefix()
+    ns = netns.netns_name(prefix, "peer0")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 5
+        while sleeper.pid not in netns.namespace_pids(Runner(), ns) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        removed = netns.sweep_stale()
+        assert ns in removed
+        assert sleeper.wait(timeout=10) != 0
+        assert _namespaces_with(prefix) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            sleeper.kill()
+        sleeper.wait(timeout=5)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def test_ctrl_c_removes_everything() -> None:
+    """SIGINT mid-transfer: every process inside the run's namespaces ends, the namespaces go."""
+    argv = [
+        sys.executable, "-m", "damselfly", "bench", "swarm", "--peers", "1", "--size", "64MiB",
+        "--rate", "10mbit", "--no-plot", "--timeout", "60s",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    prefix, pids, seen = "", [], []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if m := re.search(r"namespaces (dfsw[0-9a-f]{6})-\*", line):
+                prefix = m.group(1)
+            if line.startswith("[") and "done" in line:  # the transfer is under way
+                break
+        assert prefix, "".join(seen)
+        for ns in _namespaces_with(prefix):
+            pids += netns.namespace_pids(Runner(), ns)
+        assert pids, "no processes inside the run's namespaces"
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        seen.append(rest)
+        assert proc.returncode == 1, "".join(seen)
+        assert "interrupted" in rest
+        assert _namespaces_with(prefix) == []
+        assert not any(pid_alive(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if prefix:
+            netns.cleanup_prefix(prefix)
