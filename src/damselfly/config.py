@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError
@@ -127,6 +127,7 @@ class DownloadConfig(Section):
 class UploadServerConfig(Section):
     ip: str = "0.0.0.0"
     port: int = 4000  # gRPC DfdaemonUpload; 0: pick a free port
+    request_rate_limit: int = 0  # RPCs per second; over it: RESOURCE_EXHAUSTED. 0: unlimited
 
 
 class UploadConfig(Section):
@@ -138,6 +139,7 @@ class UploadConfig(Section):
 class StorageServerConfig(Section):
     ip: str = "0.0.0.0"
     tcp_port: int = 4005  # Vortex piece server; 0: pick a free port
+    request_rate_limit: int = 0  # piece requests per second; over it: Error(RESOURCE_EXHAUSTED). 0: unlimited
 
 
 class StorageConfig(Section):
@@ -145,6 +147,21 @@ class StorageConfig(Section):
     server: StorageServerConfig = Field(default_factory=StorageServerConfig)
     read_buffer_size: int = 1 * MiB
     write_buffer_size: int = 1 * MiB
+
+
+class DaemonGCConfig(Section):
+    """The daemon's cache lifecycle (see daemon/gc.py): TTL, then LRU between watermarks.
+
+    Only the daemon's own task files count towards ``capacity``; other files on
+    the disk neither count nor are touched.
+    """
+
+    interval: float = 1 * MINUTES  # how often the GC looks
+    task_ttl: float = Field(24 * 60 * MINUTES, alias="taskTTL")  # unused this long: evicted; 0: never
+    # The store's budget in bytes; 0: the size of the filesystem holding storage.dir.
+    capacity: int = 0
+    high_threshold: float = 80.0  # percent of capacity: above it, evict least recently used tasks...
+    low_threshold: float = 60.0  # ...until the store is at or below this percent
 
 
 class SourceConfig(Section):
@@ -165,6 +182,14 @@ class DaemonConfig(Section):
     source: SourceConfig = Field(default_factory=SourceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     tls: TLSConfig = Field(default_factory=TLSConfig)
+    gc: DaemonGCConfig = Field(default_factory=DaemonGCConfig)
+    # Where this config came from, so SIGHUP can read it again (set by load_daemon_config).
+    _source_file: Path | None = PrivateAttr(default=None)
+    _source_overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def reload(self) -> DaemonConfig:
+        """This config read again from its file, with the same command-line overrides."""
+        return load_daemon_config(self._source_file, self._source_overrides)
 
     @property
     def socket_path(self) -> Path:
@@ -208,7 +233,10 @@ def _load(model: type[M], path: str | Path | None, overrides: dict[str, Any] | N
 def load_daemon_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> DaemonConfig:
-    return _load(DaemonConfig, path, overrides)
+    config = _load(DaemonConfig, path, overrides)
+    config._source_file = Path(path) if path else None
+    config._source_overrides = dict(overrides or {})
+    return config
 
 
 def load_scheduler_config(

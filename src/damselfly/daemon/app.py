@@ -14,7 +14,10 @@ import contextlib
 import logging
 import os
 import platform
+import signal
 import socket
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +31,12 @@ from ..domain import DownloadSpec, HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
 from ..process import metrics_app, run_until_signal, write_ready_file
 from .conductor import ConductorDeps
+from .gc import CacheGC
 from .metrics import DaemonMetrics
 from .peer_rpc import PeerRPC
 from .piece_client import PieceConnectionPool
 from .piece_server import PieceServer
+from .ratelimit import HostLimiters
 from .scheduler_client import SchedulerClient
 from .service import Downloads, DownloadService, UploadService, socket_path_ok
 from .source import HTTPSource
@@ -68,13 +73,22 @@ class Daemon:
         self.host_id = ids.host_id(self.ip, config.host.hostname, seed=self.is_seed)
         self.metrics = DaemonMetrics()
         self.store = PieceStore(Path(config.storage.dir))
-        self.source = HTTPSource(config.source)
-        self.pool = PieceConnectionPool(connect_timeout=10.0)
+        self.limiters = HostLimiters(config)
+        self.source = HTTPSource(config.source, limiter=self.limiters.back_to_source)
+        self.pool = PieceConnectionPool(connect_timeout=10.0, limiter=self.limiters.download)
         self.peer_rpc = PeerRPC()
         self.scheduler: SchedulerClient | None = (
             SchedulerClient(config.scheduler.addrs) if config.scheduler.addrs else None
         )
-        self.piece_server = PieceServer(self.store, on_upload=self.metrics.on_upload)
+        self.uploaded: Counter[str] = Counter()  # pieces served per task
+        self.piece_server = PieceServer(
+            self.store,
+            on_upload=self._on_upload,
+            limiter=self.limiters.upload,
+            request_limiter=self.limiters.piece_requests,
+        )
+        self.gc = CacheGC(self.store, config.gc, in_use=self._downloading, forget=self._forget_task)
+        self.upload_service: UploadService | None = None
         self.host: HostInfo | None = None
         self.manager: TaskManager | None = None
         self._servers: list[Any] = []
@@ -130,9 +144,10 @@ class Daemon:
         )
         self.manager = TaskManager(deps)
         downloads = Downloads(self.manager, self.store, self.host)
-        dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(
-            UploadService(downloads, self.ip, piece_port), upload_server
+        self.upload_service = UploadService(
+            downloads, self.ip, piece_port, request_limiter=self.limiters.upload_requests
         )
+        dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self.upload_service, upload_server)
         await upload_server.start()
         self._servers.append(upload_server)
 
@@ -142,7 +157,13 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         download_server = grpc.aio.server()
-        dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(DownloadService(downloads), download_server)
+        download_service = DownloadService(
+            downloads,
+            busy=self._downloading,
+            capacity=lambda: self.gc.policy.capacity,
+            uploaded=self.uploaded,
+        )
+        dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(download_service, download_server)
         download_server.add_insecure_port(f"unix:{sock}")
         await download_server.start()
         self._servers.append(download_server)
@@ -157,6 +178,7 @@ class Daemon:
 
         self.ports = {"upload_port": upload_port, "piece_port": piece_port, "metrics_port": metrics_port}
         self._jobs.append(asyncio.get_running_loop().create_task(self._durable_loop()))
+        self._jobs.append(asyncio.get_running_loop().create_task(self.gc.run()))
         if self.scheduler is not None:
             self._jobs.append(asyncio.get_running_loop().create_task(self._announce_loop()))
         log.info(
@@ -164,6 +186,30 @@ class Daemon:
             self.host_id, cfg.upload.server.ip, upload_port, cfg.storage.server.ip, piece_port, sock,
             metrics_port, " (seed peer)" if self.is_seed else "",
         )  # fmt: skip
+
+    def _on_upload(self, task_id: str, nbytes: int) -> None:
+        self.uploaded[task_id] += 1
+        self.metrics.on_upload(task_id, nbytes)
+
+    def _downloading(self) -> set[str]:
+        return set(self.manager.running()) if self.manager is not None else set()
+
+    async def _forget_task(self, task_id: str) -> None:
+        """Before evicting: the scheduler must stop sending children here for this task."""
+        if self.scheduler is not None:
+            await self.scheduler.delete_task(self.host_id, task_id)
+
+    def reload_config(self) -> None:
+        """Re-read the config file (SIGHUP) and apply what can change at run time:
+        the rate limits and the cache GC settings. Other changes need a restart."""
+        try:
+            new = self.config.reload()
+            self.gc.update(new.gc)
+        except DamselflyError as e:
+            log.error("config reload failed, keeping the current settings: %s", e)
+            return
+        self.limiters.update(new)
+        log.info("reloaded limits: %s; gc every %gs", self.limiters.describe(), new.gc.interval)
 
     def _refresh_gauges(self) -> None:
         tasks = self.store.tasks()
@@ -263,6 +309,11 @@ async def serve(
     """Run a daemon until ``stop`` is set."""
     stop = stop or asyncio.Event()
     daemon = Daemon(config)
+    loop = asyncio.get_running_loop()
+    # SIGHUP re-reads the config file: rate limits and GC settings change without a restart.
+    on_hup = threading.current_thread() is threading.main_thread()
+    if on_hup:
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload_config)
     try:
         await daemon.start()
         if daemon.scheduler is not None:
@@ -282,6 +333,8 @@ async def serve(
             )
         await stop.wait()
     finally:
+        if on_hup:
+            loop.remove_signal_handler(signal.SIGHUP)
         await daemon.stop()
 
 

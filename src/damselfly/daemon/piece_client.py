@@ -31,6 +31,9 @@ from ..domain import PieceInfo, TrafficType
 from ..errors import DigestMismatch, NotFound, PeerError, ProtocolError
 from ..units import MiB
 from . import vortex
+from .ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
+
+Limiter = ByteLimiter | LimiterChain
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +125,24 @@ class PieceClient:
         return f"{self.address[0]}:{self.address[1]}"
 
     async def download_piece(
-        self, task_id: str, number: int, fd: int, offset: int, length: int, *, timeout: float = 30.0
+        self,
+        task_id: str,
+        number: int,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        timeout: float = 30.0,
+        limiter: Limiter | None = None,
     ) -> PieceInfo:
         """Fetch piece ``number`` of ``task_id`` and pwrite it to ``fd`` at ``offset``.
 
         Returns the PieceInfo (``crc32:<n>`` digest, cost, REMOTE_PEER; the caller
         sets ``parent_id``) once the content matched the parent's digest.
+
+        With ``limiter``, bytes are granted before each recv and each recv reads
+        at most what was granted. Time spent waiting for the limiter extends
+        ``timeout``: the timeout judges the parent, not our own limit.
         """
         if self.closed or self.broken:
             raise PeerError(f"connection to parent {self._where} is no longer usable")
@@ -141,8 +156,8 @@ class PieceClient:
         start = self._clock()
         ok = False
         try:
-            async with asyncio.timeout(timeout):
-                info = await self._exchange(task_id, number, fd, offset, length)
+            async with asyncio.timeout(timeout) as deadline:
+                info = await self._exchange(task_id, number, fd, offset, length, limiter, deadline)
             info.cost_s = self._clock() - start
             ok = True
             return info
@@ -161,7 +176,16 @@ class PieceClient:
             if not ok:
                 self.broken = True
 
-    async def _exchange(self, task_id: str, number: int, fd: int, offset: int, length: int) -> PieceInfo:
+    async def _exchange(
+        self,
+        task_id: str,
+        number: int,
+        fd: int,
+        offset: int,
+        length: int,
+        limiter: Limiter | None = None,
+        deadline: asyncio.Timeout | None = None,
+    ) -> PieceInfo:
         packet_id = self._next_packet_id()
         await self._loop.sock_sendall(self._sock, vortex.encode_download_piece(packet_id, task_id, number))
         parser = vortex.FrameParser()
@@ -191,18 +215,46 @@ class PieceClient:
         crc = 0
         pos, end = offset, offset + length
         view = self._view
-        while pos < end:
-            n = await self._recv_into(view[: min(len(view), end - pos)])
-            chunk = view[:n]
-            crc = crc32(chunk, crc)
-            written = 0
-            while written < n:
-                written += os.pwrite(fd, chunk[written:], pos + written)
-            pos += n
+        credit = 0  # bytes granted by the limiter and not received yet
+        try:
+            while pos < end:
+                want = min(len(view), end - pos)
+                if limiter is not None:
+                    if credit <= 0:
+                        credit = await self._grant(limiter, want, deadline)
+                    want = min(want, credit)
+                n = await self._recv_into(view[:want])
+                credit -= n
+                pos = self._write_chunk(fd, view[:n], pos)
+                crc = crc32(view[:n], crc)
+        finally:
+            if limiter is not None and credit > 0:
+                limiter.refund(credit)
         self._frame_done = True
+        return self._checked(task_id, number, offset, length, crc, event.digest)
+
+    async def _grant(self, limiter: Limiter, want: int, deadline: asyncio.Timeout | None) -> int:
+        began = self._loop.time()
+        granted = await limiter.acquire(want)
+        waited = self._loop.time() - began
+        if deadline is not None and waited > 0.001:
+            when = deadline.when()
+            if when is not None:
+                deadline.reschedule(when + waited)
+        return granted
+
+    @staticmethod
+    def _write_chunk(fd: int, chunk: memoryview, pos: int) -> int:
+        written = 0
+        n = len(chunk)
+        while written < n:
+            written += os.pwrite(fd, chunk[written:], pos + written)
+        return pos + n
+
+    def _checked(self, task_id: str, number: int, offset: int, length: int, crc: int, want: str) -> PieceInfo:
         digest = f"crc32:{crc}"
-        if digest != event.digest:
-            raise DigestMismatch(f"piece {number} of task {task_id} from {self._where}", event.digest, digest)
+        if digest != want:
+            raise DigestMismatch(f"piece {number} of task {task_id} from {self._where}", want, digest)
         return PieceInfo(
             number=number,
             offset=offset,
@@ -220,7 +272,15 @@ class PieceConnectionPool:
     are kept per parent, the rest are closed when they finish.
     """
 
-    def __init__(self, *, max_idle_per_parent: int = 8, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_idle_per_parent: int = 8,
+        connect_timeout: float = 10.0,
+        limiter: ByteLimiter | None = None,
+    ) -> None:
+        # The host's download limit; a download's own limit (TASK_LIMITER) is taken under it.
+        self.limiter = limiter
         self._max_idle = max_idle_per_parent
         self._connect_timeout = connect_timeout
         self._idle: dict[tuple[str, int], list[PieceClient]] = {}
@@ -261,10 +321,13 @@ class PieceConnectionPool:
         if self._closed:
             raise PeerError("piece connection pool is closed")
         key = (host, port)
+        limiter = chain(self.limiter, TASK_LIMITER.get())
         for attempt in range(2):
             client, reused = await self._acquire(key)
             try:
-                return await client.download_piece(task_id, number, fd, offset, length, timeout=timeout)
+                return await client.download_piece(
+                    task_id, number, fd, offset, length, timeout=timeout, limiter=limiter
+                )
             except PeerError:
                 stale = client.broken and not client.received_any and not client.timed_out
                 if attempt == 0 and reused and stale:

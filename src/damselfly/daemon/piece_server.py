@@ -24,6 +24,7 @@ from collections.abc import Callable
 from ..errors import DamselflyError, ProtocolError
 from ..units import MINUTES
 from . import vortex
+from .ratelimit import ByteLimiter, RequestLimiter
 from .storage import PieceStore
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,16 @@ class PieceServer:
 
     Owns its listening socket and one asyncio task per connection; :meth:`close`
     cancels them all. ``on_upload(task_id, nbytes)`` is called after each piece
-    is sent (metrics, later rate limits); it must not block. A connection with
-    no request for ``idle_timeout`` is closed (children reconnect on demand).
+    is sent (metrics); it must not block. A connection with no request for
+    ``idle_timeout`` is closed (children reconnect on demand).
+
+    ``limiter`` (the host's upload limit, shared with nothing else) is taken
+    before every ``sendfile`` chunk: a limited piece goes out in chunks of the
+    limiter's grant size, so all children together stay under the limit and
+    no burst exceeds its bucket. ``request_limiter`` refuses piece requests
+    over its rate with ``Error(RESOURCE_EXHAUSTED)``; the connection stays open.
+    A piece being sent holds its task in use (:meth:`PieceStore.using`), so
+    the cache GC does not evict it.
     """
 
     def __init__(
@@ -46,8 +55,12 @@ class PieceServer:
         *,
         on_upload: Callable[[str, int], None] | None = None,
         idle_timeout: float = 5 * MINUTES,
+        limiter: ByteLimiter | None = None,
+        request_limiter: RequestLimiter | None = None,
     ) -> None:
         self._store = store
+        self.limiter = limiter
+        self.request_limiter = request_limiter
         self._idle_timeout = idle_timeout
         self._on_upload = on_upload
         self._server: asyncio.Server | None = None
@@ -133,6 +146,14 @@ class PieceServer:
     ) -> bool:
         """Answer one DownloadPiece; False when the connection must close."""
         pid = request.packet_id
+        if self.request_limiter is not None and not self.request_limiter.allow():
+            writer.write(
+                vortex.encode_error(
+                    pid, vortex.ErrorCode.RESOURCE_EXHAUSTED, "too many piece requests; retry"
+                )
+            )
+            await writer.drain()
+            return True
         meta = self._store.get(request.task_id)
         if meta is None:
             writer.write(vortex.encode_error(pid, vortex.ErrorCode.NOT_FOUND, "unknown task"))
@@ -155,7 +176,8 @@ class PieceServer:
             await writer.drain()
             return True
         writer.write(vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest))
-        sent = await asyncio.get_running_loop().sendfile(writer.transport, file, piece.offset, piece.length)
+        with self._store.using(request.task_id):
+            sent = await self._sendfile(writer, file, piece.offset, piece.length)
         self.bytes_sent += sent
         if sent != piece.length:
             log.warning(
@@ -173,6 +195,21 @@ class PieceServer:
             except Exception:
                 log.exception("on_upload callback failed")
         return True
+
+    async def _sendfile(self, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int) -> int:
+        loop = asyncio.get_running_loop()
+        limiter = self.limiter
+        if limiter is None or limiter.unlimited:
+            return await loop.sendfile(writer.transport, file, offset, length)
+        sent = 0
+        while sent < length:
+            n = await limiter.acquire(length - sent)
+            got = await loop.sendfile(writer.transport, file, offset + sent, n)
+            sent += got
+            if got < n:
+                limiter.refund(n - got)
+                break
+        return sent
 
 
 class _OpenFiles:

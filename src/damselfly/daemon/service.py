@@ -7,15 +7,17 @@ Protobuf is translated at this edge; the work is done by the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import grpc
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, timestamp_pb2
 
 from .. import logs
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
@@ -31,11 +33,18 @@ from ..errors import (
     SourceStatusError,
     SourceUnreachable,
 )
+from ..units import parse_size
 from . import output
+from .ratelimit import TASK_LIMITER, ByteLimiter, RequestLimiter
 from .storage import PieceStore, TaskMeta
 from .tasks import TaskManager
 
 log = logging.getLogger(__name__)
+
+# dfget --rate-limit travels as this request header (common.v2.Download has no rate field).
+RATE_LIMIT_HEADER = "X-Damselfly-Rate-Limit"
+# StatLocalTask / ListLocalTasks trailer: JSON with per-task disk bytes, state, last access.
+STORE_TRAILER = "x-damselfly-store"
 
 STAT_WAIT = 5.0  # how long StatTask waits for a running task to learn its content length
 
@@ -67,6 +76,62 @@ async def _abort(context: Any, exc: BaseException) -> NoReturn:
     raise AssertionError("unreachable")
 
 
+def take_rate_limit(spec: DownloadSpec) -> ByteLimiter | None:
+    """Pop the per-download rate limit header from ``spec`` (dfget --rate-limit); None if absent."""
+    for name in list(spec.request_header):
+        if name.lower() == RATE_LIMIT_HEADER.lower():
+            raw = spec.request_header.pop(name)
+            try:
+                rate = parse_size(raw.strip().removesuffix("/s"))
+            except ValueError:
+                raise InvalidArgument(f"{RATE_LIMIT_HEADER}: not a rate: {raw!r} (try 10MB/s)") from None
+            return ByteLimiter(rate, name="download-task") if rate > 0 else None
+    return None
+
+
+def _timestamp(seconds: float) -> Any:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def local_task_to_pb(meta: TaskMeta, *, uploading: int = 0, uploaded: int = 0) -> Any:
+    pb = dfdaemon_pb2.StatLocalTaskResponse(
+        task_id=meta.task_id,
+        piece_length=meta.piece_length or 0,
+        content_length=meta.content_length or 0,
+        response_header=meta.response_header,
+        uploading_count=uploading,
+        uploaded_count=uploaded,
+        created_at=_timestamp(meta.created_at),
+        updated_at=_timestamp(meta.updated_at),
+    )
+    if meta.state == "succeeded":
+        pb.finished_at.CopyFrom(_timestamp(meta.updated_at))
+    elif meta.state == "failed":
+        pb.failed_at.CopyFrom(_timestamp(meta.updated_at))
+    return pb
+
+
+def store_report(store: PieceStore, task_ids: list[str], busy: set[str], capacity: int = 0) -> str:
+    """JSON for the ``x-damselfly-store`` trailer: what StatLocalTaskResponse has no field for."""
+    tasks = {}
+    for task_id in task_ids:
+        meta = store.get(task_id)
+        if meta is None:
+            continue
+        tasks[task_id] = {
+            "state": meta.state,
+            "bytes": store.task_usage(task_id),
+            "pieces": len(meta.pieces),
+            "piece_count": meta.piece_count,
+            "accessed_at": meta.accessed_at,
+            "in_use": task_id in busy,
+            "url": meta.url,
+        }
+    return json.dumps({"usage": store.usage(), "capacity": capacity, "tasks": tasks}, separators=(",", ":"))
+
+
 def task_to_pb(meta: TaskMeta, peer_count: int = 0) -> Any:
     pb = common_pb2.Task(
         id=meta.task_id,
@@ -93,13 +158,31 @@ class Downloads:
         self.host = host
 
     async def progress(self, spec: DownloadSpec, *, check_url: bool = True) -> AsyncIterator[Any]:
-        """Yield DownloadTaskResponse messages until the task is complete; raise on failure."""
+        """Yield DownloadTaskResponse messages until the task is complete; raise on failure.
+
+        The task is held in use (the cache GC skips it) until the caller is done,
+        export included. A ``X-Damselfly-Rate-Limit`` request header (bytes per
+        second) limits the download it starts, under the host's limit; it is
+        consumed here and never sent to the origin.
+        """
         if check_url:
             scheme = urlsplit(spec.url).scheme
             if scheme not in ("http", "https"):
                 raise InvalidArgument(f"unsupported URL {spec.url!r}: use http:// or https://")
         out = output.check_output_path(spec.output_path) if spec.output_path else None
-        task_id, job = self.manager.ensure(spec)
+        task_limiter = take_rate_limit(spec)
+        token = TASK_LIMITER.set(task_limiter)
+        try:
+            task_id, job = self.manager.ensure(spec)
+        finally:
+            TASK_LIMITER.reset(token)
+        with self.store.using(task_id):
+            async for msg in self._follow(spec, task_id, job, out):
+                yield msg
+
+    async def _follow(
+        self, spec: DownloadSpec, task_id: str, job: asyncio.Task[None], out: Path | None
+    ) -> AsyncIterator[Any]:
         conductor = self.manager.running().get(task_id)
         peer_id = conductor.peer_id if conductor is not None else ""
         with logs.log_context(task_id=task_id, peer_id=peer_id):
@@ -182,8 +265,42 @@ class Downloads:
 class DownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: ignore[misc]
     """``dfdaemon.v2.DfdaemonDownload`` for dfget and local tools, on the unix socket."""
 
-    def __init__(self, downloads: Downloads) -> None:
+    def __init__(
+        self,
+        downloads: Downloads,
+        *,
+        busy: Callable[[], set[str]] = set,
+        capacity: Callable[[], int] = lambda: 0,
+        uploaded: Mapping[str, int] | None = None,
+    ) -> None:
         self.downloads = downloads
+        self._busy = busy
+        self._capacity = capacity
+        self._uploaded = uploaded if uploaded is not None else {}
+
+    def _local(self, meta: TaskMeta) -> Any:
+        store = self.downloads.store
+        return local_task_to_pb(
+            meta, uploading=store.pin_count(meta.task_id), uploaded=self._uploaded.get(meta.task_id, 0)
+        )
+
+    def _trailer(self, context: Any, task_ids: list[str]) -> None:
+        busy = self._busy() | self.downloads.store.pinned()
+        report = store_report(self.downloads.store, task_ids, busy, self._capacity())
+        context.set_trailing_metadata(((STORE_TRAILER, report),))
+
+    async def StatLocalTask(self, request: Any, context: Any) -> Any:
+        meta = self.downloads.store.get(request.task_id)
+        if meta is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
+        assert meta is not None
+        self._trailer(context, [meta.task_id])
+        return self._local(meta)
+
+    async def ListLocalTasks(self, request: Any, context: Any) -> Any:
+        metas = sorted(self.downloads.store.tasks(), key=lambda m: m.accessed_at, reverse=True)
+        self._trailer(context, [m.task_id for m in metas])
+        return dfdaemon_pb2.ListLocalTasksResponse(tasks=[self._local(m) for m in metas])
 
     async def DownloadTask(self, request: Any, context: Any) -> AsyncIterator[Any]:
         try:
@@ -215,13 +332,31 @@ class DownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: igno
 class UploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[misc]
     """``dfdaemon.v2.DfdaemonUpload`` for other peers and the scheduler's seed trigger."""
 
-    def __init__(self, downloads: Downloads, piece_ip: str, piece_port: int) -> None:
+    def __init__(
+        self,
+        downloads: Downloads,
+        piece_ip: str,
+        piece_port: int,
+        *,
+        request_limiter: RequestLimiter | None = None,
+    ) -> None:
         self.downloads = downloads
         self.store = downloads.store
         self.piece_ip = piece_ip
         self.piece_port = piece_port
+        self.request_limiter = request_limiter
+        self.calls: Counter[str] = Counter()
+
+    async def _admit(self, method: str, context: Any) -> None:
+        """Count the call; over the request-rate limit, answer RESOURCE_EXHAUSTED rather than queue."""
+        self.calls[method] += 1
+        if self.request_limiter is not None and not self.request_limiter.allow():
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests to this peer; retry later"
+            )
 
     async def DownloadTask(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        await self._admit("DownloadTask", context)
         try:
             spec = download_from_pb(request.download)
             spec.output_path = ""  # a remote caller never writes files on this host
@@ -234,6 +369,7 @@ class UploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[m
             await _abort(context, e)
 
     async def StatTask(self, request: Any, context: Any) -> Any:
+        await self._admit("StatTask", context)
         task_id = request.task_id
         meta = self.store.get(task_id)
         if meta is None or meta.state == "failed":
@@ -251,7 +387,9 @@ class UploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[m
         return task_to_pb(meta)
 
     async def SyncPieces(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        await self._admit("SyncPieces", context)
         task_id = request.task_id
+        self.store.note_access(task_id)
         interested = set(request.interested_piece_numbers)
         meta = self.store.get(task_id)
         if meta is None or meta.state == "failed":

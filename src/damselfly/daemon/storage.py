@@ -39,7 +39,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ _META = "metadata.json"
 _JOURNAL = "pieces.journal"
 _CONTENT = "content"
 _VERIFY_CHUNK = 1 * MiB
+_TRASH = "trash"  # evicted task dirs wait here (renamed atomically) until removed
 
 
 @dataclass(slots=True)
@@ -226,6 +227,8 @@ class PieceStore:
         self._tasks: dict[str, TaskMeta] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._journals: dict[str, int] = {}
+        # Tasks in use (a piece being sent, an export): eviction skips them. task_id -> holders.
+        self._pins: dict[str, int] = {}
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -242,6 +245,12 @@ class PieceStore:
     # ------------------------------------------------------------------ loading
 
     def _load(self) -> None:
+        # Evictions a crash interrupted: the task was renamed away whole, so its
+        # leftovers are just removed.
+        trash = self.root / _TRASH
+        if trash.is_dir():
+            for leftover in trash.iterdir():
+                self.purge(leftover)
         for meta_path in sorted((self.root / "tasks").glob(f"*/*/{_META}")):
             task_dir = meta_path.parent
             if not _valid_id(task_dir.name) or task_dir.parent.name != task_dir.name[:3]:
@@ -598,14 +607,91 @@ class PieceStore:
 
     def delete_task(self, task_id: str) -> None:
         """Forget the task and remove its files. Open fds stay readable (POSIX); waiters wake."""
+        trash = self._detach(task_id)
+        if trash is not None:
+            self.purge(trash)
+
+    # ------------------------------------------------------------------ eviction
+
+    @contextlib.contextmanager
+    def using(self, task_id: str) -> Iterator[None]:
+        """Hold the task in use (eviction skips it) for the ``with`` block; counts as an access."""
+        with self._lock:
+            self._pins[task_id] = self._pins.get(task_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._pins[task_id] - 1
+                if left:
+                    self._pins[task_id] = left
+                else:
+                    del self._pins[task_id]
+            self.note_access(task_id)
+
+    def pin_count(self, task_id: str) -> int:
+        with self._lock:
+            return self._pins.get(task_id, 0)
+
+    def pinned(self) -> set[str]:
+        with self._lock:
+            return set(self._pins)
+
+    def note_access(self, task_id: str) -> None:
+        """Record a use (a piece uploaded) in memory only: the LRU order, without a disk write."""
+        meta = self.get(task_id)
+        if meta is not None:
+            meta.accessed_at = self._clock()
+
+    def task_usage(self, task_id: str) -> int:
+        """Bytes the task's files occupy (allocated blocks; sparse content counts what is written)."""
+        total = 0
+        try:
+            for entry in os.scandir(self._dir(task_id)):
+                total += entry.stat(follow_symlinks=False).st_blocks * 512
+        except (FileNotFoundError, InvalidArgument):
+            pass
+        return total
+
+    def evict(self, task_id: str, *, busy: set[str] | frozenset[str] = frozenset()) -> Path | None:
+        """Take the task out of the store unless it is pinned or in ``busy``; return its trash path.
+
+        The task dir is renamed into ``<root>/trash/`` in one atomic step, so a
+        crash leaves either the whole task in place or nothing of it under
+        ``tasks/`` (the trash is emptied on the next load). The caller removes
+        the files with :meth:`purge`, off the event loop if it likes.
+        """
+        with self._lock:
+            if task_id in self._pins or task_id in busy or task_id not in self._tasks:
+                return None
+            return self._detach(task_id)
+
+    def _detach(self, task_id: str) -> Path | None:
         task_dir = self._dir(task_id)
         with self._lock:
             self._close_journal(task_id)
             self._tasks.pop(task_id, None)
-            shutil.rmtree(task_dir, ignore_errors=True)
+            trash_dir = self.root / _TRASH
+            name = f"{task_id}.{os.getpid()}.{time.monotonic_ns()}"
+            target: Path | None = trash_dir / name
+            try:
+                trash_dir.mkdir(exist_ok=True)
+                os.rename(task_dir, trash_dir / name)
+            except FileNotFoundError:
+                target = None
+            except OSError as e:
+                log.warning("cannot move task %s to the trash (%s); removing it in place", task_id, e)
+                shutil.rmtree(task_dir, ignore_errors=True)
+                target = None
             with contextlib.suppress(OSError):
                 task_dir.parent.rmdir()  # only when empty
             self._wake(task_id)
+            return target
+
+    @staticmethod
+    def purge(path: Path) -> None:
+        """Remove an evicted task's files (blocking; a crash midway is finished on the next load)."""
+        shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
         """Close journal fds (the store stays usable; they reopen on demand)."""

@@ -1,0 +1,144 @@
+"""ByteLimiter: grants, fairness between consumers, the burst bound, run-time changes.
+
+Time is a fake clock that the limiter's injected ``sleep`` advances, so these
+run in milliseconds and assert exact numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from damselfly.daemon.ratelimit import MAX_GRANT, ByteLimiter, LimiterChain, chain
+from damselfly.units import KiB, MiB
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def limiter(rate: float, burst: int | None = None) -> tuple[ByteLimiter, FakeTime]:
+    t = FakeTime()
+    return ByteLimiter(rate, burst=burst, clock=t, sleep=t.sleep), t
+
+
+async def test_consume_takes_rate_time_after_the_initial_burst() -> None:
+    lim, t = limiter(1 * MiB, burst=64 * KiB)
+    await lim.consume(64 * KiB)  # the full bucket: no wait
+    assert t.now == 0
+    await lim.consume(10 * MiB)
+    assert t.now == pytest.approx(10.0)
+    assert lim.bytes_granted == 10 * MiB + 64 * KiB
+
+
+async def test_grants_never_exceed_the_grant_size_or_the_ask() -> None:
+    lim, _ = limiter(100 * MiB)  # default burst: 10 MB, grants capped at MAX_GRANT
+    assert lim.grant_size == MAX_GRANT
+    assert await lim.acquire(10 * MiB) == MAX_GRANT
+    assert await lim.acquire(1000) == 1000
+    small, _ = limiter(1000, burst=300)
+    assert small.grant_size == 300
+    assert await small.acquire(10_000) == 300
+
+
+async def test_four_consumers_get_equal_shares() -> None:
+    lim, t = limiter(8 * MiB, burst=256 * KiB)
+    got = [0, 0, 0, 0]
+
+    async def consumer(i: int, ask: int) -> None:
+        while t.now < 20:
+            got[i] += await lim.acquire(ask)
+            await asyncio.sleep(0)
+
+    # Different appetites: the grant size is the quantum, so shares stay equal.
+    await asyncio.gather(*(consumer(i, ask) for i, ask in enumerate([64 * KiB, MiB, 4 * MiB, 256 * KiB])))
+    total = sum(got)
+    assert total == pytest.approx(8 * MiB * 20 + 256 * KiB, rel=0.02)
+    # 64 KiB asks get 64 KiB turns: a quarter of the turns, less of the bytes. The
+    # others ask at least a grant per turn and split the rest evenly.
+    assert got[1] == pytest.approx(got[2], rel=0.05)
+    assert got[1] == pytest.approx(got[3], rel=0.05)
+
+
+async def test_equal_consumers_within_five_percent_of_a_quarter() -> None:
+    lim, t = limiter(4 * MiB, burst=128 * KiB)
+    got = [0] * 4
+
+    async def consumer(i: int) -> None:
+        while t.now < 20:
+            got[i] += await lim.acquire(MiB)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(consumer(i) for i in range(4)))
+    share = sum(got) / 4
+    for g in got:
+        assert abs(g - share) / share < 0.05
+
+
+async def test_bursts_never_exceed_the_bucket() -> None:
+    rate, burst = 1 * MiB, 100 * KiB
+    lim, t = limiter(rate, burst=burst)
+    grants: list[tuple[float, int]] = []
+
+    async def consumer() -> None:
+        while t.now < 5:
+            n = await lim.acquire(3 * burst)
+            grants.append((t.now, n))
+            await asyncio.sleep(0)
+
+    await asyncio.gather(consumer(), consumer(), consumer())
+    # In every window [a, b] of grant times, bytes granted <= burst + rate * (b - a).
+    for i, (a, _) in enumerate(grants):
+        total = 0
+        for b, n in grants[i:]:
+            total += n
+            assert total <= burst + rate * (b - a) + 1e-6
+
+
+async def test_refund_gives_unused_bytes_back() -> None:
+    lim, t = limiter(1000, burst=1000)
+    n = await lim.acquire(1000)
+    lim.refund(n - 10)
+    assert lim.bytes_granted == 10
+    await lim.consume(990)
+    assert t.now == 0  # served from the refund, no wait
+
+
+async def test_unlimited_never_waits() -> None:
+    lim, t = limiter(0)
+    await lim.consume(10**12)
+    assert t.now == 0
+    assert lim.unlimited
+
+
+async def test_raising_the_limit_wakes_a_waiter_at_once() -> None:
+    lim = ByteLimiter(1, burst=64 * KiB)  # real time: 1 byte/s
+    await lim.consume(64 * KiB)
+    waiter = asyncio.ensure_future(lim.consume(64 * KiB))  # would take 18 hours
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    lim.set_rate(0)
+    await asyncio.wait_for(waiter, 5)
+
+
+async def test_chain_takes_every_limit_and_grants_at_most_the_smallest_quantum() -> None:
+    t = FakeTime()
+    host = ByteLimiter(10 * MiB, burst=1 * MiB, clock=t, sleep=t.sleep)
+    task = ByteLimiter(1 * MiB, burst=64 * KiB, clock=t, sleep=t.sleep)
+    both = chain(host, task)
+    assert isinstance(both, LimiterChain)
+    assert both.grant_size == 64 * KiB
+    await both.consume(5 * MiB)
+    assert t.now == pytest.approx(5 - 64 * KiB / MiB, rel=0.01)  # the task's limit rules
+    assert host.bytes_granted == task.bytes_granted == 5 * MiB
+    assert chain(None, ByteLimiter(0)) is None
+    assert chain(host, None) is host
