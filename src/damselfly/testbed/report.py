@@ -8,6 +8,7 @@ plain data that unit tests pin down.
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from .scenarios import Scenario
 UPLOAD_METRIC = "damselfly_daemon_upload_traffic_bytes_total"
 DOWNLOAD_METRIC = "damselfly_daemon_download_traffic_bytes_total"
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -60,6 +62,15 @@ def parse_proc_stat(text: str) -> CpuTimes:
 
 def read_cpu_times(path: Path = Path("/proc/stat")) -> CpuTimes:
     return parse_proc_stat(path.read_text())
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def busy_fraction(start: CpuTimes, end: CpuTimes) -> float:
@@ -121,6 +132,10 @@ class SwarmResult:
     origin_bytes: int = 0
     origin_requests: int = 0
     cpu_busy_fraction: float | None = None
+    # CPU seconds the testbed's servers (origin, scheduler, daemons) used during the transfer,
+    # apart from whatever else the machine was running.
+    testbed_cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
     wall_s: float = 0.0
     error: str = ""
     progress: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
@@ -140,6 +155,14 @@ class SwarmResult:
     def back_to_source_count(self) -> int:
         """Seeds and peers that fetched any bytes from the origin themselves."""
         return sum(1 for h in self.hosts if h.downloaded.get("back_to_source", 0) > 0)
+
+    @property
+    def testbed_cpu_fraction(self) -> float | None:
+        """Share of all cores the testbed's own servers used; next to the machine's busy fraction
+        it tells a CPU-bound run from a machine that was busy with something else."""
+        if self.wall_s <= 0 or not self.testbed_cpu_s:
+            return None
+        return round(sum(self.testbed_cpu_s.values()) / (self.wall_s * self.cpu_count), 4)
 
     def to_json(self) -> dict[str, Any]:
         bound = self.scenario.bound()
@@ -173,6 +196,9 @@ class SwarmResult:
             "back_to_source_count": self.back_to_source_count,
             "uploaded_bytes": {h.name: h.uploaded_bytes for h in self.hosts},
             "cpu_busy_fraction": None if self.cpu_busy_fraction is None else round(self.cpu_busy_fraction, 4),
+            "testbed_cpu_s": {k: round(v, 2) for k, v in self.testbed_cpu_s.items()},
+            "testbed_cpu_fraction": self.testbed_cpu_fraction,
+            "cpu_count": self.cpu_count,
             "wall_s": round(self.wall_s, 3),
             "hosts": [h.to_json() for h in self.hosts],
             "progress": {k: [[round(t, 3), b] for t, b in v] for k, v in self.progress.items()},
@@ -216,6 +242,9 @@ def human_summary(data: dict[str, Any]) -> str:
         f"  origin sent {human_size(o['bytes'])} = {num(o['bytes_over_f'], '{:.3f}')} F in {o['requests']} "
         f"request(s); back-to-source hosts: {data['back_to_source_count']}"
     )
-    lines.append(f"  CPU busy {num(data['cpu_busy_fraction'], '{:.0%}')} of all cores during the transfer")
+    lines.append(
+        f"  CPU busy {num(data['cpu_busy_fraction'], '{:.0%}')} of all {data['cpu_count']} cores during the "
+        f"transfer, of which the testbed's servers {num(data['testbed_cpu_fraction'], '{:.0%}')}"
+    )
     lines.append("  all digests ok" if data["ok"] else "  RUN FAILED")
     return "\n".join(lines)

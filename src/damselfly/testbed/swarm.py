@@ -61,6 +61,7 @@ from .report import (
     SwarmResult,
     busy_fraction,
     metric_values,
+    process_cpu_seconds,
     read_cpu_times,
 )
 from .scenarios import HostSpec, Scenario
@@ -269,6 +270,7 @@ class SwarmRun:
         for p in pollers.values():
             p.start()
         cpu0 = read_cpu_times()
+        proc0 = {c.name: process_cpu_seconds(c.pid) for c in self.children}
         last_cpu, last_cpu_t = cpu0, 0.0
         started: dict[str, ChildProcess] = {}
         deadline = t0 + (peers[-1].arrival_s if peers else 0) + opts.timeout_s + 30
@@ -303,6 +305,9 @@ class SwarmRun:
                 time.sleep(0.02)
         finally:
             self.result.cpu_busy_fraction = busy_fraction(cpu0, read_cpu_times())
+            self.result.testbed_cpu_s = {
+                c.name: process_cpu_seconds(c.pid) - proc0[c.name] for c in self.children if c.alive()
+            }
             self.result.wall_s = time.monotonic() - t0
             stop.set()
             for p in pollers.values():

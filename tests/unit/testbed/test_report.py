@@ -106,3 +106,16 @@ def test_plot(tmp_path: Path) -> None:
 
     out = plot_progress(_result().to_json(), tmp_path / "p.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_process_cpu_seconds_and_testbed_share() -> None:
+    import os
+
+    from damselfly.testbed.report import process_cpu_seconds
+
+    assert process_cpu_seconds(os.getpid()) > 0
+    assert process_cpu_seconds(999_999_999) == 0.0
+    r = _result()
+    assert r.testbed_cpu_fraction is None  # no transfer measured
+    r.wall_s, r.cpu_count, r.testbed_cpu_s = 10.0, 2, {"seed": 3.0, "peer0": 2.0}
+    assert r.to_json()["testbed_cpu_fraction"] == pytest.approx(0.25)
