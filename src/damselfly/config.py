@@ -172,6 +172,75 @@ class SourceConfig(Section):
     ca_cert: str = ""
 
 
+class ProxyServerConfig(Section):
+    """Where the registry mirror / HTTP(S) proxy listens. Loopback by default: never an open proxy."""
+
+    ip: str = "127.0.0.1"
+    port: int = 4001  # 0: pick a free port
+
+
+class ProxyRuleConfig(Section):
+    """A URL regex and what to do with matching GETs (Dragonfly's ``proxy.rules[]``).
+
+    ``direct``: pass straight through instead of P2P. ``use_tls``: fetch the
+    upstream over https even when the request said http. ``redirect``: replace
+    the URL's host (or the whole URL prefix when it has a scheme) upstream.
+    """
+
+    regx: str
+    use_tls: bool = Field(default=False, alias="useTLS")
+    direct: bool = False
+    redirect: str = ""
+
+
+class RegistryMirrorConfig(Section):
+    """The registry that mirror requests go to when they do not name one."""
+
+    url: str = "https://index.docker.io"
+    insecure: bool = False  # skip upstream TLS verification for this registry
+    certs: list[str] = Field(default_factory=list)  # extra CA bundles (PEM files) for it
+    # Honour X-Dragonfly-Registry and containerd's ?ns= to pick the upstream per request.
+    dynamic: bool = True
+
+
+class HijackHostConfig(Section):
+    """A host whose CONNECT tunnels are TLS-intercepted (and its upstream TLS options)."""
+
+    regx: str
+    insecure: bool = False
+    certs: list[str] = Field(default_factory=list)
+
+
+class HijackHTTPSConfig(Section):
+    """TLS interception of CONNECT: the CA that signs per-host leaf certificates.
+
+    Empty ``cert``/``key``: a CA is generated on first start and kept in
+    ``<storage.dir>/proxy-ca/`` (``damselfly ca`` prints it for users to trust).
+    """
+
+    cert: str = ""
+    key: str = ""
+    hosts: list[HijackHostConfig] = Field(default_factory=list)
+
+
+class ProxyConfig(Section):
+    """Registry mirror and HTTP(S) proxy on the daemon (Dragonfly's ``proxy.*``)."""
+
+    enable: bool = True
+    server: ProxyServerConfig = Field(default_factory=ProxyServerConfig)
+    rules: list[ProxyRuleConfig] = Field(default_factory=lambda: [ProxyRuleConfig(regx="blobs/sha256.*")])
+    registry_mirror: RegistryMirrorConfig = Field(default_factory=RegistryMirrorConfig)
+    hijack_https: HijackHTTPSConfig = Field(default_factory=HijackHTTPSConfig, alias="hijackHTTPS")
+    # Hosts (regexes) that absolute-URI requests and CONNECT may reach besides
+    # the registries and hijacked hosts; nothing else is proxied.
+    allow_hosts: list[str] = Field(default_factory=list)
+    # A registry blob's task ID is its digest: one blob from two registries is one task.
+    blob_task_id_by_digest: bool = True
+    # After a Range request, keep downloading the whole blob (always true today:
+    # a task downloads whole; kept for Dragonfly compatibility).
+    prefetch: bool = True
+
+
 class DaemonConfig(Section):
     host: HostConfig = Field(default_factory=HostConfig)
     seed_peer: SeedPeerConfig = Field(default_factory=SeedPeerConfig)
@@ -182,6 +251,7 @@ class DaemonConfig(Section):
     source: SourceConfig = Field(default_factory=SourceConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     tls: TLSConfig = Field(default_factory=TLSConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     gc: DaemonGCConfig = Field(default_factory=DaemonGCConfig)
     # Where this config came from, so SIGHUP can read it again (set by load_daemon_config).
     _source_file: Path | None = PrivateAttr(default=None)

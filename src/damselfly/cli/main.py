@@ -180,6 +180,7 @@ def up(
     upload_port: Annotated[int, typer.Option(help="peer daemon's gRPC upload port")] = 4000,
     piece_port: Annotated[int, typer.Option(help="peer daemon's piece server port")] = 4005,
     metrics_port: Annotated[int, typer.Option(help="peer daemon's metrics port")] = 4002,
+    proxy_port: Annotated[int, typer.Option(help="peer daemon's registry mirror / proxy port")] = 4001,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
 ) -> None:
@@ -194,6 +195,7 @@ def up(
             upload_port=upload_port,
             piece_port=piece_port,
             metrics_port=metrics_port,
+            proxy_port=proxy_port,
             ready_file=ready_file,
             log_level=log_level,
         )

@@ -56,6 +56,8 @@ def daemon_overrides(
     piece_port: int | None = None,
     metrics_port: int | None = None,
     socket: Path | None = None,
+    proxy_port: int | None = None,
+    proxy_ip: str | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     pairs: list[tuple[str, Any]] = [
@@ -72,6 +74,8 @@ def daemon_overrides(
         ("storage.server.tcp_port", piece_port),
         ("metrics.port", metrics_port),
         ("download.server.socket_path", str(socket) if socket else None),
+        ("proxy.server.port", proxy_port),
+        ("proxy.server.ip", proxy_ip),
     ]
     for dotted, value in pairs:
         if value is not None:

@@ -52,6 +52,15 @@ def describe(cluster: LocalCluster, socket: Path) -> str:
     lines += [
         "Download through the peer daemon:",
         f"  dfget -e {socket} URL -O FILE",
+        *(
+            [
+                "Pull container images through it (registry mirror / proxy):",
+                f"  127.0.0.1:{cluster.peers[0].ready.get('proxy_port')}   "
+                "(damselfly init containerd|docker|podman writes the client config)",
+            ]
+            if cluster.peers and cluster.peers[0].ready.get("proxy_port")
+            else []
+        ),
         "Stop with Ctrl-C.",
     ]
     return "\n".join(lines)
@@ -65,6 +74,7 @@ def run_up(
     upload_port: int = 4000,
     piece_port: int = 4005,
     metrics_port: int = 4002,
+    proxy_port: int = 4001,
     log_level: str = "INFO",
     ready_file: Path | None = None,
     grace: float = 10.0,
@@ -81,7 +91,7 @@ def run_up(
     root.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(
         root,
-        [PeerSpec("peer", socket, DaemonPorts(upload_port, piece_port, metrics_port))],
+        [PeerSpec("peer", socket, DaemonPorts(upload_port, piece_port, metrics_port, proxy_port))],
         scheduler_port=scheduler_port,
         scheduler_metrics_port=scheduler_metrics_port,
         log_level=log_level,

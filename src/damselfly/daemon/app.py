@@ -93,6 +93,7 @@ class Daemon:
         self.manager: TaskManager | None = None
         self._servers: list[Any] = []
         self._runner: web.AppRunner | None = None
+        self.proxy: Any = None  # proxy.ProxyServer when proxy.enable
         self._jobs: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
         # Set after the first successful AnnounceHost (and restore): until then the
@@ -176,16 +177,49 @@ class Daemon:
             await site.start()
             metrics_port = self._runner.addresses[0][1]
 
-        self.ports = {"upload_port": upload_port, "piece_port": piece_port, "metrics_port": metrics_port}
+        proxy_port = await self._start_proxy()
+        self.host.proxy_port = proxy_port
+        self.ports = {
+            "upload_port": upload_port,
+            "piece_port": piece_port,
+            "metrics_port": metrics_port,
+            "proxy_port": proxy_port,
+        }
         self._jobs.append(asyncio.get_running_loop().create_task(self._durable_loop()))
         self._jobs.append(asyncio.get_running_loop().create_task(self.gc.run()))
         if self.scheduler is not None:
             self._jobs.append(asyncio.get_running_loop().create_task(self._announce_loop()))
         log.info(
-            "daemon %s up: upload %s:%d, pieces %s:%d, socket %s, metrics %d%s",
+            "daemon %s up: upload %s:%d, pieces %s:%d, socket %s, metrics %d, proxy %d%s",
             self.host_id, cfg.upload.server.ip, upload_port, cfg.storage.server.ip, piece_port, sock,
-            metrics_port, " (seed peer)" if self.is_seed else "",
+            metrics_port, proxy_port, " (seed peer)" if self.is_seed else "",
         )  # fmt: skip
+
+    async def _start_proxy(self) -> int:
+        """Start the registry mirror / HTTP(S) proxy; its port, or 0 when off or the port is taken."""
+        cfg = self.config
+        if not cfg.proxy.enable or self.manager is None:
+            return 0
+        from .proxy import ProxyServer
+
+        self.proxy = ProxyServer(
+            cfg.proxy,
+            manager=self.manager,
+            store=self.store,
+            data_dir=Path(cfg.storage.dir),
+            source=cfg.source,
+        )
+        try:
+            return int(await self.proxy.start())
+        except OSError as e:
+            # Several daemons on one host share the default port; only the first gets it.
+            log.warning(
+                "proxy cannot listen on %s:%d (%s); no registry mirror here (see proxy.server.port)",
+                cfg.proxy.server.ip, cfg.proxy.server.port, e.strerror or e,
+            )  # fmt: skip
+            await self.proxy.close()
+            self.proxy = None
+            return 0
 
     def _on_upload(self, task_id: str, nbytes: int) -> None:
         self.uploaded[task_id] += 1
@@ -281,6 +315,8 @@ class Daemon:
         if self.scheduler is not None:
             with contextlib.suppress(SchedulerError):
                 await self.scheduler.delete_host(self.host_id)
+        if self.proxy is not None:
+            await self.proxy.close()
         if self.manager is not None:
             await self.manager.close()
         # Flush what finished but is not on disk yet, so a restart trusts it as is.

@@ -34,6 +34,7 @@ class DaemonPorts:
     upload: int = 0
     piece: int = 0
     metrics: int = 0
+    proxy: int = 0
 
 
 @dataclass(slots=True)
@@ -71,6 +72,7 @@ def daemon_command(
     socket_path: Path | None = None,
     ports: DaemonPorts = DaemonPorts(),
     log_level: str = "INFO",
+    config: Path | None = None,
 ) -> list[str]:
     args = [
         "daemon",
@@ -82,6 +84,7 @@ def daemon_command(
         "--upload-port", str(ports.upload),
         "--piece-port", str(ports.piece),
         "--metrics-port", str(ports.metrics),
+        "--proxy-port", str(ports.proxy),
         "--ready-file", str(root / "run" / f"{name}.ready.json"),
         "--log-file", str(root / "logs" / f"{name}.log"),
         "--log-level", log_level,
@@ -90,6 +93,8 @@ def daemon_command(
         args.append("--seed")
     if socket_path is not None:
         args += ["--socket", str(socket_path)]
+    if config is not None:
+        args += ["--config", str(config)]
     return python_module_command("damselfly", *args)
 
 
@@ -113,6 +118,7 @@ def start_daemon(
     socket_path: Path | None = None,
     ports: DaemonPorts = DaemonPorts(),
     log_level: str = "INFO",
+    config: Path | None = None,
 ) -> ChildProcess:
     """Start a daemon under ``root/name`` (not waiting for it: call ``wait_ready``)."""
     hostname = hostname or f"{socket.gethostname()}-{name}"
@@ -130,6 +136,7 @@ def start_daemon(
         socket_path=socket_path,
         ports=ports,
         log_level=log_level,
+        config=config,
     )
     return spawn(
         name, argv, log_path=root / "logs" / f"{name}.log", ready_file=root / "run" / f"{name}.ready.json"

@@ -1,0 +1,76 @@
+"""Registry-mirror requests: which registry a ``/v2/...`` request is for, and what it asks.
+
+Pure functions, no I/O. A request in registry form (no absolute URI) names its
+upstream by the ``X-Dragonfly-Registry`` header (``https://host[:port]``), or
+by containerd's ``?ns=<host>`` query parameter, or else goes to the configured
+default mirror. The ``ns`` parameter is containerd's, not the registry's: it is
+dropped from the upstream URL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from ...errors import InvalidArgument
+
+REGISTRY_HEADER = "X-Dragonfly-Registry"
+NS_PARAM = "ns"
+
+# Docker Hub's canonical name for containerd's ns= and what actually serves /v2/.
+_ALIASES = {"docker.io": "https://registry-1.docker.io", "index.docker.io": "https://index.docker.io"}
+
+_BLOB = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
+_HOSTPORT = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+def normalize_registry(value: str, *, default_scheme: str = "https") -> str:
+    """``host[:port]`` or ``scheme://host[:port]`` -> ``scheme://host[:port]`` (no path, no slash).
+
+    Raises InvalidArgument for anything else, so a header cannot smuggle a
+    path, user info or a second URL into the upstream.
+    """
+    value = value.strip().rstrip("/")
+    if "://" not in value:
+        alias = _ALIASES.get(value)
+        if alias:
+            return alias
+        value = f"{default_scheme}://{value}"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not _HOSTPORT.match(parts.netloc) or parts.path:
+        raise InvalidArgument(f"not a registry address: {value!r} (want scheme://host[:port])")
+    if parts.query or parts.fragment:
+        raise InvalidArgument(f"not a registry address: {value!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def upstream_for(headers: Mapping[str, str], query: str, default: str, *, dynamic: bool = True) -> str:
+    """The registry base URL this mirror request goes to."""
+    if dynamic:
+        named = headers.get(REGISTRY_HEADER)
+        if named:
+            return normalize_registry(named)
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            if key == NS_PARAM and value:
+                return normalize_registry(value)
+    return normalize_registry(default)
+
+
+def strip_ns(query: str) -> str:
+    """The query string without containerd's ``ns`` parameter (order of the rest kept)."""
+    if not query:
+        return ""
+    return urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != NS_PARAM])
+
+
+def upstream_url(base: str, path: str, query: str) -> str:
+    """The registry URL for a mirror request's path and query (``ns`` dropped)."""
+    q = strip_ns(query)
+    return f"{base}{path}" + (f"?{q}" if q else "")
+
+
+def blob_digest(path: str) -> str | None:
+    """``sha256:<hex>`` when ``path`` is ``/v2/<name>/blobs/sha256:<hex>``, else None."""
+    m = _BLOB.match(path)
+    return m.group("digest") if m else None

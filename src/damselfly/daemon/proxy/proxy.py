@@ -1,0 +1,443 @@
+"""The registry mirror and HTTP(S) proxy listener of a daemon.
+
+One TCP listener (loopback by default) takes three kinds of requests:
+
+* **mirror** (``GET /v2/...`` with no absolute URI): the registry comes from
+  ``X-Dragonfly-Registry``, containerd's ``?ns=``, or the configured default
+  (:mod:`.mirror`);
+* **proxy** (absolute URI, ``GET http://host/...``): only to hosts that are a
+  registry we mirror, an intercepted host, or on the allow-list: never an open proxy;
+* **CONNECT host:port**: TLS-intercepted with a leaf certificate from our CA
+  when the host matches ``proxy.hijackHTTPS.hosts`` (the requests inside are
+  then handled like proxy requests to ``https://host``), tunnelled untouched
+  when the host is allowed, refused otherwise.
+
+The first request head on a connection is sniffed: a CONNECT is handled here on
+the raw transport, anything else hands the connection to aiohttp's HTTP
+protocol. Requests matching the rules (:mod:`.rules`) go through the swarm and
+are streamed from the store (:mod:`.stream`); the rest pass straight through
+(:mod:`.upstream`). Credentials (``Authorization``...) go only to the
+registry, never into logs. Owner of the listener, the aiohttp server, the
+upstream session and the CONNECT tasks: :class:`ProxyServer` (:meth:`close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import weakref
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from ...config import ProxyConfig, SourceConfig
+from ...domain import DownloadSpec
+from ...errors import DamselflyError, DigestMismatch, InvalidArgument, SourceStatusError
+from ..storage import PieceStore
+from ..tasks import TaskManager
+from . import mirror
+from .ca import CertificateAuthority, ensure_ca
+from .rules import Route, compile_rules, decide
+from .stream import (
+    RangeNotSatisfiable,
+    Span,
+    forget_bad_task,
+    parse_range,
+    send_span,
+    wait_for_length,
+)
+from .upstream import TLSPolicy, TLSRule, Upstream, forward_headers
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 64 * 1024
+TASK_ID_HEADER = "X-Dragonfly-Task-ID"
+# Statuses a client must see as the registry sent them (the 401 carries the
+# WWW-Authenticate challenge that starts the token dance).
+_PASS_STATUSES = frozenset({400, 401, 403, 404, 405, 407, 416, 429})
+
+
+def _split_hostport(authority: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(f"//{authority}")
+    if not parts.hostname:
+        raise InvalidArgument(f"bad authority {authority!r}")
+    return parts.hostname, parts.port or default_port
+
+
+class ProxyServer:
+    """The proxy/mirror of one daemon; downloads go through its :class:`TaskManager`."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        manager: TaskManager,
+        store: PieceStore,
+        data_dir: Path,
+        source: SourceConfig | None = None,
+    ) -> None:
+        self.config = config
+        self.manager = manager
+        self.store = store
+        self.rules = compile_rules(config.rules)
+        self.default_registry = mirror.normalize_registry(config.registry_mirror.url)
+        source = source or SourceConfig()
+        self.hijack = [re.compile(h.regx) for h in config.hijack_https.hosts]
+        self.allow = [re.compile(h) for h in config.allow_hosts]
+        mirror_host = urlsplit(self.default_registry).netloc
+        tls_rules = [
+            TLSRule(re.compile(re.escape(mirror_host)), config.registry_mirror.insecure,
+                    list(config.registry_mirror.certs)),
+            *(TLSRule(re.compile(h.regx), h.insecure, list(h.certs)) for h in config.hijack_https.hosts),
+        ]  # fmt: skip
+        self.upstream = Upstream(
+            TLSPolicy(tls_rules, [source.ca_cert]),
+            connect_timeout=source.connect_timeout,
+            read_timeout=source.read_timeout,
+        )
+        cert, key = ensure_ca(data_dir, config.hijack_https.cert, config.hijack_https.key)
+        self.ca = CertificateAuthority(cert, key)
+        self.ca_cert_path = cert
+        self._web: web.Server | None = None
+        self._server: asyncio.Server | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._tunnel_hosts: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self.port = 0
+
+    # ----------------------------------------------------------------- life
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._web = web.Server(self._handle, handler_cancellation=True)
+        cfg = self.config.server
+        self._server = await loop.create_server(lambda: _Sniffer(self), cfg.ip, cfg.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for job in list(self._jobs):
+            job.cancel()
+        for job in list(self._jobs):
+            with contextlib.suppress(BaseException):
+                await job
+        if self._web is not None:
+            await self._web.shutdown(2.0)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        await self.upstream.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.get_running_loop().create_task(coro)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    def _http_protocol(self) -> asyncio.Protocol:
+        assert self._web is not None
+        proto: asyncio.Protocol = self._web()
+        return proto
+
+    # ------------------------------------------------------------ policy
+
+    def _registry_hosts(self) -> set[str]:
+        return {urlsplit(self.default_registry).netloc}
+
+    def is_hijacked(self, host: str) -> bool:
+        return any(p.fullmatch(host) for p in self.hijack)
+
+    def may_reach(self, host: str, port: int) -> bool:
+        """Whether absolute-URI/CONNECT requests may go to ``host:port`` (no open proxy)."""
+        names = {host, f"{host}:{port}"}
+        if names & self._registry_hosts():
+            return True
+        return any(p.fullmatch(n) for p in (*self.hijack, *self.allow) for n in names)
+
+    # ------------------------------------------------------------ requests
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            url = self._target(request)
+        except InvalidArgument as e:
+            return _error(400, str(e))
+        except PermissionError as e:
+            return _error(403, str(e))
+        if url is None:
+            return _error(404, "not a registry request: the mirror serves /v2/...")
+        decision = decide(request.method, url, self.rules)
+        log.debug("%s %s -> %s", request.method, urlsplit(decision.url).path, decision.route.value)
+        if decision.route is Route.P2P:
+            digest = mirror.blob_digest(urlsplit(decision.url).path) or ""
+            return await self._p2p(request, decision.url, digest)
+        return await self._forward(request, decision.url)
+
+    def _target(self, request: web.BaseRequest) -> str | None:
+        """The upstream URL of ``request``, None when it is not one we serve."""
+        target = request.message.url
+        if target.is_absolute():  # proxy form
+            host, port = target.host or "", target.port or 80
+            if target.scheme not in ("http", "https") or not self.may_reach(host, port):
+                raise PermissionError(f"this proxy does not forward to {host}:{port}")
+            return str(target)
+        tunnel = self._tunnel_hosts.get(request.transport) if request.transport is not None else None
+        if tunnel is not None:  # inside an intercepted CONNECT
+            return f"https://{tunnel}{request.rel_url.raw_path_qs}"
+        if not request.rel_url.raw_path.startswith("/v2"):
+            return None
+        base = mirror.upstream_for(
+            request.headers,
+            request.rel_url.raw_query_string,
+            self.default_registry,
+            dynamic=self.config.registry_mirror.dynamic,
+        )
+        return mirror.upstream_url(base, request.rel_url.raw_path, request.rel_url.raw_query_string)
+
+    async def _forward(self, request: web.BaseRequest, url: str) -> web.StreamResponse:
+        try:
+            return await self.upstream.forward(request, url)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            return _error(502, f"the registry at {_origin(url)} failed: {type(e).__name__}: {e}")
+
+    def _spec(self, request: web.BaseRequest, url: str, digest: str) -> DownloadSpec:
+        headers: dict[str, str] = {}
+        for k, v in forward_headers(request.headers.items()).items():
+            if k.lower() not in ("range", "if-range"):
+                headers.setdefault(k, v)
+        filtered = request.headers.get("X-Dragonfly-Filtered-Query-Params")
+        return DownloadSpec(
+            url=url,
+            tag=request.headers.get("X-Dragonfly-Tag", ""),
+            application=request.headers.get("X-Dragonfly-Application", ""),
+            filtered_query_params=[p for p in filtered.split("&") if p] if filtered else None,
+            request_header=headers,
+            content_for_calculating_task_id=digest if digest and self.config.blob_task_id_by_digest else "",
+            prefetch=self.config.prefetch,
+        )
+
+    async def _p2p(self, request: web.BaseRequest, url: str, digest: str) -> web.StreamResponse:
+        spec = self._spec(request, url, digest)
+        task_id, job = self.manager.ensure(spec)
+        try:
+            meta = await wait_for_length(self.store, task_id, job)
+        except SourceStatusError as e:
+            self._forget_failed(task_id)
+            if e.status in _PASS_STATUSES:
+                # Let the registry tell the client itself (its 401 challenge, its 404 body).
+                return await self._forward(request, url)
+            return _error(502, f"the registry answered {e.status} {e.reason} for this blob".rstrip())
+        except DamselflyError as e:
+            self._forget_failed(task_id)
+            return _error(502, f"could not fetch the blob: {e}")
+        assert meta.content_length is not None and meta.piece_length is not None
+        total = meta.content_length
+        span: Span | None = None
+        if "Range" in request.headers:
+            try:
+                span = parse_range(request.headers["Range"], total)
+            except RangeNotSatisfiable as e:
+                return _error(416, str(e), {"Content-Range": f"bytes */{total}"})
+        resp = web.StreamResponse(status=200 if span is None else 206)
+        resp.headers["Content-Type"] = "application/octet-stream"
+        resp.headers["Accept-Ranges"] = "bytes"
+        resp.headers[TASK_ID_HEADER] = task_id
+        if digest:
+            resp.headers["Docker-Content-Digest"] = digest
+            resp.headers["ETag"] = f'"{digest}"'
+        if span is None:
+            span = Span(0, total - 1, total)
+            check = digest
+        else:
+            resp.headers["Content-Range"] = f"bytes {span.start}-{span.end}/{total}"
+            check = ""
+        resp.content_length = span.length
+        await resp.prepare(request)
+        if span.length <= 0:
+            await resp.write_eof()
+            return resp
+        try:
+            await send_span(self.store, task_id, job, span, meta.piece_length, resp.write, digest=check)
+        except DigestMismatch as e:
+            log.warning("blob %s from %s: %s; aborting the response", digest, _origin(url), e)
+            _abort(request)
+            await forget_bad_task(self.store, task_id, job)
+            return resp
+        except (DamselflyError, OSError) as e:
+            log.warning("serving blob %s failed mid-way: %s", digest or urlsplit(url).path, e)
+            _abort(request)
+            self._forget_failed(task_id)
+            return resp
+        await resp.write_eof()
+        with contextlib.suppress(DamselflyError):
+            self.store.touch(task_id)
+        return resp
+
+    def _forget_failed(self, task_id: str) -> None:
+        """A failed download leaves nothing behind that a later request could trust."""
+        meta = self.store.get(task_id)
+        if meta is not None and meta.state == "failed" and not self.manager.is_running(task_id):
+            with contextlib.suppress(DamselflyError, OSError):
+                self.store.delete_task(task_id)
+
+    # ------------------------------------------------------------ CONNECT
+
+    async def _connect(self, transport: asyncio.Transport, authority: str, early: bytes) -> None:
+        try:
+            host, port = _split_hostport(authority, 443)
+        except InvalidArgument:
+            _refuse(transport, 400, "bad CONNECT target")
+            return
+        if self.is_hijacked(host) or self.is_hijacked(f"{host}:{port}"):
+            if early:
+                _refuse(transport, 400, "data before the tunnel was established")
+                return
+            await self._intercept(transport, host, port)
+        elif self.may_reach(host, port):
+            await self._tunnel(transport, host, port, early)
+        else:
+            log.info("refused CONNECT to %s:%d (not a registry, hijacked or allowed host)", host, port)
+            _refuse(transport, 403, f"this proxy does not tunnel to {host}:{port}")
+
+    async def _intercept(self, transport: asyncio.Transport, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ctx = await asyncio.to_thread(self.ca.server_context, host)
+            holder = _Holder()
+            transport.set_protocol(holder)
+            transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            tls = await loop.start_tls(transport, holder, ctx, server_side=True, ssl_handshake_timeout=15)
+        except (OSError, ConnectionError, TimeoutError, DamselflyError) as e:
+            log.info("TLS interception of %s failed: %s", host, e)
+            transport.abort()
+            return
+        if tls is None:
+            transport.abort()
+            return
+        self._tunnel_hosts[tls] = host if port == 443 else f"{host}:{port}"
+        proto = self._http_protocol()
+        tls.set_protocol(proto)
+        proto.connection_made(tls)
+        holder.hand_over(proto)
+
+    async def _tunnel(self, transport: asyncio.Transport, host: str, port: int, early: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        proto = asyncio.StreamReaderProtocol(reader)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, proto, reader, loop)
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        except (OSError, TimeoutError) as e:
+            _refuse(transport, 502, f"cannot reach {host}:{port}: {e}")
+            return
+        transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        transport.resume_reading()
+        if early:
+            up_writer.write(early)
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(256 * 1024):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (OSError, ConnectionError):
+        writer.close()
+
+
+class _Sniffer(asyncio.Protocol):
+    """Reads a connection's first request head, then hands the connection on."""
+
+    def __init__(self, owner: ProxyServer) -> None:
+        self.owner = owner
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.buf += data
+        if not self.buf[:1].isalpha():
+            # A TLS ClientHello (clients that try https first, like skopeo with an
+            # insecure mirror) or garbage: close at once so the client falls back.
+            transport.abort()
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buf) > MAX_HEAD:
+                _refuse(transport, 431, "request head too large")
+            return
+        line = bytes(self.buf[: self.buf.find(b"\r\n")]).split(b" ")
+        if line[0] == b"CONNECT" and len(line) == 3:
+            transport.pause_reading()
+            early = bytes(self.buf[end + 4 :])
+            self.owner._spawn(self.owner._connect(transport, line[1].decode("latin-1"), early))
+            return
+        proto = self.owner._http_protocol()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        proto.data_received(bytes(self.buf))
+
+
+class _Holder(asyncio.Protocol):
+    """Keeps decrypted bytes that arrive before the HTTP protocol takes the connection."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.closed = False
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+
+    def hand_over(self, proto: asyncio.Protocol) -> None:
+        if self.buf:
+            proto.data_received(bytes(self.buf))
+            self.buf.clear()
+
+
+def _refuse(transport: asyncio.Transport, status: int, reason: str) -> None:
+    body = reason.encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    transport.write(head + body)
+    transport.close()
+
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}
+
+
+def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=reason + "\n", headers=headers)
+
+
+def _abort(request: web.BaseRequest) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def _origin(url: str) -> str:
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc}"

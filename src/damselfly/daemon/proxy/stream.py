@@ -1,0 +1,188 @@
+"""Serve a blob to a client from the piece store while the swarm is still downloading it.
+
+The bytes go out in order as their pieces land, so a client's pull overlaps the
+P2P download instead of waiting for it. A whole-blob answer is hashed on the
+way and the last chunk is held back until the sha256 matches the digest the
+client asked for: a wrong blob never reaches the client complete (the
+connection is aborted) and never stays in the store (the task is deleted).
+A Range answer (206) is cut from the pieces it covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ...errors import DamselflyError, DigestMismatch, InvalidArgument, NotFound
+from ...units import MiB
+from ..storage import PieceStore, TaskMeta
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 * MiB
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+class RangeNotSatisfiable(InvalidArgument):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Bytes ``start`` .. ``end`` inclusive of a content of ``total`` bytes."""
+
+    start: int
+    end: int
+    total: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(header: str, total: int) -> Span | None:
+    """One ``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` range over ``total`` bytes.
+
+    None when the header is not a single byte range we serve (answer the whole
+    content, as RFC 9110 allows); RangeNotSatisfiable when it lies outside.
+    """
+    m = _RANGE.match(header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    first, last = m.group(1), m.group(2)
+    if not first:
+        n = int(last)
+        if n == 0:
+            raise RangeNotSatisfiable(f"empty suffix range {header!r}")
+        return Span(max(0, total - n), total - 1, total) if total else None
+    start = int(first)
+    end = min(int(last), total - 1) if last else total - 1
+    if start >= total or (last and int(last) < start):
+        raise RangeNotSatisfiable(f"range {header!r} is outside the {total} bytes")
+    return Span(start, end, total)
+
+
+async def wait_for_length(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> TaskMeta:
+    """The task's metadata once its content length is known; the download's error if it fails first."""
+    while True:
+        meta = store.get(task_id)
+        if meta is not None and meta.content_length is not None and meta.piece_length:
+            return meta
+        if job.done():
+            _raise_from(job)
+            meta = store.get(task_id)
+            if meta is not None and meta.content_length is not None and meta.piece_length:
+                return meta
+            raise DamselflyError("the download ended without a content length")
+        if meta is None:  # the conductor has not created the task yet
+            await asyncio.wait({job}, timeout=0.05)
+            continue
+        await _wait_change(store, task_id, meta.version, job)
+
+
+async def _wait_change(store: PieceStore, task_id: str, version: int, job: asyncio.Task[None]) -> int:
+    waiter = asyncio.ensure_future(store.wait_for_change(task_id, version, 5.0))
+    try:
+        await asyncio.wait({waiter, job}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(BaseException):
+                await waiter
+    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+        return waiter.result()
+    return version
+
+
+def _raise_from(job: asyncio.Task[None]) -> None:
+    if job.cancelled():
+        raise DamselflyError("the download was cancelled")
+    exc = job.exception()
+    if exc is not None:
+        raise exc
+
+
+async def wait_for_piece(store: PieceStore, task_id: str, number: int, job: asyncio.Task[None]) -> None:
+    """Return once piece ``number`` is in the store; raise if the download fails first."""
+    while True:
+        meta = store.get(task_id)
+        if meta is None:
+            raise NotFound(f"task {task_id} was removed while being served")
+        if number in meta.pieces:
+            return
+        if job.done():
+            _raise_from(job)
+            meta = store.get(task_id)
+            if meta is not None and number in meta.pieces:
+                return
+            raise DamselflyError(f"the download ended without piece {number}")
+        await _wait_change(store, task_id, meta.version, job)
+
+
+def _read(fd: int, offset: int, length: int, hasher: hashlib._Hash | None) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise DamselflyError(f"content file is short at offset {offset}")
+    if hasher is not None:
+        hasher.update(data)
+    return data
+
+
+async def send_span(
+    store: PieceStore,
+    task_id: str,
+    job: asyncio.Task[None],
+    span: Span,
+    piece_length: int,
+    write: Write,
+    *,
+    digest: str = "",
+) -> None:
+    """Write bytes ``span`` of the task with ``write`` in order, as their pieces land.
+
+    With ``digest`` (``sha256:<hex>``, the span being the whole content), the
+    bytes are hashed and the last chunk is written only if they match; else
+    DigestMismatch is raised with the last chunk unsent.
+    """
+    hasher = hashlib.sha256() if digest else None
+    fd = store.open_read_fd(task_id)
+    try:
+        pos = span.start
+        end = span.end + 1
+        held: bytes | None = None
+        while pos < end:
+            number = pos // piece_length
+            await wait_for_piece(store, task_id, number, job)
+            stop = min(end, (number + 1) * piece_length)
+            while pos < stop:
+                n = min(CHUNK, stop - pos)
+                data = await asyncio.to_thread(_read, fd, pos, n, hasher)
+                pos += n
+                if held is not None:
+                    await write(held)
+                held = data
+        if hasher is not None:
+            actual = f"sha256:{hasher.hexdigest()}"
+            if actual != digest:
+                raise DigestMismatch(f"blob {digest}", digest, actual)
+        if held is not None:
+            await write(held)
+    finally:
+        os.close(fd)
+
+
+async def forget_bad_task(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> None:
+    """Delete a task whose content proved wrong, once its download has stopped writing."""
+    if not job.done():
+        await asyncio.wait({job}, timeout=30)
+    with contextlib.suppress(DamselflyError, OSError):
+        store.delete_task(task_id)
+    log.warning("deleted task %s: its content did not match its digest", task_id[:12])
