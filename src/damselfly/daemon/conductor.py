@@ -106,6 +106,7 @@ class Conductor:
         self._stream: PeerStream | None = None
         self._rng = random.Random()
         self.back_to_source = False
+        self._reported_held = False
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ entry
@@ -180,6 +181,7 @@ class Conductor:
                     )
                 log.info("going back to source: %s", answer.description)
                 stream.back_to_source_started(answer.description)
+                self._report_held(stream, back_to_source=True)
                 try:
                     await self._fetch_from_origin(stream)
                 except BaseException as e:
@@ -191,6 +193,7 @@ class Conductor:
             assert isinstance(answer, NormalTask)
             if not started:
                 stream.started()
+                self._report_held(stream, back_to_source=False)
                 started = True
             for c in answer.parents:
                 self._add_parent(c)
@@ -206,6 +209,18 @@ class Conductor:
             except SchedulerError as e:
                 await self._origin_only(f"scheduler lost during reschedule: {e}")
                 return
+
+    def _report_held(self, stream: PeerStream, *, back_to_source: bool) -> None:
+        """Report pieces already in the store (a resumed download), so the scheduler sees them all."""
+        meta = self.deps.store.get(self.task_id)
+        if meta is None or not meta.pieces or self._reported_held:
+            return
+        self._reported_held = True
+        for piece in sorted(meta.pieces.values(), key=lambda p: p.number):
+            if back_to_source:
+                stream.piece_back_to_source_finished(piece)
+            else:
+                stream.piece_finished(piece)
 
     # ---------------------------------------------------------- from parents
 

@@ -375,9 +375,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
     def _finish(self, peer: Peer, now: float) -> None:
         task = peer.task
         if peer.state is not PeerState.SUCCEEDED:
-            if task.content_length is None:
+            # Learn the length only from a complete report (pieces 0..n-1); a peer that
+            # resumed and reported only part of its pieces must not shrink the task.
+            pieces = peer.finished_pieces
+            if task.content_length is None and (not pieces or max(pieces) + 1 == len(pieces)):
                 task.content_length = peer.finished_bytes
-                task.piece_count = len(peer.finished_pieces)
+                task.piece_count = len(pieces)
             self.res.set_state(peer, PeerState.SUCCEEDED, now)
             self.metrics.peer_finished.inc()
         self._wake(task)

@@ -146,3 +146,40 @@ async def test_delete_task_removes_only_that_hosts_peer() -> None:
     assert set(svc.res.task(TASK).peers) == {"pb"}
     await svc.DeletePeer(scheduler_pb2.DeletePeerRequest(host_id="b", task_id=TASK, peer_id="pb"), None)
     assert svc.res.task(TASK).peers == {}
+
+
+async def test_partial_piece_report_does_not_set_the_content_length() -> None:
+    # A peer that resumed and reported pieces 2-4 only must not make the task 3 pieces long.
+    svc, _ = make_service()
+    s = PeerStream()
+    svc.handle(register("a", "pa"), s)
+    svc.handle(
+        request(
+            "a",
+            "pa",
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest(),
+        ),
+        s,
+    )
+    for n in (2, 3, 4):
+        piece = common_pb2.Piece(number=n, offset=n * 4, length=4, digest="crc32:1")
+        svc.handle(
+            request(
+                "a",
+                "pa",
+                download_piece_back_to_source_finished_request=scheduler_pb2.DownloadPieceBackToSourceFinishedRequest(
+                    piece=piece
+                ),
+            ),
+            s,
+        )
+    svc.handle(
+        request(
+            "a",
+            "pa",
+            download_peer_back_to_source_finished_request=scheduler_pb2.DownloadPeerBackToSourceFinishedRequest(),
+        ),
+        s,
+    )
+    assert svc.res.peer("pa").state is PeerState.SUCCEEDED
+    assert svc.res.task(TASK).content_length is None
