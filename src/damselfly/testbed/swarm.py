@@ -271,6 +271,7 @@ class SwarmRun:
             p.start()
         cpu0 = read_cpu_times()
         proc0 = {c.name: process_cpu_seconds(c.pid) for c in self.children}
+        me0 = process_cpu_seconds(os.getpid())
         last_cpu, last_cpu_t = cpu0, 0.0
         started: dict[str, ChildProcess] = {}
         deadline = t0 + (peers[-1].arrival_s if peers else 0) + opts.timeout_s + 30
@@ -308,6 +309,8 @@ class SwarmRun:
             self.result.testbed_cpu_s = {
                 c.name: process_cpu_seconds(c.pid) - proc0[c.name] for c in self.children if c.alive()
             }
+            # This process: the metrics pollers and dfget bookkeeping.
+            self.result.testbed_cpu_s["supervisor"] = process_cpu_seconds(os.getpid()) - me0
             self.result.wall_s = time.monotonic() - t0
             stop.set()
             for p in pollers.values():
