@@ -33,6 +33,8 @@ from .parsing import (
     parse_piece_length,
 )
 
+RATE_LIMIT_HEADER = "X-Damselfly-Rate-Limit"  # the daemon's service.RATE_LIMIT_HEADER
+
 CONNECT_TIMEOUT_S = 5.0
 # The daemon enforces --timeout itself; our own deadline is a backstop a little later.
 DEADLINE_GRACE_S = 10.0
@@ -52,6 +54,7 @@ class GetOptions:
     piece_length: str | None = None
     disable_back_to_source: bool = False
     timeout: str | None = None
+    rate_limit: str | None = None  # bytes per second for this download, e.g. "10MB/s"
     progress: bool = True
     endpoint: str | None = None
 
@@ -75,6 +78,10 @@ def plan(opts: GetOptions) -> GetPlan:
         headers = parse_headers(opts.headers)
         piece_length = parse_piece_length(opts.piece_length) if opts.piece_length else None
         timeout_s = parse_duration(opts.timeout) if opts.timeout else None
+        if opts.rate_limit:
+            # common.v2.Download has no rate field: the limit travels as a request header
+            # that the daemon consumes (and never forwards to the origin or the scheduler).
+            headers[RATE_LIMIT_HEADER] = str(parse_rate(opts.rate_limit))
         socket = normalize_endpoint(opts.endpoint or default_endpoint())
         output = check_output(opts.output)
     except Exception as e:
@@ -92,6 +99,19 @@ def plan(opts: GetOptions) -> GetPlan:
         disable_back_to_source=opts.disable_back_to_source,
     )
     return GetPlan(spec, output, socket, timeout_s, output_existed=os.path.lexists(output))
+
+
+def parse_rate(text: str) -> int:
+    """``10MB/s``, ``50MiB``, ``1000000`` -> bytes per second (> 0)."""
+    from ..units import parse_size
+
+    try:
+        rate = parse_size(text.strip().removesuffix("/s").removesuffix("ps"))
+    except ValueError:
+        raise ValueError(f"not a rate: {text!r} (try 10MB/s or 50MiB)") from None
+    if rate <= 0:
+        raise ValueError(f"--rate-limit must be above 0, not {text!r}")
+    return rate
 
 
 class ProgressSink(Protocol):

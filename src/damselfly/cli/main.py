@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from .cache_cmd import cache_app
 from .parsing import DEFAULT_ENDPOINT, ENDPOINT_ENV
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks on this machine.", no_args_is_help=True, add_completion=False)
 app.add_typer(bench_app, name="bench")
+app.add_typer(cache_app, name="cache")
 dfget_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR")]
@@ -137,6 +139,10 @@ def get(
         bool, typer.Option("--disable-back-to-source", help="fail rather than download from the origin")
     ] = False,
     timeout: Annotated[str | None, typer.Option(help="give up after this long, e.g. 90s, 30m, 2h")] = None,
+    rate_limit: Annotated[
+        str | None,
+        typer.Option(help="limit this download, e.g. 10MB/s or 50MiB (under the daemon's host-wide limit)"),
+    ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
     endpoint: Annotated[
         str,
@@ -162,6 +168,7 @@ def get(
         piece_length=piece_length,
         disable_back_to_source=disable_back_to_source,
         timeout=timeout,
+        rate_limit=rate_limit,
         progress=not no_progress,
         endpoint=endpoint,
     )

@@ -6,7 +6,7 @@ capacity, the least recently used tasks go until the store is at or below
 the low watermark. A task in use (being downloaded, a piece being sent, a
 local export) is never chosen, and neither is one used in the last
 ``recent_window`` seconds (a child between two piece requests still counts as
-being uploaded to). Only the daemon's task files are counted; nothing else on
+being uploaded to; so the TTL is effectively at least that window). Only the daemon's task files are counted; nothing else on
 the disk is measured or touched.
 
 Doing (:class:`CacheGC`): for each chosen task, first tell the scheduler
@@ -33,7 +33,7 @@ from .storage import PieceStore
 
 log = logging.getLogger(__name__)
 
-# A task used this recently is kept by the watermark step even if it is the oldest.
+# A task used this recently is kept whatever its TTL or age rank: uploads touch it per piece.
 RECENT_WINDOW = 60.0
 
 
@@ -78,13 +78,13 @@ def plan_eviction(tasks: Iterable[TaskUsage], *, now: float, policy: GCPolicy) -
     out: list[Eviction] = []
     candidates: list[TaskUsage] = []
     for t in tasks:
-        if t.in_use:
-            continue
         idle = now - t.accessed_at
+        if t.in_use or idle < policy.recent_window:
+            continue
         if policy.task_ttl > 0 and idle >= policy.task_ttl:
             out.append(Eviction(t.task_id, "ttl", t.size))
             usage -= t.size
-        elif idle >= policy.recent_window:
+        else:
             candidates.append(t)
     if policy.capacity > 0 and usage > policy.high_bytes:
         for t in sorted(candidates, key=lambda t: (t.accessed_at, t.task_id)):

@@ -16,7 +16,7 @@ def ids(plan: list) -> list[str]:  # type: ignore[type-arg]
 
 
 def test_ttl_expired_tasks_go_whatever_the_usage() -> None:
-    policy = GCPolicy(task_ttl=3600, capacity=0, high_threshold=80, low_threshold=60)
+    policy = GCPolicy(task_ttl=3600, capacity=0, high_threshold=80, low_threshold=60, recent_window=0)
     plan = plan_eviction([t("a", 10, 4000), t("b", 10, 100), t("c", 10, 3600)], now=NOW, policy=policy)
     assert ids(plan) == ["a", "c"]
     assert {e.reason for e in plan} == {"ttl"}
@@ -60,3 +60,8 @@ def test_ties_break_by_task_id_so_the_plan_is_deterministic() -> None:
     policy = GCPolicy(task_ttl=0, capacity=100, high_threshold=10, low_threshold=0)
     tasks = [t("b", 50, 500), t("a", 50, 500)]
     assert ids(plan_eviction(tasks, now=NOW, policy=policy)) == ["a", "b"]
+
+
+def test_a_ttl_below_the_recent_window_waits_for_the_window() -> None:
+    policy = GCPolicy(task_ttl=1, capacity=0, high_threshold=80, low_threshold=60, recent_window=60)
+    assert ids(plan_eviction([t("a", 10, 30), t("b", 10, 61)], now=NOW, policy=policy)) == ["b"]

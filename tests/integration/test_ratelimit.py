@@ -1,0 +1,167 @@
+"""Rate limits on real transfers: a scheduler, an origin and daemons on loopback (one process).
+
+The limiters count every byte they grant, so the main assertions are on
+tokens (every byte of the transfer went through the right limiter); elapsed
+time is asserted only as a lower bound a slow machine cannot break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc
+from damselfly.config import load_daemon_config
+from damselfly.daemon.app import Daemon
+from damselfly.daemon.piece_client import PieceClient
+from damselfly.daemon.service import RATE_LIMIT_HEADER
+from damselfly.daemon.tasks import task_id_for
+from damselfly.domain import DownloadSpec
+from damselfly.errors import PeerError
+from damselfly.units import MiB
+from swarm.harness import Swarm, sha256_file
+
+RATE = 2_000_000  # bytes/s
+SIZE = 4 * MiB  # 2.1 s at RATE; the first 200 kB ride the full bucket
+
+
+@pytest.fixture
+async def swarm(tmp_path: Path) -> AsyncIterator[Swarm]:
+    s = Swarm(tmp_path)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _seeded(swarm: Swarm, name: str, **seed_extra: object) -> str:
+    """A seed daemon holding file ``name``; returns its URL."""
+    swarm.file(name, SIZE)
+    await swarm.add_daemon("seed", seed=True, **seed_extra)  # type: ignore[arg-type]
+    url = swarm.url(name)
+    assert (await swarm.download("seed", url)).ok
+    return url
+
+
+async def test_host_download_limit_applies_to_peer_bytes(swarm: Swarm, tmp_path: Path) -> None:
+    url = await _seeded(swarm, "down.bin")
+    peer = await swarm.add_daemon("peer", download={"bandwidth_limit": RATE})
+    began = time.monotonic()
+    r = await swarm.download("peer", url, tmp_path / "out")
+    elapsed = time.monotonic() - began
+    assert r.ok, r.details
+    assert sha256_file(tmp_path / "out") == sha256_file(swarm.root / "origin" / "down.bin")
+    assert peer.limiters.download.bytes_granted == SIZE  # every byte, exactly once
+    assert elapsed >= (SIZE - peer.limiters.download.burst) / RATE * 0.95
+
+
+async def test_host_upload_limit_applies_to_every_child(swarm: Swarm, tmp_path: Path) -> None:
+    url = await _seeded(swarm, "up.bin", upload={"bandwidth_limit": RATE})
+    seed = swarm.daemons["seed"]
+    for n in ("p1", "p2"):
+        await swarm.add_daemon(n)
+    began = time.monotonic()
+    results = await asyncio.gather(*(swarm.download(n, url, tmp_path / f"{n}.out") for n in ("p1", "p2")))
+    elapsed = time.monotonic() - began
+    assert all(r.ok for r in results), [r.details for r in results]
+    sent = seed.piece_server.bytes_sent
+    assert sent >= SIZE  # at least one child was served by the seed
+    assert seed.limiters.upload.bytes_granted == sent
+    # Two children share one host limit: what the seed sent took sent/RATE at least.
+    assert elapsed >= (sent - seed.limiters.upload.burst) / RATE * 0.95
+
+
+async def test_per_download_limit_via_header_is_consumed_not_forwarded(
+    swarm: Swarm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = await _seeded(swarm, "task.bin")
+    peer = await swarm.add_daemon("peer")
+    seen: list[dict[str, str]] = []
+    for d in (peer, swarm.daemons["seed"]):
+        original = d.source.fetch_into
+
+        async def spy(u: str, headers: dict[str, str], *a: object, _orig=original, **kw: object) -> int:
+            seen.append(dict(headers))
+            return await _orig(u, headers, *a, **kw)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(d.source, "fetch_into", spy)
+    began = time.monotonic()
+    r = await swarm.download("peer", url, tmp_path / "out", request_header={RATE_LIMIT_HEADER: "2MB/s"})
+    elapsed = time.monotonic() - began
+    assert r.ok, r.details
+    assert peer.limiters.download.unlimited  # the host has no limit...
+    assert elapsed >= (SIZE - 200_000) / RATE * 0.95  # ...the download had one
+    assert all(RATE_LIMIT_HEADER.lower() not in (k.lower() for k in h) for h in seen)
+
+
+async def test_back_to_source_limit_counts_origin_bytes(swarm: Swarm, tmp_path: Path) -> None:
+    swarm.file("b2s.bin", SIZE)
+    peer = await swarm.add_daemon("peer", download={"back_to_source_bandwidth_limit": RATE})
+    peer.source.fast_path = False  # the aiohttp path takes the limiter (see the report on rawhttp)
+    r = await swarm.download("peer", swarm.url("b2s.bin"), tmp_path / "out")
+    assert r.ok, r.details
+    assert peer.limiters.back_to_source.bytes_granted == SIZE
+
+
+async def test_piece_request_rate_limit_answers_resource_exhausted(swarm: Swarm, tmp_path: Path) -> None:
+    url = await _seeded(swarm, "req.bin", storage={"server": {"ip": "127.0.0.1", "tcp_port": 0,
+                                                               "request_rate_limit": 1}})  # fmt: skip
+    seed = swarm.daemons["seed"]
+    tid = task_id_for(DownloadSpec(url=url))
+    meta = seed.store.get(tid)
+    assert meta is not None and meta.piece_length is not None
+    client = await PieceClient.connect("127.0.0.1", seed.ports["piece_port"])
+    try:
+        with open(tmp_path / "sink", "wb+") as sink:  # noqa: ASYNC230 (a test's scratch file)
+            length = meta.pieces[0].length
+            await client.download_piece(tid, 0, sink.fileno(), 0, length)  # the one allowed
+            with pytest.raises(PeerError, match="code 4"):
+                await client.download_piece(tid, 0, sink.fileno(), 0, length)
+        assert not client.broken  # refused cleanly: the connection stays usable
+    finally:
+        await client.close()
+    assert seed.limiters.piece_requests.refused >= 1
+
+
+async def test_upload_rpc_rate_limit_answers_resource_exhausted(swarm: Swarm) -> None:
+    d = await swarm.add_daemon("peer", upload={"server": {"ip": "127.0.0.1", "port": 0,
+                                                          "request_rate_limit": 1}})  # fmt: skip
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{d.ports['upload_port']}") as ch:
+        stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(ch)
+        codes = []
+        for _ in range(3):
+            try:
+                await stub.StatTask(dfdaemon_pb2.StatTaskRequest(task_id="0" * 64))
+            except grpc.aio.AioRpcError as e:
+                codes.append(e.code())
+    assert codes[0] == grpc.StatusCode.NOT_FOUND  # admitted, and the task is unknown
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[1:]
+
+
+def test_reload_applies_new_limits_from_the_config_file(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "daemon.yaml"
+    cfg_file.write_text("download:\n  bandwidthLimit: 1000000\n")
+    overrides = {"storage": {"dir": str(tmp_path / "data")}, "scheduler": {"addrs": []}}
+    d = Daemon(load_daemon_config(cfg_file, overrides))
+    assert d.limiters.download.rate == 1_000_000
+    cfg_file.write_text(
+        "download:\n  bandwidthLimit: 5000000\n  backToSourceBandwidthLimit: 3000000\n"
+        "upload:\n  bandwidthLimit: 7000000\ngc:\n  taskTTL: 600\n"
+    )
+    d.reload_config()
+    assert (d.limiters.download.rate, d.limiters.back_to_source.rate, d.limiters.upload.rate) == (
+        5_000_000,
+        3_000_000,
+        7_000_000,
+    )
+    assert d.gc.policy.task_ttl == 600
+    assert d.config.storage.dir == str(tmp_path / "data")
+    cfg_file.write_text("download: [not, a, mapping]\n")
+    d.reload_config()  # a broken file keeps the current limits
+    assert d.limiters.download.rate == 5_000_000
