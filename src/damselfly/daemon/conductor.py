@@ -107,6 +107,7 @@ class Conductor:
         self._rng = random.Random()
         self.back_to_source = False
         self._reported_held = False
+        self._conflict = ""
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ entry
@@ -265,9 +266,10 @@ class Conductor:
     async def _sync(self, p: _Parent) -> None:
         """Follow what the parent holds (SyncPieces) into ``p.view.pieces``."""
         try:
-            async for number in self.deps.peer_rpc.sync_pieces(
+            async for number, offset, length in self.deps.peer_rpc.sync_pieces(
                 p.candidate.host, self.deps.host_id, self.task_id
             ):
+                self._check_span(p, number, offset, length)
                 p.view.pieces.add(number)
                 self._wake.set()
         except asyncio.CancelledError:
@@ -277,6 +279,22 @@ class Conductor:
             self._drop(p)
         finally:
             p.sync_done = True
+            self._wake.set()
+
+    def _check_span(self, p: _Parent, number: int, offset: int, length: int) -> None:
+        """A parent's piece that does not fit our idea of the task means the length is wrong."""
+        meta = self.deps.store.get(self.task_id)
+        if meta is None or meta.content_length is None or meta.piece_length is None:
+            return
+        try:
+            span = piece_span(number, meta.content_length, meta.piece_length)
+        except DamselflyError:
+            span = None
+        if span is None or (span.offset, span.length) != (offset, length):
+            self._conflict = (
+                f"parent {p.id} holds piece {number} at {offset}+{length}, which does not fit a task of "
+                f"{meta.content_length} bytes; refusing to finish with a content length peers disagree on"
+            )
             self._wake.set()
 
     def _drop(self, p: _Parent) -> None:
@@ -300,6 +318,8 @@ class Conductor:
             while True:
                 have = store.get(self.task_id)
                 assert have is not None
+                if self._conflict:
+                    raise ProtocolError(self._conflict)
                 missing = set(range(total)) - have.pieces.keys()
                 if not missing:
                     return True

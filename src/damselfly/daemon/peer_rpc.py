@@ -50,12 +50,14 @@ class PeerRPC:
             raise PeerError(f"StatTask on parent {host.id} failed: {e.code().name} {e.details()}") from e
         return int(task.content_length)
 
-    async def sync_pieces(self, host: HostInfo, host_id: str, task_id: str) -> AsyncIterator[int]:
-        """Piece numbers the parent holds, then those it finishes, until it has sent them all."""
+    async def sync_pieces(
+        self, host: HostInfo, host_id: str, task_id: str
+    ) -> AsyncIterator[tuple[int, int, int]]:
+        """(number, offset, length) of the pieces the parent holds, then of those it finishes."""
         call = self._stub(host).SyncPieces(dfdaemon_pb2.SyncPiecesRequest(host_id=host_id, task_id=task_id))
         try:
             async for resp in call:
-                yield int(resp.number)
+                yield int(resp.number), int(resp.offset), int(resp.length)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.CANCELLED:
                 return
