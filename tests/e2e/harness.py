@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from damselfly import ids
 from damselfly.testbed.cluster import DaemonPorts, start_daemon, start_scheduler
 from damselfly.testbed.procs import ChildProcess, stop_all
 from damselfly.testbed.registry import Image, Registry
@@ -72,6 +73,11 @@ class Swarm:
 
     def proxy(self, i: int = 0) -> str:
         return f"127.0.0.1:{self.peers[i].ready['proxy_port']}"
+
+    def holds_blob(self, i: int, digest: str) -> bool:
+        """Whether peer ``i``'s store holds the blob as a task (it went through its mirror)."""
+        tid = ids.blob_task_id(digest)
+        return (self.root / f"p{i}" / "tasks" / tid[:3] / tid).is_dir()
 
     def close(self) -> None:
         stop_all([c for c in self.children if c.name != "scheduler"], grace=10)

@@ -1,0 +1,51 @@
+"""containerd (ctr) pulls through the mirror with a hosts.toml; HEAD by tag, GET by digest, ?ns=."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from damselfly.testbed.registry import Image, Registry
+
+from .containerd import Containerd, hosts_dir
+from .harness import Swarm, need
+
+
+@pytest.fixture
+def containerd(tmp_root: Path) -> Iterator[Containerd]:
+    need("containerd", "ctr")
+    c = Containerd(tmp_root / "ctd")
+    try:
+        why = c.wait()
+        if why is not None:
+            pytest.skip(f"containerd cannot run in this sandbox: {why}")
+        yield c
+    finally:
+        c.stop()
+
+
+def test_containerd_pull_through_mirror(
+    tmp_root: Path, registry: Registry, image: Image, containerd: Containerd
+) -> None:
+    swarm = Swarm(tmp_root / "swarm", registry, peers=1)
+    try:
+        hosts = hosts_dir(tmp_root / "certs.d", registry.host, registry.url, swarm.proxy(0))
+        before = registry.blob_bytes()
+        ref = f"{registry.host}/team/app:v1"
+        res = containerd.ctr("images", "pull", "--hosts-dir", str(hosts), "--snapshotter", "native", ref)
+        assert res.returncode == 0, res.stderr + res.stdout + swarm.logs()
+        content = containerd.ctr("content", "ls", "-q")
+        assert content.returncode == 0, content.stderr
+        held = set(content.stdout.split())
+        for blob in image.blobs:
+            assert blob.digest in held, f"{blob.digest} not in containerd's content store"
+            assert swarm.holds_blob(0, blob.digest), f"{blob.digest} did not go through the mirror"
+        assert image.manifest.digest in held
+        # All blob bytes came through the swarm, fetched from the registry once.
+        assert registry.blob_bytes() - before == image.blob_bytes, swarm.logs()
+        mirror_log = (tmp_root / "swarm" / "logs" / "p0.log").read_text()
+        assert "Authorization" not in mirror_log
+    finally:
+        swarm.close()
