@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from damselfly.daemon.ratelimit import MAX_GRANT, ByteLimiter, LimiterChain, chain
+from damselfly.daemon.ratelimit import MAX_GRANT, MIN_GRANT, ByteLimiter, LimiterChain, chain
 from damselfly.units import KiB, MiB
 
 
@@ -41,10 +41,14 @@ async def test_consume_takes_rate_time_after_the_initial_burst() -> None:
 
 
 async def test_grants_never_exceed_the_grant_size_or_the_ask() -> None:
-    lim, _ = limiter(100 * MiB)  # default burst: 10 MB, grants capped at MAX_GRANT
-    assert lim.grant_size == MAX_GRANT
-    assert await lim.acquire(10 * MiB) == MAX_GRANT
+    lim, _ = limiter(100 * MiB)  # default burst: 10 MiB; a grant is 10 ms of the rate
+    assert lim.grant_size == MiB
+    assert await lim.acquire(10 * MiB) == MiB
     assert await lim.acquire(1000) == 1000
+    fast, _ = limiter(10_000 * MiB)
+    assert fast.grant_size == MAX_GRANT
+    slow, _ = limiter(1 * MiB)
+    assert slow.grant_size == MIN_GRANT
     small, _ = limiter(1000, burst=300)
     assert small.grant_size == 300
     assert await small.acquire(10_000) == 300
