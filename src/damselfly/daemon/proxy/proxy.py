@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import weakref
 from collections.abc import Coroutine
 from pathlib import Path
@@ -57,6 +58,10 @@ from .upstream import TLSPolicy, TLSRule, Upstream, forward_headers
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
+# After a blob failed its digest check, fetch it from the registry for this long
+# (a parent in the swarm may hold the same wrong bytes).
+DISTRUST_S = 600.0
+DISTRUST_MAX = 1024
 TASK_ID_HEADER = "X-Dragonfly-Task-ID"
 # Statuses a client must see as the registry sent them (the 401 carries the
 # WWW-Authenticate challenge that starts the token dance).
@@ -108,6 +113,7 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._tunnel_hosts: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._distrust: dict[str, float] = {}
         self.port = 0
 
     # ----------------------------------------------------------------- life
@@ -218,8 +224,26 @@ class ProxyServer:
             filtered_query_params=[p for p in filtered.split("&") if p] if filtered else None,
             request_header=headers,
             content_for_calculating_task_id=digest if digest and self.config.blob_task_id_by_digest else "",
+            digest=digest,
             prefetch=self.config.prefetch,
+            need_back_to_source=self._distrusted(digest),
         )
+
+    def _distrusted(self, digest: str) -> bool:
+        if not digest:
+            return False
+        since = self._distrust.get(digest)
+        if since is None:
+            return False
+        if time.monotonic() - since > DISTRUST_S:
+            del self._distrust[digest]
+            return False
+        return True
+
+    def _distrust_blob(self, digest: str) -> None:
+        if len(self._distrust) >= DISTRUST_MAX:
+            self._distrust.pop(next(iter(self._distrust)))
+        self._distrust[digest] = time.monotonic()
 
     async def _p2p(self, request: web.BaseRequest, url: str, digest: str) -> web.StreamResponse:
         spec = self._spec(request, url, digest)
@@ -266,6 +290,7 @@ class ProxyServer:
         except DigestMismatch as e:
             log.warning("blob %s from %s: %s; aborting the response", digest, _origin(url), e)
             _abort(request)
+            self._distrust_blob(digest)
             await forget_bad_task(self.store, task_id, job)
             return resp
         except (DamselflyError, OSError) as e:
