@@ -165,3 +165,45 @@ def test_reload_applies_new_limits_from_the_config_file(tmp_path: Path) -> None:
     cfg_file.write_text("download: [not, a, mapping]\n")
     d.reload_config()  # a broken file keeps the current limits
     assert d.limiters.download.rate == 5_000_000
+
+
+def test_sighup_reloads_limits_in_a_running_daemon(short_tmp: Path) -> None:
+    """A real daemon process: rewrite its config file, SIGHUP, the new limits are in force."""
+    import os
+    import signal
+
+    from damselfly.testbed.procs import python_module_command, spawn, stop_all
+
+    cfg = short_tmp / "daemon.yaml"
+    base = (
+        "scheduler:\n  addrs: []\nmetrics:\n  enable: false\nproxy:\n  enable: false\n"
+        "upload:\n  server: {ip: 127.0.0.1, port: 0}\n  bandwidthLimit: 1000000\n"
+        "storage:\n  server: {ip: 127.0.0.1, tcpPort: 0}\n"
+    )
+    cfg.write_text(base)
+    ready = short_tmp / "d.ready"
+    log = short_tmp / "d.log"
+    argv = python_module_command(
+        "damselfly",
+        "daemon",
+        "--config",
+        str(cfg),
+        "--data-dir",
+        str(short_tmp / "d"),
+        "--ready-file",
+        str(ready),
+    )
+    child = spawn("daemon", argv, log_path=log, ready_file=ready)
+    try:
+        child.wait_ready(30)
+        cfg.write_text(base.replace("1000000", "7000000") + "download:\n  bandwidthLimit: 5000000\n")
+        os.kill(child.pid, signal.SIGHUP)
+        want = "reloaded limits: download 5 MB/s, upload 7 MB/s"
+        for _ in range(200):
+            if want in log.read_text():
+                break
+            time.sleep(0.05)
+        assert want in log.read_text(), log.read_text()[-2000:]
+        assert child.alive()
+    finally:
+        stop_all([child])
