@@ -186,7 +186,9 @@ class ProxyServer:
 
     def _target(self, request: web.BaseRequest) -> str | None:
         """The upstream URL of ``request``, None when it is not one we serve."""
-        target = request.message.url
+        # The request-target as sent: absolute for proxy-form requests. aiohttp
+        # deprecated the public alias of this field, not the field.
+        target = request._message.url
         if target.is_absolute():  # proxy form
             host, port = target.host or "", target.port or 80
             if target.scheme not in ("http", "https") or not self.may_reach(host, port):
