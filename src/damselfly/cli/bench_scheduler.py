@@ -72,7 +72,7 @@ def bench_scheduler(
     ] = None,
     profile: Annotated[
         Path | None,
-        typer.Option(help="py-spy profile of the scheduler to this file (.svg, or .json speedscope)"),
+        typer.Option(help="py-spy profile of the scheduler: .svg, .json (speedscope) or .txt (collapsed)"),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     keep: Annotated[bool, typer.Option(help="keep the temp dir (logs)")] = False,

@@ -20,6 +20,7 @@ from ..config import SchedulerConfig, TLSConfig
 from ..errors import ConfigError
 from ..process import run_until_signal, write_ready_file
 from .metrics import SchedulerMetrics
+from .runtime import GCPauses, tune_gc
 from .service import SchedulerService
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,17 @@ def _address(ip: str, port: int) -> str:
 
 
 async def serve(
-    config: SchedulerConfig, *, ready_file: Path | None = None, stop: asyncio.Event | None = None
+    config: SchedulerConfig,
+    *,
+    ready_file: Path | None = None,
+    stop: asyncio.Event | None = None,
+    tune_runtime: bool = False,
 ) -> None:
-    """Serve until ``stop`` is set (forever when None), then shut down cleanly."""
+    """Serve until ``stop`` is set (forever when None), then shut down cleanly.
+
+    ``tune_runtime`` tunes the process's garbage collector (:mod:`.runtime`);
+    the command line sets it; tests that serve inside the test process do not.
+    """
     stop = stop or asyncio.Event()
     metrics = SchedulerMetrics()
     service = SchedulerService(config, metrics=metrics)
@@ -72,6 +81,11 @@ async def serve(
     metrics_port = 0
     await server.start()
     service.start()
+    pauses = GCPauses()
+    metrics.bind_gc(pauses)
+    pauses.install()
+    if tune_runtime:
+        tune_gc()
     try:
         if config.metrics.enable:
             runner = web.AppRunner(metrics.app(), access_log=None)
@@ -92,6 +106,7 @@ async def serve(
         await stop.wait()
     finally:
         log.info("scheduler stopping")
+        pauses.uninstall()
         await service.close()
         await server.stop(SHUTDOWN_GRACE)
         if runner is not None:
@@ -100,4 +115,4 @@ async def serve(
 
 def run(config: SchedulerConfig, *, ready_file: Path | None = None) -> None:
     """Run :func:`serve` in a new event loop until SIGINT or SIGTERM."""
-    run_until_signal(lambda stop: serve(config, ready_file=ready_file, stop=stop))
+    run_until_signal(lambda stop: serve(config, ready_file=ready_file, stop=stop, tune_runtime=True))

@@ -6,14 +6,21 @@ schedulers can run in one process (tests) without clashing names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..process import metrics_app
+from .runtime import GCPauses
 
 PREFIX = "damselfly_scheduler_"
+
+
+def _item(values: Sequence[float], index: int) -> float:
+    return float(values[index])
+
 
 _SCHEDULE_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
 
@@ -47,6 +54,29 @@ class SchedulerMetrics:
         self.hosts = Gauge(PREFIX + "hosts", "Hosts known", registry=r)
         self.peers = Gauge(PREFIX + "peers", "Peers known", registry=r)
         self.tasks = Gauge(PREFIX + "tasks", "Tasks known", registry=r)
+
+    def bind_gc(self, pauses: GCPauses) -> None:
+        """Export the garbage collector's pauses (a stopped event loop is latency for every peer)."""
+        count = Gauge(
+            PREFIX + "gc_collections", "Garbage collections run", ["generation"], registry=self.registry
+        )
+        total = Gauge(
+            PREFIX + "gc_pause_milliseconds_sum",
+            "Time the garbage collector stopped the process, in milliseconds",
+            ["generation"],
+            registry=self.registry,
+        )
+        worst = Gauge(
+            PREFIX + "gc_pause_milliseconds_max",
+            "Longest garbage-collector pause, in milliseconds",
+            ["generation"],
+            registry=self.registry,
+        )
+        for gen in range(3):
+            label = str(gen)
+            count.labels(label).set_function(partial(_item, pauses.count, gen))
+            total.labels(label).set_function(partial(_item, pauses.total_ms, gen))
+            worst.labels(label).set_function(partial(_item, pauses.max_ms, gen))
 
     def bind_sizes(
         self, hosts: Callable[[], float], peers: Callable[[], float], tasks: Callable[[], float]

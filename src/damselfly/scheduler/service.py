@@ -241,8 +241,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
     # -- AnnouncePeer ------------------------------------------------------------
 
     async def AnnouncePeer(self, request_iterator: AsyncIterator[PB], context: Any) -> None:
+        # Requests are read with ``context.read()``, not through ``request_iterator``:
+        # the iterator wraps every read in an async generator of grpc's, measurable
+        # per message with thousands of streams (BENCHMARKS.md, scheduler at scale).
         outbox = PeerStream()
-        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, outbox))
+        reader = asyncio.get_running_loop().create_task(self._read(context, outbox))
         try:
             while True:
                 item = await outbox.get()
@@ -258,17 +261,16 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
             if outbox.peer_id:
                 self._stream_closed(outbox.peer_id, outbox)
 
-    async def _read(self, requests: AsyncIterator[PB], outbox: PeerStream) -> None:
-        it = aiter(requests)
+    async def _read(self, context: Any, outbox: PeerStream) -> None:
         while True:
             try:
-                request = await anext(it)
-            except StopAsyncIteration:
-                break
+                request = await context.read()
             except Exception as e:  # the stream broke under us
                 log.debug("announce peer stream broke: %r", e)
                 outbox.abort(grpc.StatusCode.CANCELLED, "stream broken")
                 return
+            if request is grpc.aio.EOF:
+                break
             try:
                 self.handle(request, outbox)
             except DamselflyError as e:

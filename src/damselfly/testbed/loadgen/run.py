@@ -18,10 +18,12 @@ with a simulated seed peer that goes back to source.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,8 +65,15 @@ def current_rss_bytes(pid: int) -> int | None:
     return None
 
 
+_GC_METRICS = (
+    "damselfly_scheduler_gc_collections{",
+    "damselfly_scheduler_gc_pause_milliseconds_sum{",
+    "damselfly_scheduler_gc_pause_milliseconds_max{",
+)
+
+
 def scrape_metrics(port: int) -> dict[str, float]:
-    """The scheduler's decision counters and schedule-duration sums, from its /metrics."""
+    """The scheduler's decision counters, schedule-duration sums and GC pauses, from its /metrics."""
     out: dict[str, float] = {}
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -79,6 +88,11 @@ def scrape_metrics(port: int) -> dict[str, float]:
             out["schedule_ms_sum"] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("damselfly_scheduler_schedule_duration_milliseconds_count"):
             out["schedule_count"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(_GC_METRICS):
+            name, value = line.rsplit(" ", 1)
+            gen = name.split('generation="', 1)[1].split('"', 1)[0]
+            short = name.split("{", 1)[0].removeprefix("damselfly_scheduler_")
+            out[f"{short}_gen{gen}"] = round(float(value), 2)
     return out
 
 
@@ -120,13 +134,17 @@ def _start_profiler(root: Path, pid: int, out: Path) -> ChildProcess | None:
     argv = [str(exe), "record", "--pid", str(pid), "--rate", "200", "--nonblocking", "-o", str(out)]
     if out.suffix == ".json":
         argv += ["--format", "speedscope"]
+    elif out.suffix == ".txt":
+        argv += ["--format", "raw"]  # collapsed stacks, one line each: greppable
     return spawn("py-spy", argv, log_path=root / "logs" / "py-spy.log")
 
 
 def _stop_profiler(child: ChildProcess) -> None:
     if child.alive():
-        os.kill(child.pid, signal.SIGINT)  # py-spy writes its output on SIGINT
-    stop_all([child], grace=30)
+        os.kill(child.pid, signal.SIGINT)  # py-spy writes its output on SIGINT, not on SIGTERM
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.popen.wait(timeout=60)
+    stop_all([child], grace=5)
 
 
 def _merge(results: list[dict[str, Any]], plan: LoadPlan) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""Tuning of the scheduler process's Python runtime: CPython's cyclic garbage collector.
+
+Why: with 5,000 AnnouncePeer streams open, the scheduler holds ~480k objects
+the collector tracks (grpc's per-RPC state and coroutines are most of them,
+then asyncio tasks, futures and our peers). With CPython's default thresholds
+(700, 10, 10) the heap's growth while streams open ran a full (generation 2)
+collection six times in 20 s, each one stopping the event loop for 0.2-0.7 s
+on the project machine: that pause *was* the p99 of register-to-answer
+latency (``damselfly bench scheduler``, BENCHMARKS.md).
+
+What :func:`tune_gc` does, once the server is up:
+
+- ``gc.freeze()`` moves everything alive after start-up (imported modules,
+  protobuf descriptors, config: ~60k objects) out of every later collection;
+- larger young generations (:data:`GC_THRESHOLDS`): a full collection now
+  waits until the tracked heap has grown by about
+  ``threshold0 * threshold1 * (threshold2 + 1)`` objects (~2M, some 20k
+  concurrent peers), while a young collection scans at most ~20k objects
+  (milliseconds).
+
+The cost: cyclic garbage that outlives two young collections is reclaimed
+later (at the next full collection). The scheduler's own state is freed by
+reference counting (peers, tasks and hosts drop their edges when deleted), so
+what waits is grpc/asyncio debris; the VmHWM the benchmark reports includes it.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+
+GC_THRESHOLDS = (2_000, 10, 100)
+
+
+def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Freeze the start-up heap and set the collector's thresholds (process-wide; call once)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
+
+
+class GCPauses:
+    """How long the collector stopped the process, per generation (fed by ``gc.callbacks``).
+
+    Plain numbers only: a GC callback runs inside whatever allocation triggered
+    it, so it must not take locks (prometheus' would deadlock if the collection
+    started while one was held); the metrics read these at scrape time.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._started = 0.0
+        self.count = [0, 0, 0]
+        self.total_ms = [0.0, 0.0, 0.0]
+        self.max_ms = [0.0, 0.0, 0.0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+            return
+        gen = min(max(int(info.get("generation", 0)), 0), 2)
+        ms = (self._clock() - self._started) * 1000.0
+        self.count[gen] += 1
+        self.total_ms[gen] += ms
+        self.max_ms[gen] = max(self.max_ms[gen], ms)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)

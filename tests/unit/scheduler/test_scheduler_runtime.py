@@ -1,0 +1,61 @@
+"""The scheduler's runtime tuning: GC thresholds, the frozen start-up heap, and GC pause accounting."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import generate_latest
+
+from damselfly.scheduler.metrics import SchedulerMetrics
+from damselfly.scheduler.runtime import GC_THRESHOLDS, GCPauses, tune_gc
+
+
+@pytest.fixture
+def restore_gc() -> Iterator[None]:
+    before = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_tune_gc_freezes_the_startup_heap_and_raises_thresholds(restore_gc: None) -> None:
+    tune_gc()
+    assert gc.get_threshold() == GC_THRESHOLDS
+    assert gc.get_freeze_count() > 1000  # imported modules at least
+    # A full collection must wait for a heap growth far beyond 5,000 peers' ~0.5M objects.
+    t0, t1, t2 = GC_THRESHOLDS
+    assert t0 * t1 * (t2 + 1) >= 1_000_000
+
+
+def test_gc_pauses_are_counted_per_generation_with_an_injected_clock() -> None:
+    now = iter([1.0, 1.25, 2.0, 2.001])
+    pauses = GCPauses(clock=lambda: next(now))
+    pauses("start", {"generation": 2})
+    pauses("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+    pauses("start", {"generation": 0})
+    pauses("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
+    assert pauses.count == [1, 0, 1]
+    assert pauses.max_ms[2] == pytest.approx(250.0)
+    assert pauses.total_ms[0] == pytest.approx(1.0)
+
+
+def test_real_collections_reach_the_metrics_and_uninstall_stops_counting() -> None:
+    pauses = GCPauses()
+    metrics = SchedulerMetrics()
+    metrics.bind_gc(pauses)
+    pauses.install()
+    try:
+        gc.collect()
+    finally:
+        pauses.uninstall()
+    assert pauses.count[2] >= 1
+    text = generate_latest(metrics.registry).decode()
+    assert 'damselfly_scheduler_gc_collections{generation="2"}' in text
+    assert 'damselfly_scheduler_gc_pause_milliseconds_max{generation="2"}' in text
+    seen = pauses.count[2]
+    gc.collect()
+    assert pauses.count[2] == seen
