@@ -251,6 +251,46 @@ def demo(keep: Annotated[bool, typer.Option(help="keep the temp dir (logs, data)
     raise typer.Exit(0 if result.ok else 1)
 
 
+@app.command("init")
+def init_engine(
+    engine: Annotated[str, typer.Argument(help="containerd, docker or podman")],
+    root: Annotated[Path, typer.Option(help="write under this root instead of /")] = Path("/"),
+    proxy: Annotated[str, typer.Option(help="the daemon's mirror/proxy address")] = "127.0.0.1:4001",
+    registry: Annotated[
+        list[str] | None,
+        typer.Option("--registry", help="registry to mirror, repeatable (default docker.io)"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the changes, write nothing")] = False,
+) -> None:
+    """Point a container engine at the daemon's registry mirror (merges with its config, prints the diff)."""
+    from .init_cmd import run_init
+
+    raise typer.Exit(
+        run_init(engine, root=root, mirror=proxy, registries=list(registry or ["docker.io"]), dry_run=dry_run)
+    )
+
+
+@app.command("ca")
+def proxy_ca(
+    config: ConfigFile = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="the daemon's storage directory (storage.dir)")
+    ] = None,
+) -> None:
+    """Print the CA certificate the proxy signs intercepted hosts with (created if missing), to trust it."""
+    from ..config import load_daemon_config
+    from ..daemon.proxy.ca import ensure_ca
+    from ..errors import ConfigError
+
+    try:
+        cfg = load_daemon_config(config, {"storage": {"dir": str(data_dir)}} if data_dir else None)
+        cert, _ = ensure_ca(Path(cfg.storage.dir), cfg.proxy.hijack_https.cert, cfg.proxy.hijack_https.key)
+        typer.echo(cert.read_text(), nl=False)
+    except (ConfigError, OSError) as e:
+        typer.echo(f"damselfly ca: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     app(prog_name="damselfly")
 
