@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -28,6 +29,7 @@ _SCHEDULE_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
 class SchedulerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, str], Any] = {}
         r = self.registry
         self.announce_peer = Counter(
             PREFIX + "announce_peer_total", "AnnouncePeer requests by type", ["type"], registry=r
@@ -54,6 +56,15 @@ class SchedulerMetrics:
         self.hosts = Gauge(PREFIX + "hosts", "Hosts known", registry=r)
         self.peers = Gauge(PREFIX + "peers", "Peers known", registry=r)
         self.tasks = Gauge(PREFIX + "tasks", "Tasks known", registry=r)
+
+    def count(self, counter: Counter, label: str) -> None:
+        """``counter.labels(label).inc()``, looking the child up once: this runs for every
+        AnnouncePeer message, and ``labels()`` takes a lock and builds a key each time."""
+        key = (id(counter), label)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(label)
+        child.inc()
 
     def bind_gc(self, pauses: GCPauses) -> None:
         """Export the garbage collector's pauses (a stopped event loop is latency for every peer)."""

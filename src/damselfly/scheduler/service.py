@@ -180,12 +180,17 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         )
         apply_decision(peer, decision, self.res, now)
         self.metrics.schedule_duration.observe((time.perf_counter() - started) * 1000.0)
-        self.metrics.decisions.labels(type(decision).__name__).inc()
+        self.metrics.count(self.metrics.decisions, type(decision).__name__)
         self._carry_out(peer, decision)
         return decision
 
     def _carry_out(self, peer: Peer, decision: Decision) -> None:
         outbox = self._streams.get(peer.id)
+        if isinstance(decision, Parents) and not log.isEnabledFor(logging.DEBUG):
+            # The common case, once per peer: no log line, so no log context to set up.
+            if outbox:
+                outbox.send(convert.answer_to_pb(NormalTask([_candidate(p) for p in decision.parents])))
+            return
         with log_context(task_id=peer.task.id, peer_id=peer.id):
             match decision:
                 case Parents(parents):
@@ -300,7 +305,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         """Apply one AnnouncePeerRequest; answers go to ``stream`` (or to waiting peers' streams)."""
         kind = request.WhichOneof("request")
         log.debug("peer %s: %s", request.peer_id, kind)
-        self.metrics.announce_peer.labels(kind or "none").inc()
+        self.metrics.count(self.metrics.announce_peer, kind or "none")
         now = self.clock()
         if kind == "register_peer_request":
             self._register(request, stream, now)

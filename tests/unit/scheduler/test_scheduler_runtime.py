@@ -59,3 +59,13 @@ def test_real_collections_reach_the_metrics_and_uninstall_stops_counting() -> No
     seen = pauses.count[2]
     gc.collect()
     assert pauses.count[2] == seen
+
+
+def test_metrics_count_reuses_one_child_per_label() -> None:
+    metrics = SchedulerMetrics()
+    for _ in range(3):
+        metrics.count(metrics.announce_peer, "register_peer_request")
+    metrics.count(metrics.announce_peer, "download_peer_started_request")
+    text = generate_latest(metrics.registry).decode()
+    assert 'damselfly_scheduler_announce_peer_total{type="register_peer_request"} 3.0' in text
+    assert 'damselfly_scheduler_announce_peer_total{type="download_peer_started_request"} 1.0' in text

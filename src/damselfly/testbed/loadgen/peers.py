@@ -45,6 +45,7 @@ class Tally:
     """What a generator process saw, merged over its peers (owned by its event loop)."""
 
     latencies_ms: list[float] = field(default_factory=list)
+    registered_at: list[float] = field(default_factory=list)  # wall clock of each answered register
     latencies_by_answer: dict[str, list[float]] = field(default_factory=dict)
     answers: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
@@ -68,6 +69,7 @@ class Tally:
     def to_json(self) -> dict[str, Any]:
         return {
             "latencies_ms": self.latencies_ms,
+            "registered_at": self.registered_at,
             "latencies_by_answer": self.latencies_by_answer,
             "answers": dict(self.answers),
             "errors": dict(self.errors),
@@ -139,8 +141,9 @@ async def _drive(
     call: Any, job: PeerJob, tally: Tally, release: asyncio.Event, answer_timeout_s: float
 ) -> None:
     register = register_request(job)
+    registered_at = time.time()
     if not tally.first_register:
-        tally.first_register = time.time()
+        tally.first_register = registered_at
     began = time.perf_counter()
     await call.write(register)
     tally.sent += 1
@@ -159,6 +162,7 @@ async def _drive(
     kind = str(answer.WhichOneof("response"))
     tally.answers[kind] += 1
     tally.latencies_ms.append(elapsed_ms)
+    tally.registered_at.append(registered_at)
     tally.latencies_by_answer.setdefault(kind, []).append(elapsed_ms)
 
     back_to_source = kind == "need_back_to_source_response"

@@ -17,7 +17,6 @@ scheduler never pairs peers of one host).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -127,13 +126,6 @@ def location_of(host: int) -> str:
     return f"area|zone-{host % 3}|rack-{host % 7}"
 
 
-def task_id_of(url: str) -> str:
-    """Same as :func:`damselfly.ids.task_id` for a bare URL (imported lazily by callers that need it)."""
-    from ...ids import task_id
-
-    return task_id(url)
-
-
 # -- results ------------------------------------------------------------------
 
 
@@ -160,7 +152,21 @@ def latency_summary(values_ms: Iterable[float]) -> dict[str, float]:
     }
 
 
-def fake_digest(task: int, piece: int) -> str:
-    """A stable ``crc32:<n>``-shaped digest for a simulated piece."""
-    n = int.from_bytes(hashlib.blake2b(f"{task}/{piece}".encode(), digest_size=4).digest(), "big")
-    return f"crc32:{n}"
+def timeline(
+    registered_at: Sequence[float], latencies_ms: Sequence[float], bucket_s: float = 1.0
+) -> list[dict[str, float]]:
+    """Latency by when the register was written (``bucket_s`` buckets from the first one):
+    shows whether a tail is steady or one stall (a GC pause, a busy neighbour)."""
+    if not registered_at:
+        return []
+    t0 = min(registered_at)
+    buckets: dict[int, list[float]] = {}
+    for t, ms in zip(registered_at, latencies_ms, strict=True):
+        buckets.setdefault(int((t - t0) / bucket_s), []).append(ms)
+    out = []
+    for b in sorted(buckets):
+        s = latency_summary(buckets[b])
+        out.append(
+            {"t_s": b * bucket_s, "count": s["count"], "p50": s["p50"], "p99": s["p99"], "max": s["max"]}
+        )
+    return out

@@ -37,7 +37,7 @@ import yaml
 
 from ...process import write_ready_file
 from ..procs import ChildFailed, ChildProcess, peak_rss_bytes, python_module_command, spawn, stop_all
-from .plan import LoadPlan, latency_summary
+from .plan import LoadPlan, latency_summary, timeline
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -150,6 +150,7 @@ def _stop_profiler(child: ChildProcess) -> None:
 def _merge(results: list[dict[str, Any]], plan: LoadPlan) -> dict[str, Any]:
     peer_results = [r for r in results if r["role"] == "peers"]
     latencies = [x for r in peer_results for x in r["latencies_ms"]]
+    registered = [x for r in peer_results for x in r["registered_at"]]
     by_answer: dict[str, list[float]] = {}
     answers: dict[str, int] = {}
     errors: dict[str, int] = {}
@@ -178,6 +179,7 @@ def _merge(results: list[dict[str, Any]], plan: LoadPlan) -> dict[str, Any]:
         "answer_span_s": round(span, 3),
         "latency_ms": latency_summary(latencies),
         "latency_ms_by_answer": {k: latency_summary(v) for k, v in sorted(by_answer.items())},
+        "latency_ms_by_second": timeline(registered, latencies),
         "messages_sent": sum(r["sent"] for r in results),
         "peak_open_streams": sum(r["peak_open_streams"] for r in peer_results),
         "seed_triggers_answered": sum(r.get("seed_triggers", 0) for r in results),
