@@ -7,6 +7,7 @@ test needs is not installed: ``.ci/run`` installs them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -105,6 +106,7 @@ def skopeo_pull(
     conf: Path | None,
     *,
     creds: str = "",
+    authfile: Path | None = None,
     cert_dir: Path | None = None,
     tls_verify: bool = False,
 ) -> subprocess.CompletedProcess[str]:
@@ -118,6 +120,8 @@ def skopeo_pull(
         argv += ["--src-tls-verify=false"]
     if creds:
         argv += ["--src-creds", creds]
+    if authfile is not None:
+        argv += ["--authfile", str(authfile)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -129,3 +133,14 @@ def assert_dir_image(dest: Path, image: Image) -> None:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == blob.digest.split(":", 1)[1]
     manifest = json.loads((dest / "manifest.json").read_text())
     assert [lay["digest"] for lay in manifest["layers"]] == [b.digest for b in image.layers]
+
+
+def auth_file(path: Path, user: str, password: str, *hosts: str) -> Path:
+    """A containers auth.json with the same credentials for each host.
+
+    skopeo (containers/image) looks credentials up by the mirror's own host when
+    it pulls through a mirror; ``--src-creds`` only covers the registry itself.
+    """
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {h: {"auth": token} for h in hosts}}))
+    return path

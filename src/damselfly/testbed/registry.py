@@ -188,12 +188,14 @@ class Registry:
         return out
 
     def blob_bytes(self, digest: str | None = None) -> int:
-        """Bytes of blob bodies the registry has sent (GETs of /v2/<name>/blobs/<digest>)."""
+        """Bytes of blob bodies the registry has sent (successful GETs of /v2/<name>/blobs/<digest>)."""
         total = 0
         for r in self.requests():
             m = _BLOB_URI.search(r.get("uri", ""))
             if r.get("method") != "GET" or not m or (digest is not None and m.group(1) != digest):
                 continue
+            if r.get("status") not in ("200", "206"):
+                continue  # an error body (401, 404) is not blob bytes
             total += int(r.get("written", "0") or 0)
         return total
 
@@ -239,17 +241,22 @@ class Registry:
 
 
 def make_tls(root: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for ``host``: (ca.crt, server.crt, server.key)."""
+    """A CA and a server certificate for ``host``: (ca.crt, server.crt, server.key).
+
+    ``ca.crt`` sits alone in ``root/ca/``, so the folder works as a client's
+    certificate directory (skopeo's ``--cert-dir`` takes any ``*.key`` there
+    for a client key).
+    """
     from ..daemon.proxy.ca import CertificateAuthority, generate_ca
 
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "ca").mkdir(parents=True, exist_ok=True)
     ca_pem, ca_key = generate_ca("Damselfly test registry CA")
-    (root / "ca.crt").write_bytes(ca_pem)
-    (root / "ca.key").write_bytes(ca_key)
-    chain, key = CertificateAuthority(root / "ca.crt", root / "ca.key").leaf(host)
+    (root / "ca" / "ca.crt").write_bytes(ca_pem)
+    (root / "ca-key.pem").write_bytes(ca_key)
+    chain, key = CertificateAuthority(root / "ca" / "ca.crt", root / "ca-key.pem").leaf(host)
     (root / "server.crt").write_bytes(chain)
     (root / "server.key").write_bytes(key)
-    return root / "ca.crt", root / "server.crt", root / "server.key"
+    return root / "ca" / "ca.crt", root / "server.crt", root / "server.key"
 
 
 def htpasswd_line(user: str, password: str) -> str:
