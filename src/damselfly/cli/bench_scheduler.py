@@ -48,6 +48,7 @@ def human_summary(r: dict[str, Any]) -> str:
             f"({sched.get('cores_used_until_release')} until release)"
         )
     lines.append(f"  load average before {r['load_average_before']}, after {r.get('load_average_after')}")
+    lines.append(f"  CPU pressure before {r.get('cpu_pressure_before')}, after {r.get('cpu_pressure_after')}")
     lines.append(f"  seeds: {r['seed_mode']}")
     return "\n".join(lines)
 
@@ -74,6 +75,9 @@ def bench_scheduler(
         Path | None,
         typer.Option(help="py-spy profile of the scheduler: .svg, .json (speedscope) or .txt (collapsed)"),
     ] = None,
+    scheduler_src: Annotated[
+        Path | None, typer.Option(help="run the scheduler from this source tree (A/B against another commit)")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     keep: Annotated[bool, typer.Option(help="keep the temp dir (logs)")] = False,
     log_level: LogLevel = "WARNING",
@@ -90,7 +94,12 @@ def bench_scheduler(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     options = BenchOptions(
-        address=address, scheduler_pid=scheduler_pid, log_level=log_level, keep=keep, profile=profile
+        address=address,
+        scheduler_pid=scheduler_pid,
+        log_level=log_level,
+        keep=keep,
+        profile=profile,
+        scheduler_src=scheduler_src,
     )
     report = run_scheduler_bench(plan, options, say=lambda m: print(m, file=sys.stderr, flush=True))
     if json_out:

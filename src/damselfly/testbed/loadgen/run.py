@@ -96,6 +96,24 @@ def scrape_metrics(port: int) -> dict[str, float]:
     return out
 
 
+def cpu_pressure() -> dict[str, float]:
+    """``/proc/pressure/cpu`` "some" averages: the share of time runnable tasks waited for a CPU.
+
+    Next to the load average it tells a reader whether other work on the
+    machine was taking the cores the scheduler and the generator needed.
+    """
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return {}
+    out = {}
+    for part in line.split()[1:]:
+        key, _, value = part.partition("=")
+        if key.startswith("avg"):
+            out[key] = float(value)
+    return out
+
+
 @dataclass
 class BenchOptions:
     address: str | None = None  # an already running scheduler; None: start one
@@ -103,10 +121,11 @@ class BenchOptions:
     log_level: str = "WARNING"
     keep: bool = False
     profile: Path | None = None  # py-spy flame graph of the scheduler during the load
+    scheduler_src: Path | None = None  # run the scheduler from this source tree (A/B against another commit)
     timeout_s: float = 120.0  # on top of arrival window + hold + answer timeout
 
 
-def start_scheduler(root: Path, plan: LoadPlan, log_level: str) -> ChildProcess:
+def start_scheduler(root: Path, plan: LoadPlan, log_level: str, src: Path | None = None) -> ChildProcess:
     config = {
         "server": {"ip": "127.0.0.1", "port": 0},
         "metrics": {"ip": "127.0.0.1", "port": 0},
@@ -119,7 +138,8 @@ def start_scheduler(root: Path, plan: LoadPlan, log_level: str) -> ChildProcess:
         "damselfly", "scheduler", "--config", str(cfg), "--port", "0", "--ready-file", str(ready),
         "--log-level", log_level,
     )  # fmt: skip
-    child = spawn("scheduler", argv, log_path=root / "logs" / "scheduler.log", ready_file=ready)
+    env = {"PYTHONPATH": str(src)} if src is not None else None
+    child = spawn("scheduler", argv, log_path=root / "logs" / "scheduler.log", ready_file=ready, env=env)
     child.wait_ready(30)
     return child
 
@@ -215,10 +235,11 @@ def run_scheduler_bench(
     old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         report["load_average_before"] = list(os.getloadavg())
+        report["cpu_pressure_before"] = cpu_pressure()
         metrics_port = 0
         if options.address is None:
             say("bench scheduler: starting the scheduler")
-            scheduler = start_scheduler(root, plan, options.log_level)
+            scheduler = start_scheduler(root, plan, options.log_level, options.scheduler_src)
             address = f"127.0.0.1:{scheduler.ready['grpc_port']}"
             metrics_port = int(scheduler.ready.get("metrics_port", 0))
             pid: int | None = scheduler.pid
@@ -281,6 +302,7 @@ def run_scheduler_bench(
         results = [json.loads(p.read_text()) for p in outs]
         report.update(_merge(results, plan))
         report["load_average_after"] = list(os.getloadavg())
+        report["cpu_pressure_after"] = cpu_pressure()
         if pid:
             cpu1 = process_cpu_s(pid)
             sched: dict[str, Any] = {
