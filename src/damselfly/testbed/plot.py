@@ -29,8 +29,10 @@ def plot_progress(data: dict[str, Any], path: Path) -> Path:
     t_min = float(data["t_min_s"])
     roles = {h["name"]: h for h in data["hosts"]}
     fig, ax = plt.subplots(figsize=(10, 6), dpi=100)
-    for name, samples in sorted(data["progress"].items()):
-        host = roles.get(name, {})
+    order = [h["name"] for h in data["hosts"] if h["name"] in data["progress"]]  # peer2 before peer10
+    for name in order:
+        samples = data["progress"][name]
+        host = roles[name]
         if not samples:
             continue
         ts = [s[0] for s in samples]
