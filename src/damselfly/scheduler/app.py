@@ -20,7 +20,7 @@ from ..config import SchedulerConfig, TLSConfig
 from ..errors import ConfigError
 from ..process import run_until_signal, write_ready_file
 from .metrics import SchedulerMetrics
-from .runtime import GCPauses, tune_gc
+from .runtime import GCPauses, gc_tuning_wanted, tune_gc
 from .service import SchedulerService
 
 log = logging.getLogger(__name__)
@@ -115,4 +115,5 @@ async def serve(
 
 def run(config: SchedulerConfig, *, ready_file: Path | None = None) -> None:
     """Run :func:`serve` in a new event loop until SIGINT or SIGTERM."""
-    run_until_signal(lambda stop: serve(config, ready_file=ready_file, stop=stop, tune_runtime=True))
+    tune = gc_tuning_wanted()
+    run_until_signal(lambda stop: serve(config, ready_file=ready_file, stop=stop, tune_runtime=tune))

@@ -22,15 +22,24 @@ The cost: cyclic garbage that outlives two young collections is reclaimed
 later (at the next full collection). The scheduler's own state is freed by
 reference counting (peers, tasks and hosts drop their edges when deleted), so
 what waits is grpc/asyncio debris; the VmHWM the benchmark reports includes it.
+``DAMSELFLY_SCHEDULER_GC_TUNING=0`` in the environment keeps CPython's defaults
+(an escape hatch, and the A/B switch of the benchmark).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 GC_THRESHOLDS = (2_000, 10, 100)
+GC_TUNING_ENV = "DAMSELFLY_SCHEDULER_GC_TUNING"
+
+
+def gc_tuning_wanted(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether to tune (anything but ``0``, ``false``, ``no`` or ``off`` in :data:`GC_TUNING_ENV`)."""
+    return environ.get(GC_TUNING_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:

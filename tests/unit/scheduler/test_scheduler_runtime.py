@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from damselfly.scheduler.metrics import SchedulerMetrics
-from damselfly.scheduler.runtime import GC_THRESHOLDS, GCPauses, tune_gc
+from damselfly.scheduler.runtime import GC_THRESHOLDS, GCPauses, gc_tuning_wanted, tune_gc
 
 
 @pytest.fixture
@@ -69,3 +69,10 @@ def test_metrics_count_reuses_one_child_per_label() -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'damselfly_scheduler_announce_peer_total{type="register_peer_request"} 3.0' in text
     assert 'damselfly_scheduler_announce_peer_total{type="download_peer_started_request"} 1.0' in text
+
+
+def test_gc_tuning_can_be_switched_off_by_environment() -> None:
+    assert gc_tuning_wanted({})
+    assert gc_tuning_wanted({"DAMSELFLY_SCHEDULER_GC_TUNING": "1"})
+    for off in ("0", "false", "OFF", " no "):
+        assert not gc_tuning_wanted({"DAMSELFLY_SCHEDULER_GC_TUNING": off})
