@@ -248,6 +248,15 @@ class ProxyServer:
         self._distrust[digest] = time.monotonic()
 
     async def _p2p(self, request: web.BaseRequest, url: str, digest: str) -> web.StreamResponse:
+        began = time.monotonic()
+        resp = await self._p2p_serve(request, url, digest)
+        what = digest or urlsplit(url).path
+        took = time.monotonic() - began
+        log.info("P2P %s %s -> %d, %d bytes in %.2fs", request.method, what, resp.status, resp.body_length,
+                 took)  # fmt: skip
+        return resp
+
+    async def _p2p_serve(self, request: web.BaseRequest, url: str, digest: str) -> web.StreamResponse:
         spec = self._spec(request, url, digest)
         task_id, job = self.manager.ensure(spec)
         try:

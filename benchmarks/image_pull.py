@@ -1,0 +1,150 @@
+"""Cold image pull through the registry mirror vs the same client straight from the registry.
+
+Targets (container-images issue):
+
+* a cold pull of a ~200 MiB image through the mirror by one client takes at
+  most 1.2x the same client's direct pull (median of ``--runs``);
+* N = 3 concurrent pulls through three daemons: the registry serves
+  1.00x the image's blob bytes.
+
+The client is skopeo (``copy docker://... dir:...``), the registry Debian's
+``docker-registry`` on loopback, the swarm a scheduler + seed + peer daemon(s)
+as processes (a fresh swarm, so a cold cache, for every mirrored run). Direct
+and mirrored pulls alternate; every timed step starts after ``sync``.
+
+    .venv/bin/python benchmarks/image_pull.py --size 200MiB --layers 5 --runs 3
+
+Prints JSON; exits 1 if a pull failed (a missed target is a number, not a crash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.e2e.harness import Swarm, assert_dir_image, registries_conf
+
+from damselfly.testbed.registry import build_image, start_registry
+from damselfly.units import parse_size
+
+
+def settle() -> None:
+    os.sync()
+    time.sleep(0.5)
+
+
+def pull_argv(ref: str, dest: Path, conf: Path | None) -> list[str]:
+    argv = ["skopeo"]
+    if conf is not None:
+        argv += ["--registries-conf", str(conf)]
+    return [*argv, "copy", "--quiet", f"docker://{ref}", f"dir:{dest}", "--src-tls-verify=false"]
+
+
+def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    began = time.monotonic()
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    return time.monotonic() - began, r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="200MiB", help="total layer content")
+    ap.add_argument("--layers", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    for tool in ("docker-registry", "skopeo"):
+        if shutil.which(tool) is None:
+            print(f"image_pull: {tool} is not installed", file=sys.stderr)
+            return 2
+    size = parse_size(args.size)
+    root = Path(tempfile.mkdtemp(prefix="dfimg-", dir="/tmp"))
+    result: dict[str, Any] = {"image_size": args.size, "layers": args.layers, "runs": args.runs}
+    ok = True
+    registry = None
+    try:
+        registry = start_registry(root / "registry")
+        image = build_image(root / "layout", [size // args.layers] * args.layers, tag="v1")
+        registry.push(image, "bench/app")
+        ref = f"{registry.host}/bench/app:v1"
+        result["blob_bytes"] = image.blob_bytes
+        direct_s: list[float] = []
+        mirror_s: list[float] = []
+        for i in range(args.runs):
+            dest = root / "out"
+            shutil.rmtree(dest, ignore_errors=True)
+            settle()
+            t, r = timed(pull_argv(ref, dest, None))
+            ok &= r.returncode == 0
+            direct_s.append(t)
+            swarm = Swarm(root / f"swarm{i}", registry, peers=1)
+            try:
+                conf = registries_conf(root / "r.conf", registry.host, swarm.proxy(0))
+                shutil.rmtree(dest, ignore_errors=True)
+                before = registry.blob_bytes()
+                settle()
+                t, r = timed(pull_argv(ref, dest, conf))
+                ok &= r.returncode == 0
+                if r.returncode != 0:
+                    print(r.stderr, file=sys.stderr)
+                assert_dir_image(dest, image)
+                ok &= all(swarm.holds_blob(0, b.digest) for b in image.blobs)
+                ok &= registry.blob_bytes() - before == image.blob_bytes
+                mirror_s.append(t)
+            finally:
+                swarm.close()
+                shutil.rmtree(root / f"swarm{i}", ignore_errors=True)
+        result["direct_s"] = [round(x, 2) for x in direct_s]
+        result["mirror_s"] = [round(x, 2) for x in mirror_s]
+        result["ratio"] = round(statistics.median(mirror_s) / statistics.median(direct_s), 3)
+        result["target_ratio"] = 1.2
+
+        swarm = Swarm(root / "swarm3", registry, peers=3)
+        try:
+            before = registry.blob_bytes()
+            procs = []
+            settle()
+            began = time.monotonic()
+            for i in range(3):
+                conf = registries_conf(root / f"r{i}.conf", registry.host, swarm.proxy(i))
+                dest = root / f"c{i}"
+                procs.append(subprocess.Popen(pull_argv(ref, dest, conf), stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True))  # fmt: skip
+            for p in procs:
+                _, err = p.communicate(timeout=900)
+                if p.returncode != 0:
+                    print(err, file=sys.stderr)
+                ok &= p.returncode == 0
+            result["concurrent_3_wall_s"] = round(time.monotonic() - began, 2)
+            for i in range(3):
+                assert_dir_image(root / f"c{i}", image)
+            served = registry.blob_bytes() - before
+            result["concurrent_3_registry_blob_bytes"] = served
+            result["concurrent_3_registry_ratio"] = round(served / image.blob_bytes, 4)
+        finally:
+            swarm.close()
+    finally:
+        if registry is not None:
+            registry.stop()
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    result["ok"] = bool(ok)
+    print(json.dumps(result, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
