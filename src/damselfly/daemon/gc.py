@@ -6,8 +6,8 @@ capacity, the least recently used tasks go until the store is at or below
 the low watermark. A task in use (being downloaded, a piece being sent, a
 local export) is never chosen, and neither is one used in the last
 ``recent_window`` seconds (a child between two piece requests still counts as
-being uploaded to; so the TTL is effectively at least that window). Only the daemon's task files are counted; nothing else on
-the disk is measured or touched.
+being uploaded to; so the TTL is effectively at least that window). Only the
+daemon's task files are counted; nothing else on the disk is measured or touched.
 
 Doing (:class:`CacheGC`): for each chosen task, first tell the scheduler
 (``DeleteTask`` for this host), then remove it from the store. In that

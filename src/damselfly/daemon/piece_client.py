@@ -221,7 +221,7 @@ class PieceClient:
                 want = min(len(view), end - pos)
                 if limiter is not None:
                     if credit <= 0:
-                        credit = await self._grant(limiter, want, deadline)
+                        credit = await self._grant(limiter, want, task_id, deadline)
                     want = min(want, credit)
                 n = await self._recv_into(view[:want])
                 credit -= n
@@ -233,9 +233,11 @@ class PieceClient:
         self._frame_done = True
         return self._checked(task_id, number, offset, length, crc, event.digest)
 
-    async def _grant(self, limiter: Limiter, want: int, deadline: asyncio.Timeout | None) -> int:
+    async def _grant(
+        self, limiter: Limiter, want: int, task_id: str, deadline: asyncio.Timeout | None
+    ) -> int:
         began = self._loop.time()
-        granted = await limiter.acquire(want)
+        granted = await limiter.acquire(want, task_id)  # turns are fair per task
         waited = self._loop.time() - began
         if deadline is not None and waited > 0.001:
             when = deadline.when()

@@ -177,7 +177,7 @@ class PieceServer:
             return True
         writer.write(vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest))
         with self._store.using(request.task_id):
-            sent = await self._sendfile(writer, file, piece.offset, piece.length)
+            sent = await self._sendfile(writer, file, piece.offset, piece.length, request.task_id)
         self.bytes_sent += sent
         if sent != piece.length:
             log.warning(
@@ -196,14 +196,16 @@ class PieceServer:
                 log.exception("on_upload callback failed")
         return True
 
-    async def _sendfile(self, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int) -> int:
+    async def _sendfile(
+        self, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int, task_id: str
+    ) -> int:
         loop = asyncio.get_running_loop()
         limiter = self.limiter
         if limiter is None or limiter.unlimited:
             return await loop.sendfile(writer.transport, file, offset, length)
         sent = 0
         while sent < length:
-            n = await limiter.acquire(length - sent)
+            n = await limiter.acquire(length - sent, task_id)  # turns are fair per task
             got = await loop.sendfile(writer.transport, file, offset + sent, n)
             sent += got
             if got < n:

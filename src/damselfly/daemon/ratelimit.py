@@ -13,10 +13,10 @@ Three layers, from pure to async:
   second up to ``burst``, read from an injected clock. No I/O, no sleeping;
   unit tests drive it with a fake clock.
 * :class:`ByteLimiter` hands out bytes to asyncio consumers. Consumers queue
-  in FIFO order (one ``asyncio.Lock``, whose waiters are served in arrival
-  order) and each turn grants at most :attr:`ByteLimiter.grant_size` bytes,
-  so four connections pulling at once get a quarter each, and no transfer
-  between two grants can exceed the bucket size (the burst bound).
+  per key (the task), turns go round-robin over the keys, and each turn
+  grants at most :attr:`ByteLimiter.grant_size` bytes, so four tasks pulling
+  at once get a quarter each however many connections each uses, and no
+  transfer between two grants can exceed the bucket size (the burst bound).
   :meth:`ByteLimiter.set_rate` changes the limit at run time and wakes the
   waiter at the head of the queue so a raised limit takes effect at once.
 * :class:`RequestLimiter` answers yes/no for one request (servers answer
@@ -32,7 +32,8 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
 from ..units import KiB, MiB
@@ -137,8 +138,13 @@ class ByteLimiter:
     Consumers call :meth:`consume` (``await limiter.consume(n)`` returns once
     ``n`` bytes may pass) or :meth:`acquire` (returns how many bytes, at most
     the ask, may pass now: the I/O then moves exactly that many). Owner of its
-    bucket and FIFO queue; safe for any number of concurrent consumers in one
+    bucket and its waiters; safe for any number of concurrent consumers in one
     event loop.
+
+    Fairness is per ``key`` (the daemon passes the task ID): waiters queue
+    per key, and turns go round-robin over the keys, one grant per turn. A
+    task pulling over sixteen connections gets the same share as a task
+    pulling over one. Waiters of one key are served in arrival order.
 
     ``sleep`` is injected for unit tests (a fake clock's advance); by default
     a waiter sleeps on an event that :meth:`set_rate` sets, so a raised limit
@@ -156,7 +162,10 @@ class ByteLimiter:
     ) -> None:
         self.name = name
         self._bucket = TokenBucket(rate, burst, clock=clock)
-        self._lock = asyncio.Lock()
+        # Waiting consumers: per key a FIFO, and the keys in round-robin order. The head
+        # waiter (first of the first key) is the only one sleeping for tokens.
+        self._queues: dict[Hashable, deque[asyncio.Event]] = {}
+        self._ring: deque[Hashable] = deque()
         self._changed = asyncio.Event()
         self._sleep = sleep
         self.bytes_granted = 0
@@ -187,14 +196,27 @@ class ByteLimiter:
         self._bucket.set_rate(rate, burst)
         self._changed.set()
 
-    async def acquire(self, want: int) -> int:
-        """Wait for a turn and return how many bytes (1..min(want, grant_size)) may pass now."""
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    async def acquire(self, want: int, key: Hashable = None) -> int:
+        """Wait for ``key``'s turn and return how many bytes (1..min(want, grant_size)) may pass now."""
         if want <= 0:
             return 0
         if self._bucket.unlimited:
             self.bytes_granted += want
             return want
-        async with self._lock:
+        me = asyncio.Event()
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            self._ring.append(key)
+        queue.append(me)
+        try:
+            while not self._is_head(me):
+                await me.wait()
+                me.clear()
             while True:
                 if self._bucket.unlimited:
                     n = want
@@ -205,13 +227,34 @@ class ByteLimiter:
                     self._bucket.try_take(n)
                     break
                 await self._wait(wait)
+        finally:
+            self._leave(key, me)
         self.bytes_granted += n
         return n
 
-    async def consume(self, nbytes: int) -> None:
+    def _is_head(self, me: asyncio.Event) -> bool:
+        return bool(self._ring) and self._queues[self._ring[0]][0] is me
+
+    def _leave(self, key: Hashable, me: asyncio.Event) -> None:
+        """Take ``me`` out of the queues (granted or cancelled); the head's key goes to the back."""
+        was_head = self._is_head(me)
+        queue = self._queues[key]
+        queue.remove(me)
+        if was_head:
+            self._ring.popleft()
+            if queue:
+                self._ring.append(key)
+        if not queue:
+            del self._queues[key]
+            if not was_head:
+                self._ring.remove(key)
+        if self._ring:
+            self._queues[self._ring[0]][0].set()
+
+    async def consume(self, nbytes: int, key: Hashable = None) -> None:
         """Return once ``nbytes`` may pass (taken in grants, so other consumers interleave)."""
         while nbytes > 0:
-            nbytes -= await self.acquire(nbytes)
+            nbytes -= await self.acquire(nbytes, key)
 
     def refund(self, nbytes: int) -> None:
         """Give back bytes granted but not moved (a recv that returned less than granted)."""
@@ -246,15 +289,15 @@ class LimiterChain:
         sizes = [lim.grant_size for lim in self.limiters if not lim.unlimited]
         return min(sizes) if sizes else MAX_GRANT
 
-    async def acquire(self, want: int) -> int:
+    async def acquire(self, want: int, key: Hashable = None) -> int:
         n = min(want, self.grant_size)
         for lim in self.limiters:
-            await lim.consume(n)
+            await lim.consume(n, key)
         return n
 
-    async def consume(self, nbytes: int) -> None:
+    async def consume(self, nbytes: int, key: Hashable = None) -> None:
         while nbytes > 0:
-            nbytes -= await self.acquire(nbytes)
+            nbytes -= await self.acquire(nbytes, key)
 
     def refund(self, nbytes: int) -> None:
         for lim in self.limiters:

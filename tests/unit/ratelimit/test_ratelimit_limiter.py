@@ -146,3 +146,38 @@ async def test_chain_takes_every_limit_and_grants_at_most_the_smallest_quantum()
     assert host.bytes_granted == task.bytes_granted == 5 * MiB
     assert chain(None, ByteLimiter(0)) is None
     assert chain(host, None) is host
+
+
+async def test_turns_are_fair_per_task_not_per_connection() -> None:
+    lim, t = limiter(4 * MiB, burst=256 * KiB)
+    got: dict[str, int] = {"many": 0, "one": 0, "two": 0}
+
+    async def connection(task: str) -> None:
+        while t.now < 20:
+            n = await lim.acquire(MiB, task)  # not `got[task] += await ...`: that reads before awaiting
+            got[task] += n
+            await asyncio.sleep(0)
+
+    conns = ["many"] * 8 + ["one"] + ["two"] * 2
+    await asyncio.gather(*(connection(task) for task in conns))
+    share = sum(got.values()) / 3
+    for task, n in got.items():
+        assert abs(n - share) / share < 0.05, (task, got)
+    assert lim.waiting == 0
+
+
+async def test_a_cancelled_waiter_does_not_stall_the_others() -> None:
+    lim = ByteLimiter(1, burst=64 * KiB)  # real time, 1 byte/s: the head sleeps "forever"
+    await lim.consume(64 * KiB)
+    head = asyncio.ensure_future(lim.acquire(1000, "a"))
+    behind = asyncio.ensure_future(lim.acquire(1000, "b"))
+    queued = asyncio.ensure_future(lim.acquire(1000, "a"))
+    await asyncio.sleep(0.01)
+    assert lim.waiting == 3
+    head.cancel()
+    queued.cancel()
+    await asyncio.gather(head, queued, return_exceptions=True)
+    assert lim.waiting == 1
+    lim.set_rate(0)
+    assert await asyncio.wait_for(behind, 5) == 1000
+    assert lim.waiting == 0
