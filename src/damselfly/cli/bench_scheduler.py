@@ -38,7 +38,8 @@ def human_summary(r: dict[str, Any]) -> str:
         lines.append(f"  peak open streams {r['peak_open_streams']}, errors {r['errors'] or 'none'}")
         gen = r["generator"]
         lines.append(
-            f"  generator: {gen['cpu_s']} CPU s, {gen['cores_used']} cores over {gen['processes']} processes"
+            f"  generator: {gen['cpu_s']} CPU s, {gen['cores_used']} cores, {gen['processes']} processes, "
+            f"event-loop lag p99 {gen['loop_lag_ms']['p99']} ms, max {gen['loop_lag_ms']['max']} ms"
         )
     sched = r.get("scheduler", {})
     if sched.get("rss_peak_bytes"):
@@ -47,6 +48,12 @@ def human_summary(r: dict[str, Any]) -> str:
             f"{sched.get('cpu_s')} CPU s, {sched.get('cores_used')} cores "
             f"({sched.get('cores_used_until_release')} until release)"
         )
+        m = sched.get("metrics", {})
+        if "loop_lag_max_ms" in m:
+            lines.append(
+                f"  scheduler event-loop lag max {m['loop_lag_max_ms']} ms; "
+                f"GC pause max {max(v for k, v in m.items() if k.startswith('gc_pause_milliseconds_max'))} ms"
+            )
     lines.append(f"  load average before {r['load_average_before']}, after {r.get('load_average_after')}")
     lines.append(f"  CPU pressure before {r.get('cpu_pressure_before')}, after {r.get('cpu_pressure_after')}")
     lines.append(f"  seeds: {r['seed_mode']}")

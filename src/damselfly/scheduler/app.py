@@ -83,9 +83,9 @@ async def serve(
     service.start()
     pauses = GCPauses()
     metrics.bind_gc(pauses)
-    pauses.install()
     if tune_runtime:
         tune_gc()
+    pauses.install()  # after tune_gc's own full collection: count pauses under load only
     try:
         if config.metrics.enable:
             runner = web.AppRunner(metrics.app(), access_log=None)

@@ -23,6 +23,7 @@ def _item(values: Sequence[float], index: int) -> float:
     return float(values[index])
 
 
+_LAG_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000)
 _SCHEDULE_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
 
 
@@ -30,6 +31,7 @@ class SchedulerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[int, str], Any] = {}
+        self._lag_max = 0.0
         r = self.registry
         self.announce_peer = Counter(
             PREFIX + "announce_peer_total", "AnnouncePeer requests by type", ["type"], registry=r
@@ -53,6 +55,17 @@ class SchedulerMetrics:
             PREFIX + "download_peer_finished_total", "Peers that finished a task", registry=r
         )
         self.peer_failed = Counter(PREFIX + "download_peer_failed_total", "Peers that failed", registry=r)
+        self.loop_lag = Histogram(
+            PREFIX + "event_loop_lag_milliseconds",
+            "How late the event loop ran a 50 ms timer, in milliseconds (answers wait behind this)",
+            buckets=_LAG_BUCKETS_MS,
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            PREFIX + "event_loop_lag_max_milliseconds",
+            "Longest event-loop lag seen, in milliseconds",
+            registry=r,
+        )
         self.hosts = Gauge(PREFIX + "hosts", "Hosts known", registry=r)
         self.peers = Gauge(PREFIX + "peers", "Peers known", registry=r)
         self.tasks = Gauge(PREFIX + "tasks", "Tasks known", registry=r)
@@ -65,6 +78,12 @@ class SchedulerMetrics:
         if child is None:
             child = self._children[key] = counter.labels(label)
         child.inc()
+
+    def observe_loop_lag(self, ms: float) -> None:
+        self.loop_lag.observe(ms)
+        if ms > self._lag_max:
+            self._lag_max = ms
+            self.loop_lag_max.set(ms)
 
     def bind_gc(self, pauses: GCPauses) -> None:
         """Export the garbage collector's pauses (a stopped event loop is latency for every peer)."""

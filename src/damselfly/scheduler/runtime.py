@@ -28,6 +28,7 @@ what waits is grpc/asyncio debris; the VmHWM the benchmark reports includes it.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import time
@@ -81,3 +82,20 @@ class GCPauses:
     def uninstall(self) -> None:
         if self in gc.callbacks:
             gc.callbacks.remove(self)
+
+
+LOOP_LAG_INTERVAL = 0.05  # seconds between two probes of the event loop
+
+
+async def watch_loop_lag(
+    observe: Callable[[float], None],
+    interval: float = LOOP_LAG_INTERVAL,
+    clock: Callable[[], float] = time.perf_counter,
+) -> None:
+    """Report, every ``interval``, how late the event loop woke us (ms): the time every
+    peer's answer waited behind other work (a GC pause, a long callback, a busy CPU).
+    Runs until cancelled."""
+    while True:
+        began = clock()
+        await asyncio.sleep(interval)
+        observe(max(0.0, (clock() - began - interval) * 1000.0))

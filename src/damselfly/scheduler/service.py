@@ -39,6 +39,7 @@ from . import gc
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
 from .resources import Peer, PeerState, Resources, SeedState, Task
+from .runtime import watch_loop_lag
 from .scheduling import (
     BackToSource,
     Decision,
@@ -103,11 +104,12 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the retry and GC loops (call from the running event loop)."""
+        """Start the retry, GC and loop-lag loops (call from the running event loop)."""
         loop = asyncio.get_running_loop()
         self._loops = [
             loop.create_task(self._retry_loop(), name="scheduler-retry"),
             loop.create_task(self._gc_loop(), name="scheduler-gc"),
+            loop.create_task(watch_loop_lag(self.metrics.observe_loop_lag), name="scheduler-loop-lag"),
         ]
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 
@@ -9,7 +10,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from damselfly.scheduler.metrics import SchedulerMetrics
-from damselfly.scheduler.runtime import GC_THRESHOLDS, GCPauses, gc_tuning_wanted, tune_gc
+from damselfly.scheduler.runtime import GC_THRESHOLDS, GCPauses, gc_tuning_wanted, tune_gc, watch_loop_lag
 
 
 @pytest.fixture
@@ -76,3 +77,26 @@ def test_gc_tuning_can_be_switched_off_by_environment() -> None:
     assert gc_tuning_wanted({"DAMSELFLY_SCHEDULER_GC_TUNING": "1"})
     for off in ("0", "false", "OFF", " no "):
         assert not gc_tuning_wanted({"DAMSELFLY_SCHEDULER_GC_TUNING": off})
+
+
+async def test_loop_lag_is_how_late_the_timer_fired() -> None:
+    ticks = iter([0.0, 0.08, 1.0, 1.05])
+    seen: list[float] = []
+
+    def observe(ms: float) -> None:
+        seen.append(ms)
+        if len(seen) == 2:
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await watch_loop_lag(observe, interval=0.0, clock=lambda: next(ticks))
+    assert seen == [pytest.approx(80.0), pytest.approx(50.0)]
+
+
+def test_loop_lag_metrics_keep_the_maximum() -> None:
+    metrics = SchedulerMetrics()
+    for ms in (3.0, 120.0, 7.0):
+        metrics.observe_loop_lag(ms)
+    text = generate_latest(metrics.registry).decode()
+    assert "damselfly_scheduler_event_loop_lag_max_milliseconds 120.0" in text
+    assert "damselfly_scheduler_event_loop_lag_milliseconds_count 3.0" in text

@@ -88,6 +88,12 @@ def scrape_metrics(port: int) -> dict[str, float]:
             out["schedule_ms_sum"] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("damselfly_scheduler_schedule_duration_milliseconds_count"):
             out["schedule_count"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("damselfly_scheduler_event_loop_lag_max_milliseconds "):
+            out["loop_lag_max_ms"] = round(float(line.rsplit(" ", 1)[1]), 2)
+        elif line.startswith("damselfly_scheduler_event_loop_lag_milliseconds_count "):
+            out["loop_lag_samples"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith('damselfly_scheduler_event_loop_lag_milliseconds_bucket{le="50.0"}'):
+            out["loop_lag_samples_under_50ms"] = float(line.rsplit(" ", 1)[1])
         elif line.startswith(_GC_METRICS):
             name, value = line.rsplit(" ", 1)
             gen = name.split('generation="', 1)[1].split('"', 1)[0]
@@ -209,6 +215,7 @@ def _merge(results: list[dict[str, Any]], plan: LoadPlan) -> dict[str, Any]:
             "cores_used": round(gen_cpu / gen_wall, 2) if gen_wall else None,
             "cpu_s_per_process": [r["cpu_s"] for r in results],
             "pacer_lag_max_ms": max((r["pacer_lag_max_ms"] for r in results), default=0.0),
+            "loop_lag_ms": latency_summary(x for r in results for x in r.get("loop_lag_ms", [])),
         },
     }
 

@@ -32,6 +32,7 @@ import grpc
 from ...api import common_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from ...ids import task_id
 from ...process import write_ready_file
+from ...scheduler.runtime import watch_loop_lag
 from ..procs import read_ready_file
 from .peers import PeerJob, Tally, drive_peer
 from .plan import (
@@ -137,6 +138,8 @@ async def _run(plan: LoadPlan, role: str, index: int, address: str, ready: Path,
     seeds: list[_FakeSeed] = []
     peer_tasks: list[asyncio.Task[None]] = []
     lag_max = 0.0
+    loop_lags: list[float] = []  # this process's event-loop lag: is the client keeping up?
+    lag_probe: asyncio.Task[None] | None = None
     try:
         if role == "seeds":
             hosts = []
@@ -165,6 +168,7 @@ async def _run(plan: LoadPlan, role: str, index: int, address: str, ready: Path,
         start_at = await wait_go(go)
         cpu0 = _cpu_s()
         loop = asyncio.get_running_loop()
+        lag_probe = loop.create_task(watch_loop_lag(loop_lags.append))
         base = loop.time() + (start_at - time.time())
         release_at = base + plan.arrival_window_s + plan.hold_s
         loop.call_at(release_at, release.set)
@@ -199,6 +203,8 @@ async def _run(plan: LoadPlan, role: str, index: int, address: str, ready: Path,
         cpu_s = _cpu_s() - cpu0
         wall_s = loop.time() - base
     finally:
+        if lag_probe is not None:
+            lag_probe.cancel()
         for task in peer_tasks:
             task.cancel()
         await asyncio.gather(*peer_tasks, return_exceptions=True)
@@ -218,6 +224,7 @@ async def _run(plan: LoadPlan, role: str, index: int, address: str, ready: Path,
         wall_s=round(wall_s, 3),
         pacer_lag_max_ms=round(lag_max * 1000.0, 2),
         seed_triggers=sum(s.triggered for s in seeds),
+        loop_lag_ms=[round(x, 2) for x in loop_lags],
     )
     return out
 
