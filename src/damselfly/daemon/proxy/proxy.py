@@ -120,7 +120,9 @@ class ProxyServer:
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
-        self._web = web.Server(self._handle, handler_cancellation=True)
+        # No aiohttp access log: request lines of proxied URLs may carry signed
+        # query strings; blobs get one line of our own (digest, status, bytes, time).
+        self._web = web.Server(self._handle, handler_cancellation=True, access_log=None)
         cfg = self.config.server
         self._server = await loop.create_server(lambda: _Sniffer(self), cfg.ip, cfg.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
