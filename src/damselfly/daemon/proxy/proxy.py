@@ -302,9 +302,11 @@ class ProxyServer:
             await send_span(self.store, task_id, job, span, meta.piece_length, resp.write, digest=check)
         except DigestMismatch as e:
             log.warning("blob %s from %s: %s; aborting the response", digest, _origin(url), e)
-            _abort(request)
+            # Forget the bytes before the client learns of the failure, so its retry
+            # cannot find them; the retry goes to the registry (distrusted digest).
             self._distrust_blob(digest)
             await forget_bad_task(self.store, task_id, job)
+            _abort(request)
             return resp
         except (DamselflyError, OSError) as e:
             log.warning("serving blob %s failed mid-way: %s", digest or urlsplit(url).path, e)
