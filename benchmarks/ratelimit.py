@@ -3,15 +3,16 @@
 What is measured, on loopback (the daemon's real byte path): a server process
 holds four finished tasks in a PieceStore and serves them with a PieceServer
 limited by the host's upload :class:`ByteLimiter` (sendfile in grant-size
-chunks); this process runs four PieceClients, one per task, each pulling
-1 MiB pieces in a loop (recv_into, crc32, pwrite to /dev/null) for
+chunks); this process pulls the four tasks over 4, 2, 1 and 1 connections
+(recv_into, crc32, pwrite to /dev/null; 1 MiB pieces in a loop) for
 ``--duration`` seconds (a pull in flight at the end finishes, so a point at
 1 MB/s runs a few seconds over). Per point (one limit):
 
 * ``rate_error``: bytes received / elapsed, against the limit (target: within
   ±5%). The first bucket's worth rides in at once; it is included.
-* ``share_spread``: each task's bytes against a quarter of the total (target:
-  each within ±20%).
+* ``share_spread``: each task's bytes granted during the timed window against
+  a quarter of the total (target: each within ±20%), although the tasks use
+  different numbers of connections.
 * ``burst_excess``: the largest ``granted(t1..t2) - rate*(t2-t1)`` over every
   window of grant times, against the bucket size (target: <= burst).
 * ``unlimited``: the same setup with no limit, for the ceiling of this machine.
@@ -30,6 +31,7 @@ import os
 import tempfile
 import time
 import zlib
+from collections.abc import Hashable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from damselfly.units import MiB
 PIECE = 1 * MiB
 PIECES = 16  # 16 MiB per task
 TASKS = 4
+CONNECTIONS = [4, 2, 1, 1]  # per task: fairness must be per task, not per connection
 LIMITS = [1e6, 10e6, 100e6, 500e6]
 
 
@@ -72,10 +75,13 @@ class Recorder(ByteLimiter):
     def __init__(self, rate: float) -> None:
         super().__init__(rate, name="upload")
         self.grants: list[tuple[float, int]] = []
+        self.by_task: list[tuple[float, str, int]] = []
 
-    async def acquire(self, want: int) -> int:
-        n = await super().acquire(want)
-        self.grants.append((time.monotonic(), n))
+    async def acquire(self, want: int, key: Hashable = None) -> int:
+        n = await super().acquire(want, key)
+        now = time.monotonic()
+        self.grants.append((now, n))
+        self.by_task.append((now, str(key), n))
         return n
 
 
@@ -102,7 +108,8 @@ def serve(root: str, rate: float, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, conn.recv)
         await server.close()
-        conn.send({"burst": limiter.burst, "excess": burst_excess(limiter.grants, rate) if rate else 0.0})
+        excess = burst_excess(limiter.grants, rate) if rate else 0.0
+        conn.send({"burst": limiter.burst, "excess": excess, "by_task": limiter.by_task})
 
     asyncio.run(run())
 
@@ -117,7 +124,7 @@ async def run_point(root: Path, ids: list[str], rate: float, duration: float) ->
     sink = os.open(os.devnull, os.O_WRONLY)
     stop_at = time.monotonic() + duration
 
-    async def pull(i: int) -> None:
+    async def pull(i: int, _: int) -> None:
         client = await PieceClient.connect("127.0.0.1", port)
         try:
             n = 0
@@ -132,7 +139,7 @@ async def run_point(root: Path, ids: list[str], rate: float, duration: float) ->
 
     began = time.monotonic()
     try:
-        await asyncio.gather(*(pull(i) for i in range(TASKS)))
+        await asyncio.gather(*(pull(i, c) for i in range(TASKS) for c in range(CONNECTIONS[i])))
     finally:
         elapsed = time.monotonic() - began
         os.close(sink)
@@ -143,14 +150,19 @@ async def run_point(root: Path, ids: list[str], rate: float, duration: float) ->
             proc.kill()
     total = sum(got)
     measured = total / elapsed
-    share = total / TASKS
     out: dict[str, float] = {
         "limit_MBps": rate / 1e6,
         "measured_MBps": round(measured / 1e6, 3),
         "elapsed_s": round(elapsed, 2),
-        "share_spread": round(max(abs(g - share) / share for g in got), 4),
     }
     if rate:
+        window = dict.fromkeys(ids, 0)
+        for when, key, n in report["by_task"]:
+            if began <= when <= stop_at and key in window:
+                window[key] += n
+        share = sum(window.values()) / TASKS
+        out["share_spread"] = round(max(abs(g - share) / share for g in window.values()), 4)
+        out["task_MB"] = [round(window[t] / 1e6, 1) for t in ids]  # type: ignore[assignment]
         out["rate_error"] = round(measured / rate - 1, 4)
         out["burst_bytes"] = report["burst"]
         out["burst_excess_bytes"] = round(report["excess"])

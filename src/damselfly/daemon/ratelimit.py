@@ -12,11 +12,11 @@ Three layers, from pure to async:
 * :class:`TokenBucket` is the arithmetic only: tokens refill at ``rate`` per
   second up to ``burst``, read from an injected clock. No I/O, no sleeping;
   unit tests drive it with a fake clock.
-* :class:`ByteLimiter` hands out bytes to asyncio consumers. Consumers queue
-  per key (the task), turns go round-robin over the keys, and each turn
-  grants at most :attr:`ByteLimiter.grant_size` bytes, so four tasks pulling
-  at once get a quarter each however many connections each uses, and no
-  transfer between two grants can exceed the bucket size (the burst bound).
+* :class:`ByteLimiter` hands out bytes to asyncio consumers. Asks are served
+  in start-time fair-queueing order per key (the task), each grant at most
+  :attr:`ByteLimiter.grant_size` bytes, so four tasks pulling at once get a
+  quarter each however many connections each uses, and no transfer between
+  two grants can exceed the bucket size (the burst bound).
   :meth:`ByteLimiter.set_rate` changes the limit at run time and wakes the
   waiter at the head of the queue so a raised limit takes effect at once.
 * :class:`RequestLimiter` answers yes/no for one request (servers answer
@@ -31,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import heapq
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
@@ -141,10 +141,12 @@ class ByteLimiter:
     bucket and its waiters; safe for any number of concurrent consumers in one
     event loop.
 
-    Fairness is per ``key`` (the daemon passes the task ID): waiters queue
-    per key, and turns go round-robin over the keys, one grant per turn. A
-    task pulling over sixteen connections gets the same share as a task
-    pulling over one. Waiters of one key are served in arrival order.
+    Fairness is per ``key`` (the daemon passes the task ID), in bytes:
+    start-time fair queueing. Each ask gets a start tag, the later of the
+    limiter's virtual time and the end of its key's previous ask (in bytes);
+    the smallest tag is served next. A task pulling over sixteen connections
+    gets the same bytes as a task pulling over one, and a task that steps away
+    for a moment (its one connection busy with I/O) does not lose its turn.
 
     ``sleep`` is injected for unit tests (a fake clock's advance); by default
     a waiter sleeps on an event that :meth:`set_rate` sets, so a raised limit
@@ -162,10 +164,13 @@ class ByteLimiter:
     ) -> None:
         self.name = name
         self._bucket = TokenBucket(rate, burst, clock=clock)
-        # Waiting consumers: per key a FIFO, and the keys in round-robin order. The head
-        # waiter (first of the first key) is the only one sleeping for tokens.
-        self._queues: dict[Hashable, deque[asyncio.Event]] = {}
-        self._ring: deque[Hashable] = deque()
+        # Waiting asks as a heap of (start tag, arrival, wake-up event); the head (smallest
+        # tag) is the only one sleeping for tokens. Tags count bytes: _vtime is the tag of the
+        # last grant, _finish[key] where the key's last ask ends.
+        self._heap: list[tuple[float, int, asyncio.Event]] = []
+        self._finish: dict[Hashable, float] = {}
+        self._vtime = 0.0
+        self._seq = 0
         self._changed = asyncio.Event()
         self._sleep = sleep
         self.bytes_granted = 0
@@ -198,7 +203,7 @@ class ByteLimiter:
 
     @property
     def waiting(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return len(self._heap)
 
     async def acquire(self, want: int, key: Hashable = None) -> int:
         """Wait for ``key``'s turn and return how many bytes (1..min(want, grant_size)) may pass now."""
@@ -207,14 +212,14 @@ class ByteLimiter:
         if self._bucket.unlimited:
             self.bytes_granted += want
             return want
-        me = asyncio.Event()
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = deque()
-            self._ring.append(key)
-        queue.append(me)
+        start = max(self._vtime, self._finish.get(key, 0.0))
+        self._finish[key] = start + min(want, self.grant_size)
+        self._seq += 1
+        entry = (start, self._seq, asyncio.Event())
+        me = entry[2]
+        heapq.heappush(self._heap, entry)
         try:
-            while not self._is_head(me):
+            while self._heap[0] is not entry:
                 await me.wait()
                 me.clear()
             while True:
@@ -228,28 +233,23 @@ class ByteLimiter:
                     break
                 await self._wait(wait)
         finally:
-            self._leave(key, me)
+            self._leave(entry)
         self.bytes_granted += n
         return n
 
-    def _is_head(self, me: asyncio.Event) -> bool:
-        return bool(self._ring) and self._queues[self._ring[0]][0] is me
-
-    def _leave(self, key: Hashable, me: asyncio.Event) -> None:
-        """Take ``me`` out of the queues (granted or cancelled); the head's key goes to the back."""
-        was_head = self._is_head(me)
-        queue = self._queues[key]
-        queue.remove(me)
-        if was_head:
-            self._ring.popleft()
-            if queue:
-                self._ring.append(key)
-        if not queue:
-            del self._queues[key]
-            if not was_head:
-                self._ring.remove(key)
-        if self._ring:
-            self._queues[self._ring[0]][0].set()
+    def _leave(self, entry: tuple[float, int, asyncio.Event]) -> None:
+        """Take an ask out of the heap (granted or cancelled) and wake the next head."""
+        if self._heap and self._heap[0] is entry:
+            heapq.heappop(self._heap)
+            self._vtime = max(self._vtime, entry[0])
+        else:
+            self._heap.remove(entry)
+            heapq.heapify(self._heap)
+        if self._heap:
+            self._heap[0][2].set()
+        if len(self._finish) > 2 * len(self._heap) + 64:
+            # Keys that stopped asking (finished tasks) would start at _vtime anyway.
+            self._finish = {k: f for k, f in self._finish.items() if f > self._vtime}
 
     async def consume(self, nbytes: int, key: Hashable = None) -> None:
         """Return once ``nbytes`` may pass (taken in grants, so other consumers interleave)."""

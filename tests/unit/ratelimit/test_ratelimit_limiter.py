@@ -181,3 +181,39 @@ async def test_a_cancelled_waiter_does_not_stall_the_others() -> None:
     lim.set_rate(0)
     assert await asyncio.wait_for(behind, 5) == 1000
     assert lim.waiting == 0
+
+
+async def test_tasks_with_small_asks_still_get_equal_bytes() -> None:
+    lim, t = limiter(8 * MiB, burst=256 * KiB)
+    got = [0, 0, 0, 0]
+
+    async def consumer(i: int, ask: int) -> None:
+        while t.now < 20:
+            got[i] += await lim.acquire(ask, key=i)
+            await asyncio.sleep(0)
+
+    # Fair in bytes, not in turns: a task asking 48 KiB at a time is served more often.
+    await asyncio.gather(*(consumer(i, ask) for i, ask in enumerate([48 * KiB, MiB, 4 * MiB, 100 * KiB])))
+    for g in got:
+        assert g == pytest.approx(sum(got) / 4, rel=0.05), got
+
+
+async def test_a_task_that_steps_away_briefly_keeps_its_share() -> None:
+    lim, t = limiter(8 * MiB, burst=256 * KiB)
+    got = {"a": 0, "b": 0, "c": 0, "io": 0}
+
+    async def always(key: str) -> None:
+        while t.now < 20:
+            n = await lim.acquire(MiB, key)
+            got[key] += n
+
+    async def io_bound() -> None:
+        while t.now < 20:
+            n = await lim.acquire(MiB, "io")
+            got["io"] += n
+            await asyncio.sleep(0)  # its one connection is busy with I/O for a moment
+
+    await asyncio.gather(*(always(k) for k in "abc" for _ in range(2)), io_bound())
+    # Back in time for its next tag: it is not sent behind every other task.
+    for n in got.values():
+        assert n == pytest.approx(sum(got.values()) / 4, rel=0.05), got
