@@ -45,6 +45,8 @@ def headline(r: dict[str, Any]) -> dict[str, Any]:
         "gc_pause_max_ms": max(
             (v for k, v in metrics.items() if k.startswith("gc_pause_milliseconds_max")), default=None
         ),
+        "scheduler_loop_lag_max_ms": metrics.get("loop_lag_max_ms"),
+        "generator_loop_lag_p99_ms": r.get("generator", {}).get("loop_lag_ms", {}).get("p99"),
         "load_average_1m": round(r.get("load_average_before", [0.0])[0], 2),
         "cpu_pressure_avg10": r.get("cpu_pressure_before", {}).get("avg10"),
         "error": r.get("error"),
@@ -66,7 +68,8 @@ def run_once(bench_args: list[str], src: str | None) -> dict[str, Any]:
 def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("p50_ms", "p99_ms", "max_ms", "decisions_per_s", "scheduler_rss_peak_mib", "scheduler_cpu_s",
-                "scheduler_cores", "generator_cores", "gc_pause_max_ms", "load_average_1m"):  # fmt: skip
+                "scheduler_cores", "generator_cores", "gc_pause_max_ms", "scheduler_loop_lag_max_ms",
+                "generator_loop_lag_p99_ms", "load_average_1m", "cpu_pressure_avg10"):  # fmt: skip
         values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
         out[key] = statistics.median(values) if values else None
     return out
