@@ -157,7 +157,7 @@ class DaemonGCConfig(Section):
     """
 
     interval: float = 1 * MINUTES  # how often the GC looks
-    task_ttl: float = Field(24 * 60 * MINUTES, alias="taskTTL")  # unused this long: evicted; 0: never
+    task_ttl: float = Field(default=24 * 60 * MINUTES, alias="taskTTL")  # unused this long: evicted; 0: never
     # The store's budget in bytes; 0: the size of the filesystem holding storage.dir.
     capacity: int = 0
     high_threshold: float = 80.0  # percent of capacity: above it, evict least recently used tasks...
