@@ -31,7 +31,7 @@ import time
 import weakref
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -114,6 +114,7 @@ class ProxyServer:
         self._jobs: set[asyncio.Task[None]] = set()
         self._tunnel_hosts: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._distrust: dict[str, float] = {}
+        self._first_byte: dict[int, float] = {}  # request id -> when its headers went out (for the log)
         self.port = 0
 
     # ----------------------------------------------------------------- life
@@ -254,8 +255,10 @@ class ProxyServer:
         resp = await self._p2p_serve(request, url, digest)
         what = digest or urlsplit(url).path
         took = time.monotonic() - began
-        log.info("P2P %s %s -> %d, %d bytes in %.2fs", request.method, what, resp.status, resp.body_length,
-                 took)  # fmt: skip
+        first = self._first_byte.pop(id(request), began) - began
+        size = resp.content_length or resp.body_length
+        log.info("P2P %s %s -> %d, %d bytes in %.2fs (headers after %.2fs)",
+                 request.method, what, resp.status, size, took, first)  # fmt: skip
         return resp
 
     async def _p2p_serve(self, request: web.BaseRequest, url: str, digest: str) -> web.StreamResponse:
@@ -295,11 +298,12 @@ class ProxyServer:
             check = ""
         resp.content_length = span.length
         await resp.prepare(request)
+        self._first_byte[id(request)] = time.monotonic()
         if span.length <= 0:
             await resp.write_eof()
             return resp
         try:
-            await send_span(self.store, task_id, job, span, meta.piece_length, resp.write, digest=check)
+            await send_span(self.store, task_id, job, span, meta.piece_length, _Sink(request), digest=check)
         except DigestMismatch as e:
             log.warning("blob %s from %s: %s; aborting the response", digest, _origin(url), e)
             # Forget the bytes before the client learns of the failure, so its retry
@@ -397,6 +401,23 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write_eof()
     except (OSError, ConnectionError):
         writer.close()
+
+
+class _Sink:
+    """A prepared response's connection, fed with file ranges (zero-copy where the transport allows)."""
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self.request = request
+
+    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        # Falls back to read + write on transports without sendfile (TLS).
+        try:
+            await asyncio.get_running_loop().sendfile(transport, file, offset, count)
+        except RuntimeError as e:  # asyncio's "transport is closing"
+            raise ConnectionResetError(f"the client went away: {e}") from e
 
 
 class _Sniffer(asyncio.Protocol):

@@ -16,8 +16,8 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import BinaryIO, Protocol
 
 from ...errors import DamselflyError, DigestMismatch, InvalidArgument, NotFound
 from ...units import MiB
@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 * MiB
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
-
-Write = Callable[[bytes], Awaitable[None]]
 
 
 class RangeNotSatisfiable(InvalidArgument):
@@ -127,13 +125,22 @@ async def wait_for_piece(store: PieceStore, task_id: str, number: int, job: asyn
         await _wait_change(store, task_id, meta.version, job)
 
 
-def _read(fd: int, offset: int, length: int, hasher: hashlib._Hash | None) -> bytes:
-    data = os.pread(fd, length, offset)
-    if len(data) != length:
-        raise DamselflyError(f"content file is short at offset {offset}")
-    if hasher is not None:
-        hasher.update(data)
-    return data
+class Sink(Protocol):
+    """Where a span goes: a client connection that can take file ranges (sendfile)."""
+
+    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None: ...
+
+
+def _hash_range(fd: int, offset: int, length: int, hasher: hashlib._Hash, buf: bytearray) -> None:
+    """Feed ``length`` bytes at ``offset`` into ``hasher`` (blocking: run in a thread)."""
+    view = memoryview(buf)
+    pos, end = offset, offset + length
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
+        if n <= 0:
+            raise DamselflyError(f"content file is short at offset {pos}")
+        hasher.update(view[:n])
+        pos += n
 
 
 async def send_span(
@@ -142,41 +149,46 @@ async def send_span(
     job: asyncio.Task[None],
     span: Span,
     piece_length: int,
-    write: Write,
+    sink: Sink,
     *,
     digest: str = "",
 ) -> None:
-    """Write bytes ``span`` of the task with ``write`` in order, as their pieces land.
+    """Send bytes ``span`` of the task to ``sink`` in order, as their pieces land.
 
-    With ``digest`` (``sha256:<hex>``, the span being the whole content), the
-    bytes are hashed and the last chunk is written only if they match; else
-    DigestMismatch is raised with the last chunk unsent.
+    Bytes go out with sendfile (no copy through Python). With ``digest``
+    (``sha256:<hex>``, the span being the whole content), every piece is
+    hashed (in a thread, from the page cache) before it is sent, and the last
+    chunk is held back until the whole digest matches; else DigestMismatch is
+    raised with the last chunk unsent.
     """
     hasher = hashlib.sha256() if digest else None
+    buf = bytearray(CHUNK) if hasher is not None else bytearray()
     fd = store.open_read_fd(task_id)
+    file = os.fdopen(fd, "rb", buffering=0)
     try:
         pos = span.start
         end = span.end + 1
-        held: bytes | None = None
+        sent = pos
         while pos < end:
             number = pos // piece_length
             await wait_for_piece(store, task_id, number, job)
             stop = min(end, (number + 1) * piece_length)
-            while pos < stop:
-                n = min(CHUNK, stop - pos)
-                data = await asyncio.to_thread(_read, fd, pos, n, hasher)
-                pos += n
-                if held is not None:
-                    await write(held)
-                held = data
+            if hasher is not None:
+                await asyncio.to_thread(_hash_range, fd, pos, stop - pos, hasher, buf)
+            pos = stop
+            # Everything but the last chunk may go now; the last waits for the digest.
+            ready = pos if pos < end or hasher is None else max(sent, end - CHUNK)
+            if ready > sent:
+                await sink.sendfile(file, sent, ready - sent)
+                sent = ready
         if hasher is not None:
             actual = f"sha256:{hasher.hexdigest()}"
             if actual != digest:
                 raise DigestMismatch(f"blob {digest}", digest, actual)
-        if held is not None:
-            await write(held)
+        if end > sent:
+            await sink.sendfile(file, sent, end - sent)
     finally:
-        os.close(fd)
+        file.close()
 
 
 async def forget_bad_task(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> None:
