@@ -16,4 +16,4 @@ try:
 except ImportError:  # pragma: no cover - the fallback computes the same value
     from zlib import crc32 as _crc32
 
-crc32: Callable[[bytes | bytearray | memoryview, int], int] = _crc32  # type: ignore[assignment]
+crc32: Callable[[bytes | bytearray | memoryview, int], int] = _crc32  # type: ignore[assignment,unused-ignore]

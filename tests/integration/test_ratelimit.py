@@ -100,10 +100,13 @@ async def test_per_download_limit_via_header_is_consumed_not_forwarded(
     assert all(RATE_LIMIT_HEADER.lower() not in (k.lower() for k in h) for h in seen)
 
 
-async def test_back_to_source_limit_counts_origin_bytes(swarm: Swarm, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["rawhttp", "aiohttp"])
+async def test_back_to_source_limit_counts_origin_bytes(
+    swarm: Swarm, tmp_path: Path, fast_path: bool
+) -> None:
     swarm.file("b2s.bin", SIZE)
     peer = await swarm.add_daemon("peer", download={"back_to_source_bandwidth_limit": RATE})
-    peer.source.fast_path = False  # the aiohttp path takes the limiter (see the report on rawhttp)
+    peer.source.fast_path = fast_path  # both body paths take tokens from the same limiter
     r = await swarm.download("peer", swarm.url("b2s.bin"), tmp_path / "out")
     assert r.ok, r.details
     assert peer.limiters.back_to_source.bytes_granted == SIZE
