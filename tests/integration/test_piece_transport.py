@@ -410,3 +410,32 @@ async def test_idle_connections_are_closed(tmp_path: Path) -> None:
             await writer.wait_closed()
     finally:
         await server.close()
+
+
+async def test_slow_but_steady_parent_is_not_timed_out(tmp_path: Path) -> None:
+    # The whole piece takes ~0.8 s, far over the 0.3 s timeout, but a byte never waits that long.
+    payload = bytes(range(256)) * (PL // 256)
+
+    async def respond(req: vortex.DownloadPiece, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            vortex.encode_piece_header(req.packet_id, req.number, PL, PL, f"crc32:{zlib.crc32(payload)}")
+        )
+        for i in range(0, PL, PL // 16):
+            writer.write(payload[i : i + PL // 16])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+
+    fake = FakeParent(respond)
+    port = await fake.start()
+    path = tmp_path / "out"
+    path.write_bytes(b"\xee" * (4 * PL))
+    fd = os.open(path, os.O_RDWR)
+    pool = PieceConnectionPool()
+    try:
+        info = await pool.download_piece("127.0.0.1", port, TID, 1, fd, PL, PL, timeout=0.3)
+    finally:
+        os.close(fd)
+        await pool.close()
+        await fake.close()
+    assert info.digest == f"crc32:{zlib.crc32(payload)}"
+    assert path.read_bytes()[PL : 2 * PL] == payload

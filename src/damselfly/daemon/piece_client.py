@@ -140,9 +140,12 @@ class PieceClient:
         Returns the PieceInfo (``crc32:<n>`` digest, cost, REMOTE_PEER; the caller
         sets ``parent_id``) once the content matched the parent's digest.
 
-        With ``limiter``, bytes are granted before each recv and each recv reads
-        at most what was granted. Time spent waiting for the limiter extends
-        ``timeout``: the timeout judges the parent, not our own limit.
+        ``timeout`` is an inactivity timeout: it fires when the parent sends
+        nothing for that long, so a slow but steady parent (a rate-limited one)
+        is not mistaken for a dead one. With ``limiter``, bytes are granted
+        before each recv and each recv reads at most what was granted; time
+        spent waiting for the limiter does not count either: the timeout judges
+        the parent, not our own limit.
         """
         if self.closed or self.broken:
             raise PeerError(f"connection to parent {self._where} is no longer usable")
@@ -157,7 +160,7 @@ class PieceClient:
         ok = False
         try:
             async with asyncio.timeout(timeout) as deadline:
-                info = await self._exchange(task_id, number, fd, offset, length, limiter, deadline)
+                info = await self._exchange(task_id, number, fd, offset, length, limiter, deadline, timeout)
             info.cost_s = self._clock() - start
             ok = True
             return info
@@ -167,7 +170,7 @@ class PieceClient:
         except TimeoutError:
             self.timed_out = True
             raise PeerError(
-                f"piece {number} from parent {self._where} timed out after {timeout:g}s"
+                f"piece {number} from parent {self._where} timed out: nothing received for {timeout:g}s"
             ) from None
         except OSError as e:
             raise PeerError(f"piece {number} from parent {self._where} failed: {e}") from e
@@ -185,6 +188,7 @@ class PieceClient:
         length: int,
         limiter: Limiter | None = None,
         deadline: asyncio.Timeout | None = None,
+        idle: float | None = None,
     ) -> PieceInfo:
         packet_id = self._next_packet_id()
         await self._loop.sock_sendall(self._sock, vortex.encode_download_piece(packet_id, task_id, number))
@@ -224,6 +228,8 @@ class PieceClient:
                         credit = await self._grant(limiter, want, task_id, deadline)
                     want = min(want, credit)
                 n = await self._recv_into(view[:want])
+                if deadline is not None and idle:
+                    deadline.reschedule(self._loop.time() + idle)  # progress: the parent is alive
                 credit -= n
                 pos = self._write_chunk(fd, view[:n], pos)
                 crc = crc32(view[:n], crc)
