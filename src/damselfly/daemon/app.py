@@ -201,6 +201,7 @@ class Daemon:
         if not cfg.proxy.enable or self.manager is None:
             return 0
         from .proxy import ProxyServer
+        from .proxy.metrics import ProxyMetrics
 
         self.proxy = ProxyServer(
             cfg.proxy,
@@ -208,6 +209,7 @@ class Daemon:
             store=self.store,
             data_dir=Path(cfg.storage.dir),
             source=cfg.source,
+            metrics=ProxyMetrics(self.metrics.registry),
         )
         try:
             return int(await self.proxy.start())

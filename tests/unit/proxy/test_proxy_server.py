@@ -142,6 +142,8 @@ async def test_blob_through_the_store_once_with_task_id_by_digest(
                 assert r.headers["X-Dragonfly-Task-ID"] == ids.blob_task_id(digest)
                 assert await r.read() == data
     assert env.origin.gets[digest] == 1  # the second GET came from the store
+    assert env.proxy.metrics.p2p_bytes._value.get() == 2 * len(data)
+    assert env.proxy.metrics.request_total.labels("p2p", "200")._value.get() == 2
     assert env.origin.auth_seen == [SECRET]  # the credentials reached the registry...
     assert "secret-token" not in caplog.text  # ...and never the logs
     assert "sig-topsecret" not in caplog.text  # nor do signed query strings
@@ -216,6 +218,7 @@ async def test_not_an_open_proxy(env: Env) -> None:
     await writer.drain()
     assert (await reader.readline()).startswith(b"HTTP/1.1 403")
     writer.close()
+    assert env.proxy.metrics.request_total.labels("refused", "403")._value.get() == 2
 
 
 async def test_connect_to_an_allowed_host_is_a_tunnel(env: Env) -> None:

@@ -44,6 +44,7 @@ from ..storage import PieceStore
 from ..tasks import TaskManager
 from . import mirror
 from .ca import CertificateAuthority, ensure_ca
+from .metrics import ProxyMetrics
 from .rules import Route, compile_rules, decide
 from .stream import (
     RangeNotSatisfiable,
@@ -86,8 +87,10 @@ class ProxyServer:
         store: PieceStore,
         data_dir: Path,
         source: SourceConfig | None = None,
+        metrics: ProxyMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or ProxyMetrics()
         self.manager = manager
         self.store = store
         self.rules = compile_rules(config.rules)
@@ -175,17 +178,23 @@ class ProxyServer:
         try:
             url = self._target(request)
         except InvalidArgument as e:
+            self.metrics.request("refused", 400)
             return _error(400, str(e))
         except PermissionError as e:
+            self.metrics.request("refused", 403)
             return _error(403, str(e))
         if url is None:
+            self.metrics.request("refused", 404)
             return _error(404, "not a registry request: the mirror serves /v2/...")
         decision = decide(request.method, url, self.rules)
         log.debug("%s %s -> %s", request.method, urlsplit(decision.url).path, decision.route.value)
         if decision.route is Route.P2P:
             digest = mirror.blob_digest(urlsplit(decision.url).path) or ""
-            return await self._p2p(request, decision.url, digest)
-        return await self._forward(request, decision.url)
+            resp = await self._p2p(request, decision.url, digest)
+        else:
+            resp = await self._forward(request, decision.url)
+        self.metrics.request(decision.route.value, resp.status)
+        return resp
 
     def _target(self, request: web.BaseRequest) -> str | None:
         """The upstream URL of ``request``, None when it is not one we serve."""
@@ -318,6 +327,7 @@ class ProxyServer:
             self._forget_failed(task_id)
             return resp
         await resp.write_eof()
+        self.metrics.p2p_bytes.inc(span.length)
         with contextlib.suppress(DamselflyError):
             self.store.touch(task_id)
         return resp
@@ -338,13 +348,16 @@ class ProxyServer:
             _refuse(transport, 400, "bad CONNECT target")
             return
         if self.is_hijacked(host) or self.is_hijacked(f"{host}:{port}"):
+            self.metrics.request("connect", 200)
             if early:
                 _refuse(transport, 400, "data before the tunnel was established")
                 return
             await self._intercept(transport, host, port)
         elif self.may_reach(host, port):
+            self.metrics.request("tunnel", 200)
             await self._tunnel(transport, host, port, early)
         else:
+            self.metrics.request("refused", 403)
             log.info("refused CONNECT to %s:%d (not a registry, hijacked or allowed host)", host, port)
             _refuse(transport, 403, f"this proxy does not tunnel to {host}:{port}")
 
