@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -57,6 +58,17 @@ def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
     return time.monotonic() - began, r
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="200MiB", help="total layer content")
@@ -85,16 +97,26 @@ def main() -> int:
             dest = root / "out"
             shutil.rmtree(dest, ignore_errors=True)
             settle()
+            reg_cpu, client_cpu = cpu_s(registry.child.pid), children_cpu_s()
             t, r = timed(pull_argv(ref, dest, None))
             ok &= r.returncode == 0
             direct_s.append(t)
+            cpu_direct = {
+                "registry": cpu_s(registry.child.pid) - reg_cpu,
+                "skopeo": children_cpu_s() - client_cpu,
+            }
             swarm = Swarm(root / f"swarm{i}", registry, peers=1)
             try:
                 conf = registries_conf(root / "r.conf", registry.host, swarm.proxy(0))
                 shutil.rmtree(dest, ignore_errors=True)
                 before = registry.blob_bytes()
                 settle()
+                pids = {"registry": registry.child.pid, **{c.name: c.pid for c in swarm.children}}
+                cpu_before = {k: cpu_s(pid) for k, pid in pids.items()}
+                client_cpu = children_cpu_s()
                 t, r = timed(pull_argv(ref, dest, conf))
+                cpu_mirror = {k: cpu_s(pid) - cpu_before[k] for k, pid in pids.items()}
+                cpu_mirror["skopeo"] = children_cpu_s() - client_cpu
                 ok &= r.returncode == 0
                 if r.returncode != 0:
                     print(r.stderr, file=sys.stderr)
@@ -105,6 +127,11 @@ def main() -> int:
             finally:
                 swarm.close()
                 shutil.rmtree(root / f"swarm{i}", ignore_errors=True)
+        # CPU seconds per process in the last run: where the mirror's extra work goes.
+        result["last_run_cpu_s"] = {
+            "direct": {k: round(v, 2) for k, v in cpu_direct.items()},
+            "mirror": {k: round(v, 2) for k, v in cpu_mirror.items()},
+        }
         result["direct_s"] = [round(x, 2) for x in direct_s]
         result["mirror_s"] = [round(x, 2) for x in mirror_s]
         result["ratio"] = round(statistics.median(mirror_s) / statistics.median(direct_s), 3)
