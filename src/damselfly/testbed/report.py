@@ -132,7 +132,7 @@ class SwarmResult:
     origin_bytes: int = 0
     origin_requests: int = 0
     cpu_busy_fraction: float | None = None
-    # CPU seconds the testbed's servers (origin, scheduler, daemons) used during the transfer,
+    # CPU seconds the testbed used during the transfer (origin, scheduler, daemons, dfgets, supervisor),
     # apart from whatever else the machine was running.
     testbed_cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -244,7 +244,7 @@ def human_summary(data: dict[str, Any]) -> str:
     )
     lines.append(
         f"  CPU busy {num(data['cpu_busy_fraction'], '{:.0%}')} of all {data['cpu_count']} cores during the "
-        f"transfer, of which the testbed's servers {num(data['testbed_cpu_fraction'], '{:.0%}')}"
+        f"transfer, of which the testbed's own processes {num(data['testbed_cpu_fraction'], '{:.0%}')}"
     )
     lines.append("  all digests ok" if data["ok"] else "  RUN FAILED")
     return "\n".join(lines)

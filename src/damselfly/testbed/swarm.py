@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -123,6 +124,11 @@ def sha256_file(path: Path) -> str:
         while block := f.read(4 * MiB):
             h.update(block)
     return h.hexdigest()
+
+
+def _reaped_children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class MetricsPoller(threading.Thread):
@@ -272,6 +278,7 @@ class SwarmRun:
         cpu0 = read_cpu_times()
         proc0 = {c.name: process_cpu_seconds(c.pid) for c in self.children}
         me0 = process_cpu_seconds(os.getpid())
+        reaped0 = _reaped_children_cpu_s()
         last_cpu, last_cpu_t = cpu0, 0.0
         started: dict[str, ChildProcess] = {}
         deadline = t0 + (peers[-1].arrival_s if peers else 0) + opts.timeout_s + 30
@@ -311,6 +318,8 @@ class SwarmRun:
             }
             # This process: the metrics pollers and dfget bookkeeping.
             self.result.testbed_cpu_s["supervisor"] = process_cpu_seconds(os.getpid()) - me0
+            # The dfgets, reaped as they finished (servers are reaped only at cleanup, after this).
+            self.result.testbed_cpu_s["dfget"] = _reaped_children_cpu_s() - reaped0
             self.result.wall_s = time.monotonic() - t0
             stop.set()
             for p in pollers.values():
