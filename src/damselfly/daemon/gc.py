@@ -8,6 +8,9 @@ local export) is never chosen, and neither is one used in the last
 ``recent_window`` seconds (a child between two piece requests still counts as
 being uploaded to; so the TTL is effectively at least that window). Only the
 daemon's task files are counted; nothing else on the disk is measured or touched.
+Persistent cache tasks (dfcache) carry their own expiry: at ``expires_at`` they
+go (unless in use) whatever the recent window, and a ``persistent`` copy is
+never evicted before that, neither by the idle TTL nor by the watermark.
 
 Doing (:class:`CacheGC`): for each chosen task, first tell the scheduler
 (``DeleteTask`` for this host), then remove it from the store. In that
@@ -45,6 +48,8 @@ class TaskUsage:
     size: int  # bytes on disk
     accessed_at: float  # last download, export or upload (seconds, the GC's clock)
     in_use: bool = False
+    persistent: bool = False  # a persistent cache replica: kept until expires_at
+    expires_at: float = 0.0  # hard expiry (persistent cache tasks); 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,13 @@ def plan_eviction(tasks: Iterable[TaskUsage], *, now: float, policy: GCPolicy) -
     candidates: list[TaskUsage] = []
     for t in tasks:
         idle = now - t.accessed_at
-        if t.in_use or idle < policy.recent_window:
+        if t.in_use:
+            continue
+        if t.expires_at > 0 and now >= t.expires_at:
+            out.append(Eviction(t.task_id, "ttl", t.size))
+            usage -= t.size
+            continue
+        if t.persistent or idle < policy.recent_window:
             continue
         if policy.task_ttl > 0 and idle >= policy.task_ttl:
             out.append(Eviction(t.task_id, "ttl", t.size))
@@ -157,6 +168,8 @@ class CacheGC:
                 size=self.store.task_usage(meta.task_id),
                 accessed_at=meta.accessed_at,
                 in_use=meta.task_id in busy,
+                persistent=meta.persistent,
+                expires_at=meta.expires_at,
             )
             for meta in self.store.tasks()
         ]

@@ -82,6 +82,11 @@ class TaskMeta:
     # False between mark_succeeded and make_durable: the content may still sit
     # in dirty pages, so after a crash the pieces are re-verified on load.
     durable: bool = True
+    # Persistent cache tasks (dfcache, daemon/persistent_cache.py): no origin; ``persistent``
+    # copies are never evicted by LRU; every copy goes at ``expires_at`` (wall clock; 0: never).
+    persistent_cache: bool = False
+    persistent: bool = False
+    expires_at: float = 0.0
 
     @property
     def piece_count(self) -> int | None:
@@ -111,6 +116,8 @@ class TaskMeta:
             "failure": self.failure,
             "durable": self.durable,
         }
+        if self.persistent_cache:
+            data.update(persistent_cache=True, persistent=self.persistent, expires_at=self.expires_at)
         if with_pieces:
             data["pieces"] = [_piece_to_json(p) for p in sorted(self.pieces.values(), key=_number)]
         return data
@@ -132,6 +139,9 @@ class TaskMeta:
             version=int(data.get("version", 0)),
             failure=str(data.get("failure", "")),
             durable=bool(data.get("durable", True)),
+            persistent_cache=bool(data.get("persistent_cache", False)),
+            persistent=bool(data.get("persistent", False)),
+            expires_at=float(data.get("expires_at", 0.0)),
         )
         for raw in data.get("pieces", []):
             piece = _piece_from_json(raw)
@@ -597,6 +607,19 @@ class PieceStore:
         with self._lock:
             meta = self._set_state(task_id, "failed", reason)
             self._save_meta(meta)
+
+    def set_persistent_cache(self, task_id: str, *, persistent: bool, expires_at: float) -> None:
+        """Mark the task a persistent cache task (dfcache).
+
+        ``persistent`` copies are kept from LRU eviction (never downgraded once
+        set); every copy is removed at ``expires_at``.
+        """
+        with self._lock:
+            meta = self._require(task_id)
+            meta.persistent_cache = True
+            meta.persistent = persistent or meta.persistent
+            meta.expires_at = expires_at
+            self._save_meta(meta, with_pieces=meta.state == "succeeded")
 
     def touch(self, task_id: str) -> None:
         """Note an access (for LRU eviction); persisted for finished tasks."""

@@ -38,6 +38,7 @@ from ..logs import log_context
 from . import gc
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
+from .persistent_cache import PERSISTENT_CACHE_RPCS, PersistentCacheRPCs, PersistentCacheService
 from .resources import Peer, PeerState, Resources, SeedState, Task
 from .runtime import watch_loop_lag
 from .scheduling import (
@@ -73,8 +74,8 @@ def _candidate(parent: Peer) -> CandidateParent:
     )
 
 
-class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
-    """``scheduler.v2.Scheduler``: peers, tasks and hosts; cache/persistent RPCs are UNIMPLEMENTED."""
+class SchedulerService(PersistentCacheRPCs, scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
+    """``scheduler.v2.Scheduler``: peers, tasks, hosts, persistent cache tasks; others UNIMPLEMENTED."""
 
     def __init__(
         self,
@@ -97,6 +98,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
             lambda: len(self.res.hosts), lambda: len(self.res.peers), lambda: len(self.res.tasks)
         )
         self.seeds = SeedTrigger(self._seed_done)
+        # dfcache: persistent cache tasks (scheduler/persistent_cache.py; RPCs via PersistentCacheRPCs).
+        self.persistent_cache = PersistentCacheService(
+            self.res, clock=self.clock, interval=config.gc.interval
+        )
         self._streams: dict[str, PeerStream] = {}
         self._downloads: dict[str, PB] = {}  # task ID -> first register's Download, for the seed
         self._loops: list[asyncio.Task[None]] = []
@@ -111,6 +116,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
             loop.create_task(self._gc_loop(), name="scheduler-gc"),
             loop.create_task(watch_loop_lag(self.metrics.observe_loop_lag), name="scheduler-loop-lag"),
         ]
+        self.persistent_cache.start()
 
     async def close(self) -> None:
         """Cancel background work and end every open AnnouncePeer stream with UNAVAILABLE."""
@@ -119,6 +125,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
         await self.seeds.close()
+        await self.persistent_cache.close()
         for outbox in self._streams.values():
             outbox.abort(grpc.StatusCode.UNAVAILABLE, "scheduler is shutting down")
         self._streams.clear()
@@ -444,6 +451,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[mi
         host = self.res.hosts.get(request.host_id)
         if host is not None:
             touched = {p.task.id for p in host.peers.values()}
+            self.persistent_cache.forget_host(host.id)
             for pid in self.res.delete_host(host.id):
                 self._streams.pop(pid.id, None)
             self._wake_tasks(touched)
@@ -491,6 +499,7 @@ _IMPLEMENTED = {
     "AnnounceHost",
     "ListHosts",
     "DeleteHost",
+    *PERSISTENT_CACHE_RPCS,
 }
 for _name in dir(scheduler_pb2_grpc.SchedulerServicer):
     if _name[:1].isupper() and _name not in _IMPLEMENTED:
