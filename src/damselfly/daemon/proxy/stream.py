@@ -156,39 +156,89 @@ async def send_span(
     """Send bytes ``span`` of the task to ``sink`` in order, as their pieces land.
 
     Bytes go out with sendfile (no copy through Python). With ``digest``
-    (``sha256:<hex>``, the span being the whole content), every piece is
-    hashed (in a thread, from the page cache) before it is sent, and the last
-    chunk is held back until the whole digest matches; else DigestMismatch is
-    raised with the last chunk unsent.
+    (``sha256:<hex>``, the span being the whole content), each piece is hashed
+    (in a thread, from the page cache) before it is sent, while the piece
+    before it is being sent, and the last chunk is held back until the whole
+    digest matches; else DigestMismatch is raised with the last chunk unsent.
     """
-    hasher = hashlib.sha256() if digest else None
-    buf = bytearray(CHUNK) if hasher is not None else bytearray()
     fd = store.open_read_fd(task_id)
     file = os.fdopen(fd, "rb", buffering=0)
+    end = span.end + 1
     try:
-        pos = span.start
-        end = span.end + 1
-        sent = pos
-        while pos < end:
-            number = pos // piece_length
-            await wait_for_piece(store, task_id, number, job)
-            stop = min(end, (number + 1) * piece_length)
-            if hasher is not None:
-                await asyncio.to_thread(_hash_range, fd, pos, stop - pos, hasher, buf)
-            pos = stop
-            # Everything but the last chunk may go now; the last waits for the digest.
-            ready = pos if pos < end or hasher is None else max(sent, end - CHUNK)
-            if ready > sent:
-                await sink.sendfile(file, sent, ready - sent)
-                sent = ready
-        if hasher is not None:
+        if not digest:
+            pos = span.start
+            while pos < end:
+                number = pos // piece_length
+                await wait_for_piece(store, task_id, number, job)
+                stop = min(end, (number + 1) * piece_length)
+                await sink.sendfile(file, pos, stop - pos)
+                pos = stop
+            return
+        hashed = _Hashed(span.start)
+        hashing = asyncio.ensure_future(
+            _hash_pieces(store, task_id, job, fd, span.start, end, piece_length, hashed)
+        )
+        try:
+            sent = span.start
+            while True:
+                # Everything hashed may go, but the last chunk waits for the digest.
+                ready = hashed.upto if hashed.upto < end else max(sent, end - CHUNK)
+                if ready > sent:
+                    await sink.sendfile(file, sent, ready - sent)
+                    sent = ready
+                    continue
+                if hashing.done():
+                    break
+                hashed.changed.clear()
+                waiter = asyncio.ensure_future(hashed.changed.wait())
+                try:
+                    await asyncio.wait({hashing, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+            hasher = hashing.result()  # raises what the hashing raised
             actual = f"sha256:{hasher.hexdigest()}"
             if actual != digest:
                 raise DigestMismatch(f"blob {digest}", digest, actual)
-        if end > sent:
-            await sink.sendfile(file, sent, end - sent)
+            if end > sent:
+                await sink.sendfile(file, sent, end - sent)
+        finally:
+            if not hashing.done():
+                hashing.cancel()
+                with contextlib.suppress(BaseException):
+                    await hashing
     finally:
         file.close()
+
+
+class _Hashed:
+    """How far the hashing has got; ``changed`` is set at each step."""
+
+    def __init__(self, start: int) -> None:
+        self.upto = start
+        self.changed = asyncio.Event()
+
+
+async def _hash_pieces(
+    store: PieceStore,
+    task_id: str,
+    job: asyncio.Task[None],
+    fd: int,
+    start: int,
+    end: int,
+    piece_length: int,
+    hashed: _Hashed,
+) -> hashlib._Hash:
+    hasher = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    pos = start
+    while pos < end:
+        number = pos // piece_length
+        await wait_for_piece(store, task_id, number, job)
+        stop = min(end, (number + 1) * piece_length)
+        await asyncio.to_thread(_hash_range, fd, pos, stop - pos, hasher, buf)
+        pos = hashed.upto = stop
+        hashed.changed.set()
+    return hasher
 
 
 async def forget_bad_task(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> None:
