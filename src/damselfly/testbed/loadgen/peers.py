@@ -124,12 +124,13 @@ async def drive_peer(
 ) -> None:
     """One download from register to finished; every outcome lands in ``tally``, nothing raises."""
     call = stub.AnnouncePeer()
+    stage = ["register"]  # where the stream was when it broke, for the error report
     tally.open_streams += 1
     tally.peak_open_streams = max(tally.peak_open_streams, tally.open_streams)
     try:
-        await _drive(call, job, tally, release, answer_timeout_s)
+        await _drive(call, job, tally, release, answer_timeout_s, stage)
     except grpc.aio.AioRpcError as e:
-        tally.error("stream", e)
+        tally.error(f"stream at {stage[0]}", e)
     except Exception as e:  # a generator bug must show in the report, not kill the run
         tally.error("generator", e)
     finally:
@@ -138,7 +139,7 @@ async def drive_peer(
 
 
 async def _drive(
-    call: Any, job: PeerJob, tally: Tally, release: asyncio.Event, answer_timeout_s: float
+    call: Any, job: PeerJob, tally: Tally, release: asyncio.Event, answer_timeout_s: float, stage: list[str]
 ) -> None:
     register = register_request(job)
     registered_at = time.time()
@@ -147,6 +148,7 @@ async def _drive(
     began = time.perf_counter()
     await call.write(register)
     tally.sent += 1
+    stage[0] = "answer"
     try:
         async with asyncio.timeout(answer_timeout_s):
             answer = await call.read()
@@ -165,6 +167,7 @@ async def _drive(
     tally.registered_at.append(registered_at)
     tally.latencies_by_answer.setdefault(kind, []).append(elapsed_ms)
 
+    stage[0] = "pieces"
     back_to_source = kind == "need_back_to_source_response"
     parent_id = ""
     if kind == "normal_task_response":
@@ -187,6 +190,7 @@ async def _drive(
             await call.write(piece_request(job, n, "" if back_to_source else parent_id))
             tally.sent += 1
     await release.wait()
+    stage[0] = "finish"
     if back_to_source:
         done = _request(
             job,
