@@ -39,6 +39,7 @@ from . import gc
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
 from .persistent_cache import PERSISTENT_CACHE_RPCS, PersistentCacheRPCs, PersistentCacheService
+from .preheat_rpc import PREHEAT_RPCS, PreheatRPCs
 from .resources import Peer, PeerState, Resources, SeedState, Task
 from .runtime import watch_loop_lag
 from .scheduling import (
@@ -74,7 +75,7 @@ def _candidate(parent: Peer) -> CandidateParent:
     )
 
 
-class SchedulerService(PersistentCacheRPCs, scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
+class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
     """``scheduler.v2.Scheduler``: peers, tasks, hosts, persistent cache tasks; others UNIMPLEMENTED."""
 
     def __init__(
@@ -126,6 +127,7 @@ class SchedulerService(PersistentCacheRPCs, scheduler_pb2_grpc.SchedulerServicer
         self._loops = []
         await self.seeds.close()
         await self.persistent_cache.close()
+        await self.close_preheat()
         for outbox in self._streams.values():
             outbox.abort(grpc.StatusCode.UNAVAILABLE, "scheduler is shutting down")
         self._streams.clear()
@@ -500,6 +502,7 @@ _IMPLEMENTED = {
     "ListHosts",
     "DeleteHost",
     *PERSISTENT_CACHE_RPCS,
+    *PREHEAT_RPCS,
 }
 for _name in dir(scheduler_pb2_grpc.SchedulerServicer):
     if _name[:1].isupper() and _name not in _IMPLEMENTED:
