@@ -8,6 +8,7 @@ handler in :mod:`.service`, which alone touches the gRPC context.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,29 +29,50 @@ END = object()
 
 
 class PeerStream:
-    """One AnnouncePeer stream: the peer it registered, and what its handler should write next."""
+    """One AnnouncePeer stream: the peer it registered, and what its handler should write next.
+
+    A deque and at most one waiter (the stream's handler is the only reader)
+    rather than an ``asyncio.Queue``: with thousands of open streams the
+    queue's own deques and Event were objects the garbage collector scanned
+    for nothing (BENCHMARKS.md, the scheduler at scale).
+    """
+
+    __slots__ = ("_items", "_waiter", "peer_id")
 
     def __init__(self) -> None:
         self.peer_id = ""  # set by the RegisterPeerRequest
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._items: deque[object] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _put(self, item: object) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def send(self, message: PB) -> None:
-        self._queue.put_nowait(message)
+        self._put(message)
 
     def abort(self, code: Any, details: str) -> None:
-        self._queue.put_nowait(Abort(code, details))
+        self._put(Abort(code, details))
 
     def end(self) -> None:
-        self._queue.put_nowait(END)
+        self._put(END)
 
     async def get(self) -> object:
-        return await self._queue.get()
+        """The next item, in order, waiting for one if there is none (one reader at a time)."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
     def pending(self) -> list[object]:
         """Take everything queued so far (for tests that drive :meth:`SchedulerService.handle`)."""
-        out = []
-        while not self._queue.empty():
-            out.append(self._queue.get_nowait())
+        out = list(self._items)
+        self._items.clear()
         return out
 
 
