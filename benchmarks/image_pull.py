@@ -126,7 +126,8 @@ def main() -> int:
                 mirror_s.append(t)
             finally:
                 swarm.close()
-                shutil.rmtree(root / f"swarm{i}", ignore_errors=True)
+                if not args.keep:
+                    shutil.rmtree(root / f"swarm{i}", ignore_errors=True)
         # CPU seconds per process in the last run: where the mirror's extra work goes.
         result["last_run_cpu_s"] = {
             "direct": {k: round(v, 2) for k, v in cpu_direct.items()},
