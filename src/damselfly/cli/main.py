@@ -14,6 +14,7 @@ import typer
 from .. import __version__
 from .cache_cmd import cache_app
 from .parsing import DEFAULT_ENDPOINT, ENDPOINT_ENV
+from .preheat_cmd import preheat_app
 
 app = typer.Typer(
     name="damselfly",
@@ -26,6 +27,7 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks on this machine.", no_args_is_help=True, add_completion=False)
 app.add_typer(bench_app, name="bench")
 app.add_typer(cache_app, name="cache")
+app.add_typer(preheat_app, name="preheat")
 dfget_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR")]
