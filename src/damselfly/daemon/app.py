@@ -34,6 +34,7 @@ from .conductor import ConductorDeps
 from .gc import CacheGC
 from .metrics import DaemonMetrics
 from .peer_rpc import PeerRPC
+from .persistent_cache import PersistentCache, local_delete_handler
 from .piece_client import PieceConnectionPool
 from .piece_server import PieceServer
 from .ratelimit import HostLimiters
@@ -91,6 +92,7 @@ class Daemon:
         self.upload_service: UploadService | None = None
         self.host: HostInfo | None = None
         self.manager: TaskManager | None = None
+        self.persistent_cache: PersistentCache | None = None  # dfcache (daemon/persistent_cache.py)
         self._servers: list[Any] = []
         self._runner: web.AppRunner | None = None
         self.proxy: Any = None  # proxy.ProxyServer when proxy.enable
@@ -144,10 +146,14 @@ class Daemon:
             on_success=self._to_sync.put_nowait,
         )
         self.manager = TaskManager(deps)
+        self.persistent_cache = PersistentCache(
+            self.store, deps, scheduler_addr=cfg.scheduler.addrs[0] if cfg.scheduler.addrs else None
+        )
         downloads = Downloads(self.manager, self.store, self.host)
         self.upload_service = UploadService(
             downloads, self.ip, piece_port, request_limiter=self.limiters.upload_requests
         )
+        self.upload_service.persistent_cache = self.persistent_cache
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self.upload_service, upload_server)
         await upload_server.start()
         self._servers.append(upload_server)
@@ -164,7 +170,9 @@ class Daemon:
             capacity=lambda: self.gc.policy.capacity,
             uploaded=self.uploaded,
         )
+        download_service.persistent_cache = self.persistent_cache
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(download_service, download_server)
+        download_server.add_generic_rpc_handlers((local_delete_handler(download_service),))
         download_server.add_insecure_port(f"unix:{sock}")
         await download_server.start()
         self._servers.append(download_server)
@@ -228,10 +236,17 @@ class Daemon:
         self.metrics.on_upload(task_id, nbytes)
 
     def _downloading(self) -> set[str]:
-        return set(self.manager.running()) if self.manager is not None else set()
+        running = set(self.manager.running()) if self.manager is not None else set()
+        if self.persistent_cache is not None:
+            running |= self.persistent_cache.running()
+        return running
 
     async def _forget_task(self, task_id: str) -> None:
         """Before evicting: the scheduler must stop sending children here for this task."""
+        meta = self.store.get(task_id)
+        if meta is not None and meta.persistent_cache and self.persistent_cache is not None:
+            await self.persistent_cache.forget(task_id)
+            return
         if self.scheduler is not None:
             await self.scheduler.delete_task(self.host_id, task_id)
 
@@ -290,6 +305,8 @@ class Daemon:
         for meta in self.store.tasks():
             if meta.state != "succeeded" or not meta.is_complete or self.manager.is_running(meta.task_id):
                 continue
+            if meta.persistent_cache:  # announced below, through the persistent-cache RPCs
+                continue
             assert meta.content_length is not None and meta.piece_length is not None
             stream = self.scheduler.peer_stream(
                 self.host_id, meta.task_id, ids.peer_id(self.ip, self.config.host.hostname, seed=self.is_seed)
@@ -303,6 +320,8 @@ class Daemon:
             finally:
                 await stream.close()
             count += 1
+        if self.persistent_cache is not None:
+            count += await self.persistent_cache.restore()
         if count:
             log.info("announced %d stored task(s) to the scheduler", count)
 
@@ -319,6 +338,8 @@ class Daemon:
                 await self.scheduler.delete_host(self.host_id)
         if self.proxy is not None:
             await self.proxy.close()
+        if self.persistent_cache is not None:
+            await self.persistent_cache.close()
         if self.manager is not None:
             await self.manager.close()
         # Flush what finished but is not on disk yet, so a restart trusts it as is.

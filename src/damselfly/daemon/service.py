@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ..units import parse_size
 from . import output
+from .persistent_cache import PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
 from .ratelimit import TASK_LIMITER, ByteLimiter, RequestLimiter
 from .storage import PieceStore, TaskMeta
 from .tasks import TaskManager
@@ -262,7 +263,7 @@ class Downloads:
             self.store.touch(task_id)
 
 
-class DownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: ignore[misc]
+class DownloadService(PersistentCacheDownloadRPCs, dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: ignore[misc]
     """``dfdaemon.v2.DfdaemonDownload`` for dfget and local tools, on the unix socket."""
 
     def __init__(
@@ -329,7 +330,7 @@ class DownloadService(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: igno
         return empty_pb2.Empty()
 
 
-class UploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[misc]
+class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[misc]
     """``dfdaemon.v2.DfdaemonUpload`` for other peers and the scheduler's seed trigger."""
 
     def __init__(
@@ -418,6 +419,13 @@ class UploadService(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[m
             if meta.state == "succeeded":
                 return
             await self.store.wait_for_change(task_id, meta.version, 30)
+
+    async def SyncPersistentCachePieces(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        # A persistent cache task's pieces live in the same store: SyncPieces, in its message type.
+        async for r in self.SyncPieces(request, context):
+            yield dfdaemon_pb2.SyncPersistentCachePiecesResponse(
+                number=r.number, offset=r.offset, length=r.length, ip=r.ip, tcp_port=r.tcp_port
+            )
 
     async def DeleteTask(self, request: Any, context: Any) -> Any:
         # Peers may not delete this host's content; only the local API can.

@@ -474,7 +474,14 @@ class PersistentCacheService:
         return self.peer_pb(task, peer)
 
     def delete_peer(self, request: PB) -> None:
-        self.registry.remove_peer(request.peer_id)
+        """Forget one peer; with no peer ID, whichever peer ``host_id`` has of ``task_id`` (daemon GC)."""
+        if request.peer_id:
+            self.registry.remove_peer(request.peer_id)
+            return
+        task = self.registry.tasks.get(request.task_id)
+        if task is not None:
+            for p in [p for p in task.peers.values() if p.host_id == request.host_id]:
+                self.registry.remove_peer(p.id)
 
     def handle(self, request: PB) -> PB | None:
         """One AnnouncePersistentCachePeerRequest; returns the answer to send, if any."""
