@@ -33,12 +33,12 @@ from google.protobuf import empty_pb2
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
 from ..config import SchedulerConfig
 from ..domain import CandidateParent, EmptyTask, NeedBackToSource, NormalTask
-from ..errors import DamselflyError, InvalidArgument, NotFound
+from ..errors import ConfigError, DamselflyError, InvalidArgument, NotFound
 from ..logs import log_context
 from . import gc
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
-from .persistent_cache import PERSISTENT_CACHE_RPCS, PersistentCacheRPCs, PersistentCacheService
+from .persistent_cache_service import PERSISTENT_CACHE_RPCS, PersistentCacheRPCs, PersistentCacheService
 from .preheat_rpc import PREHEAT_RPCS, PreheatRPCs
 from .resources import Peer, PeerState, Resources, SeedState, Task
 from .runtime import watch_loop_lag
@@ -51,6 +51,7 @@ from .scheduling import (
     TriggerSeed,
     Wait,
     apply_decision,
+    refresh,
     schedule,
 )
 from .seed import SeedTrigger
@@ -90,8 +91,12 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
         self.cfg = config.scheduler
         self.clock = clock
         self.rng = rng or random.Random()
+        if self.cfg.topology not in ("dag", "mesh"):
+            raise ConfigError(f"scheduler.topology must be 'dag' or 'mesh', not {self.cfg.topology!r}")
         self.res = Resources(
-            peer_upload_limit=self.cfg.peer_upload_limit, seed_upload_limit=self.cfg.seed_upload_limit
+            peer_upload_limit=self.cfg.peer_upload_limit,
+            seed_upload_limit=self.cfg.seed_upload_limit,
+            allow_cycles=self.cfg.topology == "mesh",
         )
         self.evaluator = get_evaluator(self.cfg.algorithm)
         self.metrics = metrics or SchedulerMetrics()
@@ -332,6 +337,15 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
             self._wake(task)
         elif kind == "reschedule_peer_request":
             msg = request.reschedule_peer_request
+            if not msg.candidate_parents:
+                # "More parents": nothing failed, so nothing is blocked and the retry
+                # limit is not spent; keep the usable parents and add new ones.
+                more = refresh(peer, self.res, self.cfg, self.evaluator, now, self.rng)
+                if more is not None:
+                    apply_decision(peer, more, self.res, now)
+                    self.metrics.count(self.metrics.decisions, "Refresh")
+                    self._carry_out(peer, more)
+                    return
             peer.blocked.update(c.id for c in msg.candidate_parents)
             peer.reschedule_count += 1
             self.res.clear_parents(peer)

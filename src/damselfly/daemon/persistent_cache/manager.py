@@ -1,0 +1,417 @@
+"""One daemon's persistent cache tasks: import, export/replication downloads, stat, delete, restore."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from ... import ids
+from ...api import common_pb2, dfdaemon_pb2, scheduler_pb2
+from ...api.convert import duration, piece_to_pb, seconds
+from ...domain import DownloadSpec, NormalTask
+from ...errors import (
+    DamselflyError,
+    DownloadTimeout,
+    InvalidArgument,
+    NoCandidateParents,
+    NotFound,
+    SchedulerError,
+)
+from ...pieces import piece_length_for
+from ...units import HOURS
+from .. import output
+from ..conductor import Conductor, ConductorDeps
+from ..storage import PieceStore, TaskMeta
+from .client import CachePeerRPC, CacheSchedulerClient, UnknownCacheTask, task_info_from_pb
+from .content import StagedFile, persistent_cache_task_id, resolve_task_id, stage_file
+
+log = logging.getLogger(__name__)
+
+PB = Any
+DEFAULT_TTL = 1 * HOURS
+DEFAULT_REPLICAS = 2
+_STAGING = "import-staging"  # under the store root: same file system, so the rename is atomic
+
+
+# -- one download ---------------------------------------------------------------------
+
+
+class CacheConductor(Conductor):
+    """The normal P2P download, over the persistent-cache stream, with no origin to fall back to."""
+
+    def __init__(
+        self,
+        deps: ConductorDeps,
+        task_id: str,
+        spec: DownloadSpec,
+        client: CacheSchedulerClient,
+        *,
+        persistent: bool,
+    ) -> None:
+        super().__init__(deps, task_id, spec)
+        self.client = client
+        self.persistent = persistent
+
+    async def _run(self) -> None:
+        stream = self.client.peer_stream(self.deps.host_id, self.task_id, self.peer_id)
+        self._stream = stream
+        try:
+            stream.register_cache_peer(
+                persistent=self.persistent, tag=self.spec.tag, application=self.spec.application
+            )
+            answer = await stream.next_answer(self.deps.schedule_timeout)
+            info = stream.task_info
+            if info is None:  # an empty task's answer says nothing of it: ask
+                info = task_info_from_pb(await self.client.stat_task(self.deps.host_id, self.task_id))
+            if isinstance(answer, NormalTask):
+                self.deps.store.set_content_length(self.task_id, info.content_length, info.piece_length)
+            self.deps.store.set_persistent_cache(
+                self.task_id, persistent=self.persistent, expires_at=info.expires_at
+            )
+            try:
+                await self._follow(answer)
+            except BaseException as e:
+                with contextlib.suppress(Exception):
+                    stream.failed(str(e) or type(e).__name__)
+                raise
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+            self._stop_syncs()
+
+    async def _origin_only(self, why: str) -> None:
+        raise NoCandidateParents(f"{why}; a persistent cache task has no origin to fall back to")
+
+
+# -- the daemon's persistent cache ----------------------------------------------------------
+
+
+class PersistentCache:
+    """Imports, exports, replicas and deletes of persistent cache tasks on one daemon."""
+
+    def __init__(
+        self,
+        store: PieceStore,
+        deps: ConductorDeps,
+        *,
+        scheduler_addr: str | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.client = CacheSchedulerClient(scheduler_addr) if scheduler_addr else None
+        self.peer_rpc = CachePeerRPC()
+        # Content fsynced before the task counts as held (on_success=None): no origin to refetch it from.
+        self.deps = dataclasses.replace(deps, peer_rpc=self.peer_rpc, on_success=None)
+        self.staging = store.root / _STAGING
+        shutil.rmtree(self.staging, ignore_errors=True)  # imports a crash interrupted
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def host_id(self) -> str:
+        return self.deps.host_id
+
+    def running(self) -> set[str]:
+        return set(self._running)
+
+    async def close(self) -> None:
+        jobs = list(self._running.values())
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        self._running.clear()
+        await self.peer_rpc.close()
+        if self.client is not None:
+            await self.client.close()
+
+    def _require_client(self) -> CacheSchedulerClient:
+        if self.client is None:
+            raise SchedulerError("no scheduler configured: persistent cache tasks need one")
+        return self.client
+
+    # -- import -------------------------------------------------------------------------
+
+    async def import_file(self, req: PB) -> PB:
+        """``UploadPersistentCacheTask``: copy the file in, announce it, let the scheduler replicate it."""
+        path = Path(req.path)
+        if not path.is_absolute():
+            raise InvalidArgument(f"path {req.path!r} must be absolute")
+        try:
+            st = await asyncio.to_thread(os.stat, path)
+        except OSError as e:
+            raise InvalidArgument(f"cannot read {path}: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidArgument(f"{path} is not a regular file")
+        size = st.st_size
+        piece_length = piece_length_for(size, req.piece_length if req.HasField("piece_length") else None)
+        ttl = seconds(req.ttl) if req.HasField("ttl") else 0.0
+        ttl = ttl if ttl > 0 else DEFAULT_TTL
+        replicas = req.persistent_replica_count or DEFAULT_REPLICAS
+        tag, app = req.tag, req.application
+        named = req.content_for_calculating_task_id if req.HasField("content_for_calculating_task_id") else ""
+        self.staging.mkdir(exist_ok=True)
+        staged_path = self.staging / f"{secrets.token_hex(8)}.part"
+        staged = await asyncio.to_thread(stage_file, path, staged_path, piece_length, hash_content=not named)
+        try:
+            if named:
+                task_id = resolve_task_id(named, tag=tag, application=app)
+            else:
+                task_id = persistent_cache_task_id(f"sha256:{staged.sha256}", tag=tag, application=app)
+            peer_id = ids.peer_id(self.deps.host_ip, self.deps.hostname, seed=self.deps.is_seed)
+            if self.client is not None:
+                await self.client.upload_started(
+                    scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
+                        host_id=self.host_id, task_id=task_id, peer_id=peer_id,
+                        persistent_replica_count=replicas, tag=tag or None, application=app or None,
+                        piece_length=staged.piece_length, content_length=staged.size,
+                        piece_count=len(staged.pieces), ttl=duration(ttl),
+                    )
+                )  # fmt: skip
+            try:
+                await asyncio.to_thread(self._adopt, task_id, staged, tag, app)
+                self.store.set_persistent_cache(task_id, persistent=True, expires_at=self.clock() + ttl)
+            except BaseException as e:
+                if self.client is not None:
+                    await self.client.upload_failed(self.host_id, task_id, peer_id, str(e))
+                raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged_path.unlink()
+        log.info("imported %s as persistent cache task %s (%d bytes)", path, task_id[:12], staged.size)
+        if self.client is None:
+            meta = self.store.get(task_id)
+            assert meta is not None
+            return local_task_pb(meta, replicas=replicas, ttl=ttl)
+        return await self.client.upload_finished(self.host_id, task_id, peer_id)
+
+    def _adopt(self, task_id: str, staged: StagedFile, tag: str, application: str) -> None:
+        """Make the staged copy the task's content (blocking). A task already held complete stays."""
+        store = self.store
+        meta = store.get(task_id)
+        if meta is not None and meta.state == "succeeded" and meta.is_complete:
+            return
+        if task_id in self._running:
+            raise InvalidArgument(f"persistent cache task {task_id} is being downloaded here; try again")
+        if meta is not None:
+            store.delete_task(task_id)
+        store.create_task(task_id, tag=tag, application=application)
+        os.replace(staged.path, store.content_path(task_id))
+        store.set_content_length(task_id, staged.size, staged.piece_length)
+        for piece in staged.pieces:
+            store.finish_piece(task_id, piece)
+        store.mark_succeeded(task_id)  # fsyncs the content, then the metadata
+
+    # -- export and replication ------------------------------------------------------------
+
+    def ensure(self, task_id: str, spec: DownloadSpec, *, persistent: bool) -> asyncio.Task[None]:
+        """Start downloading the task unless it is downloading already (then join that download)."""
+        job = self._running.get(task_id)
+        if job is not None:
+            return job
+        conductor = CacheConductor(self.deps, task_id, spec, self._require_client(), persistent=persistent)
+        job = asyncio.get_running_loop().create_task(conductor.run(), name=f"pcache-{task_id[:12]}")
+        self._running[task_id] = job
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._running.get(task_id) is t:
+                del self._running[task_id]
+            if not t.cancelled() and t.exception() is not None:
+                meta = self.store.get(task_id)
+                if meta is not None and not meta.pieces:  # nothing worth keeping (e.g. unknown ID)
+                    with contextlib.suppress(DamselflyError, OSError):
+                        self.store.delete_task(task_id)
+
+        job.add_done_callback(done)
+        return job
+
+    async def download(self, req: PB, *, remote: bool) -> AsyncIterator[PB]:
+        """``DownloadPersistentCacheTask``: progress messages; the output (local callers only) at the end."""
+        task_id = resolve_task_id(req.task_id, tag=req.tag, application=req.application)
+        out = None
+        if not remote and req.HasField("output_path") and req.output_path:
+            out = output.check_output_path(req.output_path)
+        spec = DownloadSpec(url="", tag=req.tag, application=req.application)
+        timeout = seconds(req.timeout) if req.HasField("timeout") else None
+        deadline = time.monotonic() + timeout if timeout else None
+        with self.store.using(task_id):
+            held = self.store.get(task_id)
+            if held is None or held.state != "succeeded" or not held.is_complete:
+                job: asyncio.Task[None] | None = self.ensure(task_id, spec, persistent=req.persistent)
+            else:
+                job = None
+                if req.persistent and not held.persistent:
+                    self.store.set_persistent_cache(task_id, persistent=True, expires_at=held.expires_at)
+            async for msg in self._follow(task_id, job, deadline):
+                yield msg
+            if req.HasField("digest") and req.digest:
+                await asyncio.to_thread(output.verify_content, self.store.content_path(task_id), req.digest)
+            if out is not None:
+                how = await asyncio.to_thread(
+                    output.export, self.store.content_path(task_id), out, force_hard_link=req.force_hard_link
+                )
+                log.info("exported persistent cache task %s to %s (%s)", task_id[:12], out, how)
+            self.store.touch(task_id)
+
+    async def _follow(
+        self, task_id: str, job: asyncio.Task[None] | None, deadline: float | None
+    ) -> AsyncIterator[PB]:
+        sent: set[int] = set()
+        started = False
+        while True:
+            meta = self.store.get(task_id)
+            version = -1
+            if meta is not None:
+                version = meta.version
+                if not started and meta.content_length is not None:
+                    started = True
+                    yield self._response(
+                        task_id,
+                        download_persistent_cache_task_started_response=dfdaemon_pb2.DownloadPersistentCacheTaskStartedResponse(
+                            content_length=meta.content_length
+                        ),
+                    )
+                if started:
+                    for number in sorted(meta.pieces.keys() - sent):
+                        sent.add(number)
+                        yield self._response(
+                            task_id,
+                            download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
+                                piece=piece_to_pb(meta.pieces[number])
+                            ),
+                        )
+            if job is None or job.done():
+                if job is not None and started and meta is not None and len(sent) < len(meta.pieces):
+                    continue  # report the last pieces first
+                break
+            wait = 1.0
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    raise DownloadTimeout("the persistent cache task did not download in time")
+            if meta is None:
+                await asyncio.wait({job}, timeout=wait)
+            else:
+                waiter = asyncio.ensure_future(self.store.wait_for_change(task_id, version, wait))
+                await asyncio.wait({waiter, job}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(BaseException):
+                        await waiter
+        if job is not None:
+            exc = job.exception() if not job.cancelled() else asyncio.CancelledError()
+            if exc is not None:
+                raise exc
+        meta = self.store.get(task_id)
+        if meta is None or not meta.is_complete:
+            raise DamselflyError("the download ended without the complete content")
+
+    def _response(self, task_id: str, **kw: Any) -> PB:
+        return dfdaemon_pb2.DownloadPersistentCacheTaskResponse(host_id=self.host_id, task_id=task_id, **kw)
+
+    # -- stat, delete, forget, restore ---------------------------------------------------------
+
+    async def stat(self, task_id_or_name: str) -> PB:
+        task_id = resolve_task_id(task_id_or_name)
+        if self.client is not None:
+            try:
+                return await self.client.stat_task(self.host_id, task_id)
+            except UnknownCacheTask:
+                pass
+        meta = self.store.get(task_id)
+        if meta is None or not meta.persistent_cache:
+            raise NotFound(f"persistent cache task {task_id} not found")
+        return local_task_pb(meta, replicas=0, ttl=0.0)
+
+    async def delete(self, task_id_or_name: str) -> None:
+        """Remove the task from every host (through the scheduler), this one included."""
+        task_id = resolve_task_id(task_id_or_name)
+        known = False
+        if self.client is not None:
+            try:
+                await self.client.delete_task(self.host_id, task_id)
+                known = True
+            except UnknownCacheTask:
+                pass
+        if await self.delete_local(task_id):
+            known = True
+        if not known:
+            raise NotFound(f"persistent cache task {task_id} not found")
+
+    async def delete_local(self, task_id: str) -> bool:
+        """Drop this host's copy (cancelling a download of it); False when there is none."""
+        job = self._running.get(task_id)
+        if job is not None:
+            job.cancel()
+            with contextlib.suppress(BaseException):
+                await job
+        meta = self.store.get(task_id)
+        if meta is None or not meta.persistent_cache:
+            return job is not None
+        self.store.delete_task(task_id)
+        log.info("deleted persistent cache task %s", task_id[:12])
+        return True
+
+    async def forget(self, task_id: str) -> None:
+        """Before the cache GC removes a copy: the scheduler must stop offering this host for it."""
+        if self.client is not None:
+            await self.client.delete_peer(self.host_id, task_id)
+
+    async def restore(self) -> int:
+        """Tell a (restarted) scheduler which persistent cache tasks this host holds; returns how many."""
+        if self.client is None:
+            return 0
+        count = 0
+        now = self.clock()
+        for meta in self.store.tasks():
+            if not meta.persistent_cache or meta.state != "succeeded" or not meta.is_complete:
+                continue
+            left = meta.expires_at - now if meta.expires_at else DEFAULT_TTL
+            if left <= 0 or meta.content_length is None or meta.piece_length is None:
+                continue
+            peer_id = ids.peer_id(self.deps.host_ip, self.deps.hostname, seed=self.deps.is_seed)
+            try:
+                await self.client.upload_started(
+                    scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
+                        host_id=self.host_id, task_id=meta.task_id, peer_id=peer_id,
+                        persistent_replica_count=1, tag=meta.tag or None,
+                        application=meta.application or None,
+                        piece_length=meta.piece_length, content_length=meta.content_length,
+                        piece_count=meta.piece_count or 0, ttl=duration(left),
+                    )
+                )  # fmt: skip
+                await self.client.upload_finished(self.host_id, meta.task_id, peer_id)
+                count += 1
+            except DamselflyError as e:
+                log.warning("could not restore persistent cache task %s: %s", meta.task_id[:12], e)
+        return count
+
+
+def local_task_pb(meta: TaskMeta, *, replicas: int, ttl: float) -> PB:
+    """A ``PersistentCacheTask`` from what this host alone knows (no scheduler, or it forgot)."""
+    pb = common_pb2.PersistentCacheTask(
+        id=meta.task_id,
+        persistent_replica_count=replicas,
+        current_persistent_replica_count=1 if meta.persistent else 0,
+        current_replica_count=1 if meta.is_complete else 0,
+        tag=meta.tag or None,
+        application=meta.application or None,
+        piece_length=meta.piece_length or 0,
+        content_length=meta.content_length or 0,
+        piece_count=meta.piece_count or 0,
+        state="Succeeded" if meta.state == "succeeded" else meta.state.capitalize(),
+    )
+    if ttl > 0 or meta.expires_at:
+        pb.ttl.CopyFrom(duration(ttl if ttl > 0 else max(0.0, meta.expires_at - meta.created_at)))
+    pb.created_at.FromNanoseconds(int(meta.created_at * 1e9))
+    pb.updated_at.FromNanoseconds(int(meta.updated_at * 1e9))
+    return pb

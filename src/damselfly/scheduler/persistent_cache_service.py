@@ -1,0 +1,403 @@
+"""Persistent cache tasks on the scheduler, the doing half: RPCs, replication, deletion, TTL.
+
+:class:`PersistentCacheService` answers the ``scheduler.v2`` persistent-cache
+RPCs against the :class:`~.persistent_cache.PersistentCacheRegistry` and
+carries out the policy's decisions: it asks hosts for replicas
+(``DfdaemonUpload.DownloadPersistentCacheTask``), fans deletes out
+(``DfdaemonUpload.DeletePersistentCacheTask``), and expires tasks at their TTL.
+:class:`PersistentCacheRPCs` is the mixin the scheduler's servicer inherits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from ..api import common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
+from ..errors import DamselflyError, InvalidArgument, NotFound, SchedulerError
+from .persistent_cache import (
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    UPLOADING,
+    CachePeer,
+    CacheTask,
+    PersistentCacheRegistry,
+    candidate_parents,
+    expired_tasks,
+    replica_hosts,
+)
+from .resources import Host, Resources
+from .seed import target
+
+log = logging.getLogger(__name__)
+
+PB = Any
+Clock = Callable[[], float]
+
+REPLICATE_TIMEOUT = 3600.0  # seconds a replica download may take
+DELETE_TIMEOUT = 10.0  # seconds each host gets to delete its copy
+
+
+def _timestamp(wall: float) -> PB:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(wall * 1e9))
+    return ts
+
+
+# -- doing ---------------------------------------------------------------------
+
+
+class PersistentCacheService:
+    """Answers the persistent-cache RPCs and carries out replication, deletion and TTL expiry.
+
+    Owns the replication calls in flight (one asyncio task per task and host)
+    and the repair/expiry loop; :meth:`close` cancels them.
+    """
+
+    def __init__(
+        self,
+        res: Resources,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        interval: float = 5.0,
+    ) -> None:
+        self.res = res
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.interval = interval
+        self.registry = PersistentCacheRegistry()
+        self._replicating: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="persistent-cache")
+
+    async def close(self) -> None:
+        tasks = list(self._replicating.values())
+        if self._loop_task is not None:
+            tasks.append(self._loop_task)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._replicating.clear()
+        self._loop_task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("persistent cache step failed")
+
+    async def tick(self) -> None:
+        """Expire tasks past their TTL (everywhere), then top up replicas that went missing."""
+        for task_id in expired_tasks(self.registry, self.clock()):
+            log.info("persistent cache task %s reached its TTL; removing it everywhere", task_id[:12])
+            await self.delete_everywhere(task_id)
+        for task in list(self.registry.tasks.values()):
+            self.replicate(task)
+
+    def forget_host(self, host_id: str) -> None:
+        self.registry.forget_host(host_id)
+
+    # -- replication ---------------------------------------------------------------
+
+    def _busy_hosts(self, task_id: str) -> set[str]:
+        return {h for (t, h) in self._replicating if t == task_id}
+
+    def replicate(self, task: CacheTask) -> list[str]:
+        """Ask the hosts :func:`replica_hosts` picks to fetch ``task``; returns their IDs."""
+        chosen = replica_hosts(task, self.res.hosts, self._busy_hosts(task.id))
+        for host in chosen:
+            key = (task.id, host.id)
+            t = asyncio.get_running_loop().create_task(
+                self._replicate_to(task, host), name=f"pcache-replicate-{task.id[:12]}"
+            )
+            self._replicating[key] = t
+            t.add_done_callback(self._replication_done(key))
+        return [h.id for h in chosen]
+
+    def _replication_done(self, key: tuple[str, str]) -> Callable[[asyncio.Task[None]], None]:
+        def done(t: asyncio.Task[None]) -> None:
+            if self._replicating.get(key) is t:
+                del self._replicating[key]
+
+        return done
+
+    async def _replicate_to(self, task: CacheTask, host: Host) -> None:
+        log.info("asking host %s for a replica of persistent cache task %s", host.id, task.id[:12])
+        request = dfdaemon_pb2.DownloadPersistentCacheTaskRequest(
+            task_id=task.id, persistent=True, tag=task.tag or None, application=task.application or None
+        )
+        try:
+            async with grpc.aio.insecure_channel(target(host.info)) as channel:
+                stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
+                async for _ in stub.DownloadPersistentCacheTask(request, timeout=REPLICATE_TIMEOUT):
+                    pass
+            log.info("host %s holds a replica of persistent cache task %s", host.id, task.id[:12])
+        except grpc.aio.AioRpcError as e:
+            log.warning(
+                "host %s could not replicate persistent cache task %s: %s %s",
+                host.id, task.id[:12], e.code().name, e.details(),
+            )  # fmt: skip
+
+    # -- deletion --------------------------------------------------------------------
+
+    async def delete_everywhere(self, task_id: str) -> list[str]:
+        """Forget the task and ask every live host with a copy to delete it; returns those hosts."""
+        task = self.registry.delete_task(task_id)
+        if task is None:
+            raise NotFound(f"persistent cache task {task_id} is not known to the scheduler")
+        for (t, _h), job in list(self._replicating.items()):
+            if t == task_id:
+                job.cancel()
+        hosts = [self.res.hosts[h] for h in {p.host_id for p in task.peers.values()} if h in self.res.hosts]
+        await asyncio.gather(*(self._delete_on(h, task_id) for h in hosts))
+        return [h.id for h in hosts]
+
+    async def _delete_on(self, host: Host, task_id: str) -> None:
+        try:
+            async with grpc.aio.insecure_channel(target(host.info)) as channel:
+                stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
+                await stub.DeletePersistentCacheTask(
+                    dfdaemon_pb2.DeletePersistentCacheTaskRequest(task_id=task_id), timeout=DELETE_TIMEOUT
+                )
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning(
+                    "host %s could not delete persistent cache task %s: %s %s",
+                    host.id, task_id[:12], e.code().name, e.details(),
+                )  # fmt: skip
+
+    # -- messages ----------------------------------------------------------------------
+
+    def task_pb(self, task: CacheTask) -> PB:
+        hosts = self.res.hosts
+        return common_pb2.PersistentCacheTask(
+            id=task.id,
+            persistent_replica_count=task.replica_count,
+            current_persistent_replica_count=sum(1 for p in task.holders(hosts) if p.persistent),
+            current_replica_count=len(task.holders(hosts)),
+            tag=task.tag or None,
+            application=task.application or None,
+            piece_length=task.piece_length,
+            content_length=task.content_length,
+            piece_count=task.piece_count,
+            state=task.state,
+            ttl=convert.duration(task.ttl),
+            created_at=_timestamp(task.created_wall),
+            updated_at=_timestamp(task.created_wall + (task.updated_at - task.created_at)),
+        )
+
+    def peer_pb(self, task: CacheTask, peer: CachePeer) -> PB:
+        pb = common_pb2.PersistentCachePeer(id=peer.id, persistent=peer.persistent, state=peer.state)
+        pb.task.CopyFrom(self.task_pb(task))
+        host = self.res.hosts.get(peer.host_id)
+        if host is not None:
+            pb.host.CopyFrom(convert.host_to_pb(host.info))
+        return pb
+
+    # -- the RPCs -----------------------------------------------------------------------
+
+    def upload_started(self, request: PB) -> None:
+        self.res.host(request.host_id)
+        self.registry.upload_started(
+            task_id=request.task_id,
+            host_id=request.host_id,
+            peer_id=request.peer_id,
+            replica_count=request.persistent_replica_count,
+            tag=request.tag,
+            application=request.application,
+            piece_length=request.piece_length,
+            content_length=request.content_length,
+            piece_count=request.piece_count,
+            ttl=convert.seconds(request.ttl) if request.HasField("ttl") else 0.0,
+            now=self.clock(),
+            wall=self.wall_clock(),
+        )
+
+    def upload_finished(self, request: PB) -> PB:
+        task = self.registry.set_state(request.peer_id, SUCCEEDED, self.clock())
+        chosen = self.replicate(task)
+        log.info(
+            "persistent cache task %s imported on %s; replicating to %s",
+            task.id[:12],
+            request.host_id,
+            chosen,
+        )
+        return self.task_pb(task)
+
+    def upload_failed(self, request: PB) -> None:
+        task, _ = self.registry.peer(request.peer_id)
+        self.registry.remove_peer(request.peer_id)
+        if not task.peers:
+            self.registry.delete_task(task.id)
+
+    def stat_task(self, request: PB) -> PB:
+        return self.task_pb(self.registry.task(request.task_id))
+
+    def stat_peer(self, request: PB) -> PB:
+        task, peer = self.registry.peer(request.peer_id)
+        return self.peer_pb(task, peer)
+
+    def delete_peer(self, request: PB) -> None:
+        """Forget one peer; with no peer ID, whichever peer ``host_id`` has of ``task_id`` (daemon GC)."""
+        if request.peer_id:
+            self.registry.remove_peer(request.peer_id)
+            return
+        task = self.registry.tasks.get(request.task_id)
+        if task is not None:
+            for p in [p for p in task.peers.values() if p.host_id == request.host_id]:
+                self.registry.remove_peer(p.id)
+
+    def handle(self, request: PB) -> PB | None:
+        """One AnnouncePersistentCachePeerRequest; returns the answer to send, if any."""
+        kind = request.WhichOneof("request")
+        now = self.clock()
+        if kind == "register_persistent_cache_peer_request":
+            self.res.host(request.host_id)
+            task = self.registry.task(request.task_id)
+            if task.state != SUCCEEDED:
+                raise SchedulerError(
+                    f"persistent cache task {task.id} is still being imported ({task.state})"
+                )
+            msg = request.register_persistent_cache_peer_request
+            peer = self.registry.add_peer(
+                task, request.peer_id, request.host_id, persistent=msg.persistent, state=PENDING, now=now
+            )
+            return self._answer(task, peer)
+        task, peer = self.registry.peer(request.peer_id)
+        if kind == "download_persistent_cache_peer_started_request":
+            self.registry.set_state(peer.id, RUNNING, now)
+        elif kind == "download_piece_finished_request":
+            peer.pieces += 1
+            peer.updated_at = now
+        elif kind == "download_piece_failed_request":
+            msg = request.download_piece_failed_request
+            if msg.parent_id and not msg.temporary:
+                peer.blocked.add(msg.parent_id)
+        elif kind == "reschedule_persistent_cache_peer_request":
+            peer.blocked.update(
+                p.id for p in request.reschedule_persistent_cache_peer_request.candidate_parents
+            )
+            return self._answer(task, peer)
+        elif kind == "download_persistent_cache_peer_finished_request":
+            self.registry.set_state(peer.id, SUCCEEDED, now)
+        elif kind == "download_persistent_cache_peer_failed_request":
+            self.registry.remove_peer(peer.id)
+        else:
+            raise InvalidArgument(f"unexpected AnnouncePersistentCachePeerRequest {kind!r}")
+        return None
+
+    def _answer(self, task: CacheTask, peer: CachePeer) -> PB:
+        if task.content_length == 0:
+            return scheduler_pb2.AnnouncePersistentCachePeerResponse(
+                empty_persistent_cache_task_response=scheduler_pb2.EmptyPersistentCacheTaskResponse()
+            )
+        parents = candidate_parents(task, peer, self.res.hosts)
+        if not parents:
+            raise SchedulerError(
+                f"no live host holds persistent cache task {task.id} (it has no origin to fall back to)"
+            )
+        return scheduler_pb2.AnnouncePersistentCachePeerResponse(
+            normal_persistent_cache_task_response=scheduler_pb2.NormalPersistentCacheTaskResponse(
+                candidate_cache_parents=[self.peer_pb(task, p) for p in parents]
+            )
+        )
+
+    async def announce_peer(self, context: Any) -> None:
+        peer_id = ""
+        try:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    break
+                peer_id = request.peer_id
+                answer = self.handle(request)
+                if answer is not None:
+                    await context.write(answer)
+        except DamselflyError as e:
+            self._stream_ended(peer_id)
+            await context.abort(_status(e), str(e))
+        except grpc.aio.AioRpcError:
+            self._stream_ended(peer_id)
+            return
+        self._stream_ended(peer_id)
+
+    def _stream_ended(self, peer_id: str) -> None:
+        """A download that ends without finishing leaves no peer behind."""
+        with contextlib.suppress(NotFound):
+            _, peer = self.registry.peer(peer_id)
+            if peer.state not in (SUCCEEDED, UPLOADING):
+                self.registry.remove_peer(peer_id)
+
+
+def _status(error: DamselflyError) -> Any:
+    if isinstance(error, NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, SchedulerError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+class PersistentCacheRPCs:
+    """The ``scheduler.v2.Scheduler`` persistent-cache methods; mixed into the scheduler's servicer."""
+
+    persistent_cache: PersistentCacheService
+
+    async def _pc_call(self, context: Any, fn: Callable[[PB], PB], request: PB) -> PB:
+        try:
+            return fn(request)
+        except DamselflyError as e:
+            await context.abort(_status(e), str(e))
+
+    async def AnnouncePersistentCachePeer(self, request_iterator: Any, context: Any) -> None:
+        await self.persistent_cache.announce_peer(context)
+
+    async def UploadPersistentCacheTaskStarted(self, request: PB, context: Any) -> PB:
+        await self._pc_call(context, self.persistent_cache.upload_started, request)
+        return empty_pb2.Empty()
+
+    async def UploadPersistentCacheTaskFinished(self, request: PB, context: Any) -> PB:
+        return await self._pc_call(context, self.persistent_cache.upload_finished, request)
+
+    async def UploadPersistentCacheTaskFailed(self, request: PB, context: Any) -> PB:
+        with contextlib.suppress(NotFound):
+            self.persistent_cache.upload_failed(request)
+        return empty_pb2.Empty()
+
+    async def StatPersistentCacheTask(self, request: PB, context: Any) -> PB:
+        return await self._pc_call(context, self.persistent_cache.stat_task, request)
+
+    async def StatPersistentCachePeer(self, request: PB, context: Any) -> PB:
+        return await self._pc_call(context, self.persistent_cache.stat_peer, request)
+
+    async def DeletePersistentCachePeer(self, request: PB, context: Any) -> PB:
+        self.persistent_cache.delete_peer(request)
+        return empty_pb2.Empty()
+
+    async def DeletePersistentCacheTask(self, request: PB, context: Any) -> PB:
+        try:
+            await self.persistent_cache.delete_everywhere(request.task_id)
+        except DamselflyError as e:
+            await context.abort(_status(e), str(e))
+        return empty_pb2.Empty()
+
+
+PERSISTENT_CACHE_RPCS = frozenset(
+    name for name in vars(PersistentCacheRPCs) if name[:1].isupper() and not name.startswith("_")
+)
