@@ -70,6 +70,7 @@ class CacheTask:
     updated_at: float
     state: str = PENDING
     peers: dict[str, CachePeer] = field(default_factory=dict)
+    failed_hosts: set[str] = field(default_factory=set)  # hosts whose copy failed: asked last
 
     def expired(self, now: float) -> bool:
         return self.ttl > 0 and now >= self.created_at + self.ttl
@@ -172,6 +173,8 @@ class PersistentCacheRegistry:
     def set_state(self, peer_id: str, state: str, now: float) -> CacheTask:
         task, peer = self.peer(peer_id)
         peer.state = state
+        if state == FAILED:
+            task.failed_hosts.add(peer.host_id)
         peer.updated_at = task.updated_at = now
         if state == SUCCEEDED:
             task.state = SUCCEEDED
@@ -231,7 +234,8 @@ def replica_hosts(task: CacheTask, hosts: dict[str, Host], busy: Iterable[str] =
         return []
     taken = {p.host_id for p in task.peers.values() if p.state != FAILED} | have
     free = [h for h in hosts.values() if h.id not in taken and not h.info.disable_shared]
-    free.sort(key=lambda h: (-round(host_score(h), 3), h.id))
+    # Hosts whose copy failed before come last (a full disk fails again), but are not excluded.
+    free.sort(key=lambda h: (h.id in task.failed_hosts, -round(host_score(h), 3), h.id))
     return free[:missing]
 
 

@@ -23,6 +23,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from ..api import common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
 from ..errors import DamselflyError, InvalidArgument, NotFound, SchedulerError
 from .persistent_cache import (
+    FAILED,
     PENDING,
     RUNNING,
     SUCCEEDED,
@@ -148,6 +149,7 @@ class PersistentCacheService:
                     pass
             log.info("host %s holds a replica of persistent cache task %s", host.id, task.id[:12])
         except grpc.aio.AioRpcError as e:
+            task.failed_hosts.add(host.id)
             log.warning(
                 "host %s could not replicate persistent cache task %s: %s %s",
                 host.id, task.id[:12], e.code().name, e.details(),
@@ -296,6 +298,7 @@ class PersistentCacheService:
         elif kind == "download_persistent_cache_peer_finished_request":
             self.registry.set_state(peer.id, SUCCEEDED, now)
         elif kind == "download_persistent_cache_peer_failed_request":
+            self.registry.set_state(peer.id, FAILED, now)
             self.registry.remove_peer(peer.id)
         else:
             raise InvalidArgument(f"unexpected AnnouncePersistentCachePeerRequest {kind!r}")
@@ -341,6 +344,7 @@ class PersistentCacheService:
         with contextlib.suppress(NotFound):
             _, peer = self.registry.peer(peer_id)
             if peer.state not in (SUCCEEDED, UPLOADING):
+                self.registry.set_state(peer_id, FAILED, self.clock())
                 self.registry.remove_peer(peer_id)
 
 

@@ -55,17 +55,24 @@ class StagedFile:
 
 
 def stage_file(src: Path, dst: Path, piece_length: int, *, hash_content: bool = True) -> StagedFile:
-    """Copy ``src`` to ``dst``, computing each piece's crc32 (and the sha256) on the way (blocking)."""
+    """Copy ``src`` to a new file ``dst``, computing each piece's crc32 (and the sha256) on the way.
+
+    Blocking; run it in a thread. ``dst`` must not exist (it is never
+    overwritten); on failure it is removed.
+    """
     sha = hashlib.sha256() if hash_content else None
     buf = bytearray(min(_CHUNK, piece_length))
     view = memoryview(buf)
     pieces: list[PieceInfo] = []
     try:
-        fin = open(src, "rb", buffering=0)  # noqa: SIM115 - closed below, with the output
+        fin = open(src, "rb", buffering=0)  # noqa: SIM115 - closed below
     except OSError as e:
         raise StorageError(e.errno, f"cannot read {src}: {e.strerror}") from e
     try:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot create {dst}: {e.strerror}") from e
         try:
             offset, crc, piece_start = 0, 0, 0
             while True:
@@ -91,12 +98,12 @@ def stage_file(src: Path, dst: Path, piece_length: int, *, hash_content: bool = 
                     piece_start, crc = offset, 0
                 if not n:
                     break
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(dst)
+            raise StorageError(e.errno, f"cannot copy {src} into the store: {e.strerror}") from e
         finally:
             os.close(fd)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(dst)
-        raise StorageError(e.errno, f"cannot copy {src} into the store: {e.strerror}") from e
     finally:
         fin.close()
     return StagedFile(dst, offset, piece_length, sha.hexdigest() if sha else "", pieces)
