@@ -49,3 +49,25 @@ def test_containerd_pull_through_mirror(
         assert "Authorization" not in mirror_log
     finally:
         swarm.close()
+
+
+def test_containerd_default_hosts_uses_ns(
+    tmp_root: Path, registry: Registry, image: Image, containerd: Containerd
+) -> None:
+    """``_default/hosts.toml`` without a header: the mirror learns the registry from containerd's ?ns=."""
+    swarm = Swarm(tmp_root / "swarm", registry, peers=1)
+    try:
+        d = tmp_root / "certs.d" / "_default"
+        d.mkdir(parents=True)
+        mirror = swarm.proxy(0)
+        (d / "hosts.toml").write_text(f'[host."http://{mirror}"]\n  capabilities = ["pull", "resolve"]\n')
+        before = registry.blob_bytes()
+        ref = f"{registry.host}/team/app:v1"
+        res = containerd.ctr(
+            "images", "pull", "--hosts-dir", str(tmp_root / "certs.d"), "--snapshotter", "native", ref
+        )
+        assert res.returncode == 0, res.stderr + res.stdout + swarm.logs()
+        assert all(swarm.holds_blob(0, b.digest) for b in image.blobs), swarm.logs()
+        assert registry.blob_bytes() - before == image.blob_bytes
+    finally:
+        swarm.close()

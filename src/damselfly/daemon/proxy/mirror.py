@@ -2,7 +2,8 @@
 
 Pure functions, no I/O. A request in registry form (no absolute URI) names its
 upstream by the ``X-Dragonfly-Registry`` header (``https://host[:port]``), or
-by containerd's ``?ns=<host>`` query parameter, or else goes to the configured
+by containerd's ``?ns=<host>`` query parameter (https, unless it names the
+default registry, whose scheme is used), or else goes to the configured
 default mirror. The ``ns`` parameter is containerd's, not the registry's: it is
 dropped from the upstream URL.
 """
@@ -53,7 +54,12 @@ def upstream_for(headers: Mapping[str, str], query: str, default: str, *, dynami
             return normalize_registry(named)
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key == NS_PARAM and value:
-                return normalize_registry(value)
+                named = normalize_registry(value)
+                base = normalize_registry(default)
+                # ns= carries no scheme: the configured default's wins for its own host.
+                if urlsplit(named).netloc == urlsplit(base).netloc:
+                    return base
+                return named
     return normalize_registry(default)
 
 
