@@ -58,6 +58,12 @@ class SchedulingConfig(Section):
     """Policy knobs of the scheduler (Dragonfly's ``scheduler.*``)."""
 
     algorithm: str = "default"  # evaluator name, see scheduler/evaluator.py
+    # "dag": parents never descend from their child (Dragonfly's rule). "mesh": any
+    # peer of another host may be a parent, so peers that started together trade
+    # pieces both ways (BitTorrent-like); measured faster in flash crowds.
+    topology: str = "mesh"
+    # Parents a peer may hold at once, counting those added by "more parents" reschedules.
+    max_parents: int = 8
     candidate_parent_limit: int = 4
     filter_parent_limit: int = 15
     retry_limit: int = 5  # scheduling rounds without a parent before back-to-source
@@ -119,7 +125,12 @@ class DownloadServerConfig(Section):
 class DownloadConfig(Section):
     server: DownloadServerConfig = Field(default_factory=DownloadServerConfig)
     concurrent_piece_count: int = 16
-    piece_timeout: float = 30 * SECONDS
+    # Pieces in flight to each parent when there are several (a lone parent gets them all).
+    parent_concurrent_piece_count: int = 2
+    max_parents: int = 8  # parents held at once, counting "more parents" refreshes
+    parent_refresh_interval: float = 1 * SECONDS
+    piece_picker: str = "rarest-first"  # daemon/piece_picker.py
+    piece_timeout: float = 30 * SECONDS  # a parent that sends nothing for this long failed the piece
     bandwidth_limit: int = 0  # bytes/s for all downloads of the host; 0: unlimited
     back_to_source_bandwidth_limit: int = 0
 
@@ -134,6 +145,8 @@ class UploadConfig(Section):
     server: UploadServerConfig = Field(default_factory=UploadServerConfig)
     bandwidth_limit: int = 0
     concurrent_upload_limit: int = 200  # upload slots the host offers
+    # Pieces sent at once; more requests get "busy" and go elsewhere. 0: no limit.
+    concurrent_piece_count: int = 8
 
 
 class StorageServerConfig(Section):

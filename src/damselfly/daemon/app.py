@@ -87,6 +87,7 @@ class Daemon:
             on_upload=self._on_upload,
             limiter=self.limiters.upload,
             request_limiter=self.limiters.piece_requests,
+            upload_slots=config.upload.concurrent_piece_count,
         )
         self.gc = CacheGC(self.store, config.gc, in_use=self._downloading, forget=self._forget_task)
         self.upload_service: UploadService | None = None
@@ -140,6 +141,10 @@ class Daemon:
             hostname=cfg.host.hostname,
             is_seed=self.is_seed,
             concurrent_piece_count=cfg.download.concurrent_piece_count,
+            parent_piece_depth=cfg.download.parent_concurrent_piece_count,
+            max_parents=cfg.download.max_parents,
+            refresh_interval=cfg.download.parent_refresh_interval,
+            picker=cfg.download.piece_picker,
             piece_timeout=cfg.download.piece_timeout,
             schedule_timeout=cfg.scheduler.schedule_timeout,
             on_piece=self.metrics.on_piece,

@@ -42,6 +42,7 @@ from ..errors import (
     NotFound,
     PeerError,
     ProtocolError,
+    ResourceExhausted,
     SchedulerError,
 )
 from ..pieces import piece_count, piece_length_for, piece_span
@@ -73,6 +74,14 @@ class ConductorDeps:
     piece_timeout: float = 30.0
     schedule_timeout: float = 30.0
     picker: str = "rarest-first"
+    # Pieces in flight per parent when there are several parents (one parent gets
+    # all of concurrent_piece_count): few, so each piece finishes soon and can be
+    # passed on, and one slow parent holds few pieces hostage.
+    parent_piece_depth: int = 2
+    # Ask the scheduler for more parents this often while fewer than max_parents
+    # are live (doubling while nothing new comes back).
+    refresh_interval: float = 1.0
+    max_parents: int = 8
     on_piece: Callable[[PieceInfo], None] | None = None  # metrics
     on_success: Callable[[str], None] | None = None  # given: the owner makes the content durable later
 
@@ -108,6 +117,8 @@ class Conductor:
         self.back_to_source = False
         self._reported_held = False
         self._conflict = ""
+        self._pending_answer: ScheduleAnswer | None = None
+        self._stuck_rounds = 0
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ entry
@@ -202,7 +213,14 @@ class Conductor:
             if done:
                 stream.finished()
                 return
+            if self._pending_answer is not None:  # the scheduler changed its mind during a refresh
+                answer, self._pending_answer = self._pending_answer, None
+                continue
             failed = [p.id for p in self._parents.values() if p.dead]
+            if not failed and self._stuck_rounds >= 2:
+                # Asked twice for more and still stuck: these parents cannot finish it.
+                failed = [p.id for p in self._parents.values()]
+            self._stuck_rounds += 1
             log.info("parents cannot finish the task; rescheduling (failed: %s)", failed)
             stream.reschedule(failed, "parents cannot finish the task")
             try:
@@ -229,12 +247,48 @@ class Conductor:
         existing = self._parents.get(c.peer_id)
         if existing is not None and not existing.dead:
             return
-        p = _Parent(candidate=c, view=ParentView(pieces=set(), max_in_flight=self._per_parent_limit()))
+        p = _Parent(candidate=c, view=ParentView(pieces=set(), max_in_flight=self.deps.parent_piece_depth))
         self._parents[c.peer_id] = p
         p.sync_task = asyncio.get_running_loop().create_task(self._sync(p))
 
-    def _per_parent_limit(self) -> int:
-        return max(2, self.deps.concurrent_piece_count // 2)
+    def _set_depths(self, live: dict[str, ParentView]) -> None:
+        """One parent gets every worker; several share them, a few pieces each."""
+        depth = (
+            self.deps.concurrent_piece_count
+            if len(live) <= 1
+            else max(self.deps.parent_piece_depth, self.deps.concurrent_piece_count // (2 * len(live)))
+        )
+        for view in live.values():
+            view.max_in_flight = depth
+
+    async def _refresh_parents(self) -> None:
+        """Ask for more parents now and then: peers that started with us hold pieces by now."""
+        stream = self._stream
+        if stream is None:
+            return
+        interval = self.deps.refresh_interval
+        while True:
+            await asyncio.sleep(interval * (0.75 + 0.5 * self._rng.random()))
+            live = sum(1 for p in self._parents.values() if not p.dead)
+            if live >= self.deps.max_parents:
+                continue
+            stream.reschedule([], "more parents")
+            try:
+                answer = await stream.next_answer(self.deps.schedule_timeout)
+            except SchedulerError:
+                return
+            if not isinstance(answer, NormalTask):
+                self._pending_answer = answer
+                self._wake.set()
+                return
+            known = set(self._parents)
+            for c in answer.parents:
+                self._add_parent(c)
+            grew = bool(set(self._parents) - known)
+            interval = (
+                self.deps.refresh_interval if grew else min(interval * 2, 16 * self.deps.refresh_interval)
+            )
+            self._wake.set()
 
     def _stop_syncs(self) -> None:
         for p in self._parents.values():
@@ -314,8 +368,11 @@ class Conductor:
         fd = store.open_write_fd(self.task_id)
         workers: set[asyncio.Task[None]] = set()
         last_progress = time.monotonic()
+        refresher = asyncio.get_running_loop().create_task(self._refresh_parents())
         try:
             while True:
+                if self._pending_answer is not None:
+                    return False
                 have = store.get(self.task_id)
                 assert have is not None
                 if self._conflict:
@@ -324,8 +381,10 @@ class Conductor:
                 if not missing:
                     return True
                 live = {pid: p.view for pid, p in self._parents.items() if not p.dead}
+                self._set_depths(live)
+                clock = time.monotonic()
                 while len(workers) < self.deps.concurrent_piece_count:
-                    pick = picker(PickState(missing, self._in_flight, live, self._rng))
+                    pick = picker(PickState(missing, self._in_flight, live, self._rng, clock))
                     if pick is None:
                         break
                     number, pid = pick
@@ -344,16 +403,20 @@ class Conductor:
                         return False
                 self._wake.clear()
                 before = len(have.pieces)
+                wait = 1.0
+                for view in live.values():
+                    if view.ready_at > clock:
+                        wait = min(wait, view.ready_at - clock)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                    await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
                 now = store.get(self.task_id)
                 if now is not None and len(now.pieces) != before:
                     last_progress = time.monotonic()
         finally:
-            for t in list(workers):
+            refresher.cancel()
+            for t in [*workers, refresher]:
                 t.cancel()
-            if workers:
-                await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, refresher, return_exceptions=True)
             os.close(fd)
 
     async def _fetch_piece(
@@ -372,6 +435,10 @@ class Conductor:
                 span.length,
                 timeout=self.deps.piece_timeout,
             )
+        except ResourceExhausted:
+            # The parent's upload slots are full: not a failure; leave it alone briefly.
+            p.view.ready_at = time.monotonic() + self._rng.uniform(0.05, 0.25)
+            return
         except DigestMismatch as e:
             log.warning("piece %d from parent %s failed its digest check: %s", number, p.id, e)
             self._drop(p)

@@ -27,6 +27,7 @@ class ParentView:
     in_flight: int = 0
     max_in_flight: int = 4
     mean_cost_s: float = 0.0
+    ready_at: float = 0.0  # a busy parent is left alone until then
 
 
 @dataclass(slots=True)
@@ -35,13 +36,18 @@ class PickState:
     in_flight: Set[int]
     parents: Mapping[str, ParentView]
     rng: random.Random = field(default_factory=random.Random)
+    now: float = 0.0
 
 
 Picker = Callable[[PickState], tuple[int, str] | None]
 
 
 def _usable(state: PickState) -> dict[str, ParentView]:
-    return {pid: p for pid, p in state.parents.items() if p.in_flight < p.max_in_flight}
+    return {
+        pid: p
+        for pid, p in state.parents.items()
+        if p.in_flight < p.max_in_flight and p.ready_at <= state.now
+    }
 
 
 def _best_parent(candidates: list[tuple[str, ParentView]], rng: random.Random) -> str:

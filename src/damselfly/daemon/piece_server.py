@@ -46,7 +46,10 @@ class PieceServer:
     no burst exceeds its bucket. ``request_limiter`` refuses piece requests
     over its rate with ``Error(RESOURCE_EXHAUSTED)``; the connection stays open.
     A piece being sent holds its task in use (:meth:`PieceStore.using`), so
-    the cache GC does not evict it.
+    the cache GC does not evict it. With ``upload_slots``, at most that many
+    pieces are sent at once; a request beyond that is answered
+    ``Error(RESOURCE_EXHAUSTED, "busy...")`` at once and the child asks another
+    parent or retries shortly.
     """
 
     def __init__(
@@ -57,8 +60,13 @@ class PieceServer:
         idle_timeout: float = 5 * MINUTES,
         limiter: ByteLimiter | None = None,
         request_limiter: RequestLimiter | None = None,
+        upload_slots: int = 0,
     ) -> None:
         self._store = store
+        # Pieces sent at once; more requests are refused as busy (0: no limit).
+        self.upload_slots = upload_slots
+        self._sending = 0
+        self.busy_refusals = 0
         self.limiter = limiter
         self.request_limiter = request_limiter
         self._idle_timeout = idle_timeout
@@ -169,6 +177,17 @@ class PieceServer:
             writer.write(vortex.encode_error(pid, code, message))
             await writer.drain()
             return True
+        if self.upload_slots and self._sending >= self.upload_slots:
+            # Refuse at once rather than split the link among ever more pieces: a
+            # piece sent at full speed is one the child can pass on sooner.
+            self.busy_refusals += 1
+            writer.write(
+                vortex.encode_error(
+                    pid, vortex.ErrorCode.RESOURCE_EXHAUSTED, f"busy: {self.upload_slots} pieces in flight"
+                )
+            )
+            await writer.drain()
+            return True
         try:
             file = files.get(request.task_id)
         except DamselflyError as e:
@@ -176,8 +195,12 @@ class PieceServer:
             await writer.drain()
             return True
         writer.write(vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest))
-        with self._store.using(request.task_id):
-            sent = await self._sendfile(writer, file, piece.offset, piece.length, request.task_id)
+        self._sending += 1
+        try:
+            with self._store.using(request.task_id):
+                sent = await self._sendfile(writer, file, piece.offset, piece.length, request.task_id)
+        finally:
+            self._sending -= 1
         self.bytes_sent += sent
         if sent != piece.length:
             log.warning(

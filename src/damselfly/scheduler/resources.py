@@ -200,7 +200,11 @@ class Peer:
 class Resources:
     """All hosts, tasks and peers the scheduler knows, with the parent DAG."""
 
-    def __init__(self, *, peer_upload_limit: int = 200, seed_upload_limit: int = 2000) -> None:
+    def __init__(
+        self, *, peer_upload_limit: int = 200, seed_upload_limit: int = 2000, allow_cycles: bool = False
+    ) -> None:
+        # True for the "mesh" topology: only self and same-host edges are refused.
+        self.allow_cycles = allow_cycles
         self.peer_upload_limit = peer_upload_limit
         self.seed_upload_limit = seed_upload_limit
         self.hosts: dict[str, Host] = {}
@@ -386,7 +390,7 @@ class Resources:
         """An edge child -> parent keeps the graph acyclic and joins two hosts."""
         if child is parent or child.host is parent.host:
             return False
-        return not self.is_ancestor(child, parent)
+        return self.allow_cycles or not self.is_ancestor(child, parent)
 
     def add_parent(self, child: Peer, parent: Peer) -> None:
         if parent.id in child.parents:
@@ -399,6 +403,7 @@ class Resources:
 
     def set_parents(self, child: Peer, parents: Iterable[Peer]) -> None:
         """Replace a peer's parents; edges that would be refused are skipped."""
+        parents = list(parents)
         self.clear_parents(child)
         for parent in parents:
             if self.can_add_edge(child, parent):

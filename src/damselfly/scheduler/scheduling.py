@@ -76,7 +76,7 @@ def candidate_parents(
     """Sample up to ``filter_parent_limit`` serving peers of the task and keep the usable ones."""
     out = []
     # Parents must not be descendants (a cycle); walk the peer's subtree once, not per candidate.
-    below = res.descendants(peer) if peer.children else ()
+    below = res.descendants(peer) if peer.children and not res.allow_cycles else ()
     for cand in peer.task.available.sample(cfg.filter_parent_limit, rng):
         if (
             cand is peer
@@ -91,6 +91,27 @@ def candidate_parents(
             continue
         out.append(cand)
     return out
+
+
+def refresh(
+    peer: Peer, res: Resources, cfg: SchedulingConfig, evaluator: Evaluator, now: float, rng: random.Random
+) -> Parents | None:
+    """A "more parents" reschedule: the usable current parents plus the best new ones.
+
+    Peers that started at the same moment only had the seed to choose from;
+    a little later the others hold pieces too. None when the peer has no
+    parent and no candidate: then it is scheduled as usual.
+    """
+    current = [p for p in peer.parents.values() if p.state.can_serve and p.id not in peer.blocked]
+    room = cfg.max_parents - len(current)
+    new: list[Peer] = []
+    if room > 0:
+        fresh = [c for c in candidate_parents(peer, res, cfg, evaluator, rng) if c.id not in peer.parents]
+        if fresh:
+            new = evaluator.rank(fresh, peer, min(room, cfg.candidate_parent_limit), now)
+    if not current and not new:
+        return None
+    return Parents(current + new)
 
 
 def other_seed_started(peer: Peer) -> bool:

@@ -51,3 +51,10 @@ def test_sequential_takes_lowest():
 def test_unknown_picker_name():
     with pytest.raises(ValueError, match="unknown piece picker"):
         get_picker("nope")
+
+
+def test_busy_parent_is_left_alone_until_ready():
+    parents = {"a": ParentView(pieces={0}, ready_at=5.0), "b": ParentView(pieces={1})}
+    assert rarest_first(PickState({0, 1}, set(), parents, random.Random(1), now=4.0)) == (1, "b")
+    assert rarest_first(PickState({0}, set(), parents, random.Random(1), now=4.0)) is None
+    assert rarest_first(PickState({0}, set(), parents, random.Random(1), now=5.0)) == (0, "a")
