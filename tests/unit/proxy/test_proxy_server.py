@@ -262,3 +262,27 @@ async def test_intercepted_blob_is_served_through_the_store(env: Env, tmp_path: 
             assert r.headers["X-Dragonfly-Task-ID"] == ids.blob_task_id(digest)
             assert await r.read() == data
     assert env.tls_origin.gets[digest] == 1
+
+
+async def test_client_gone_mid_blob_the_download_still_finishes(env: Env) -> None:
+    """The task belongs to the daemon, not to the request: a client that leaves does not waste the fetch."""
+    data = os.urandom(12 * 1024 * 1024)
+    digest = env.origin.add(data)
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.proxy.port)
+    writer.write(f"GET /v2/a/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    tid = ids.blob_task_id(digest)
+    for _ in range(200):
+        meta = env.store.get(tid)
+        if meta is not None and meta.state == "succeeded":
+            break
+        await asyncio.sleep(0.05)
+    meta = env.store.get(tid)
+    assert meta is not None and meta.state == "succeeded"
+    url = f"{env.mirror}/v2/a/blobs/{digest}"
+    async with aiohttp.ClientSession() as s, s.get(url, headers={"Range": "bytes=-5"}) as r:
+        assert r.status == 206
+        assert await r.read() == data[-5:]
+    assert env.origin.gets[digest] == 1

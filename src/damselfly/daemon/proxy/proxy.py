@@ -261,10 +261,12 @@ class ProxyServer:
 
     async def _p2p(self, request: web.BaseRequest, url: str, digest: str) -> web.StreamResponse:
         began = time.monotonic()
-        resp = await self._p2p_serve(request, url, digest)
+        try:
+            resp = await self._p2p_serve(request, url, digest)
+        finally:
+            first = self._first_byte.pop(id(request), began) - began
         what = digest or urlsplit(url).path
         took = time.monotonic() - began
-        first = self._first_byte.pop(id(request), began) - began
         size = resp.content_length or resp.body_length
         log.info("P2P %s %s -> %d, %d bytes in %.2fs (headers after %.2fs)",
                  request.method, what, resp.status, size, took, first)  # fmt: skip
