@@ -12,9 +12,9 @@ One TCP listener (loopback by default) takes three kinds of requests:
   then handled like proxy requests to ``https://host``), tunnelled untouched
   when the host is allowed, refused otherwise.
 
-The first request head on a connection is sniffed: a CONNECT is handled here on
-the raw transport, anything else hands the connection to aiohttp's HTTP
-protocol. Requests matching the rules (:mod:`.rules`) go through the swarm and
+The first request head on a connection is sniffed (:mod:`.connect`): a CONNECT
+is handled on the raw transport, anything else hands the connection to
+aiohttp's HTTP protocol. Requests matching the rules (:mod:`.rules`) go through the swarm and
 are streamed from the store (:mod:`.stream`); the rest pass straight through
 (:mod:`.upstream`). Credentials (``Authorization``...) go only to the
 registry, never into logs. Owner of the listener, the aiohttp server, the
@@ -44,6 +44,7 @@ from ..storage import PieceStore
 from ..tasks import TaskManager
 from . import mirror
 from .ca import CertificateAuthority, ensure_ca
+from .connect import ConnectHandler, Sniffer
 from .metrics import ProxyMetrics
 from .rules import Route, compile_rules, decide
 from .stream import (
@@ -58,7 +59,6 @@ from .upstream import TLSPolicy, TLSRule, Upstream, forward_headers
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD = 64 * 1024
 # After a blob failed its digest check, fetch it from the registry for this long
 # (a parent in the swarm may hold the same wrong bytes).
 DISTRUST_S = 600.0
@@ -67,13 +67,6 @@ TASK_ID_HEADER = "X-Dragonfly-Task-ID"
 # Statuses a client must see as the registry sent them (the 401 carries the
 # WWW-Authenticate challenge that starts the token dance).
 _PASS_STATUSES = frozenset({400, 401, 403, 404, 405, 407, 416, 429})
-
-
-def _split_hostport(authority: str, default_port: int) -> tuple[str, int]:
-    parts = urlsplit(f"//{authority}")
-    if not parts.hostname:
-        raise InvalidArgument(f"bad authority {authority!r}")
-    return parts.hostname, parts.port or default_port
 
 
 class ProxyServer:
@@ -115,9 +108,10 @@ class ProxyServer:
         self._web: web.Server | None = None
         self._server: asyncio.Server | None = None
         self._jobs: set[asyncio.Task[None]] = set()
-        self._tunnel_hosts: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self.tunnel_hosts: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._distrust: dict[str, float] = {}
         self._first_byte: dict[int, float] = {}  # request id -> when its headers went out (for the log)
+        self.connect = ConnectHandler(self)
         self.port = 0
 
     # ----------------------------------------------------------------- life
@@ -128,7 +122,7 @@ class ProxyServer:
         # query strings; blobs get one line of our own (digest, status, bytes, time).
         self._web = web.Server(self._handle, handler_cancellation=True, access_log=None)
         cfg = self.config.server
-        self._server = await loop.create_server(lambda: _Sniffer(self), cfg.ip, cfg.port)
+        self._server = await loop.create_server(lambda: Sniffer(self), cfg.ip, cfg.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
@@ -147,12 +141,12 @@ class ProxyServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
         await self.upstream.close()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         job = asyncio.get_running_loop().create_task(coro)
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
 
-    def _http_protocol(self) -> asyncio.Protocol:
+    def http_protocol(self) -> asyncio.Protocol:
         assert self._web is not None
         proto: asyncio.Protocol = self._web()
         return proto
@@ -206,7 +200,7 @@ class ProxyServer:
             if target.scheme not in ("http", "https") or not self.may_reach(host, port):
                 raise PermissionError(f"this proxy does not forward to {host}:{port}")
             return str(target)
-        tunnel = self._tunnel_hosts.get(request.transport) if request.transport is not None else None
+        tunnel = self.tunnel_hosts.get(request.transport) if request.transport is not None else None
         if tunnel is not None:  # inside an intercepted CONNECT
             return f"https://{tunnel}{request.rel_url.raw_path_qs}"
         if not request.rel_url.raw_path.startswith("/v2"):
@@ -341,82 +335,6 @@ class ProxyServer:
             with contextlib.suppress(DamselflyError, OSError):
                 self.store.delete_task(task_id)
 
-    # ------------------------------------------------------------ CONNECT
-
-    async def _connect(self, transport: asyncio.Transport, authority: str, early: bytes) -> None:
-        try:
-            host, port = _split_hostport(authority, 443)
-        except InvalidArgument:
-            _refuse(transport, 400, "bad CONNECT target")
-            return
-        if self.is_hijacked(host) or self.is_hijacked(f"{host}:{port}"):
-            self.metrics.request("connect", 200)
-            if early:
-                _refuse(transport, 400, "data before the tunnel was established")
-                return
-            await self._intercept(transport, host, port)
-        elif self.may_reach(host, port):
-            self.metrics.request("tunnel", 200)
-            await self._tunnel(transport, host, port, early)
-        else:
-            self.metrics.request("refused", 403)
-            log.info("refused CONNECT to %s:%d (not a registry, hijacked or allowed host)", host, port)
-            _refuse(transport, 403, f"this proxy does not tunnel to {host}:{port}")
-
-    async def _intercept(self, transport: asyncio.Transport, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            ctx = await asyncio.to_thread(self.ca.server_context, host)
-            holder = _Holder()
-            transport.set_protocol(holder)
-            transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            tls = await loop.start_tls(transport, holder, ctx, server_side=True, ssl_handshake_timeout=15)
-        except (OSError, ConnectionError, TimeoutError, DamselflyError) as e:
-            log.info("TLS interception of %s failed: %s", host, e)
-            transport.abort()
-            return
-        if tls is None:
-            transport.abort()
-            return
-        self._tunnel_hosts[tls] = host if port == 443 else f"{host}:{port}"
-        proto = self._http_protocol()
-        tls.set_protocol(proto)
-        proto.connection_made(tls)
-        holder.hand_over(proto)
-
-    async def _tunnel(self, transport: asyncio.Transport, host: str, port: int, early: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        proto = asyncio.StreamReaderProtocol(reader)
-        transport.set_protocol(proto)
-        proto.connection_made(transport)
-        writer = asyncio.StreamWriter(transport, proto, reader, loop)
-        try:
-            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
-        except (OSError, TimeoutError) as e:
-            _refuse(transport, 502, f"cannot reach {host}:{port}: {e}")
-            return
-        transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        transport.resume_reading()
-        if early:
-            up_writer.write(early)
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            for w in (writer, up_writer):
-                w.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(256 * 1024):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (OSError, ConnectionError):
-        writer.close()
-
 
 class _Sink:
     """A prepared response's connection, fed with file ranges (zero-copy where the transport allows)."""
@@ -433,76 +351,6 @@ class _Sink:
             await asyncio.get_running_loop().sendfile(transport, file, offset, count)
         except RuntimeError as e:  # asyncio's "transport is closing"
             raise ConnectionResetError(f"the client went away: {e}") from e
-
-
-class _Sniffer(asyncio.Protocol):
-    """Reads a connection's first request head, then hands the connection on."""
-
-    def __init__(self, owner: ProxyServer) -> None:
-        self.owner = owner
-        self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
-        self.buf += data
-        if not self.buf[:1].isalpha():
-            # A TLS ClientHello (clients that try https first, like skopeo with an
-            # insecure mirror) or garbage: close at once so the client falls back.
-            transport.abort()
-            return
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buf) > MAX_HEAD:
-                _refuse(transport, 431, "request head too large")
-            return
-        line = bytes(self.buf[: self.buf.find(b"\r\n")]).split(b" ")
-        if line[0] == b"CONNECT" and len(line) == 3:
-            transport.pause_reading()
-            early = bytes(self.buf[end + 4 :])
-            self.owner._spawn(self.owner._connect(transport, line[1].decode("latin-1"), early))
-            return
-        proto = self.owner._http_protocol()
-        transport.set_protocol(proto)
-        proto.connection_made(transport)
-        proto.data_received(bytes(self.buf))
-
-
-class _Holder(asyncio.Protocol):
-    """Keeps decrypted bytes that arrive before the HTTP protocol takes the connection."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.closed = False
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-
-    def hand_over(self, proto: asyncio.Protocol) -> None:
-        if self.buf:
-            proto.data_received(bytes(self.buf))
-            self.buf.clear()
-
-
-def _refuse(transport: asyncio.Transport, status: int, reason: str) -> None:
-    body = reason.encode() + b"\n"
-    head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    transport.write(head + body)
-    transport.close()
-
-
-_REASONS = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}
 
 
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
