@@ -349,10 +349,16 @@ class RegistryClient:
         headers: Mapping[str, str] | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> ResolvedImage:
-        """Fetch ``ref``'s manifest (narrowed to ``platform`` if it is a list) and list its blobs."""
+        """Fetch ``ref``'s manifest (narrowed to ``platform`` if it is a list) and list its blobs.
+
+        An ``Authorization`` in ``headers`` is tried first (a token the caller
+        already holds); a challenge the registry then sends is answered with
+        ``username``/``password`` as usual.
+        """
         want = parse_platform(platform or DEFAULT_PLATFORM)
-        auth = _Auth(username, password)
         extra = dict(headers or {})
+        given = next((v for k, v in extra.items() if k.lower() == "authorization"), "")
+        auth = _Auth(username, password, authorization=given)
         doc, media_type, digest = await self._manifest(ref, ref.reference, auth, extra, tls)
         chosen = ""
         for _ in range(2):  # an index can point at an index; two levels is plenty

@@ -138,6 +138,7 @@ def blob_specs(resolved: registry_client.ResolvedImage, o: _Options, *, by_diges
     for blob in resolved.blobs:
         header = dict(o.header)
         if resolved.authorization:
+            header = {k: v for k, v in header.items() if k.lower() != "authorization"}
             header["Authorization"] = resolved.authorization
         spec = DownloadSpec(
             url=blob.url,
@@ -307,7 +308,7 @@ class PreheatRunner:
             platform=platform,
             username=request.username,
             password=request.password,
-            headers={k: v for k, v in request.header.items() if k.lower() != "authorization"},
+            headers=dict(request.header),
             tls=tls if (request.certificate_chain or request.insecure_skip_verify) else None,
         )
         self._resolved[key] = (now, resolved)

@@ -287,3 +287,10 @@ async def test_unreachable_registry(client: rc.RegistryClient) -> None:
         port = s.getsockname()[1]
     with pytest.raises(SourceUnreachable):
         await client.resolve(rc.parse_manifest_url(f"http://127.0.0.1:{port}/v2/a/manifests/v1"))
+
+
+async def test_a_token_the_caller_holds_is_tried_first(fake: FakeRegistry, client: rc.RegistryClient) -> None:
+    fake.auth = "bearer"
+    fake.add("team/app", "v1", rc.OCI_MANIFEST, _image_manifest("held"))
+    image = await client.resolve(_ref(fake), headers={"authorization": f"Bearer {TOKEN}"})
+    assert image.authorization == f"Bearer {TOKEN}" and fake.token_requests == []
