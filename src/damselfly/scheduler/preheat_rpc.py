@@ -360,7 +360,7 @@ class PreheatRunner:
         )
         job = asyncio.get_running_loop().create_task(self.run(plan), name=f"preheat-{plan.what[:40]}")
         self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        job.add_done_callback(self._job_done)
         report = await asyncio.shield(job)
         expected = len(plan.items) * len(plan.targets.all)
         summary = report.summary(expected)
@@ -373,6 +373,12 @@ class PreheatRunner:
         await context.abort(
             grpc.StatusCode.DEADLINE_EXCEEDED if timed_out else grpc.StatusCode.ABORTED, summary
         )
+
+    def _job_done(self, job: asyncio.Task[PreheatReport]) -> None:
+        # The RPC that started the job may be gone (client left): say here what became of it.
+        self._jobs.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            log.error("preheat job %s failed", job.get_name(), exc_info=job.exception())
 
     async def run(self, plan: PreheatPlan) -> PreheatReport:
         """Download every item on every target host; every (item, host) gets an outcome."""
