@@ -110,6 +110,8 @@ class HostConfig(Section):
 class SeedPeerConfig(Section):
     enable: bool = False
     type: str = "super"  # super | strong | weak
+    # Give each piece to the swarm once while others have not gone out (see piece_server.py).
+    super_seed: bool = True
 
 
 class SchedulerClientConfig(Section):

@@ -13,6 +13,7 @@ The tree::
     │   ├── SourceStatusError       the origin answered with an error status
     │   └── SourceUnreachable       the origin could not be reached (DNS, refused, TLS)
     ├── PeerError                   a parent failed to serve a piece
+    ├── PieceElsewhere              a seed peer gave this piece out already: ask a peer
     ├── SchedulerError              the scheduler refused or is unreachable
     │   └── NoCandidateParents      nothing to download from and back-to-source is disabled
     ├── DaemonUnavailable           the local daemon is not running (dfget)
@@ -76,6 +77,10 @@ class SourceUnreachable(SourceError):
 
 class PeerError(DamselflyError):
     pass
+
+
+class PieceElsewhere(DamselflyError):
+    """A super-seeding parent refused a piece it already gave to the swarm (not a failure)."""
 
 
 class SchedulerError(DamselflyError):

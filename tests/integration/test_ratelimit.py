@@ -22,7 +22,7 @@ from damselfly.daemon.piece_client import PieceClient
 from damselfly.daemon.service import RATE_LIMIT_HEADER
 from damselfly.daemon.tasks import task_id_for
 from damselfly.domain import DownloadSpec
-from damselfly.errors import PeerError
+from damselfly.errors import ResourceExhausted
 from damselfly.units import MiB
 from swarm.harness import Swarm, sha256_file
 
@@ -124,7 +124,7 @@ async def test_piece_request_rate_limit_answers_resource_exhausted(swarm: Swarm,
         with open(tmp_path / "sink", "wb+") as sink:  # noqa: ASYNC230 (a test's scratch file)
             length = meta.pieces[0].length
             await client.download_piece(tid, 0, sink.fileno(), 0, length)  # the one allowed
-            with pytest.raises(PeerError, match="code 4"):
+            with pytest.raises(ResourceExhausted, match="too many piece requests"):
                 await client.download_piece(tid, 0, sink.fileno(), 0, length)
         assert not client.broken  # refused cleanly: the connection stays usable
     finally:

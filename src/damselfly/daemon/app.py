@@ -88,6 +88,7 @@ class Daemon:
             limiter=self.limiters.upload,
             request_limiter=self.limiters.piece_requests,
             upload_slots=config.upload.concurrent_piece_count,
+            super_seed=self.is_seed and config.seed_peer.super_seed,
         )
         self.gc = CacheGC(self.store, config.gc, in_use=self._downloading, forget=self._forget_task)
         self.upload_service: UploadService | None = None

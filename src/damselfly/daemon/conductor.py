@@ -41,6 +41,7 @@ from ..errors import (
     NoCandidateParents,
     NotFound,
     PeerError,
+    PieceElsewhere,
     ProtocolError,
     ResourceExhausted,
     SchedulerError,
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 # A parent that fails this many pieces in a row is dropped for this download.
 PARENT_FAILURE_LIMIT = 3
+# How long a piece a super-seed refused is asked of other parents only.
+ELSEWHERE_RETRY = 1.0
 
 
 @dataclass
@@ -438,6 +441,10 @@ class Conductor:
         except ResourceExhausted:
             # The parent's upload slots are full: not a failure; leave it alone briefly.
             p.view.ready_at = time.monotonic() + self._rng.uniform(0.05, 0.25)
+            return
+        except PieceElsewhere:
+            # A super-seed gave this piece to another peer: get it from the peers.
+            p.view.skip[number] = time.monotonic() + ELSEWHERE_RETRY
             return
         except DigestMismatch as e:
             log.warning("piece %d from parent %s failed its digest check: %s", number, p.id, e)

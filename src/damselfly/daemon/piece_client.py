@@ -28,7 +28,14 @@ from collections.abc import Callable
 
 from ..checksum import crc32
 from ..domain import PieceInfo, TrafficType
-from ..errors import DigestMismatch, NotFound, PeerError, ProtocolError, ResourceExhausted
+from ..errors import (
+    DigestMismatch,
+    NotFound,
+    PeerError,
+    PieceElsewhere,
+    ProtocolError,
+    ResourceExhausted,
+)
 from ..units import MiB
 from . import vortex
 from .ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
@@ -164,7 +171,7 @@ class PieceClient:
             info.cost_s = self._clock() - start
             ok = True
             return info
-        except (NotFound, DigestMismatch, PeerError, ResourceExhausted):
+        except (NotFound, DigestMismatch, PeerError, ResourceExhausted, PieceElsewhere):
             ok = self._frame_done  # the whole answer was read: the connection is still in sync
             raise
         except TimeoutError:
@@ -208,6 +215,8 @@ class PieceClient:
                 raise NotFound(f"parent {self._where} does not hold piece {number}: {event.message}")
             if event.code == vortex.ErrorCode.RESOURCE_EXHAUSTED:
                 raise ResourceExhausted(f"parent {self._where} is busy: {event.message}")
+            if event.code == vortex.ErrorCode.ELSEWHERE:
+                raise PieceElsewhere(f"parent {self._where}: {event.message}")
             raise PeerError(
                 f"parent {self._where} refused piece {number} (code {event.code}): {event.message}"
             )

@@ -28,6 +28,11 @@ class ParentView:
     max_in_flight: int = 4
     mean_cost_s: float = 0.0
     ready_at: float = 0.0  # a busy parent is left alone until then
+    # Pieces this parent sent elsewhere (super-seeding): not asked for again until then.
+    skip: dict[int, float] = field(default_factory=dict)
+
+    def offers(self, number: int, now: float) -> bool:
+        return number in self.pieces and (not self.skip or self.skip.get(number, 0.0) <= now)
 
 
 @dataclass(slots=True)
@@ -65,7 +70,7 @@ def rarest_first(state: PickState) -> tuple[int, str] | None:
         if number in state.in_flight:
             continue
         count = sum(1 for p in state.parents.values() if number in p.pieces)
-        if count == 0 or not any(number in p.pieces for p in usable.values()):
+        if count == 0 or not any(p.offers(number, state.now) for p in usable.values()):
             continue
         if count < best_count:
             best, best_count = [number], count
@@ -74,14 +79,14 @@ def rarest_first(state: PickState) -> tuple[int, str] | None:
     if not best:
         return None
     number = state.rng.choice(best)
-    holders = [(pid, p) for pid, p in usable.items() if number in p.pieces]
+    holders = [(pid, p) for pid, p in usable.items() if p.offers(number, state.now)]
     return number, _best_parent(holders, state.rng)
 
 
 def sequential(state: PickState) -> tuple[int, str] | None:
     usable = _usable(state)
     for number in sorted(state.missing - state.in_flight):
-        holders = [(pid, p) for pid, p in usable.items() if number in p.pieces]
+        holders = [(pid, p) for pid, p in usable.items() if p.offers(number, state.now)]
         if holders:
             return number, _best_parent(holders, state.rng)
     return None

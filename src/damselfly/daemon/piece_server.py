@@ -19,7 +19,8 @@ import contextlib
 import io
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sized
 
 from ..errors import DamselflyError, ProtocolError
 from ..units import MINUTES
@@ -30,6 +31,7 @@ from .storage import PieceStore
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
+SUPER_SEED_RESEND = 5.0  # seconds after which a super-seed serves a given piece again
 
 
 class PieceServer:
@@ -61,8 +63,16 @@ class PieceServer:
         limiter: ByteLimiter | None = None,
         request_limiter: RequestLimiter | None = None,
         upload_slots: int = 0,
+        super_seed: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        # Super-seeding (seed peers): give each piece to the swarm once while
+        # other pieces have not gone out yet; peers pass it on among themselves.
+        self.super_seed = super_seed
+        self._clock = clock
+        self._first_sent: dict[str, dict[int, float]] = {}
+        self.elsewhere_refusals = 0
         # Pieces sent at once; more requests are refused as busy (0: no limit).
         self.upload_slots = upload_slots
         self._sending = 0
@@ -177,6 +187,15 @@ class PieceServer:
             writer.write(vortex.encode_error(pid, code, message))
             await writer.drain()
             return True
+        if self.super_seed and self._given_already(request.task_id, piece.number, meta.pieces.keys()):
+            self.elsewhere_refusals += 1
+            writer.write(
+                vortex.encode_error(
+                    pid, vortex.ErrorCode.ELSEWHERE, f"piece {piece.number} is with other peers already"
+                )
+            )
+            await writer.drain()
+            return True
         if self.upload_slots and self._sending >= self.upload_slots:
             # Refuse at once rather than split the link among ever more pieces: a
             # piece sent at full speed is one the child can pass on sooner.
@@ -218,6 +237,26 @@ class PieceServer:
             except Exception:
                 log.exception("on_upload callback failed")
         return True
+
+    def _given_already(self, task_id: str, number: int, held: Sized) -> bool:
+        """Whether to send ``number`` elsewhere: it went out recently and some piece never did.
+
+        Records the first send otherwise. A piece given out more than
+        ``SUPER_SEED_RESEND`` seconds ago is served again (its receiver may be
+        slow or gone), and once every held piece went out, duplicates are fine.
+        """
+        sent = self._first_sent.setdefault(task_id, {})
+        now = self._clock()
+        first = sent.get(number)
+        if first is None:
+            sent[number] = now
+            return False
+        if now - first > SUPER_SEED_RESEND:
+            return False
+        return len(sent) < len(held)  # only held pieces are ever recorded
+
+    def forget(self, task_id: str) -> None:
+        self._first_sent.pop(task_id, None)
 
     async def _sendfile(
         self, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int, task_id: str

@@ -52,6 +52,8 @@ class ErrorCode(enum.IntEnum):
     INVALID_ARGUMENT = 2
     INTERNAL = 3
     RESOURCE_EXHAUSTED = 4
+    # A seed peer that already gave this piece to the swarm: ask a peer for it.
+    ELSEWHERE = 5
 
 
 # --------------------------------------------------------------------------- events
