@@ -148,7 +148,7 @@ class UploadConfig(Section):
     bandwidth_limit: int = 0
     concurrent_upload_limit: int = 200  # upload slots the host offers
     # Pieces sent at once; more requests get "busy" and go elsewhere. 0: no limit.
-    concurrent_piece_count: int = 8
+    concurrent_piece_count: int = 4
 
 
 class StorageServerConfig(Section):

@@ -255,9 +255,10 @@ class Conductor:
         p.sync_task = asyncio.get_running_loop().create_task(self._sync(p))
 
     def _set_depths(self, live: dict[str, ParentView]) -> None:
-        """One parent gets every worker; several share them, a few pieces each."""
+        """A lone parent gets half the workers (its upload slots and queue take that many
+        without refusals); several parents share them, a few pieces each."""
         depth = (
-            self.deps.concurrent_piece_count
+            max(self.deps.parent_piece_depth, self.deps.concurrent_piece_count // 2)
             if len(live) <= 1
             else max(self.deps.parent_piece_depth, self.deps.concurrent_piece_count // (2 * len(live)))
         )

@@ -20,7 +20,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Sized
+from collections.abc import AsyncIterator, Callable, Sized
 
 from ..errors import DamselflyError, ProtocolError
 from ..units import MINUTES
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
 SUPER_SEED_RESEND = 5.0  # seconds after which a super-seed serves a given piece again
+QUEUE_PER_SLOT = 2  # requests that may wait for each upload slot before "busy"
 
 
 class PieceServer:
@@ -73,8 +74,11 @@ class PieceServer:
         self._clock = clock
         self._first_sent: dict[str, dict[int, float]] = {}
         self.elsewhere_refusals = 0
-        # Pieces sent at once; more requests are refused as busy (0: no limit).
+        # Pieces sent at once (0: no limit); a few more requests wait their turn in
+        # order (so a slot that frees up is used at once), beyond that: busy.
         self.upload_slots = upload_slots
+        self._slots = asyncio.Semaphore(upload_slots) if upload_slots else None
+        self._queued = 0
         self._sending = 0
         self.busy_refusals = 0
         self.limiter = limiter
@@ -196,7 +200,7 @@ class PieceServer:
             )
             await writer.drain()
             return True
-        if self.upload_slots and self._sending >= self.upload_slots:
+        if self._slots is not None and self._queued >= self.upload_slots * QUEUE_PER_SLOT:
             # Refuse at once rather than split the link among ever more pieces: a
             # piece sent at full speed is one the child can pass on sooner.
             self.busy_refusals += 1
@@ -213,13 +217,12 @@ class PieceServer:
             writer.write(vortex.encode_error(pid, vortex.ErrorCode.NOT_FOUND, str(e)))
             await writer.drain()
             return True
-        writer.write(vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest))
-        self._sending += 1
-        try:
+        async with self._turn():
+            writer.write(
+                vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest)
+            )
             with self._store.using(request.task_id):
                 sent = await self._sendfile(writer, file, piece.offset, piece.length, request.task_id)
-        finally:
-            self._sending -= 1
         self.bytes_sent += sent
         if sent != piece.length:
             log.warning(
@@ -237,6 +240,28 @@ class PieceServer:
             except Exception:
                 log.exception("on_upload callback failed")
         return True
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """An upload slot, waited for in order (the caller checked the queue has room)."""
+        if self._slots is None:
+            self._sending += 1
+            try:
+                yield
+            finally:
+                self._sending -= 1
+            return
+        self._queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._queued -= 1
+        self._sending += 1
+        try:
+            yield
+        finally:
+            self._sending -= 1
+            self._slots.release()
 
     def _given_already(self, task_id: str, number: int, held: Sized) -> bool:
         """Whether to send ``number`` elsewhere: it went out recently and some piece never did.
