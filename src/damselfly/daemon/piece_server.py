@@ -73,6 +73,7 @@ class PieceServer:
         self.super_seed = super_seed
         self._clock = clock
         self._first_sent: dict[str, dict[int, float]] = {}
+        self._send_time = 0.0  # moving average of one piece's send, seconds
         self.elsewhere_refusals = 0
         # Pieces sent at once (0: no limit); a few more requests wait their turn in
         # order (so a slot that frees up is used at once), beyond that: busy.
@@ -221,8 +222,10 @@ class PieceServer:
             writer.write(
                 vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest)
             )
+            began = self._clock()
             with self._store.using(request.task_id):
                 sent = await self._sendfile(writer, file, piece.offset, piece.length, request.task_id)
+            self._send_time += 0.2 * ((self._clock() - began) - self._send_time)
         self.bytes_sent += sent
         if sent != piece.length:
             log.warning(
@@ -266,9 +269,10 @@ class PieceServer:
     def _given_already(self, task_id: str, number: int, held: Sized) -> bool:
         """Whether to send ``number`` elsewhere: it went out recently and some piece never did.
 
-        Records the first send otherwise. A piece given out more than
-        ``SUPER_SEED_RESEND`` seconds ago is served again (its receiver may be
-        slow or gone), and once every held piece went out, duplicates are fine.
+        Records the first send otherwise. A piece given out long ago (more than
+        ``SUPER_SEED_RESEND`` seconds and four times a piece's usual send time)
+        is served again, since its receiver may be slow or gone; and once every
+        held piece went out, duplicates are fine.
         """
         sent = self._first_sent.setdefault(task_id, {})
         now = self._clock()
@@ -276,7 +280,8 @@ class PieceServer:
         if first is None:
             sent[number] = now
             return False
-        if now - first > SUPER_SEED_RESEND:
+        # Long enough for the receiver to finish it and its peers to ask it.
+        if now - first > max(SUPER_SEED_RESEND, 4 * self._send_time):
             return False
         return len(sent) < len(held)  # only held pieces are ever recorded
 
