@@ -140,7 +140,7 @@ class DownloadConfig(Section):
 class UploadServerConfig(Section):
     ip: str = "0.0.0.0"
     port: int = 4000  # gRPC DfdaemonUpload; 0: pick a free port
-    request_rate_limit: int = 0  # RPCs per second; over it: RESOURCE_EXHAUSTED. 0: unlimited
+    request_rate_limit: float = 0  # RPCs per second; over it: RESOURCE_EXHAUSTED. 0: unlimited
 
 
 class UploadConfig(Section):
@@ -154,7 +154,7 @@ class UploadConfig(Section):
 class StorageServerConfig(Section):
     ip: str = "0.0.0.0"
     tcp_port: int = 4005  # Vortex piece server; 0: pick a free port
-    request_rate_limit: int = 0  # piece requests per second; over it: Error(RESOURCE_EXHAUSTED). 0: unlimited
+    request_rate_limit: float = 0  # piece requests per second; over it: Error(RESOURCE_EXHAUSTED). 0: unlimited
 
 
 class StorageConfig(Section):
