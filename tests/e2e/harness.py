@@ -144,3 +144,13 @@ def auth_file(path: Path, user: str, password: str, *hosts: str) -> Path:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     path.write_text(json.dumps({"auths": {h: {"auth": token} for h in hosts}}))
     return path
+
+
+def blob_log(registry: Registry) -> str:
+    """The registry's blob GETs (status, bytes, path), for assertion messages."""
+    lines = [
+        f"{r.get('status')} {r.get('written')} {r.get('uri')}"
+        for r in registry.requests()
+        if r.get("method") == "GET" and "/blobs/" in r.get("uri", "")
+    ]
+    return "registry blob GETs:\n" + "\n".join(lines)

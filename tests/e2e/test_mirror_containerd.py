@@ -10,7 +10,7 @@ import pytest
 from damselfly.testbed.registry import Image, Registry
 
 from .containerd import Containerd, hosts_dir
-from .harness import Swarm, need
+from .harness import Swarm, blob_log, need
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_containerd_pull_through_mirror(
             assert swarm.holds_blob(0, blob.digest), f"{blob.digest} did not go through the mirror"
         assert image.manifest.digest in held
         # All blob bytes came through the swarm, fetched from the registry once.
-        assert registry.blob_bytes() - before == image.blob_bytes, swarm.logs()
+        assert registry.blob_bytes() - before == image.blob_bytes, blob_log(registry) + swarm.logs()
         mirror_log = (tmp_root / "swarm" / "logs" / "p0.log").read_text()
         assert "Authorization" not in mirror_log
     finally:
@@ -68,6 +68,6 @@ def test_containerd_default_hosts_uses_ns(
         )
         assert res.returncode == 0, res.stderr + res.stdout + swarm.logs()
         assert all(swarm.holds_blob(0, b.digest) for b in image.blobs), swarm.logs()
-        assert registry.blob_bytes() - before == image.blob_bytes
+        assert registry.blob_bytes() - before == image.blob_bytes, blob_log(registry) + swarm.logs()
     finally:
         swarm.close()

@@ -11,7 +11,7 @@ import pytest
 
 from damselfly.testbed.registry import Image, Registry
 
-from .harness import Swarm, need, registries_conf
+from .harness import Swarm, blob_log, need, registries_conf
 
 
 def podman(root: Path, conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -44,7 +44,7 @@ def test_podman_pull_through_mirror(tmp_root: Path, registry: Registry, image: I
         assert info["Digest"] == image.manifest.digest
         assert len(info["RootFS"]["Layers"]) == len(image.layers)
         assert all(swarm.holds_blob(0, b.digest) for b in image.blobs), swarm.logs()
-        assert registry.blob_bytes() - before == image.blob_bytes
+        assert registry.blob_bytes() - before == image.blob_bytes, blob_log(registry) + swarm.logs()
     finally:
         swarm.close()
         podman(root, tmp_root / "none.conf", "system", "reset", "--force")

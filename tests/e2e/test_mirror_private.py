@@ -9,7 +9,7 @@ import pytest
 
 from damselfly.testbed.registry import Registry, build_image, start_registry
 
-from .harness import Swarm, assert_dir_image, auth_file, need, registries_conf, skopeo_pull
+from .harness import Swarm, assert_dir_image, auth_file, blob_log, need, registries_conf, skopeo_pull
 
 USER, PASSWORD = "alice", "s3cret-pw"
 
@@ -43,7 +43,7 @@ def test_private_registry_through_the_mirror(tmp_root: Path, private: Registry) 
         assert res.returncode == 0, res.stderr + swarm.logs()
         assert_dir_image(tmp_root / "m1", image)
         assert all(swarm.holds_blob(0, b.digest) for b in image.blobs), swarm.logs()
-        assert private.blob_bytes() == image.blob_bytes, swarm.logs()
+        assert private.blob_bytes() == image.blob_bytes, blob_log(private) + swarm.logs()
         # The password never reaches a log: not the peer's, the seed's or the scheduler's.
         for log in (tmp_root / "swarm" / "logs").glob("*.log"):
             assert PASSWORD not in log.read_text(), log

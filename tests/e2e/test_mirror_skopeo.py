@@ -7,7 +7,7 @@ from pathlib import Path
 
 from damselfly.testbed.registry import Image, Registry
 
-from .harness import Swarm, assert_dir_image, registries_conf, skopeo_pull
+from .harness import Swarm, assert_dir_image, blob_log, registries_conf, skopeo_pull
 
 
 def test_skopeo_pull_through_mirror(tmp_root: Path, registry: Registry, image: Image) -> None:
@@ -20,12 +20,12 @@ def test_skopeo_pull_through_mirror(tmp_root: Path, registry: Registry, image: I
         assert_dir_image(tmp_root / "out", image)
         assert all(swarm.holds_blob(0, b.digest) for b in image.blobs)
         # skopeo falls back to the registry silently: count what the registry sent.
-        assert registry.blob_bytes() - before == image.blob_bytes, swarm.logs()
+        assert registry.blob_bytes() - before == image.blob_bytes, blob_log(registry) + swarm.logs()
         # A second pull is served from the swarm's store: the registry sends no blob byte.
         res = skopeo_pull(f"{registry.host}/team/app:v1", tmp_root / "out2", conf)
         assert res.returncode == 0, res.stderr
         assert_dir_image(tmp_root / "out2", image)
-        assert registry.blob_bytes() - before == image.blob_bytes
+        assert registry.blob_bytes() - before == image.blob_bytes, blob_log(registry) + swarm.logs()
     finally:
         swarm.close()
 
@@ -49,6 +49,6 @@ def test_three_daemons_pull_at_once_registry_serves_each_blob_once(
         for i in range(3):
             assert_dir_image(tmp_root / f"out{i}", image)
             assert all(swarm.holds_blob(i, b.digest) for b in image.blobs)
-        assert registry.blob_bytes() - before == image.blob_bytes, swarm.logs()
+        assert registry.blob_bytes() - before == image.blob_bytes, blob_log(registry) + swarm.logs()
     finally:
         swarm.close()
