@@ -251,6 +251,8 @@ class PersistentCache:
                 job = None
                 if req.persistent and not held.persistent:
                     self.store.set_persistent_cache(task_id, persistent=True, expires_at=held.expires_at)
+                if remote:  # the scheduler asks for a replica this host holds: make sure it counts it
+                    await self.announce_held(held)
             async for msg in self._follow(task_id, job, deadline):
                 yield msg
             if req.HasField("digest") and req.digest:
@@ -368,32 +370,39 @@ class PersistentCache:
 
     async def restore(self) -> int:
         """Tell a (restarted) scheduler which persistent cache tasks this host holds; returns how many."""
-        if self.client is None:
-            return 0
         count = 0
-        now = self.clock()
         for meta in self.store.tasks():
-            if not meta.persistent_cache or meta.state != "succeeded" or not meta.is_complete:
-                continue
-            left = meta.expires_at - now if meta.expires_at else DEFAULT_TTL
-            if left <= 0 or meta.content_length is None or meta.piece_length is None:
-                continue
-            peer_id = ids.peer_id(self.deps.host_ip, self.deps.hostname, seed=self.deps.is_seed)
-            try:
-                await self.client.upload_started(
-                    scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
-                        host_id=self.host_id, task_id=meta.task_id, peer_id=peer_id,
-                        persistent_replica_count=1, tag=meta.tag or None,
-                        application=meta.application or None,
-                        piece_length=meta.piece_length, content_length=meta.content_length,
-                        piece_count=meta.piece_count or 0, ttl=duration(left),
-                    )
-                )  # fmt: skip
-                await self.client.upload_finished(self.host_id, meta.task_id, peer_id)
+            if meta.persistent_cache and await self.announce_held(meta):
                 count += 1
-            except DamselflyError as e:
-                log.warning("could not restore persistent cache task %s: %s", meta.task_id[:12], e)
         return count
+
+    async def announce_held(self, meta: TaskMeta) -> bool:
+        """Register a complete copy this host holds with the scheduler (Started + Finished).
+
+        After a scheduler restart, and when the scheduler asks for a replica this
+        host already has: otherwise it would not count it, and ask again.
+        """
+        if self.client is None or meta.state != "succeeded" or not meta.is_complete:
+            return False
+        left = meta.expires_at - self.clock() if meta.expires_at else DEFAULT_TTL
+        if left <= 0 or meta.content_length is None or meta.piece_length is None:
+            return False
+        peer_id = ids.peer_id(self.deps.host_ip, self.deps.hostname, seed=self.deps.is_seed)
+        try:
+            await self.client.upload_started(
+                scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
+                    host_id=self.host_id, task_id=meta.task_id, peer_id=peer_id,
+                    persistent_replica_count=1, tag=meta.tag or None,
+                    application=meta.application or None,
+                    piece_length=meta.piece_length, content_length=meta.content_length,
+                    piece_count=meta.piece_count or 0, ttl=duration(left),
+                )
+            )  # fmt: skip
+            await self.client.upload_finished(self.host_id, meta.task_id, peer_id)
+        except DamselflyError as e:
+            log.warning("could not announce persistent cache task %s: %s", meta.task_id[:12], e)
+            return False
+        return True
 
 
 def local_task_pb(meta: TaskMeta, *, replicas: int, ttl: float) -> PB:
