@@ -303,12 +303,21 @@ def export_(
     except InvalidArgument as e:
         typer.echo(f"damselfly cache: {e}", err=True)
         raise typer.Exit(2) from None
+    import sys
+
+    from .get import NoProgress, RichProgress
+
     socket = _socket(endpoint)
-    size = _run(
-        lambda: dfcache.export(
-            socket, task_id, out, tag=tag, application=application, timeout_s=timeout_s, digest=dg
-        )
-    )
+    sink = RichProgress(task_id[:16], sys.stderr) if sys.stderr.isatty() else NoProgress()
+    try:
+        size = _run(
+            lambda: dfcache.export(
+                socket, task_id, out, tag=tag, application=application, timeout_s=timeout_s,
+                digest=dg, progress=sink,
+            )
+        )  # fmt: skip
+    finally:
+        sink.close()
     typer.echo(f"{out} ({size} bytes)")
 
 

@@ -197,8 +197,12 @@ async def export(
     application: str = "",
     timeout_s: float | None = None,
     digest: str = "",
+    progress: Any = None,
 ) -> int:
-    """Fetch the task to ``output`` (written by the daemon, atomically); returns its size."""
+    """Fetch the task to ``output`` (written by the daemon, atomically); returns its size.
+
+    ``progress`` is a dfget progress sink (``started(total)``, ``advance(n)``).
+    """
     import grpc
 
     from ..api import dfdaemon_pb2
@@ -220,6 +224,10 @@ async def export(
             async for msg in daemon.stub.DownloadPersistentCacheTask(request):
                 if msg.HasField("download_persistent_cache_task_started_response"):
                     size = int(msg.download_persistent_cache_task_started_response.content_length)
+                    if progress is not None:
+                        progress.started(size)
+                elif progress is not None and msg.HasField("download_piece_finished_response"):
+                    progress.advance(int(msg.download_piece_finished_response.piece.length))
         except grpc.aio.AioRpcError as e:
             raise failure_from_status(e.code().name, e.details() or "", what="export") from None
     return size
