@@ -253,8 +253,11 @@ class PersistentCache:
                     self.store.set_persistent_cache(task_id, persistent=True, expires_at=held.expires_at)
                 if remote:  # the scheduler asks for a replica this host holds: make sure it counts it
                     await self.announce_held(held)
-            async for msg in self._follow(task_id, job, deadline):
-                yield msg
+            try:
+                async for msg in self._follow(task_id, job, deadline):
+                    yield msg
+            except UnknownCacheTask:
+                raise UnknownCacheTask(_unknown(req.task_id, task_id)) from None
             if req.HasField("digest") and req.digest:
                 await asyncio.to_thread(output.verify_content, self.store.content_path(task_id), req.digest)
             if out is not None:
@@ -331,7 +334,7 @@ class PersistentCache:
                 pass
         meta = self.store.get(task_id)
         if meta is None or not meta.persistent_cache:
-            raise NotFound(f"persistent cache task {task_id} not found")
+            raise NotFound(_unknown(task_id_or_name, task_id))
         return local_task_pb(meta, replicas=0, ttl=0.0)
 
     async def delete(self, task_id_or_name: str) -> None:
@@ -347,7 +350,7 @@ class PersistentCache:
         if await self.delete_local(task_id):
             known = True
         if not known:
-            raise NotFound(f"persistent cache task {task_id} not found")
+            raise NotFound(_unknown(task_id_or_name, task_id))
 
     async def delete_local(self, task_id: str) -> bool:
         """Drop this host's copy (cancelling a download of it); False when there is none."""
@@ -403,6 +406,11 @@ class PersistentCache:
             log.warning("could not announce persistent cache task %s: %s", meta.task_id[:12], e)
             return False
         return True
+
+
+def _unknown(given: str, task_id: str) -> str:
+    named = "" if given.strip() == task_id else f"{given.strip()!r} (ID {task_id})"
+    return f"no persistent cache task {named or task_id}: never imported, expired or deleted"
 
 
 def local_task_pb(meta: TaskMeta, *, replicas: int, ttl: float) -> PB:
