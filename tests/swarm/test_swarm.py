@@ -137,3 +137,23 @@ async def test_credentials_do_not_reach_the_scheduler(swarm: Swarm, tmp_path, mo
     r = await swarm.download("peer", swarm.url("private.bin"), tmp_path / "o", request_header=headers)
     assert r.ok, r.details
     assert seen and all("Authorization" not in h for h in seen) and seen[0].get("X-Trace") == "1"
+
+
+async def test_content_that_fails_its_digest_is_never_recorded_as_good(swarm: Swarm, tmp_path):
+    import hashlib
+
+    src = swarm.file("blob.bin", 6 * MiB)
+    await swarm.add_daemon("seed", seed=True)
+    await swarm.add_daemon("peer")
+    url = swarm.url("blob.bin")
+    wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+    r = await swarm.download("peer", url, tmp_path / "out", digest=wrong)
+    assert not r.ok and r.code == grpc.StatusCode.DATA_LOSS and not (tmp_path / "out").exists()
+    tid = task_id_for(DownloadSpec(url=url))
+    for name in ("seed", "peer"):  # neither the seed nor the peer keeps it as a good task
+        meta = swarm.daemons[name].store.get(tid)
+        assert meta is None or meta.state != "succeeded", name
+    right = "sha256:" + hashlib.sha256(src.read_bytes()).hexdigest()
+    r = await swarm.download("peer", url, tmp_path / "out", digest=right)
+    assert r.ok, r.details
+    assert sha256_file(tmp_path / "out") == right.split(":")[1]

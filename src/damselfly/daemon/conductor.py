@@ -47,6 +47,7 @@ from ..errors import (
     SchedulerError,
 )
 from ..pieces import piece_count, piece_length_for, piece_span
+from .output import verify_content
 from .peer_rpc import PeerRPC
 from .piece_picker import ParentView, PickState, get_picker
 from .scheduler_client import PeerStream, SchedulerClient
@@ -118,6 +119,7 @@ class Conductor:
         self._stream: PeerStream | None = None
         self._rng = random.Random()
         self.back_to_source = False
+        self.verified_digest = ""
         self._reported_held = False
         self._conflict = ""
         self._pending_answer: ScheduleAnswer | None = None
@@ -141,7 +143,12 @@ class Conductor:
             await self._run()
         except BaseException as e:
             self.error = e
-            store.mark_failed(self.task_id, str(e))
+            if isinstance(e, DigestMismatch) and self.verified_digest == "":
+                # Every piece passed its crc32 yet the whole is wrong: none of it is kept.
+                with contextlib.suppress(DamselflyError, OSError):
+                    store.delete_task(self.task_id)
+            else:
+                store.mark_failed(self.task_id, str(e))
             raise
         # The content is flushed to disk later (on_success -> make_durable), off the
         # requester's critical path; a crash before that costs a crc32 re-check.
@@ -173,6 +180,7 @@ class Conductor:
         if self.spec.disable_back_to_source:
             raise NoCandidateParents(f"{why}, and back-to-source is disabled")
         await self._fetch_from_origin(None)
+        await self._verify()
 
     # ---------------------------------------------------------- the dialogue
 
@@ -185,6 +193,7 @@ class Conductor:
                 self.deps.store.set_content_length(
                     self.task_id, 0, piece_length_for(0, self.spec.piece_length)
                 )
+                await self._verify()
                 stream.finished()
                 return
             if isinstance(answer, NeedBackToSource):
@@ -199,6 +208,7 @@ class Conductor:
                 self._report_held(stream, back_to_source=True)
                 try:
                     await self._fetch_from_origin(stream)
+                    await self._verify()
                 except BaseException as e:
                     with contextlib.suppress(Exception):
                         stream.back_to_source_failed(str(e))
@@ -214,6 +224,11 @@ class Conductor:
                 self._add_parent(c)
             done = await self._from_parents()
             if done:
+                try:
+                    await self._verify()
+                except DigestMismatch as e:
+                    stream.failed(str(e))
+                    raise
                 stream.finished()
                 return
             if self._pending_answer is not None:  # the scheduler changed its mind during a refresh
@@ -231,6 +246,18 @@ class Conductor:
             except SchedulerError as e:
                 await self._origin_only(f"scheduler lost during reschedule: {e}")
                 return
+
+    async def _verify(self) -> None:
+        """Check content addressed by digest (a registry blob, dfget --digest) before it counts.
+
+        Runs before the scheduler hears "finished", so a blob that does not match
+        its digest is never recorded as good: not here, and not for the peers
+        this host would serve.
+        """
+        if self.spec.digest:
+            path = self.deps.store.content_path(self.task_id)
+            await asyncio.to_thread(verify_content, path, self.spec.digest)
+            self.verified_digest = self.spec.digest
 
     def _report_held(self, stream: PeerStream, *, back_to_source: bool) -> None:
         """Report pieces already in the store (a resumed download), so the scheduler sees them all."""

@@ -7,6 +7,7 @@ Protobuf is translated at this edge; the work is done by the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -229,6 +230,8 @@ class Downloads:
                 await asyncio.wait({waiter, job}, return_when=asyncio.FIRST_COMPLETED)
                 if not waiter.done():
                     waiter.cancel()
+                elif not waiter.cancelled():
+                    waiter.exception()  # NotFound when the task was deleted: the job says why
             exc = job.exception() if not job.cancelled() else asyncio.CancelledError()
             if exc is not None:
                 raise exc
@@ -253,7 +256,7 @@ class Downloads:
                             piece=piece_to_pb(meta.pieces[number])
                         ),
                     )
-            if spec.digest:
+            if spec.digest and self.manager.verified.get(task_id) != spec.digest:
                 await asyncio.to_thread(output.verify_content, self.store.content_path(task_id), spec.digest)
             if out is not None:
                 how = await asyncio.to_thread(
@@ -380,7 +383,8 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            await self.store.wait_for_change(task_id, meta.version, left)
+            with contextlib.suppress(NotFound):  # deleted meanwhile: answered below
+                await self.store.wait_for_change(task_id, meta.version, left)
             meta = self.store.get(task_id)
         if meta is None or meta.content_length is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "content length not known yet")
@@ -418,7 +422,8 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
                 return
             if meta.state == "succeeded":
                 return
-            await self.store.wait_for_change(task_id, meta.version, 30)
+            with contextlib.suppress(NotFound):  # deleted meanwhile: ABORTED on the next round
+                await self.store.wait_for_change(task_id, meta.version, 30)
 
     async def SyncPersistentCachePieces(self, request: Any, context: Any) -> AsyncIterator[Any]:
         # A persistent cache task's pieces live in the same store: SyncPieces, in its message type.

@@ -41,6 +41,8 @@ class TaskManager:
         self.deps = deps
         self._running: dict[str, tuple[Conductor, asyncio.Task[None]]] = {}
         self.started_total = 0
+        # Digests the content of a task was checked against when it finished.
+        self.verified: dict[str, str] = {}
 
     def running(self) -> dict[str, Conductor]:
         return {tid: c for tid, (c, _) in self._running.items()}
@@ -62,6 +64,8 @@ class TaskManager:
         def _done(t: asyncio.Task[None]) -> None:
             if self._running.get(task_id, (None, None))[1] is t:
                 del self._running[task_id]
+            if not t.cancelled() and t.exception() is None and conductor.verified_digest:
+                self.verified[task_id] = conductor.verified_digest
             if not t.cancelled() and t.exception() is not None:
                 log.info("download of task %s failed: %s", task_id[:12], t.exception())
 
