@@ -187,9 +187,14 @@ async def test_wrong_bytes_abort_the_response_and_are_not_kept(env: Env) -> None
     digest = env.origin.add(data)
     env.origin.corrupt.add(digest)
     async with aiohttp.ClientSession() as s:
-        with pytest.raises(aiohttp.ClientPayloadError):
+        # Either the download failed its digest before the answer started (a 502),
+        # or the answer is cut before its last byte; never a whole 200 of wrong bytes.
+        try:
             async with s.get(f"{env.mirror}/v2/team/app/blobs/{digest}") as r:
                 await r.read()
+            assert r.status == 502, r.status
+        except aiohttp.ClientPayloadError:
+            pass
     for _ in range(100):
         if env.store.get(ids.blob_task_id(digest)) is None:
             break
