@@ -183,3 +183,66 @@ async def test_partial_piece_report_does_not_set_the_content_length() -> None:
     )
     assert svc.res.peer("pa").state is PeerState.SUCCEEDED
     assert svc.res.task(TASK).content_length is None
+
+
+def _started(svc: SchedulerService, host: str, peer: str) -> PeerStream:
+    s = PeerStream()
+    svc.handle(register(host, peer), s)
+    svc.handle(
+        request(host, peer, download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest()), s
+    )
+    return s
+
+
+async def test_more_parents_reschedule_adds_parents_without_blocking_or_counting() -> None:
+    svc, _ = make_service()
+    src = PeerStream()
+    svc.handle(register("a", "pa"), src)  # no seed host: pa goes to the origin
+    svc.handle(
+        request(
+            "a",
+            "pa",
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest(),
+        ),
+        src,
+    )
+    sb = _started(svc, "b", "pb")
+    assert set(svc.res.peer("pb").parents) == {"pa"}
+    _started(svc, "c", "pc")  # a third peer now downloads too
+    sb.pending()
+    svc.handle(request("b", "pb", reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest()), sb)
+    (answer,) = sb.pending()
+    got = {p.id for p in answer.normal_task_response.candidate_parents}
+    assert got == {"pa", "pc"}  # kept the old parent, added the new one
+    peer = svc.res.peer("pb")
+    assert peer.reschedule_count == 0 and not peer.blocked
+
+
+async def test_mesh_lets_peers_be_each_others_parents_and_dag_does_not() -> None:
+    for topology, expect_cycle in (("mesh", True), ("dag", False)):
+        clock = FakeClock()
+        cfg = SchedulerConfig()
+        cfg.scheduler.topology = topology
+        svc = SchedulerService(cfg, clock=clock)
+        for name in ("a", "b", "c"):
+            svc.res.upsert_host(
+                HostInfo(id=name, hostname=name, ip="127.0.0.1", port=1, download_port=2), clock()
+            )
+        src = PeerStream()
+        svc.handle(register("a", "pa"), src)
+        svc.handle(
+            request(
+                "a",
+                "pa",
+                download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest(),
+            ),
+            src,
+        )
+        _started(svc, "b", "pb")  # pb's parent: pa
+        sc = _started(svc, "c", "pc")  # pc's parents: pa, pb
+        assert "pb" in svc.res.peer("pc").parents
+        sb = PeerStream()
+        svc.handle(request("b", "pb", reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest()), sb)
+        # pc descends from pb: only the mesh lets pb download from pc as well.
+        assert ("pc" in svc.res.peer("pb").parents) is expect_cycle, topology
+        del sc
