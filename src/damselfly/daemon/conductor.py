@@ -432,6 +432,16 @@ class Conductor:
                     stuck = all(p.dead or p.sync_done for p in self._parents.values())
                     if stuck or time.monotonic() - last_progress > self.deps.piece_timeout:
                         return False
+                elif time.monotonic() - last_progress > 2 * self.deps.piece_timeout:
+                    # Workers time out on their own; this is the backstop if one never returns.
+                    log.warning(
+                        "no piece for %.0fs with %d in flight (%s missing, parents %s); rescheduling",
+                        time.monotonic() - last_progress,
+                        len(workers),
+                        len(missing),
+                        {pid: (len(v.pieces), v.in_flight) for pid, v in live.items()},
+                    )
+                    return False
                 self._wake.clear()
                 before = len(have.pieces)
                 wait = 1.0
