@@ -13,7 +13,11 @@ import hashlib
 import re
 import uuid
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from .domain import DownloadSpec
 
 # Query parameters that carry signatures or expiry, not identity, on the
 # object stores users put behind Dragonfly: S3, GCS, OSS (Alibaba), OBS
@@ -91,6 +95,19 @@ def blob_task_id(digest: str, *, tag: str = "", application: str = "") -> str:
     h.update(tag.encode())
     h.update(application.encode())
     return h.hexdigest()
+
+
+def download_task_id(spec: DownloadSpec) -> str:
+    """The task ID a download request names: by blob digest when it carries one, else by URL."""
+    if spec.content_for_calculating_task_id:
+        return blob_task_id(spec.content_for_calculating_task_id, tag=spec.tag, application=spec.application)
+    return task_id(
+        spec.url,
+        tag=spec.tag,
+        application=spec.application,
+        piece_length=spec.piece_length,
+        filtered_query_params=spec.filtered_query_params,
+    )
 
 
 def is_task_id(value: str) -> bool:

@@ -26,16 +26,13 @@ from ..api.convert import download_from_pb, piece_to_pb
 from ..domain import DownloadSpec, HostInfo
 from ..errors import (
     DamselflyError,
-    DigestMismatch,
     DownloadTimeout,
     InvalidArgument,
-    NoCandidateParents,
     NotFound,
-    SourceStatusError,
-    SourceUnreachable,
 )
 from ..units import parse_size
 from . import output
+from .grpc_status import status_for
 from .persistent_cache import PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
 from .ratelimit import TASK_LIMITER, ByteLimiter, RequestLimiter
 from .storage import PieceStore, TaskMeta
@@ -49,27 +46,6 @@ RATE_LIMIT_HEADER = "X-Damselfly-Rate-Limit"
 STORE_TRAILER = "x-damselfly-store"
 
 STAT_WAIT = 5.0  # how long StatTask waits for a running task to learn its content length
-
-
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status a failed download ends with (see docs/PROTOCOL.md)."""
-    if isinstance(exc, InvalidArgument):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, DigestMismatch):
-        return grpc.StatusCode.DATA_LOSS, str(exc)
-    if isinstance(exc, DownloadTimeout | TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "download timed out"
-    if isinstance(exc, SourceStatusError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, SourceUnreachable):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
-    if isinstance(exc, NoCandidateParents):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, NotFound):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, DamselflyError):
-        return grpc.StatusCode.INTERNAL, str(exc)
-    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
 async def _abort(context: Any, exc: BaseException) -> NoReturn:

@@ -21,17 +21,7 @@ log = logging.getLogger(__name__)
 
 def task_id_for(spec: DownloadSpec) -> str:
     """The task ID of a download request (Dragonfly's rules, see :mod:`damselfly.ids`)."""
-    if spec.content_for_calculating_task_id:
-        return ids.blob_task_id(
-            spec.content_for_calculating_task_id, tag=spec.tag, application=spec.application
-        )
-    return ids.task_id(
-        spec.url,
-        tag=spec.tag,
-        application=spec.application,
-        piece_length=spec.piece_length,
-        filtered_query_params=spec.filtered_query_params,
-    )
+    return ids.download_task_id(spec)
 
 
 class TaskManager:

@@ -122,22 +122,8 @@ def _narrow(pool: list[HostLoad], count: int | None, percentage: int | None) -> 
 
 
 def task_id_of(spec: DownloadSpec) -> str:
-    """The task ID a daemon computes for ``spec`` (the same rules as ``daemon.tasks.task_id_for``).
-
-    Kept here so the scheduler does not import the daemon; a unit test holds
-    the two to the same answers.
-    """
-    if spec.content_for_calculating_task_id:
-        return ids.blob_task_id(
-            spec.content_for_calculating_task_id, tag=spec.tag, application=spec.application
-        )
-    return ids.task_id(
-        spec.url,
-        tag=spec.tag,
-        application=spec.application,
-        piece_length=spec.piece_length,
-        filtered_query_params=spec.filtered_query_params,
-    )
+    """The task ID a daemon computes for ``spec`` (one function for both: :func:`ids.download_task_id`)."""
+    return ids.download_task_id(spec)
 
 
 # --------------------------------------------------------------------------- jobs

@@ -11,15 +11,11 @@ import grpc
 
 from ...api import dfdaemon_pb2
 from ...errors import (
-    DamselflyError,
-    DigestMismatch,
-    DownloadTimeout,
-    InvalidArgument,
-    NoCandidateParents,
     NotFound,
     SchedulerError,
     StorageError,
 )
+from ..grpc_status import status_for
 from .manager import PersistentCache
 
 log = logging.getLogger(__name__)
@@ -28,23 +24,12 @@ PB = Any
 
 
 def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, InvalidArgument):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, NotFound):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, NoCandidateParents):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, DigestMismatch):
-        return grpc.StatusCode.DATA_LOSS, str(exc)
-    if isinstance(exc, DownloadTimeout | TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "timed out"
-    if isinstance(exc, SchedulerError):
+    # dfcache has no origin to fall back to: a lost scheduler is "unavailable" here.
+    if isinstance(exc, SchedulerError) and not isinstance(exc, NotFound):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, StorageError | OSError):
         return grpc.StatusCode.INTERNAL, f"storage: {exc}"
-    if isinstance(exc, DamselflyError):
-        return grpc.StatusCode.INTERNAL, str(exc)
-    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+    return status_for(exc)
 
 
 class _PersistentCacheRPCBase:
