@@ -154,7 +154,7 @@ class UploadConfig(Section):
 class StorageServerConfig(Section):
     ip: str = "0.0.0.0"
     tcp_port: int = 4005  # Vortex piece server; 0: pick a free port
-    request_rate_limit: float = 0  # piece requests per second; over it: Error(RESOURCE_EXHAUSTED). 0: unlimited
+    request_rate_limit: float = 0  # piece requests/s; over it: Error(RESOURCE_EXHAUSTED). 0: unlimited
 
 
 class StorageConfig(Section):
