@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 # A parent that fails this many pieces in a row is dropped for this download.
 PARENT_FAILURE_LIMIT = 3
+# Pieces in flight to a lone parent: its upload slots plus its short queue (see
+# upload.concurrentPieceCount and piece_server.QUEUE_PER_SLOT), so none is refused.
+LONE_PARENT_DEPTH = 4
 # How long a piece a super-seed refused is asked of other parents only.
 ELSEWHERE_RETRY = 1.0
 
@@ -282,10 +285,10 @@ class Conductor:
         p.sync_task = asyncio.get_running_loop().create_task(self._sync(p))
 
     def _set_depths(self, live: dict[str, ParentView]) -> None:
-        """A lone parent gets half the workers (its upload slots and queue take that many
-        without refusals); several parents share them, a few pieces each."""
+        """A lone parent gets LONE_PARENT_DEPTH pieces (its upload slots and short queue
+        take that many without refusals); several parents share the workers, a few each."""
         depth = (
-            max(self.deps.parent_piece_depth, self.deps.concurrent_piece_count // 2)
+            LONE_PARENT_DEPTH
             if len(live) <= 1
             else max(self.deps.parent_piece_depth, self.deps.concurrent_piece_count // (2 * len(live)))
         )

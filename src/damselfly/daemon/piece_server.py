@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
 SUPER_SEED_RESEND = 5.0  # seconds after which a super-seed serves a given piece again
-QUEUE_PER_SLOT = 2  # requests that may wait for each upload slot before "busy"
+QUEUE_PER_SLOT = 1  # requests that may wait for each upload slot before "busy"
 
 
 class PieceServer:
@@ -201,7 +201,11 @@ class PieceServer:
             )
             await writer.drain()
             return True
-        if self._slots is not None and self._queued >= self.upload_slots * QUEUE_PER_SLOT:
+        if (
+            self._slots is not None
+            and self._sending >= self.upload_slots
+            and self._queued >= self.upload_slots * QUEUE_PER_SLOT
+        ):
             # Refuse at once rather than split the link among ever more pieces: a
             # piece sent at full speed is one the child can pass on sooner.
             self.busy_refusals += 1
