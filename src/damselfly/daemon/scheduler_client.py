@@ -86,14 +86,19 @@ class PeerStream:
         if self._write_error is not None:
             raise self._write_error
         if self._call is None:
-            self._call = self._stub.AnnouncePeer()
+            self._call = self._open_call()
             loop = asyncio.get_running_loop()
             self._reader = loop.create_task(self._read_loop())
             self._writer = loop.create_task(self._write_loop())
-        self._outbox.put_nowait(
-            scheduler_pb2.AnnouncePeerRequest(
-                host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
-            )
+        self._outbox.put_nowait(self._request(**request))
+
+    # The two things a stream of another kind (persistent cache) changes.
+    def _open_call(self) -> Any:
+        return self._stub.AnnouncePeer()
+
+    def _request(self, **request: Any) -> Any:
+        return scheduler_pb2.AnnouncePeerRequest(
+            host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
         )
 
     async def flush(self, timeout: float = 10) -> None:

@@ -135,6 +135,20 @@ class Downloads:
         self.store = store
         self.host = host
 
+    async def stream(self, request: Any, context: Any, *, remote: bool) -> AsyncIterator[Any]:
+        """A DownloadTask RPC of either service: progress messages, or the call aborted with a status."""
+        try:
+            spec = download_from_pb(request.download)
+            if remote:
+                spec.output_path = ""  # a remote caller never writes files on this host
+            async for msg in self.progress(spec):
+                yield msg
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            log.info("%sdownload failed: %s", "remote " if remote else "", e)
+            await _abort(context, e)
+
     async def progress(self, spec: DownloadSpec, *, check_url: bool = True) -> AsyncIterator[Any]:
         """Yield DownloadTaskResponse messages until the task is complete; raise on failure.
 
@@ -283,15 +297,8 @@ class DownloadService(PersistentCacheDownloadRPCs, dfdaemon_pb2_grpc.DfdaemonDow
         return dfdaemon_pb2.ListLocalTasksResponse(tasks=[self._local(m) for m in metas])
 
     async def DownloadTask(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        try:
-            spec = download_from_pb(request.download)
-            async for msg in self.downloads.progress(spec):
-                yield msg
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
-            log.info("download failed: %s", e)
-            await _abort(context, e)
+        async for msg in self.downloads.stream(request, context, remote=False):
+            yield msg
 
     async def StatTask(self, request: Any, context: Any) -> Any:
         meta = self.downloads.store.get(request.task_id)
@@ -337,16 +344,8 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
 
     async def DownloadTask(self, request: Any, context: Any) -> AsyncIterator[Any]:
         await self._admit("DownloadTask", context)
-        try:
-            spec = download_from_pb(request.download)
-            spec.output_path = ""  # a remote caller never writes files on this host
-            async for msg in self.downloads.progress(spec):
-                yield msg
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
-            log.info("remote download failed: %s", e)
-            await _abort(context, e)
+        async for msg in self.downloads.stream(request, context, remote=True):
+            yield msg
 
     async def StatTask(self, request: Any, context: Any) -> Any:
         await self._admit("StatTask", context)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -78,20 +77,12 @@ class CachePeerStream(PeerStream):
 
     task_info: CacheTaskInfo | None = None
 
-    def _send(self, **request: Any) -> None:
-        if self._closed:
-            return
-        if self._write_error is not None:
-            raise self._write_error
-        if self._call is None:
-            self._call = self._stub.AnnouncePersistentCachePeer()
-            loop = asyncio.get_running_loop()
-            self._reader = loop.create_task(self._read_loop())
-            self._writer = loop.create_task(self._write_loop())
-        self._outbox.put_nowait(
-            scheduler_pb2.AnnouncePersistentCachePeerRequest(
-                host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
-            )
+    def _open_call(self) -> Any:
+        return self._stub.AnnouncePersistentCachePeer()
+
+    def _request(self, **request: Any) -> Any:
+        return scheduler_pb2.AnnouncePersistentCachePeerRequest(
+            host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
         )
 
     async def _read_loop(self) -> None:
