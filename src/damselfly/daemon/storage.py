@@ -5,6 +5,7 @@ Layout under ``root``::
     tasks/<id[:3]>/<id>/content         the task's bytes, sparse, pieces written in place
     tasks/<id[:3]>/<id>/metadata.json   task fields; the full piece list once succeeded
     tasks/<id[:3]>/<id>/pieces.journal  JSON lines, one per finished piece (unfinished tasks)
+    tasks/<id[:3]>/<id>/accessed        empty; its mtime is the last access (LRU order)
 
 Crash consistency:
 
@@ -19,7 +20,10 @@ Crash consistency:
 * :meth:`PieceStore.mark_succeeded` fsyncs the content, then writes the final
   metadata (with every piece) atomically (temp file, fsync, rename, fsync dir)
   and removes the journal. Succeeded tasks are trusted on restart without
-  re-reading their content.
+  re-reading their content. Only such metadata (durable content) is fsynced;
+  the metadata of unfinished or not-yet-durable tasks is replaced atomically
+  but not fsynced: after a crash it is the old or the new version, or torn
+  (the task is dropped), and pieces are re-verified either way.
 
 Task IDs are checked with :func:`damselfly.ids.is_task_id` before any path is
 built, so a request cannot reach outside ``root``.
@@ -57,6 +61,9 @@ STATES = ("pending", "running", "succeeded", "failed")
 _META = "metadata.json"
 _JOURNAL = "pieces.journal"
 _CONTENT = "content"
+# An empty file whose mtime is the task's last access (the LRU order): stamped
+# without rewriting the metadata or an fsync, so a read never waits on the disk.
+_ACCESSED = "accessed"
 _VERIFY_CHUNK = 1 * MiB
 _TRASH = "trash"  # evicted task dirs wait here (renamed atomically) until removed
 
@@ -194,17 +201,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+def _atomic_write_json(path: Path, data: dict[str, Any], *, sync: bool) -> None:
+    """Replace ``path`` with ``data`` (temp file, rename); with ``sync``, durably (fsyncs)."""
     tmp = path.with_name(path.name + ".tmp")
     raw = json.dumps(data, separators=(",", ":")).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, raw)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
 def _crc32_of_range(fd: int, offset: int, length: int, buf: bytearray) -> int | None:
@@ -274,6 +284,8 @@ class PieceStore:
             if meta.task_id != task_dir.name:
                 log.warning("dropping task dir %s: metadata names %s", task_dir.name, meta.task_id)
                 continue
+            with contextlib.suppress(OSError):
+                meta.accessed_at = max(meta.accessed_at, (task_dir / _ACCESSED).stat().st_mtime)
             if meta.state != "succeeded":
                 meta.pieces = self._recover_pieces(meta, task_dir)
                 if meta.state == "running":
@@ -391,8 +403,16 @@ class PieceStore:
     # ------------------------------------------------------------------ changes
 
     def _save_meta(self, meta: TaskMeta, *, with_pieces: bool = False) -> None:
+        # Only metadata that records durable content is fsynced. Every other state
+        # is rebuilt from the journal and the pieces' crc32 after a crash, and a
+        # torn file drops the task (never a wrong piece). An fsync here would wait,
+        # on ext4, for other files' dirty data in the same journal commit: seconds
+        # on the event loop while a large task is being flushed.
+        sync = meta.state == "succeeded" and meta.durable
         try:
-            _atomic_write_json(self._dir(meta.task_id) / _META, meta.to_json(with_pieces=with_pieces))
+            _atomic_write_json(
+                self._dir(meta.task_id) / _META, meta.to_json(with_pieces=with_pieces), sync=sync
+            )
         except OSError as e:
             raise StorageError(e.errno, f"cannot write metadata of task {meta.task_id}: {e.strerror}") from e
 
@@ -622,11 +642,18 @@ class PieceStore:
             self._save_meta(meta, with_pieces=meta.state == "succeeded")
 
     def touch(self, task_id: str) -> None:
-        """Note an access (for LRU eviction); persisted for finished tasks."""
+        """Note an access (for LRU eviction), kept across restarts as a marker file's mtime."""
         with self._lock:
             meta = self._require(task_id)
-            meta.accessed_at = self._clock()
-            self._save_meta(meta, with_pieces=meta.state == "succeeded")
+            meta.accessed_at = now = self._clock()
+            marker = self._dir(task_id) / _ACCESSED
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644))
+            os.utime(marker, (now, now))
+        except FileNotFoundError:
+            pass  # deleted meanwhile
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot note an access to task {task_id}: {e.strerror}") from e
 
     def delete_task(self, task_id: str) -> None:
         """Forget the task and remove its files. Open fds stay readable (POSIX); waiters wake."""

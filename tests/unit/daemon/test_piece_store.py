@@ -237,6 +237,24 @@ def test_touch_is_persisted(tmp_path: Path) -> None:
     assert PieceStore(tmp_path).get(TID).accessed_at == 5000.0  # type: ignore[union-attr]
 
 
+def test_only_durable_metadata_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An fsync on the event loop waits for other files' dirty data (ext4 journal
+    # commit): the hot path of a download must not fsync; a durable success must.
+    store = PieceStore(tmp_path)
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    fill(store, TID, content(3 * PL))
+    store.mark_succeeded(TID, durable=False)
+    meta_before = (store.content_path(TID).parent / "metadata.json").read_bytes()
+    store.touch(TID)
+    assert synced == []
+    assert (store.content_path(TID).parent / "metadata.json").read_bytes() == meta_before
+    store.make_durable(TID)
+    assert len(synced) >= 2  # the content, then the metadata (and its directory)
+    assert PieceStore(tmp_path).get(TID).durable  # type: ignore[union-attr]
+
+
 def test_chunked_task_sets_length_at_the_end(tmp_path: Path) -> None:
     store = PieceStore(tmp_path)
     data = content(2 * PL + 3)
