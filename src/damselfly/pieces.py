@@ -101,16 +101,16 @@ class Digest:
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.value}"
 
-    def hasher(self) -> _Hasher:
+    def hasher(self) -> Hasher:
         return new_hasher(self.algorithm)
 
 
-class _Hasher(Protocol):
+class Hasher(Protocol):
     def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
     def hexdigest(self) -> str: ...
 
 
-def new_hasher(algorithm: str) -> _Hasher:
+def new_hasher(algorithm: str) -> Hasher:
     """A fresh hasher for ``sha256``, ``sha512`` or ``crc32`` (hexdigest is decimal for crc32)."""
     if algorithm == "crc32":
         return _Crc32Hasher()

@@ -46,7 +46,8 @@ from ..errors import (
     ResourceExhausted,
     SchedulerError,
 )
-from ..pieces import piece_count, piece_length_for, piece_span
+from ..pieces import Digest, piece_count, piece_length_for, piece_span
+from .digesting import InOrderDigest
 from .output import verify_content
 from .peer_rpc import PeerRPC
 from .piece_picker import ParentView, PickState, get_picker
@@ -123,6 +124,8 @@ class Conductor:
         self._rng = random.Random()
         self.back_to_source = False
         self.verified_digest = ""
+        # The whole-content digest, hashed in order as pieces land (when the spec has one).
+        self.digester: InOrderDigest | None = None
         self._reported_held = False
         self._conflict = ""
         self._pending_answer: ScheduleAnswer | None = None
@@ -143,6 +146,8 @@ class Conductor:
         )
         store.mark_running(self.task_id)
         try:
+            if self.spec.digest:
+                self.digester = InOrderDigest(store, self.task_id, Digest.parse(self.spec.digest))
             await self._run()
         except BaseException as e:
             self.error = e
@@ -153,6 +158,9 @@ class Conductor:
             else:
                 store.mark_failed(self.task_id, str(e))
             raise
+        finally:
+            if self.digester is not None:
+                await self.digester.close()
         # The content is flushed to disk later (on_success -> make_durable), off the
         # requester's critical path; a crash before that costs a crc32 re-check.
         await asyncio.to_thread(store.mark_succeeded, self.task_id, durable=self.deps.on_success is None)
@@ -258,8 +266,11 @@ class Conductor:
         this host would serve.
         """
         if self.spec.digest:
-            path = self.deps.store.content_path(self.task_id)
-            await asyncio.to_thread(verify_content, path, self.spec.digest)
+            if self.digester is not None:
+                await self.digester.check("downloaded content")
+            else:
+                path = self.deps.store.content_path(self.task_id)
+                await asyncio.to_thread(verify_content, path, self.spec.digest)
             self.verified_digest = self.spec.digest
 
     def _report_held(self, stream: PeerStream, *, back_to_source: bool) -> None:
@@ -514,6 +525,7 @@ class Conductor:
         info.parent_id = p.id
         info.traffic_type = TrafficType.REMOTE_PEER
         self.deps.store.finish_piece(self.task_id, info)
+        log.debug("piece %d (%d bytes) from %s in %.1f ms", number, info.length, p.id, info.cost_s * 1000)
         if self.deps.on_piece is not None:
             self.deps.on_piece(info)
         if self._stream is not None:
@@ -556,6 +568,7 @@ class Conductor:
         def on_piece(info: PieceInfo) -> None:
             info.traffic_type = TrafficType.BACK_TO_SOURCE
             store.finish_piece(self.task_id, info)
+            log.debug("piece %d (%d bytes) from the origin", info.number, info.length)
             if self.deps.on_piece is not None:
                 self.deps.on_piece(info)
             if stream is not None:

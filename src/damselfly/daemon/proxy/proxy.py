@@ -295,9 +295,16 @@ class ProxyServer:
         if digest:
             resp.headers["Docker-Content-Digest"] = digest
             resp.headers["ETag"] = f'"{digest}"'
+        shared = None
         if span is None:
             span = Span(0, total - 1, total)
-            check = digest
+            # A blob this daemon already checked whole is served as stored; a
+            # running download shares its digester, so the blob is hashed once.
+            check = "" if self.manager.verified.get(task_id) == digest else digest
+            conductor = self.manager.running().get(task_id)
+            digester = conductor.digester if conductor is not None else None
+            if check and digester is not None and str(digester.expected) == digest:
+                shared = digester
         else:
             resp.headers["Content-Range"] = f"bytes {span.start}-{span.end}/{total}"
             check = ""
@@ -308,7 +315,9 @@ class ProxyServer:
             await resp.write_eof()
             return resp
         try:
-            await send_span(self.store, task_id, job, span, meta.piece_length, _Sink(request), digest=check)
+            await send_span(
+                self.store, task_id, job, span, meta.piece_length, _Sink(request), digest=check, shared=shared
+            )
         except DigestMismatch as e:
             log.warning("blob %s from %s: %s; aborting the response", digest, _origin(url), e)
             # Forget the bytes before the client learns of the failure, so its retry

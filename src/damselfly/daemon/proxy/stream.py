@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import re
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from ...errors import DamselflyError, DigestMismatch, InvalidArgument, NotFound
+from ...errors import DamselflyError, InvalidArgument, NotFound
+from ...pieces import Digest
 from ...units import MiB
+from ..digesting import InOrderDigest
 from ..storage import PieceStore, TaskMeta
 
 log = logging.getLogger(__name__)
@@ -131,18 +132,6 @@ class Sink(Protocol):
     async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None: ...
 
 
-def _hash_range(fd: int, offset: int, length: int, hasher: hashlib._Hash, buf: bytearray) -> None:
-    """Feed ``length`` bytes at ``offset`` into ``hasher`` (blocking: run in a thread)."""
-    view = memoryview(buf)
-    pos, end = offset, offset + length
-    while pos < end:
-        n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
-        if n <= 0:
-            raise DamselflyError(f"content file is short at offset {pos}")
-        hasher.update(view[:n])
-        pos += n
-
-
 async def send_span(
     store: PieceStore,
     task_id: str,
@@ -152,14 +141,16 @@ async def send_span(
     sink: Sink,
     *,
     digest: str = "",
+    shared: InOrderDigest | None = None,
 ) -> None:
     """Send bytes ``span`` of the task to ``sink`` in order, as their pieces land.
 
     Bytes go out with sendfile (no copy through Python). With ``digest``
-    (``sha256:<hex>``, the span being the whole content), each piece is hashed
-    (in a thread, from the page cache) before it is sent, while the piece
-    before it is being sent, and the last chunk is held back until the whole
-    digest matches; else DigestMismatch is raised with the last chunk unsent.
+    (``sha256:<hex>``, the span being the whole content), bytes go out only once
+    hashed, in order, by ``shared`` (the download's own digester, so the blob is
+    hashed once) or by a digester of this request's own, and the last chunk is
+    held back until the whole digest matches; else DigestMismatch is raised
+    with the last chunk unsent.
     """
     fd = store.open_read_fd(task_id)
     file = os.fdopen(fd, "rb", buffering=0)
@@ -174,71 +165,35 @@ async def send_span(
                 await sink.sendfile(file, pos, stop - pos)
                 pos = stop
             return
-        hashed = _Hashed(span.start)
-        hashing = asyncio.ensure_future(
-            _hash_pieces(store, task_id, job, fd, span.start, end, piece_length, hashed)
-        )
+        own = shared is None
+        digester = shared if shared is not None else InOrderDigest(store, task_id, Digest.parse(digest))
         try:
             sent = span.start
             while True:
                 # Everything hashed may go, but the last chunk waits for the digest.
-                ready = hashed.upto if hashed.upto < end else max(sent, end - CHUNK)
+                upto = digester.upto
+                ready = upto if upto < end else max(sent, end - CHUNK)
                 if ready > sent:
                     await sink.sendfile(file, sent, ready - sent)
                     sent = ready
                     continue
-                if hashing.done():
+                if digester.done:
                     break
-                hashed.changed.clear()
-                waiter = asyncio.ensure_future(hashed.changed.wait())
+                if job.done() and (job.cancelled() or job.exception() is not None):
+                    _raise_from(job)
+                waiter = asyncio.ensure_future(digester.advanced(upto, 5.0))
                 try:
-                    await asyncio.wait({hashing, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({waiter, job}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiter.cancel()
-            hasher = hashing.result()  # raises what the hashing raised
-            actual = f"sha256:{hasher.hexdigest()}"
-            if actual != digest:
-                raise DigestMismatch(f"blob {digest}", digest, actual)
+            await digester.check(f"blob {digest}")
             if end > sent:
                 await sink.sendfile(file, sent, end - sent)
         finally:
-            if not hashing.done():
-                hashing.cancel()
-                with contextlib.suppress(BaseException):
-                    await hashing
+            if own:
+                await digester.close()
     finally:
         file.close()
-
-
-class _Hashed:
-    """How far the hashing has got; ``changed`` is set at each step."""
-
-    def __init__(self, start: int) -> None:
-        self.upto = start
-        self.changed = asyncio.Event()
-
-
-async def _hash_pieces(
-    store: PieceStore,
-    task_id: str,
-    job: asyncio.Task[None],
-    fd: int,
-    start: int,
-    end: int,
-    piece_length: int,
-    hashed: _Hashed,
-) -> hashlib._Hash:
-    hasher = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    pos = start
-    while pos < end:
-        number = pos // piece_length
-        await wait_for_piece(store, task_id, number, job)
-        stop = min(end, (number + 1) * piece_length)
-        await asyncio.to_thread(_hash_range, fd, pos, stop - pos, hasher, buf)
-        pos = hashed.upto = stop
-        hashed.changed.set()
-    return hasher
 
 
 async def forget_bad_task(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> None:

@@ -1,0 +1,138 @@
+"""The whole-content digest of a task, computed in order while its pieces land.
+
+A download with a digest (a registry blob, ``dfget --digest``) must be checked
+whole before it counts. Reading the finished file again costs a second pass
+over it on the critical path; instead an :class:`InOrderDigest` follows the
+task from offset 0 and hashes each piece as soon as it and all pieces before it
+are in the store (from the page cache, in a worker thread). Back-to-source
+downloads land in order, so the digest is ready one piece after the last byte;
+pieces from parents land in any order and the digest catches up as the gaps
+fill.
+
+One digester serves everyone who needs the digest of a running task: the
+conductor (which refuses to call the task finished on a mismatch) and the
+registry mirror (which holds back the last chunk of a blob until the digest
+matches), so each daemon hashes a blob once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+from ..errors import DamselflyError, DigestMismatch, NotFound
+from ..pieces import Digest, Hasher, new_hasher
+from ..units import MiB
+from .storage import PieceStore
+
+CHUNK = 1 * MiB
+
+
+def hash_range(fd: int, offset: int, length: int, hasher: Hasher, buf: bytearray) -> None:
+    """Feed ``length`` bytes at ``offset`` of ``fd`` into ``hasher`` (blocking: run in a thread)."""
+    update = hasher.update
+    view = memoryview(buf)
+    pos, end = offset, offset + length
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
+        if n <= 0:
+            raise DamselflyError(f"content file is short at offset {pos}")
+        update(view[:n])
+        pos += n
+
+
+class InOrderDigest:
+    """Hashes a task's content in order as its pieces land; ``await result()`` for the digest.
+
+    ``upto`` is how many leading bytes are hashed; :meth:`advanced` waits for it
+    to grow. Start it once the task exists in the store; :meth:`close` cancels
+    the hashing and closes the file.
+    """
+
+    def __init__(self, store: PieceStore, task_id: str, expected: Digest) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.expected = expected
+        self.upto = 0
+        self._waiters: set[asyncio.Future[None]] = set()
+        fd = store.open_read_fd(task_id)
+        self._task: asyncio.Task[str] = asyncio.ensure_future(self._run(fd))
+
+    async def _run(self, fd: int) -> str:
+        try:
+            return await self._hash(fd)
+        finally:
+            os.close(fd)
+            self._wake()
+
+    def _wake(self) -> None:
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+
+    async def advanced(self, seen: int, timeout: float) -> None:
+        """Return once ``upto`` exceeds ``seen`` or the hashing ended, or after ``timeout``."""
+        if self.upto > seen or self._task.done():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(fut)
+        try:
+            await asyncio.wait({fut}, timeout=timeout)
+        finally:
+            self._waiters.discard(fut)
+
+    async def _hash(self, fd: int) -> str:
+        hasher = new_hasher(self.expected.algorithm)
+        buf = bytearray(CHUNK)
+        pos = 0
+        while True:
+            meta = self.store.get(self.task_id)
+            if meta is None:
+                raise NotFound(f"task {self.task_id} was removed while being hashed")
+            if meta.content_length is not None and pos >= meta.content_length:
+                return hasher.hexdigest()
+            piece = meta.pieces.get(pos // meta.piece_length) if meta.piece_length else None
+            if piece is None:
+                await self.store.wait_for_change(self.task_id, meta.version, 5.0)
+                continue
+            stop = piece.offset + piece.length
+            work = asyncio.ensure_future(asyncio.to_thread(hash_range, fd, pos, stop - pos, hasher, buf))
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # The thread still reads fd and buf: let it finish before the fd is closed.
+                with contextlib.suppress(BaseException):
+                    await work
+                raise
+            pos = self.upto = stop
+            self._wake()
+
+    @property
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def wait(self) -> None:
+        """Return when the hashing ends (finished or failed), without raising; cancel-safe."""
+        await asyncio.wait({self._task})
+
+    async def result(self) -> str:
+        """The content's digest (``algorithm:value``); raises what the hashing raised."""
+        await asyncio.wait({self._task})
+        if self._task.cancelled():
+            raise DamselflyError(f"task {self.task_id[:12]}: hashing stopped before the end of the content")
+        return f"{self.expected.algorithm}:{self._task.result()}"
+
+    async def check(self, what: str) -> None:
+        """Raise :class:`DigestMismatch` unless the content hashes to the expected digest."""
+        actual = await self.result()
+        if actual != str(self.expected):
+            raise DigestMismatch(what, str(self.expected), actual)
+
+    async def close(self) -> None:
+        """Stop hashing (if not done) and release the file."""
+        if not self._task.done():
+            self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task

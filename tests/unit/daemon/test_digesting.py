@@ -1,0 +1,83 @@
+"""InOrderDigest: the whole-content digest follows pieces landing in any order."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+
+from damselfly.daemon.digesting import InOrderDigest
+from damselfly.daemon.storage import PieceStore
+from damselfly.domain import PieceInfo, TrafficType
+from damselfly.errors import DamselflyError, DigestMismatch
+from damselfly.ids import task_id
+from damselfly.pieces import Digest
+
+TID = task_id("http://example.com/blob")
+PL = 4096
+
+
+def land(store: PieceStore, data: bytes, number: int) -> None:
+    chunk = data[number * PL : (number + 1) * PL]
+    fd = store.open_write_fd(TID)
+    try:
+        os.pwrite(fd, chunk, number * PL)
+    finally:
+        os.close(fd)
+    store.finish_piece(
+        TID, PieceInfo(number, number * PL, len(chunk), f"crc32:{zlib.crc32(chunk)}", TrafficType.REMOTE_PEER)
+    )
+
+
+def new_task(tmp_path: Path, size: int) -> PieceStore:
+    store = PieceStore(tmp_path)
+    store.create_task(TID)
+    store.set_content_length(TID, size, PL)
+    return store
+
+
+async def test_hashes_in_order_as_the_gaps_fill(tmp_path: Path) -> None:
+    data = os.urandom(3 * PL + 100)
+    store = new_task(tmp_path, len(data))
+    digester = InOrderDigest(store, TID, Digest("sha256", hashlib.sha256(data).hexdigest()))
+    try:
+        land(store, data, 2)
+        land(store, data, 3)
+        await asyncio.sleep(0.05)
+        assert digester.upto == 0 and not digester.done  # piece 0 is missing: nothing can be hashed
+        land(store, data, 0)
+        await asyncio.wait_for(digester.advanced(0, 5.0), 5.0)
+        assert digester.upto == PL  # piece 1 is still missing
+        land(store, data, 1)
+        await asyncio.wait_for(digester.check("blob"), 5.0)
+        assert digester.upto == len(data)
+    finally:
+        await digester.close()
+
+
+async def test_a_wrong_whole_is_a_mismatch(tmp_path: Path) -> None:
+    data = os.urandom(2 * PL)
+    store = new_task(tmp_path, len(data))
+    digester = InOrderDigest(store, TID, Digest("sha256", hashlib.sha256(b"other").hexdigest()))
+    try:
+        land(store, data, 1)
+        land(store, data, 0)
+        with pytest.raises(DigestMismatch):
+            await asyncio.wait_for(digester.check("blob"), 5.0)
+    finally:
+        await digester.close()
+
+
+async def test_closing_early_is_an_error_for_waiters_not_a_hang(tmp_path: Path) -> None:
+    store = new_task(tmp_path, 2 * PL)
+    digester = InOrderDigest(store, TID, Digest("crc32", "0"))
+    result = asyncio.ensure_future(digester.result())
+    await asyncio.sleep(0.01)
+    await digester.close()
+    with pytest.raises(DamselflyError):
+        await asyncio.wait_for(result, 5.0)
+    await asyncio.wait_for(digester.advanced(0, 5.0), 1.0)  # returns at once: hashing has ended
