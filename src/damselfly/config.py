@@ -287,8 +287,12 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; an override's snake_case key meets the file's camelCase one."""
     out = dict(base)
-    for k, v in over.items():
+    for key, v in over.items():
+        k = key
+        if k not in out and to_camel(k) in out:
+            k = to_camel(k)
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:

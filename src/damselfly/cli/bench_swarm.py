@@ -42,6 +42,10 @@ def swarm(
     poll_interval: Annotated[float, typer.Option(help="seconds between progress samples")] = 1.0,
     keep: Annotated[bool, typer.Option(help="keep the run's directory (logs, data)")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="the daemons' log level")] = "INFO",
+    daemon_config: Annotated[
+        Path | None, typer.Option(help="YAML config for every daemon (policies to compare)")
+    ] = None,
+    scheduler_config: Annotated[Path | None, typer.Option(help="YAML config for the scheduler")] = None,
     cleanup: Annotated[
         str | None,
         typer.Option("--cleanup", metavar="PREFIX", help="remove the namespaces PREFIX-* and exit"),
@@ -84,8 +88,16 @@ def swarm(
             sc = load_rates_file(rates_file, size=knobs.size or 256 * MiB, default_bits=rate_bits)
         else:
             sc = build_scenario(scenario, knobs)
+        for path in (daemon_config, scheduler_config):
+            if path is not None and not path.is_file():
+                raise InvalidArgument(f"no config file at {path}")
         options = SwarmOptions(
-            timeout_s=parse_duration(timeout), poll_interval_s=poll_interval, log_level=log_level, keep=keep
+            timeout_s=parse_duration(timeout),
+            poll_interval_s=poll_interval,
+            log_level=log_level,
+            keep=keep,
+            daemon_config=daemon_config.resolve() if daemon_config else None,
+            scheduler_config=scheduler_config.resolve() if scheduler_config else None,
         )
     except (InvalidArgument, ValueError) as e:
         raise typer.BadParameter(str(e)) from None

@@ -493,10 +493,12 @@ class Conductor:
         except ResourceExhausted:
             # The parent's upload slots are full: not a failure; leave it alone briefly.
             p.view.ready_at = time.monotonic() + self._rng.uniform(0.05, 0.25)
+            log.debug("piece %d: parent %s busy", number, p.id)
             return
         except PieceElsewhere:
             # A super-seed gave this piece to another peer: get it from the peers.
             p.view.skip[number] = time.monotonic() + ELSEWHERE_RETRY
+            log.debug("piece %d: parent %s sent it elsewhere", number, p.id)
             return
         except DigestMismatch as e:
             log.warning("piece %d from parent %s failed its digest check: %s", number, p.id, e)

@@ -86,6 +86,8 @@ class SwarmOptions:
     prefix: str | None = None  # None: a fresh one
     sweep: bool = True  # remove stale runs' namespaces first
     report_every_s: float = 2.0
+    daemon_config: Path | None = None  # YAML for every daemon (seeds and peers)
+    scheduler_config: Path | None = None
 
 
 Say = Callable[[str], None]
@@ -209,6 +211,7 @@ class SwarmRun:
             "--metrics-port", str(SCHEDULER_METRICS_PORT), "--data-dir", str(self.root / "scheduler"),
             "--ready-file", str(self.root / "run" / "scheduler.ready.json"),
             "--log-file", str(self.root / "logs" / "scheduler.log"), "--log-level", self.options.log_level,
+            *(["--config", str(self.options.scheduler_config)] if self.options.scheduler_config else []),
         )  # fmt: skip
         child = self._spawn("scheduler", "scheduler", argv)
         self.children.append(child)
@@ -227,6 +230,8 @@ class SwarmRun:
         ]  # fmt: skip
         if seed:
             argv.append("--seed")
+        if self.options.daemon_config is not None:
+            argv += ["--config", str(self.options.daemon_config)]
         return python_module_command("damselfly", *argv)
 
     def socket_of(self, host: str) -> Path:

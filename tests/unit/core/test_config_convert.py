@@ -23,6 +23,16 @@ def test_config_accepts_dragonfly_camel_case_and_snake_case(tmp_path):
     assert c.socket_path == tmp_path / "dfdaemon.sock"
 
 
+def test_flags_override_a_camel_case_file(tmp_path):
+    # `damselfly daemon --seed --config f.yaml` where f.yaml has a seedPeer section:
+    # the flag's snake_case override must merge into it, not sit beside it.
+    f = tmp_path / "d.yaml"
+    f.write_text("seedPeer:\n  superSeed: false\nstorage:\n  server:\n    tcpPort: 7000\n")
+    cfg = load_daemon_config(f, {"seed_peer": {"enable": True}, "storage": {"server": {"tcp_port": 7100}}})
+    assert cfg.seed_peer.enable is True and cfg.seed_peer.super_seed is False
+    assert cfg.storage.server.tcp_port == 7100
+
+
 def test_config_rejects_unknown_keys_clearly(tmp_path):
     f = tmp_path / "d.yaml"
     f.write_text("download:\n  concurentPieceCount: 8\n")
