@@ -147,8 +147,10 @@ class UploadConfig(Section):
     server: UploadServerConfig = Field(default_factory=UploadServerConfig)
     bandwidth_limit: int = 0
     concurrent_upload_limit: int = 200  # upload slots the host offers
-    # Pieces sent at once, as many more queued; beyond that "busy" (measured: 2 beat 4 and 8). 0: no limit.
-    concurrent_piece_count: int = 2
+    # Pieces sent at once, as many more queued; beyond that "busy". 0: no limit. Measured on the
+    # namespace testbed (8 x 100 mbit flash crowd, with the super-seed sending no duplicates while
+    # it fetches): 4 -> 1.47-1.52 T_min, 2 -> 1.71, 8 -> 1.52, 6 -> 1.60.
+    concurrent_piece_count: int = 4
 
 
 class StorageServerConfig(Section):

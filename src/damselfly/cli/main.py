@@ -30,7 +30,9 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(preheat_app, name="preheat")
 dfget_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-LogLevel = Annotated[str, typer.Option("--log-level", envvar="DAMSELFLY_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR")]
+LogLevel = Annotated[
+    str, typer.Option("--log-level", envvar="DAMSELFLY_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR")
+]
 LogFile = Annotated[Path | None, typer.Option("--log-file", help="log here instead of stderr")]
 ReadyFile = Annotated[
     Path | None, typer.Option("--ready-file", help="write the bound ports here (JSON) once listening")

@@ -130,6 +130,7 @@ class Conductor:
         self._conflict = ""
         self._pending_answer: ScheduleAnswer | None = None
         self._stuck_rounds = 0
+        self._idle_logged = 0.0
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ entry
@@ -431,6 +432,17 @@ class Conductor:
                 while len(workers) < self.deps.concurrent_piece_count:
                     pick = picker(PickState(missing, self._in_flight, live, self._rng, clock))
                     if pick is None:
+                        if log.isEnabledFor(logging.DEBUG) and clock - self._idle_logged > 0.5:
+                            self._idle_logged = clock
+                            log.debug(
+                                "no pick: %d in flight, %d missing; parents (useful, in flight/max, wait) %s",
+                                len(workers), len(missing),
+                                " ".join(
+                                    f"{pid.split('-')[2]}:{len((v.pieces & missing) - self._in_flight)},"
+                                    f"{v.in_flight}/{v.max_in_flight},{max(0.0, v.ready_at - clock):.2f}"
+                                    for pid, v in live.items()
+                                ),
+                            )  # fmt: skip
                         break
                     number, pid = pick
                     self._in_flight.add(number)

@@ -72,7 +72,8 @@ class PieceServer:
         # other pieces have not gone out yet; peers pass it on among themselves.
         self.super_seed = super_seed
         self._clock = clock
-        self._first_sent: dict[str, dict[int, float]] = {}
+        # task -> piece -> (when it first went out, to which address)
+        self._first_sent: dict[str, dict[int, tuple[float, str]]] = {}
         self._send_time = 0.0  # moving average of one piece's send, seconds
         self.elsewhere_refusals = 0
         # Pieces sent at once (0: no limit); a few more requests wait their turn in
@@ -192,7 +193,9 @@ class PieceServer:
             writer.write(vortex.encode_error(pid, code, message))
             await writer.drain()
             return True
-        if self.super_seed and self._given_already(request.task_id, piece.number, meta.pieces.keys()):
+        if self.super_seed and self._given_already(
+            request.task_id, piece.number, meta.pieces.keys(), _requester(writer), complete=meta.is_complete
+        ):
             self.elsewhere_refusals += 1
             writer.write(
                 vortex.encode_error(
@@ -270,24 +273,34 @@ class PieceServer:
             self._sending -= 1
             self._slots.release()
 
-    def _given_already(self, task_id: str, number: int, held: Sized) -> bool:
-        """Whether to send ``number`` elsewhere: it went out recently and some piece never did.
+    def _given_already(
+        self, task_id: str, number: int, held: Sized, requester: str, *, complete: bool
+    ) -> bool:
+        """Whether to send ``number`` elsewhere: another peer got it recently, and the
+        seed's upload is better spent on pieces the swarm lacks.
 
-        Records the first send otherwise. A piece given out long ago (more than
-        ``SUPER_SEED_RESEND`` seconds and four times a piece's usual send time)
-        is served again, since its receiver may be slow or gone; and once every
-        held piece went out, duplicates are fine.
+        Records the first send otherwise. While the seed is still fetching the task,
+        its upload is the swarm's narrowest link (it runs at the origin's pace), so
+        no duplicate goes out: each piece enters the swarm once and the peers pass
+        it on. Once the task is complete here, duplicates are refused only while
+        some held piece never went out. The same requester asking again (a failed
+        transfer) is served; a piece given out long ago (more than
+        ``SUPER_SEED_RESEND`` seconds and four times a piece's usual send time) is
+        served again, since its receiver may be slow or gone.
         """
         sent = self._first_sent.setdefault(task_id, {})
         now = self._clock()
         first = sent.get(number)
         if first is None:
-            sent[number] = now
+            sent[number] = (now, requester)
+            return False
+        when, to = first
+        if to == requester:
             return False
         # Long enough for the receiver to finish it and its peers to ask it.
-        if now - first > max(SUPER_SEED_RESEND, 4 * self._send_time):
+        if now - when > max(SUPER_SEED_RESEND, 4 * self._send_time):
             return False
-        return len(sent) < len(held)  # only held pieces are ever recorded
+        return not complete or len(sent) < len(held)  # only held pieces are ever recorded
 
     def forget(self, task_id: str) -> None:
         self._first_sent.pop(task_id, None)
@@ -343,3 +356,9 @@ class _OpenFiles:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _requester(writer: asyncio.StreamWriter) -> str:
+    """The address a piece request came from (the super-seed's notion of "who has it")."""
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""

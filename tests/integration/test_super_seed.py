@@ -1,0 +1,128 @@
+"""A super-seed's piece server: each piece enters the swarm once while the seed is still fetching.
+
+Real loopback sockets; two children are told apart by their source address
+(127.0.0.1 and 127.0.0.2), as peers on different hosts are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from damselfly.daemon.piece_client import PieceClient
+from damselfly.daemon.piece_server import SUPER_SEED_RESEND, PieceServer
+from damselfly.daemon.storage import PieceStore
+from damselfly.domain import PieceInfo
+from damselfly.errors import PieceElsewhere
+from damselfly.ids import task_id
+from damselfly.pieces import piece_span
+
+pytestmark = pytest.mark.integration
+
+TID = task_id("http://example.com/seeded")
+PL = 64 * 1024
+PIECES = 4
+DATA = bytes(range(256)) * (PIECES * PL // 256)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hold(store: PieceStore, numbers: list[int]) -> None:
+    """The seed holds these pieces of TID (its fetch from the origin is under way)."""
+    if store.get(TID) is None:
+        store.create_task(TID)
+        store.set_content_length(TID, len(DATA), PL)
+    fd = store.open_write_fd(TID)
+    try:
+        for n in numbers:
+            span = piece_span(n, len(DATA), PL)
+            chunk = DATA[span.offset : span.offset + span.length]
+            os.pwrite(fd, chunk, span.offset)
+            store.finish_piece(TID, PieceInfo(n, span.offset, span.length, f"crc32:{zlib.crc32(chunk)}"))
+    finally:
+        os.close(fd)
+
+
+async def client_from(source: str, port: int) -> PieceClient:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.bind((source, 0))
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return PieceClient(sock, ("127.0.0.1", port))
+
+
+class Seed:
+    def __init__(self, store: PieceStore, server: PieceServer, port: int, clock: Clock) -> None:
+        self.store, self.server, self.port, self.clock = store, server, port, clock
+
+
+@pytest.fixture
+async def seed(tmp_path: Path) -> AsyncIterator[Seed]:
+    clock = Clock()
+    store = PieceStore(tmp_path / "seed")
+    server = PieceServer(store, super_seed=True, upload_slots=4, clock=clock)
+    port = await server.start("127.0.0.1", 0)
+    yield Seed(store, server, port, clock)
+    await server.close()
+    store.close()
+
+
+async def fetch(client: PieceClient, number: int, tmp_path: Path) -> PieceInfo:
+    span = piece_span(number, len(DATA), PL)
+    fd = os.open(tmp_path / f"out-{id(client)}", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        return await client.download_piece(TID, number, fd, span.offset, span.length)
+    finally:
+        os.close(fd)
+
+
+async def test_no_duplicate_leaves_a_seed_that_is_still_fetching(seed: Seed, tmp_path: Path) -> None:
+    hold(seed.store, [0, 1])
+    a = await client_from("127.0.0.1", seed.port)
+    b = await client_from("127.0.0.2", seed.port)
+    try:
+        await fetch(a, 0, tmp_path)
+        await fetch(a, 1, tmp_path)
+        # Every held piece went out once, but the seed's fetch goes on: its upload
+        # is for new pieces, so b gets piece 0 from a, not from the seed.
+        with pytest.raises(PieceElsewhere):
+            await fetch(b, 0, tmp_path)
+        # a asking again (its copy failed) is served.
+        assert (await fetch(a, 0, tmp_path)).number == 0
+        # A piece that went out long ago is served again (its receiver may be gone).
+        seed.clock.now += SUPER_SEED_RESEND + 1
+        assert (await fetch(b, 0, tmp_path)).number == 0
+        assert seed.server.elsewhere_refusals == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_complete_seed_serves_duplicates_once_all_went_out(seed: Seed, tmp_path: Path) -> None:
+    hold(seed.store, list(range(PIECES)))
+    a = await client_from("127.0.0.1", seed.port)
+    b = await client_from("127.0.0.2", seed.port)
+    try:
+        await fetch(a, 0, tmp_path)
+        # Pieces 1-3 never went out: the seed keeps its upload for them.
+        with pytest.raises(PieceElsewhere):
+            await fetch(b, 0, tmp_path)
+        for n in range(1, PIECES):
+            await fetch(a, n, tmp_path)
+        # The whole task went out once and the seed has nothing new: duplicates help the tail.
+        assert (await fetch(b, 0, tmp_path)).number == 0
+    finally:
+        await a.close()
+        await b.close()
