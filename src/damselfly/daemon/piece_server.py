@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 _READ_SIZE = 64 * 1024
 SUPER_SEED_RESEND = 5.0  # seconds after which a super-seed serves a given piece again
 QUEUE_PER_SLOT = 1  # requests that may wait for each upload slot before "busy"
+# A super-seed sends pieces that never went out beside its upload slots, up to this many
+# times the slots at once: each receiver gives such a piece only its share of a busy
+# downlink, and the seed's upload must still keep pace with its fetch from the origin.
+FIRST_SEND_FACTOR = 4
 
 
 class PieceServer:
@@ -193,19 +197,28 @@ class PieceServer:
             writer.write(vortex.encode_error(pid, code, message))
             await writer.drain()
             return True
-        if self.super_seed and self._given_already(
-            request.task_id, piece.number, meta.pieces.keys(), _requester(writer), complete=meta.is_complete
-        ):
-            self.elsewhere_refusals += 1
-            writer.write(
-                vortex.encode_error(
-                    pid, vortex.ErrorCode.ELSEWHERE, f"piece {piece.number} is with other peers already"
-                )
+        first = False
+        if self.super_seed:
+            verdict = self._super_seed_verdict(
+                request.task_id,
+                piece.number,
+                meta.pieces.keys(),
+                _requester(writer),
+                complete=meta.is_complete,
             )
-            await writer.drain()
-            return True
+            if verdict == "elsewhere":
+                self.elsewhere_refusals += 1
+                writer.write(
+                    vortex.encode_error(
+                        pid, vortex.ErrorCode.ELSEWHERE, f"piece {piece.number} is with other peers already"
+                    )
+                )
+                await writer.drain()
+                return True
+            first = verdict == "first" and self._sending < self.upload_slots * FIRST_SEND_FACTOR
         if (
-            self._slots is not None
+            not first
+            and self._slots is not None
             and self._sending >= self.upload_slots
             and self._queued >= self.upload_slots * QUEUE_PER_SLOT
         ):
@@ -225,7 +238,7 @@ class PieceServer:
             writer.write(vortex.encode_error(pid, vortex.ErrorCode.NOT_FOUND, str(e)))
             await writer.drain()
             return True
-        async with self._turn():
+        async with self._turn(bypass=first):
             writer.write(
                 vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest)
             )
@@ -252,9 +265,10 @@ class PieceServer:
         return True
 
     @contextlib.asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
-        """An upload slot, waited for in order (the caller checked the queue has room)."""
-        if self._slots is None:
+    async def _turn(self, *, bypass: bool = False) -> AsyncIterator[None]:
+        """An upload slot, waited for in order (the caller checked the queue has room);
+        ``bypass``: send at once, beside the slots (a super-seed's first send of a piece)."""
+        if self._slots is None or bypass:
             self._sending += 1
             try:
                 yield
@@ -273,13 +287,14 @@ class PieceServer:
             self._sending -= 1
             self._slots.release()
 
-    def _given_already(
+    def _super_seed_verdict(
         self, task_id: str, number: int, held: Sized, requester: str, *, complete: bool
-    ) -> bool:
-        """Whether to send ``number`` elsewhere: another peer got it recently, and the
-        seed's upload is better spent on pieces the swarm lacks.
+    ) -> str:
+        """``"first"`` (the piece never went out), ``"again"`` (serve it again) or
+        ``"elsewhere"``: another peer got it recently, and the seed's upload is better
+        spent on pieces the swarm lacks.
 
-        Records the first send otherwise. While the seed is still fetching the task,
+        Records the first send. While the seed is still fetching the task,
         its upload is the swarm's narrowest link (it runs at the origin's pace), so
         no duplicate goes out: each piece enters the swarm once and the peers pass
         it on. Once the task is complete here, duplicates are refused only while
@@ -293,14 +308,15 @@ class PieceServer:
         first = sent.get(number)
         if first is None:
             sent[number] = (now, requester)
-            return False
+            return "first"
         when, to = first
         if to == requester:
-            return False
+            return "again"
         # Long enough for the receiver to finish it and its peers to ask it.
         if now - when > max(SUPER_SEED_RESEND, 4 * self._send_time):
-            return False
-        return not complete or len(sent) < len(held)  # only held pieces are ever recorded
+            return "again"
+        # Only held pieces are ever recorded.
+        return "elsewhere" if not complete or len(sent) < len(held) else "again"
 
     def forget(self, task_id: str) -> None:
         self._first_sent.pop(task_id, None)
