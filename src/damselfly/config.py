@@ -147,10 +147,11 @@ class UploadConfig(Section):
     server: UploadServerConfig = Field(default_factory=UploadServerConfig)
     bandwidth_limit: int = 0
     concurrent_upload_limit: int = 200  # upload slots the host offers
-    # Pieces sent at once, as many more queued; beyond that "busy". 0: no limit. Measured on the
-    # namespace testbed (8 x 100 mbit flash crowd, with the super-seed sending no duplicates while
-    # it fetches): 4 -> 1.47-1.52 T_min, 2 -> 1.71, 8 -> 1.52, 6 -> 1.60.
-    concurrent_piece_count: int = 4
+    # Pieces sent at once, as many more queued; beyond that "busy". 0: no limit. A super-seed's
+    # first sends of pieces go beside these slots (piece_server.FIRST_SEND_FACTOR). Measured on
+    # the namespace testbed (max / T_min): 8 x 100 mbit, 2 -> 1.55, 4 -> 1.58; 16 x 25 mbit,
+    # 2 -> 1.72, 4 -> 1.82 (fewer slots: each piece is passed on sooner).
+    concurrent_piece_count: int = 2
 
 
 class StorageServerConfig(Section):
