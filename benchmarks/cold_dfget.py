@@ -43,6 +43,27 @@ def timed(argv: list[str], timeout: float) -> tuple[float, subprocess.CompletedP
     return time.monotonic() - began, r
 
 
+def forget(url: str, sockets: list[Path]) -> None:
+    """Delete the run's task from every daemon, as curl's output is deleted after its run:
+    each run then starts with the same memory and disk state (a store that kept every run's
+    GiBs would make later runs pay for page reclaim that curl never sees)."""
+    import grpc
+
+    from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc
+    from damselfly.domain import DownloadSpec
+    from damselfly.ids import download_task_id
+
+    tid = download_task_id(DownloadSpec(url=url))
+    for sock in sockets:
+        with grpc.insecure_channel(f"unix://{sock}") as channel:
+            try:
+                dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel).DeleteTask(
+                    dfdaemon_pb2.DeleteTaskRequest(task_id=tid), timeout=30
+                )
+            except grpc.RpcError as e:
+                print(f"cold_dfget: could not delete task {tid[:12]} at {sock}: {e}", file=sys.stderr)
+
+
 def settle() -> None:
     """Start each measurement with no dirty pages of the previous one still being written back."""
     os.sync()
@@ -112,6 +133,7 @@ def main() -> int:
                 step()
             # Single hop through whole daemons: a second peer pulls the now finished task from a parent.
             run_dfget(url, sock2, warm_s)
+            forget(url, [root / "seed" / "dfdaemon.sock", sock, sock2])
         result["curl_s"] = curl_s
         result["dfget_s"] = dfget_s
         result["curl_median_s"] = statistics.median(curl_s)
