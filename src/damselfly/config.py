@@ -188,6 +188,10 @@ class SourceConfig(Section):
     read_timeout: float = 60 * SECONDS
     insecure_skip_verify: bool = False
     ca_cert: str = ""
+    # Byte ranges fetched at once for one large download from an origin that honours Range
+    # (split at piece boundaries; 1: one stream). More streams fill a link whose ACKs wait
+    # behind this host's own uploads (a seed feeding the swarm).
+    range_streams: int = 1
 
 
 class ProxyServerConfig(Section):

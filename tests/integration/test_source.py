@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import socket
@@ -401,3 +402,49 @@ async def test_missing_ca_file_is_a_config_error(tmp_path: Path) -> None:
             await fetch(src, PieceStore(tmp_path), "https://127.0.0.1:1/file")
     finally:
         await src.close()
+
+
+# ----------------------------------------------------------------- parallel byte ranges
+
+
+@pytest.fixture(params=[True, False], ids=["rawhttp", "aiohttp"])
+async def split_source(request: pytest.FixtureRequest) -> AsyncIterator[HTTPSource]:
+    config = SourceConfig(connect_timeout=2, read_timeout=0.5, range_streams=3)
+    src = HTTPSource(config, fast_path=request.param)
+    yield src
+    await src.close()
+
+
+@pytest.mark.parametrize("probe", [PL, PL // 2 + 123], ids=["probe-one-piece", "probe-mid-piece"])
+async def test_split_download_fetches_each_byte_once(
+    origin: Origin, split_source: HTTPSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: int
+) -> None:
+    from damselfly.daemon import source as source_module
+
+    monkeypatch.setattr(source_module, "PROBE_BYTES", probe)
+    monkeypatch.setattr(source_module, "MIN_PIECES_PER_STREAM", 1)
+    store = PieceStore(tmp_path)
+    result = await fetch(split_source, store, origin.url + "/file")
+    assert result.length == len(DATA) and len(result.starts) == 1
+    assert_pieces_right(result.pieces, list(range(6)))
+    assert store.content_path(TID).read_bytes() == DATA
+    # A probe for the first bytes, then the rest in three ranges: every byte served once.
+    assert origin.bytes_served == len(DATA)
+    ranges = [r["Range"] for r in origin.requests]
+    assert ranges[0] == f"bytes=0-{probe - 1}" and len(ranges) == 4
+    spans = sorted(tuple(int(x) for x in r.removeprefix("bytes=").split("-")) for r in ranges)
+    assert spans[0][0] == 0 and spans[-1][1] == len(DATA) - 1
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))  # contiguous, no overlap
+
+
+async def test_split_download_falls_back_when_the_origin_ignores_range(
+    origin: Origin, split_source: HTTPSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from damselfly.daemon import source as source_module
+
+    monkeypatch.setattr(source_module, "PROBE_BYTES", PL)
+    store = PieceStore(tmp_path)
+    result = await fetch(split_source, store, origin.url + "/file?norange=1")
+    assert_pieces_right(result.pieces, list(range(6)))
+    assert store.content_path(TID).read_bytes() == DATA
+    assert len(origin.requests) == 1 and origin.bytes_served == len(DATA)

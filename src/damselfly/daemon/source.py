@@ -22,6 +22,8 @@ or a broken connection mid-body -> :class:`SourceError`; a failed disk write ->
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import os
 import re
@@ -238,6 +240,13 @@ def _content_range(resp: aiohttp.ClientResponse, url: str) -> tuple[int, int, in
     return int(m.group(1)), int(m.group(2)), total
 
 
+# How a split download starts: the first bytes, by Range; every piece length is a
+# multiple (powers of two, at least 4 MiB), so a probe never ends past piece 0.
+PROBE_BYTES = 4 * 1024 * 1024
+MIN_PIECES_PER_STREAM = 2
+_Carry = tuple[int, float]  # (crc32 so far, start time) of a piece cut between two bodies
+
+
 class _Fetch:
     """The state of one ``fetch_into`` call: where the bytes go and which pieces are done."""
 
@@ -296,6 +305,13 @@ class _Fetch:
     async def go(self) -> int:
         first = self._first_range()
         src = self.source
+        streams = max(1, src._config.range_streams)
+        # A fresh download that may be split: ask for the first bytes only, learn the
+        # length from Content-Range, then fetch the rest in parallel byte ranges.
+        probing = first is None and streams > 1
+        if probing:
+            first = (0, PROBE_BYTES - 1)
+        carry: _Carry | None = None
         async with src._get(self.url, self.headers, first) as resp:
             if resp.status == 206 and first is not None:
                 start, end, total = _content_range(resp, self.url)
@@ -311,34 +327,76 @@ class _Fetch:
             self.piece_length = await self.on_start(self.total, _response_headers(resp, self.total))
             if self.piece_length <= 0:
                 raise SourceError(f"on_start returned piece length {self.piece_length}")
-            if first is not None and self.piece_length != self.hint:
+            if first is not None and not probing and self.piece_length != self.hint:
                 raise SourceError("on_start returned a piece length other than the one given for resume")
             self.fd = self.fd_factory()
             stop = self.total if end is None else end + 1
-            written = await self._stream(resp, start, stop)
+            written, carry = await self._stream(resp, start, stop)
             if first is None:
                 # The whole content came in one response.
                 return self.total if self.total is not None else written
         if self.total is None:
             raise SourceError(f"the origin did not say the content length of {self.url} in its 206 answer")
+        if probing:
+            await self._rest_in_parallel(written, carry, streams)
+            return self.total
         for a, b in self._missing_runs():
             async with src._get(self.url, self.headers, (a, b)) as resp:
                 if resp.status == 200:
                     await self._stream(resp, 0, self.total)
                     break
-                start, end, total = _content_range(resp, self.url)
-                if total is not None and total != self.total:
-                    raise SourceError(f"the content length of {self.url} changed mid-download")
-                if (start, end) != (a, b):
-                    raise SourceError(f"the origin sent bytes {start}-{end}, asked {a}-{b}, for {self.url}")
+                await self._check_range(resp, a, b)
                 await self._stream(resp, a, b + 1)
         return self.total
 
-    async def _stream(self, resp: Any, start: int, end: int | None) -> int:
+    async def _check_range(self, resp: Any, a: int, b: int) -> None:
+        start, end, total = _content_range(resp, self.url)
+        if total is not None and total != self.total:
+            raise SourceError(f"the content length of {self.url} changed mid-download")
+        if (start, end) != (a, b):
+            raise SourceError(f"the origin sent bytes {start}-{end}, asked {a}-{b}, for {self.url}")
+
+    async def _rest_in_parallel(self, pos: int, carry: _Carry | None, streams: int) -> None:
+        """Bytes [pos, total) in up to ``streams`` Range requests at once, cut at piece
+        boundaries; the first continues the piece the probe left unfinished (``carry``)."""
+        assert self.total is not None
+        total, pl = self.total, self.piece_length
+        if pos >= total:
+            return
+        first_piece = -(-pos // pl)  # the first piece that starts at or after pos
+        count = (total + pl - 1) // pl
+        whole = count - first_piece  # pieces that start after pos
+        parts = max(1, min(streams, whole // MIN_PIECES_PER_STREAM))
+        cuts = [pos] + [(first_piece + whole * i // parts) * pl for i in range(1, parts)] + [total]
+        spans = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+        async def one(a: int, b: int, resume: _Carry | None) -> None:
+            async with self.source._get(self.url, self.headers, (a, b - 1)) as resp:
+                if resp.status != 206:
+                    raise SourceError(
+                        f"the origin answered {resp.status} to a Range request after a 206, for {self.url}"
+                    )
+                await self._check_range(resp, a, b - 1)
+                await self._stream(resp, a, b, resume)
+
+        jobs = [asyncio.ensure_future(one(a, b, carry if i == 0 else None)) for i, (a, b) in enumerate(spans)]
+        try:
+            await asyncio.gather(*jobs)
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            raise
+
+    async def _stream(
+        self, resp: Any, start: int, end: int | None, carry: _Carry | None = None
+    ) -> tuple[int, _Carry | None]:
         """Write the body, which holds bytes [start, end) of the content, piece by piece.
 
         ``end`` None: unknown (chunked); the content ends where the body does.
-        Returns the offset reached.
+        ``carry``: the crc32 and start time of the piece ``start`` falls in, when an
+        earlier body wrote its first bytes. Returns the offset reached, and the carry
+        of a piece left unfinished at ``end`` (else None).
         """
         fd = self.fd
         assert fd is not None
@@ -349,8 +407,7 @@ class _Fetch:
         pos = start
         number = pos // pl
         piece_start = number * pl
-        crc = 0
-        began = clock()
+        crc, began = carry if carry is not None else (0, clock())
         async for data in resp.content.iter_any():
             view = memoryview(data)
             while view:
@@ -376,7 +433,7 @@ class _Fetch:
             raise SourceError(f"the origin's body for {self.url} ended at byte {pos} of {end}")
         if total is None and pos > piece_start:
             self._piece_done(number, piece_start, pos - piece_start, crc, began)
-        return pos
+        return pos, ((crc, began) if pos > piece_start and total is not None and pos < total else None)
 
     def _piece_done(self, number: int, offset: int, length: int, crc: int, began: float) -> None:
         if number in self.skip:
