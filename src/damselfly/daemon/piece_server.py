@@ -175,18 +175,11 @@ class PieceServer:
         """Answer one DownloadPiece; False when the connection must close."""
         pid = request.packet_id
         if self.request_limiter is not None and not self.request_limiter.allow():
-            writer.write(
-                vortex.encode_error(
-                    pid, vortex.ErrorCode.RESOURCE_EXHAUSTED, "too many piece requests; retry"
-                )
-            )
-            await writer.drain()
-            return True
+            busy = vortex.ErrorCode.RESOURCE_EXHAUSTED
+            return await _refuse(writer, pid, busy, "too many piece requests; retry")
         meta = self._store.get(request.task_id)
         if meta is None:
-            writer.write(vortex.encode_error(pid, vortex.ErrorCode.NOT_FOUND, "unknown task"))
-            await writer.drain()
-            return True
+            return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, "unknown task")
         piece = meta.pieces.get(request.number)
         if piece is None:
             count = meta.piece_count
@@ -194,9 +187,7 @@ class PieceServer:
                 code, message = vortex.ErrorCode.INVALID_ARGUMENT, f"piece {request.number} >= {count} pieces"
             else:
                 code, message = vortex.ErrorCode.NOT_FOUND, f"piece {request.number} is not held (yet)"
-            writer.write(vortex.encode_error(pid, code, message))
-            await writer.drain()
-            return True
+            return await _refuse(writer, pid, code, message)
         first = False
         if self.super_seed:
             verdict = self._super_seed_verdict(
@@ -208,13 +199,8 @@ class PieceServer:
             )
             if verdict == "elsewhere":
                 self.elsewhere_refusals += 1
-                writer.write(
-                    vortex.encode_error(
-                        pid, vortex.ErrorCode.ELSEWHERE, f"piece {piece.number} is with other peers already"
-                    )
-                )
-                await writer.drain()
-                return True
+                message = f"piece {piece.number} is with other peers already"
+                return await _refuse(writer, pid, vortex.ErrorCode.ELSEWHERE, message)
             first = verdict == "first" and self._sending < self.upload_slots * FIRST_SEND_FACTOR
         if (
             not first
@@ -225,19 +211,12 @@ class PieceServer:
             # Refuse at once rather than split the link among ever more pieces: a
             # piece sent at full speed is one the child can pass on sooner.
             self.busy_refusals += 1
-            writer.write(
-                vortex.encode_error(
-                    pid, vortex.ErrorCode.RESOURCE_EXHAUSTED, f"busy: {self.upload_slots} pieces in flight"
-                )
-            )
-            await writer.drain()
-            return True
+            message = f"busy: {self.upload_slots} pieces in flight"
+            return await _refuse(writer, pid, vortex.ErrorCode.RESOURCE_EXHAUSTED, message)
         try:
             file = files.get(request.task_id)
         except DamselflyError as e:
-            writer.write(vortex.encode_error(pid, vortex.ErrorCode.NOT_FOUND, str(e)))
-            await writer.drain()
-            return True
+            return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, str(e))
         async with self._turn(bypass=first):
             writer.write(
                 vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest)
@@ -378,3 +357,10 @@ def _requester(writer: asyncio.StreamWriter) -> str:
     """The address a piece request came from (the super-seed's notion of "who has it")."""
     peer = writer.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+async def _refuse(writer: asyncio.StreamWriter, pid: int, code: vortex.ErrorCode, message: str) -> bool:
+    """Answer a piece request with an Error frame; the connection stays usable."""
+    writer.write(vortex.encode_error(pid, code, message))
+    await writer.drain()
+    return True
