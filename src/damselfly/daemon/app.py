@@ -146,6 +146,7 @@ class Daemon:
             max_parents=cfg.download.max_parents,
             refresh_interval=cfg.download.parent_refresh_interval,
             picker=cfg.download.piece_picker,
+            cut_through=cfg.download.cut_through,
             piece_timeout=cfg.download.piece_timeout,
             schedule_timeout=cfg.scheduler.schedule_timeout,
             on_piece=self.metrics.on_piece,

@@ -51,6 +51,7 @@ from .digesting import InOrderDigest
 from .output import verify_content
 from .peer_rpc import PeerRPC
 from .piece_picker import ParentView, PickState, get_picker
+from .receiving import Receiving
 from .scheduler_client import PeerStream, SchedulerClient
 from .storage import PieceStore
 
@@ -90,6 +91,8 @@ class ConductorDeps:
     # are live (doubling while nothing new comes back).
     refresh_interval: float = 1.0
     max_parents: int = 8
+    # Serve a piece to children while it arrives from a parent (daemon/receiving.py).
+    cut_through: bool = True
     on_piece: Callable[[PieceInfo], None] | None = None  # metrics
     on_success: Callable[[str], None] | None = None  # given: the owner makes the content durable later
 
@@ -491,6 +494,17 @@ class Conductor:
     ) -> None:
         span = piece_span(number, content_length, piece_length)
         host = p.candidate.host
+        receiving: list[Receiving] = []
+
+        def on_header(digest: str) -> Receiving | None:
+            # From here on the piece is served to our children while it lands.
+            if not self.deps.cut_through:
+                return None
+            entry = self.deps.store.receiving.start(self.task_id, number, span.offset, span.length, digest)
+            receiving.append(entry)
+            return entry
+
+        recorded = got = False
         try:
             info = await self.deps.pool.download_piece(
                 host.ip,
@@ -501,7 +515,9 @@ class Conductor:
                 span.offset,
                 span.length,
                 timeout=self.deps.piece_timeout,
+                on_header=on_header,
             )
+            got = True
         except ResourceExhausted:
             # The parent's upload slots are full: not a failure; leave it alone briefly.
             p.view.ready_at = time.monotonic() + self._rng.uniform(0.05, 0.25)
@@ -533,12 +549,20 @@ class Conductor:
             self._in_flight.discard(number)
             p.view.in_flight -= 1
             self._wake.set()
+            if not got:  # failed or cancelled: children streaming it from us see the failure
+                for entry in receiving:
+                    self.deps.store.receiving.end(entry, ok=False)
         p.failures = 0
         p.costs.append(info.cost_s)
         p.view.mean_cost_s = sum(p.costs[-16:]) / len(p.costs[-16:])
         info.parent_id = p.id
         info.traffic_type = TrafficType.REMOTE_PEER
-        self.deps.store.finish_piece(self.task_id, info)
+        try:
+            self.deps.store.finish_piece(self.task_id, info)
+            recorded = True
+        finally:
+            for entry in receiving:
+                self.deps.store.receiving.end(entry, ok=recorded)
         log.debug("piece %d (%d bytes) from %s in %.1f ms", number, info.length, p.id, info.cost_s * 1000)
         if self.deps.on_piece is not None:
             self.deps.on_piece(info)

@@ -39,8 +39,11 @@ from ..errors import (
 from ..units import MiB
 from . import vortex
 from .ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
+from .receiving import Receiving
 
 Limiter = ByteLimiter | LimiterChain
+# Called with the piece's digest once its header arrived; may return where to count its bytes.
+OnHeader = Callable[[str], Receiving | None]
 
 # Receive piece bodies in worker threads (see PieceClient._receive_body); the
 # limited path stays on the event loop, where the limiter's tokens are awaited.
@@ -131,7 +134,9 @@ class PieceClient:
         self.received_any = True
         return n
 
-    def _receive_body(self, fd: int, offset: int, length: int, idle: float | None) -> int:
+    def _receive_body(
+        self, fd: int, offset: int, length: int, idle: float | None, progress: Receiving | None = None
+    ) -> int:
         """The piece body, in a worker thread: blocking recv_into, pwrite and crc32 all
         release the GIL, so bodies from several parents land in parallel on several
         cores, with no event-loop round trip per socket read. Returns the crc32."""
@@ -152,6 +157,8 @@ class PieceClient:
                 self.received_any = True
                 pos = self._write_chunk(fd, view[:n], pos)
                 crc = crc32(view[:n], crc)
+                if progress is not None:
+                    progress.advance(pos - offset)
             return crc
         finally:
             with contextlib.suppress(OSError):
@@ -171,6 +178,7 @@ class PieceClient:
         *,
         timeout: float = 30.0,
         limiter: Limiter | None = None,
+        on_header: OnHeader | None = None,
     ) -> PieceInfo:
         """Fetch piece ``number`` of ``task_id`` and pwrite it to ``fd`` at ``offset``.
 
@@ -182,7 +190,9 @@ class PieceClient:
         is not mistaken for a dead one. With ``limiter``, bytes are granted
         before each recv and each recv reads at most what was granted; time
         spent waiting for the limiter does not count either: the timeout judges
-        the parent, not our own limit.
+        the parent, not our own limit. ``on_header(digest)``, once the parent's
+        piece header arrived, may return a :class:`Receiving` whose byte count
+        follows the body as it lands (cut-through forwarding).
         """
         if self.closed or self.broken:
             raise PeerError(f"connection to parent {self._where} is no longer usable")
@@ -197,7 +207,9 @@ class PieceClient:
         ok = False
         try:
             async with asyncio.timeout(timeout) as deadline:
-                info = await self._exchange(task_id, number, fd, offset, length, limiter, deadline, timeout)
+                info = await self._exchange(
+                    task_id, number, fd, offset, length, limiter, deadline, timeout, on_header
+                )
             info.cost_s = self._clock() - start
             ok = True
             return info
@@ -226,6 +238,7 @@ class PieceClient:
         limiter: Limiter | None = None,
         deadline: asyncio.Timeout | None = None,
         idle: float | None = None,
+        on_header: OnHeader | None = None,
     ) -> PieceInfo:
         packet_id = self._next_packet_id()
         await self._loop.sock_sendall(self._sock, vortex.encode_download_piece(packet_id, task_id, number))
@@ -257,10 +270,11 @@ class PieceClient:
                 f"parent {self._where} sent piece {event.number} at {event.offset}+{event.length}, "
                 f"expected piece {number} at {offset}+{length}"
             )
+        progress = on_header(event.digest) if on_header is not None else None
         if limiter is None and THREADED_BODY:
             if deadline is not None:
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now
-            crc = await asyncio.to_thread(self._receive_body, fd, offset, length, idle)
+            crc = await asyncio.to_thread(self._receive_body, fd, offset, length, idle, progress)
             self._frame_done = True
             return self._checked(task_id, number, offset, length, crc, event.digest)
         crc = 0
@@ -280,6 +294,8 @@ class PieceClient:
                 credit -= n
                 pos = self._write_chunk(fd, view[:n], pos)
                 crc = crc32(view[:n], crc)
+                if progress is not None:
+                    progress.advance(pos - offset)
         finally:
             if limiter is not None and credit > 0:
                 limiter.refund(credit)
@@ -367,6 +383,7 @@ class PieceConnectionPool:
         length: int,
         *,
         timeout: float = 30.0,
+        on_header: OnHeader | None = None,
     ) -> PieceInfo:
         """Like :meth:`PieceClient.download_piece` on a pooled connection to ``host:port``.
 
@@ -381,7 +398,7 @@ class PieceConnectionPool:
             client, reused = await self._acquire(key)
             try:
                 return await client.download_piece(
-                    task_id, number, fd, offset, length, timeout=timeout, limiter=limiter
+                    task_id, number, fd, offset, length, timeout=timeout, limiter=limiter, on_header=on_header
                 )
             except PeerError:
                 stale = client.broken and not client.received_any and not client.timed_out

@@ -26,6 +26,7 @@ from ..errors import DamselflyError, ProtocolError
 from ..units import MINUTES
 from . import vortex
 from .ratelimit import ByteLimiter, RequestLimiter
+from .receiving import Receiving
 from .storage import PieceStore
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ QUEUE_PER_SLOT = 1  # requests that may wait for each upload slot before "busy"
 # times the slots at once: each receiver gives such a piece only its share of a busy
 # downlink, and the seed's upload must still keep pace with its fetch from the origin.
 FIRST_SEND_FACTOR = 4
+# A piece still arriving (cut-through): how often to look for newly landed bytes, and how
+# many final bytes wait for our own crc32 check.
+STREAM_POLL_S = 0.005
+HOLD_BYTES = 64 * 1024
 
 
 class PieceServer:
@@ -181,7 +186,8 @@ class PieceServer:
         if meta is None:
             return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, "unknown task")
         piece = meta.pieces.get(request.number)
-        if piece is None:
+        incoming = self._store.receiving.get(request.task_id, request.number) if piece is None else None
+        if piece is None and incoming is None:
             count = meta.piece_count
             if count is not None and request.number >= count:
                 code, message = vortex.ErrorCode.INVALID_ARGUMENT, f"piece {request.number} >= {count} pieces"
@@ -189,7 +195,7 @@ class PieceServer:
                 code, message = vortex.ErrorCode.NOT_FOUND, f"piece {request.number} is not held (yet)"
             return await _refuse(writer, pid, code, message)
         first = False
-        if self.super_seed:
+        if self.super_seed and piece is not None:
             verdict = self._super_seed_verdict(
                 request.task_id,
                 piece.number,
@@ -217,22 +223,33 @@ class PieceServer:
             file = files.get(request.task_id)
         except DamselflyError as e:
             return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, str(e))
+        if incoming is not None and incoming.state == "failed":
+            message = f"piece {request.number} is not held"
+            return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, message)
         async with self._turn(bypass=first):
-            writer.write(
-                vortex.encode_piece_header(pid, piece.number, piece.offset, piece.length, piece.digest)
-            )
+            source = incoming if incoming is not None else piece
+            assert source is not None
+            number, offset, length, digest = source.number, source.offset, source.length, source.digest
+            writer.write(vortex.encode_piece_header(pid, number, offset, length, digest))
             began = self._clock()
             with self._store.using(request.task_id):
-                sent = await self._sendfile(writer, file, piece.offset, piece.length, request.task_id)
+                if incoming is not None:
+                    sent = await self._stream_incoming(writer, file, incoming)
+                    if sent < 0:
+                        log.info("task %s piece %d: our own transfer failed; aborting the stream",
+                                 request.task_id[:12], number)  # fmt: skip
+                        return False
+                else:
+                    sent = await self._sendfile(writer, file, offset, length, request.task_id)
             self._send_time += 0.2 * ((self._clock() - began) - self._send_time)
         self.bytes_sent += sent
-        if sent != piece.length:
+        if sent != length:
             log.warning(
                 "task %s piece %d: content file short (%d of %d bytes sent); closing",
                 request.task_id,
-                piece.number,
+                number,
                 sent,
-                piece.length,
+                length,
             )
             return False
         self.pieces_sent += 1
@@ -242,6 +259,33 @@ class PieceServer:
             except Exception:
                 log.exception("on_upload callback failed")
         return True
+
+    async def _stream_incoming(
+        self, writer: asyncio.StreamWriter, file: io.FileIO, incoming: Receiving
+    ) -> int:
+        """Send a piece that is still arriving from our parent, as its bytes land.
+
+        The last ``HOLD_BYTES`` go only once our own copy passed its crc32 check
+        (the entry is done); if our transfer fails, returns -1 and the caller
+        closes the connection, so the child never gets a whole unverified piece.
+        """
+        length = incoming.length
+        pos = 0
+        while pos < length:
+            state = incoming.state
+            if state == "failed":
+                return -1
+            ready = incoming.written if state == "receiving" else length
+            if state == "receiving":
+                ready = min(ready, length - min(HOLD_BYTES, length))
+            if ready > pos:
+                n = await self._sendfile(writer, file, incoming.offset + pos, ready - pos, incoming.task_id)
+                if n <= 0:
+                    break
+                pos += n
+                continue
+            await asyncio.sleep(STREAM_POLL_S)
+        return pos
 
     @contextlib.asynccontextmanager
     async def _turn(self, *, bypass: bool = False) -> AsyncIterator[None]:

@@ -380,20 +380,26 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
             if meta is None or meta.state == "failed":
                 await context.abort(grpc.StatusCode.ABORTED, "the parent's download failed")
             assert meta is not None
-            for number in sorted(meta.pieces.keys() - sent):
+            # Pieces held, and pieces arriving from a parent (served while they land,
+            # daemon/receiving.py); one whose transfer failed is announced again once held.
+            incoming = self.store.receiving.of(task_id)
+            sent -= {n for n in sent if n not in meta.pieces and n not in incoming}
+            offers = {n: (p.offset, p.length) for n, p in incoming.items()}
+            offers.update({n: (p.offset, p.length) for n, p in meta.pieces.items()})
+            for number in sorted(offers.keys() - sent):
                 if interested and number not in interested:
                     continue
                 sent.add(number)
-                p = meta.pieces[number]
+                offset, length = offers[number]
                 yield dfdaemon_pb2.SyncPiecesResponse(
                     number=number,
-                    offset=p.offset,
-                    length=p.length,
+                    offset=offset,
+                    length=length,
                     ip=self.piece_ip,
                     tcp_port=self.piece_port,
                 )
             wanted = interested or (set(range(meta.piece_count)) if meta.piece_count is not None else None)
-            if wanted is not None and wanted <= sent:
+            if wanted is not None and wanted <= meta.pieces.keys():
                 return
             if meta.state == "succeeded":
                 return

@@ -54,6 +54,7 @@ from ..errors import InvalidArgument, NotFound, StorageError
 from ..ids import is_task_id
 from ..pieces import piece_count as _piece_count
 from ..units import MiB
+from .receiving import ReceivingPieces
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,8 @@ class PieceStore:
         self._journals: dict[str, int] = {}
         # Tasks in use (a piece being sent, an export): eviction skips them. task_id -> holders.
         self._pins: dict[str, int] = {}
+        # Pieces on their way in from a parent, served while they land (daemon/receiving.py).
+        self.receiving = ReceivingPieces(self.notify)
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -415,6 +418,15 @@ class PieceStore:
             )
         except OSError as e:
             raise StorageError(e.errno, f"cannot write metadata of task {meta.task_id}: {e.strerror}") from e
+
+    def notify(self, task_id: str) -> None:
+        """Wake the task's waiters (something about it changed besides its pieces)."""
+        with self._lock:
+            meta = self._tasks.get(task_id)
+            if meta is None:
+                return
+            meta.version += 1
+            self._wake(task_id)
 
     def _changed(self, meta: TaskMeta) -> None:
         now = self._clock()

@@ -1,0 +1,77 @@
+"""Pieces this daemon is receiving from a parent right now: cut-through forwarding.
+
+A piece crosses the swarm in hops (seed -> peer -> peer ...). Store-and-forward
+makes each hop cost a whole piece's transfer time: 4 MiB at a share of a
+downlink is a second or more, and a flash crowd then trails its seed by many
+pieces. Instead, once a piece's header has arrived from a parent (so its crc32
+is known), the piece is *receiving*: this daemon advertises it (SyncPieces)
+and serves it to its own children while the bytes land, so a hop costs about a
+round trip.
+
+Integrity is unchanged: every child checks the whole piece against the digest
+in the header, as always; the forwarder holds back the piece's last bytes until
+its own check passed, and aborts the stream if it failed, so a child never gets
+a complete piece that its parent did not verify.
+
+Owner: :class:`PieceStore` (``store.receiving``); the conductor starts and ends
+entries around each piece it fetches; the piece server and SyncPieces read them.
+The byte count is advanced from the worker thread that receives the body (a
+plain int store); readers poll it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Receiving:
+    """One piece on its way in: where it goes, its digest, how many bytes landed."""
+
+    task_id: str
+    number: int
+    offset: int
+    length: int
+    digest: str
+    written: int = 0  # bytes of the piece written so far (from ``offset``)
+    state: str = "receiving"  # receiving | done (verified and recorded) | failed
+
+    def advance(self, written: int) -> None:
+        self.written = written
+
+
+class ReceivingPieces:
+    """The pieces being received, by task; ``on_change(task_id)`` when the set changes."""
+
+    def __init__(self, on_change: Callable[[str], None]) -> None:
+        self._lock = threading.Lock()
+        self._by_task: dict[str, dict[int, Receiving]] = {}
+        self._on_change = on_change
+
+    def start(self, task_id: str, number: int, offset: int, length: int, digest: str) -> Receiving:
+        entry = Receiving(task_id, number, offset, length, digest)
+        with self._lock:
+            self._by_task.setdefault(task_id, {})[number] = entry
+        self._on_change(task_id)
+        return entry
+
+    def end(self, entry: Receiving, *, ok: bool) -> None:
+        """The transfer ended: ``ok`` once the piece is verified and in the store."""
+        entry.state = "done" if ok else "failed"
+        with self._lock:
+            pieces = self._by_task.get(entry.task_id)
+            if pieces is not None and pieces.get(entry.number) is entry:
+                del pieces[entry.number]
+                if not pieces:
+                    del self._by_task[entry.task_id]
+        self._on_change(entry.task_id)
+
+    def get(self, task_id: str, number: int) -> Receiving | None:
+        with self._lock:
+            return self._by_task.get(task_id, {}).get(number)
+
+    def of(self, task_id: str) -> dict[int, Receiving]:
+        with self._lock:
+            return dict(self._by_task.get(task_id, {}))
