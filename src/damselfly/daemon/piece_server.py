@@ -41,6 +41,7 @@ FIRST_SEND_FACTOR = 4
 # A piece still arriving (cut-through): how often to look for newly landed bytes, and how
 # many final bytes wait for our own crc32 check.
 STREAM_POLL_S = 0.005
+STREAM_POLL_MAX_S = 0.04
 HOLD_BYTES = 64 * 1024
 
 
@@ -271,6 +272,7 @@ class PieceServer:
         """
         length = incoming.length
         pos = 0
+        pause = STREAM_POLL_S
         while pos < length:
             state = incoming.state
             if state == "failed":
@@ -283,8 +285,10 @@ class PieceServer:
                 if n <= 0:
                     break
                 pos += n
+                pause = STREAM_POLL_S
                 continue
-            await asyncio.sleep(STREAM_POLL_S)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, STREAM_POLL_MAX_S)  # a slow upstream: look less often
         return pos
 
     @contextlib.asynccontextmanager
