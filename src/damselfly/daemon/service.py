@@ -398,10 +398,11 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
                     ip=self.piece_ip,
                     tcp_port=self.piece_port,
                 )
+            # meta is live: pieces may have landed while we yielded, so compare with what was sent.
             wanted = interested or (set(range(meta.piece_count)) if meta.piece_count is not None else None)
-            if wanted is not None and wanted <= meta.pieces.keys():
+            if wanted is not None and wanted <= sent and wanted <= meta.pieces.keys():
                 return
-            if meta.state == "succeeded":
+            if meta.state == "succeeded" and meta.pieces.keys() <= sent:
                 return
             with contextlib.suppress(NotFound):  # deleted meanwhile: ABORTED on the next round
                 await self.store.wait_for_change(task_id, meta.version, 30)
