@@ -374,22 +374,25 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
         meta = self.store.get(task_id)
         if meta is None or meta.state == "failed":
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
-        sent: set[int] = set()
+        sent: set[int] = set()  # announced, held or arriving
+        held: set[int] = set()  # announced while held
         while True:
             meta = self.store.get(task_id)
             if meta is None or meta.state == "failed":
                 await context.abort(grpc.StatusCode.ABORTED, "the parent's download failed")
             assert meta is not None
+            version = meta.version  # meta is live: read before looking, so no change is missed
             # Pieces held, and pieces arriving from a parent (served while they land,
-            # daemon/receiving.py); one whose transfer failed is announced again once held.
-            incoming = self.store.receiving.of(task_id)
-            sent -= {n for n in sent if n not in meta.pieces and n not in incoming}
-            offers = {n: (p.offset, p.length) for n, p in incoming.items()}
+            # daemon/receiving.py). One announced while arriving is announced again once
+            # held: its transfer may have failed in between and the child forgotten it.
+            offers = {n: (p.offset, p.length) for n, p in self.store.receiving.of(task_id).items()}
             offers.update({n: (p.offset, p.length) for n, p in meta.pieces.items()})
-            for number in sorted(offers.keys() - sent):
+            for number in sorted((offers.keys() - sent) | (meta.pieces.keys() - held)):
                 if interested and number not in interested:
                     continue
                 sent.add(number)
+                if number in meta.pieces:
+                    held.add(number)
                 offset, length = offers[number]
                 yield dfdaemon_pb2.SyncPiecesResponse(
                     number=number,
@@ -398,14 +401,13 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
                     ip=self.piece_ip,
                     tcp_port=self.piece_port,
                 )
-            # meta is live: pieces may have landed while we yielded, so compare with what was sent.
             wanted = interested or (set(range(meta.piece_count)) if meta.piece_count is not None else None)
-            if wanted is not None and wanted <= sent and wanted <= meta.pieces.keys():
+            if wanted is not None and wanted <= held:
                 return
-            if meta.state == "succeeded" and meta.pieces.keys() <= sent:
+            if meta.state == "succeeded" and meta.pieces.keys() <= held:
                 return
             with contextlib.suppress(NotFound):  # deleted meanwhile: ABORTED on the next round
-                await self.store.wait_for_change(task_id, meta.version, 30)
+                await self.store.wait_for_change(task_id, version, 30)
 
     async def SyncPersistentCachePieces(self, request: Any, context: Any) -> AsyncIterator[Any]:
         # A persistent cache task's pieces live in the same store: SyncPieces, in its message type.
