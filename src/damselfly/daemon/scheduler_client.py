@@ -18,7 +18,7 @@ from ..api import scheduler_pb2, scheduler_pb2_grpc
 from ..api.convert import answer_from_pb, download_to_pb, duration, host_to_pb, piece_to_pb
 from ..credentials import without_credentials
 from ..domain import DownloadSpec, HostInfo, PieceInfo, ScheduleAnswer
-from ..errors import SchedulerError
+from ..errors import DamselflyError, SchedulerError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ class PeerStream:
         self._write_error: SchedulerError | None = None
         self._closed = False
 
+    # What the read loop makes of the stream; the persistent-cache stream overrides these three.
+    def _answer(self, msg: Any) -> Any:
+        return answer_from_pb(msg)
+
+    def _read_failed(self, e: grpc.aio.AioRpcError) -> DamselflyError:
+        return SchedulerError(f"scheduler stream ended: {e.code().name} {e.details()}")
+
+    def _at_eof(self) -> Any:
+        return _EOF
+
     async def _read_loop(self) -> None:
         assert self._call is not None
         try:
@@ -56,13 +66,13 @@ class PeerStream:
                 if msg is grpc.aio.EOF:
                     break
                 try:
-                    self._answers.put_nowait(answer_from_pb(msg))
+                    self._answers.put_nowait(self._answer(msg))
                 except ValueError as e:
                     log.warning("ignoring scheduler message: %s", e)
         except grpc.aio.AioRpcError as e:
-            self._answers.put_nowait(SchedulerError(f"scheduler stream ended: {e.code().name} {e.details()}"))
+            self._answers.put_nowait(self._read_failed(e))
             return
-        self._answers.put_nowait(_EOF)
+        self._answers.put_nowait(self._at_eof())
 
     async def _write_loop(self) -> None:
         assert self._call is not None
@@ -196,7 +206,7 @@ class PeerStream:
         if item is _EOF:
             self._answers.put_nowait(_EOF)
             raise SchedulerError("the scheduler closed the stream")
-        if isinstance(item, SchedulerError):
+        if isinstance(item, DamselflyError):  # the stream failed (and stays failed)
             self._answers.put_nowait(item)
             raise item
         answer: ScheduleAnswer = item

@@ -85,36 +85,30 @@ class CachePeerStream(PeerStream):
             host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
         )
 
-    async def _read_loop(self) -> None:
-        assert self._call is not None
-        try:
-            while True:
-                msg = await self._call.read()
-                if msg is grpc.aio.EOF:
-                    break
-                kind = msg.WhichOneof("response")
-                if kind == "empty_persistent_cache_task_response":
-                    self._answers.put_nowait(EmptyTask())
-                    continue
-                parents = []
-                for p in msg.normal_persistent_cache_task_response.candidate_cache_parents:
-                    if self.task_info is None:
-                        self.task_info = task_info_from_pb(p.task)
-                    parents.append(
-                        CandidateParent(
-                            peer_id=p.id,
-                            host=host_from_pb(p.host),
-                            task_id=self.task_id,
-                            content_length=int(p.task.content_length),
-                            piece_count=int(p.task.piece_count),
-                            state=p.state,
-                        )
-                    )
-                self._answers.put_nowait(NormalTask(parents))
-        except grpc.aio.AioRpcError as e:
-            self._answers.put_nowait(_scheduler_error("persistent cache stream", e))
-            return
-        self._answers.put_nowait(SchedulerError("the scheduler closed the persistent cache stream"))
+    def _answer(self, msg: Any) -> Any:
+        if msg.WhichOneof("response") == "empty_persistent_cache_task_response":
+            return EmptyTask()
+        parents = []
+        for p in msg.normal_persistent_cache_task_response.candidate_cache_parents:
+            if self.task_info is None:
+                self.task_info = task_info_from_pb(p.task)
+            parents.append(
+                CandidateParent(
+                    peer_id=p.id,
+                    host=host_from_pb(p.host),
+                    task_id=self.task_id,
+                    content_length=int(p.task.content_length),
+                    piece_count=int(p.task.piece_count),
+                    state=p.state,
+                )
+            )
+        return NormalTask(parents)
+
+    def _read_failed(self, e: grpc.aio.AioRpcError) -> DamselflyError:
+        return _scheduler_error("persistent cache stream", e)
+
+    def _at_eof(self) -> Any:
+        return SchedulerError("the scheduler closed the persistent cache stream")
 
     def register_cache_peer(self, *, persistent: bool, tag: str, application: str) -> None:
         self._send(
