@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from damselfly.domain import PieceInfo
 from damselfly.errors import PieceElsewhere
 from damselfly.ids import task_id
 from damselfly.pieces import piece_span
+from helpers.store import put_piece
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +44,8 @@ def hold(store: PieceStore, numbers: list[int]) -> None:
     if store.get(TID) is None:
         store.create_task(TID)
         store.set_content_length(TID, len(DATA), PL)
-    fd = store.open_write_fd(TID)
-    try:
-        for n in numbers:
-            span = piece_span(n, len(DATA), PL)
-            chunk = DATA[span.offset : span.offset + span.length]
-            os.pwrite(fd, chunk, span.offset)
-            store.finish_piece(TID, PieceInfo(n, span.offset, span.length, f"crc32:{zlib.crc32(chunk)}"))
-    finally:
-        os.close(fd)
+    for n in numbers:
+        put_piece(store, TID, DATA, n, PL)
 
 
 async def client_from(source: str, port: int) -> PieceClient:

@@ -5,32 +5,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import zlib
 from pathlib import Path
 
 import pytest
 
 from damselfly.daemon.digesting import InOrderDigest
 from damselfly.daemon.storage import PieceStore
-from damselfly.domain import PieceInfo, TrafficType
 from damselfly.errors import DamselflyError, DigestMismatch
 from damselfly.ids import task_id
 from damselfly.pieces import Digest
+from helpers.store import put_piece
 
 TID = task_id("http://example.com/blob")
 PL = 4096
 
 
 def land(store: PieceStore, data: bytes, number: int) -> None:
-    chunk = data[number * PL : (number + 1) * PL]
-    fd = store.open_write_fd(TID)
-    try:
-        os.pwrite(fd, chunk, number * PL)
-    finally:
-        os.close(fd)
-    store.finish_piece(
-        TID, PieceInfo(number, number * PL, len(chunk), f"crc32:{zlib.crc32(chunk)}", TrafficType.REMOTE_PEER)
-    )
+    put_piece(store, TID, data, number, PL)
 
 
 def new_task(tmp_path: Path, size: int) -> PieceStore:

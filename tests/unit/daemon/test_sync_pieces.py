@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import types
-import zlib
 from pathlib import Path
 from typing import Any
 
 from damselfly.api import dfdaemon_pb2
 from damselfly.daemon.service import UploadService
 from damselfly.daemon.storage import PieceStore
-from damselfly.domain import PieceInfo
 from damselfly.ids import task_id
+from helpers.store import put_piece
 
 TID = task_id("http://example.com/synced")
 PL = 4096
@@ -26,13 +25,7 @@ class Context:
 
 
 def hold(store: PieceStore, number: int) -> None:
-    chunk = DATA[number * PL : (number + 1) * PL]
-    fd = store.open_write_fd(TID)
-    try:
-        os.pwrite(fd, chunk, number * PL)
-    finally:
-        os.close(fd)
-    store.finish_piece(TID, PieceInfo(number, number * PL, PL, f"crc32:{zlib.crc32(chunk)}"))
+    put_piece(store, TID, DATA, number, PL)
 
 
 async def next_number(stream: Any) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,8 +13,8 @@ import pytest
 from damselfly import ids
 from damselfly.daemon.proxy.stream import CHUNK, Span, send_span
 from damselfly.daemon.storage import PieceStore
-from damselfly.domain import PieceInfo
 from damselfly.errors import DigestMismatch
+from helpers.store import put_piece as store_piece
 
 PIECE = 4 * 1024 * 1024
 
@@ -30,15 +29,7 @@ class Sink:
 
 
 def put_piece(store: PieceStore, task_id: str, data: bytes, number: int) -> None:
-    chunk = data[number * PIECE : (number + 1) * PIECE]
-    fd = store.open_write_fd(task_id)
-    try:
-        os.pwrite(fd, chunk, number * PIECE)
-    finally:
-        os.close(fd)
-    store.finish_piece(
-        task_id, PieceInfo(number, number * PIECE, len(chunk), digest=f"crc32:{zlib.crc32(chunk)}")
-    )
+    store_piece(store, task_id, data, number, PIECE)
 
 
 async def test_streams_pieces_as_they_land_and_checks_the_digest(tmp_path: Path) -> None:
