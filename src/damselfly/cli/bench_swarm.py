@@ -46,6 +46,13 @@ def swarm(
         Path | None, typer.Option(help="YAML config for every daemon (policies to compare)")
     ] = None,
     scheduler_config: Annotated[Path | None, typer.Option(help="YAML config for the scheduler")] = None,
+    link_queue: Annotated[
+        str,
+        typer.Option(
+            help="what waits in each host's token bucket: ack-first (pure ACKs ahead of data, as "
+            "fq_codel does on a Linux host) or fifo (one queue: a busy uplink delays its own ACKs)"
+        ),
+    ] = "ack-first",
     cleanup: Annotated[
         str | None,
         typer.Option("--cleanup", metavar="PREFIX", help="remove the namespaces PREFIX-* and exit"),
@@ -61,7 +68,7 @@ def swarm(
     from ..testbed import netns
     from ..testbed.report import human_summary
     from ..testbed.scenarios import Knobs, build_scenario, load_rates_file
-    from ..testbed.shaping import parse_rate
+    from ..testbed.shaping import QUEUES, parse_rate
     from ..testbed.swarm import SwarmOptions, dump_result, run_swarm
     from ..units import MiB, parse_size
     from .parsing import parse_duration
@@ -98,7 +105,10 @@ def swarm(
             keep=keep,
             daemon_config=daemon_config.resolve() if daemon_config else None,
             scheduler_config=scheduler_config.resolve() if scheduler_config else None,
+            link_queue=link_queue,
         )
+        if link_queue not in QUEUES:
+            raise InvalidArgument(f"--link-queue {link_queue!r}: choose one of {', '.join(QUEUES)}")
     except (InvalidArgument, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
     try:

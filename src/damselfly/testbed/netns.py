@@ -36,7 +36,7 @@ from typing import TypeVar
 
 from ..errors import DamselflyError
 from .procs import pid_alive
-from .shaping import shaping_commands
+from .shaping import ACK_FIRST, shaping_commands
 
 T = TypeVar("T")
 
@@ -65,6 +65,7 @@ class HostNet:
     ip: str
     up_bits: int | None = None
     down_bits: int | None = None
+    queue: str = ACK_FIRST  # shaping.QUEUES: what waits in the host's buckets, in which order
 
 
 def new_prefix() -> str:
@@ -113,7 +114,9 @@ def host_commands(
         ["ip", "-n", br, "link", "set", port, "up"],
         ["ip", "-n", ns, "addr", "add", f"{host.ip}/{subnet.prefixlen}", "dev", HOST_DEV],
         ["ip", "-n", ns, "link", "set", HOST_DEV, "up"],
-        *shaping_commands(ns, HOST_DEV, HOST_IFB, up_bits=host.up_bits, down_bits=host.down_bits),
+        *shaping_commands(
+            ns, HOST_DEV, HOST_IFB, up_bits=host.up_bits, down_bits=host.down_bits, queue=host.queue
+        ),
     ]
 
 

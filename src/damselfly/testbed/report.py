@@ -141,6 +141,7 @@ class SwarmResult:
     progress: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     cpu_samples: list[tuple[float, float]] = field(default_factory=list)
     plot: str = ""
+    link_queue: str = ""  # shaping.QUEUES: how the links were queued
 
     @property
     def peers(self) -> list[HostResult]:
@@ -174,6 +175,7 @@ class SwarmResult:
             "error": self.error,
             "scenario": self.scenario.to_json(),
             "prefix": self.prefix,
+            "link_queue": self.link_queue,
             "file_size": f,
             "t_min_s": round(bound.t_min, 4),
             "bound": {
@@ -220,7 +222,8 @@ def human_summary(data: dict[str, Any]) -> str:
 
     lines = [
         f"{sc['name']}: {len(sc['peers'])} peers + {len(sc['seeds'])} seed(s), "
-        f"{human_size(data['file_size'])}; T_min {data['t_min_s']:.2f} s ({data['bound']['binding']} bound)",
+        f"{human_size(data['file_size'])}; T_min {data['t_min_s']:.2f} s ({data['bound']['binding']} bound); "
+        f"link queue {data.get('link_queue') or '-'}",
     ]
     if data["error"]:
         lines.append(f"  error: {data['error']}")

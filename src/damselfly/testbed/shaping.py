@@ -26,6 +26,16 @@ MIN_BURST_BYTES = 64 * 1024
 BURST_SECONDS = 0.004
 # How long a packet may wait in the bucket's queue before tbf drops it.
 LATENCY_MS = 100
+# What waits in a host's bucket, and in which order:
+# ``fifo``: one queue. A host whose upload is saturated then delays the ACKs of its own
+#   downloads by up to LATENCY_MS behind its uploads (bufferbloat), and the senders of those
+#   downloads stall: a seed feeding eight peers got the origin's stream at 63-97 % of the link.
+# ``ack-first``: pure ACKs ahead of data, as on a Linux host with fq_codel (Debian's default
+#   qdisc through systemd), whose sparse-flow boost sends ACKs first; fq_codel itself is not
+#   built into this kernel. The origin's stream then holds 93-96 % of the link.
+FIFO = "fifo"
+ACK_FIRST = "ack-first"
+QUEUES = (ACK_FIRST, FIFO)
 
 
 def parse_rate(text: str | int) -> int:
@@ -68,18 +78,65 @@ def tbf_args(bits_per_s: int) -> list[str]:
     ]  # fmt: skip
 
 
-def egress_commands(netns: str, dev: str, bits_per_s: int) -> list[list[str]]:
+def queue_commands(netns: str, dev: str, bits_per_s: int, queue: str) -> list[list[str]]:
+    """The bucket on ``dev`` and, for ``ack-first``, a two-band queue inside it: TCP
+    packets under 128 bytes (pure ACKs) in a band served first (htb ``prio 0``, classified by
+    ``u32`` on the IP total length), everything else behind them. Each band holds
+    ``LATENCY_MS`` of the rate, as the plain bucket's own queue does. The htb classes are
+    only a priority scheduler: their rates are 10x the link, so the bucket alone shapes."""
+    tc = ["tc", "-n", netns]
+    out = [[*tc, "qdisc", "replace", "dev", dev, "root", "handle", "1:", *tbf_args(bits_per_s)]]
+    if queue == FIFO:
+        return out
+    limit = str(max(MIN_BURST_BYTES, int(bits_per_s / 8 * LATENCY_MS / 1000)))
+    fast = format_rate(bits_per_s * 10)
+
+    def band(classid: str, prio: str) -> list[str]:
+        return [
+            *tc,
+            "class",
+            "add",
+            "dev",
+            dev,
+            "parent",
+            "10:",
+            "classid",
+            classid,
+            "htb",
+            "rate",
+            fast,
+            "prio",
+            prio,
+        ]
+
+    out += [
+        [*tc, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "htb", "default", "2"],
+        band("10:1", "0"),
+        band("10:2", "1"),
+        [*tc, "qdisc", "add", "dev", dev, "parent", "10:1", "bfifo", "limit", limit],
+        [*tc, "qdisc", "add", "dev", dev, "parent", "10:2", "bfifo", "limit", limit],
+        [
+            *tc, "filter", "add", "dev", dev, "parent", "10:", "protocol", "ip", "prio", "1", "u32",
+            "match", "ip", "protocol", "6", "0xff",
+            "match", "u16", "0", "0xff80", "at", "2",  # IP total length < 128: a pure ACK
+            "flowid", "10:1",
+        ],
+    ]  # fmt: skip
+    return out
+
+
+def egress_commands(netns: str, dev: str, bits_per_s: int, queue: str = FIFO) -> list[list[str]]:
     """Shape what ``dev`` in ``netns`` sends (the host's upload)."""
-    return [["tc", "-n", netns, "qdisc", "replace", "dev", dev, "root", *tbf_args(bits_per_s)]]
+    return queue_commands(netns, dev, bits_per_s, queue)
 
 
-def ingress_commands(netns: str, dev: str, ifb: str, bits_per_s: int) -> list[list[str]]:
+def ingress_commands(netns: str, dev: str, ifb: str, bits_per_s: int, queue: str = FIFO) -> list[list[str]]:
     """Shape what ``dev`` in ``netns`` receives (the host's download) through ``ifb``,
     which is created in ``netns`` and so goes away with it."""
     return [
         ["ip", "-n", netns, "link", "add", ifb, "type", "ifb"],
         ["ip", "-n", netns, "link", "set", ifb, "up"],
-        ["tc", "-n", netns, "qdisc", "replace", "dev", ifb, "root", *tbf_args(bits_per_s)],
+        *queue_commands(netns, ifb, bits_per_s, queue),
         ["tc", "-n", netns, "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress"],
         [
             "tc", "-n", netns, "filter", "add", "dev", dev, "parent", "ffff:", "protocol", "all",
@@ -89,12 +146,14 @@ def ingress_commands(netns: str, dev: str, ifb: str, bits_per_s: int) -> list[li
 
 
 def shaping_commands(
-    netns: str, dev: str, ifb: str, *, up_bits: int | None, down_bits: int | None
+    netns: str, dev: str, ifb: str, *, up_bits: int | None, down_bits: int | None, queue: str = ACK_FIRST
 ) -> list[list[str]]:
     """Both directions; ``None`` leaves that direction unshaped."""
+    if queue not in QUEUES:
+        raise InvalidArgument(f"link queue {queue!r}: choose one of {', '.join(QUEUES)}")
     out: list[list[str]] = []
     if up_bits is not None:
-        out += egress_commands(netns, dev, up_bits)
+        out += egress_commands(netns, dev, up_bits, queue)
     if down_bits is not None:
-        out += ingress_commands(netns, dev, ifb, down_bits)
+        out += ingress_commands(netns, dev, ifb, down_bits, queue)
     return out

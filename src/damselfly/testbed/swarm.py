@@ -66,6 +66,7 @@ from .report import (
     read_cpu_times,
 )
 from .scenarios import HostSpec, Scenario
+from .shaping import ACK_FIRST
 
 ORIGIN_PORT = 8080
 SCHEDULER_PORT = 8002
@@ -88,6 +89,7 @@ class SwarmOptions:
     report_every_s: float = 2.0
     daemon_config: Path | None = None  # YAML for every daemon (seeds and peers)
     scheduler_config: Path | None = None
+    link_queue: str = ACK_FIRST  # shaping.QUEUES
 
 
 Say = Callable[[str], None]
@@ -168,7 +170,9 @@ class SwarmRun:
         self.say = say
         self.prefix = options.prefix or new_prefix()
         self.root = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-", dir="/tmp"))
-        self.result = SwarmResult(scenario=scenario, prefix=self.prefix, workdir=str(self.root))
+        self.result = SwarmResult(
+            scenario=scenario, prefix=self.prefix, workdir=str(self.root), link_queue=options.link_queue
+        )
         self.children: list[ChildProcess] = []  # servers: origin, scheduler, daemons
         self.dfgets: list[ChildProcess] = []
         downloaders = [*(("seed", h) for h in scenario.seeds), *(("peer", h) for h in scenario.peers)]
@@ -181,7 +185,9 @@ class SwarmRun:
         }
         for index, name in enumerate(names):
             up, down = rates[name]
-            self.host_nets[name] = HostNet(name, netns_name(self.prefix, name), host_ip(index), up, down)
+            self.host_nets[name] = HostNet(
+                name, netns_name(self.prefix, name), host_ip(index), up, down, options.link_queue
+            )
         self.downloaders = downloaders
         self.network = Network(self.prefix, list(self.host_nets.values()))
 

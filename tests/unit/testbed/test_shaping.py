@@ -6,6 +6,9 @@ import pytest
 
 from damselfly.errors import InvalidArgument
 from damselfly.testbed.shaping import (
+    ACK_FIRST,
+    FIFO,
+    LATENCY_MS,
     MIN_BURST_BYTES,
     burst_bytes,
     format_rate,
@@ -41,9 +44,10 @@ def test_burst_holds_a_gso_packet_and_grows_with_the_rate() -> None:
 
 
 def test_both_directions() -> None:
-    cmds = shaping_commands("ns1", "eth0", "ifb0", up_bits=100_000_000, down_bits=25_000_000)
+    cmds = shaping_commands("ns1", "eth0", "ifb0", up_bits=100_000_000, down_bits=25_000_000, queue=FIFO)
     egress, *ingress = cmds
-    assert egress[:9] == ["tc", "-n", "ns1", "qdisc", "replace", "dev", "eth0", "root", "tbf"]
+    assert egress[:8] == ["tc", "-n", "ns1", "qdisc", "replace", "dev", "eth0", "root"]
+    assert "tbf" in egress
     assert egress[egress.index("rate") + 1] == "100mbit"
     assert ["ip", "-n", "ns1", "link", "add", "ifb0", "type", "ifb"] in ingress
     tbf = next(c for c in ingress if "tbf" in c)
@@ -56,5 +60,45 @@ def test_both_directions() -> None:
 
 def test_unshaped_directions_build_nothing() -> None:
     assert shaping_commands("ns", "eth0", "ifb0", up_bits=None, down_bits=None) == []
-    only_up = shaping_commands("ns", "eth0", "ifb0", up_bits=1000, down_bits=None)
+    only_up = shaping_commands("ns", "eth0", "ifb0", up_bits=1000, down_bits=None, queue=FIFO)
     assert len(only_up) == 1 and "ifb" not in " ".join(only_up[0])
+    only_up = shaping_commands("ns", "eth0", "ifb0", up_bits=1000, down_bits=None)
+    assert only_up and all("ifb0" not in c for c in only_up)
+
+
+def _on(cmds: list[list[str]], dev: str) -> list[list[str]]:
+    return [c for c in cmds if c[:2] == ["tc", "-n"] and c[c.index("dev") + 1] == dev]
+
+
+@pytest.mark.parametrize("dev", ["eth0", "ifb0"])
+def test_ack_first_puts_pure_acks_in_a_band_served_first(dev: str) -> None:
+    cmds = _on(shaping_commands("ns", "eth0", "ifb0", up_bits=100_000_000, down_bits=100_000_000), dev)
+    root = cmds[0]
+    assert root[root.index("root") + 1 :][:3] == ["handle", "1:", "tbf"]  # the bucket still shapes
+    assert root[root.index("rate") + 1] == "100mbit"
+    htb = next(c for c in cmds if "htb" in c and "qdisc" in c)
+    assert htb[htb.index("parent") + 1] == "1:1" and htb[htb.index("handle") + 1] == "10:"
+    classes = {c[c.index("classid") + 1]: c for c in cmds if "class" in c}
+    assert classes["10:1"][classes["10:1"].index("prio") + 1] == "0"
+    assert classes["10:2"][classes["10:2"].index("prio") + 1] == "1"
+    # The classes never throttle: only the bucket does. (tc wants the classid before the kind.)
+    for c in classes.values():
+        assert c.index("classid") < c.index("htb") < c.index("rate")
+        assert parse_rate(c[c.index("rate") + 1]) > 100_000_000
+    # Each band holds LATENCY_MS of the rate, as the plain bucket's queue does.
+    for leaf in ("10:1", "10:2"):
+        q = next(c for c in cmds if "bfifo" in c and c[c.index("parent") + 1] == leaf)
+        assert int(q[q.index("limit") + 1]) == 100_000_000 // 8 * LATENCY_MS // 1000
+    (flt,) = [c for c in cmds if "filter" in c and c[c.index("parent") + 1] == "10:"]
+    text = " ".join(flt)
+    assert "match ip protocol 6 0xff" in text  # TCP...
+    assert "match u16 0 0xff80 at 2" in text  # ...with an IP total length under 128 bytes
+    assert flt[-1] == "10:1" and flt[-2] == "flowid"
+    # The default band is data.
+    assert htb[htb.index("default") + 1] == "2"
+
+
+def test_queue_is_checked() -> None:
+    assert ACK_FIRST != FIFO
+    with pytest.raises(InvalidArgument, match="link queue"):
+        shaping_commands("ns", "eth0", "ifb0", up_bits=1000, down_bits=1000, queue="red")
