@@ -60,7 +60,8 @@ class SchedulingConfig(Section):
     algorithm: str = "default"  # evaluator name, see scheduler/evaluator.py
     # "dag": parents never descend from their child (Dragonfly's rule). "mesh": any
     # peer of another host may be a parent, so peers that started together trade
-    # pieces both ways (BitTorrent-like); measured faster in flash crowds.
+    # pieces both ways (BitTorrent-like); measured faster in flash crowds. "chain": the
+    # task's peers in a line, each fed by the one registered before it (scheduling.chain_parents).
     topology: str = "mesh"
     # Parents a peer may hold at once, counting those added by "more parents" reschedules.
     max_parents: int = 8
@@ -151,9 +152,10 @@ class UploadConfig(Section):
     concurrent_upload_limit: int = 200  # upload slots the host offers
     # Pieces sent at once, as many more queued; beyond that "busy". 0: no limit. A super-seed's
     # first sends of pieces go beside these slots (piece_server.FIRST_SEND_FACTOR). Measured on
-    # the namespace testbed (max / T_min): 8 x 100 mbit, 2 -> 1.55, 4 -> 1.58; 16 x 25 mbit,
-    # 2 -> 1.72, 4 -> 1.82 (fewer slots: each piece is passed on sooner).
-    concurrent_piece_count: int = 2
+    # the namespace testbed (max / T_min, links queued ack-first): 8 x 100 mbit, 2 -> 1.41-1.56,
+    # 4 -> 1.32-1.34, 8 -> 1.32, unlimited -> 1.39; 16 x 25 mbit, 2 -> 1.69, 4 -> 1.36. (With
+    # fifo links, where a busy uplink delayed its own ACKs, 2 had measured best.)
+    concurrent_piece_count: int = 4
 
 
 class StorageServerConfig(Section):

@@ -69,6 +69,10 @@ class Fail:
 
 Decision = Parents | BackToSource | Empty | Wait | TriggerSeed | Fail
 
+# Who may be whose parent (scheduler.topology): "mesh" (any usable peer, cycles allowed),
+# "dag" (Dragonfly's rule: never a descendant), "chain" (see chain_parents).
+TOPOLOGIES = ("mesh", "dag", "chain")
+
 
 def candidate_parents(
     peer: Peer, res: Resources, cfg: SchedulingConfig, evaluator: Evaluator, rng: random.Random
@@ -93,6 +97,39 @@ def candidate_parents(
     return out
 
 
+def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator) -> list[Peer]:
+    """The ``chain`` topology: the task's peers form a line in the order they registered.
+
+    A peer's parent is the nearest peer registered before it that is alive (pending ones too:
+    in a flash crowd the one before may not have started yet) and usable; the first peer's
+    parents are the task's seed peers. Each host then receives at its full rate from one
+    parent and sends at that rate to one child, pieces cut through every hop as they land,
+    so when the origin is the narrowest link every peer trails it by a few hops' latency
+    instead of by the pieces it has in flight from many half-shared parents. A failed or
+    blocked predecessor is skipped: the child joins the one before it.
+    """
+    found = False
+    for cand in reversed(peer.task.peers.values()):
+        if not found:
+            found = cand is peer
+            continue
+        if (
+            cand.host.is_seed
+            or (cand.state.is_final and cand.state is not PeerState.SUCCEEDED)
+            or cand.host is peer.host
+            or cand.id in peer.blocked
+            or cand.host.info.disable_shared
+            or evaluator.is_bad_parent(cand)
+        ):
+            continue
+        return [cand]
+    return [
+        p
+        for p in peer.task.available
+        if p.host.is_seed and p is not peer and p.id not in peer.blocked and p.host is not peer.host
+    ][: cfg.candidate_parent_limit]
+
+
 def refresh(
     peer: Peer, res: Resources, cfg: SchedulingConfig, evaluator: Evaluator, now: float, rng: random.Random
 ) -> Parents | None:
@@ -102,6 +139,9 @@ def refresh(
     a little later the others hold pieces too. None when the peer has no
     parent and no candidate: then it is scheduled as usual.
     """
+    if cfg.topology == "chain":
+        chain = chain_parents(peer, cfg, evaluator)
+        return Parents(chain) if chain else None
     current = [p for p in peer.parents.values() if p.state.can_serve and p.id not in peer.blocked]
     room = cfg.max_parents - len(current)
     new: list[Peer] = []
@@ -179,9 +219,14 @@ def schedule(
     if retries_spent and not peer.disable_back_to_source:
         return BackToSource(f"parents failed {peer.reschedule_count} times")
 
-    parents = candidate_parents(peer, res, cfg, evaluator, rng or random.Random())
-    if parents:
-        return Parents(evaluator.rank(parents, peer, cfg.candidate_parent_limit, now))
+    if cfg.topology == "chain":
+        chain = chain_parents(peer, cfg, evaluator)
+        if chain:
+            return Parents(chain)
+    else:
+        parents = candidate_parents(peer, res, cfg, evaluator, rng or random.Random())
+        if parents:
+            return Parents(evaluator.rank(parents, peer, cfg.candidate_parent_limit, now))
 
     if retries_spent:
         return _give_up(peer, f"no parent after {peer.reschedule_count} reschedules")

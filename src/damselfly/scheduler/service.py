@@ -43,6 +43,7 @@ from .preheat_rpc import PREHEAT_RPCS, PreheatRPCs
 from .resources import Peer, PeerState, Resources, SeedState, Task
 from .runtime import watch_loop_lag
 from .scheduling import (
+    TOPOLOGIES,
     BackToSource,
     Decision,
     Empty,
@@ -91,12 +92,14 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
         self.cfg = config.scheduler
         self.clock = clock
         self.rng = rng or random.Random()
-        if self.cfg.topology not in ("dag", "mesh"):
-            raise ConfigError(f"scheduler.topology must be 'dag' or 'mesh', not {self.cfg.topology!r}")
+        if self.cfg.topology not in TOPOLOGIES:
+            raise ConfigError(
+                f"scheduler.topology must be one of {', '.join(TOPOLOGIES)}, not {self.cfg.topology!r}"
+            )
         self.res = Resources(
             peer_upload_limit=self.cfg.peer_upload_limit,
             seed_upload_limit=self.cfg.seed_upload_limit,
-            allow_cycles=self.cfg.topology == "mesh",
+            allow_cycles=self.cfg.topology != "dag",
         )
         self.evaluator = get_evaluator(self.cfg.algorithm)
         self.metrics = metrics or SchedulerMetrics()
