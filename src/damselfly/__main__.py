@@ -1,6 +1,6 @@
 """``python -m damselfly``: the same as the ``damselfly`` command."""
 
-from damselfly.cli.main import main
+from damselfly.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,6 @@ import typer
 
 from .. import __version__
 from .cache_cmd import cache_app
-from .parsing import DEFAULT_ENDPOINT, ENDPOINT_ENV
 from .preheat_cmd import preheat_app
 
 app = typer.Typer(
@@ -123,64 +122,26 @@ def daemon(
     )
 
 
-def get(
-    url: Annotated[str, typer.Argument(help="http(s) URL to download")],
-    output: Annotated[str, typer.Option("--output", "-O", help="where to write the file")],
-    digest: Annotated[
-        str | None, typer.Option(help="expected digest: sha256:<hex>, sha512:<hex> or crc32:<n>")
-    ] = None,
-    tag: Annotated[str, typer.Option(help="tag: a different tag is a different task")] = "",
-    application: Annotated[str, typer.Option(help="application name, part of the task ID")] = "",
-    header: Annotated[
-        list[str] | None, typer.Option("--header", "-H", help="'Name: value' sent to the origin; repeatable")
-    ] = None,
-    filtered_query_param: Annotated[
-        list[str] | None,
-        typer.Option(help="query parameter left out of the task ID; repeatable (replaces the defaults)"),
-    ] = None,
-    piece_length: Annotated[str | None, typer.Option(help="piece length, e.g. 4MiB")] = None,
-    disable_back_to_source: Annotated[
-        bool, typer.Option("--disable-back-to-source", help="fail rather than download from the origin")
-    ] = False,
-    timeout: Annotated[str | None, typer.Option(help="give up after this long, e.g. 90s, 30m, 2h")] = None,
-    rate_limit: Annotated[
-        str | None,
-        typer.Option(help="limit this download, e.g. 10MB/s or 50MiB (under the daemon's host-wide limit)"),
-    ] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bar")] = False,
-    endpoint: Annotated[
-        str,
-        typer.Option(
-            "--endpoint",
-            "-e",
-            envvar=ENDPOINT_ENV,
-            help="the daemon's unix socket (path or unix:///path)",
-        ),
-    ] = DEFAULT_ENDPOINT,
-) -> None:
-    """Download URL through the local daemon (P2P) to --output."""
-    from .get import GetOptions, run_get
-
-    opts = GetOptions(
-        url=url,
-        output=output,
-        digest=digest,
-        tag=tag,
-        application=application,
-        headers=list(header or []),
-        filtered_query_params=list(filtered_query_param or []),
-        piece_length=piece_length,
-        disable_back_to_source=disable_back_to_source,
-        timeout=timeout,
-        rate_limit=rate_limit,
-        progress=not no_progress,
-        endpoint=endpoint,
-    )
-    raise typer.Exit(run_get(opts))
+# Both spellings hand their arguments to the one dfget parser (dfget_args); the console
+# scripts reach it without loading this module at all (entry.py).
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-app.command("get")(get)
-dfget_app.command("dfget")(get)
+def get(ctx: typer.Context) -> None:
+    """Download URL through the local daemon (P2P) to --output (see `damselfly get --help`)."""
+    from .dfget_args import run
+
+    raise typer.Exit(run(ctx.args, prog="damselfly get"))
+
+
+def _dfget(ctx: typer.Context) -> None:
+    from .dfget_args import run
+
+    raise typer.Exit(run(ctx.args, prog="dfget"))
+
+
+app.command("get", context_settings=_PASSTHROUGH, add_help_option=False)(get)
+dfget_app.command("dfget", context_settings=_PASSTHROUGH, add_help_option=False)(_dfget)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,51 @@ def test_plan_checks_the_digest_before_the_output(tmp_path: Path) -> None:
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and "damselfly" in result.output
+
+
+_LEAN_PROBE = """
+import sys
+from damselfly.cli import get
+get.run_get = lambda o: print(o.url, o.output, o.headers, o.progress, o.endpoint) or 0
+sys.argv = {argv!r}
+from damselfly.cli import entry
+try:
+    entry.{fn}()
+except SystemExit as e:
+    print("exit", e.code, "typer" in sys.modules, "damselfly.cli.main" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("fn", "argv"),
+    [("main", ["damselfly", "get", "http://h/x", "-O", "/o", "-H", "A: 1", "--no-progress"]),
+     ("dfget_main", ["dfget", "http://h/x", "-O", "/o", "-H", "A: 1", "--no-progress"])],
+)  # fmt: skip
+def test_get_starts_without_loading_typer(fn: str, argv: list[str]) -> None:
+    """Both spellings reach the download through the lean parser: no typer, no other subcommands."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DAMSELFLY_ENDPOINT"}
+    code = _LEAN_PROBE.format(argv=argv, fn=fn)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.splitlines() == [
+        "http://h/x /o ['A: 1'] False /var/lib/damselfly/dfdaemon.sock",
+        "exit 0 False False",
+    ], out.stderr
+
+
+def test_get_usage_errors_exit_2_and_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from damselfly.cli import dfget_args
+
+    with pytest.raises(SystemExit) as e:
+        dfget_args.run(["http://h/x"])
+    assert e.value.code == 2 and "--output" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        dfget_args.run(["--help"], prog="dfget")
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    flags = ["--digest", "--tag", "--application", "--header", "--filtered-query-param", "--piece-length",
+             "--disable-back-to-source", "--timeout", "--rate-limit", "--no-progress",
+             "--endpoint"]  # fmt: skip
+    assert [f for f in flags if f not in text] == []
