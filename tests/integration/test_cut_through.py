@@ -74,6 +74,36 @@ async def test_a_piece_is_served_while_it_lands(parent: tuple[PieceStore, int], 
         await client.close()
 
 
+async def test_a_slow_upstream_is_passed_on_within_tens_of_milliseconds(
+    parent: tuple[PieceStore, int], tmp_path: Path
+) -> None:
+    """Small arrivals wait at most about STREAM_MAX_WAIT_S for a batch, never for a whole one:
+    on a slow link 256 KiB can take most of a second to gather at every hop."""
+    store, port = parent
+    entry = store.receiving.start(TID, 0, 0, PL, CRC0)
+    client = await PieceClient.connect("127.0.0.1", port)
+    out = os.open(tmp_path / "child", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fetch = asyncio.ensure_future(client.download_piece(TID, 0, out, 0, PL, timeout=10))
+        write(store, 0, 32 * 1024)
+        entry.advance(32 * 1024)
+        for _ in range(50):  # up to 1 s; the bound is 25 ms plus a poll
+            await asyncio.sleep(0.02)
+            if os.fstat(out).st_size >= 32 * 1024:
+                break
+        assert os.fstat(out).st_size >= 32 * 1024
+        assert not fetch.done()
+        write(store, 32 * 1024, PL)
+        entry.advance(PL)
+        store.finish_piece(TID, PieceInfo(0, 0, PL, CRC0))
+        store.receiving.end(entry, ok=True)
+        info = await asyncio.wait_for(fetch, 10)
+        assert info.digest == CRC0 and os.pread(out, PL, 0) == DATA[:PL]
+    finally:
+        os.close(out)
+        await client.close()
+
+
 async def test_a_failed_upstream_transfer_never_completes_the_childs_piece(
     parent: tuple[PieceStore, int], tmp_path: Path
 ) -> None:

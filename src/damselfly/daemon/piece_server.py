@@ -43,10 +43,13 @@ FIRST_SEND_FACTOR = 4
 STREAM_POLL_S = 0.005
 STREAM_POLL_MAX_S = 0.04
 HOLD_BYTES = 64 * 1024
-# A stream of a piece still arriving sends at least this much at a time (or what is left):
-# each send is a sendfile round through the event loop, and at 12 MB/s polling every 5 ms
-# sent ~60 KiB a call, a large share of a daemon's CPU when it forwards many pieces at once.
+# A stream of a piece still arriving sends at least this much at a time (or all it may send),
+# unless bytes have waited STREAM_MAX_WAIT_S: each send is a sendfile round through the event
+# loop, and at 12 MB/s polling every 5 ms sent ~60 KiB a call, a large share of a daemon's CPU
+# when it forwards many pieces at once; the time bound keeps a slow stream (a 25 mbit link
+# shared by eight transfers moves 256 KiB in 0.6 s) from adding that much delay at every hop.
 STREAM_MIN_SEND = 256 * 1024
+STREAM_MAX_WAIT_S = 0.025
 
 
 class PieceServer:
@@ -277,6 +280,8 @@ class PieceServer:
         length = incoming.length
         pos = 0
         pause = STREAM_POLL_S
+        loop = asyncio.get_running_loop()
+        waiting_since: float | None = None  # when bytes we could send began to wait
         while pos < length:
             state = incoming.state
             if state == "failed":
@@ -285,14 +290,19 @@ class PieceServer:
             if state == "receiving":
                 held_from = length - min(HOLD_BYTES, length)
                 ready = min(ready, held_from)
-                if ready - pos < STREAM_MIN_SEND and ready < held_from:
-                    ready = pos  # wait for a batch worth a sendfile round
+                if pos < ready < held_from and ready - pos < STREAM_MIN_SEND:
+                    now = loop.time()
+                    if waiting_since is None:
+                        waiting_since = now
+                    if now - waiting_since < STREAM_MAX_WAIT_S:
+                        ready = pos  # wait a little for a batch worth a sendfile round
             if ready > pos:
                 n = await self._sendfile(writer, file, incoming.offset + pos, ready - pos, incoming.task_id)
                 if n <= 0:
                     break
                 pos += n
                 pause = STREAM_POLL_S
+                waiting_since = None
                 continue
             await asyncio.sleep(pause)
             pause = min(2 * pause, STREAM_POLL_MAX_S)  # a slow upstream: look less often
