@@ -119,3 +119,24 @@ async def test_a_complete_seed_serves_duplicates_once_all_went_out(seed: Seed, t
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_resend_clock_starts_when_the_first_copy_arrived(seed: Seed) -> None:
+    """A first send still on its way is never duplicated (on a slow shared link it can take
+    longer than SUPER_SEED_RESEND); a failed one is given to the next asker as a first send."""
+    server, clock = seed.server, seed.clock
+    held = {0: None, 1: None}
+    assert server._super_seed_verdict(TID, 0, held, "10.0.0.1", complete=False) == "first"
+    clock.now += 10 * SUPER_SEED_RESEND
+    assert server._super_seed_verdict(TID, 0, held, "10.0.0.2", complete=False) == "elsewhere"
+    assert server._super_seed_verdict(TID, 0, held, "10.0.0.1", complete=False) == "again"
+    server._first_send_ended(TID, 0, "10.0.0.2", ok=True)  # not the first receiver: no effect
+    server._first_send_ended(TID, 0, "10.0.0.1", ok=True)
+    clock.now += SUPER_SEED_RESEND / 2
+    assert server._super_seed_verdict(TID, 0, held, "10.0.0.2", complete=False) == "elsewhere"
+    clock.now += SUPER_SEED_RESEND
+    assert server._super_seed_verdict(TID, 0, held, "10.0.0.2", complete=False) == "again"
+    # A first send that failed: the next asker gets the piece as a first send, not "elsewhere".
+    assert server._super_seed_verdict(TID, 1, held, "10.0.0.1", complete=False) == "first"
+    server._first_send_ended(TID, 1, "10.0.0.1", ok=False)
+    assert server._super_seed_verdict(TID, 1, held, "10.0.0.3", complete=False) == "first"

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sized
+from dataclasses import dataclass
 
 from ..errors import DamselflyError, ProtocolError
 from ..units import MINUTES
@@ -90,7 +91,7 @@ class PieceServer:
         self.super_seed = super_seed
         self._clock = clock
         # task -> piece -> (when it first went out, to which address)
-        self._first_sent: dict[str, dict[int, tuple[float, str]]] = {}
+        self._first_sent: dict[str, dict[int, _FirstSend]] = {}
         self._send_time = 0.0  # moving average of one piece's send, seconds
         self.elsewhere_refusals = 0
         # Pieces sent at once (0: no limit); a few more requests wait their turn in
@@ -203,6 +204,7 @@ class PieceServer:
                 code, message = vortex.ErrorCode.NOT_FOUND, f"piece {request.number} is not held (yet)"
             return await _refuse(writer, pid, code, message)
         first = False
+        verdict = ""
         if self.super_seed and piece is not None:
             verdict = self._super_seed_verdict(
                 request.task_id,
@@ -234,22 +236,28 @@ class PieceServer:
         if incoming is not None and incoming.state == "failed":
             message = f"piece {request.number} is not held"
             return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, message)
-        async with self._turn(bypass=first):
-            source = incoming if incoming is not None else piece
-            assert source is not None
-            number, offset, length, digest = source.number, source.offset, source.length, source.digest
-            writer.write(vortex.encode_piece_header(pid, number, offset, length, digest))
-            began = self._clock()
-            with self._store.using(request.task_id):
-                if incoming is not None:
-                    sent = await self._stream_incoming(writer, file, incoming)
-                    if sent < 0:
-                        log.info("task %s piece %d: our own transfer failed; aborting the stream",
-                                 request.task_id[:12], number)  # fmt: skip
-                        return False
-                else:
-                    sent = await self._sendfile(writer, file, offset, length, request.task_id)
-            self._send_time += 0.2 * ((self._clock() - began) - self._send_time)
+        sent = -1
+        try:
+            async with self._turn(bypass=first):
+                source = incoming if incoming is not None else piece
+                assert source is not None
+                number, offset, length, digest = source.number, source.offset, source.length, source.digest
+                writer.write(vortex.encode_piece_header(pid, number, offset, length, digest))
+                began = self._clock()
+                with self._store.using(request.task_id):
+                    if incoming is not None:
+                        sent = await self._stream_incoming(writer, file, incoming)
+                        if sent < 0:
+                            log.info("task %s piece %d: our own transfer failed; aborting the stream",
+                                     request.task_id[:12], number)  # fmt: skip
+                            return False
+                    else:
+                        sent = await self._sendfile(writer, file, offset, length, request.task_id)
+                self._send_time += 0.2 * ((self._clock() - began) - self._send_time)
+        finally:
+            if verdict == "first":
+                ok = sent == (piece.length if piece is not None else -2)
+                self._first_send_ended(request.task_id, request.number, _requester(writer), ok=ok)
         self.bytes_sent += sent
         if sent != length:
             log.warning(
@@ -351,16 +359,27 @@ class PieceServer:
         now = self._clock()
         first = sent.get(number)
         if first is None:
-            sent[number] = (now, requester)
+            sent[number] = _FirstSend(now, requester)
             return "first"
-        when, to = first
-        if to == requester:
+        if first.requester == requester:
             return "again"
-        # Long enough for the receiver to finish it and its peers to ask it.
-        if now - when > max(SUPER_SEED_RESEND, 4 * self._send_time):
+        # Not while the first copy is still on its way (on a slow, shared link that can take
+        # longer than SUPER_SEED_RESEND: resending then fed duplicates to a starving swarm);
+        # then long enough for the receiver's peers to get it from the receiver.
+        if first.finished is not None and now - first.finished > max(SUPER_SEED_RESEND, 4 * self._send_time):
             return "again"
         # Only held pieces are ever recorded.
         return "elsewhere" if not complete or len(sent) < len(held) else "again"
+
+    def _first_send_ended(self, task_id: str, number: int, requester: str, *, ok: bool) -> None:
+        """A first send finished (the resend clock starts) or failed (the next asker gets it first)."""
+        record = self._first_sent.get(task_id, {}).get(number)
+        if record is None or record.requester != requester or record.finished is not None:
+            return
+        if ok:
+            record.finished = self._clock()
+        else:
+            del self._first_sent[task_id][number]
 
     def forget(self, task_id: str) -> None:
         self._first_sent.pop(task_id, None)
@@ -381,6 +400,15 @@ class PieceServer:
                 limiter.refund(n - got)
                 break
         return sent
+
+
+@dataclass(slots=True)
+class _FirstSend:
+    """A super-seed's first send of a piece: to whom, since when, and when it completed."""
+
+    started: float
+    requester: str
+    finished: float | None = None
 
 
 class _OpenFiles:
