@@ -86,7 +86,7 @@ class ConductorDeps:
     # Pieces in flight per parent when there are several parents (one parent gets
     # all of concurrent_piece_count): few, so each piece finishes soon and can be
     # passed on, and one slow parent holds few pieces hostage.
-    parent_piece_depth: int = 2
+    parent_piece_depth: int = 1  # download.parentConcurrentPieceCount
     # Ask the scheduler for more parents this often while fewer than max_parents
     # are live (doubling while nothing new comes back).
     refresh_interval: float = 1.0
