@@ -83,7 +83,7 @@ class PieceServer:
         # other pieces have not gone out yet; peers pass it on among themselves.
         self.super_seed = super_seed
         self._clock = clock
-        # task -> piece -> (when it first went out, to which address)
+        # task -> piece -> its first send: to which address, when it left and when it arrived
         self._first_sent: dict[str, dict[int, _FirstSend]] = {}
         self._send_time = 0.0  # moving average of one piece's send, seconds
         self.elsewhere_refusals = 0
@@ -198,12 +198,13 @@ class PieceServer:
             return await _refuse(writer, pid, code, message)
         first = False
         verdict = ""
+        requester = _requester(writer)
         if self.super_seed and piece is not None:
             verdict = self._super_seed_verdict(
                 request.task_id,
                 piece.number,
                 meta.pieces.keys(),
-                _requester(writer),
+                requester,
                 complete=meta.is_complete,
             )
             if verdict == "elsewhere":
@@ -250,7 +251,7 @@ class PieceServer:
         finally:
             if verdict == "first":
                 ok = sent == (piece.length if piece is not None else -2)
-                self._first_send_ended(request.task_id, request.number, _requester(writer), ok=ok)
+                self._first_send_ended(request.task_id, request.number, requester, ok=ok)
         self.bytes_sent += sent
         if sent != length:
             log.warning(
