@@ -16,8 +16,11 @@ def put_piece(
     number: int,
     piece_length: int,
     traffic: TrafficType = TrafficType.REMOTE_PEER,
+    *,
+    record: bool = True,
 ) -> PieceInfo:
-    """Write piece ``number`` of ``data`` at its offset and record it with its crc32."""
+    """Write piece ``number`` of ``data`` at its offset and (unless ``record`` is false: bytes
+    on disk, metadata not yet written, as after a crash) record it with its crc32."""
     offset = number * piece_length
     chunk = data[offset : offset + piece_length]
     fd = store.open_write_fd(task_id)
@@ -26,5 +29,6 @@ def put_piece(
     finally:
         os.close(fd)
     info = PieceInfo(number, offset, len(chunk), f"crc32:{zlib.crc32(chunk)}", traffic_type=traffic)
-    store.finish_piece(task_id, info)
+    if record:
+        store.finish_piece(task_id, info)
     return info

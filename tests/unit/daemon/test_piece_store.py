@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from damselfly.daemon.storage import PieceStore
-from damselfly.domain import PieceInfo, TrafficType
+from damselfly.domain import PieceInfo
 from damselfly.errors import InvalidArgument, NotFound
 from damselfly.ids import task_id
+from helpers.store import put_piece
 
 TID = task_id("http://example.com/file")
 PL = 4096
@@ -32,19 +33,7 @@ def content(n: int, seed: int = 1) -> bytes:
 
 
 def write_piece(store: PieceStore, tid: str, data: bytes, number: int, *, record: bool = True) -> PieceInfo:
-    offset = number * PL
-    chunk = data[offset : offset + PL]
-    fd = store.open_write_fd(tid)
-    try:
-        os.pwrite(fd, chunk, offset)
-    finally:
-        os.close(fd)
-    info = PieceInfo(
-        number, offset, len(chunk), f"crc32:{zlib.crc32(chunk)}", traffic_type=TrafficType.REMOTE_PEER
-    )
-    if record:
-        store.finish_piece(tid, info)
-    return info
+    return put_piece(store, tid, data, number, PL, record=record)
 
 
 def fill(store: PieceStore, tid: str, data: bytes) -> None:
