@@ -1,7 +1,7 @@
-"""The ``damselfly`` and ``dfget`` commands (typer).
+"""The ``damselfly`` command (typer); ``dfget`` and ``damselfly get`` parse in :mod:`.dfget_args`.
 
-Subcommands import what they run lazily, so ``dfget`` starts without loading
-the scheduler or the daemon.
+Subcommands import what they run lazily, so no command loads the scheduler or
+the daemon it does not run.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ bench_app = typer.Typer(help="Benchmarks on this machine.", no_args_is_help=True
 app.add_typer(bench_app, name="bench")
 app.add_typer(cache_app, name="cache")
 app.add_typer(preheat_app, name="preheat")
-dfget_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 LogLevel = Annotated[
     str, typer.Option("--log-level", envvar="DAMSELFLY_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR")
@@ -122,8 +121,9 @@ def daemon(
     )
 
 
-# Both spellings hand their arguments to the one dfget parser (dfget_args); the console
-# scripts reach it without loading this module at all (entry.py).
+# `damselfly get` hands its arguments to dfget's one parser (dfget_args); the console scripts
+# reach that parser without loading this module at all (entry.py), so this command only lists
+# `get` in `damselfly --help` and serves callers of the typer app.
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
@@ -134,14 +134,7 @@ def get(ctx: typer.Context) -> None:
     raise typer.Exit(run(ctx.args, prog="damselfly get"))
 
 
-def _dfget(ctx: typer.Context) -> None:
-    from .dfget_args import run
-
-    raise typer.Exit(run(ctx.args, prog="dfget"))
-
-
 app.command("get", context_settings=_PASSTHROUGH, add_help_option=False)(get)
-dfget_app.command("dfget", context_settings=_PASSTHROUGH, add_help_option=False)(_dfget)
 
 
 @app.command()
@@ -258,10 +251,6 @@ def proxy_ca(
 
 def main() -> None:
     app(prog_name="damselfly")
-
-
-def dfget_main() -> None:
-    dfget_app(prog_name="dfget")
 
 
 def _register_bench_swarm() -> None:
