@@ -83,7 +83,7 @@ class PieceServer:
         # other pieces have not gone out yet; peers pass it on among themselves.
         self.super_seed = super_seed
         self._clock = clock
-        # task -> piece -> its first send: to which address, when it left and when it arrived
+        # task -> piece -> its first send: to which address, and when it arrived
         self._first_sent: dict[str, dict[int, _FirstSend]] = {}
         self._send_time = 0.0  # moving average of one piece's send, seconds
         self.elsewhere_refusals = 0
@@ -250,7 +250,7 @@ class PieceServer:
                 self._send_time += 0.2 * ((self._clock() - began) - self._send_time)
         finally:
             if verdict == "first":
-                ok = sent == (piece.length if piece is not None else -2)
+                ok = piece is not None and sent == piece.length  # a verdict is only given on held pieces
                 self._first_send_ended(request.task_id, request.number, requester, ok=ok)
         self.bytes_sent += sent
         if sent != length:
@@ -338,15 +338,15 @@ class PieceServer:
         no duplicate goes out: each piece enters the swarm once and the peers pass
         it on. Once the task is complete here, duplicates are refused only while
         some held piece never went out. The same requester asking again (a failed
-        transfer) is served; a piece given out long ago (more than
+        transfer) is served; a piece whose first copy arrived long ago (more than
         ``SUPER_SEED_RESEND`` seconds and four times a piece's usual send time) is
-        served again, since its receiver may be slow or gone.
+        served again, since its receiver may be slow or gone; one still on its way is not.
         """
         sent = self._first_sent.setdefault(task_id, {})
         now = self._clock()
         first = sent.get(number)
         if first is None:
-            sent[number] = _FirstSend(now, requester)
+            sent[number] = _FirstSend(requester)
             return "first"
         if first.requester == requester:
             return "again"
@@ -391,9 +391,8 @@ class PieceServer:
 
 @dataclass(slots=True)
 class _FirstSend:
-    """A super-seed's first send of a piece: to whom, since when, and when it completed."""
+    """A super-seed's first send of a piece: to whom, and when it completed (None: on its way)."""
 
-    started: float
     requester: str
     finished: float | None = None
 
