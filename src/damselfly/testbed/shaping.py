@@ -91,30 +91,18 @@ def queue_commands(netns: str, dev: str, bits_per_s: int, queue: str) -> list[li
     limit = str(max(MIN_BURST_BYTES, int(bits_per_s / 8 * LATENCY_MS / 1000)))
     fast = format_rate(bits_per_s * 10)
 
-    def band(classid: str, prio: str) -> list[str]:
+    def band(minor: str, prio: str) -> list[list[str]]:
+        """A priority band of the htb and its queue (bytes, like the plain bucket's)."""
         return [
-            *tc,
-            "class",
-            "add",
-            "dev",
-            dev,
-            "parent",
-            "10:",
-            "classid",
-            classid,
-            "htb",
-            "rate",
-            fast,
-            "prio",
-            prio,
-        ]
+            [*tc, "class", "add", "dev", dev, "parent", "10:", "classid", f"10:{minor}", "htb",
+             "rate", fast, "prio", prio],
+            [*tc, "qdisc", "add", "dev", dev, "parent", f"10:{minor}", "bfifo", "limit", limit],
+        ]  # fmt: skip
 
     out += [
         [*tc, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "htb", "default", "2"],
-        band("10:1", "0"),
-        band("10:2", "1"),
-        [*tc, "qdisc", "add", "dev", dev, "parent", "10:1", "bfifo", "limit", limit],
-        [*tc, "qdisc", "add", "dev", dev, "parent", "10:2", "bfifo", "limit", limit],
+        *band("1", "0"),
+        *band("2", "1"),
         [
             *tc, "filter", "add", "dev", dev, "parent", "10:", "protocol", "ip", "prio", "1", "u32",
             "match", "ip", "protocol", "6", "0xff",
@@ -125,12 +113,14 @@ def queue_commands(netns: str, dev: str, bits_per_s: int, queue: str) -> list[li
     return out
 
 
-def egress_commands(netns: str, dev: str, bits_per_s: int, queue: str = FIFO) -> list[list[str]]:
+def egress_commands(netns: str, dev: str, bits_per_s: int, queue: str = ACK_FIRST) -> list[list[str]]:
     """Shape what ``dev`` in ``netns`` sends (the host's upload)."""
     return queue_commands(netns, dev, bits_per_s, queue)
 
 
-def ingress_commands(netns: str, dev: str, ifb: str, bits_per_s: int, queue: str = FIFO) -> list[list[str]]:
+def ingress_commands(
+    netns: str, dev: str, ifb: str, bits_per_s: int, queue: str = ACK_FIRST
+) -> list[list[str]]:
     """Shape what ``dev`` in ``netns`` receives (the host's download) through ``ifb``,
     which is created in ``netns`` and so goes away with it."""
     return [
