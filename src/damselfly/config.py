@@ -137,8 +137,13 @@ class DownloadConfig(Section):
     max_parents: int = 8  # parents held at once, counting "more parents" refreshes
     parent_refresh_interval: float = 1 * SECONDS
     piece_picker: str = "rarest-first"  # daemon/piece_picker.py
-    # Serve a piece to children while it still arrives from a parent (daemon/receiving.py).
+    # Serve a piece to children while it still arrives from a parent or the origin
+    # (daemon/receiving.py).
     cut_through: bool = True
+    # Ask parents for pieces with the digest after the content (vortex.Tag.DOWNLOAD_PIECE_TRAILER),
+    # so a piece still arriving at a parent from the origin comes on at once; parents that do
+    # not know that request get plain ones.
+    trailer_digest: bool = True
     piece_timeout: float = 30 * SECONDS  # a parent that sends nothing for this long failed the piece
     bandwidth_limit: int = 0  # bytes/s for all downloads of the host; 0: unlimited
     back_to_source_bandwidth_limit: int = 0

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from damselfly.config import SourceConfig
+from damselfly.daemon.receiving import Receiving
 from damselfly.daemon.source import HTTPSource
 from damselfly.daemon.storage import PieceStore
 from damselfly.domain import PieceInfo, TrafficType
@@ -448,3 +449,50 @@ async def test_split_download_falls_back_when_the_origin_ignores_range(
     assert_pieces_right(result.pieces, list(range(6)))
     assert store.content_path(TID).read_bytes() == DATA
     assert len(origin.requests) == 1 and origin.bytes_served == len(DATA)
+
+
+async def test_pieces_are_announced_as_they_land(origin: Origin, source: HTTPSource, tmp_path: Path) -> None:
+    """on_piece_start: each piece's bytes are counted as they are written, before its digest
+    is known (the seed serves them on at once, daemon/receiving.py)."""
+    store = PieceStore(tmp_path)
+    store.create_task(TID)
+    events: list[tuple[str, int, int]] = []  # (what, piece, bytes counted so far)
+
+    class Counting(Receiving):
+        def advance(self, written: int) -> None:
+            events.append(("advance", self.number, written))
+            self.written = written
+
+    landing: dict[int, Counting] = {}
+
+    def on_piece_start(number: int, offset: int, length: int) -> Receiving:
+        span = piece_span(number, len(DATA), PL)
+        assert (offset, length) == (span.offset, span.length)
+        landing[number] = Counting(TID, number, offset, length, "")
+        return landing[number]
+
+    async def on_start(length: int | None, hdrs: dict[str, str]) -> int:
+        assert length is not None
+        store.set_content_length(TID, length, PL, hdrs)
+        return PL
+
+    def on_piece(info: PieceInfo) -> None:
+        events.append(("done", info.number, landing[info.number].written))
+        store.finish_piece(TID, info)
+
+    await source.fetch_into(
+        origin.url + "/file",
+        {},
+        fd_factory=lambda: store.open_write_fd(TID),
+        on_start=on_start,
+        on_piece=on_piece,
+        on_piece_start=on_piece_start,
+    )
+    assert sorted(landing) == list(range(6))
+    for n in range(6):
+        mine = [(what, written) for what, number, written in events if number == n]
+        counts = [written for what, written in mine if what == "advance"]
+        # Counted as the bytes landed, growing, whole before the piece was reported done.
+        assert counts and counts == sorted(counts) and counts[-1] == landing[n].length
+        assert mine[-1] == ("done", landing[n].length)
+    assert store.content_path(TID).read_bytes() == DATA

@@ -53,6 +53,9 @@ def swarm(
             "fq_codel does on a Linux host) or fifo (one queue: a busy uplink delays its own ACKs)"
         ),
     ] = "ack-first",
+    piece_length: Annotated[
+        str | None, typer.Option(help="every dfget's --piece-length (default: the task's own, e.g. 4MiB)")
+    ] = None,
     cleanup: Annotated[
         str | None,
         typer.Option("--cleanup", metavar="PREFIX", help="remove the namespaces PREFIX-* and exit"),
@@ -106,6 +109,7 @@ def swarm(
             daemon_config=daemon_config.resolve() if daemon_config else None,
             scheduler_config=scheduler_config.resolve() if scheduler_config else None,
             link_queue=link_queue,
+            piece_length=parse_size(piece_length) if piece_length else None,
         )
         if link_queue not in QUEUES:
             raise InvalidArgument(f"--link-queue {link_queue!r}: choose one of {', '.join(QUEUES)}")

@@ -76,7 +76,9 @@ class Daemon:
         self.store = PieceStore(Path(config.storage.dir))
         self.limiters = HostLimiters(config)
         self.source = HTTPSource(config.source, limiter=self.limiters.back_to_source)
-        self.pool = PieceConnectionPool(connect_timeout=10.0, limiter=self.limiters.download)
+        self.pool = PieceConnectionPool(
+            connect_timeout=10.0, limiter=self.limiters.download, trailer=config.download.trailer_digest
+        )
         self.peer_rpc = PeerRPC()
         self.scheduler: SchedulerClient | None = (
             SchedulerClient(config.scheduler.addrs) if config.scheduler.addrs else None

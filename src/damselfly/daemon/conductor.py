@@ -603,9 +603,26 @@ class Conductor:
             chosen_piece_length.append(piece_length)
             return piece_length
 
+        # Pieces landing from the origin, served to children as they land (cut-through; the
+        # digest, known only at the piece's end, follows the content to children that take it).
+        landing: dict[int, Receiving] = {}
+
+        def on_piece_start(number: int, offset: int, length: int) -> Receiving | None:
+            if not self.deps.cut_through:
+                return None
+            entry = landing[number] = store.receiving.start(self.task_id, number, offset, length, "")
+            return entry
+
         def on_piece(info: PieceInfo) -> None:
             info.traffic_type = TrafficType.BACK_TO_SOURCE
-            store.finish_piece(self.task_id, info)
+            entry = landing.pop(info.number, None)
+            if entry is not None:
+                entry.digest = info.digest  # before it is done: a child's trailer carries it
+            try:
+                store.finish_piece(self.task_id, info)
+            finally:
+                if entry is not None:
+                    store.receiving.end(entry, ok=store.has_piece(self.task_id, info.number))
             log.debug("piece %d (%d bytes) from the origin", info.number, info.length)
             if self.deps.on_piece is not None:
                 self.deps.on_piece(info)
@@ -613,15 +630,20 @@ class Conductor:
                 with contextlib.suppress(SchedulerError):
                     stream.piece_back_to_source_finished(info)
 
-        content_length = await self.deps.source.fetch_into(
-            self.spec.url,
-            dict(self.spec.request_header),
-            fd_factory=lambda: store.open_write_fd(self.task_id),
-            on_start=on_start,
-            on_piece=on_piece,
-            have=have,
-            piece_length=meta.piece_length if have else None,
-        )
+        try:
+            content_length = await self.deps.source.fetch_into(
+                self.spec.url,
+                dict(self.spec.request_header),
+                fd_factory=lambda: store.open_write_fd(self.task_id),
+                on_start=on_start,
+                on_piece=on_piece,
+                have=have,
+                piece_length=meta.piece_length if have else None,
+                on_piece_start=on_piece_start,
+            )
+        finally:
+            for entry in landing.values():  # the fetch failed mid-piece: children see it fail
+                store.receiving.end(entry, ok=False)
         current = store.get(self.task_id)
         if current is not None and current.content_length is None:
             piece_length = (chosen_piece_length or [piece_length_for(content_length)])[0]

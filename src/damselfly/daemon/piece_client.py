@@ -86,6 +86,12 @@ class PieceClient:
         self.received_any = False
         self.timed_out = False
         self._frame_done = False
+        # Ask with DownloadPiece-with-trailer (vortex.Tag.DOWNLOAD_PIECE_TRAILER): the parent
+        # may then send a piece whose digest it learns only at the piece's end.
+        self.trailer = False
+        # Whether the current request's PieceContent header arrived (a parent that does not
+        # know the trailer request fails before that).
+        self.header_seen = False
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float = 10.0) -> PieceClient:
@@ -202,6 +208,7 @@ class PieceClient:
         self.received_any = False
         self.timed_out = False
         self._frame_done = False
+        self.header_seen = False
         self.requests += 1
         start = self._clock()
         ok = False
@@ -241,15 +248,9 @@ class PieceClient:
         on_header: OnHeader | None = None,
     ) -> PieceInfo:
         packet_id = self._next_packet_id()
-        await self._loop.sock_sendall(self._sock, vortex.encode_download_piece(packet_id, task_id, number))
-        parser = vortex.FrameParser()
-        event: vortex.Event | None = None
-        while event is None:
-            event = parser.next_event()
-            if event is None:
-                need = min(parser.bytes_needed(), len(self._buf))
-                n = await self._recv_into(self._view[:need])
-                parser.feed(self._view[:n])
+        request = vortex.encode_download_piece(packet_id, task_id, number, trailer=self.trailer)
+        await self._loop.sock_sendall(self._sock, request)
+        event = await self._next_frame()
         if event.packet_id != packet_id:
             raise ProtocolError(f"parent {self._where} answered packet {event.packet_id}, asked {packet_id}")
         if isinstance(event, vortex.Error):
@@ -270,13 +271,19 @@ class PieceClient:
                 f"parent {self._where} sent piece {event.number} at {event.offset}+{event.length}, "
                 f"expected piece {number} at {offset}+{length}"
             )
+        self.header_seen = True
+        if not event.digest and not self.trailer:
+            raise ProtocolError(f"parent {self._where} sent piece {number} without a digest")
         progress = on_header(event.digest) if on_header is not None else None
         if limiter is None and THREADED_BODY:
             if deadline is not None:
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now
             crc = await asyncio.to_thread(self._receive_body, fd, offset, length, idle, progress)
+            if deadline is not None and idle:
+                deadline.reschedule(self._loop.time() + idle)
+            digest = event.digest or await self._trailer(packet_id, number, progress)
             self._frame_done = True
-            return self._checked(task_id, number, offset, length, crc, event.digest)
+            return self._checked(task_id, number, offset, length, crc, digest)
         crc = 0
         pos, end = offset, offset + length
         view = self._view
@@ -299,8 +306,32 @@ class PieceClient:
         finally:
             if limiter is not None and credit > 0:
                 limiter.refund(credit)
+        digest = event.digest or await self._trailer(packet_id, number, progress)
         self._frame_done = True
-        return self._checked(task_id, number, offset, length, crc, event.digest)
+        return self._checked(task_id, number, offset, length, crc, digest)
+
+    async def _next_frame(self) -> vortex.Event:
+        """The next control frame or piece header, reading exactly up to its end."""
+        parser = vortex.FrameParser()
+        while True:
+            event = parser.next_event()
+            if event is not None:
+                return event
+            need = min(parser.bytes_needed(), len(self._buf))
+            n = await self._recv_into(self._view[:need])
+            parser.feed(self._view[:n])
+
+    async def _trailer(self, packet_id: int, number: int, progress: Receiving | None) -> str:
+        """The digest that follows a piece sent with an empty one; our own children streaming
+        the piece from us get it too (``progress``)."""
+        event = await self._next_frame()
+        if event.packet_id != packet_id or not isinstance(event, vortex.PieceDigest):
+            raise ProtocolError(
+                f"parent {self._where} followed piece {number} with {type(event).__name__}, not its digest"
+            )
+        if progress is not None:
+            progress.digest = event.digest
+        return event.digest
 
     async def _grant(
         self, limiter: Limiter, want: int, task_id: str, deadline: asyncio.Timeout | None
@@ -349,9 +380,14 @@ class PieceConnectionPool:
         max_idle_per_parent: int = 8,
         connect_timeout: float = 10.0,
         limiter: ByteLimiter | None = None,
+        trailer: bool = True,
     ) -> None:
         # The host's download limit; a download's own limit (TASK_LIMITER) is taken under it.
         self.limiter = limiter
+        # Ask for pieces with a trailer digest (a parent may send a piece still arriving from
+        # its origin); parents that do not know that request (Dragonfly's own) get plain ones.
+        self.trailer = trailer
+        self._plain: set[tuple[str, int]] = set()
         self._max_idle = max_idle_per_parent
         self._connect_timeout = connect_timeout
         self._idle: dict[tuple[str, int], list[PieceClient]] = {}
@@ -394,21 +430,31 @@ class PieceConnectionPool:
             raise PeerError("piece connection pool is closed")
         key = (host, port)
         limiter = chain(self.limiter, TASK_LIMITER.get())
-        for attempt in range(2):
+        trailer = self.trailer and key not in self._plain
+        retried = False
+        while True:
             client, reused = await self._acquire(key)
+            client.trailer = trailer
             try:
-                return await client.download_piece(
+                info = await client.download_piece(
                     task_id, number, fd, offset, length, timeout=timeout, limiter=limiter, on_header=on_header
                 )
-            except PeerError:
-                stale = client.broken and not client.received_any and not client.timed_out
-                if attempt == 0 and reused and stale:
+                if not trailer and self.trailer and retried:
+                    self._plain.add(key)
+                    log.info("parent %s:%d takes plain piece requests only", host, port)
+                return info
+            except (PeerError, ProtocolError):
+                if retried or client.header_seen or client.timed_out or not client.broken:
+                    raise
+                if reused and not client.received_any:
                     log.debug("idle connection to %s:%d was stale; retrying", host, port)
-                    continue
-                raise
+                elif trailer:
+                    trailer = False  # maybe a parent that does not know the trailer request
+                else:
+                    raise
+                retried = True
             finally:
                 await self._release(key, client)
-        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         self._closed = True

@@ -189,6 +189,14 @@ class PieceServer:
             return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, "unknown task")
         piece = meta.pieces.get(request.number)
         incoming = self._store.receiving.get(request.task_id, request.number) if piece is None else None
+        if incoming is not None and not incoming.digest and not request.trailer:
+            # Arriving from the origin, its digest not known yet, and this child wants the digest
+            # up front (any Dragonfly client): it gets the piece once it is here.
+            await self._until_landed(incoming)
+            meta = self._store.get(request.task_id)
+            if meta is None:
+                return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, "unknown task")
+            piece, incoming = meta.pieces.get(request.number), None
         if piece is None and incoming is None:
             count = meta.piece_count
             if count is not None and request.number >= count:
@@ -199,17 +207,17 @@ class PieceServer:
         first = False
         verdict = ""
         requester = _requester(writer)
-        if self.super_seed and piece is not None:
+        if self.super_seed:
             verdict = self._super_seed_verdict(
                 request.task_id,
-                piece.number,
+                request.number,
                 meta.pieces.keys(),
                 requester,
                 complete=meta.is_complete,
             )
             if verdict == "elsewhere":
                 self.elsewhere_refusals += 1
-                message = f"piece {piece.number} is with other peers already"
+                message = f"piece {request.number} is with other peers already"
                 return await _refuse(writer, pid, vortex.ErrorCode.ELSEWHERE, message)
             first = verdict == "first" and self._sending < self.upload_slots * FIRST_SEND_FACTOR
         if (
@@ -230,12 +238,12 @@ class PieceServer:
         if incoming is not None and incoming.state == "failed":
             message = f"piece {request.number} is not held"
             return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, message)
+        source = incoming if incoming is not None else piece
+        assert source is not None
+        number, offset, length, digest = source.number, source.offset, source.length, source.digest
         sent = -1
         try:
             async with self._turn(bypass=first):
-                source = incoming if incoming is not None else piece
-                assert source is not None
-                number, offset, length, digest = source.number, source.offset, source.length, source.digest
                 writer.write(vortex.encode_piece_header(pid, number, offset, length, digest))
                 began = self._clock()
                 with self._store.using(request.task_id):
@@ -245,13 +253,19 @@ class PieceServer:
                             log.info("task %s piece %d: our own transfer failed; aborting the stream",
                                      request.task_id[:12], number)  # fmt: skip
                             return False
+                        if not digest and sent == length:
+                            # Sent before its digest was known: the digest follows the content.
+                            if not incoming.digest:
+                                log.warning("task %s piece %d: landed without a digest; closing",
+                                            request.task_id[:12], number)  # fmt: skip
+                                return False
+                            writer.write(vortex.encode_piece_digest(pid, incoming.digest))
                     else:
                         sent = await self._sendfile(writer, file, offset, length, request.task_id)
                 self._send_time += 0.2 * ((self._clock() - began) - self._send_time)
         finally:
             if verdict == "first":
-                ok = piece is not None and sent == piece.length  # a verdict is only given on held pieces
-                self._first_send_ended(request.task_id, request.number, requester, ok=ok)
+                self._first_send_ended(request.task_id, request.number, requester, ok=sent == length)
         self.bytes_sent += sent
         if sent != length:
             log.warning(
@@ -302,6 +316,14 @@ class PieceServer:
             await asyncio.sleep(pause)
             pause = min(2 * pause, STREAM_POLL_MAX_S)  # a slow upstream: look less often
         return pos
+
+    @staticmethod
+    async def _until_landed(incoming: Receiving) -> None:
+        """Wait until a piece still arriving is recorded (done) or lost (failed)."""
+        pause = STREAM_POLL_S
+        while incoming.state == "receiving":
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, STREAM_POLL_MAX_S)
 
     @contextlib.asynccontextmanager
     async def _turn(self, *, bypass: bool = False) -> AsyncIterator[None]:

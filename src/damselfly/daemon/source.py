@@ -48,6 +48,7 @@ from ..errors import (
     StorageError,
 )
 from . import rawhttp
+from .receiving import Receiving
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class ByteLimiter(Protocol):
 
 OnStart = Callable[[int | None, dict[str, str]], Awaitable[int]]
 OnPiece = Callable[[PieceInfo], None]
+# (number, offset, length) of a piece whose first bytes are about to be written; may
+# return where to count its bytes as they land (cut-through, daemon/receiving.py).
+OnPieceStart = Callable[[int, int, int], Receiving | None]
 
 # Headers that describe one hop or one byte range, not the content.
 _DROP_RESPONSE = frozenset(
@@ -133,6 +137,7 @@ class HTTPSource:
         on_piece: OnPiece,
         have: Set[int] = frozenset(),
         piece_length: int | None = None,
+        on_piece_start: OnPieceStart | None = None,
     ) -> int:
         """Download ``url`` into the store, piece by piece; return the content length.
 
@@ -157,11 +162,15 @@ class HTTPSource:
         store's) so only the missing runs are requested with ``Range``;
         without it the whole content is fetched and held pieces are skipped.
         An origin answering ``200`` to a Range request is read from the start.
+        ``on_piece_start(number, offset, length)``, when the content length is
+        known, before a piece's first bytes are written: the :class:`Receiving`
+        it may return follows the piece's bytes as they land (its digest is the
+        caller's to fill in at ``on_piece``).
 
         Raises SourceStatusError, SourceUnreachable, DownloadTimeout, SourceError,
         StorageError (see the module docstring), and whatever the callbacks raise.
         """
-        run = _Fetch(self, url, headers, fd_factory, on_start, on_piece, have, piece_length)
+        run = _Fetch(self, url, headers, fd_factory, on_start, on_piece, have, piece_length, on_piece_start)
         try:
             return await run.go()
         except DamselflyError:
@@ -260,8 +269,11 @@ class _Fetch:
         on_piece: OnPiece,
         have: Set[int],
         piece_length: int | None,
+        on_piece_start: OnPieceStart | None = None,
     ) -> None:
         self.source = source
+        self.on_piece_start = on_piece_start
+        self.landing: dict[int, Receiving] = {}  # pieces whose bytes are landing, by number
         self.url = url
         self.headers = source._origin_headers(headers)
         self.fd_factory = fd_factory
@@ -421,6 +433,8 @@ class _Fetch:
                 if number not in self.skip:
                     crc = crc32(chunk, crc)
                     _pwrite_all(fd, chunk, pos)
+                    if total is not None and self.on_piece_start is not None:
+                        self._landed(number, piece_start, piece_end, pos + take)
                 pos += take
                 view = view[take:]
                 if pos == piece_end:
@@ -435,10 +449,21 @@ class _Fetch:
             self._piece_done(number, piece_start, pos - piece_start, crc, began)
         return pos, ((crc, began) if pos > piece_start and total is not None and pos < total else None)
 
+    def _landed(self, number: int, piece_start: int, piece_end: int, upto: int) -> None:
+        entry = self.landing.get(number)
+        if entry is None:
+            assert self.on_piece_start is not None
+            entry = self.on_piece_start(number, piece_start, piece_end - piece_start)
+            if entry is None:
+                return
+            self.landing[number] = entry
+        entry.advance(upto - piece_start)
+
     def _piece_done(self, number: int, offset: int, length: int, crc: int, began: float) -> None:
         if number in self.skip:
             return
         self.skip.add(number)
+        self.landing.pop(number, None)
         self.on_piece(
             PieceInfo(
                 number=number,

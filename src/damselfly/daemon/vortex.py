@@ -43,6 +43,12 @@ _U32 = struct.Struct(">I")
 class Tag(enum.IntEnum):
     DOWNLOAD_PIECE = 0
     PIECE_CONTENT = 1
+    # Damselfly's extension (tags Dragonfly does not use): DownloadPiece from a child that
+    # takes the digest after the content, so a parent may send a piece whose digest it does
+    # not know yet (one still arriving from the origin); such a piece's PieceContent has an
+    # empty digest and a PieceDigest frame follows its content.
+    DOWNLOAD_PIECE_TRAILER = 224
+    PIECE_DIGEST = 225
     CLOSE = 254
     ERROR = 255
 
@@ -61,11 +67,13 @@ class ErrorCode(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class DownloadPiece:
-    """A child asks for piece ``number`` of ``task_id``."""
+    """A child asks for piece ``number`` of ``task_id``; ``trailer``: it takes the digest
+    after the content (Tag.DOWNLOAD_PIECE_TRAILER)."""
 
     packet_id: int
     task_id: str
     number: int
+    trailer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,14 @@ class PieceHeader:
     number: int
     offset: int
     length: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class PieceDigest:
+    """The digest of the piece just sent, after its content (its header's digest was empty)."""
+
+    packet_id: int
     digest: str
 
 
@@ -100,7 +116,7 @@ class Error:
     message: str
 
 
-Event = DownloadPiece | PieceHeader | PieceData | Close | Error
+Event = DownloadPiece | PieceHeader | PieceDigest | PieceData | Close | Error
 
 
 # --------------------------------------------------------------------------- encoding
@@ -111,14 +127,16 @@ def _check_u8(name: str, value: int) -> None:
         raise ProtocolError(f"{name} {value} does not fit in one byte")
 
 
-def encode_download_piece(packet_id: int, task_id: str, number: int) -> bytes:
+def encode_download_piece(packet_id: int, task_id: str, number: int, *, trailer: bool = False) -> bytes:
     _check_u8("packet id", packet_id)
     if not is_task_id(task_id):
         raise ProtocolError(f"not a task id: {task_id!r}")
     if not 0 <= number < 2**32:
         raise ProtocolError(f"piece number {number} does not fit in u32")
     return (
-        HEADER.pack(packet_id, Tag.DOWNLOAD_PIECE, DOWNLOAD_PIECE_LENGTH)
+        HEADER.pack(
+            packet_id, Tag.DOWNLOAD_PIECE_TRAILER if trailer else Tag.DOWNLOAD_PIECE, DOWNLOAD_PIECE_LENGTH
+        )
         + task_id.encode("ascii")
         + _U32.pack(number)
     )
@@ -140,6 +158,15 @@ def encode_piece_header(packet_id: int, number: int, offset: int, length: int, d
         + PIECE_META.pack(number, offset, length, len(raw_digest))
         + raw_digest
     )
+
+
+def encode_piece_digest(packet_id: int, digest: str) -> bytes:
+    """The trailer of a piece sent with an empty digest in its header."""
+    _check_u8("packet id", packet_id)
+    raw = digest.encode("ascii")
+    if not 1 <= len(raw) <= MAX_DIGEST_LENGTH:
+        raise ProtocolError(f"a piece digest must be 1..{MAX_DIGEST_LENGTH} bytes")
+    return HEADER.pack(packet_id, Tag.PIECE_DIGEST, len(raw)) + raw
 
 
 def encode_error(packet_id: int, code: int, message: str) -> bytes:
@@ -175,8 +202,10 @@ def parse_header(data: bytes | bytearray | memoryview) -> FrameHeader:
         raise ProtocolError(f"unknown packet tag {raw_tag}") from None
     if length > MAX_LENGTH:
         raise ProtocolError(f"frame length {length} exceeds the limit of {MAX_LENGTH}")
-    if tag is Tag.DOWNLOAD_PIECE and length != DOWNLOAD_PIECE_LENGTH:
+    if tag in (Tag.DOWNLOAD_PIECE, Tag.DOWNLOAD_PIECE_TRAILER) and length != DOWNLOAD_PIECE_LENGTH:
         raise ProtocolError(f"DownloadPiece value must be {DOWNLOAD_PIECE_LENGTH} bytes, got {length}")
+    if tag is Tag.PIECE_DIGEST and not 1 <= length <= MAX_DIGEST_LENGTH:
+        raise ProtocolError(f"PieceDigest value must be 1..{MAX_DIGEST_LENGTH} bytes, got {length}")
     if tag is Tag.CLOSE and length != 0:
         raise ProtocolError(f"Close must be empty, got {length} bytes")
     if tag is Tag.ERROR and not 1 <= length <= MAX_ERROR_LENGTH:
@@ -186,7 +215,9 @@ def parse_header(data: bytes | bytearray | memoryview) -> FrameHeader:
     return FrameHeader(packet_id, tag, length)
 
 
-def decode_download_piece(packet_id: int, value: bytes | bytearray | memoryview) -> DownloadPiece:
+def decode_download_piece(
+    packet_id: int, value: bytes | bytearray | memoryview, *, trailer: bool = False
+) -> DownloadPiece:
     if len(value) != DOWNLOAD_PIECE_LENGTH:
         raise ProtocolError("truncated DownloadPiece")
     raw_id = bytes(value[:TASK_ID_SIZE])
@@ -197,7 +228,7 @@ def decode_download_piece(packet_id: int, value: bytes | bytearray | memoryview)
     if not is_task_id(task_id):
         raise ProtocolError(f"not a task id: {task_id!r}")
     (number,) = _U32.unpack(value[TASK_ID_SIZE:])
-    return DownloadPiece(packet_id, task_id, number)
+    return DownloadPiece(packet_id, task_id, number, trailer)
 
 
 def decode_error(packet_id: int, value: bytes | bytearray | memoryview) -> Error:
@@ -326,6 +357,10 @@ class FrameParser:
                 self._reset()
                 if header.tag is Tag.DOWNLOAD_PIECE:
                     return decode_download_piece(header.packet_id, value)
+                if header.tag is Tag.DOWNLOAD_PIECE_TRAILER:
+                    return decode_download_piece(header.packet_id, value, trailer=True)
+                if header.tag is Tag.PIECE_DIGEST:
+                    return PieceDigest(header.packet_id, decode_digest(value))
                 return decode_error(header.packet_id, value)
             if self._state is _State.PIECE_META:
                 if len(self._buf) < PIECE_META_SIZE:

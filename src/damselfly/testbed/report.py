@@ -142,6 +142,7 @@ class SwarmResult:
     cpu_samples: list[tuple[float, float]] = field(default_factory=list)
     plot: str = ""
     link_queue: str = ""  # shaping.QUEUES: how the links were queued
+    piece_length: int | None = None  # the dfgets' --piece-length (None: the task's default)
 
     @property
     def peers(self) -> list[HostResult]:
@@ -176,6 +177,7 @@ class SwarmResult:
             "scenario": self.scenario.to_json(),
             "prefix": self.prefix,
             "link_queue": self.link_queue,
+            "piece_length": self.piece_length,
             "file_size": f,
             "t_min_s": round(bound.t_min, 4),
             "bound": {

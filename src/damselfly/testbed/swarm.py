@@ -90,6 +90,7 @@ class SwarmOptions:
     daemon_config: Path | None = None  # YAML for every daemon (seeds and peers)
     scheduler_config: Path | None = None
     link_queue: str = ACK_FIRST  # shaping.QUEUES
+    piece_length: int | None = None  # dfget --piece-length; None: the task's default
 
 
 Say = Callable[[str], None]
@@ -171,7 +172,11 @@ class SwarmRun:
         self.prefix = options.prefix or new_prefix()
         self.root = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-", dir="/tmp"))
         self.result = SwarmResult(
-            scenario=scenario, prefix=self.prefix, workdir=str(self.root), link_queue=options.link_queue
+            scenario=scenario,
+            prefix=self.prefix,
+            workdir=str(self.root),
+            link_queue=options.link_queue,
+            piece_length=options.piece_length,
         )
         self.children: list[ChildProcess] = []  # servers: origin, scheduler, daemons
         self.dfgets: list[ChildProcess] = []
@@ -261,6 +266,8 @@ class SwarmRun:
             "-e", str(self.socket_of(spec.name)), "--no-progress",
             "--timeout", f"{int(self.options.timeout_s)}s",
         )  # fmt: skip
+        if self.options.piece_length is not None:
+            argv += ["--piece-length", str(self.options.piece_length)]
         child = self._spawn(spec.name, f"dfget-{spec.name}", argv, ready=False)
         self.dfgets.append(child)
         return child

@@ -151,3 +151,37 @@ def test_parse_header_needs_exactly_six_bytes() -> None:
 def test_encoders_refuse_what_cannot_be_framed(call: object) -> None:
     with pytest.raises(ProtocolError):
         call()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("step", [None, 1, 7])
+def test_a_piece_with_its_digest_after_the_content(step: int | None) -> None:
+    """Damselfly's extension: DownloadPiece-with-trailer, an empty header digest, PieceDigest."""
+    request = vortex.encode_download_piece(5, TID, 2, trailer=True)
+    assert request[1] == vortex.Tag.DOWNLOAD_PIECE_TRAILER
+    assert parse_all(request) == [vortex.DownloadPiece(5, TID, 2, trailer=True)]
+    answer = vortex.encode_piece_header(5, 2, 8192, 4, "") + b"wxyz"
+    answer += vortex.encode_piece_digest(5, "crc32:7")
+    events = parse_all(answer, step=step)
+    assert events[0] == vortex.PieceHeader(5, 2, 8192, 4, "")
+    assert b"".join(e.data for e in events if isinstance(e, vortex.PieceData)) == b"wxyz"
+    assert events[-1] == vortex.PieceDigest(5, "crc32:7")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        struct.pack(">BBI", 1, vortex.Tag.PIECE_DIGEST, 0),  # an empty digest
+        struct.pack(">BBI", 1, vortex.Tag.PIECE_DIGEST, vortex.MAX_DIGEST_LENGTH + 1),
+        struct.pack(">BBI", 1, vortex.Tag.DOWNLOAD_PIECE_TRAILER, 67),
+    ],
+)
+def test_malformed_trailer_frames_are_refused(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_all(raw)
+
+
+def test_a_piece_digest_must_fit_its_frame() -> None:
+    with pytest.raises(ProtocolError):
+        vortex.encode_piece_digest(1, "")
+    with pytest.raises(ProtocolError):
+        vortex.encode_piece_digest(1, "x" * (vortex.MAX_DIGEST_LENGTH + 1))
