@@ -77,6 +77,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per download")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     ap.add_argument("--log-level", default="WARNING", help="daemons' and scheduler's log level")
+    ap.add_argument("--daemon-config", type=Path, help="YAML for seed and peers (to compare)")
     args = ap.parse_args()
     size = parse_size(args.size)
     if shutil.which("curl") is None:
@@ -93,7 +94,12 @@ def main() -> int:
         expected = write_random_file(root / "origin" / "blob.bin", size)
         origin = start_origin(root, root / "origin")
         port = int(origin.wait_ready(30)["port"])
-        cluster = LocalCluster(root, [PeerSpec("peer"), PeerSpec("peer2")], log_level=args.log_level)
+        cluster = LocalCluster(
+            root,
+            [PeerSpec("peer"), PeerSpec("peer2")],
+            log_level=args.log_level,
+            daemon_config=args.daemon_config.resolve() if args.daemon_config else None,
+        )
         cluster.start()
         sock = cluster.socket_of(0)
         sock2 = cluster.socket_of(1)

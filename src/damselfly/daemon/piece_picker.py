@@ -64,20 +64,24 @@ def rarest_first(state: PickState) -> tuple[int, str] | None:
     usable = _usable(state)
     if not usable:
         return None
-    best: list[int] = []
-    best_count = 1 << 30
-    for number in state.missing:
-        if number in state.in_flight:
-            continue
-        count = sum(1 for p in state.parents.values() if number in p.pieces)
-        if count == 0 or not any(p.offers(number, state.now) for p in usable.values()):
-            continue
-        if count < best_count:
-            best, best_count = [number], count
-        elif count == best_count:
-            best.append(number)
-    if not best:
+    wanted = state.missing - state.in_flight
+    # Set intersections first: near the swarm's frontier most wanted pieces are held by no
+    # parent, and this runs at every wake-up of the conductor.
+    offered: set[int] = set()
+    for p in usable.values():
+        mine = p.pieces & wanted
+        if p.skip:
+            mine = {n for n in mine if p.offers(n, state.now)}
+        offered |= mine
+    if not offered:
         return None
+    counts = dict.fromkeys(offered, 0)
+    for p in state.parents.values():
+        for number in p.pieces & offered:
+            counts[number] += 1
+    fewest = min(counts.values())
+    best = [n for n, c in counts.items() if c == fewest]
+    best.sort()  # the random choice below depends on the seed, not on set order
     number = state.rng.choice(best)
     holders = [(pid, p) for pid, p in usable.items() if p.offers(number, state.now)]
     return number, _best_parent(holders, state.rng)

@@ -385,15 +385,20 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
             # Pieces held, and pieces arriving from a parent (served while they land,
             # daemon/receiving.py). One announced while arriving is announced again once
             # held: its transfer may have failed in between and the child forgotten it.
-            offers = {n: (p.offset, p.length) for n, p in self.store.receiving.of(task_id).items()}
-            offers.update({n: (p.offset, p.length) for n, p in meta.pieces.items()})
-            for number in sorted((offers.keys() - sent) | (meta.pieces.keys() - held)):
+            # Only what changed is looked at (set operations, not a walk over every piece:
+            # this runs at each change of the task, for each child).
+            arriving = self.store.receiving.of(task_id)
+            pieces = meta.pieces
+            for number in sorted((arriving.keys() - sent) | (pieces.keys() - held)):
                 if interested and number not in interested:
                     continue
                 sent.add(number)
-                if number in meta.pieces:
+                piece: Any = pieces.get(number)
+                if piece is not None:
                     held.add(number)
-                offset, length = offers[number]
+                else:
+                    piece = arriving[number]
+                offset, length = piece.offset, piece.length
                 yield dfdaemon_pb2.SyncPiecesResponse(
                     number=number,
                     offset=offset,

@@ -372,9 +372,9 @@ class PieceStore:
     # ------------------------------------------------------------------ queries
 
     def get(self, task_id: str) -> TaskMeta | None:
-        if not _valid_id(task_id):
-            return None
-        return self._tasks.get(task_id)
+        # Only validated IDs are ever stored (create_task and _load check them), so a plain
+        # lookup is the check: this runs several times per piece on every download.
+        return self._tasks.get(task_id) if type(task_id) is str else None
 
     def tasks(self) -> list[TaskMeta]:
         with self._lock:

@@ -162,8 +162,10 @@ class LocalCluster:
         hostname_base: str | None = None,
         log_level: str = "INFO",
         ready_timeout: float = 60.0,
+        daemon_config: Path | None = None,
     ) -> None:
         self.root = root
+        self.daemon_config = daemon_config  # YAML for the seed and every peer
         self.peer_specs = peers
         self.scheduler_port = scheduler_port
         self.scheduler_metrics_port = scheduler_metrics_port
@@ -202,6 +204,7 @@ class LocalCluster:
                 seed=True,
                 ports=self.seed_ports,
                 log_level=self.log_level,
+                config=self.daemon_config,
             )
             # The seed first: a peer that asks before any seed host is known goes to the origin.
             self.seed.wait_ready(self.ready_timeout)
@@ -215,6 +218,7 @@ class LocalCluster:
                         socket_path=spec.socket,
                         ports=spec.ports,
                         log_level=self.log_level,
+                        config=self.daemon_config,
                     )
                 )
             for peer in self.peers:
