@@ -140,3 +140,29 @@ async def test_the_resend_clock_starts_when_the_first_copy_arrived(seed: Seed) -
     assert server._super_seed_verdict(TID, 1, held, "10.0.0.1", complete=False) == "first"
     server._first_send_ended(TID, 1, "10.0.0.1", ok=False)
     assert server._super_seed_verdict(TID, 1, held, "10.0.0.3", complete=False) == "first"
+
+
+async def test_a_piece_still_arriving_from_the_origin_goes_out_once_too(seed: Seed, tmp_path: Path) -> None:
+    """The trailer path (a piece served while it lands, its digest after it) is under the
+    same rule: the first asker gets it, another host is sent to the peers."""
+    hold(seed.store, [0])
+    span = piece_span(1, len(DATA), PL)
+    entry = seed.store.receiving.start(TID, 1, span.offset, span.length, "")  # landing, no digest yet
+    a = await client_from("127.0.0.1", seed.port)
+    b = await client_from("127.0.0.2", seed.port)
+    a.trailer = b.trailer = True
+    try:
+        first = asyncio.ensure_future(fetch(a, 1, tmp_path))
+        await asyncio.sleep(0.05)
+        with pytest.raises(PieceElsewhere):  # a's copy is on its way
+            await fetch(b, 1, tmp_path)
+        info = put_piece(seed.store, TID, DATA, 1, PL, record=False)  # the origin's bytes land
+        entry.advance(span.length)
+        entry.digest = info.digest
+        seed.store.finish_piece(TID, info)
+        seed.store.receiving.end(entry, ok=True)
+        assert (await asyncio.wait_for(first, 10)).digest == entry.digest
+        assert seed.server.elsewhere_refusals == 1
+    finally:
+        await a.close()
+        await b.close()
