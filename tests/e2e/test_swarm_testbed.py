@@ -59,6 +59,7 @@ def test_small_flash_crowd_across_namespaces() -> None:
     assert result.error == "", "\n".join(lines)
     assert all(h.exit_code == 0 and h.digest_ok for h in result.peers), "\n".join(lines)
     assert data["ok"] is True
+    assert data["piece_length"] is None and data["link_queue"] == "ack-first"  # the defaults, recorded
     assert 0 < data["origin"]["bytes"] <= 1.01 * sc.file_size
     assert data["back_to_source_count"] >= 1
     # Every byte a peer holds came from somewhere: peers and seed uploaded what the peers downloaded

@@ -20,6 +20,7 @@ def test_help_lists_the_scenarios() -> None:
         (["--scenario", "stampede"], "unknown scenario"),
         (["--rate", "fast"], "not a rate"),
         (["--size", "huge"], "not a size"),
+        (["--piece-length", "big"], "not a size"),
         (["--scenario", "mixed-rates", "--slow-fraction", "2"], "slow-fraction"),
     ],
 )
