@@ -1,8 +1,11 @@
 """Cut-through: a parent serves a piece it is still receiving, and never a whole unverified one.
 
 Real loopback sockets: a piece server over a store in which one piece is
-"receiving" (its header came from the parent's own parent, so its digest is
-known); the test plays that upstream transfer by writing the bytes in steps.
+"receiving": its header came from the parent's own parent (its digest known),
+or it is landing from the origin (its digest not known yet: a child that asks
+with the trailer tag gets the digest after the content, a plain child, as any
+Dragonfly client, gets the piece whole). The test plays that upstream transfer
+by writing the bytes in steps.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon.piece_client import PieceClient
+from damselfly.daemon import vortex
+from damselfly.daemon.piece_client import PieceClient, PieceConnectionPool
 from damselfly.daemon.piece_server import PieceServer
 from damselfly.daemon.receiving import Receiving
 from damselfly.daemon.storage import PieceStore
 from damselfly.domain import PieceInfo
-from damselfly.errors import NotFound, PeerError
+from damselfly.errors import DigestMismatch, NotFound, PeerError
 from damselfly.ids import task_id
 
 pytestmark = pytest.mark.integration
@@ -58,9 +62,14 @@ class Child:
 
 
 @contextlib.asynccontextmanager
-async def child_fetching(store: PieceStore, port: int, out_path: Path) -> AsyncIterator[Child]:
-    entry = store.receiving.start(TID, 0, 0, PL, CRC0)
+async def child_fetching(
+    store: PieceStore, port: int, out_path: Path, *, digest: str = CRC0, trailer: bool = False
+) -> AsyncIterator[Child]:
+    """Piece 0 arriving at the parent (its digest known from the parent's own parent, or ""
+    while it lands from the origin); a child asking for it (``trailer``: with the trailer tag)."""
+    entry = store.receiving.start(TID, 0, 0, PL, digest)
     client = await PieceClient.connect("127.0.0.1", port)
+    client.trailer = trailer
     out = os.open(out_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fetch = asyncio.ensure_future(client.download_piece(TID, 0, out, 0, PL, timeout=10))
@@ -70,12 +79,19 @@ async def child_fetching(store: PieceStore, port: int, out_path: Path) -> AsyncI
         await client.close()
 
 
-def write(store: PieceStore, start: int, end: int) -> None:
+def write(store: PieceStore, start: int, end: int, data: bytes = DATA) -> None:
     fd = store.open_write_fd(TID)
     try:
-        os.pwrite(fd, DATA[start:end], start)
+        os.pwrite(fd, data[start:end], start)
     finally:
         os.close(fd)
+
+
+def record(store: PieceStore, entry: Receiving) -> None:
+    """The parent's own copy of piece 0 passed its check: its digest is known, it is held."""
+    entry.digest = CRC0
+    store.finish_piece(TID, PieceInfo(0, 0, PL, CRC0))
+    store.receiving.end(entry, ok=True)
 
 
 async def test_a_piece_is_served_while_it_lands(parent: tuple[PieceStore, int], tmp_path: Path) -> None:
@@ -88,8 +104,7 @@ async def test_a_piece_is_served_while_it_lands(parent: tuple[PieceStore, int], 
         # Everything but the held-back tail has reached the child before our copy is verified.
         assert not child.fetch.done()
         assert child.size() >= PL - 64 * 1024
-        store.finish_piece(TID, PieceInfo(0, 0, PL, CRC0))
-        store.receiving.end(child.entry, ok=True)
+        record(store, child.entry)
         info = await asyncio.wait_for(child.fetch, 10)
         assert info.digest == CRC0
         assert os.pread(child.out, PL, 0) == DATA[:PL]
@@ -112,8 +127,7 @@ async def test_a_slow_upstream_is_passed_on_within_tens_of_milliseconds(
         assert not child.fetch.done()
         write(store, 32 * 1024, PL)
         child.entry.advance(PL)
-        store.finish_piece(TID, PieceInfo(0, 0, PL, CRC0))
-        store.receiving.end(child.entry, ok=True)
+        record(store, child.entry)
         info = await asyncio.wait_for(child.fetch, 10)
         assert info.digest == CRC0 and os.pread(child.out, PL, 0) == DATA[:PL]
 
@@ -139,3 +153,102 @@ async def test_a_failed_upstream_transfer_never_completes_the_childs_piece(
     finally:
         os.close(out)
         await again.close()
+
+
+async def test_a_landing_piece_reaches_a_trailer_child_before_its_digest_is_known(
+    parent: tuple[PieceStore, int], tmp_path: Path
+) -> None:
+    store, port = parent
+    async with child_fetching(store, port, tmp_path / "child", digest="", trailer=True) as child:
+        for step in range(1, 5):
+            write(store, (step - 1) * PL // 4, step * PL // 4)
+            child.entry.advance(step * PL // 4)
+            await asyncio.sleep(0.05)
+        # All but the held-back tail went on while the piece's digest was still unknown.
+        assert not child.fetch.done()
+        assert child.size() >= PL - 64 * 1024
+        record(store, child.entry)  # the origin's piece ended: its crc32 is known
+        info = await asyncio.wait_for(child.fetch, 10)
+        assert info.digest == CRC0 and os.pread(child.out, PL, 0) == DATA[:PL]
+
+
+async def test_a_plain_child_gets_the_landing_piece_whole_with_its_digest_first(
+    parent: tuple[PieceStore, int], tmp_path: Path
+) -> None:
+    store, port = parent
+    async with child_fetching(store, port, tmp_path / "child", digest="") as child:
+        write(store, 0, PL)
+        child.entry.advance(PL)
+        await asyncio.sleep(0.1)
+        assert not child.fetch.done() and child.size() == 0  # nothing before its digest
+        record(store, child.entry)
+        info = await asyncio.wait_for(child.fetch, 10)
+        assert info.digest == CRC0 and os.pread(child.out, PL, 0) == DATA[:PL]
+
+
+async def test_a_trailer_that_does_not_match_the_bytes_fails_the_piece(
+    parent: tuple[PieceStore, int], tmp_path: Path
+) -> None:
+    """The child checks the bytes it got against the trailer, as against a header digest."""
+    store, port = parent
+    async with child_fetching(store, port, tmp_path / "child", digest="", trailer=True) as child:
+        corrupt = bytes([DATA[0] ^ 0xFF]) + DATA[1:]
+        write(store, 0, PL, corrupt)  # the bytes on the parent's disk went bad
+        child.entry.advance(PL)
+        record(store, child.entry)  # what the origin's stream summed to
+        with pytest.raises(DigestMismatch):
+            await asyncio.wait_for(child.fetch, 10)
+
+
+async def test_a_failed_origin_fetch_never_completes_a_trailer_childs_piece(
+    parent: tuple[PieceStore, int], tmp_path: Path
+) -> None:
+    store, port = parent
+    async with child_fetching(store, port, tmp_path / "child", digest="", trailer=True) as child:
+        write(store, 0, PL // 2)
+        child.entry.advance(PL // 2)
+        await asyncio.sleep(0.05)
+        store.receiving.end(child.entry, ok=False)  # the origin's connection broke mid-piece
+        with pytest.raises(PeerError):
+            await asyncio.wait_for(child.fetch, 10)
+
+
+async def test_a_parent_that_does_not_know_the_trailer_request_gets_plain_ones(tmp_path: Path) -> None:
+    """Like an older piece server: an unknown tag is answered Error (packet 0) and the
+    connection closed. The pool then asks that parent plainly, and keeps doing so."""
+    tags: list[int] = []
+
+    async def old_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(vortex.HEADER_SIZE)
+                header = vortex.HEADER.unpack(head)
+                tags.append(header[1])
+                value = await reader.readexactly(header[2])
+                if header[1] != vortex.Tag.DOWNLOAD_PIECE:
+                    writer.write(vortex.encode_error(0, vortex.ErrorCode.INVALID_ARGUMENT, "unknown tag"))
+                    await writer.drain()
+                    return
+                request = vortex.decode_download_piece(header[0], value)
+                writer.write(vortex.encode_piece_header(request.packet_id, 0, 0, PL, CRC0) + DATA[:PL])
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(old_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = PieceConnectionPool()
+    out = os.open(tmp_path / "child", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for _ in range(2):
+            info = await pool.download_piece("127.0.0.1", port, TID, 0, out, 0, PL, timeout=10)
+            assert info.digest == CRC0 and os.pread(out, PL, 0) == DATA[:PL]
+        plain, trailer = vortex.Tag.DOWNLOAD_PIECE, vortex.Tag.DOWNLOAD_PIECE_TRAILER
+        assert tags == [trailer, plain, plain]
+    finally:
+        os.close(out)
+        await pool.close()
+        server.close()
+        await server.wait_closed()

@@ -603,19 +603,16 @@ class Conductor:
             chosen_piece_length.append(piece_length)
             return piece_length
 
-        # Pieces landing from the origin, served to children as they land (cut-through; the
+        # Pieces landing from the origin are served to children as they land (cut-through; the
         # digest, known only at the piece's end, follows the content to children that take it).
-        landing: dict[int, Receiving] = {}
-
         def on_piece_start(number: int, offset: int, length: int) -> Receiving | None:
             if not self.deps.cut_through:
                 return None
-            entry = landing[number] = store.receiving.start(self.task_id, number, offset, length, "")
-            return entry
+            return store.receiving.start(self.task_id, number, offset, length, "")
 
         def on_piece(info: PieceInfo) -> None:
             info.traffic_type = TrafficType.BACK_TO_SOURCE
-            entry = landing.pop(info.number, None)
+            entry = store.receiving.get(self.task_id, info.number)
             if entry is not None:
                 entry.digest = info.digest  # before it is done: a child's trailer carries it
             try:
@@ -642,7 +639,7 @@ class Conductor:
                 on_piece_start=on_piece_start,
             )
         finally:
-            for entry in landing.values():  # the fetch failed mid-piece: children see it fail
+            for entry in store.receiving.of(self.task_id).values():  # a piece cut off mid-way
                 store.receiving.end(entry, ok=False)
         current = store.get(self.task_id)
         if current is not None and current.content_length is None:
