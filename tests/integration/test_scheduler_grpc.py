@@ -297,9 +297,13 @@ async def test_unreachable_seed_host_falls_back_to_one_origin_fetch(tmp_path: Pa
         for o in others:
             answer = await o
             assert [c.id for c in answer.normal_task_response.candidate_parents] == ["peer-0"]
-    # Streams still open when the scheduler stops end with UNAVAILABLE, not a hang.
-    for p in peers:
-        assert await asyncio.wait_for(p.call.code(), 5) == grpc.StatusCode.UNAVAILABLE
+        # Streams still open when the scheduler stops end with UNAVAILABLE, not a hang. (Read
+        # while the client channel is open: closing it would cancel a call whose status had not
+        # been taken in yet, which a loaded machine showed as CANCELLED.)
+        s.stop.set()
+        await asyncio.wait_for(s.task, 10)
+        for p in peers:
+            assert await asyncio.wait_for(p.call.code(), 5) == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_run_in_a_process_writes_ready_file_and_stops_on_sigterm(tmp_path: Path) -> None:
