@@ -313,6 +313,9 @@ class PieceServer:
                 pos += n
                 pause = STREAM_POLL_S
                 continue
+            if state == "receiving" and incoming.written >= length:
+                await incoming.ended()  # all here: the held bytes go the moment it is verified
+                continue
             await asyncio.sleep(pause)
             pause = min(2 * pause, STREAM_POLL_MAX_S)  # a slow upstream: look less often
         return pos
@@ -320,10 +323,7 @@ class PieceServer:
     @staticmethod
     async def _until_landed(incoming: Receiving) -> None:
         """Wait until a piece still arriving is recorded (done) or lost (failed)."""
-        pause = STREAM_POLL_S
-        while incoming.state == "receiving":
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, STREAM_POLL_MAX_S)
+        await incoming.ended()
 
     @contextlib.asynccontextmanager
     async def _turn(self, *, bypass: bool = False) -> AsyncIterator[None]:

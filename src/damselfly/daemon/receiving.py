@@ -16,14 +16,18 @@ a complete piece that its parent did not verify.
 Owner: :class:`PieceStore` (``store.receiving``); the conductor starts and ends
 entries around each piece it fetches; the piece server and SyncPieces read them.
 The byte count is advanced from the worker thread that receives the body (a
-plain int store); readers poll it.
+plain int store); readers poll it. The end of a transfer (``end``, on the event
+loop) wakes readers waiting in :meth:`Receiving.ended`: the last bytes of a
+piece wait for that verdict, and at every hop of a line of peers a poll's
+back-off would add its delay to the piece's way down the line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -37,9 +41,29 @@ class Receiving:
     digest: str
     written: int = 0  # bytes of the piece written so far (from ``offset``)
     state: str = "receiving"  # receiving | done (verified and recorded) | failed
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list, repr=False)
 
     def advance(self, written: int) -> None:
         self.written = written
+
+    async def ended(self) -> None:
+        """Return once the transfer ended (done or failed); on the event loop only."""
+        if self.state != "receiving":
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _settle(self, state: str) -> None:
+        self.state = state
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class ReceivingPieces:
@@ -58,8 +82,8 @@ class ReceivingPieces:
         return entry
 
     def end(self, entry: Receiving, *, ok: bool) -> None:
-        """The transfer ended: ``ok`` once the piece is verified and in the store."""
-        entry.state = "done" if ok else "failed"
+        """The transfer ended: ``ok`` once the piece is verified and in the store (on the loop)."""
+        entry._settle("done" if ok else "failed")
         with self._lock:
             pieces = self._by_task.get(entry.task_id)
             if pieces is not None and pieces.get(entry.number) is entry:
