@@ -58,11 +58,12 @@ class SchedulingConfig(Section):
     """Policy knobs of the scheduler (Dragonfly's ``scheduler.*``)."""
 
     algorithm: str = "default"  # evaluator name, see scheduler/evaluator.py
-    # "dag": parents never descend from their child (Dragonfly's rule). "mesh": any
-    # peer of another host may be a parent, so peers that started together trade
-    # pieces both ways (BitTorrent-like); measured faster in flash crowds. "chain": the
-    # task's peers in a line, each fed by the one registered before it (scheduling.chain_parents).
-    topology: str = "mesh"
+    # "chain" (default): the task's peers in a line, each fed by the one registered before
+    # it, a peer on a slow link left out of others' way (scheduling.chain_parents); measured
+    # nearest the bound in flash crowds (BENCHMARKS.md). "mesh": any peer of another host may
+    # be a parent, so peers that started together trade pieces both ways (BitTorrent-like).
+    # "dag": as mesh, but parents never descend from their child (Dragonfly's rule).
+    topology: str = "chain"
     # Parents a peer may hold at once, counting those added by "more parents" reschedules.
     max_parents: int = 8
     candidate_parent_limit: int = 4

@@ -32,6 +32,9 @@ T = TypeVar("T")
 # How many served-piece costs a parent keeps for bad-parent detection, and how
 # many bandwidth samples a host keeps (one per announce, ~30 s apart).
 COST_SAMPLES = 64
+# A peer's progress is sampled at most this often, this many samples kept (8 s and more).
+PROGRESS_SAMPLE_S = 0.25
+PROGRESS_SAMPLES = 32
 TX_SAMPLES = 8
 
 
@@ -184,9 +187,24 @@ class Peer:
     served_costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_SAMPLES))
     reschedule_count: int = 0
     waiting_since: float | None = None
+    # (time, finished_bytes) at most every PROGRESS_SAMPLE_S, newest last: the peer's recent rate.
+    progress_log: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=PROGRESS_SAMPLES))
 
     def __hash__(self) -> int:
         return id(self)
+
+    def recent_rate(self, now: float, window: float) -> float | None:
+        """Bytes per second finished over the last ``window`` seconds; None until the
+        peer has been finishing pieces for that long (no rate to judge it by yet)."""
+        log = self.progress_log
+        if not log or now - log[0][0] < window:
+            return None
+        before = log[0][1]
+        for t, done in log:
+            if t > now - window:
+                break
+            before = done
+        return (self.finished_bytes - before) / window
 
     @property
     def need_back_to_source(self) -> bool:
@@ -340,6 +358,9 @@ class Resources:
         if piece.number not in peer.finished_pieces:
             peer.finished_pieces.add(piece.number)
             peer.finished_bytes += piece.length
+            log = peer.progress_log
+            if not log or now - log[-1][0] >= PROGRESS_SAMPLE_S:
+                log.append((now, peer.finished_bytes))
         peer.updated_at = now
         if piece.parent_id and piece.cost_s > 0:
             parent = self.peers.get(piece.parent_id)

@@ -97,7 +97,31 @@ def candidate_parents(
     return out
 
 
-def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator) -> list[Peer]:
+# The chain's slow-link rule: a peer that finished less than SLOW_LINK_FACTOR of what its
+# (still downloading) parents finished over the last SLOW_LINK_WINDOW_S cannot keep up with
+# them, so it is nobody's link in the line but its own and that of peers as slow as it.
+SLOW_LINK_WINDOW_S = 4.0
+SLOW_LINK_FACTOR = 0.5
+
+
+def is_slow_link(peer: Peer, now: float) -> bool:
+    """Whether ``peer`` receives much slower than its parents deliver (its own link is the
+    narrow one): put behind it in a line, every peer after it would go at its pace."""
+    if peer.state is not PeerState.RUNNING:
+        return False
+    mine = peer.recent_rate(now, SLOW_LINK_WINDOW_S)
+    if mine is None:
+        return False
+    theirs = [
+        r
+        for p in peer.parents.values()
+        if p.state in (PeerState.RUNNING, PeerState.BACK_TO_SOURCE)
+        and (r := p.recent_rate(now, SLOW_LINK_WINDOW_S)) is not None
+    ]
+    return bool(theirs) and mine < SLOW_LINK_FACTOR * max(theirs)
+
+
+def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator, now: float) -> list[Peer]:
     """The ``chain`` topology: the task's peers form a line in the order they registered.
 
     A peer's parent is the nearest peer registered before it that is alive (pending ones too:
@@ -106,9 +130,12 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator) -> li
     parent and sends at that rate to one child, pieces cut through every hop as they land,
     so when the origin is the narrowest link every peer trails it by a few hops' latency
     instead of by the pieces it has in flight from many half-shared parents. A failed or
-    blocked predecessor is skipped: the child joins the one before it.
+    blocked predecessor is skipped: the child joins the one before it. So is a predecessor
+    on a slow link (:func:`is_slow_link`), unless the child is on one too: a host with a
+    quarter of the others' bandwidth would otherwise hold everyone after it to its rate.
     """
     found = False
+    slow_ok: bool | None = None  # whether the peer itself is slow; asked only when it matters
     for cand in reversed(peer.task.peers.values()):
         if not found:
             found = cand is peer
@@ -122,6 +149,11 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator) -> li
             or evaluator.is_bad_parent(cand)
         ):
             continue
+        if is_slow_link(cand, now):
+            if slow_ok is None:
+                slow_ok = is_slow_link(peer, now)
+            if not slow_ok:
+                continue
         return [cand]
     return [
         p
@@ -140,7 +172,7 @@ def refresh(
     parent and no candidate: then it is scheduled as usual.
     """
     if cfg.topology == "chain":
-        chain = chain_parents(peer, cfg, evaluator)
+        chain = chain_parents(peer, cfg, evaluator, now)
         return Parents(chain) if chain else None
     current = [p for p in peer.parents.values() if p.state.can_serve and p.id not in peer.blocked]
     room = cfg.max_parents - len(current)
@@ -220,7 +252,7 @@ def schedule(
         return BackToSource(f"parents failed {peer.reschedule_count} times")
 
     if cfg.topology == "chain":
-        chain = chain_parents(peer, cfg, evaluator)
+        chain = chain_parents(peer, cfg, evaluator, now)
         if chain:
             return Parents(chain)
     else:

@@ -27,7 +27,8 @@ class FakeClock:
 
 @dataclass
 class World:
-    cfg: SchedulingConfig = field(default_factory=SchedulingConfig)
+    # The candidate/evaluator rules under test here are the mesh's; chain tests say so.
+    cfg: SchedulingConfig = field(default_factory=lambda: SchedulingConfig(topology="mesh"))
     clock: FakeClock = field(default_factory=FakeClock)
     res: Resources = field(default_factory=Resources)
     evaluator: DefaultEvaluator = field(default_factory=DefaultEvaluator)

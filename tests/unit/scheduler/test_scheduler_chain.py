@@ -5,8 +5,9 @@ from __future__ import annotations
 from sched_world import World
 
 from damselfly.config import SchedulingConfig
-from damselfly.scheduler.resources import PeerState
-from damselfly.scheduler.scheduling import Parents, TriggerSeed, Wait, refresh
+from damselfly.domain import PieceInfo
+from damselfly.scheduler.resources import Peer, PeerState
+from damselfly.scheduler.scheduling import Parents, TriggerSeed, Wait, is_slow_link, refresh
 
 
 def chain_world() -> World:
@@ -69,3 +70,62 @@ def test_more_parents_keeps_the_line() -> None:
     w.cfg = SchedulingConfig(topology="mesh")
     more = refresh(peers[3], w.res, w.cfg, w.evaluator, w.clock(), w.rng)
     assert isinstance(more, Parents) and len(more.parents) > 1
+
+
+def run_for(w: World, seconds: float, pieces_per_s: dict[Peer, float]) -> None:
+    """Let the peers finish pieces at their rates (10 bytes each) for ``seconds``."""
+    owed = dict.fromkeys(pieces_per_s, 0.0)
+    for _ in range(int(seconds / 0.25)):
+        w.clock.advance(0.25)
+        for p, rate in pieces_per_s.items():
+            owed[p] += rate * 0.25
+            while owed[p] >= 1:
+                owed[p] -= 1
+                n = len(p.finished_pieces)
+                w.res.record_piece(p, PieceInfo(number=n, offset=n * 10, length=10), w.clock())
+
+
+def test_a_peer_on_a_slow_link_is_left_out_of_the_line_once_its_pace_shows() -> None:
+    w = chain_world()
+    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
+    a, slow, c = (w.peer(n, f"h{n}", state=PeerState.RUNNING) for n in ("a", "slow", "c"))
+    for p in (a, slow, c):
+        w.decide(p)
+    assert [list(p.parents) for p in (a, slow, c)] == [["seedpeer"], ["a"], ["slow"]]
+    # Too early to judge anyone: the line stays as it is.
+    run_for(w, 2, {seed: 8, a: 8, slow: 2, c: 2})
+    assert not is_slow_link(slow, w.clock())
+    assert parent_ids(refresh(c, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["slow"]
+    # Now "slow" has finished a quarter of what its parent did over the window: c goes round it.
+    run_for(w, 4, {seed: 8, a: 8, slow: 2, c: 2})
+    assert is_slow_link(slow, w.clock())
+    assert not is_slow_link(c, w.clock())  # c only keeps pace with its parent
+    assert not is_slow_link(a, w.clock())
+    assert parent_ids(refresh(c, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["a"]
+    # A newcomer on a fast link joins behind c, not behind the slow peer.
+    d = w.peer("d", "hd", state=PeerState.RUNNING)
+    assert parent_ids(w.decide(d)) == ["c"]
+
+
+def test_a_slow_peer_may_follow_another_slow_peer() -> None:
+    w = chain_world()
+    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
+    a, slow1, slow2 = (w.peer(n, f"h{n}", state=PeerState.RUNNING) for n in ("a", "slow1", "slow2"))
+    for p in (a, slow1, slow2):
+        w.decide(p)
+    w.res.set_parents(slow2, [a])  # slow2 was moved off slow1's line ...
+    run_for(w, 6, {seed: 8, a: 8, slow1: 2, slow2: 2})
+    assert is_slow_link(slow1, w.clock()) and is_slow_link(slow2, w.clock())
+    # ... and, being as slow, may go back behind slow1 (it takes nothing from a's upload).
+    assert parent_ids(refresh(slow2, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["slow1"]
+
+
+def test_a_finished_or_stalled_parent_makes_nobody_slow() -> None:
+    w = chain_world()
+    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
+    a = w.peer("a", "ha", state=PeerState.RUNNING)
+    w.decide(a)
+    run_for(w, 6, {seed: 8, a: 2})
+    assert is_slow_link(a, w.clock())
+    w.res.set_state(seed, PeerState.SUCCEEDED, w.clock())  # a late joiner behind a finished seed
+    assert not is_slow_link(a, w.clock())

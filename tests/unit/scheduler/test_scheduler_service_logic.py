@@ -30,9 +30,13 @@ def register(host: str, peer: str, **download: Any) -> Any:
     )
 
 
-def make_service(seed_host: bool = False) -> tuple[SchedulerService, FakeClock]:
+def make_service(seed_host: bool = False, topology: str = "mesh") -> tuple[SchedulerService, FakeClock]:
+    """A service on the mesh topology unless told (waiting and "more parents" are the mesh's
+    rules; the chain gives a peer its predecessor at once, even one that has not started)."""
     clock = FakeClock()
-    svc = SchedulerService(SchedulerConfig(), clock=clock)
+    cfg = SchedulerConfig()
+    cfg.scheduler.topology = topology
+    svc = SchedulerService(cfg, clock=clock)
     for name in ("a", "b", "c"):
         svc.res.upsert_host(
             HostInfo(id=name, hostname=name, ip="127.0.0.1", port=1, download_port=2),
@@ -246,3 +250,17 @@ async def test_mesh_lets_peers_be_each_others_parents_and_dag_does_not() -> None
         # pc descends from pb: only the mesh lets pb download from pc as well.
         assert ("pc" in svc.res.peer("pb").parents) is expect_cycle, topology
         del sc
+
+
+async def test_the_default_topology_lines_peers_up_behind_the_origin_fetcher() -> None:
+    assert SchedulerConfig().scheduler.topology == "chain"
+    svc, _ = make_service(topology="chain")
+    src = PeerStream()
+    svc.handle(register("a", "pa"), src)  # no seed host: pa goes to the origin
+    assert kinds(src) == ["need_back_to_source_response"]
+    sb = PeerStream()
+    svc.handle(register("b", "pb"), sb)  # at once, behind pa (which has not started yet)
+    assert kinds(sb) == ["normal_task_response"]
+    sc = _started(svc, "c", "pc")
+    assert kinds(sc) == ["normal_task_response"]
+    assert [list(svc.res.peer(p).parents) for p in ("pb", "pc")] == [["pa"], ["pb"]]
