@@ -32,8 +32,8 @@ T = TypeVar("T")
 # How many served-piece costs a parent keeps for bad-parent detection, and how
 # many bandwidth samples a host keeps (one per announce, ~30 s apart).
 COST_SAMPLES = 64
-# A peer's progress is sampled at most this often, this many samples kept (8 s and more).
-PROGRESS_SAMPLE_S = 0.25
+# A peer's progress is sampled at most this often, this many samples kept (16 s and more).
+PROGRESS_SAMPLE_S = 0.5
 PROGRESS_SAMPLES = 32
 TX_SAMPLES = 8
 

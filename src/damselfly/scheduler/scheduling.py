@@ -100,8 +100,12 @@ def candidate_parents(
 # The chain's slow-link rule: a peer that finished less than SLOW_LINK_FACTOR of what its
 # (still downloading) parents finished over the last SLOW_LINK_WINDOW_S cannot keep up with
 # them, so it is nobody's link in the line but its own and that of peers as slow as it.
-SLOW_LINK_WINDOW_S = 4.0
-SLOW_LINK_FACTOR = 0.5
+# The window is long and the factor low because pieces finish in bursts: a child with four
+# pieces in flight from one parent may finish none for four piece-times and then all four (at
+# 25 mbit that is 5 s with 4 MiB pieces; a 4 s window at half the pace flagged healthy peers
+# and split the line: 16 x 25 mbit went from 1.12 to 1.75 T_min).
+SLOW_LINK_WINDOW_S = 12.0
+SLOW_LINK_FACTOR = 0.35
 
 
 def is_slow_link(peer: Peer, now: float) -> bool:
@@ -132,10 +136,12 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator, now: 
     instead of by the pieces it has in flight from many half-shared parents. A failed or
     blocked predecessor is skipped: the child joins the one before it. So is a predecessor
     on a slow link (:func:`is_slow_link`), unless the child is on one too: a host with a
-    quarter of the others' bandwidth would otherwise hold everyone after it to its rate.
+    quarter of the others' bandwidth would otherwise hold everyone after it to its rate. A
+    slow predecessor is kept when only seeds are left before it.
     """
     found = False
     slow_ok: bool | None = None  # whether the peer itself is slow; asked only when it matters
+    slow: Peer | None = None  # the nearest predecessor skipped for its slow link
     for cand in reversed(peer.task.peers.values()):
         if not found:
             found = cand is peer
@@ -153,8 +159,13 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator, now: 
             if slow_ok is None:
                 slow_ok = is_slow_link(peer, now)
             if not slow_ok:
+                slow = slow or cand
                 continue
         return [cand]
+    if slow is not None:
+        # Only the seeds are left: a second child would halve what the seed sends the head of
+        # the line, so keep the slow one (the line goes at its pace, as it would without the rule).
+        return [slow]
     return [
         p
         for p in peer.task.available

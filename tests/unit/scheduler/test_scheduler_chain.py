@@ -93,11 +93,11 @@ def test_a_peer_on_a_slow_link_is_left_out_of_the_line_once_its_pace_shows() -> 
         w.decide(p)
     assert [list(p.parents) for p in (a, slow, c)] == [["seedpeer"], ["a"], ["slow"]]
     # Too early to judge anyone: the line stays as it is.
-    run_for(w, 2, {seed: 8, a: 8, slow: 2, c: 2})
+    run_for(w, 6, {seed: 8, a: 8, slow: 2, c: 2})
     assert not is_slow_link(slow, w.clock())
     assert parent_ids(refresh(c, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["slow"]
     # Now "slow" has finished a quarter of what its parent did over the window: c goes round it.
-    run_for(w, 4, {seed: 8, a: 8, slow: 2, c: 2})
+    run_for(w, 8, {seed: 8, a: 8, slow: 2, c: 2})
     assert is_slow_link(slow, w.clock())
     assert not is_slow_link(c, w.clock())  # c only keeps pace with its parent
     assert not is_slow_link(a, w.clock())
@@ -107,6 +107,20 @@ def test_a_peer_on_a_slow_link_is_left_out_of_the_line_once_its_pace_shows() -> 
     assert parent_ids(w.decide(d)) == ["c"]
 
 
+def test_pieces_finishing_in_bursts_do_not_make_a_peer_slow() -> None:
+    # Four pieces in flight from one parent at a quarter of the link each finish together:
+    # none for four piece-times, then four. Over the window that is the parent's pace.
+    w = chain_world()
+    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
+    a = w.peer("a", "ha", state=PeerState.RUNNING)
+    w.decide(a)
+    for second in range(40):
+        run_for(w, 1, {seed: 1})
+        if second % 4 == 3:
+            run_for(w, 0.25, {a: 16})  # four pieces at once
+        assert not is_slow_link(a, w.clock()), second
+
+
 def test_a_slow_peer_may_follow_another_slow_peer() -> None:
     w = chain_world()
     seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
@@ -114,10 +128,22 @@ def test_a_slow_peer_may_follow_another_slow_peer() -> None:
     for p in (a, slow1, slow2):
         w.decide(p)
     w.res.set_parents(slow2, [a])  # slow2 was moved off slow1's line ...
-    run_for(w, 6, {seed: 8, a: 8, slow1: 2, slow2: 2})
+    run_for(w, 14, {seed: 8, a: 8, slow1: 2, slow2: 2})
     assert is_slow_link(slow1, w.clock()) and is_slow_link(slow2, w.clock())
     # ... and, being as slow, may go back behind slow1 (it takes nothing from a's upload).
     assert parent_ids(refresh(slow2, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["slow1"]
+
+
+def test_a_slow_head_keeps_its_place_rather_than_split_the_seed() -> None:
+    w = chain_world()
+    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
+    head = w.peer("head", "hh", state=PeerState.RUNNING)
+    b = w.peer("b", "hb", state=PeerState.RUNNING)
+    for p in (head, b):
+        w.decide(p)
+    run_for(w, 14, {seed: 8, head: 2, b: 2})
+    assert is_slow_link(head, w.clock())
+    assert parent_ids(refresh(b, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["head"]
 
 
 def test_a_finished_or_stalled_parent_makes_nobody_slow() -> None:
@@ -125,7 +151,7 @@ def test_a_finished_or_stalled_parent_makes_nobody_slow() -> None:
     seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
     a = w.peer("a", "ha", state=PeerState.RUNNING)
     w.decide(a)
-    run_for(w, 6, {seed: 8, a: 2})
+    run_for(w, 14, {seed: 8, a: 2})
     assert is_slow_link(a, w.clock())
     w.res.set_state(seed, PeerState.SUCCEEDED, w.clock())  # a late joiner behind a finished seed
     assert not is_slow_link(a, w.clock())
