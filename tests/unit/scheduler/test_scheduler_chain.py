@@ -155,3 +155,15 @@ def test_a_finished_or_stalled_parent_makes_nobody_slow() -> None:
     assert is_slow_link(a, w.clock())
     w.res.set_state(seed, PeerState.SUCCEEDED, w.clock())  # a late joiner behind a finished seed
     assert not is_slow_link(a, w.clock())
+
+
+def test_a_piece_served_slowly_once_does_not_break_the_line() -> None:
+    # The mesh drops a parent whose newest served piece is an outlier; in a line a piece's cost
+    # swings with its upstream, and moving the child would make its grandparent feed two.
+    w = chain_world()
+    w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
+    a = w.peer("a", "ha", state=PeerState.RUNNING, pieces=3)
+    b = w.peer("b", "hb", state=PeerState.RUNNING)
+    a.served_costs.extend([0.1] * 40 + [30.0])
+    assert w.evaluator.is_bad_parent(a)
+    assert parent_ids(w.decide(b)) == ["a"]
