@@ -307,6 +307,32 @@ async def test_silent_origin_is_a_download_timeout(
         await fetch(source, PieceStore(tmp_path), await raw_origin(stalls))
 
 
+async def test_a_cancelled_fetch_stops_writing_before_it_returns(
+    raw_origin: Callable[[Behaviour], Awaitable[str]], source: HTTPSource, tmp_path: Path
+) -> None:
+    # The body lands in a worker thread (rawhttp) or on the loop (aiohttp); either way, once
+    # the cancelled fetch has returned, nothing writes into the store's file any more.
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\n\r\n".encode())
+        writer.write(DATA[: PL + 100])
+        await writer.drain()
+        await asyncio.sleep(3600)
+
+    source._config.read_timeout = 60  # the cancel, not the timeout, must end it
+    store = PieceStore(tmp_path)
+    job = asyncio.ensure_future(fetch(source, store, await raw_origin(stalls)))
+    for _ in range(200):
+        meta = store.get(TID)
+        if meta is not None and meta.pieces:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # the second piece's bytes are being waited for
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(job, 5)
+    assert sorted(store.get(TID).pieces) == [0]  # type: ignore[union-attr]
+
+
 async def test_body_longer_than_a_content_range_is_refused(
     raw_origin: Callable[[Behaviour], Awaitable[str]], source: HTTPSource, tmp_path: Path
 ) -> None:

@@ -345,9 +345,11 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
                 # limit is not spent; keep the usable parents and add new ones.
                 more = refresh(peer, self.res, self.cfg, self.evaluator, now, self.rng)
                 if more is not None:
-                    if self.cfg.topology == "chain" and peer.parents and set(peer.parents) != {
-                        p.id for p in more.parents
-                    }:
+                    if (
+                        self.cfg.topology == "chain"
+                        and peer.parents
+                        and set(peer.parents) != {p.id for p in more.parents}
+                    ):
                         with log_context(task_id=task.id, peer_id=peer.id):
                             log.info("line changed: parent %s -> %s", ", ".join(peer.parents),
                                      ", ".join(p.id for p in more.parents))  # fmt: skip
