@@ -12,35 +12,22 @@ any body byte is read, and the caller uses aiohttp instead.
 
 One request per connection (``Connection: close``): an origin fetch is one
 long transfer, so reuse buys nothing here.
-
-:meth:`RawResponse.read_into` receives a stretch of the body in a worker thread
-(blocking ``recv_into``, ``pwrite`` and crc32 all release the GIL), so a seed's
-event loop stays free to serve the pieces as they land while the body arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 from collections.abc import AsyncIterator
-from typing import Protocol
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from ..checksum import crc32
-from ..errors import DownloadTimeout, SourceError, SourceUnreachable, StorageError
+from ..errors import SourceError, SourceUnreachable
 
 HEAD_LIMIT = 64 * 1024
 BUFFER_SIZE = 1024 * 1024
-
-
-class Progress(Protocol):
-    """Where the bytes of a piece that landed are counted (``daemon.receiving.Receiving``)."""
-
-    def advance(self, written: int) -> None: ...
 
 
 class Unsupported(Exception):
@@ -66,8 +53,6 @@ class RawResponse:
         self.content_length: int | None = int(headers["Content-Length"])
         self._first = first
         self._timeout = read_timeout
-        self._left = self.content_length  # body bytes not taken yet (read_into)
-        self._view = memoryview(bytearray(BUFFER_SIZE))
         self.content = self  # aiohttp style: resp.content.iter_any()
 
     async def iter_any(self) -> AsyncIterator[memoryview]:
@@ -79,7 +64,8 @@ class RawResponse:
             left -= len(head)
             yield head
         loop = asyncio.get_running_loop()
-        view = self._view
+        buf = bytearray(BUFFER_SIZE)
+        view = memoryview(buf)
         while left > 0:
             n = await asyncio.wait_for(
                 loop.sock_recv_into(self._sock, view[: min(left, BUFFER_SIZE)]), self._timeout
@@ -89,71 +75,9 @@ class RawResponse:
             left -= n
             yield view[:n]
 
-    def read_into(
-        self,
-        fd: int,
-        pos: int,
-        stop: int,
-        crc: int,
-        *,
-        write: bool = True,
-        progress: Progress | None = None,
-        progress_base: int = 0,
-    ) -> tuple[int, int]:
-        """Body bytes up to content offset ``stop`` written at their offsets into ``fd``,
-        starting at ``pos``; blocking, for a worker thread. Returns (offset reached, crc32
-        of the bytes taken, continuing ``crc``); an offset short of ``stop`` means the body
-        ended early. ``write`` False: the bytes are read and dropped (a piece already held).
-        ``progress.advance(offset - progress_base)`` after each write."""
-        sock = self._sock
-        view = self._view
-        sock.settimeout(self._timeout)
-        try:
-            while pos < stop and self._left > 0:
-                want = min(stop - pos, self._left)
-                if self._first:
-                    chunk = memoryview(self._first)[:want]
-                    self._first = self._first[len(chunk) :]
-                else:
-                    try:
-                        n = sock.recv_into(view[: min(want, BUFFER_SIZE)])
-                    except TimeoutError:
-                        raise DownloadTimeout(f"the origin sent no byte for {self._timeout:g}s") from None
-                    except OSError as e:
-                        raise SourceError(f"the origin's connection broke mid-body: {e}") from e
-                    if n == 0:
-                        break
-                    chunk = view[:n]
-                n = len(chunk)
-                self._left -= n
-                if write:
-                    _pwrite_all(fd, chunk, pos)
-                    crc = crc32(chunk, crc)
-                pos += n
-                if progress is not None:
-                    progress.advance(pos - progress_base)
-            return pos, crc
-        finally:
-            with contextlib.suppress(OSError):
-                sock.setblocking(False)
-
-    def abort(self) -> None:
-        """Wake a ``read_into`` blocked in another thread: it sees the body end."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    try:
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done:], offset + done)
-    except OSError as e:
-        raise StorageError(e.errno, f"cannot write downloaded content: {e.strerror}") from e
 
 
 def _request_bytes(host_header: str, target: str, headers: dict[str, str]) -> bytes:

@@ -23,7 +23,6 @@ or a broken connection mid-body -> :class:`SourceError`; a failed disk write ->
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -250,9 +249,6 @@ def _content_range(resp: aiohttp.ClientResponse, url: str) -> tuple[int, int, in
     return int(m.group(1)), int(m.group(2)), total
 
 
-# Receive plain-HTTP bodies in worker threads (_Fetch._stream_threaded); False: on the loop.
-THREADED_BODY = True
-
 # How a split download starts: the first bytes, by Range; every piece length is a
 # multiple (powers of two, at least 4 MiB), so a probe never ends past piece 0.
 PROBE_BYTES = 4 * 1024 * 1024
@@ -420,8 +416,6 @@ class _Fetch:
         clock = self.source._clock
         total = self.total
         limiter = self.source.limiter
-        if isinstance(resp, rawhttp.RawResponse) and limiter is None and total is not None and THREADED_BODY:
-            return await self._stream_threaded(resp, start, total if end is None else end, carry)
         pos = start
         number = pos // pl
         piece_start = number * pl
@@ -454,53 +448,6 @@ class _Fetch:
         if total is None and pos > piece_start:
             self._piece_done(number, piece_start, pos - piece_start, crc, began)
         return pos, ((crc, began) if pos > piece_start and total is not None and pos < total else None)
-
-    async def _stream_threaded(
-        self, resp: rawhttp.RawResponse, start: int, end: int, carry: _Carry | None
-    ) -> tuple[int, _Carry | None]:
-        """``_stream`` for a plain-HTTP body of known length with no bandwidth limit: each
-        piece's bytes are received, written and checksummed in a worker thread, and the
-        event loop only records the piece (and serves it meanwhile)."""
-        assert self.fd is not None and self.total is not None
-        fd, pl, total, clock = self.fd, self.piece_length, self.total, self.source._clock
-        pos = start
-        number = pos // pl
-        piece_start = number * pl
-        crc, began = carry if carry is not None else (0, clock())
-        while pos < end:
-            piece_end = min(piece_start + pl, total)
-            stop = min(piece_end, end)
-            write = number not in self.skip
-            entry: Receiving | None = None
-            if write and self.on_piece_start is not None:
-                entry = self.landing.get(number)
-                if entry is None:
-                    entry = self.on_piece_start(number, piece_start, piece_end - piece_start)
-                    if entry is not None:
-                        self.landing[number] = entry
-            job = asyncio.ensure_future(
-                asyncio.to_thread(
-                    resp.read_into, fd, pos, stop, crc, write=write, progress=entry, progress_base=piece_start
-                )
-            )
-            try:
-                reached, crc = await asyncio.shield(job)
-            except asyncio.CancelledError:
-                # The thread writes into our fd: it must be done before the fd is closed.
-                resp.abort()
-                with contextlib.suppress(BaseException):
-                    await job
-                raise
-            if reached < stop:
-                raise SourceError(f"the origin's body for {self.url} ended at byte {reached} of {end}")
-            pos = reached
-            if pos == piece_end:
-                self._piece_done(number, piece_start, pos - piece_start, crc, began)
-                number += 1
-                piece_start = pos
-                crc = 0
-                began = clock()
-        return pos, ((crc, began) if pos > piece_start and pos < total else None)
 
     def _landed(self, number: int, piece_start: int, piece_end: int, upto: int) -> None:
         entry = self.landing.get(number)
