@@ -143,11 +143,12 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator, now: 
     blocked predecessor is skipped: the child joins the one before it. So is a predecessor
     on a slow link (:func:`is_slow_link`), unless the child is on one too: a host with a
     quarter of the others' bandwidth would otherwise hold everyone after it to its rate. A
-    slow predecessor is kept when only seeds are left before it.
+    slow head is skipped for the seeds too: the seed then sends to two children, the slow
+    one taking what its link takes and the next one the rest, instead of the whole line
+    going at the slow link's pace.
     """
     found = False
     slow_ok: bool | None = None  # whether the peer itself is slow; asked only when it matters
-    slow: Peer | None = None  # the nearest predecessor skipped for its slow link
     for cand in reversed(peer.task.peers.values()):
         if not found:
             found = cand is peer
@@ -164,13 +165,8 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator, now: 
             if slow_ok is None:
                 slow_ok = is_slow_link(peer, now)
             if not slow_ok:
-                slow = slow or cand
                 continue
         return [cand]
-    if slow is not None:
-        # Only the seeds are left: a second child would halve what the seed sends the head of
-        # the line, so keep the slow one (the line goes at its pace, as it would without the rule).
-        return [slow]
     return [
         p
         for p in peer.task.available

@@ -134,16 +134,18 @@ def test_a_slow_peer_may_follow_another_slow_peer() -> None:
     assert parent_ids(refresh(slow2, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["slow1"]
 
 
-def test_a_slow_head_keeps_its_place_rather_than_split_the_seed() -> None:
+def test_a_slow_head_is_passed_for_the_seed() -> None:
+    # The seed then sends to two: the slow head what its link takes, the next peer the rest.
     w = chain_world()
     seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
     head = w.peer("head", "hh", state=PeerState.RUNNING)
     b = w.peer("b", "hb", state=PeerState.RUNNING)
     for p in (head, b):
         w.decide(p)
+    assert parent_ids(refresh(b, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["head"]
     run_for(w, 14, {seed: 8, head: 2, b: 2})
     assert is_slow_link(head, w.clock())
-    assert parent_ids(refresh(b, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["head"]
+    assert parent_ids(refresh(b, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["seedpeer"]
 
 
 def test_a_finished_or_stalled_parent_makes_nobody_slow() -> None:
