@@ -61,6 +61,38 @@ def test_seed_killed_mid_task_child_still_finishes(procs: Procs, short_tmp: Path
     assert sha256_of(out) == want
 
 
+def test_a_peer_killed_mid_line_is_stepped_over(procs: Procs, short_tmp: Path) -> None:
+    # The default topology lines peers up in the order they register: seed -> a -> b -> c.
+    origin_dir = short_tmp / "files"
+    origin_dir.mkdir()
+    want = random_file(origin_dir / "big.bin", 24 * MiB)
+    origin = procs.origin(origin_dir)
+    port = int(procs.scheduler().ready["grpc_port"])
+    procs.daemon("seed", scheduler_port=port, seed=True)
+    peers = {name: procs.daemon(name, scheduler_port=port) for name in ("a", "b", "c")}
+    url = origin.url("big.bin", fault="slow", query=f"rate={4 * MiB}")
+    jobs = {}
+    for name in ("a", "b", "c"):  # one after another, so the line's order is known
+        jobs[name] = _start_dfget(url, short_tmp / f"{name}.bin", peers[name].ready["socket"])
+        _wait_for(lambda name=name: _content_bytes(short_tmp / name) > 0)
+    _wait_for(lambda: _content_bytes(short_tmp / "c") >= 4 * MiB)
+    os.kill(peers["b"].pid, signal.SIGKILL)  # c's parent, mid-task
+    for name in ("a", "c"):
+        _stdout, stderr = jobs[name].communicate(timeout=90)
+        assert jobs[name].returncode == 0, stderr
+        assert sha256_of(short_tmp / f"{name}.bin") == want
+    jobs["b"].communicate(timeout=30)  # its daemon is gone: it fails, and that is all
+    assert jobs["b"].returncode != 0
+    # c went round the dead peer, not to the origin: the origin sent the file once.
+    assert 24 * MiB <= origin.bytes_for("/_fault/slow/big.bin") <= 24 * MiB * 1.01
+    # And it was c's parent that died: c asked to be rescheduled, away from b.
+    scheduler_log = (procs.root / "logs" / "scheduler.log").read_text()
+    c_peer = peers["c"].ready["host_id"]
+    assert any("reschedule" in line and c_peer in line for line in scheduler_log.splitlines()), scheduler_log[
+        -3000:
+    ]
+
+
 def test_daemon_killed_mid_download_restarts_consistent_and_serves(procs: Procs, short_tmp: Path) -> None:
     origin_dir = short_tmp / "files"
     origin_dir.mkdir()
