@@ -192,7 +192,7 @@ class PieceServer:
         if incoming is not None and not incoming.digest and not request.trailer:
             # Arriving from the origin, its digest not known yet, and this child wants the digest
             # up front (any Dragonfly client): it gets the piece once it is here.
-            await self._until_landed(incoming)
+            await incoming.ended()
             meta = self._store.get(request.task_id)
             if meta is None:
                 return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, "unknown task")
@@ -319,11 +319,6 @@ class PieceServer:
             await asyncio.sleep(pause)
             pause = min(2 * pause, STREAM_POLL_MAX_S)  # a slow upstream: look less often
         return pos
-
-    @staticmethod
-    async def _until_landed(incoming: Receiving) -> None:
-        """Wait until a piece still arriving is recorded (done) or lost (failed)."""
-        await incoming.ended()
 
     @contextlib.asynccontextmanager
     async def _turn(self, *, bypass: bool = False) -> AsyncIterator[None]:

@@ -126,7 +126,7 @@ def is_slow_link(peer: Peer, now: float) -> bool:
     return bool(theirs) and mine < SLOW_LINK_FACTOR * max(theirs)
 
 
-def chain_parents(peer: Peer, cfg: SchedulingConfig, evaluator: Evaluator, now: float) -> list[Peer]:
+def chain_parents(peer: Peer, cfg: SchedulingConfig, now: float) -> list[Peer]:
     """The ``chain`` topology: the task's peers form a line in the order they registered.
 
     The mesh's bad-parent test (one served piece slower than the parent's mean + 3 sigma) is not
@@ -185,7 +185,7 @@ def refresh(
     parent and no candidate: then it is scheduled as usual.
     """
     if cfg.topology == "chain":
-        chain = chain_parents(peer, cfg, evaluator, now)
+        chain = chain_parents(peer, cfg, now)
         return Parents(chain) if chain else None
     current = [p for p in peer.parents.values() if p.state.can_serve and p.id not in peer.blocked]
     room = cfg.max_parents - len(current)
@@ -265,7 +265,7 @@ def schedule(
         return BackToSource(f"parents failed {peer.reschedule_count} times")
 
     if cfg.topology == "chain":
-        chain = chain_parents(peer, cfg, evaluator, now)
+        chain = chain_parents(peer, cfg, now)
         if chain:
             return Parents(chain)
     else:
