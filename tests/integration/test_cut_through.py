@@ -87,6 +87,13 @@ def write(store: PieceStore, start: int, end: int, data: bytes = DATA) -> None:
         os.close(fd)
 
 
+async def got_piece_zero(child: Child) -> None:
+    """The child's fetch completes with piece 0, its digest and its bytes right."""
+    info = await asyncio.wait_for(child.fetch, 10)
+    assert info.digest == CRC0
+    assert os.pread(child.out, PL, 0) == DATA[:PL]
+
+
 def record(store: PieceStore, entry: Receiving) -> None:
     """The parent's own copy of piece 0 passed its check: its digest is known, it is held."""
     entry.digest = CRC0
@@ -105,9 +112,7 @@ async def test_a_piece_is_served_while_it_lands(parent: tuple[PieceStore, int], 
         assert not child.fetch.done()
         assert child.size() >= PL - 64 * 1024
         record(store, child.entry)
-        info = await asyncio.wait_for(child.fetch, 10)
-        assert info.digest == CRC0
-        assert os.pread(child.out, PL, 0) == DATA[:PL]
+        await got_piece_zero(child)
 
 
 async def test_a_slow_upstream_is_passed_on_within_tens_of_milliseconds(
@@ -128,8 +133,7 @@ async def test_a_slow_upstream_is_passed_on_within_tens_of_milliseconds(
         write(store, 32 * 1024, PL)
         child.entry.advance(PL)
         record(store, child.entry)
-        info = await asyncio.wait_for(child.fetch, 10)
-        assert info.digest == CRC0 and os.pread(child.out, PL, 0) == DATA[:PL]
+        await got_piece_zero(child)
 
 
 async def test_a_failed_upstream_transfer_never_completes_the_childs_piece(
@@ -168,8 +172,7 @@ async def test_a_landing_piece_reaches_a_trailer_child_before_its_digest_is_know
         assert not child.fetch.done()
         assert child.size() >= PL - 64 * 1024
         record(store, child.entry)  # the origin's piece ended: its crc32 is known
-        info = await asyncio.wait_for(child.fetch, 10)
-        assert info.digest == CRC0 and os.pread(child.out, PL, 0) == DATA[:PL]
+        await got_piece_zero(child)
 
 
 async def test_a_plain_child_gets_the_landing_piece_whole_with_its_digest_first(
@@ -182,8 +185,7 @@ async def test_a_plain_child_gets_the_landing_piece_whole_with_its_digest_first(
         await asyncio.sleep(0.1)
         assert not child.fetch.done() and child.size() == 0  # nothing before its digest
         record(store, child.entry)
-        info = await asyncio.wait_for(child.fetch, 10)
-        assert info.digest == CRC0 and os.pread(child.out, PL, 0) == DATA[:PL]
+        await got_piece_zero(child)
 
 
 async def test_a_trailer_that_does_not_match_the_bytes_fails_the_piece(

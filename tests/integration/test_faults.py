@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.testbed.procs import python_module_command
-from helpers.processes import Procs, random_file, run_dfget, sha256_of
+from damselfly.testbed.procs import ChildProcess, python_module_command
+from helpers.processes import OriginProcess, Procs, random_file, run_dfget, sha256_of
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +42,26 @@ def _content_bytes(data_dir: Path) -> int:
     return total
 
 
-def test_seed_killed_mid_task_child_still_finishes(procs: Procs, short_tmp: Path) -> None:
+def _slow_origin_and_seed(procs: Procs, short_tmp: Path) -> tuple[OriginProcess, str, int, ChildProcess]:
+    """A 24 MiB file at an origin that trickles it at 4 MiB/s (so downloads are mid-task for
+    seconds), a scheduler and a seed daemon: (origin, the file's sha256, scheduler port, seed)."""
     origin_dir = short_tmp / "files"
     origin_dir.mkdir()
     want = random_file(origin_dir / "big.bin", 24 * MiB)
     origin = procs.origin(origin_dir)
     port = int(procs.scheduler().ready["grpc_port"])
     seed = procs.daemon("seed", scheduler_port=port, seed=True)
+    return origin, want, port, seed
+
+
+SLOW_URL_QUERY = f"rate={4 * MiB}"
+
+
+def test_seed_killed_mid_task_child_still_finishes(procs: Procs, short_tmp: Path) -> None:
+    origin, want, port, seed = _slow_origin_and_seed(procs, short_tmp)
     peer = procs.daemon("peer", scheduler_port=port)
-    # The origin trickles at 4 MiB/s, so the seed is mid-task when it dies.
-    url = origin.url("big.bin", fault="slow", query=f"rate={4 * MiB}")
+    # The origin trickles, so the seed is mid-task when it dies.
+    url = origin.url("big.bin", fault="slow", query=SLOW_URL_QUERY)
     out = short_tmp / "out.bin"
     job = _start_dfget(url, out, peer.ready["socket"])
     _wait_for(lambda: _content_bytes(short_tmp / "peer") >= 4 * MiB)
@@ -63,14 +73,9 @@ def test_seed_killed_mid_task_child_still_finishes(procs: Procs, short_tmp: Path
 
 def test_a_peer_killed_mid_line_is_stepped_over(procs: Procs, short_tmp: Path) -> None:
     # The default topology lines peers up in the order they register: seed -> a -> b -> c.
-    origin_dir = short_tmp / "files"
-    origin_dir.mkdir()
-    want = random_file(origin_dir / "big.bin", 24 * MiB)
-    origin = procs.origin(origin_dir)
-    port = int(procs.scheduler().ready["grpc_port"])
-    procs.daemon("seed", scheduler_port=port, seed=True)
+    origin, want, port, _seed = _slow_origin_and_seed(procs, short_tmp)
     peers = {name: procs.daemon(name, scheduler_port=port) for name in ("a", "b", "c")}
-    url = origin.url("big.bin", fault="slow", query=f"rate={4 * MiB}")
+    url = origin.url("big.bin", fault="slow", query=SLOW_URL_QUERY)
     jobs = {}
     for name in ("a", "b", "c"):  # one after another, so the line's order is known
         jobs[name] = _start_dfget(url, short_tmp / f"{name}.bin", peers[name].ready["socket"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -222,97 +224,99 @@ class FakeSeedDaemon(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[
         yield dfdaemon_pb2.DownloadTaskResponse(task_id=TASK)
 
 
-async def test_seed_trigger_once_for_twenty_concurrent_peers(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def fake_seed() -> AsyncIterator[tuple[FakeSeedDaemon, int]]:
+    """A FakeSeedDaemon served on a free loopback port: (the servicer, its port)."""
     seed_daemon = FakeSeedDaemon()
     server = grpc.aio.server()
     dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(seed_daemon, server)
-    seed_port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with running_scheduler(tmp_path, scheduler={"topology": "mesh"}) as s:
-            seed_host = host_pb("seed", port=seed_port, seed=True)
-            await announce_host(s.stub, seed_host)
-            hosts = [host_pb(f"h{i}") for i in range(20)]
-            await asyncio.gather(*(announce_host(s.stub, h) for h in hosts))
-
-            peers = [FakePeer(s.stub, h.id, TASK, f"peer-{i}") for i, h in enumerate(hosts)]
-            for p in peers:
-                p.register(request_header={"Authorization": "Bearer x"}, output_path="/tmp/out")
-            answers = [asyncio.ensure_future(p.answer()) for p in peers]
-            for _ in range(200):
-                if seed_daemon.calls:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)
-            assert len(seed_daemon.calls) == 1
-            download = seed_daemon.calls[0].download
-            assert download.url == URL
-            assert dict(download.request_header) == {"Authorization": "Bearer x"}
-            assert not download.output_path
-            assert not any(a.done() for a in answers), "peers wait for the seed instead of the origin"
-
-            # The seed daemon registers its own peer: it goes to the origin, and everyone else gets it.
-            sp = FakePeer(s.stub, seed_host.id, TASK, "peer-seed")
-            sp.register()
-            assert which(await sp.answer()) == "need_back_to_source_response"
-            sp.send(
-                download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
-            )
-            results = await asyncio.gather(*answers)
-            assert all(which(r) == "normal_task_response" for r in results)
-            assert all(
-                "peer-seed" in [c.id for c in r.normal_task_response.candidate_parents] for r in results
-            )
-            assert len(seed_daemon.calls) == 1
-            seed_daemon.release.set()
-            for p in [*peers, sp]:
-                p.close()
+        yield seed_daemon, port
     finally:
         await server.stop(None)
+
+
+async def test_seed_trigger_once_for_twenty_concurrent_peers(tmp_path: Path) -> None:
+    async with (
+        fake_seed() as (seed_daemon, seed_port),
+        running_scheduler(tmp_path, scheduler={"topology": "mesh"}) as s,
+    ):
+        seed_host = host_pb("seed", port=seed_port, seed=True)
+        await announce_host(s.stub, seed_host)
+        hosts = [host_pb(f"h{i}") for i in range(20)]
+        await asyncio.gather(*(announce_host(s.stub, h) for h in hosts))
+
+        peers = [FakePeer(s.stub, h.id, TASK, f"peer-{i}") for i, h in enumerate(hosts)]
+        for p in peers:
+            p.register(request_header={"Authorization": "Bearer x"}, output_path="/tmp/out")
+        answers = [asyncio.ensure_future(p.answer()) for p in peers]
+        for _ in range(200):
+            if seed_daemon.calls:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert len(seed_daemon.calls) == 1
+        download = seed_daemon.calls[0].download
+        assert download.url == URL
+        assert dict(download.request_header) == {"Authorization": "Bearer x"}
+        assert not download.output_path
+        assert not any(a.done() for a in answers), "peers wait for the seed instead of the origin"
+
+        # The seed daemon registers its own peer: it goes to the origin, and everyone else gets it.
+        sp = FakePeer(s.stub, seed_host.id, TASK, "peer-seed")
+        sp.register()
+        assert which(await sp.answer()) == "need_back_to_source_response"
+        sp.send(
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+        )
+        results = await asyncio.gather(*answers)
+        assert all(which(r) == "normal_task_response" for r in results)
+        assert all("peer-seed" in [c.id for c in r.normal_task_response.candidate_parents] for r in results)
+        assert len(seed_daemon.calls) == 1
+        seed_daemon.release.set()
+        for p in [*peers, sp]:
+            p.close()
 
 
 async def test_chain_triggers_the_seed_once_and_lines_twenty_peers_up_behind_it(tmp_path: Path) -> None:
-    seed_daemon = FakeSeedDaemon()
-    server = grpc.aio.server()
-    dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(seed_daemon, server)
-    seed_port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with running_scheduler(tmp_path) as s:  # the default topology: chain
-            seed_host = host_pb("seed", port=seed_port, seed=True)
-            await announce_host(s.stub, seed_host)
-            hosts = [host_pb(f"h{i}") for i in range(20)]
-            await asyncio.gather(*(announce_host(s.stub, h) for h in hosts))
-            peers = [FakePeer(s.stub, h.id, TASK, f"peer-{i}") for i, h in enumerate(hosts)]
-            for p in peers:  # one after another: the line's order is the registration order
-                p.register()
-                await asyncio.sleep(0.01)
-            answers = [asyncio.ensure_future(p.answer()) for p in peers]
-            # Everyone but the head is answered at once, with the peer registered before it.
-            rest = await asyncio.gather(*answers[1:])
-            assert [[c.id for c in r.normal_task_response.candidate_parents] for r in rest] == [
-                [f"peer-{i}"] for i in range(19)
-            ]
-            for _ in range(200):
-                if seed_daemon.calls:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)
-            assert len(seed_daemon.calls) == 1 and not answers[0].done()  # the head waits for the seed
-            sp = FakePeer(s.stub, seed_host.id, TASK, "peer-seed")
-            sp.register()
-            assert which(await sp.answer()) == "need_back_to_source_response"
-            sp.send(
-                download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
-            )
-            head = await answers[0]
-            assert [c.id for c in head.normal_task_response.candidate_parents] == ["peer-seed"]
-            assert len(seed_daemon.calls) == 1
-            seed_daemon.release.set()
-            for p in [*peers, sp]:
-                p.close()
-    finally:
-        await server.stop(None)
+    async with (
+        fake_seed() as (seed_daemon, seed_port),
+        running_scheduler(tmp_path) as s,
+    ):  # the default topology: chain
+        seed_host = host_pb("seed", port=seed_port, seed=True)
+        await announce_host(s.stub, seed_host)
+        hosts = [host_pb(f"h{i}") for i in range(20)]
+        await asyncio.gather(*(announce_host(s.stub, h) for h in hosts))
+        peers = [FakePeer(s.stub, h.id, TASK, f"peer-{i}") for i, h in enumerate(hosts)]
+        for p in peers:  # one after another: the line's order is the registration order
+            p.register()
+            await asyncio.sleep(0.01)
+        answers = [asyncio.ensure_future(p.answer()) for p in peers]
+        # Everyone but the head is answered at once, with the peer registered before it.
+        rest = await asyncio.gather(*answers[1:])
+        assert [[c.id for c in r.normal_task_response.candidate_parents] for r in rest] == [
+            [f"peer-{i}"] for i in range(19)
+        ]
+        for _ in range(200):
+            if seed_daemon.calls:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert len(seed_daemon.calls) == 1 and not answers[0].done()  # the head waits for the seed
+        sp = FakePeer(s.stub, seed_host.id, TASK, "peer-seed")
+        sp.register()
+        assert which(await sp.answer()) == "need_back_to_source_response"
+        sp.send(
+            download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+        )
+        head = await answers[0]
+        assert [c.id for c in head.normal_task_response.candidate_parents] == ["peer-seed"]
+        assert len(seed_daemon.calls) == 1
+        seed_daemon.release.set()
+        for p in [*peers, sp]:
+            p.close()
 
 
 async def test_unreachable_seed_host_falls_back_to_one_origin_fetch(tmp_path: Path) -> None:

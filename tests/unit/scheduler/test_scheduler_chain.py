@@ -19,6 +19,20 @@ def parent_ids(d: object) -> list[str]:
     return [p.id for p in d.parents]
 
 
+def running_line(w: World, *names: str) -> tuple[Peer, list[Peer]]:
+    """A fetching seed peer and running peers ``names`` lined up behind it in that order."""
+    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
+    peers = [w.peer(n, f"h{n}", state=PeerState.RUNNING) for n in names]
+    for p in peers:
+        w.decide(p)
+    return seed, peers
+
+
+def refreshed(w: World, peer: Peer) -> list[str]:
+    """The parents a "more parents" reschedule gives ``peer`` now."""
+    return parent_ids(refresh(peer, w.res, w.cfg, w.evaluator, w.clock(), w.rng))
+
+
 def test_a_flash_crowd_forms_a_line_behind_the_seed() -> None:
     w = chain_world()
     seed_host = w.host("s", seed=True)
@@ -64,8 +78,7 @@ def test_more_parents_keeps_the_line() -> None:
     peers = [w.peer(f"p{i}", f"h{i}", state=PeerState.RUNNING, pieces=3) for i in range(4)]
     for p in peers:
         w.decide(p)
-    more = refresh(peers[3], w.res, w.cfg, w.evaluator, w.clock(), w.rng)
-    assert parent_ids(more) == ["p2"]
+    assert refreshed(w, peers[3]) == ["p2"]
     # The mesh would have added every other usable peer.
     w.cfg = SchedulingConfig(topology="mesh")
     more = refresh(peers[3], w.res, w.cfg, w.evaluator, w.clock(), w.rng)
@@ -87,21 +100,18 @@ def run_for(w: World, seconds: float, pieces_per_s: dict[Peer, float]) -> None:
 
 def test_a_peer_on_a_slow_link_is_left_out_of_the_line_once_its_pace_shows() -> None:
     w = chain_world()
-    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
-    a, slow, c = (w.peer(n, f"h{n}", state=PeerState.RUNNING) for n in ("a", "slow", "c"))
-    for p in (a, slow, c):
-        w.decide(p)
+    seed, (a, slow, c) = running_line(w, "a", "slow", "c")
     assert [list(p.parents) for p in (a, slow, c)] == [["seedpeer"], ["a"], ["slow"]]
     # Too early to judge anyone: the line stays as it is.
     run_for(w, 6, {seed: 8, a: 8, slow: 2, c: 2})
     assert not is_slow_link(slow, w.clock())
-    assert parent_ids(refresh(c, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["slow"]
+    assert refreshed(w, c) == ["slow"]
     # Now "slow" has finished a quarter of what its parent did over the window: c goes round it.
     run_for(w, 8, {seed: 8, a: 8, slow: 2, c: 2})
     assert is_slow_link(slow, w.clock())
     assert not is_slow_link(c, w.clock())  # c only keeps pace with its parent
     assert not is_slow_link(a, w.clock())
-    assert parent_ids(refresh(c, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["a"]
+    assert refreshed(w, c) == ["a"]
     # A newcomer on a fast link joins behind c, not behind the slow peer.
     d = w.peer("d", "hd", state=PeerState.RUNNING)
     assert parent_ids(w.decide(d)) == ["c"]
@@ -111,9 +121,7 @@ def test_pieces_finishing_in_bursts_do_not_make_a_peer_slow() -> None:
     # Four pieces in flight from one parent at a quarter of the link each finish together:
     # none for four piece-times, then four. Over the window that is the parent's pace.
     w = chain_world()
-    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
-    a = w.peer("a", "ha", state=PeerState.RUNNING)
-    w.decide(a)
+    seed, (a,) = running_line(w, "a")
     for second in range(40):
         run_for(w, 1, {seed: 1})
         if second % 4 == 3:
@@ -123,36 +131,27 @@ def test_pieces_finishing_in_bursts_do_not_make_a_peer_slow() -> None:
 
 def test_a_slow_peer_may_follow_another_slow_peer() -> None:
     w = chain_world()
-    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
-    a, slow1, slow2 = (w.peer(n, f"h{n}", state=PeerState.RUNNING) for n in ("a", "slow1", "slow2"))
-    for p in (a, slow1, slow2):
-        w.decide(p)
+    seed, (a, slow1, slow2) = running_line(w, "a", "slow1", "slow2")
     w.res.set_parents(slow2, [a])  # slow2 was moved off slow1's line ...
     run_for(w, 14, {seed: 8, a: 8, slow1: 2, slow2: 2})
     assert is_slow_link(slow1, w.clock()) and is_slow_link(slow2, w.clock())
     # ... and, being as slow, may go back behind slow1 (it takes nothing from a's upload).
-    assert parent_ids(refresh(slow2, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["slow1"]
+    assert refreshed(w, slow2) == ["slow1"]
 
 
 def test_a_slow_head_is_passed_for_the_seed() -> None:
     # The seed then sends to two: the slow head what its link takes, the next peer the rest.
     w = chain_world()
-    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
-    head = w.peer("head", "hh", state=PeerState.RUNNING)
-    b = w.peer("b", "hb", state=PeerState.RUNNING)
-    for p in (head, b):
-        w.decide(p)
-    assert parent_ids(refresh(b, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["head"]
+    seed, (head, b) = running_line(w, "head", "b")
+    assert refreshed(w, b) == ["head"]
     run_for(w, 14, {seed: 8, head: 2, b: 2})
     assert is_slow_link(head, w.clock())
-    assert parent_ids(refresh(b, w.res, w.cfg, w.evaluator, w.clock(), w.rng)) == ["seedpeer"]
+    assert refreshed(w, b) == ["seedpeer"]
 
 
 def test_a_finished_or_stalled_parent_makes_nobody_slow() -> None:
     w = chain_world()
-    seed = w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
-    a = w.peer("a", "ha", state=PeerState.RUNNING)
-    w.decide(a)
+    seed, (a,) = running_line(w, "a")
     run_for(w, 14, {seed: 8, a: 2})
     assert is_slow_link(a, w.clock())
     w.res.set_state(seed, PeerState.SUCCEEDED, w.clock())  # a late joiner behind a finished seed
