@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 
@@ -80,6 +81,23 @@ async def test_origin_errors_are_clear_and_leave_no_output(swarm: Swarm, tmp_pat
     r = await swarm.download("peer", "http://127.0.0.1:9/nothing", out)
     assert not r.ok and r.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
     assert not out.exists()
+
+
+async def test_stop_waits_for_a_flush_already_under_way(swarm: Swarm) -> None:
+    # A finished task's content is fsynced in a worker thread; stopping the daemon must not
+    # leave that thread writing into the store (a restart on the same data dir raced it).
+    d = await swarm.add_daemon("peer1")
+    flushed: list[str] = []
+
+    def slow_flush(task_id: str) -> None:
+        time.sleep(1.5)
+        flushed.append(task_id)
+
+    d.store.make_durable = slow_flush  # type: ignore[method-assign]
+    d._to_sync.put_nowait("t" * 64)
+    await asyncio.sleep(0.2)  # the flush has started in its thread
+    await swarm.stop_daemon("peer1")
+    assert flushed == ["t" * 64]
 
 
 async def test_restarted_daemon_serves_what_it_had(swarm: Swarm, tmp_path):

@@ -282,8 +282,16 @@ class Daemon:
         """fsync finished tasks' content in the background, one at a time."""
         while True:
             task_id = await self._to_sync.get()
+            flush = asyncio.ensure_future(asyncio.to_thread(self.store.make_durable, task_id))
             try:
-                await asyncio.to_thread(self.store.make_durable, task_id)
+                await asyncio.shield(flush)
+            except asyncio.CancelledError:
+                # A flush in a thread cannot be stopped: stop() waits for it, so nothing writes
+                # into the store after the daemon has stopped (a restart on the same data dir
+                # would race it for the task's metadata file).
+                with contextlib.suppress(BaseException):
+                    await flush
+                raise
             except DamselflyError as e:
                 log.warning("could not flush task %s to disk: %s", task_id[:12], e)
 
