@@ -179,6 +179,9 @@ class StorageConfig(Section):
     server: StorageServerConfig = Field(default_factory=StorageServerConfig)
     read_buffer_size: int = 1 * MiB
     write_buffer_size: int = 1 * MiB
+    # A finished task's content is fsynced this long after it succeeded, so the user's
+    # output (a hard link and a directory fsync) is not queued behind the store's bulk flush.
+    durable_delay: float = Field(default=2 * SECONDS, ge=0)
 
 
 class DaemonGCConfig(Section):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import grpc
 
+from damselfly.daemon.storage import PieceStore
 from damselfly.daemon.tasks import task_id_for
 from damselfly.domain import DownloadSpec
 from damselfly.units import MiB
@@ -94,10 +96,42 @@ async def test_stop_waits_for_a_flush_already_under_way(swarm: Swarm) -> None:
         flushed.append(task_id)
 
     d.store.make_durable = slow_flush  # type: ignore[method-assign]
-    d._to_sync.put_nowait("t" * 64)
+    d._to_sync.put_nowait(("t" * 64, 0.0))  # due now
     await asyncio.sleep(0.2)  # the flush has started in its thread
     await swarm.stop_daemon("peer1")
     assert flushed == ["t" * 64]
+
+
+async def test_content_is_flushed_after_the_export_once_its_delay_has_passed(swarm: Swarm, tmp_path):
+    # The user's output (a hard link and a directory fsync) must not queue behind the bulk
+    # fsync of the same content: that flush waits storage.durableDelay after the success.
+    swarm.file("later.bin", 5 * MiB)
+    d = await swarm.add_daemon("peer1", storage={"durable_delay": 1.0})
+    url = swarm.url("later.bin")
+    assert (await swarm.download("peer1", url, tmp_path / "out")).ok
+    tid = task_id_for(DownloadSpec(url=url))
+    meta = d.store.get(tid)
+    assert meta is not None and meta.state == "succeeded"
+    assert not meta.durable  # the download answered before its content was flushed
+    for _ in range(100):
+        if meta.durable:
+            break
+        await asyncio.sleep(0.05)
+    assert meta.durable
+
+
+async def test_stop_flushes_content_still_waiting_for_its_delay(swarm: Swarm, tmp_path):
+    swarm.file("pending.bin", 5 * MiB)
+    d = await swarm.add_daemon("peer1", storage={"durable_delay": 3600})
+    url = swarm.url("pending.bin")
+    assert (await swarm.download("peer1", url, tmp_path / "out")).ok
+    tid = task_id_for(DownloadSpec(url=url))
+    await asyncio.sleep(0.1)  # the flush loop now sleeps on this task
+    assert not d.store.get(tid).durable
+    await swarm.stop_daemon("peer1")
+    reloaded = PieceStore(Path(d.config.storage.dir))
+    meta = reloaded.get(tid)
+    assert meta is not None and meta.durable and meta.is_complete
 
 
 async def test_restarted_daemon_serves_what_it_had(swarm: Swarm, tmp_path):

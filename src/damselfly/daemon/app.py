@@ -17,6 +17,7 @@ import platform
 import signal
 import socket
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,8 @@ class Daemon:
         # Set after the first successful AnnounceHost (and restore): until then the
         # scheduler cannot schedule to or from this host, so "ready" waits for it.
         self.announced = asyncio.Event()
-        self._to_sync: asyncio.Queue[str] = asyncio.Queue()
+        # Succeeded tasks whose content is still to be fsynced, with when each may be.
+        self._to_sync: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
 
     # ----------------------------------------------------------------- start
 
@@ -152,7 +154,7 @@ class Daemon:
             piece_timeout=cfg.download.piece_timeout,
             schedule_timeout=cfg.scheduler.schedule_timeout,
             on_piece=self.metrics.on_piece,
-            on_success=self._to_sync.put_nowait,
+            on_success=self._flush_later,
         )
         self.manager = TaskManager(deps)
         self.persistent_cache = PersistentCache(
@@ -278,10 +280,21 @@ class Daemon:
         if self.manager is not None:
             self.metrics.running_tasks.set(len(self.manager.running()))
 
+    def _flush_later(self, task_id: str) -> None:
+        due = time.monotonic() + self.config.storage.durable_delay
+        self._to_sync.put_nowait((task_id, due))
+
     async def _durable_loop(self) -> None:
-        """fsync finished tasks' content in the background, one at a time."""
+        """fsync finished tasks' content in the background, one at a time, each once its
+        ``storage.durableDelay`` has passed: the task's own export (a hard link, then a
+        directory fsync that waits for the disk's queue) goes first."""
         while True:
-            task_id = await self._to_sync.get()
+            task_id, due = await self._to_sync.get()
+            try:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            except asyncio.CancelledError:
+                self._to_sync.put_nowait((task_id, due))  # stop() flushes it
+                raise
             flush = asyncio.ensure_future(asyncio.to_thread(self.store.make_durable, task_id))
             try:
                 await asyncio.shield(flush)
@@ -361,7 +374,7 @@ class Daemon:
             await self.manager.close()
         # Flush what finished but is not on disk yet, so a restart trusts it as is.
         while not self._to_sync.empty():
-            task_id = self._to_sync.get_nowait()
+            task_id, _ = self._to_sync.get_nowait()
             with contextlib.suppress(DamselflyError):
                 await asyncio.to_thread(self.store.make_durable, task_id)
         for server in self._servers:

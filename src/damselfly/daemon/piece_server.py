@@ -444,9 +444,16 @@ class _OpenFiles:
             return False
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close the file in a worker thread: if its task was deleted meanwhile, this is the
+        last reference, and the file system frees (and may discard) every block of it in
+        close(): a 1 GiB file stalled the event loop 0.3-0.5 s on an ext4 mounted ``discard``."""
+        file, self._file = self._file, None
+        if file is None:
+            return
+        try:
+            asyncio.get_running_loop().run_in_executor(None, file.close)
+        except RuntimeError:  # no running loop, or its executor is shut down
+            file.close()
 
 
 def _requester(writer: asyncio.StreamWriter) -> str:
