@@ -47,15 +47,21 @@ class TaskManager:
         if entry is not None:
             return task_id, entry[1]
         conductor = Conductor(self.deps, task_id, spec)
-        job = asyncio.get_running_loop().create_task(conductor.run(), name=f"download-{task_id[:12]}")
+
+        async def run() -> None:
+            await conductor.run()
+            # Recorded before the job counts as done: a follower that sees it done (before
+            # its done callbacks have run) must not hash the whole content a second time.
+            if conductor.verified_digest:
+                self.verified[task_id] = conductor.verified_digest
+
+        job = asyncio.get_running_loop().create_task(run(), name=f"download-{task_id[:12]}")
         self._running[task_id] = (conductor, job)
         self.started_total += 1
 
         def _done(t: asyncio.Task[None]) -> None:
             if self._running.get(task_id, (None, None))[1] is t:
                 del self._running[task_id]
-            if not t.cancelled() and t.exception() is None and conductor.verified_digest:
-                self.verified[task_id] = conductor.verified_digest
             if not t.cancelled() and t.exception() is not None:
                 log.info("download of task %s failed: %s", task_id[:12], t.exception())
 

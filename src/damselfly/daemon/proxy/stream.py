@@ -71,6 +71,7 @@ def parse_range(header: str, total: int) -> Span | None:
 
 async def wait_for_length(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> TaskMeta:
     """The task's metadata once its content length is known; the download's error if it fails first."""
+    pause = 0.0  # the conductor creates the task at its first step: usually one yield is enough
     while True:
         meta = store.get(task_id)
         if meta is not None and meta.content_length is not None and meta.piece_length:
@@ -82,7 +83,10 @@ async def wait_for_length(store: PieceStore, task_id: str, job: asyncio.Task[Non
                 return meta
             raise DamselflyError("the download ended without a content length")
         if meta is None:  # the conductor has not created the task yet
-            await asyncio.wait({job}, timeout=0.05)
+            # (A flat 50 ms poll here delayed every blob's headers by 50 ms: skopeo fetches
+            # layers one after another, so a 5-layer pull paid it five times.)
+            await asyncio.wait({job}, timeout=pause)
+            pause = min(0.05, max(0.001, 2 * pause))
             continue
         await _wait_change(store, task_id, meta.version, job)
 
