@@ -182,6 +182,9 @@ class StorageConfig(Section):
     # A finished task's content is fsynced this long after it succeeded, so the user's
     # output (a hard link and a directory fsync) is not queued behind the store's bulk flush.
     durable_delay: float = Field(default=2 * SECONDS, ge=0)
+    # Daemons on one machine (one network namespace) pass pieces as file descriptors of
+    # their content files and copy them in the kernel, instead of over TCP (local_pieces.py).
+    local_share: bool = True
 
 
 class DaemonGCConfig(Section):

@@ -97,7 +97,9 @@ class Swarm:
             "host": {"hostname": name, "ip": "127.0.0.1"},
             "seed_peer": {"enable": seed},
             "scheduler": {"addrs": [f"127.0.0.1:{self.scheduler_port}"], "announce_interval": 5},
-            "storage": {"dir": str(data), "server": {"ip": "127.0.0.1", "tcp_port": 0}},
+            # The piece protocol over TCP, which these tests are about; daemons in one process
+            # would otherwise pass pieces as file descriptors (tests/swarm/test_local_pieces.py).
+            "storage": {"dir": str(data), "server": {"ip": "127.0.0.1", "tcp_port": 0}, "local_share": False},
             "upload": {"server": {"ip": "127.0.0.1", "port": 0}},
             "metrics": {"enable": False},
             "download": {"piece_timeout": 5},

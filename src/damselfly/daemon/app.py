@@ -33,6 +33,7 @@ from ..errors import DamselflyError, SchedulerError
 from ..process import metrics_app, run_until_signal, write_ready_file
 from .conductor import ConductorDeps
 from .gc import CacheGC
+from .local_pieces import LocalPieces, LocalPieceServer
 from .metrics import DaemonMetrics
 from .peer_rpc import PeerRPC
 from .persistent_cache import PersistentCache, local_delete_handler
@@ -78,7 +79,10 @@ class Daemon:
         self.limiters = HostLimiters(config)
         self.source = HTTPSource(config.source, limiter=self.limiters.back_to_source)
         self.pool = PieceConnectionPool(
-            connect_timeout=10.0, limiter=self.limiters.download, trailer=config.download.trailer_digest
+            connect_timeout=10.0,
+            limiter=self.limiters.download,
+            trailer=config.download.trailer_digest,
+            local=LocalPieces() if config.storage.local_share else None,
         )
         self.peer_rpc = PeerRPC()
         self.scheduler: SchedulerClient | None = (
@@ -92,6 +96,11 @@ class Daemon:
             request_limiter=self.limiters.piece_requests,
             upload_slots=config.upload.concurrent_piece_count,
             super_seed=self.is_seed and config.seed_peer.super_seed,
+        )
+        self.local_server = (
+            LocalPieceServer(self.store, on_upload=self._on_upload, limiter=self.limiters.upload)
+            if config.storage.local_share
+            else None
         )
         self.gc = CacheGC(self.store, config.gc, in_use=self._downloading, forget=self._forget_task)
         self.upload_service: UploadService | None = None
@@ -114,6 +123,8 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         piece_port = await self.piece_server.start(cfg.storage.server.ip, cfg.storage.server.tcp_port)
+        if self.local_server is not None:
+            await self.local_server.start(self.ip, piece_port)  # named by the address children dial
 
         upload_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         upload_port = upload_server.add_insecure_port(f"{cfg.upload.server.ip}:{cfg.upload.server.port}")
@@ -380,6 +391,8 @@ class Daemon:
         for server in self._servers:
             await server.stop(grace=1.0)
         await self.piece_server.close()
+        if self.local_server is not None:
+            await self.local_server.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.pool.close()

@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..units import MiB
 from . import vortex
+from .local_pieces import LocalPieces
 from .ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
 from .receiving import Receiving
 
@@ -381,9 +382,13 @@ class PieceConnectionPool:
         connect_timeout: float = 10.0,
         limiter: ByteLimiter | None = None,
         trailer: bool = True,
+        local: LocalPieces | None = None,
     ) -> None:
         # The host's download limit; a download's own limit (TASK_LIMITER) is taken under it.
         self.limiter = limiter
+        # Parents on this machine hand over their file instead (local_pieces.py); only when no
+        # byte limit applies, since the copy does not go through one.
+        self.local = local
         # Ask for pieces with a trailer digest (a parent may send a piece still arriving from
         # its origin); parents that do not know that request (Dragonfly's own) get plain ones.
         self.trailer = trailer
@@ -430,6 +435,10 @@ class PieceConnectionPool:
             raise PeerError("piece connection pool is closed")
         key = (host, port)
         limiter = chain(self.limiter, TASK_LIMITER.get())
+        if self.local is not None and limiter is None:
+            local = await self.local.download_piece(host, port, task_id, number, fd, offset, length)
+            if local is not None:
+                return local
         trailer = self.trailer and key not in self._plain
         retried = False
         while True:
