@@ -205,51 +205,91 @@ class LocalPieces:
             return None
         began = time.monotonic()
         try:
-            name = socket_name(host, port)
-            info = await asyncio.to_thread(_fetch, name, task_id, number, fd, offset, length, self._copying)
+            # The wait for the parent (it answers once it holds the piece) is on the event loop;
+            # only the copy and the check take a worker thread.
+            answer = await _ask(socket_name(host, port), task_id, number)
         except (ConnectionRefusedError, FileNotFoundError):
             self._missing[key] = time.monotonic()
             return None
+        except (OSError, ValueError, TimeoutError) as e:
+            log.debug("local piece %d from %s:%d failed (%s); over TCP instead", number, host, port, e)
+            return None
+        if answer is None:
+            return None  # not held there (or refused): the TCP path decides
+        src, p_offset, p_length, digest = answer
+        try:
+            if (p_offset, p_length) != (offset, length):
+                raise ValueError(f"its piece {number} is {p_offset}+{p_length}, not {offset}+{length}")
+            what = (task_id, number)
+            job = asyncio.ensure_future(
+                asyncio.to_thread(_copy_and_check, src, fd, what, (offset, length), digest, self._copying)
+            )
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    await job  # the thread writes into our file: it must be done before we go
+                raise
         except (OSError, ValueError) as e:
             log.debug("local piece %d from %s:%d failed (%s); over TCP instead", number, host, port, e)
             return None
-        if info is not None:
-            info.cost_s = time.monotonic() - began
-            self.pieces_copied += 1
-        return info
+        finally:
+            os.close(src)
+        self.pieces_copied += 1
+        return PieceInfo(
+            number=number,
+            offset=offset,
+            length=length,
+            digest=digest,
+            traffic_type=TrafficType.REMOTE_PEER,
+            cost_s=time.monotonic() - began,
+        )
 
 
-def _fetch(
-    name: str, task_id: str, number: int, out: int, offset: int, length: int, copying: threading.Lock
-) -> PieceInfo | None:
-    """Blocking (a worker thread): ask, take the fd, copy, check the crc32."""
+async def _ask(name: str, task_id: str, number: int) -> tuple[int, int, int, str] | None:
+    """Ask the parent at ``name`` for a piece: (its content fd, offset, length, digest), or None."""
+    loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(HOLD_WAIT_S + 5)
-        sock.connect(name)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, name)
         if not _trusted(_peer_uid(sock)):
             raise ValueError("the local parent runs as another user")
-        sock.sendall(_REQUEST.pack(task_id.encode("ascii"), number))
+        await loop.sock_sendall(sock, _REQUEST.pack(task_id.encode("ascii"), number))
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(sock.fileno(), ready)
+        try:
+            async with asyncio.timeout(HOLD_WAIT_S + 5):
+                await readable
+        finally:
+            loop.remove_reader(sock.fileno())
         msg, fds, _, _ = socket.recv_fds(sock, 512, 1)
+    keep = False
     try:
         if not msg or msg[0] != OK or len(fds) != 1 or len(msg) < _OK.size:
-            return None  # not held there (or refused): the TCP path decides
+            return None
         _, p_offset, p_length, dlen = _OK.unpack_from(msg)
-        digest = msg[_OK.size : _OK.size + dlen].decode("ascii")
-        if (p_offset, p_length) != (offset, length):
-            raise ValueError(
-                f"the local parent's piece {number} is {p_offset}+{p_length}, not {offset}+{length}"
-            )
-        with copying:
-            _copy(fds[0], out, offset, length)
+        keep = True
+        return fds[0], p_offset, p_length, msg[_OK.size : _OK.size + dlen].decode("ascii", "replace")
     finally:
-        for f in fds:
+        for f in fds[1:] if keep else fds:
             os.close(f)
+
+
+def _copy_and_check(
+    src: int, out: int, what: tuple[str, int], span: tuple[int, int], digest: str, copying: threading.Lock
+) -> None:
+    """Blocking (a worker thread): copy the piece from the parent's file, then check its crc32."""
+    (task_id, number), (offset, length) = what, span
+    with copying:
+        _copy(src, out, offset, length)
     actual = f"crc32:{_crc_of(out, offset, length)}"
     if actual != digest:
         raise DigestMismatch(f"piece {number} of task {task_id} from a local parent", digest, actual)
-    return PieceInfo(
-        number=number, offset=offset, length=length, digest=digest, traffic_type=TrafficType.REMOTE_PEER
-    )
 
 
 def _copy(src: int, dst: int, offset: int, length: int) -> None:
