@@ -281,6 +281,9 @@ class ProxyConfig(Section):
     # After a Range request, keep downloading the whole blob (always true today:
     # a task downloads whole; kept for Dragonfly compatibility).
     prefetch: bool = True
+    # Blobs started in the background after the one a client asks for, in the order of the image
+    # manifest it fetched through this proxy (clients such as skopeo pull one layer at a time).
+    read_ahead: int = Field(default=1, ge=0)
 
 
 class DaemonConfig(Section):

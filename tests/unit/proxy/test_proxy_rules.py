@@ -116,3 +116,43 @@ def test_repeated_accept_headers_are_forwarded_one_by_one() -> None:
         [("Content-Length", "3"), ("Transfer-Encoding", "chunked"), ("Www-Authenticate", "x")]
     )
     assert dict(back) == {"Content-Length": "3", "Www-Authenticate": "x"}
+
+
+# ----------------------------------------------------------------- read-ahead order
+
+
+def _manifest(media: str = "application/vnd.oci.image.manifest.v1+json", **extra: object) -> bytes:
+    import json
+
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": media,
+        "config": {"digest": "sha256:" + "c" * 64, "size": 10},
+        "layers": [{"digest": "sha256:" + "a" * 64, "size": 1}, {"digest": "sha256:" + "b" * 64, "size": 2}],
+        **extra,
+    }
+    return json.dumps(doc).encode()
+
+
+def test_blob_order_is_the_layers_then_the_config_under_the_manifests_repository() -> None:
+    found = mirror.blob_order("https://reg.example:5000/v2/team/app/manifests/v1?ns=x", "", _manifest())
+    assert found == (
+        "https://reg.example:5000/v2/team/app/blobs/",
+        "?ns=x",
+        ["sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "c" * 64],
+    )
+
+
+def test_blob_order_ignores_indexes_other_documents_and_bad_digests() -> None:
+    index = "application/vnd.oci.image.index.v1+json"
+    url = "http://r/v2/app/manifests/v1"
+    assert mirror.blob_order(url, index, _manifest(media=index)) is None
+    assert mirror.blob_order(url, "", b"not json") is None
+    assert mirror.blob_order("http://r/v2/app/blobs/sha256:" + "a" * 64, "", _manifest()) is None
+    assert mirror.blob_order(url, "", b"x" * (mirror.MANIFEST_MAX + 1)) is None
+    bad = _manifest(layers=[{"digest": "sha256:../../etc"}, {"digest": "sha256:" + "d" * 64}])
+    assert mirror.blob_order(url, "", bad) == (
+        "http://r/v2/app/blobs/",
+        "",
+        ["sha256:" + "d" * 64, "sha256:" + "c" * 64],
+    )

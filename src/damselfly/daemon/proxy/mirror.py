@@ -10,6 +10,7 @@ dropped from the upstream URL.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -80,3 +81,38 @@ def blob_digest(path: str) -> str | None:
     """``sha256:<hex>`` when ``path`` is ``/v2/<name>/blobs/sha256:<hex>``, else None."""
     m = _BLOB.match(path)
     return m.group("digest") if m else None
+
+
+# Image manifests (not indexes: which platform a client pulls is its own choice).
+IMAGE_MANIFEST_TYPES = frozenset(
+    {"application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"}
+)
+MANIFEST_MAX = 4 * 1024 * 1024
+_MANIFEST = re.compile(r"^(?P<repo>/v2/.+)/manifests/[^/]+$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def blob_order(url: str, content_type: str, body: bytes) -> tuple[str, str, list[str]] | None:
+    """For an image manifest fetched from ``url``: what a blob's URL starts with (up to and
+    including ``/blobs/``) and ends with (the manifest URL's query), and the manifest's blobs
+    in the order a client pulls them (layers, then the config); None for anything else."""
+    parts = urlsplit(url)
+    m = _MANIFEST.match(parts.path)
+    if m is None or len(body) > MANIFEST_MAX:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    media = content_type.split(";")[0].strip() or str(doc.get("mediaType", ""))
+    if media not in IMAGE_MANIFEST_TYPES:
+        return None
+    layers = doc.get("layers")
+    config = doc.get("config")
+    entries = [*(layers if isinstance(layers, list) else []), config]
+    order = [e.get("digest") for e in entries if isinstance(e, dict)]
+    digests = [d for d in order if isinstance(d, str) and _DIGEST.match(d)]
+    prefix = f"{parts.scheme}://{parts.netloc}{m.group('repo')}/blobs/"
+    return prefix, (f"?{parts.query}" if parts.query else ""), digests

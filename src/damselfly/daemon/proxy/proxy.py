@@ -29,6 +29,7 @@ import logging
 import re
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,7 +42,7 @@ from ...config import ProxyConfig, SourceConfig
 from ...domain import DownloadSpec
 from ...errors import DamselflyError, DigestMismatch, InvalidArgument, SourceStatusError
 from ..storage import PieceStore
-from ..tasks import TaskManager
+from ..tasks import TaskManager, task_id_for
 from . import mirror
 from .ca import CertificateAuthority, ensure_ca
 from .connect import ConnectHandler, Sniffer
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 DISTRUST_S = 600.0
 DISTRUST_MAX = 1024
 TASK_ID_HEADER = "X-Dragonfly-Task-ID"
+READ_AHEAD_MEMORY = 4096  # blobs whose followers are remembered (least recently seen go first)
 # Statuses a client must see as the registry sent them (the 401 carries the
 # WWW-Authenticate challenge that starts the token dance).
 _PASS_STATUSES = frozenset({400, 401, 403, 404, 405, 407, 416, 429})
@@ -111,6 +113,9 @@ class ProxyServer:
         self.tunnel_hosts: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._distrust: dict[str, float] = {}
         self._first_byte: dict[int, float] = {}  # request id -> when its headers went out (for the log)
+        # blob digest -> (its URL's start and end, the blobs its manifest lists after it)
+        self._next_blobs: OrderedDict[str, tuple[str, str, tuple[str, ...]]] = OrderedDict()
+        self.read_ahead_started = 0
         self.connect = ConnectHandler(self)
         self.port = 0
 
@@ -185,6 +190,11 @@ class ProxyServer:
         if decision.route is Route.P2P:
             digest = mirror.blob_digest(urlsplit(decision.url).path) or ""
             resp = await self._p2p(request, decision.url, digest)
+        elif self.config.read_ahead and request.method == "GET" and "/manifests/" in decision.url:
+            body = bytearray()
+            resp = await self._forward(request, decision.url, body)
+            if resp.status == 200 and body:
+                self._learn_blob_order(decision.url, resp.headers.get("Content-Type", ""), bytes(body))
         else:
             resp = await self._forward(request, decision.url)
         self.metrics.request(decision.route.value, resp.status)
@@ -213,9 +223,11 @@ class ProxyServer:
         )
         return mirror.upstream_url(base, request.rel_url.raw_path, request.rel_url.raw_query_string)
 
-    async def _forward(self, request: web.BaseRequest, url: str) -> web.StreamResponse:
+    async def _forward(
+        self, request: web.BaseRequest, url: str, keep: bytearray | None = None
+    ) -> web.StreamResponse:
         try:
-            return await self.upstream.forward(request, url)
+            return await self.upstream.forward(request, url, keep, mirror.MANIFEST_MAX)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             return _error(502, f"the registry at {_origin(url)} failed: {type(e).__name__}: {e}")
 
@@ -236,6 +248,36 @@ class ProxyServer:
             prefetch=self.config.prefetch,
             need_back_to_source=self._distrusted(digest),
         )
+
+    def _learn_blob_order(self, url: str, content_type: str, body: bytes) -> None:
+        """Remember, for each blob of an image manifest a client fetched, the blobs after it."""
+        found = mirror.blob_order(url, content_type, body)
+        if found is None:
+            return
+        prefix, suffix, order = found
+        ahead = self.config.read_ahead
+        for i, digest in enumerate(order):
+            self._next_blobs[digest] = (prefix, suffix, tuple(order[i + 1 : i + 1 + ahead]))
+            self._next_blobs.move_to_end(digest)
+        while len(self._next_blobs) > READ_AHEAD_MEMORY:
+            self._next_blobs.popitem(last=False)
+
+    def _read_ahead(self, request: web.BaseRequest, digest: str) -> None:
+        """A client asked for ``digest``: start the blobs its manifest lists next, in the background
+        (a client that pulls one layer at a time then finds the next one here already)."""
+        entry = self._next_blobs.get(digest)
+        if entry is None:
+            return
+        prefix, suffix, following = entry
+        for nxt in following:
+            spec = self._spec(request, f"{prefix}{nxt}{suffix}", nxt)  # the client's own headers
+            task_id = task_id_for(spec)
+            meta = self.store.get(task_id)
+            if self.manager.is_running(task_id) or (meta is not None and meta.state == "succeeded"):
+                continue
+            self.manager.ensure(spec)
+            self.read_ahead_started += 1
+            log.debug("reading ahead: blob %s after %s", nxt, digest)
 
     def _distrusted(self, digest: str) -> bool:
         if not digest:
@@ -269,6 +311,8 @@ class ProxyServer:
     async def _p2p_serve(self, request: web.BaseRequest, url: str, digest: str) -> web.StreamResponse:
         spec = self._spec(request, url, digest)
         task_id, job = self.manager.ensure(spec)
+        if digest and self.config.read_ahead:
+            self._read_ahead(request, digest)
         try:
             meta = await wait_for_length(self.store, task_id, job)
         except SourceStatusError as e:

@@ -131,11 +131,15 @@ class Upstream:
         if session is not None:
             await session.close()
 
-    async def forward(self, request: web.BaseRequest, url: str) -> web.StreamResponse:
+    async def forward(
+        self, request: web.BaseRequest, url: str, keep: bytearray | None = None, keep_max: int = 0
+    ) -> web.StreamResponse:
         """Send ``request`` to ``url`` and stream the answer back as it comes.
 
         Raises aiohttp.ClientError (and TimeoutError) before anything was sent
         to the client when the upstream cannot be reached; the caller answers 502.
+        ``keep``: a copy of the body goes there too, unless it is longer than
+        ``keep_max`` (then ``keep`` ends up empty).
         """
         headers = forward_headers(request.headers.items())
         data = request.content.iter_chunked(256 * 1024) if request.body_exists else None
@@ -159,6 +163,12 @@ class Upstream:
             await resp.prepare(request)
             try:
                 async for chunk in up.content.iter_any():
+                    if keep is not None:
+                        if len(keep) + len(chunk) <= keep_max:
+                            keep += chunk
+                        else:
+                            keep.clear()
+                            keep = None
                     await resp.write(chunk)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 # Too late for a 502: cut the connection so the client sees a short body.

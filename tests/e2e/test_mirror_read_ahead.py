@@ -1,0 +1,62 @@
+"""A client that pulls one layer at a time finds the next one already fetched (proxy.readAhead)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import urllib.request
+from pathlib import Path
+
+from damselfly.testbed.registry import OCI_MANIFEST, Image, Registry
+
+from .harness import Swarm, blob_log
+
+
+def _get(url: str, accept: str = "") -> bytes:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.status == 200
+        return bytes(r.read())
+
+
+def _wait_for(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_the_next_layer_is_fetched_before_the_client_asks(
+    tmp_root: Path, registry: Registry, image: Image
+) -> None:
+    swarm = Swarm(tmp_root / "swarm", registry, peers=1)
+    try:
+        base = f"http://{swarm.proxy(0)}/v2/team/app"
+        _get(f"{base}/manifests/v1", accept=OCI_MANIFEST)  # the client learns the layers; so does the proxy
+        first, second, third = image.layers
+        body = _get(f"{base}/blobs/{first.digest}")
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == first.digest
+        # Nobody asked for the second layer, yet the registry sends it (once) and the daemon holds it.
+        _wait_for(
+            lambda: registry.blob_bytes(second.digest) == second.size, blob_log(registry) + swarm.logs()
+        )
+        assert swarm.holds_blob(0, second.digest)
+        assert registry.blob_bytes(third.digest) == 0  # one blob ahead, no more
+        body = _get(f"{base}/blobs/{second.digest}")
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == second.digest
+        assert registry.blob_bytes(second.digest) == second.size  # served from the daemon's copy
+    finally:
+        swarm.close()
+
+
+def test_without_its_manifest_no_blob_is_read_ahead(tmp_root: Path, registry: Registry, image: Image) -> None:
+    # The order comes from an image manifest a client fetched through this proxy, and only from one.
+    swarm = Swarm(tmp_root / "swarm", registry, peers=1)
+    try:
+        base = f"http://{swarm.proxy(0)}/v2/team/app"
+        first, second, _ = image.layers
+        _get(f"{base}/blobs/{first.digest}")
+        time.sleep(1.0)
+        assert registry.blob_bytes(second.digest) == 0
+    finally:
+        swarm.close()
