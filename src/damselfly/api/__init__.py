@@ -4,12 +4,21 @@ Only this package and the gRPC service modules (``scheduler/service.py``,
 ``daemon/service.py``, ``daemon/scheduler_client.py``) touch protobuf types.
 """
 
-from dragonfly_api import (
-    common_pb2,
-    dfdaemon_pb2,
-    dfdaemon_pb2_grpc,
-    scheduler_pb2,
-    scheduler_pb2_grpc,
-)
+import importlib
+from typing import Any
+
+from dragonfly_api import common_pb2, dfdaemon_pb2, scheduler_pb2
 
 __all__ = ["common_pb2", "dfdaemon_pb2", "dfdaemon_pb2_grpc", "scheduler_pb2", "scheduler_pb2_grpc"]
+
+_STUBS = ("dfdaemon_pb2_grpc", "scheduler_pb2_grpc")
+
+
+def __getattr__(name: str) -> Any:
+    """The gRPC stub modules, imported when first asked for: they import grpcio, which a
+    process that only builds messages (dfget) does not need."""
+    if name in _STUBS:
+        module = importlib.import_module(f"dragonfly_api.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

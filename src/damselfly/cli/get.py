@@ -10,13 +10,12 @@ run leaves no file at the output path that was not there before.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
 from ..domain import DownloadSpec
 from ..errors import DaemonUnavailable
@@ -172,44 +171,48 @@ class GetResult:
     elapsed_s: float
 
 
-async def execute(p: GetPlan, sink: ProgressSink) -> GetResult:
-    """Run the download on the daemon; raise :class:`DfgetFailure` on any failure."""
-    import grpc
+DOWNLOAD_TASK = "/dfdaemon.v2.DfdaemonDownload/DownloadTask"
 
-    from ..api import dfdaemon_pb2, dfdaemon_pb2_grpc
+
+def execute_sync(p: GetPlan, sink: ProgressSink) -> GetResult:
+    """Run the download on the daemon (blocking); raise :class:`DfgetFailure` on any failure.
+
+    One ``DownloadTask`` call over the daemon's unix socket by :mod:`.h2call`, not grpcio:
+    dfget's start-up is on every download's critical path (see that module)."""
+    from dragonfly_api import dfdaemon_pb2
+
     from ..api.convert import download_to_pb
+    from . import h2call
 
     if not p.socket.exists():
         raise DfgetFailure(ExitCode.DAEMON_UNAVAILABLE, f"no daemon socket at {p.socket}; {DAEMON_HINT}")
     began = time.monotonic()
     started = False
     content_length = 0
-    async with grpc.aio.insecure_channel(f"unix://{p.socket}") as channel:
-        if not await _connects(channel, grpc.ChannelConnectivity):
-            raise failure_from_error(DaemonUnavailable(f"no daemon answers on {p.socket}; {DAEMON_HINT}"))
-        stub: Any = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
-        request = dfdaemon_pb2.DownloadTaskRequest(download=download_to_pb(p.spec))
-        deadline = p.timeout_s + DEADLINE_GRACE_S if p.timeout_s else None
-        call = stub.DownloadTask(request, timeout=deadline)
-        try:
-            async for response in call:
-                which = response.WhichOneof("response")
-                if which == "download_task_started_response":
-                    started = True
-                    r = response.download_task_started_response
-                    content_length = int(r.content_length)
-                    sink.started(content_length)
-                    for piece in r.pieces:
-                        sink.advance(int(piece.length))
-                elif which == "download_piece_finished_response":
-                    sink.advance(int(response.download_piece_finished_response.piece.length))
-        except grpc.aio.AioRpcError as e:
-            raise failure_from_status(
-                e.code().name,
-                e.details() or "",
-                back_to_source_disabled=p.spec.disable_back_to_source,
-                started=started,
-            ) from None
+    request = dfdaemon_pb2.DownloadTaskRequest(download=download_to_pb(p.spec)).SerializeToString()
+    deadline = p.timeout_s + DEADLINE_GRACE_S if p.timeout_s else None
+    try:
+        for raw in h2call.server_stream(
+            str(p.socket), DOWNLOAD_TASK, request, timeout=deadline, connect_timeout=CONNECT_TIMEOUT_S
+        ):
+            response = dfdaemon_pb2.DownloadTaskResponse.FromString(raw)
+            which = response.WhichOneof("response")
+            if which == "download_task_started_response":
+                started = True
+                r = response.download_task_started_response
+                content_length = int(r.content_length)
+                sink.started(content_length)
+                for piece in r.pieces:
+                    sink.advance(int(piece.length))
+            elif which == "download_piece_finished_response":
+                sink.advance(int(response.download_piece_finished_response.piece.length))
+    except h2call.RpcError as e:
+        if e.local and e.code == "UNAVAILABLE" and not started:
+            gone = DaemonUnavailable(f"no daemon answers on {p.socket} ({e.details}); {DAEMON_HINT}")
+            raise failure_from_error(gone) from None
+        raise failure_from_status(
+            e.code, e.details, back_to_source_disabled=p.spec.disable_back_to_source, started=started
+        ) from None
     elapsed = time.monotonic() - began
     try:
         size = p.output.stat().st_size
@@ -225,24 +228,11 @@ async def execute(p: GetPlan, sink: ProgressSink) -> GetResult:
     return GetResult(size, elapsed)
 
 
-async def _connects(channel: Any, states: Any) -> bool:
-    """Whether the channel connects; gives up at the first failure (a socket file
-    nobody listens on), not after grpc's reconnect backoff."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CONNECT_TIMEOUT_S
-    state = channel.get_state(try_to_connect=True)
-    while state != states.READY:
-        if state in (states.TRANSIENT_FAILURE, states.SHUTDOWN):
-            return False
-        left = deadline - loop.time()
-        if left <= 0:
-            return False
-        try:
-            await asyncio.wait_for(channel.wait_for_state_change(state), left)
-        except TimeoutError:
-            return False
-        state = channel.get_state(try_to_connect=True)
-    return True
+async def execute(p: GetPlan, sink: ProgressSink) -> GetResult:
+    """:func:`execute_sync` for callers on an event loop (in a worker thread)."""
+    import asyncio
+
+    return await asyncio.to_thread(execute_sync, p, sink)
 
 
 def remove_new_output(p: GetPlan) -> None:
@@ -270,15 +260,15 @@ async def get_async(opts: GetOptions, *, stderr: TextIO | None = None) -> ExitCo
     return await run_plan(p, progress=opts.progress, stderr=err)
 
 
-async def run_plan(p: GetPlan, *, progress: bool, stderr: TextIO) -> ExitCode:
+def run_plan_sync(p: GetPlan, *, progress: bool, stderr: TextIO) -> ExitCode:
     show = progress and stderr.isatty()
     sink: ProgressSink = RichProgress(p.output.name, stderr) if show else NoProgress()
     try:
-        result = await execute(p, sink)
+        result = execute_sync(p, sink)
     except BaseException as e:
         sink.close()
         remove_new_output(p)
-        if isinstance(e, asyncio.CancelledError | KeyboardInterrupt):
+        if isinstance(e, KeyboardInterrupt | SystemExit):
             raise
         failure = failure_from_error(e)
         print(f"dfget: error: {failure.message}", file=stderr)
@@ -286,6 +276,13 @@ async def run_plan(p: GetPlan, *, progress: bool, stderr: TextIO) -> ExitCode:
     sink.close()
     print(summary_line(result, p.output), file=stderr)
     return ExitCode.OK
+
+
+async def run_plan(p: GetPlan, *, progress: bool, stderr: TextIO) -> ExitCode:
+    """:func:`run_plan_sync` for callers on an event loop (in a worker thread)."""
+    import asyncio
+
+    return await asyncio.to_thread(run_plan_sync, p, progress=progress, stderr=stderr)
 
 
 def run_get(opts: GetOptions) -> int:
@@ -296,7 +293,7 @@ def run_get(opts: GetOptions) -> int:
         print(f"dfget: error: {f.message}", file=sys.stderr)
         return int(f.code)
     try:
-        return int(asyncio.run(run_plan(p, progress=opts.progress, stderr=sys.stderr)))
+        return int(run_plan_sync(p, progress=opts.progress, stderr=sys.stderr))
     except KeyboardInterrupt:
         remove_new_output(p)
         print("dfget: cancelled", file=sys.stderr)

@@ -54,7 +54,13 @@ class FakeDaemon(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: ignore[mi
             await context.abort(grpc.StatusCode.DATA_LOSS, "expected sha256:aa, got sha256:bb")
         if kind == "timeout":
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "download timed out after 1 s")
-        if kind == "ok":
+        if kind == "many":  # more bytes of messages than the client's flow-control windows
+            for number in range(10000):
+                piece = common_pb2.Piece(number=2 + number, offset=0, length=0, digest="crc32:0")
+                yield dfdaemon_pb2.DownloadTaskResponse(
+                    download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(piece=piece)
+                )
+        if kind in ("ok", "many"):
             _write(out)
 
 
@@ -147,3 +153,42 @@ async def test_stale_socket_file(short_tmp: Path) -> None:
     code, err = await _get("http://h/ok", short_tmp / "o", path)
     assert code is ExitCode.DAEMON_UNAVAILABLE, err
     assert not (short_tmp / "o").exists()
+
+
+async def test_a_long_stream_keeps_the_flow_control_windows_open(
+    daemon: tuple[FakeDaemon, Path], short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client opens windows of h2call.WINDOW and tops them up; with small ones the 10000
+    # messages (~250 KB) would stall the daemon's sends unless the top-ups work.
+    from damselfly.cli import h2call
+
+    monkeypatch.setattr(h2call, "WINDOW", 70_000)
+    _, sock = daemon
+    code, err = await _get("http://h/many", short_tmp / "o", sock)
+    assert code is ExitCode.OK, err
+    assert (short_tmp / "o").read_bytes() == CONTENT
+
+
+async def test_a_daemon_that_hangs_up_is_unavailable_not_a_hang(short_tmp: Path) -> None:
+    import socket
+    import threading
+
+    path = short_tmp / "rude.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def hang_up() -> None:
+        conn, _ = srv.accept()
+        conn.recv(1024)  # the preface and the request, then nothing but a close
+        conn.close()
+
+    t = threading.Thread(target=hang_up)
+    t.start()
+    try:
+        code, err = await _get("http://h/ok", short_tmp / "o", path, timeout="30s")
+    finally:
+        t.join()
+        srv.close()
+    assert code is ExitCode.DAEMON_UNAVAILABLE, err
+    assert "damselfly up --data-dir" in err and not (short_tmp / "o").exists()
