@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from damselfly.daemon.app import Daemon
 from damselfly.daemon.storage import PieceStore
 from damselfly.daemon.tasks import task_id_for
 from damselfly.domain import DownloadSpec
@@ -102,14 +103,19 @@ async def test_stop_waits_for_a_flush_already_under_way(swarm: Swarm) -> None:
     assert flushed == ["t" * 64]
 
 
+async def _downloaded_with_flush_delay(swarm: Swarm, tmp_path: Path, delay: float) -> tuple[Daemon, str]:
+    """A daemon with ``storage.durableDelay`` ``delay`` that has just downloaded a 5 MiB file."""
+    swarm.file("flush.bin", 5 * MiB)
+    d = await swarm.add_daemon("peer1", storage={"durable_delay": delay})
+    url = swarm.url("flush.bin")
+    assert (await swarm.download("peer1", url, tmp_path / "out")).ok
+    return d, task_id_for(DownloadSpec(url=url))
+
+
 async def test_content_is_flushed_after_the_export_once_its_delay_has_passed(swarm: Swarm, tmp_path):
     # The user's output (a hard link and a directory fsync) must not queue behind the bulk
     # fsync of the same content: that flush waits storage.durableDelay after the success.
-    swarm.file("later.bin", 5 * MiB)
-    d = await swarm.add_daemon("peer1", storage={"durable_delay": 1.0})
-    url = swarm.url("later.bin")
-    assert (await swarm.download("peer1", url, tmp_path / "out")).ok
-    tid = task_id_for(DownloadSpec(url=url))
+    d, tid = await _downloaded_with_flush_delay(swarm, tmp_path, 1.0)
     meta = d.store.get(tid)
     assert meta is not None and meta.state == "succeeded"
     assert not meta.durable  # the download answered before its content was flushed
@@ -121,11 +127,7 @@ async def test_content_is_flushed_after_the_export_once_its_delay_has_passed(swa
 
 
 async def test_stop_flushes_content_still_waiting_for_its_delay(swarm: Swarm, tmp_path):
-    swarm.file("pending.bin", 5 * MiB)
-    d = await swarm.add_daemon("peer1", storage={"durable_delay": 3600})
-    url = swarm.url("pending.bin")
-    assert (await swarm.download("peer1", url, tmp_path / "out")).ok
-    tid = task_id_for(DownloadSpec(url=url))
+    d, tid = await _downloaded_with_flush_delay(swarm, tmp_path, 3600)
     await asyncio.sleep(0.1)  # the flush loop now sleeps on this task
     assert not d.store.get(tid).durable
     await swarm.stop_daemon("peer1")
