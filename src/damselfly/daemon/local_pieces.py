@@ -101,7 +101,12 @@ class LocalPieceServer:
         assert self._sock is not None
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(self._sock)
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as e:  # out of fds, say: children use TCP meanwhile
+                log.warning("local piece server cannot accept: %s", e)
+                await asyncio.sleep(0.5)
+                continue
             task = loop.create_task(self._serve(conn))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
