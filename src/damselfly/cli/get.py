@@ -228,13 +228,6 @@ def execute_sync(p: GetPlan, sink: ProgressSink) -> GetResult:
     return GetResult(size, elapsed)
 
 
-async def execute(p: GetPlan, sink: ProgressSink) -> GetResult:
-    """:func:`execute_sync` for callers on an event loop (in a worker thread)."""
-    import asyncio
-
-    return await asyncio.to_thread(execute_sync, p, sink)
-
-
 def remove_new_output(p: GetPlan) -> None:
     """After a failure: remove a file at the output path that was not there before."""
     if not p.output_existed and os.path.lexists(p.output) and not p.output.is_dir():

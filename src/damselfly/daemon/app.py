@@ -45,6 +45,7 @@ from .service import Downloads, DownloadService, UploadService, socket_path_ok
 from .source import HTTPSource
 from .storage import PieceStore
 from .tasks import TaskManager
+from .threads import to_thread_to_the_end
 
 log = logging.getLogger(__name__)
 
@@ -306,16 +307,10 @@ class Daemon:
             except asyncio.CancelledError:
                 self._to_sync.put_nowait((task_id, due))  # stop() flushes it
                 raise
-            flush = asyncio.ensure_future(asyncio.to_thread(self.store.make_durable, task_id))
             try:
-                await asyncio.shield(flush)
-            except asyncio.CancelledError:
-                # A flush in a thread cannot be stopped: stop() waits for it, so nothing writes
-                # into the store after the daemon has stopped (a restart on the same data dir
-                # would race it for the task's metadata file).
-                with contextlib.suppress(BaseException):
-                    await flush
-                raise
+                # stop() waits for a flush under way, so nothing writes into the store after the
+                # daemon has stopped (a restart on the same data dir would race it).
+                await to_thread_to_the_end(self.store.make_durable, task_id)
             except DamselflyError as e:
                 log.warning("could not flush task %s to disk: %s", task_id[:12], e)
 

@@ -158,7 +158,7 @@ class Conductor:
             if isinstance(e, DigestMismatch) and self.verified_digest == "":
                 # Every piece passed its crc32 yet the whole is wrong: none of it is kept.
                 with contextlib.suppress(DamselflyError, OSError):
-                    await asyncio.to_thread(store.delete_task, self.task_id)
+                    store.delete_task(self.task_id)
             else:
                 store.mark_failed(self.task_id, str(e))
             raise

@@ -25,6 +25,7 @@ from ..errors import DamselflyError, DigestMismatch, NotFound
 from ..pieces import Digest, Hasher, new_hasher
 from ..units import MiB
 from .storage import PieceStore
+from .threads import to_thread_to_the_end
 
 CHUNK = 1 * MiB
 
@@ -98,14 +99,8 @@ class InOrderDigest:
                 await self.store.wait_for_change(self.task_id, meta.version, 5.0)
                 continue
             stop = piece.offset + piece.length
-            work = asyncio.ensure_future(asyncio.to_thread(hash_range, fd, pos, stop - pos, hasher, buf))
-            try:
-                await asyncio.shield(work)
-            except asyncio.CancelledError:
-                # The thread still reads fd and buf: let it finish before the fd is closed.
-                with contextlib.suppress(BaseException):
-                    await work
-                raise
+            # A cancel waits for the thread: it reads fd and buf, and the fd is closed after.
+            await to_thread_to_the_end(hash_range, fd, pos, stop - pos, hasher, buf)
             pos = self.upto = stop
             self._wake()
 

@@ -34,12 +34,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..checksum import crc32
 from ..domain import PieceInfo, TrafficType
 from ..errors import DigestMismatch, NotFound
 from ..units import MiB
 from .ratelimit import ByteLimiter
-from .storage import PieceStore
+from .storage import PieceStore, crc32_of_range
+from .threads import to_thread_to_the_end
 
 log = logging.getLogger(__name__)
 
@@ -225,16 +225,11 @@ class LocalPieces:
         try:
             if (p_offset, p_length) != (offset, length):
                 raise ValueError(f"its piece {number} is {p_offset}+{p_length}, not {offset}+{length}")
+            # The thread writes into our file: a cancel waits for it.
             what = (task_id, number)
-            job = asyncio.ensure_future(
-                asyncio.to_thread(_copy_and_check, src, fd, what, (offset, length), digest, self._copying)
+            await to_thread_to_the_end(
+                _copy_and_check, src, fd, what, (offset, length), digest, self._copying
             )
-            try:
-                await asyncio.shield(job)
-            except asyncio.CancelledError:
-                with contextlib.suppress(BaseException):
-                    await job  # the thread writes into our file: it must be done before we go
-                raise
         except (OSError, ValueError) as e:
             log.debug("local piece %d from %s:%d failed (%s); over TCP instead", number, host, port, e)
             return None
@@ -292,7 +287,10 @@ def _copy_and_check(
     (task_id, number), (offset, length) = what, span
     with copying:
         _copy(src, out, offset, length)
-    actual = f"crc32:{_crc_of(out, offset, length)}"
+    crc = crc32_of_range(out, offset, length, bytearray(min(length, _READ)))
+    if crc is None:
+        raise ValueError(f"our copy of piece {number} is short")
+    actual = f"crc32:{crc}"
     if actual != digest:
         raise DigestMismatch(f"piece {number} of task {task_id} from a local parent", digest, actual)
 
@@ -314,16 +312,3 @@ def _copy_buffered(src: int, dst: int, pos: int, left: int) -> int:
     if data:
         os.pwrite(dst, data, pos)
     return len(data)
-
-
-def _crc_of(fd: int, offset: int, length: int) -> int:
-    buf = bytearray(min(length, _READ))
-    view = memoryview(buf)
-    crc, pos, end = 0, offset, offset + length
-    while pos < end:
-        n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
-        if n <= 0:
-            raise ValueError(f"our copy of the piece is short at byte {pos}")
-        crc = crc32(view[:n], crc)
-        pos += n
-    return crc

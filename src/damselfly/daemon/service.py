@@ -312,8 +312,7 @@ class DownloadService(PersistentCacheDownloadRPCs, dfdaemon_pb2_grpc.DfdaemonDow
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
         if self.downloads.manager.is_running(request.task_id):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "task is downloading")
-        # Off the event loop: freeing a large file's blocks can take a while (discard).
-        await asyncio.to_thread(self.downloads.store.delete_task, request.task_id)
+        self.downloads.store.delete_task(request.task_id)
         return empty_pb2.Empty()
 
 

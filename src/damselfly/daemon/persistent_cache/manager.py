@@ -362,7 +362,7 @@ class PersistentCache:
         meta = self.store.get(task_id)
         if meta is None or not meta.persistent_cache:
             return job is not None
-        await asyncio.to_thread(self.store.delete_task, task_id)  # freeing blocks can take a while
+        self.store.delete_task(task_id)
         log.info("deleted persistent cache task %s", task_id[:12])
         return True
 

@@ -316,13 +316,13 @@ class ProxyServer:
         try:
             meta = await wait_for_length(self.store, task_id, job)
         except SourceStatusError as e:
-            await self._forget_failed(task_id)
+            self._forget_failed(task_id)
             if e.status in _PASS_STATUSES:
                 # Let the registry tell the client itself (its 401 challenge, its 404 body).
                 return await self._forward(request, url)
             return _error(502, f"the registry answered {e.status} {e.reason} for this blob".rstrip())
         except DamselflyError as e:
-            await self._forget_failed(task_id)
+            self._forget_failed(task_id)
             return _error(502, f"could not fetch the blob: {e}")
         assert meta.content_length is not None and meta.piece_length is not None
         total = meta.content_length
@@ -373,7 +373,7 @@ class ProxyServer:
         except (DamselflyError, OSError) as e:
             log.warning("serving blob %s failed mid-way: %s", digest or urlsplit(url).path, e)
             _abort(request)
-            await self._forget_failed(task_id)
+            self._forget_failed(task_id)
             return resp
         await resp.write_eof()
         self.metrics.p2p_bytes.inc(span.length)
@@ -381,12 +381,12 @@ class ProxyServer:
             self.store.touch(task_id)
         return resp
 
-    async def _forget_failed(self, task_id: str) -> None:
+    def _forget_failed(self, task_id: str) -> None:
         """A failed download leaves nothing behind that a later request could trust."""
         meta = self.store.get(task_id)
         if meta is not None and meta.state == "failed" and not self.manager.is_running(task_id):
             with contextlib.suppress(DamselflyError, OSError):
-                await asyncio.to_thread(self.store.delete_task, task_id)  # off the loop: freeing blocks
+                self.store.delete_task(task_id)
 
 
 class _Sink:
