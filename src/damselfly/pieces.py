@@ -71,6 +71,11 @@ class _Crc32Hasher:
     def hexdigest(self) -> str:
         return str(self.value)
 
+    def copy(self) -> _Crc32Hasher:
+        twin = _Crc32Hasher()
+        twin.value = self.value
+        return twin
+
 
 @dataclass(frozen=True, slots=True)
 class Digest:
@@ -108,6 +113,7 @@ class Digest:
 class Hasher(Protocol):
     def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
     def hexdigest(self) -> str: ...
+    def copy(self) -> Hasher: ...
 
 
 def new_hasher(algorithm: str) -> Hasher:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import struct
@@ -13,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon import vortex
+from damselfly.daemon import piece_client, vortex
+from damselfly.daemon.digesting import InOrderDigest
 from damselfly.daemon.piece_client import PieceClient, PieceConnectionPool
 from damselfly.daemon.piece_server import PieceServer
 from damselfly.daemon.storage import PieceStore
 from damselfly.domain import PieceInfo, TrafficType
 from damselfly.errors import DigestMismatch, NotFound, PeerError, ProtocolError
 from damselfly.ids import task_id
-from damselfly.pieces import piece_count, piece_span
+from damselfly.pieces import Digest, piece_count, piece_span
 
 pytestmark = pytest.mark.integration
 
@@ -225,6 +227,40 @@ async def test_corrupted_parent_content_is_a_digest_mismatch(parent: Parent, tmp
         await client.download_piece(TID, 2, fd, 2 * PL, PL)
     finally:
         os.close(fd)
+        await client.close()
+
+
+@pytest.mark.parametrize("threaded", [True, False], ids=["threaded-body", "on-the-loop"])
+async def test_pieces_feed_the_content_digest_and_a_corrupt_one_is_taken_back(
+    parent: Parent, child: PieceStore, threaded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The body lands through a worker thread unless a rate limit applies (then on the loop).
+    monkeypatch.setattr(piece_client, "THREADED_BODY", threaded)
+    data = make_content(3 * PL)
+    seed(parent.store, TID, data)
+    out = os.open(parent.store.content_path(TID), os.O_WRONLY)
+    os.pwrite(out, bytes([data[PL + 77] ^ 0xFF]), PL + 77)
+    child.create_task(TID)
+    child.set_content_length(TID, len(data), PL)
+    digester = InOrderDigest(child, TID, Digest("sha256", hashlib.sha256(data).hexdigest()))
+    client = await PieceClient.connect("127.0.0.1", parent.port)
+    fd = child.open_write_fd(TID)
+    try:
+        child.finish_piece(TID, await client.download_piece(TID, 0, fd, 0, PL, digest=digester))
+        with pytest.raises(DigestMismatch):
+            await client.download_piece(TID, 1, fd, PL, PL, digest=digester)
+        assert digester.fed == PL  # the corrupt piece's bytes went back out of the digest
+        os.pwrite(out, data[PL + 77 : PL + 78], PL + 77)  # the parent mends its copy
+        for number in (1, 2):
+            child.finish_piece(
+                TID, await client.download_piece(TID, number, fd, number * PL, PL, digest=digester)
+            )
+        await asyncio.wait_for(digester.check("content"), 5.0)
+        assert digester.fed == len(data)  # nothing was read back from the file
+    finally:
+        os.close(out)
+        os.close(fd)
+        await digester.close()
         await client.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import re
@@ -18,13 +19,14 @@ import pytest
 from aiohttp import web
 
 from damselfly.config import SourceConfig
+from damselfly.daemon.digesting import InOrderDigest
 from damselfly.daemon.receiving import Receiving
 from damselfly.daemon.source import HTTPSource
 from damselfly.daemon.storage import PieceStore
 from damselfly.domain import PieceInfo, TrafficType
 from damselfly.errors import ConfigError, DownloadTimeout, SourceError, SourceStatusError, SourceUnreachable
 from damselfly.ids import task_id
-from damselfly.pieces import piece_span
+from damselfly.pieces import Digest, piece_span
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +110,7 @@ async def fetch(
     headers: dict[str, str] | None = None,
     have: set[int] | None = None,
     piece_length: int | None = None,
+    digest: InOrderDigest | None = None,
 ) -> Result:
     """Do what the conductor does: size the store in on_start, record each piece."""
     store.create_task(TID)
@@ -134,6 +137,7 @@ async def fetch(
         on_piece=on_piece,
         have=have or set(),
         piece_length=piece_length,
+        digest=digest,
     )
     return Result(length, pieces, starts)
 
@@ -462,6 +466,31 @@ async def test_split_download_fetches_each_byte_once(
     spans = sorted(tuple(int(x) for x in r.removeprefix("bytes=").split("-")) for r in ranges)
     assert spans[0][0] == 0 and spans[-1][1] == len(DATA) - 1
     assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))  # contiguous, no overlap
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+async def test_the_body_feeds_the_content_digest_in_order(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streams: int
+) -> None:
+    from damselfly.daemon import source as source_module
+
+    monkeypatch.setattr(source_module, "PROBE_BYTES", PL)
+    monkeypatch.setattr(source_module, "MIN_PIECES_PER_STREAM", 1)
+    src = HTTPSource(SourceConfig(connect_timeout=2, read_timeout=0.5, range_streams=streams))
+    store = PieceStore(tmp_path)
+    store.create_task(TID)
+    digester = InOrderDigest(store, TID, Digest("sha256", hashlib.sha256(DATA).hexdigest()))
+    try:
+        await fetch(src, store, origin.url + "/file", digest=digester)
+        await asyncio.wait_for(digester.check("content"), 5.0)
+    finally:
+        await digester.close()
+        await src.close()
+    if streams == 1:
+        assert digester.fed == len(DATA)  # one body in order: nothing read back
+    else:
+        # Ranges land side by side: the first feeds, what lands out of order is read back.
+        assert digester.fed >= PL
 
 
 async def test_split_download_falls_back_when_the_origin_ignores_range(

@@ -47,6 +47,26 @@ async def test_a_corrupt_piece_in_the_parents_file_is_caught_and_fetched_again(s
     assert local is not None and local.pieces_copied == 2  # pieces 0 and 2 came from a file
 
 
+async def test_a_corrupt_local_piece_does_not_poison_the_content_digest(swarm: Swarm, tmp_path):
+    # With a digest to check, pieces copied in order feed it on the way; the corrupt piece's
+    # bytes were fed before its crc32 failed, and must not count.
+    src = swarm.file("blob.bin", 12 * MiB)
+    digest = f"sha256:{sha256_file(src)}"
+    await swarm.add_daemon("seed", seed=True, storage=LOCAL)
+    await swarm.add_daemon("peer1", storage=LOCAL)
+    url = swarm.url("blob.bin")
+    assert (await swarm.download("peer1", url, tmp_path / "p1", digest=digest)).ok
+    tid = task_id_for(DownloadSpec(url=url, digest=digest))
+    corrupt(swarm.daemons["seed"].store.content_path(tid), 4 * MiB + 10)
+    corrupt(swarm.daemons["peer1"].store.content_path(tid), 4 * MiB + 10)
+    await swarm.add_daemon("peer2", storage=LOCAL)
+    r = await swarm.download("peer2", url, tmp_path / "p2", digest=digest)
+    assert r.ok, r.details
+    assert sha256_file(tmp_path / "p2") == sha256_file(src)
+    local = swarm.daemons["peer2"].pool.local
+    assert local is not None and local.pieces_copied == 2
+
+
 async def test_a_parent_with_an_upload_limit_serves_over_tcp(swarm: Swarm, tmp_path):
     src = swarm.file("limited.bin", 8 * MiB)
     seed = await swarm.add_daemon("seed", seed=True, storage=LOCAL, upload={"bandwidth_limit": 200 * MiB})

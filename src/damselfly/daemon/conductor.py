@@ -272,6 +272,11 @@ class Conductor:
         if self.spec.digest:
             if self.digester is not None:
                 await self.digester.check("downloaded content")
+                log.debug(
+                    "digest checked: %d of %d bytes hashed as they arrived",
+                    self.digester.fed,
+                    self.digester.upto,
+                )
             else:
                 path = self.deps.store.content_path(self.task_id)
                 await asyncio.to_thread(verify_content, path, self.spec.digest)
@@ -516,6 +521,7 @@ class Conductor:
                 span.length,
                 timeout=self.deps.piece_timeout,
                 on_header=on_header,
+                digest=self.digester,
             )
             got = True
         except ResourceExhausted:
@@ -637,6 +643,7 @@ class Conductor:
                 have=have,
                 piece_length=meta.piece_length if have else None,
                 on_piece_start=on_piece_start,
+                digest=self.digester,
             )
         finally:
             for entry in store.receiving.of(self.task_id).values():  # a piece cut off mid-way

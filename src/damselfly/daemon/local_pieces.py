@@ -34,9 +34,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..checksum import crc32
 from ..domain import PieceInfo, TrafficType
 from ..errors import DigestMismatch, NotFound
 from ..units import MiB
+from .digesting import Feed, InOrderDigest
 from .ratelimit import ByteLimiter
 from .storage import PieceStore, crc32_of_range
 from .threads import to_thread_to_the_end
@@ -198,11 +200,23 @@ class LocalPieces:
         self.pieces_copied = 0
 
     async def download_piece(
-        self, host: str, port: int, task_id: str, number: int, fd: int, offset: int, length: int
+        self,
+        host: str,
+        port: int,
+        task_id: str,
+        number: int,
+        fd: int,
+        offset: int,
+        length: int,
+        *,
+        whole: InOrderDigest | None = None,
     ) -> PieceInfo | None:
         """The piece copied from a local parent and checked; None: no local path (use TCP).
 
         Raises :class:`DigestMismatch` when the copy does not match the parent's crc32.
+        ``whole``: the task's content digest; when this piece is the next it needs, the
+        piece goes through a buffer that feeds it (one pass over the bytes instead of
+        a copy in the kernel and two reads back).
         """
         key = (host, port)
         missed = self._missing.get(key)
@@ -228,7 +242,7 @@ class LocalPieces:
             # The thread writes into our file: a cancel waits for it.
             what = (task_id, number)
             await to_thread_to_the_end(
-                _copy_and_check, src, fd, what, (offset, length), digest, self._copying
+                _copy_and_check, src, fd, what, (offset, length), digest, self._copying, whole
             )
         except (OSError, ValueError) as e:
             log.debug("local piece %d from %s:%d failed (%s); over TCP instead", number, host, port, e)
@@ -281,18 +295,64 @@ async def _ask(name: str, task_id: str, number: int) -> tuple[int, int, int, str
 
 
 def _copy_and_check(
-    src: int, out: int, what: tuple[str, int], span: tuple[int, int], digest: str, copying: threading.Lock
+    src: int,
+    out: int,
+    what: tuple[str, int],
+    span: tuple[int, int],
+    digest: str,
+    copying: threading.Lock,
+    whole: InOrderDigest | None = None,
 ) -> None:
-    """Blocking (a worker thread): copy the piece from the parent's file, then check its crc32."""
+    """Blocking (a worker thread): copy the piece from the parent's file and check its crc32.
+
+    When the piece is the next the task's digest ``whole`` needs, it goes through
+    one buffer that takes the crc32 and feeds the digest on the way (kept once the
+    crc32 matched); else ``copy_file_range`` copies it in the kernel and the crc32
+    is read back from our copy. The claim is made under the copy lock, so pieces
+    copied one after another in order all feed the digest.
+    """
     (task_id, number), (offset, length) = what, span
+    buf = bytearray(min(length, _READ))
     with copying:
+        feed = whole.claim(offset) if whole is not None else None
+        if feed is not None:
+            try:
+                crc = _copy_through(src, out, offset, length, buf, feed)
+                _check(task_id, number, crc, digest)
+                feed.commit()
+            finally:
+                feed.abandon()  # unless committed: the piece did not check out
+            return
         _copy(src, out, offset, length)
-    crc = crc32_of_range(out, offset, length, bytearray(min(length, _READ)))
-    if crc is None:
+    checked = crc32_of_range(out, offset, length, buf)
+    if checked is None:
         raise ValueError(f"our copy of piece {number} is short")
+    _check(task_id, number, checked, digest)
+
+
+def _check(task_id: str, number: int, crc: int, digest: str) -> None:
     actual = f"crc32:{crc}"
     if actual != digest:
         raise DigestMismatch(f"piece {number} of task {task_id} from a local parent", digest, actual)
+
+
+def _copy_through(src: int, dst: int, offset: int, length: int, buf: bytearray, feed: Feed) -> int:
+    """Copy through ``buf``, feeding ``feed``; returns the crc32 of the bytes copied."""
+    view = memoryview(buf)
+    crc = 0
+    pos, end = offset, offset + length
+    while pos < end:
+        n = os.preadv(src, [view[: min(len(buf), end - pos)]], pos)
+        if n <= 0:
+            raise ValueError(f"the local parent's file ends before byte {end}")
+        chunk = view[:n]
+        crc = crc32(chunk, crc)
+        feed.update(chunk)
+        done = 0
+        while done < n:
+            done += os.pwrite(dst, chunk[done:], pos + done)
+        pos += n
+    return crc
 
 
 def _copy(src: int, dst: int, offset: int, length: int) -> None:

@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..units import MiB
 from . import vortex
+from .digesting import Feed, InOrderDigest
 from .local_pieces import LocalPieces
 from .ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
 from .receiving import Receiving
@@ -142,7 +143,13 @@ class PieceClient:
         return n
 
     def _receive_body(
-        self, fd: int, offset: int, length: int, idle: float | None, progress: Receiving | None = None
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        idle: float | None,
+        progress: Receiving | None = None,
+        feed: Feed | None = None,
     ) -> int:
         """The piece body, in a worker thread: blocking recv_into, pwrite and crc32 all
         release the GIL, so bodies from several parents land in parallel on several
@@ -164,6 +171,8 @@ class PieceClient:
                 self.received_any = True
                 pos = self._write_chunk(fd, view[:n], pos)
                 crc = crc32(view[:n], crc)
+                if feed is not None:
+                    feed.update(view[:n])
                 if progress is not None:
                     progress.advance(pos - offset)
             return crc
@@ -186,6 +195,7 @@ class PieceClient:
         timeout: float = 30.0,
         limiter: Limiter | None = None,
         on_header: OnHeader | None = None,
+        digest: InOrderDigest | None = None,
     ) -> PieceInfo:
         """Fetch piece ``number`` of ``task_id`` and pwrite it to ``fd`` at ``offset``.
 
@@ -199,7 +209,9 @@ class PieceClient:
         spent waiting for the limiter does not count either: the timeout judges
         the parent, not our own limit. ``on_header(digest)``, once the parent's
         piece header arrived, may return a :class:`Receiving` whose byte count
-        follows the body as it lands (cut-through forwarding).
+        follows the body as it lands (cut-through forwarding). ``digest``: the
+        task's whole-content digest, fed the body while it is in hand when this
+        piece is the next it needs (kept only once the piece's crc32 matched).
         """
         if self.closed or self.broken:
             raise PeerError(f"connection to parent {self._where} is no longer usable")
@@ -216,7 +228,7 @@ class PieceClient:
         try:
             async with asyncio.timeout(timeout) as deadline:
                 info = await self._exchange(
-                    task_id, number, fd, offset, length, limiter, deadline, timeout, on_header
+                    task_id, number, fd, offset, length, limiter, deadline, timeout, on_header, digest
                 )
             info.cost_s = self._clock() - start
             ok = True
@@ -247,6 +259,7 @@ class PieceClient:
         deadline: asyncio.Timeout | None = None,
         idle: float | None = None,
         on_header: OnHeader | None = None,
+        whole: InOrderDigest | None = None,
     ) -> PieceInfo:
         packet_id = self._next_packet_id()
         request = vortex.encode_download_piece(packet_id, task_id, number, trailer=self.trailer)
@@ -276,15 +289,41 @@ class PieceClient:
         if not event.digest and not self.trailer:
             raise ProtocolError(f"parent {self._where} sent piece {number} without a digest")
         progress = on_header(event.digest) if on_header is not None else None
+        feed = whole.claim(offset) if whole is not None else None
+        try:
+            info = await self._body(
+                task_id, number, fd, (offset, length), event, limiter, deadline, idle, progress, feed
+            )
+        finally:
+            if feed is not None:
+                feed.abandon()  # unless committed: the piece did not check out
+        return info
+
+    async def _body(
+        self,
+        task_id: str,
+        number: int,
+        fd: int,
+        span: tuple[int, int],
+        event: vortex.PieceHeader,
+        limiter: Limiter | None,
+        deadline: asyncio.Timeout | None,
+        idle: float | None,
+        progress: Receiving | None,
+        feed: Feed | None,
+    ) -> PieceInfo:
+        """The piece's body after its header, written to ``fd`` and checked against its crc32."""
+        offset, length = span
+        packet_id = event.packet_id
         if limiter is None and THREADED_BODY:
             if deadline is not None:
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now
-            crc = await asyncio.to_thread(self._receive_body, fd, offset, length, idle, progress)
+            crc = await asyncio.to_thread(self._receive_body, fd, offset, length, idle, progress, feed)
             if deadline is not None and idle:
                 deadline.reschedule(self._loop.time() + idle)
             digest = event.digest or await self._trailer(packet_id, number, progress)
             self._frame_done = True
-            return self._checked(task_id, number, offset, length, crc, digest)
+            return self._checked(task_id, number, offset, length, crc, digest, feed)
         crc = 0
         pos, end = offset, offset + length
         view = self._view
@@ -302,6 +341,8 @@ class PieceClient:
                 credit -= n
                 pos = self._write_chunk(fd, view[:n], pos)
                 crc = crc32(view[:n], crc)
+                if feed is not None:
+                    feed.update(view[:n])
                 if progress is not None:
                     progress.advance(pos - offset)
         finally:
@@ -309,7 +350,7 @@ class PieceClient:
                 limiter.refund(credit)
         digest = event.digest or await self._trailer(packet_id, number, progress)
         self._frame_done = True
-        return self._checked(task_id, number, offset, length, crc, digest)
+        return self._checked(task_id, number, offset, length, crc, digest, feed)
 
     async def _next_frame(self) -> vortex.Event:
         """The next control frame or piece header, reading exactly up to its end."""
@@ -354,10 +395,14 @@ class PieceClient:
             written += os.pwrite(fd, chunk[written:], pos + written)
         return pos + n
 
-    def _checked(self, task_id: str, number: int, offset: int, length: int, crc: int, want: str) -> PieceInfo:
+    def _checked(
+        self, task_id: str, number: int, offset: int, length: int, crc: int, want: str, feed: Feed | None
+    ) -> PieceInfo:
         digest = f"crc32:{crc}"
         if digest != want:
             raise DigestMismatch(f"piece {number} of task {task_id} from {self._where}", want, digest)
+        if feed is not None:
+            feed.commit()
         return PieceInfo(
             number=number,
             offset=offset,
@@ -425,6 +470,7 @@ class PieceConnectionPool:
         *,
         timeout: float = 30.0,
         on_header: OnHeader | None = None,
+        digest: InOrderDigest | None = None,
     ) -> PieceInfo:
         """Like :meth:`PieceClient.download_piece` on a pooled connection to ``host:port``.
 
@@ -436,7 +482,9 @@ class PieceConnectionPool:
         key = (host, port)
         limiter = chain(self.limiter, TASK_LIMITER.get())
         if self.local is not None and limiter is None:
-            local = await self.local.download_piece(host, port, task_id, number, fd, offset, length)
+            local = await self.local.download_piece(
+                host, port, task_id, number, fd, offset, length, whole=digest
+            )
             if local is not None:
                 return local
         trailer = self.trailer and key not in self._plain
@@ -446,7 +494,15 @@ class PieceConnectionPool:
             client.trailer = trailer
             try:
                 info = await client.download_piece(
-                    task_id, number, fd, offset, length, timeout=timeout, limiter=limiter, on_header=on_header
+                    task_id,
+                    number,
+                    fd,
+                    offset,
+                    length,
+                    timeout=timeout,
+                    limiter=limiter,
+                    on_header=on_header,
+                    digest=digest,
                 )
                 if not trailer and self.trailer and retried:
                     self._plain.add(key)

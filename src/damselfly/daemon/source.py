@@ -48,6 +48,7 @@ from ..errors import (
     StorageError,
 )
 from . import rawhttp
+from .digesting import Feed, InOrderDigest
 from .receiving import Receiving
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class HTTPSource:
         have: Set[int] = frozenset(),
         piece_length: int | None = None,
         on_piece_start: OnPieceStart | None = None,
+        digest: InOrderDigest | None = None,
     ) -> int:
         """Download ``url`` into the store, piece by piece; return the content length.
 
@@ -165,12 +167,15 @@ class HTTPSource:
         ``on_piece_start(number, offset, length)``, when the content length is
         known, before a piece's first bytes are written: the :class:`Receiving`
         it may return follows the piece's bytes as they land (its digest is the
-        caller's to fill in at ``on_piece``).
+        caller's to fill in at ``on_piece``). ``digest``: the task's whole-content
+        digest, fed each piece's bytes while they are in hand when the piece is
+        the next it needs (in order from the start: the usual case).
 
         Raises SourceStatusError, SourceUnreachable, DownloadTimeout, SourceError,
         StorageError (see the module docstring), and whatever the callbacks raise.
         """
         run = _Fetch(self, url, headers, fd_factory, on_start, on_piece, have, piece_length, on_piece_start)
+        run.digest = digest
         try:
             return await run.go()
         except DamselflyError:
@@ -284,6 +289,7 @@ class _Fetch:
         self.fd: int | None = None
         self.piece_length = 0
         self.total: int | None = None
+        self.digest: InOrderDigest | None = None
 
     def close(self) -> None:
         if self.fd is not None:
@@ -420,33 +426,48 @@ class _Fetch:
         number = pos // pl
         piece_start = number * pl
         crc, began = carry if carry is not None else (0, clock())
-        async for data in resp.content.iter_any():
-            view = memoryview(data)
-            while view:
-                piece_end = piece_start + pl if total is None else min(piece_start + pl, total)
-                if (end is not None and pos >= end) or pos >= piece_end:
-                    raise SourceError(f"the origin sent more bytes than announced for {self.url}")
-                take = min(len(view), piece_end - pos)
-                chunk = view[:take]
-                if limiter is not None:
-                    await limiter.consume(take)
-                if number not in self.skip:
-                    crc = crc32(chunk, crc)
-                    _pwrite_all(fd, chunk, pos)
-                    if total is not None and self.on_piece_start is not None:
-                        self._landed(number, piece_start, piece_end, pos + take)
-                pos += take
-                view = view[take:]
-                if pos == piece_end:
-                    self._piece_done(number, piece_start, pos - piece_start, crc, began)
-                    number += 1
-                    piece_start = pos
-                    crc = 0
-                    began = clock()
-        if end is not None and pos < end:
-            raise SourceError(f"the origin's body for {self.url} ended at byte {pos} of {end}")
-        if total is None and pos > piece_start:
-            self._piece_done(number, piece_start, pos - piece_start, crc, began)
+        feed: Feed | None = None
+        try:
+            async for data in resp.content.iter_any():
+                view = memoryview(data)
+                while view:
+                    piece_end = piece_start + pl if total is None else min(piece_start + pl, total)
+                    if (end is not None and pos >= end) or pos >= piece_end:
+                        raise SourceError(f"the origin sent more bytes than announced for {self.url}")
+                    take = min(len(view), piece_end - pos)
+                    chunk = view[:take]
+                    if limiter is not None:
+                        await limiter.consume(take)
+                    if number not in self.skip:
+                        crc = crc32(chunk, crc)
+                        if pos == piece_start and self.digest is not None:
+                            feed = self.digest.claim(pos)
+                        if feed is not None:
+                            feed.update(chunk)
+                        _pwrite_all(fd, chunk, pos)
+                        if total is not None and self.on_piece_start is not None:
+                            self._landed(number, piece_start, piece_end, pos + take)
+                    pos += take
+                    view = view[take:]
+                    if pos == piece_end:
+                        if feed is not None:
+                            feed.commit()
+                            feed = None
+                        self._piece_done(number, piece_start, pos - piece_start, crc, began)
+                        number += 1
+                        piece_start = pos
+                        crc = 0
+                        began = clock()
+            if end is not None and pos < end:
+                raise SourceError(f"the origin's body for {self.url} ended at byte {pos} of {end}")
+            if total is None and pos > piece_start:
+                if feed is not None:
+                    feed.commit()
+                    feed = None
+                self._piece_done(number, piece_start, pos - piece_start, crc, began)
+        finally:
+            if feed is not None:
+                feed.abandon()  # a piece cut off mid-way: read back from the file once whole
         return pos, ((crc, began) if pos > piece_start and total is not None and pos < total else None)
 
     def _landed(self, number: int, piece_start: int, piece_end: int, upto: int) -> None:

@@ -72,3 +72,95 @@ async def test_closing_early_is_an_error_for_waiters_not_a_hang(tmp_path: Path) 
     with pytest.raises(DamselflyError):
         await asyncio.wait_for(result, 5.0)
     await asyncio.wait_for(digester.advanced(0, 5.0), 1.0)  # returns at once: hashing has ended
+
+
+def piece_of(data: bytes, number: int) -> bytes:
+    return data[number * PL : (number + 1) * PL]
+
+
+async def test_pieces_fed_in_order_are_not_read_back(tmp_path: Path) -> None:
+    data = os.urandom(3 * PL + 100)
+    store = new_task(tmp_path, len(data))
+    digester = InOrderDigest(store, TID, Digest("sha256", hashlib.sha256(data).hexdigest()))
+    try:
+        for number in range(4):
+            feed = digester.claim(number * PL)
+            assert feed is not None
+            assert digester.claim(number * PL) is None  # one holder at a time
+            chunk = piece_of(data, number)
+            feed.update(chunk[:100])
+            feed.update(chunk[100:])
+            feed.commit()
+            land(store, data, number)
+        await asyncio.wait_for(digester.check("blob"), 5.0)
+        assert digester.fed == len(data)
+    finally:
+        await digester.close()
+
+
+async def test_only_the_next_bytes_can_be_claimed(tmp_path: Path) -> None:
+    data = os.urandom(2 * PL)
+    store = new_task(tmp_path, len(data))
+    digester = InOrderDigest(store, TID, Digest("sha256", hashlib.sha256(data).hexdigest()))
+    try:
+        assert digester.claim(PL) is None  # piece 1 before piece 0: read back later instead
+        land(store, data, 1)
+        feed = digester.claim(0)
+        assert feed is not None
+        feed.update(piece_of(data, 0))
+        feed.commit()
+        land(store, data, 0)
+        await asyncio.wait_for(digester.check("blob"), 5.0)
+        assert digester.fed == PL  # piece 1 was read back from the file
+    finally:
+        await digester.close()
+
+
+async def test_an_abandoned_feed_leaves_no_trace_in_the_digest(tmp_path: Path) -> None:
+    # A piece whose crc32 failed was fed on its way in: the digest must forget those bytes.
+    data = os.urandom(2 * PL)
+    store = new_task(tmp_path, len(data))
+    digester = InOrderDigest(store, TID, Digest("sha256", hashlib.sha256(data).hexdigest()))
+    try:
+        feed = digester.claim(0)
+        assert feed is not None
+        feed.update(os.urandom(PL))  # corrupt bytes
+        feed.abandon()
+        feed.commit()  # too late: settled once
+        assert digester.claim(0) is not None  # the hasher is free again, still at 0
+    finally:
+        await digester.close()
+    digester = InOrderDigest(store, TID, Digest("sha256", hashlib.sha256(data).hexdigest()))
+    try:
+        feed = digester.claim(0)
+        assert feed is not None
+        feed.update(os.urandom(PL))
+        feed.abandon()
+        land(store, data, 0)
+        land(store, data, 1)
+        await asyncio.wait_for(digester.check("blob"), 5.0)
+        assert digester.fed == 0
+    finally:
+        await digester.close()
+
+
+async def test_a_feed_settling_after_its_piece_landed_wakes_the_hashing(tmp_path: Path) -> None:
+    # The last piece is in the store while a feed still holds the hasher: no later store
+    # change will come, so the feed's end must wake the digester (not its 5 s timeout).
+    data = os.urandom(2 * PL)
+    store = new_task(tmp_path, len(data))
+    digester = InOrderDigest(store, TID, Digest("sha256", hashlib.sha256(data).hexdigest()))
+    try:
+        land(store, data, 0)
+        await asyncio.wait_for(digester.advanced(0, 5.0), 5.0)
+        feed = digester.claim(PL)
+        assert feed is not None
+        land(store, data, 1)
+        await asyncio.sleep(0.05)
+        assert not digester.done
+        await asyncio.to_thread(feed.update, piece_of(data, 1))
+        await asyncio.to_thread(feed.commit)  # from a worker thread, as the piece receivers do
+        await asyncio.wait_for(digester.check("blob"), 1.0)
+        assert digester.fed == PL
+    finally:
+        await digester.close()
