@@ -8,9 +8,18 @@ Targets (container-images issue):
   1.00x the image's blob bytes.
 
 The client is skopeo (``copy docker://... dir:...``), the registry Debian's
-``docker-registry`` on loopback, the swarm a scheduler + seed + peer daemon(s)
-as processes (a fresh swarm, so a cold cache, for every mirrored run). Direct
-and mirrored pulls alternate; every timed step starts after ``sync``.
+``docker-registry`` on loopback, the swarm daemons as processes (a fresh swarm,
+so a cold cache, for every mirrored run). Direct and mirrored pulls alternate;
+every timed step starts after ``sync``. Two topologies, both on this machine's
+two cores:
+
+* ``up``: scheduler + seed peer + the client's daemon, as ``damselfly up`` runs
+  them: the seed fetches each blob from the registry and hands it to the
+  client's daemon, so two daemons' data paths share the cores with the client;
+* ``node``: scheduler + the client's daemon and no seed peer: the daemon fetches
+  from the registry itself (what Dragonfly does when no seed peer is deployed).
+  On the client's node this is the same work as receiving the blob from a seed
+  on another host; the ``up`` topology adds that remote host's work to it.
 
     .venv/bin/python benchmarks/image_pull.py --size 200MiB --layers 5 --runs 3
 
@@ -93,6 +102,38 @@ def main() -> int:
         result["blob_bytes"] = image.blob_bytes
         direct_s: list[float] = []
         mirror_s: list[float] = []
+        node_s: list[float] = []
+        cpu_mirror: dict[str, dict[str, float]] = {}
+
+        def mirrored(i: int, topology: str) -> float:
+            """One cold pull through a fresh swarm's mirror; its time (and CPU in ``cpu_mirror``)."""
+            nonlocal ok
+            dest = root / "out"
+            swarm = Swarm(root / f"swarm{i}-{topology}", registry, peers=1, seed=topology == "up")
+            try:
+                conf = registries_conf(root / "r.conf", registry.host, swarm.proxy(0))
+                shutil.rmtree(dest, ignore_errors=True)
+                before = registry.blob_bytes()
+                settle()
+                pids = {"registry": registry.child.pid, **{c.name: c.pid for c in swarm.children}}
+                cpu_before = {k: cpu_s(pid) for k, pid in pids.items()}
+                client_cpu = children_cpu_s()
+                t, r = timed(pull_argv(ref, dest, conf))
+                cpu = {k: round(cpu_s(pid) - cpu_before[k], 2) for k, pid in pids.items()}
+                cpu["skopeo"] = round(children_cpu_s() - client_cpu, 2)
+                cpu_mirror[topology] = cpu
+                ok &= r.returncode == 0
+                if r.returncode != 0:
+                    print(r.stderr, file=sys.stderr)
+                assert_dir_image(dest, image)
+                ok &= all(swarm.holds_blob(0, b.digest) for b in image.blobs)
+                ok &= registry.blob_bytes() - before == image.blob_bytes
+                return t
+            finally:
+                swarm.close()
+                if not args.keep:
+                    shutil.rmtree(root / f"swarm{i}-{topology}", ignore_errors=True)
+
         for i in range(args.runs):
             dest = root / "out"
             shutil.rmtree(dest, ignore_errors=True)
@@ -105,63 +146,47 @@ def main() -> int:
                 "registry": cpu_s(registry.child.pid) - reg_cpu,
                 "skopeo": children_cpu_s() - client_cpu,
             }
-            swarm = Swarm(root / f"swarm{i}", registry, peers=1)
-            try:
-                conf = registries_conf(root / "r.conf", registry.host, swarm.proxy(0))
-                shutil.rmtree(dest, ignore_errors=True)
-                before = registry.blob_bytes()
-                settle()
-                pids = {"registry": registry.child.pid, **{c.name: c.pid for c in swarm.children}}
-                cpu_before = {k: cpu_s(pid) for k, pid in pids.items()}
-                client_cpu = children_cpu_s()
-                t, r = timed(pull_argv(ref, dest, conf))
-                cpu_mirror = {k: cpu_s(pid) - cpu_before[k] for k, pid in pids.items()}
-                cpu_mirror["skopeo"] = children_cpu_s() - client_cpu
-                ok &= r.returncode == 0
-                if r.returncode != 0:
-                    print(r.stderr, file=sys.stderr)
-                assert_dir_image(dest, image)
-                ok &= all(swarm.holds_blob(0, b.digest) for b in image.blobs)
-                ok &= registry.blob_bytes() - before == image.blob_bytes
-                mirror_s.append(t)
-            finally:
-                swarm.close()
-                if not args.keep:
-                    shutil.rmtree(root / f"swarm{i}", ignore_errors=True)
+            mirror_s.append(mirrored(i, "up"))
+            node_s.append(mirrored(i, "node"))
         # CPU seconds per process in the last run: where the mirror's extra work goes.
         result["last_run_cpu_s"] = {
             "direct": {k: round(v, 2) for k, v in cpu_direct.items()},
-            "mirror": {k: round(v, 2) for k, v in cpu_mirror.items()},
+            "mirror_up": cpu_mirror.get("up", {}),
+            "mirror_node": cpu_mirror.get("node", {}),
         }
         result["direct_s"] = [round(x, 2) for x in direct_s]
         result["mirror_s"] = [round(x, 2) for x in mirror_s]
+        result["node_s"] = [round(x, 2) for x in node_s]
         result["ratio"] = round(statistics.median(mirror_s) / statistics.median(direct_s), 3)
+        result["ratio_node"] = round(statistics.median(node_s) / statistics.median(direct_s), 3)
         result["target_ratio"] = 1.2
 
-        swarm = Swarm(root / "swarm3", registry, peers=3)
-        try:
-            before = registry.blob_bytes()
-            procs = []
-            settle()
-            began = time.monotonic()
-            for i in range(3):
-                conf = registries_conf(root / f"r{i}.conf", registry.host, swarm.proxy(i))
-                dest = root / f"c{i}"
-                procs.append(subprocess.Popen(pull_argv(ref, dest, conf), stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True))  # fmt: skip
-            for p in procs:
-                _, err = p.communicate(timeout=900)
-                if p.returncode != 0:
-                    print(err, file=sys.stderr)
-                ok &= p.returncode == 0
-            result["concurrent_3_wall_s"] = round(time.monotonic() - began, 2)
-            for i in range(3):
-                assert_dir_image(root / f"c{i}", image)
-            served = registry.blob_bytes() - before
-            result["concurrent_3_registry_blob_bytes"] = served
-            result["concurrent_3_registry_ratio"] = round(served / image.blob_bytes, 4)
-        finally:
-            swarm.close()
+        for topology, key in (("up", "concurrent_3"), ("node", "concurrent_3_node")):
+            swarm = Swarm(root / f"swarm3-{topology}", registry, peers=3, seed=topology == "up")
+            try:
+                before = registry.blob_bytes()
+                procs = []
+                settle()
+                began = time.monotonic()
+                for i in range(3):
+                    conf = registries_conf(root / f"r{i}.conf", registry.host, swarm.proxy(i))
+                    dest = root / f"c{i}"
+                    shutil.rmtree(dest, ignore_errors=True)
+                    procs.append(subprocess.Popen(pull_argv(ref, dest, conf), stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE, text=True))  # fmt: skip
+                for p in procs:
+                    _, err = p.communicate(timeout=900)
+                    if p.returncode != 0:
+                        print(err, file=sys.stderr)
+                    ok &= p.returncode == 0
+                result[f"{key}_wall_s"] = round(time.monotonic() - began, 2)
+                for i in range(3):
+                    assert_dir_image(root / f"c{i}", image)
+                served = registry.blob_bytes() - before
+                result[f"{key}_registry_blob_bytes"] = served
+                result[f"{key}_registry_ratio"] = round(served / image.blob_bytes, 4)
+            finally:
+                swarm.close()
     finally:
         if registry is not None:
             registry.stop()

@@ -26,7 +26,10 @@ def main() -> None:
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 8.0
     count = max(2, int(sys.argv[3])) if len(sys.argv) > 3 else 2
     prefix = netns.new_prefix()
-    hosts = [HostNet(f"h{i}", netns.netns_name(prefix, f"h{i}"), netns.host_ip(i), rate, rate) for i in range(count)]
+    hosts = [
+        HostNet(f"h{i}", netns.netns_name(prefix, f"h{i}"), netns.host_ip(i), rate, rate)
+        for i in range(count)
+    ]
     a, b = hosts[0], hosts[1]
     net = Network(prefix, hosts)
     net.create()
@@ -85,7 +88,9 @@ def main() -> None:
                 t.start()
             for t in threads:
                 t.join()
-            into = sorted(sum(v for k, v in results.items() if k.endswith(f">{h.name}")) * 8 / rate for h in hosts)
+            into = sorted(
+                sum(v for k, v in results.items() if k.endswith(f">{h.name}")) * 8 / rate for h in hosts
+            )
             print(
                 f"all-to-all, {count} hosts: each receives {into[0]:.1%} (min) {into[len(into) // 2]:.1%} (median)"
                 f" {into[-1]:.1%} (max) of the rate"

@@ -36,7 +36,13 @@ class Swarm:
     """A scheduler, a seed daemon and ``peers`` daemons whose proxies mirror ``registry``."""
 
     def __init__(
-        self, root: Path, registry: Registry, *, peers: int = 1, config: dict[str, Any] | None = None
+        self,
+        root: Path,
+        registry: Registry,
+        *,
+        peers: int = 1,
+        config: dict[str, Any] | None = None,
+        seed: bool = True,
     ):
         self.root = root
         self.registry = registry
@@ -57,9 +63,10 @@ class Swarm:
             sched = start_scheduler(root)
             self.children.append(sched)
             port = int(sched.wait_ready(READY)["grpc_port"])
-            seed = start_daemon(root, "seed", scheduler_port=port, seed=True, config=self.config_path)
-            self.children.append(seed)
-            seed.wait_ready(READY)
+            if seed:
+                holder = start_daemon(root, "seed", scheduler_port=port, seed=True, config=self.config_path)
+                self.children.append(holder)
+                holder.wait_ready(READY)
             for i in range(peers):
                 p = start_daemon(
                     root, f"p{i}", scheduler_port=port, config=self.config_path, ports=DaemonPorts()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from damselfly.testbed.registry import Image, Registry
 
 from .harness import Swarm, assert_dir_image, blob_log, registries_conf, skopeo_pull
@@ -30,10 +32,13 @@ def test_skopeo_pull_through_mirror(tmp_root: Path, registry: Registry, image: I
         swarm.close()
 
 
+@pytest.mark.parametrize("seed", [True, False], ids=["seed-peer", "no-seed-peer"])
 def test_three_daemons_pull_at_once_registry_serves_each_blob_once(
-    tmp_root: Path, registry: Registry, image: Image
+    tmp_root: Path, registry: Registry, image: Image, seed: bool
 ) -> None:
-    swarm = Swarm(tmp_root / "swarm", registry, peers=3)
+    # Without a seed peer one daemon goes back to the registry and the others take the
+    # blob from it: still once.
+    swarm = Swarm(tmp_root / "swarm", registry, peers=3, seed=seed)
     try:
         before = registry.blob_bytes()
         procs = []
