@@ -67,9 +67,9 @@ class RawResponse:
         buf = bytearray(BUFFER_SIZE)
         view = memoryview(buf)
         while left > 0:
-            n = await asyncio.wait_for(
-                loop.sock_recv_into(self._sock, view[: min(left, BUFFER_SIZE)]), self._timeout
-            )
+            # One timer moved forward per read (wait_for would make a task per read).
+            async with asyncio.timeout(self._timeout):
+                n = await loop.sock_recv_into(self._sock, view[: min(left, BUFFER_SIZE)])
             if n == 0:
                 return  # the caller sees the short body and says so
             left -= n

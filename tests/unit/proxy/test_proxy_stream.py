@@ -6,12 +6,12 @@ import asyncio
 import hashlib
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
 from damselfly import ids
-from damselfly.daemon.proxy.stream import CHUNK, Span, send_span
+from damselfly.daemon.proxy import stream
+from damselfly.daemon.proxy.stream import CHUNK, ResponseSink, Span, send_span
 from damselfly.daemon.storage import PieceStore
 from damselfly.errors import DigestMismatch
 from helpers.store import put_piece as store_piece
@@ -19,13 +19,16 @@ from helpers.store import put_piece as store_piece
 PIECE = 4 * 1024 * 1024
 
 
-class Sink:
+class Sink(ResponseSink):
+    """The proxy's sink, writing into a bytearray instead of a response."""
+
     def __init__(self) -> None:
+        super().__init__(self, chunk=256 * 1024)
         self.data = bytearray()
 
-    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
-        assert offset == len(self.data)  # in order, no gap, no overlap
-        self.data += os.pread(file.fileno(), count, offset)
+    async def write(self, data: bytes) -> None:
+        assert type(data) is bytes  # its own object: the sink reuses its read buffer
+        self.data += data
 
 
 def put_piece(store: PieceStore, task_id: str, data: bytes, number: int) -> None:
@@ -78,3 +81,26 @@ async def test_wrong_bytes_keep_the_last_chunk_back(tmp_path: Path) -> None:
     assert bytes(ranged.data) == data[: PIECE + 10]
     job.cancel()
     store.close()
+
+
+async def test_a_range_not_in_the_page_cache_is_read_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(3 * 256 * 1024 + 7)
+    path = tmp_path / "content"
+    path.write_bytes(data)
+    real = os.preadv
+    where: list[str] = []
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+        if flags:  # RWF_NOWAIT: say the pages are on the disk
+            raise BlockingIOError
+        where.append("loop" if asyncio._get_running_loop() is not None else "thread")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(stream.os, "preadv", preadv)
+    sink = Sink()
+    with path.open("rb", buffering=0) as f:
+        await sink.send_range(f, 5, len(data) - 5)
+    assert bytes(sink.data) == data[5:]
+    assert where and set(where) == {"thread"}

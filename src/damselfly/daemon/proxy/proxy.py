@@ -32,7 +32,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,6 +50,7 @@ from .metrics import ProxyMetrics
 from .rules import Route, compile_rules, decide
 from .stream import (
     RangeNotSatisfiable,
+    ResponseSink,
     Span,
     forget_bad_task,
     parse_range,
@@ -359,9 +360,9 @@ class ProxyServer:
             await resp.write_eof()
             return resp
         try:
-            await send_span(
-                self.store, task_id, job, span, meta.piece_length, _Sink(request), digest=check, shared=shared
-            )
+            sink = ResponseSink(resp)
+            pl = meta.piece_length
+            await send_span(self.store, task_id, job, span, pl, sink, digest=check, shared=shared)
         except DigestMismatch as e:
             log.warning("blob %s from %s: %s; aborting the response", digest, _origin(url), e)
             # Forget the bytes before the client learns of the failure, so its retry
@@ -387,23 +388,6 @@ class ProxyServer:
         if meta is not None and meta.state == "failed" and not self.manager.is_running(task_id):
             with contextlib.suppress(DamselflyError, OSError):
                 self.store.delete_task(task_id)
-
-
-class _Sink:
-    """A prepared response's connection, fed with file ranges (zero-copy where the transport allows)."""
-
-    def __init__(self, request: web.BaseRequest) -> None:
-        self.request = request
-
-    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
-        transport = self.request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client went away")
-        # Falls back to read + write on transports without sendfile (TLS).
-        try:
-            await asyncio.get_running_loop().sendfile(transport, file, offset, count)
-        except RuntimeError as e:  # asyncio's "transport is closing"
-            raise ConnectionResetError(f"the client went away: {e}") from e
 
 
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:

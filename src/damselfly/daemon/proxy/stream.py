@@ -23,10 +23,12 @@ from ...pieces import Digest
 from ...units import MiB
 from ..digesting import InOrderDigest
 from ..storage import PieceStore, TaskMeta
+from ..threads import to_thread_to_the_end
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 * MiB
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
@@ -131,9 +133,49 @@ async def wait_for_piece(store: PieceStore, task_id: str, number: int, job: asyn
 
 
 class Sink(Protocol):
-    """Where a span goes: a client connection that can take file ranges (sendfile)."""
+    """Where a span goes: a client connection fed ranges of the task's file."""
 
-    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None: ...
+    async def send_range(self, file: BinaryIO, offset: int, count: int) -> None: ...
+
+
+class Writer(Protocol):
+    async def write(self, data: bytes) -> None: ...
+
+
+class ResponseSink:
+    """Feeds file ranges to a prepared response through plain writes, read from the page cache.
+
+    Not ``sendfile``: measured on this project's machine, skopeo pulling five held
+    40 MiB blobs from the mirror took 0.95 s with sendfile and 0.84 s with reads
+    and writes (0.87 s straight from the registry), and skopeo itself used 0.90
+    CPU-s against 0.77: bytes spliced from the page cache reach a receiver on the
+    same host as page fragments that cost it more to take in than plain segments.
+    This costs the daemon one copy out of the page cache per byte.
+
+    Reads are tried with ``RWF_NOWAIT`` on the event loop (a page-cache hit, the
+    usual case for a blob just fetched); what is not in memory is read in a worker
+    thread, so a cold file never stalls the loop. Each chunk goes out as its own
+    ``bytes``: a transport may keep a reference to what it could not send yet.
+    """
+
+    def __init__(self, response: Writer, chunk: int = CHUNK) -> None:
+        self.response = response
+        self._buf = bytearray(chunk)
+
+    async def send_range(self, file: BinaryIO, offset: int, count: int) -> None:
+        fd = file.fileno()
+        view = memoryview(self._buf)
+        pos, end = offset, offset + count
+        while pos < end:
+            want = view[: min(len(view), end - pos)]
+            try:
+                n = os.preadv(fd, [want], pos, _NOWAIT)
+            except BlockingIOError:  # not in the page cache: the disk, in a thread
+                n = await to_thread_to_the_end(os.preadv, fd, [want], pos)
+            if n <= 0:
+                raise DamselflyError(f"the content file ends at byte {pos}, before {end}")
+            await self.response.write(bytes(view[:n]))
+            pos += n
 
 
 async def send_span(
@@ -149,7 +191,7 @@ async def send_span(
 ) -> None:
     """Send bytes ``span`` of the task to ``sink`` in order, as their pieces land.
 
-    Bytes go out with sendfile (no copy through Python). With ``digest``
+    Bytes go out through ``sink`` (see :class:`ResponseSink`). With ``digest``
     (``sha256:<hex>``, the span being the whole content), bytes go out only once
     hashed, in order, by ``shared`` (the download's own digester, so the blob is
     hashed once) or by a digester of this request's own, and the last chunk is
@@ -166,7 +208,7 @@ async def send_span(
                 number = pos // piece_length
                 await wait_for_piece(store, task_id, number, job)
                 stop = min(end, (number + 1) * piece_length)
-                await sink.sendfile(file, pos, stop - pos)
+                await sink.send_range(file, pos, stop - pos)
                 pos = stop
             return
         own = shared is None
@@ -178,7 +220,7 @@ async def send_span(
                 upto = digester.upto
                 ready = upto if upto < end else max(sent, end - CHUNK)
                 if ready > sent:
-                    await sink.sendfile(file, sent, ready - sent)
+                    await sink.send_range(file, sent, ready - sent)
                     sent = ready
                     continue
                 if digester.done:
@@ -192,7 +234,7 @@ async def send_span(
                     waiter.cancel()
             await digester.check(f"blob {digest}")
             if end > sent:
-                await sink.sendfile(file, sent, end - sent)
+                await sink.send_range(file, sent, end - sent)
         finally:
             if own:
                 await digester.close()
