@@ -7,8 +7,10 @@ Targets (container-images issue):
 * N = 3 concurrent pulls through three daemons: the registry serves
   1.00x the image's blob bytes.
 
-The client is skopeo (``copy docker://... dir:...``), the registry Debian's
-``docker-registry`` on loopback, the swarm daemons as processes (a fresh swarm,
+The client is skopeo (``copy docker://... dir:...``, layers one at a time) or,
+with ``--client containerd``, ``ctr images pull`` against a fresh containerd
+(layers side by side, unpacked); the three concurrent pulls are skopeo's. The
+registry is Debian's ``docker-registry`` on loopback, the swarm daemons as processes (a fresh swarm,
 so a cold cache, for every mirrored run). Direct and mirrored pulls alternate;
 every timed step starts after ``sync``. Two topologies, both on this machine's
 two cores:
@@ -21,7 +23,7 @@ two cores:
   On the client's node this is the same work as receiving the blob from a seed
   on another host; the ``up`` topology adds that remote host's work to it.
 
-    .venv/bin/python benchmarks/image_pull.py --size 200MiB --layers 5 --runs 3
+    .venv/bin/python benchmarks/image_pull.py --size 200MiB --layers 5 --runs 3 [--client containerd]
 
 Prints JSON; exits 1 if a pull failed (a missed target is a number, not a crash).
 """
@@ -43,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.e2e.containerd import Containerd, hosts_dir
 from tests.e2e.harness import Swarm, assert_dir_image, registries_conf
 
 from damselfly.testbed.registry import build_image, start_registry
@@ -78,20 +81,90 @@ def children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+class Skopeo:
+    """``skopeo copy docker://REF dir:OUT``: layers one at a time, each checked and fsynced."""
+
+    tools = ("skopeo",)
+
+    def __init__(self, root: Path, registry: Any, image: Any) -> None:
+        self.root, self.registry, self.image = root, registry, image
+
+    def pull(self, ref: str, mirror: str | None) -> tuple[float, bool, dict[str, float]]:
+        dest = self.root / "out"
+        shutil.rmtree(dest, ignore_errors=True)
+        conf = registries_conf(self.root / "r.conf", self.registry.host, mirror) if mirror else None
+        settle()
+        began = children_cpu_s()
+        t, r = timed(pull_argv(ref, dest, conf))
+        cpu = {"skopeo": children_cpu_s() - began}
+        if r.returncode != 0:
+            print(r.stderr, file=sys.stderr)
+            return t, False, cpu
+        assert_dir_image(dest, self.image)
+        return t, True, cpu
+
+
+class Ctr:
+    """``ctr images pull`` against a containerd of its own (fresh for every pull): layers fetched
+    side by side (three at a time) and unpacked by the native snapshotter."""
+
+    tools = ("containerd", "ctr")
+
+    def __init__(self, root: Path, registry: Any, image: Any) -> None:
+        self.root, self.registry, self.image = root, registry, image
+        self.count = 0
+
+    def pull(self, ref: str, mirror: str | None) -> tuple[float, bool, dict[str, float]]:
+        self.count += 1
+        ctd = Containerd(self.root / f"ctd{self.count}")
+        try:
+            why = ctd.wait()
+            if why is not None:
+                raise SystemExit(f"image_pull: {why}")
+            certs = self.root / f"certs{self.count}.d"
+            if mirror:
+                hosts_dir(certs, self.registry.host, self.registry.url, mirror)
+            else:
+                (certs / self.registry.host).mkdir(parents=True)
+                (certs / self.registry.host / "hosts.toml").write_text(f'server = "{self.registry.url}"\n')
+            settle()
+            began, ctd_began = children_cpu_s(), cpu_s(ctd.child.pid)
+            argv = ["ctr", "-a", str(ctd.sock), "images", "pull", "--hosts-dir", str(certs)]
+            t, r = timed([*argv, "--snapshotter", "native", ref])
+            cpu = {"containerd": cpu_s(ctd.child.pid) - ctd_began, "ctr": children_cpu_s() - began}
+            if r.returncode != 0:
+                print(r.stderr + r.stdout, file=sys.stderr)
+                return t, False, cpu
+            held = set(ctd.ctr("content", "ls", "-q").stdout.split())
+            return t, all(b.digest in held for b in self.image.blobs), cpu
+        finally:
+            ctd.stop()
+            shutil.rmtree(self.root / f"ctd{self.count}", ignore_errors=True)
+
+
+CLIENTS = {"skopeo": Skopeo, "containerd": Ctr}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="200MiB", help="total layer content")
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--client", choices=sorted(CLIENTS), default="skopeo", help="who pulls (timed)")
     args = ap.parse_args()
-    for tool in ("docker-registry", "skopeo"):
+    for tool in ("docker-registry", "skopeo", *CLIENTS[args.client].tools):
         if shutil.which(tool) is None:
             print(f"image_pull: {tool} is not installed", file=sys.stderr)
             return 2
     size = parse_size(args.size)
     root = Path(tempfile.mkdtemp(prefix="dfimg-", dir="/tmp"))
-    result: dict[str, Any] = {"image_size": args.size, "layers": args.layers, "runs": args.runs}
+    result: dict[str, Any] = {
+        "image_size": args.size,
+        "layers": args.layers,
+        "runs": args.runs,
+        "client": args.client,
+    }
     ok = True
     registry = None
     try:
@@ -100,6 +173,7 @@ def main() -> int:
         registry.push(image, "bench/app")
         ref = f"{registry.host}/bench/app:v1"
         result["blob_bytes"] = image.blob_bytes
+        client = CLIENTS[args.client](root, registry, image)
         direct_s: list[float] = []
         mirror_s: list[float] = []
         node_s: list[float] = []
@@ -108,24 +182,16 @@ def main() -> int:
         def mirrored(i: int, topology: str) -> float:
             """One cold pull through a fresh swarm's mirror; its time (and CPU in ``cpu_mirror``)."""
             nonlocal ok
-            dest = root / "out"
             swarm = Swarm(root / f"swarm{i}-{topology}", registry, peers=1, seed=topology == "up")
             try:
-                conf = registries_conf(root / "r.conf", registry.host, swarm.proxy(0))
-                shutil.rmtree(dest, ignore_errors=True)
                 before = registry.blob_bytes()
-                settle()
                 pids = {"registry": registry.child.pid, **{c.name: c.pid for c in swarm.children}}
                 cpu_before = {k: cpu_s(pid) for k, pid in pids.items()}
-                client_cpu = children_cpu_s()
-                t, r = timed(pull_argv(ref, dest, conf))
+                t, pulled, client_cpu = client.pull(ref, swarm.proxy(0))
                 cpu = {k: round(cpu_s(pid) - cpu_before[k], 2) for k, pid in pids.items()}
-                cpu["skopeo"] = round(children_cpu_s() - client_cpu, 2)
+                cpu.update({k: round(v, 2) for k, v in client_cpu.items()})
                 cpu_mirror[topology] = cpu
-                ok &= r.returncode == 0
-                if r.returncode != 0:
-                    print(r.stderr, file=sys.stderr)
-                assert_dir_image(dest, image)
+                ok &= pulled
                 ok &= all(swarm.holds_blob(0, b.digest) for b in image.blobs)
                 ok &= registry.blob_bytes() - before == image.blob_bytes
                 return t
@@ -135,17 +201,11 @@ def main() -> int:
                     shutil.rmtree(root / f"swarm{i}-{topology}", ignore_errors=True)
 
         for i in range(args.runs):
-            dest = root / "out"
-            shutil.rmtree(dest, ignore_errors=True)
-            settle()
-            reg_cpu, client_cpu = cpu_s(registry.child.pid), children_cpu_s()
-            t, r = timed(pull_argv(ref, dest, None))
-            ok &= r.returncode == 0
+            reg_cpu = cpu_s(registry.child.pid)
+            t, pulled, cpu_direct = client.pull(ref, None)
+            cpu_direct["registry"] = cpu_s(registry.child.pid) - reg_cpu
+            ok &= pulled
             direct_s.append(t)
-            cpu_direct = {
-                "registry": cpu_s(registry.child.pid) - reg_cpu,
-                "skopeo": children_cpu_s() - client_cpu,
-            }
             mirror_s.append(mirrored(i, "up"))
             node_s.append(mirrored(i, "node"))
         # CPU seconds per process in the last run: where the mirror's extra work goes.
