@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 * MiB
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+POOL = 4
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
@@ -139,7 +141,7 @@ class Sink(Protocol):
 
 
 class Writer(Protocol):
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | bytearray | memoryview) -> None: ...
 
 
 class ResponseSink:
@@ -150,23 +152,40 @@ class ResponseSink:
     and writes (0.87 s straight from the registry), and skopeo itself used 0.90
     CPU-s against 0.77: bytes spliced from the page cache reach a receiver on the
     same host as page fragments that cost it more to take in than plain segments.
-    This costs the daemon one copy out of the page cache per byte.
+    This costs the daemon one copy out of the page cache per byte (serving 200 MiB:
+    0.15 CPU-s, about what the registry spends on it).
 
     Reads are tried with ``RWF_NOWAIT`` on the event loop (a page-cache hit, the
     usual case for a blob just fetched); what is not in memory is read in a worker
-    thread, so a cold file never stalls the loop. Each chunk goes out as its own
-    ``bytes``: a transport may keep a reference to what it could not send yet.
+    thread, so a cold file never stalls the loop. A transport may keep a view of
+    what it could not send yet (asyncio does from Python 3.12), so a read buffer
+    is reused only once nothing else references it, else a new one is taken (a
+    fresh ``bytes`` per chunk instead cost 0.03-0.05 CPU-s more per 200 MiB here,
+    mostly page faults of the new allocations).
     """
 
     def __init__(self, response: Writer, chunk: int = CHUNK) -> None:
         self.response = response
-        self._buf = bytearray(chunk)
+        self._chunk = chunk
+        self._pool: list[bytearray] = []
+
+    def _free_buffer(self) -> bytearray:
+        """A buffer nobody else holds: one of ours the transport has let go of, or a new one."""
+        for buf in self._pool:
+            # References: the pool's, this loop's and getrefcount's own; a transport still
+            # holding a view of it would add one.
+            if sys.getrefcount(buf) <= 3:
+                return buf
+        buf = bytearray(self._chunk)
+        if len(self._pool) < POOL:
+            self._pool.append(buf)
+        return buf
 
     async def send_range(self, file: BinaryIO, offset: int, count: int) -> None:
         fd = file.fileno()
-        view = memoryview(self._buf)
         pos, end = offset, offset + count
         while pos < end:
+            view = memoryview(self._free_buffer())
             want = view[: min(len(view), end - pos)]
             try:
                 n = os.preadv(fd, [want], pos, _NOWAIT)
@@ -174,7 +193,8 @@ class ResponseSink:
                 n = await to_thread_to_the_end(os.preadv, fd, [want], pos)
             if n <= 0:
                 raise DamselflyError(f"the content file ends at byte {pos}, before {end}")
-            await self.response.write(bytes(view[:n]))
+            await self.response.write(view[:n])
+            del view, want  # ours no longer: the buffer is free once the transport lets go
             pos += n
 
 
