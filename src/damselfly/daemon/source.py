@@ -174,8 +174,9 @@ class HTTPSource:
         Raises SourceStatusError, SourceUnreachable, DownloadTimeout, SourceError,
         StorageError (see the module docstring), and whatever the callbacks raise.
         """
-        run = _Fetch(self, url, headers, fd_factory, on_start, on_piece, have, piece_length, on_piece_start)
-        run.digest = digest
+        run = _Fetch(
+            self, url, headers, fd_factory, on_start, on_piece, have, piece_length, on_piece_start, digest
+        )
         try:
             return await run.go()
         except DamselflyError:
@@ -275,6 +276,7 @@ class _Fetch:
         have: Set[int],
         piece_length: int | None,
         on_piece_start: OnPieceStart | None = None,
+        digest: InOrderDigest | None = None,
     ) -> None:
         self.source = source
         self.on_piece_start = on_piece_start
@@ -289,7 +291,7 @@ class _Fetch:
         self.fd: int | None = None
         self.piece_length = 0
         self.total: int | None = None
-        self.digest: InOrderDigest | None = None
+        self.digest = digest
 
     def close(self) -> None:
         if self.fd is not None:
