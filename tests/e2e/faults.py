@@ -2,7 +2,8 @@
 
 Why: distribution never answers 500 or cuts a body on demand. The front passes
 everything to the real registry and, for a blob digest listed in ``faults``,
-answers 500 or 401, cuts the body short, or flips bytes (same length).
+answers 500 or 401, cuts the body short, flips bytes (same length), or sends
+half the body and holds the rest until ``release`` is set ("hold").
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class FaultFront:
         self.upstream = upstream
         self.faults: dict[str, str] = {}
         self.blob_gets: dict[str, int] = {}
+        self.release = threading.Event()
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -85,6 +87,14 @@ class FaultFront:
         if fault == "corrupt" and len(body) > 2:
             mid = len(body) // 2
             body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
+        if fault == "hold" and request.method == "GET":
+            resp = web.StreamResponse(status=up.status, headers=out)
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            await resp.write(body[: len(body) // 2])
+            await asyncio.to_thread(self.release.wait, 60)
+            await resp.write(body[len(body) // 2 :])
+            return resp
         if fault == "truncate" and request.method == "GET":
             resp = web.StreamResponse(status=up.status, headers=out)
             resp.content_length = len(body)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 from damselfly.testbed.registry import OCI_MANIFEST, Image, Registry
 
+from .faults import FaultFront
 from .harness import Swarm, blob_log
 
 
@@ -47,6 +49,35 @@ def test_the_next_layer_is_fetched_before_the_client_asks(
         assert registry.blob_bytes(second.digest) == second.size  # served from the daemon's copy
     finally:
         swarm.close()
+
+
+def test_the_next_layer_waits_until_the_asked_one_is_held(
+    tmp_root: Path, registry: Registry, image: Image
+) -> None:
+    # Fetched side by side, the two would split the machine while the client waits for the first.
+    front = FaultFront(registry.url).start()
+    mirror = {"proxy": {"registryMirror": {"url": front.url}}}
+    swarm = Swarm(tmp_root / "swarm", registry, peers=1, config=mirror)
+    try:
+        base = f"http://{swarm.proxy(0)}/v2/team/app"
+        _get(f"{base}/manifests/v1", accept=OCI_MANIFEST)
+        first, second, _ = image.layers
+        front.faults[first.digest] = "hold"  # half the first layer, then nothing until released
+        bodies: list[bytes] = []
+        client = threading.Thread(target=lambda: bodies.append(_get(f"{base}/blobs/{first.digest}")))
+        client.start()
+        _wait_for(lambda: front.blob_gets.get(first.digest) == 1, "the first layer was not fetched")
+        time.sleep(1.0)
+        assert front.blob_gets.get(second.digest, 0) == 0  # not while the first is on its way
+        front.release.set()
+        client.join(60)
+        assert bodies and "sha256:" + hashlib.sha256(bodies[0]).hexdigest() == first.digest
+        _wait_for(lambda: front.blob_gets.get(second.digest) == 1, "the next layer was not read ahead")
+        _wait_for(lambda: swarm.holds_blob(0, second.digest), "the daemon does not hold the next layer")
+    finally:
+        front.release.set()
+        swarm.close()
+        front.stop()
 
 
 def test_without_its_manifest_no_blob_is_read_ahead(tmp_root: Path, registry: Registry, image: Image) -> None:

@@ -117,6 +117,15 @@ def _raise_from(job: asyncio.Task[None]) -> None:
         raise exc
 
 
+async def wait_until_held(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> None:
+    """Return once the store holds every piece of the task, or its download ended either way."""
+    while not job.done():
+        meta = store.get(task_id)
+        if meta is None or meta.is_complete:
+            return
+        await _wait_change(store, task_id, meta.version, job)
+
+
 async def wait_for_piece(store: PieceStore, task_id: str, number: int, job: asyncio.Task[None]) -> None:
     """Return once piece ``number`` is in the store; raise if the download fails first."""
     while True:
