@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -76,6 +77,27 @@ def test_the_next_layer_waits_until_the_asked_one_is_held(
         _wait_for(lambda: swarm.holds_blob(0, second.digest), "the daemon does not hold the next layer")
     finally:
         front.release.set()
+        swarm.close()
+        front.stop()
+
+
+def test_a_blob_that_failed_reads_nothing_ahead(tmp_root: Path, registry: Registry, image: Image) -> None:
+    front = FaultFront(registry.url).start()
+    mirror = {"proxy": {"registryMirror": {"url": front.url}}}
+    swarm = Swarm(tmp_root / "swarm", registry, peers=1, config=mirror)
+    try:
+        base = f"http://{swarm.proxy(0)}/v2/team/app"
+        _get(f"{base}/manifests/v1", accept=OCI_MANIFEST)
+        first, second, _ = image.layers
+        front.faults[first.digest] = "500"
+        try:
+            _get(f"{base}/blobs/{first.digest}")
+            raise AssertionError("a blob the registry failed was served")
+        except urllib.error.HTTPError as e:
+            assert e.code == 502
+        time.sleep(1.0)
+        assert front.blob_gets.get(second.digest, 0) == 0
+    finally:
         swarm.close()
         front.stop()
 

@@ -281,6 +281,8 @@ class ProxyServer:
         async def start_when_held() -> None:
             with contextlib.suppress(DamselflyError):
                 await wait_until_held(self.store, task_id, job)
+            if job.done() and (job.cancelled() or job.exception() is not None):
+                return  # the asked blob failed: its neighbours would most likely fail alike
             for spec in specs:
                 nxt_id = task_id_for(spec)
                 meta = self.store.get(nxt_id)
