@@ -11,7 +11,7 @@ import pytest
 
 from damselfly import ids
 from damselfly.daemon.proxy import stream
-from damselfly.daemon.proxy.stream import CHUNK, ResponseSink, Span, send_span
+from damselfly.daemon.proxy.stream import CHUNK, ResponseSink, Span, send_span, wait_until_held
 from damselfly.daemon.storage import PieceStore
 from damselfly.errors import DigestMismatch
 from helpers.store import put_piece as store_piece
@@ -137,3 +137,23 @@ async def test_buffers_the_transport_let_go_of_are_reused(tmp_path: Path) -> Non
         await sink.send_range(f, 0, len(data))
     assert bytes(sink.data) == data
     assert len(sink._pool) == 1  # every chunk went through the same buffer
+
+
+async def test_held_means_every_piece_even_before_the_task_exists(tmp_path: Path) -> None:
+    # The read-ahead waits on this right after starting the download: the task may not exist yet.
+    store = PieceStore(tmp_path)
+    data = os.urandom(PIECE + 10)
+    tid = ids.blob_task_id("sha256:" + hashlib.sha256(data).hexdigest())
+    job: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.ensure_future(wait_until_held(store, tid, job))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # no task yet is not a held task
+    store.create_task(tid)
+    store.set_content_length(tid, len(data), PIECE)
+    put_piece(store, tid, data, 0)
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # one piece of two
+    put_piece(store, tid, data, 1)
+    await asyncio.wait_for(waiting, 5)
+    job.cancel()
+    store.close()

@@ -119,9 +119,14 @@ def _raise_from(job: asyncio.Task[None]) -> None:
 
 async def wait_until_held(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> None:
     """Return once the store holds every piece of the task, or its download ended either way."""
+    pause = 0.0
     while not job.done():
         meta = store.get(task_id)
-        if meta is None or meta.is_complete:
+        if meta is None:  # not created yet (or deleted): the download's end says what happened
+            await asyncio.wait({job}, timeout=pause)
+            pause = min(0.05, max(0.001, 2 * pause))
+            continue
+        if meta.is_complete:
             return
         await _wait_change(store, task_id, meta.version, job)
 
