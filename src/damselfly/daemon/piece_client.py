@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from .digesting import Feed, InOrderDigest
 from .local_pieces import LocalPieces
 from .ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
 from .receiving import Receiving
+from .storage import pwrite_all
 
 Limiter = ByteLimiter | LimiterChain
 # Called with the piece's digest once its header arrived; may return where to count its bytes.
@@ -389,11 +389,8 @@ class PieceClient:
 
     @staticmethod
     def _write_chunk(fd: int, chunk: memoryview, pos: int) -> int:
-        written = 0
-        n = len(chunk)
-        while written < n:
-            written += os.pwrite(fd, chunk[written:], pos + written)
-        return pos + n
+        pwrite_all(fd, chunk, pos)
+        return pos + len(chunk)
 
     def _checked(
         self, task_id: str, number: int, offset: int, length: int, crc: int, want: str, feed: Feed | None

@@ -50,6 +50,7 @@ from ..errors import (
 from . import rawhttp
 from .digesting import Feed, InOrderDigest
 from .receiving import Receiving
+from .storage import pwrite_all
 
 log = logging.getLogger(__name__)
 
@@ -501,8 +502,6 @@ class _Fetch:
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     try:
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done:], offset + done)
+        pwrite_all(fd, data, offset)
     except OSError as e:
         raise StorageError(e.errno, f"cannot write downloaded content: {e.strerror}") from e

@@ -218,8 +218,25 @@ def _atomic_write_json(path: Path, data: dict[str, Any], *, sync: bool) -> None:
         _fsync_dir(path.parent)
 
 
-def crc32_of_range(fd: int, offset: int, length: int, buf: bytearray) -> int | None:
-    """crc32 of ``length`` bytes at ``offset``, or None if the file is shorter."""
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def crc32_of_range(
+    fd: int,
+    offset: int,
+    length: int,
+    buf: bytearray,
+    each: Callable[[memoryview, int], None] | None = None,
+) -> int | None:
+    """crc32 of ``length`` bytes at ``offset``, or None if the file is shorter.
+
+    ``each(chunk, position)`` sees every chunk read, in order, while it is in ``buf``.
+    """
     view = memoryview(buf)
     crc = 0
     pos, end = offset, offset + length
@@ -228,6 +245,8 @@ def crc32_of_range(fd: int, offset: int, length: int, buf: bytearray) -> int | N
         if n <= 0:
             return None
         crc = crc32(view[:n], crc)
+        if each is not None:
+            each(view[:n], pos)
         pos += n
     return crc
 
