@@ -73,9 +73,20 @@ def parse_range(header: str, total: int) -> Span | None:
     return Span(start, end, total)
 
 
+async def _not_created_yet(job: asyncio.Task[None], pause: float) -> float:
+    """Wait a little for the conductor to create the task; returns the next, longer, pause.
+
+    It creates the task at its first step, so usually one yield is enough. (A flat 50 ms
+    poll here delayed every blob's headers by 50 ms: skopeo fetches layers one after
+    another, so a 5-layer pull paid it five times.)
+    """
+    await asyncio.wait({job}, timeout=pause)
+    return min(0.05, max(0.001, 2 * pause))
+
+
 async def wait_for_length(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> TaskMeta:
     """The task's metadata once its content length is known; the download's error if it fails first."""
-    pause = 0.0  # the conductor creates the task at its first step: usually one yield is enough
+    pause = 0.0
     while True:
         meta = store.get(task_id)
         if meta is not None and meta.content_length is not None and meta.piece_length:
@@ -86,11 +97,8 @@ async def wait_for_length(store: PieceStore, task_id: str, job: asyncio.Task[Non
             if meta is not None and meta.content_length is not None and meta.piece_length:
                 return meta
             raise DamselflyError("the download ended without a content length")
-        if meta is None:  # the conductor has not created the task yet
-            # (A flat 50 ms poll here delayed every blob's headers by 50 ms: skopeo fetches
-            # layers one after another, so a 5-layer pull paid it five times.)
-            await asyncio.wait({job}, timeout=pause)
-            pause = min(0.05, max(0.001, 2 * pause))
+        if meta is None:
+            pause = await _not_created_yet(job, pause)
             continue
         await _wait_change(store, task_id, meta.version, job)
 
@@ -123,8 +131,7 @@ async def wait_until_held(store: PieceStore, task_id: str, job: asyncio.Task[Non
     while not job.done():
         meta = store.get(task_id)
         if meta is None:  # not created yet (or deleted): the download's end says what happened
-            await asyncio.wait({job}, timeout=pause)
-            pause = min(0.05, max(0.001, 2 * pause))
+            pause = await _not_created_yet(job, pause)
             continue
         if meta.is_complete:
             return
