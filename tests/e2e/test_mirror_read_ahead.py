@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from damselfly.testbed.registry import OCI_MANIFEST, Image, Registry
@@ -52,16 +54,28 @@ def test_the_next_layer_is_fetched_before_the_client_asks(
         swarm.close()
 
 
-def test_the_next_layer_waits_until_the_asked_one_is_held(
-    tmp_root: Path, registry: Registry, image: Image
-) -> None:
-    # Fetched side by side, the two would split the machine while the client waits for the first.
+@contextlib.contextmanager
+def fronted(tmp_root: Path, registry: Registry) -> Iterator[tuple[FaultFront, Swarm, str]]:
+    """A swarm whose registry sits behind a fault front, the image's manifest fetched through
+    the proxy (so it knows the layers' order): the front, the swarm, the blobs' base URL."""
     front = FaultFront(registry.url).start()
     mirror = {"proxy": {"registryMirror": {"url": front.url}}}
     swarm = Swarm(tmp_root / "swarm", registry, peers=1, config=mirror)
     try:
         base = f"http://{swarm.proxy(0)}/v2/team/app"
         _get(f"{base}/manifests/v1", accept=OCI_MANIFEST)
+        yield front, swarm, base
+    finally:
+        front.release.set()
+        swarm.close()
+        front.stop()
+
+
+def test_the_next_layer_waits_until_the_asked_one_is_held(
+    tmp_root: Path, registry: Registry, image: Image
+) -> None:
+    # Fetched side by side, the two would split the machine while the client waits for the first.
+    with fronted(tmp_root, registry) as (front, swarm, base):
         first, second, _ = image.layers
         front.faults[first.digest] = "hold"  # half the first layer, then nothing until released
         bodies: list[bytes] = []
@@ -75,19 +89,10 @@ def test_the_next_layer_waits_until_the_asked_one_is_held(
         assert bodies and "sha256:" + hashlib.sha256(bodies[0]).hexdigest() == first.digest
         _wait_for(lambda: front.blob_gets.get(second.digest) == 1, "the next layer was not read ahead")
         _wait_for(lambda: swarm.holds_blob(0, second.digest), "the daemon does not hold the next layer")
-    finally:
-        front.release.set()
-        swarm.close()
-        front.stop()
 
 
 def test_a_blob_that_failed_reads_nothing_ahead(tmp_root: Path, registry: Registry, image: Image) -> None:
-    front = FaultFront(registry.url).start()
-    mirror = {"proxy": {"registryMirror": {"url": front.url}}}
-    swarm = Swarm(tmp_root / "swarm", registry, peers=1, config=mirror)
-    try:
-        base = f"http://{swarm.proxy(0)}/v2/team/app"
-        _get(f"{base}/manifests/v1", accept=OCI_MANIFEST)
+    with fronted(tmp_root, registry) as (front, _, base):
         first, second, _ = image.layers
         front.faults[first.digest] = "500"
         try:
@@ -97,9 +102,6 @@ def test_a_blob_that_failed_reads_nothing_ahead(tmp_root: Path, registry: Regist
             assert e.code == 502
         time.sleep(1.0)
         assert front.blob_gets.get(second.digest, 0) == 0
-    finally:
-        swarm.close()
-        front.stop()
 
 
 def test_without_its_manifest_no_blob_is_read_ahead(tmp_root: Path, registry: Registry, image: Image) -> None:
