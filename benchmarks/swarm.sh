@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
-OUT=${2:-swarm-results}
+OUT=${2:-bench-results/swarm}
 mkdir -p "$OUT"
 DF=.venv/bin/damselfly
 
