@@ -35,10 +35,10 @@ from collections.abc import Hashable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from damselfly.daemon.piece_client import PieceClient
-from damselfly.daemon.piece_server import PieceServer
+from damselfly.daemon.transfer.piece_client import PieceClient
+from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.daemon.ratelimit import ByteLimiter
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import PieceInfo
 from damselfly.units import MiB
 

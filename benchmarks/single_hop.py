@@ -37,9 +37,9 @@ import time
 import zlib
 from pathlib import Path
 
-from damselfly.daemon.piece_client import PieceConnectionPool
-from damselfly.daemon.piece_server import PieceServer
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.transfer.piece_client import PieceConnectionPool
+from damselfly.daemon.transfer.piece_server import PieceServer
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import PieceInfo
 from damselfly.ids import task_id
 from damselfly.pieces import piece_count, piece_length_for, piece_span

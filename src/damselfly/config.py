@@ -137,9 +137,9 @@ class DownloadConfig(Section):
     parent_concurrent_piece_count: int = 1
     max_parents: int = 8  # parents held at once, counting "more parents" refreshes
     parent_refresh_interval: float = 1 * SECONDS
-    piece_picker: str = "rarest-first"  # daemon/piece_picker.py
+    piece_picker: str = "rarest-first"  # daemon/download/picker.py
     # Serve a piece to children while it still arrives from a parent or the origin
-    # (daemon/receiving.py).
+    # (daemon/store/receiving.py).
     cut_through: bool = True
     # Ask parents for pieces with the digest after the content (vortex.Tag.DOWNLOAD_PIECE_TRAILER),
     # so a piece still arriving at a parent from the origin comes on at once; parents that do

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import zlib
 
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import PieceInfo, TrafficType
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon import vortex
-from damselfly.daemon.piece_client import PieceClient, PieceConnectionPool
-from damselfly.daemon.piece_server import PieceServer
-from damselfly.daemon.receiving import Receiving
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.transfer import vortex
+from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.store.receiving import Receiving
+from damselfly.daemon.transfer.piece_client import PieceClient, PieceConnectionPool
+from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.domain import PieceInfo
 from damselfly.errors import DigestMismatch, NotFound, PeerError
 from damselfly.ids import task_id

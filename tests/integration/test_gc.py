@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from damselfly.daemon.app import Daemon
-from damselfly.daemon.tasks import task_id_for
+from damselfly.daemon.download.tasks import task_id_for
 from damselfly.domain import DownloadSpec
 from damselfly.units import MiB
 from swarm.harness import Swarm, sha256_file

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon import piece_client, vortex
-from damselfly.daemon.digesting import InOrderDigest
-from damselfly.daemon.piece_client import PieceClient, PieceConnectionPool
-from damselfly.daemon.piece_server import PieceServer
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.transfer import piece_client, vortex
+from damselfly.daemon.store.digesting import InOrderDigest
+from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.transfer.piece_client import PieceClient, PieceConnectionPool
+from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.domain import PieceInfo, TrafficType
 from damselfly.errors import DigestMismatch, NotFound, PeerError, ProtocolError
 from damselfly.ids import task_id

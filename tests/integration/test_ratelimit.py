@@ -18,9 +18,9 @@ import pytest
 from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from damselfly.config import load_daemon_config
 from damselfly.daemon.app import Daemon
-from damselfly.daemon.piece_client import PieceClient
+from damselfly.daemon.download.tasks import task_id_for
 from damselfly.daemon.service import RATE_LIMIT_HEADER
-from damselfly.daemon.tasks import task_id_for
+from damselfly.daemon.transfer.piece_client import PieceClient
 from damselfly.domain import DownloadSpec
 from damselfly.errors import ResourceExhausted
 from damselfly.units import MiB

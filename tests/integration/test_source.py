@@ -19,10 +19,10 @@ import pytest
 from aiohttp import web
 
 from damselfly.config import SourceConfig
-from damselfly.daemon.digesting import InOrderDigest
-from damselfly.daemon.receiving import Receiving
-from damselfly.daemon.source import HTTPSource
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.origin.source import HTTPSource
+from damselfly.daemon.store.digesting import InOrderDigest
+from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.store.receiving import Receiving
 from damselfly.domain import PieceInfo, TrafficType
 from damselfly.errors import ConfigError, DownloadTimeout, SourceError, SourceStatusError, SourceUnreachable
 from damselfly.ids import task_id
@@ -450,7 +450,7 @@ async def split_source(request: pytest.FixtureRequest) -> AsyncIterator[HTTPSour
 async def test_split_download_fetches_each_byte_once(
     origin: Origin, split_source: HTTPSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: int
 ) -> None:
-    from damselfly.daemon import source as source_module
+    from damselfly.daemon.origin import source as source_module
 
     monkeypatch.setattr(source_module, "PROBE_BYTES", probe)
     monkeypatch.setattr(source_module, "MIN_PIECES_PER_STREAM", 1)
@@ -472,7 +472,7 @@ async def test_split_download_fetches_each_byte_once(
 async def test_the_body_feeds_the_content_digest_in_order(
     origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streams: int
 ) -> None:
-    from damselfly.daemon import source as source_module
+    from damselfly.daemon.origin import source as source_module
 
     monkeypatch.setattr(source_module, "PROBE_BYTES", PL)
     monkeypatch.setattr(source_module, "MIN_PIECES_PER_STREAM", 1)
@@ -496,7 +496,7 @@ async def test_the_body_feeds_the_content_digest_in_order(
 async def test_split_download_falls_back_when_the_origin_ignores_range(
     origin: Origin, split_source: HTTPSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from damselfly.daemon import source as source_module
+    from damselfly.daemon.origin import source as source_module
 
     monkeypatch.setattr(source_module, "PROBE_BYTES", PL)
     store = PieceStore(tmp_path)
@@ -508,7 +508,7 @@ async def test_split_download_falls_back_when_the_origin_ignores_range(
 
 async def test_pieces_are_announced_as_they_land(origin: Origin, source: HTTPSource, tmp_path: Path) -> None:
     """on_piece_start: each piece's bytes are counted as they are written, before its digest
-    is known (the seed serves them on at once, daemon/receiving.py)."""
+    is known (the seed serves them on at once, daemon/store/receiving.py)."""
     store = PieceStore(tmp_path)
     store.create_task(TID)
     events: list[tuple[str, int, int]] = []  # (what, piece, bytes counted so far)

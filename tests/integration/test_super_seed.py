@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon.piece_client import PieceClient
-from damselfly.daemon.piece_server import SUPER_SEED_RESEND, PieceServer
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.transfer.piece_client import PieceClient
+from damselfly.daemon.transfer.piece_server import SUPER_SEED_RESEND, PieceServer
 from damselfly.domain import PieceInfo
 from damselfly.errors import PieceElsewhere
 from damselfly.ids import task_id

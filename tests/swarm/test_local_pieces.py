@@ -1,9 +1,9 @@
-"""Daemons on one host pass pieces as file descriptors (daemon/local_pieces.py), checked as ever."""
+"""Daemons on one host pass pieces as file descriptors (daemon/transfer/local_pieces.py), checked as ever."""
 
 from __future__ import annotations
 
-from damselfly.daemon import local_pieces
-from damselfly.daemon.tasks import task_id_for
+from damselfly.daemon.transfer import local_pieces
+from damselfly.daemon.download.tasks import task_id_for
 from damselfly.domain import DownloadSpec
 from damselfly.units import MiB
 

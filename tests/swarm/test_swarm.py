@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 
 from damselfly.daemon.app import Daemon
-from damselfly.daemon.storage import PieceStore
-from damselfly.daemon.tasks import task_id_for
+from damselfly.daemon.download.tasks import task_id_for
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import DownloadSpec
 from damselfly.units import MiB
 
@@ -218,7 +218,7 @@ async def test_a_digest_checked_during_the_download_is_not_checked_again(swarm: 
     # end (seen on seeds: the stream saw the job done before its bookkeeping ran) costs 0.5 s/GiB.
     import hashlib
 
-    from damselfly.daemon import output
+    from damselfly.daemon.download import output
 
     src = swarm.file("once.bin", 6 * MiB)
     await swarm.add_daemon("seed", seed=True)

@@ -31,21 +31,21 @@ from ..config import DaemonConfig
 from ..domain import DownloadSpec, HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
 from ..process import metrics_app, run_until_signal, write_ready_file
-from .conductor import ConductorDeps
+from .download.conductor import ConductorDeps
+from .download.tasks import TaskManager
 from .gc import CacheGC
-from .local_pieces import LocalPieces, LocalPieceServer
 from .metrics import DaemonMetrics
-from .peer_rpc import PeerRPC
+from .origin.source import HTTPSource
 from .persistent_cache import PersistentCache, local_delete_handler
-from .piece_client import PieceConnectionPool
-from .piece_server import PieceServer
 from .ratelimit import HostLimiters
 from .scheduler_client import SchedulerClient
 from .service import Downloads, DownloadService, UploadService, socket_path_ok
-from .source import HTTPSource
-from .storage import PieceStore
-from .tasks import TaskManager
+from .store.piece_store import PieceStore
 from .threads import to_thread_to_the_end
+from .transfer.local_pieces import LocalPieces, LocalPieceServer
+from .transfer.peer_rpc import PeerRPC
+from .transfer.piece_client import PieceConnectionPool
+from .transfer.piece_server import PieceServer
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from ..config import DaemonGCConfig
 from ..errors import DamselflyError
-from .storage import PieceStore
+from .store.piece_store import PieceStore
 
 log = logging.getLogger(__name__)
 

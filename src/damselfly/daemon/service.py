@@ -1,7 +1,7 @@
 """The daemon's gRPC services: ``DfdaemonDownload`` (local, unix socket) and ``DfdaemonUpload`` (peers).
 
 Protobuf is translated at this edge; the work is done by the
-:class:`TaskManager`, the :class:`PieceStore` and :mod:`damselfly.daemon.output`.
+:class:`TaskManager`, the :class:`PieceStore` and :mod:`damselfly.daemon.download.output`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from ..errors import (
     NotFound,
 )
 from ..units import parse_size
-from . import output
+from .download import output
+from .download.tasks import TaskManager
 from .grpc_status import status_for
 from .persistent_cache import PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
 from .ratelimit import TASK_LIMITER, ByteLimiter, RequestLimiter
-from .storage import PieceStore, TaskMeta
-from .tasks import TaskManager
+from .store.piece_store import PieceStore, TaskMeta
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
             assert meta is not None
             version = meta.version  # meta is live: read before looking, so no change is missed
             # Pieces held, and pieces arriving from a parent (served while they land,
-            # daemon/receiving.py). One announced while arriving is announced again once
+            # daemon/store/receiving.py). One announced while arriving is announced again once
             # held: its transfer may have failed in between and the child forgotten it.
             # Only what changed is looked at (set operations, not a walk over every piece:
             # this runs at each change of the task, for each child).

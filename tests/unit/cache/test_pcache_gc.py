@@ -9,7 +9,7 @@ from pathlib import Path
 
 from damselfly.config import DaemonGCConfig
 from damselfly.daemon.gc import CacheGC, GCPolicy, TaskUsage, plan_eviction
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import PieceInfo
 
 NOW = 10_000.0

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon.digesting import InOrderDigest
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.digesting import InOrderDigest
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.errors import DamselflyError, DigestMismatch
 from damselfly.ids import task_id
 from damselfly.pieces import Digest

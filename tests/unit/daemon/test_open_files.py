@@ -6,8 +6,8 @@ import asyncio
 import threading
 from pathlib import Path
 
-from damselfly.daemon.piece_server import _OpenFiles
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.transfer.piece_server import _OpenFiles
 
 
 class _Recorder:

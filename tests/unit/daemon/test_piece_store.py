@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import PieceInfo
 from damselfly.errors import InvalidArgument, NotFound
 from damselfly.ids import task_id

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from damselfly.daemon import rawhttp
+from damselfly.daemon.origin import rawhttp
 from damselfly.errors import SourceError, SourceUnreachable
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from damselfly.daemon.receiving import ReceivingPieces
+from damselfly.daemon.store.receiving import ReceivingPieces
 
 
 @pytest.mark.parametrize("ok, state", [(True, "done"), (False, "failed")])

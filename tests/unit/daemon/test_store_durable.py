@@ -3,7 +3,7 @@
 import os
 import zlib
 
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import PieceInfo
 
 TID = "ab" * 32

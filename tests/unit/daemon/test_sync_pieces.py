@@ -10,7 +10,7 @@ from typing import Any
 
 from damselfly.api import dfdaemon_pb2
 from damselfly.daemon.service import UploadService
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.ids import task_id
 from helpers.store import put_piece
 

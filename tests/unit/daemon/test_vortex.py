@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from damselfly.daemon import vortex
+from damselfly.daemon.transfer import vortex
 from damselfly.errors import ProtocolError
 from damselfly.ids import task_id
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from damselfly.daemon.output import check_output_path, export, verify_content
+from damselfly.daemon.download.output import check_output_path, export, verify_content
 from damselfly.errors import DigestMismatch, InvalidArgument
 
 

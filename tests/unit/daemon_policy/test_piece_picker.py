@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from damselfly.daemon.piece_picker import ParentView, PickState, get_picker, rarest_first, sequential
+from damselfly.daemon.download.picker import ParentView, PickState, get_picker, rarest_first, sequential
 
 
 def state(missing, parents, in_flight=()):

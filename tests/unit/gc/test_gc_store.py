@@ -10,7 +10,7 @@ import pytest
 
 from damselfly.config import DaemonGCConfig
 from damselfly.daemon.gc import CacheGC
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import PieceInfo
 
 

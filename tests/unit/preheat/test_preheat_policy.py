@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from damselfly.daemon.tasks import task_id_for
+from damselfly.daemon.download.tasks import task_id_for
 from damselfly.domain import DownloadSpec, HostInfo, HostType
 from damselfly.errors import InvalidArgument, NotFound
 from damselfly.scheduler.preheat import (

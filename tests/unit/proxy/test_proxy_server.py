@@ -23,12 +23,12 @@ from aiohttp import web
 
 from damselfly import ids
 from damselfly.config import ProxyConfig, SourceConfig
-from damselfly.daemon.conductor import ConductorDeps
-from damselfly.daemon.peer_rpc import PeerRPC
+from damselfly.daemon.download.conductor import ConductorDeps
+from damselfly.daemon.download.tasks import TaskManager
+from damselfly.daemon.origin.source import HTTPSource
 from damselfly.daemon.proxy import ProxyServer
-from damselfly.daemon.source import HTTPSource
-from damselfly.daemon.storage import PieceStore
-from damselfly.daemon.tasks import TaskManager
+from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.transfer.peer_rpc import PeerRPC
 from damselfly.testbed.registry import make_tls
 
 SECRET = "Bearer secret-token-123"

@@ -12,7 +12,7 @@ import pytest
 from damselfly import ids
 from damselfly.daemon.proxy import stream
 from damselfly.daemon.proxy.stream import CHUNK, ResponseSink, Span, send_span, wait_until_held
-from damselfly.daemon.storage import PieceStore
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.errors import DigestMismatch
 from helpers.store import put_piece as store_piece
 

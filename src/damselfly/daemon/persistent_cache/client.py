@@ -21,8 +21,8 @@ from ...errors import (
     NotFound,
     SchedulerError,
 )
-from ..peer_rpc import PeerRPC
 from ..scheduler_client import PeerStream
+from ..transfer.peer_rpc import PeerRPC
 
 log = logging.getLogger(__name__)
 

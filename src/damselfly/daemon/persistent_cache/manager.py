@@ -29,9 +29,9 @@ from ...errors import (
 )
 from ...pieces import piece_length_for
 from ...units import HOURS
-from .. import output
-from ..conductor import Conductor, ConductorDeps
-from ..storage import PieceStore, TaskMeta
+from ..download import output
+from ..download.conductor import Conductor, ConductorDeps
+from ..store.piece_store import PieceStore, TaskMeta
 from .client import CachePeerRPC, CacheSchedulerClient, UnknownCacheTask, task_info_from_pb
 from .content import StagedFile, persistent_cache_task_id, resolve_task_id, stage_file
 

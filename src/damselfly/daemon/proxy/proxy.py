@@ -41,8 +41,8 @@ from aiohttp import web
 from ...config import ProxyConfig, SourceConfig
 from ...domain import DownloadSpec
 from ...errors import DamselflyError, DigestMismatch, InvalidArgument, SourceStatusError
-from ..storage import PieceStore
-from ..tasks import TaskManager, task_id_for
+from ..download.tasks import TaskManager, task_id_for
+from ..store.piece_store import PieceStore
 from . import mirror
 from .ca import CertificateAuthority, ensure_ca
 from .connect import ConnectHandler, Sniffer

@@ -22,8 +22,8 @@ from typing import BinaryIO, Protocol
 from ...errors import DamselflyError, InvalidArgument, NotFound
 from ...pieces import Digest
 from ...units import MiB
-from ..digesting import InOrderDigest
-from ..storage import PieceStore, TaskMeta
+from ..store.digesting import InOrderDigest
+from ..store.piece_store import PieceStore, TaskMeta
 from ..threads import to_thread_to_the_end
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ or from the origin. It reports every piece so the scheduler can send other
 peers here while the download is still running, asks for a reschedule when
 its parents cannot finish, and falls back to the origin when told to.
 
-Owner: :class:`damselfly.daemon.tasks.TaskManager`, one conductor per task at a
+Owner: :class:`damselfly.daemon.download.tasks.TaskManager`, one conductor per task at a
 time. Mutable state: the parents table and in-flight set (this object), the
 task's pieces (the :class:`PieceStore`).
 """
@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import ids, logs
-from ..domain import (
+from ... import ids, logs
+from ...domain import (
     CandidateParent,
     DownloadSpec,
     EmptyTask,
@@ -35,7 +35,7 @@ from ..domain import (
     ScheduleAnswer,
     TrafficType,
 )
-from ..errors import (
+from ...errors import (
     DamselflyError,
     DigestMismatch,
     NoCandidateParents,
@@ -46,14 +46,14 @@ from ..errors import (
     ResourceExhausted,
     SchedulerError,
 )
-from ..pieces import Digest, piece_count, piece_length_for, piece_span
-from .digesting import InOrderDigest
+from ...pieces import Digest, piece_count, piece_length_for, piece_span
+from ..scheduler_client import PeerStream, SchedulerClient
+from ..store.digesting import InOrderDigest
+from ..store.piece_store import PieceStore
+from ..store.receiving import Receiving
+from ..transfer.peer_rpc import PeerRPC
 from .output import verify_content
-from .peer_rpc import PeerRPC
-from .piece_picker import ParentView, PickState, get_picker
-from .receiving import Receiving
-from .scheduler_client import PeerStream, SchedulerClient
-from .storage import PieceStore
+from .picker import ParentView, PickState, get_picker
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ConductorDeps:
     # are live (doubling while nothing new comes back).
     refresh_interval: float = 1.0
     max_parents: int = 8
-    # Serve a piece to children while it arrives from a parent (daemon/receiving.py).
+    # Serve a piece to children while it arrives from a parent (daemon/store/receiving.py).
     cut_through: bool = True
     on_piece: Callable[[PieceInfo], None] | None = None  # metrics
     on_success: Callable[[str], None] | None = None  # given: the owner makes the content durable later

@@ -32,11 +32,11 @@ import contextlib
 import os
 import threading
 
-from ..errors import DamselflyError, DigestMismatch, NotFound
-from ..pieces import Digest, Hasher, new_hasher
-from ..units import MiB
-from .storage import PieceStore
-from .threads import to_thread_to_the_end
+from ...errors import DamselflyError, DigestMismatch, NotFound
+from ...pieces import Digest, Hasher, new_hasher
+from ...units import MiB
+from ..threads import to_thread_to_the_end
+from .piece_store import PieceStore
 
 CHUNK = 1 * MiB
 

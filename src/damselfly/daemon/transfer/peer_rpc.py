@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 
-from ..api import dfdaemon_pb2, dfdaemon_pb2_grpc
-from ..domain import HostInfo
-from ..errors import NotFound, PeerError
+from ...api import dfdaemon_pb2, dfdaemon_pb2_grpc
+from ...domain import HostInfo
+from ...errors import NotFound, PeerError
 
 # How long a parent may take to learn the content length from its own source.
 STAT_TIMEOUT = 10.0

@@ -15,8 +15,8 @@ import os
 import secrets
 from pathlib import Path
 
-from ..errors import InvalidArgument, StorageError
-from ..pieces import Digest, verify_file
+from ...errors import InvalidArgument, StorageError
+from ...pieces import Digest, verify_file
 
 
 def check_output_path(output: str) -> Path:

@@ -35,13 +35,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..domain import PieceInfo, TrafficType
-from ..errors import DigestMismatch, NotFound
-from ..units import MiB
-from .digesting import Feed, InOrderDigest
-from .ratelimit import ByteLimiter
-from .storage import PieceStore, crc32_of_range, pwrite_all
-from .threads import to_thread_to_the_end
+from ...domain import PieceInfo, TrafficType
+from ...errors import DigestMismatch, NotFound
+from ...units import MiB
+from ..ratelimit import ByteLimiter
+from ..store.digesting import Feed, InOrderDigest
+from ..store.piece_store import PieceStore, crc32_of_range, pwrite_all
+from ..threads import to_thread_to_the_end
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from ..errors import SourceError, SourceUnreachable
+from ...errors import SourceError, SourceUnreachable
 
 HEAD_LIMIT = 64 * 1024
 BUFFER_SIZE = 1024 * 1024

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 
-from .. import ids
-from ..domain import DownloadSpec
+from ... import ids
+from ...domain import DownloadSpec
 from .conductor import Conductor, ConductorDeps
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,10 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from ..checksum import crc32
-from ..config import SourceConfig
-from ..domain import PieceInfo, TrafficType
-from ..errors import (
+from ...checksum import crc32
+from ...config import SourceConfig
+from ...domain import PieceInfo, TrafficType
+from ...errors import (
     ConfigError,
     DamselflyError,
     DownloadTimeout,
@@ -47,10 +47,10 @@ from ..errors import (
     SourceUnreachable,
     StorageError,
 )
+from ..store.digesting import Feed, InOrderDigest
+from ..store.piece_store import pwrite_all
+from ..store.receiving import Receiving
 from . import rawhttp
-from .digesting import Feed, InOrderDigest
-from .receiving import Receiving
-from .storage import pwrite_all
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ByteLimiter(Protocol):
 OnStart = Callable[[int | None, dict[str, str]], Awaitable[int]]
 OnPiece = Callable[[PieceInfo], None]
 # (number, offset, length) of a piece whose first bytes are about to be written; may
-# return where to count its bytes as they land (cut-through, daemon/receiving.py).
+# return where to count its bytes as they land (cut-through, daemon/store/receiving.py).
 OnPieceStart = Callable[[int, int, int], Receiving | None]
 
 # Headers that describe one hop or one byte range, not the content.

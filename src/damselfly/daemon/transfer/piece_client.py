@@ -25,9 +25,9 @@ import socket
 import time
 from collections.abc import Callable
 
-from ..checksum import crc32
-from ..domain import PieceInfo, TrafficType
-from ..errors import (
+from ...checksum import crc32
+from ...domain import PieceInfo, TrafficType
+from ...errors import (
     DigestMismatch,
     NotFound,
     PeerError,
@@ -35,13 +35,13 @@ from ..errors import (
     ProtocolError,
     ResourceExhausted,
 )
-from ..units import MiB
+from ...units import MiB
+from ..ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
+from ..store.digesting import Feed, InOrderDigest
+from ..store.piece_store import pwrite_all
+from ..store.receiving import Receiving
 from . import vortex
-from .digesting import Feed, InOrderDigest
 from .local_pieces import LocalPieces
-from .ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
-from .receiving import Receiving
-from .storage import pwrite_all
 
 Limiter = ByteLimiter | LimiterChain
 # Called with the piece's digest once its header arrived; may return where to count its bytes.

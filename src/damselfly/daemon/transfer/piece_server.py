@@ -23,12 +23,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Sized
 from dataclasses import dataclass
 
-from ..errors import DamselflyError, ProtocolError
-from ..units import MINUTES
+from ...errors import DamselflyError, ProtocolError
+from ...units import MINUTES
+from ..ratelimit import ByteLimiter, RequestLimiter
+from ..store.piece_store import PieceStore
+from ..store.receiving import Receiving
 from . import vortex
-from .ratelimit import ByteLimiter, RequestLimiter
-from .receiving import Receiving
-from .storage import PieceStore
 
 log = logging.getLogger(__name__)
 

@@ -48,12 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checksum import crc32
-from ..domain import PieceInfo, TrafficType
-from ..errors import InvalidArgument, NotFound, StorageError
-from ..ids import is_task_id
-from ..pieces import piece_count as _piece_count
-from ..units import MiB
+from ...checksum import crc32
+from ...domain import PieceInfo, TrafficType
+from ...errors import InvalidArgument, NotFound, StorageError
+from ...ids import is_task_id
+from ...pieces import piece_count as _piece_count
+from ...units import MiB
 from .receiving import ReceivingPieces
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ class PieceStore:
         self._journals: dict[str, int] = {}
         # Tasks in use (a piece being sent, an export): eviction skips them. task_id -> holders.
         self._pins: dict[str, int] = {}
-        # Pieces on their way in from a parent, served while they land (daemon/receiving.py).
+        # Pieces on their way in from a parent, served while they land (daemon/store/receiving.py).
         self.receiving = ReceivingPieces(self.notify)
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
         self._load()

@@ -24,9 +24,9 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from ..errors import ProtocolError
-from ..ids import is_task_id
-from ..units import KiB, MiB
+from ...errors import ProtocolError
+from ...ids import is_task_id
+from ...units import KiB, MiB
 
 HEADER = struct.Struct(">BBI")
 HEADER_SIZE = HEADER.size  # 6
