@@ -12,9 +12,9 @@ Crash consistency:
 * A piece is recorded (journal line appended, in-memory ``pieces``) only after
   the caller wrote its bytes and checked its crc32. Journal appends are not
   fsynced: after a crash, a journal line may outlive the bytes it describes.
-* Therefore, on restart, every journaled piece of an unfinished task
-  (pending/running/failed) is **re-verified** against its crc32 by reading the
-  content; pieces that do not match, a torn last line, and lines that do not
+* Therefore, on restart (:mod:`.recovery`), every journaled piece of an
+  unfinished task (pending/running/failed) is **re-verified** against its crc32
+  by reading the content; pieces that do not match, a torn last line, and lines that do not
   fit the task's geometry are **dropped**. A task that was running comes back
   ``pending`` with its verified pieces, so a new download resumes from them.
 * :meth:`PieceStore.mark_succeeded` fsyncs the content, then writes the final
