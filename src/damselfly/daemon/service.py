@@ -7,7 +7,6 @@ Protobuf is translated at this edge; the work is done by the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -28,7 +27,6 @@ from ..errors import (
     DamselflyError,
     DownloadTimeout,
     InvalidArgument,
-    NotFound,
 )
 from ..units import parse_size
 from .download import output
@@ -36,7 +34,8 @@ from .download.tasks import TaskManager
 from .grpc_status import status_for
 from .persistent_cache import PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
 from .ratelimit import TASK_LIMITER, ByteLimiter, RequestLimiter
-from .store.piece_store import PieceStore, TaskMeta
+from .store.metadata import TaskMeta
+from .store.piece_store import PieceStore
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +179,8 @@ class Downloads:
         with logs.log_context(task_id=task_id, peer_id=peer_id):
             sent: set[int] = set()
             started = False
-            version = -1
             deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+            changes = self.store.changes(task_id, until=job)
             while True:
                 meta = self.store.get(task_id)
                 if meta is not None:
@@ -208,7 +207,6 @@ class Downloads:
                                     piece=piece_to_pb(meta.pieces[number])
                                 ),
                             )
-                    version = meta.version
                 if job.done():
                     break
                 timeout = 1.0
@@ -216,12 +214,7 @@ class Downloads:
                     timeout = min(timeout, deadline - time.monotonic())
                     if timeout <= 0:
                         raise DownloadTimeout(f"download did not finish within {spec.timeout_s:.0f}s")
-                waiter = asyncio.ensure_future(self.store.wait_for_change(task_id, version, timeout))
-                await asyncio.wait({waiter, job}, return_when=asyncio.FIRST_COMPLETED)
-                if not waiter.done():
-                    waiter.cancel()
-                elif not waiter.cancelled():
-                    waiter.exception()  # NotFound when the task was deleted: the job says why
+                await changes.wait(timeout)  # a deleted task wakes it too: the job says why
             exc = job.exception() if not job.cancelled() else asyncio.CancelledError()
             if exc is not None:
                 raise exc
@@ -354,12 +347,12 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
         if meta is None or meta.state == "failed":
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
         deadline = time.monotonic() + STAT_WAIT
+        changes = self.store.changes(task_id)
         while meta is not None and meta.content_length is None and meta.state in ("pending", "running"):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            with contextlib.suppress(NotFound):  # deleted meanwhile: answered below
-                await self.store.wait_for_change(task_id, meta.version, left)
+            await changes.wait(left)  # deleted meanwhile: answered below
             meta = self.store.get(task_id)
         if meta is None or meta.content_length is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "content length not known yet")
@@ -376,12 +369,12 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
         sent: set[int] = set()  # announced, held or arriving
         held: set[int] = set()  # announced while held
+        changes = self.store.changes(task_id)
         while True:
             meta = self.store.get(task_id)
             if meta is None or meta.state == "failed":
                 await context.abort(grpc.StatusCode.ABORTED, "the parent's download failed")
             assert meta is not None
-            version = meta.version  # meta is live: read before looking, so no change is missed
             # Pieces held, and pieces arriving from a parent (served while they land,
             # daemon/store/receiving.py). One announced while arriving is announced again once
             # held: its transfer may have failed in between and the child forgotten it.
@@ -411,8 +404,7 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
                 return
             if meta.state == "succeeded" and meta.pieces.keys() <= held:
                 return
-            with contextlib.suppress(NotFound):  # deleted meanwhile: ABORTED on the next round
-                await self.store.wait_for_change(task_id, version, 30)
+            await changes.wait(30)  # deleted meanwhile: ABORTED on the next round
 
     async def SyncPersistentCachePieces(self, request: Any, context: Any) -> AsyncIterator[Any]:
         # A persistent cache task's pieces live in the same store: SyncPieces, in its message type.

@@ -48,7 +48,7 @@ from ...errors import (
     StorageError,
 )
 from ..store.digesting import Feed, InOrderDigest
-from ..store.piece_store import pwrite_all
+from ..store.files import pwrite_all
 from ..store.receiving import Receiving
 from . import rawhttp
 

@@ -31,7 +31,8 @@ from ...pieces import piece_length_for
 from ...units import HOURS
 from ..download import output
 from ..download.conductor import Conductor, ConductorDeps
-from ..store.piece_store import PieceStore, TaskMeta
+from ..store.metadata import TaskMeta
+from ..store.piece_store import PieceStore
 from .client import CachePeerRPC, CacheSchedulerClient, UnknownCacheTask, task_info_from_pb
 from .content import StagedFile, persistent_cache_task_id, resolve_task_id, stage_file
 
@@ -272,11 +273,10 @@ class PersistentCache:
     ) -> AsyncIterator[PB]:
         sent: set[int] = set()
         started = False
+        changes = self.store.changes(task_id, until=job)
         while True:
             meta = self.store.get(task_id)
-            version = -1
             if meta is not None:
-                version = meta.version
                 if not started and meta.content_length is not None:
                     started = True
                     yield self._response(
@@ -303,15 +303,7 @@ class PersistentCache:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     raise DownloadTimeout("the persistent cache task did not download in time")
-            if meta is None:
-                await asyncio.wait({job}, timeout=wait)
-            else:
-                waiter = asyncio.ensure_future(self.store.wait_for_change(task_id, version, wait))
-                await asyncio.wait({waiter, job}, return_when=asyncio.FIRST_COMPLETED)
-                if not waiter.done():
-                    waiter.cancel()
-                    with contextlib.suppress(BaseException):
-                        await waiter
+            await changes.wait(wait)  # also wakes when the task is created or deleted
         if job is not None:
             exc = job.exception() if not job.cancelled() else asyncio.CancelledError()
             if exc is not None:

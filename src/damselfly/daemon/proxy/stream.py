@@ -23,7 +23,8 @@ from ...errors import DamselflyError, InvalidArgument, NotFound
 from ...pieces import Digest
 from ...units import MiB
 from ..store.digesting import InOrderDigest
-from ..store.piece_store import PieceStore, TaskMeta
+from ..store.metadata import TaskMeta
+from ..store.piece_store import PieceStore
 from ..threads import to_thread_to_the_end
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1 * MiB
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 POOL = 4
+WAIT = 5.0  # seconds between looks at a task even when nothing wakes the wait
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
@@ -73,20 +75,12 @@ def parse_range(header: str, total: int) -> Span | None:
     return Span(start, end, total)
 
 
-async def _not_created_yet(job: asyncio.Task[None], pause: float) -> float:
-    """Wait a little for the conductor to create the task; returns the next, longer, pause.
-
-    It creates the task at its first step, so usually one yield is enough. (A flat 50 ms
-    poll here delayed every blob's headers by 50 ms: skopeo fetches layers one after
-    another, so a 5-layer pull paid it five times.)
-    """
-    await asyncio.wait({job}, timeout=pause)
-    return min(0.05, max(0.001, 2 * pause))
-
-
 async def wait_for_length(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> TaskMeta:
-    """The task's metadata once its content length is known; the download's error if it fails first."""
-    pause = 0.0
+    """The task's metadata once its content length is known; the download's error if it fails first.
+
+    The task may not exist yet: the conductor creates it at its first step.
+    """
+    changes = store.changes(task_id, until=job)
     while True:
         meta = store.get(task_id)
         if meta is not None and meta.content_length is not None and meta.piece_length:
@@ -97,24 +91,7 @@ async def wait_for_length(store: PieceStore, task_id: str, job: asyncio.Task[Non
             if meta is not None and meta.content_length is not None and meta.piece_length:
                 return meta
             raise DamselflyError("the download ended without a content length")
-        if meta is None:
-            pause = await _not_created_yet(job, pause)
-            continue
-        await _wait_change(store, task_id, meta.version, job)
-
-
-async def _wait_change(store: PieceStore, task_id: str, version: int, job: asyncio.Task[None]) -> int:
-    waiter = asyncio.ensure_future(store.wait_for_change(task_id, version, 5.0))
-    try:
-        await asyncio.wait({waiter, job}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not waiter.done():
-            waiter.cancel()
-            with contextlib.suppress(BaseException):
-                await waiter
-    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-        return waiter.result()
-    return version
+        await changes.wait(WAIT)
 
 
 def _raise_from(job: asyncio.Task[None]) -> None:
@@ -127,19 +104,18 @@ def _raise_from(job: asyncio.Task[None]) -> None:
 
 async def wait_until_held(store: PieceStore, task_id: str, job: asyncio.Task[None]) -> None:
     """Return once the store holds every piece of the task, or its download ended either way."""
-    pause = 0.0
+    changes = store.changes(task_id, until=job)
     while not job.done():
         meta = store.get(task_id)
-        if meta is None:  # not created yet (or deleted): the download's end says what happened
-            pause = await _not_created_yet(job, pause)
-            continue
-        if meta.is_complete:
+        # Missing: not created yet (or deleted); the download's end says what happened.
+        if meta is not None and meta.is_complete:
             return
-        await _wait_change(store, task_id, meta.version, job)
+        await changes.wait(WAIT)
 
 
 async def wait_for_piece(store: PieceStore, task_id: str, number: int, job: asyncio.Task[None]) -> None:
     """Return once piece ``number`` is in the store; raise if the download fails first."""
+    changes = store.changes(task_id, until=job)
     while True:
         meta = store.get(task_id)
         if meta is None:
@@ -152,7 +128,7 @@ async def wait_for_piece(store: PieceStore, task_id: str, number: int, job: asyn
             if meta is not None and number in meta.pieces:
                 return
             raise DamselflyError(f"the download ended without piece {number}")
-        await _wait_change(store, task_id, meta.version, job)
+        await changes.wait(WAIT)
 
 
 class Sink(Protocol):
@@ -268,11 +244,8 @@ async def send_span(
                     break
                 if job.done() and (job.cancelled() or job.exception() is not None):
                     _raise_from(job)
-                waiter = asyncio.ensure_future(digester.advanced(upto, 5.0))
-                try:
-                    await asyncio.wait({waiter, job}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
+                # Once the download is over, only the hashing is left to wait for.
+                await digester.advanced(upto, WAIT, until=None if job.done() else job)
             await digester.check(f"blob {digest}")
             if end > sent:
                 await sink.send_range(file, sent, end - sent)

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import os
 import threading
+from typing import Any
 
 from ...errors import DamselflyError, DigestMismatch, NotFound
 from ...pieces import Digest, Hasher, new_hasher
@@ -147,19 +148,22 @@ class InOrderDigest:
                 fut.set_result(None)
         self._waiters.clear()
 
-    async def advanced(self, seen: int, timeout: float) -> None:
-        """Return once ``upto`` exceeds ``seen`` or the hashing ended, or after ``timeout``."""
+    async def advanced(self, seen: int, timeout: float, *, until: asyncio.Future[Any] | None = None) -> None:
+        """Return once ``upto`` exceeds ``seen`` or the hashing ended, once ``until`` (the
+        download's job) is done, or after ``timeout``."""
         if self.upto > seen or self._task.done():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.add(fut)
         try:
-            await asyncio.wait({fut}, timeout=timeout)
+            aws: set[asyncio.Future[Any]] = {fut} if until is None else {fut, until}
+            await asyncio.wait(aws, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._waiters.discard(fut)
 
     async def _hash(self, fd: int) -> str:
         buf = bytearray(CHUNK)
+        changes = self.store.changes(self.task_id)
         while True:
             meta = self.store.get(self.task_id)
             if meta is None:
@@ -178,7 +182,7 @@ class InOrderDigest:
             if meta.content_length is not None and pos >= meta.content_length:
                 return self._hasher.hexdigest()
             if busy or piece is None:
-                await self.store.wait_for_change(self.task_id, meta.version, 5.0)
+                await changes.wait(5.0)
                 continue
             stop = piece.offset + piece.length
             try:

@@ -40,7 +40,8 @@ from ...errors import DigestMismatch, NotFound
 from ...units import MiB
 from ..ratelimit import ByteLimiter
 from ..store.digesting import Feed, InOrderDigest
-from ..store.piece_store import PieceStore, crc32_of_range, pwrite_all
+from ..store.files import crc32_of_range, pwrite_all
+from ..store.piece_store import PieceStore
 from ..threads import to_thread_to_the_end
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from ...errors import (
 from ...units import MiB
 from ..ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
 from ..store.digesting import Feed, InOrderDigest
-from ..store.piece_store import pwrite_all
+from ..store.files import pwrite_all
 from ..store.receiving import Receiving
 from . import vortex
 from .local_pieces import LocalPieces

@@ -1,0 +1,91 @@
+"""The files of the piece store: their names under a task dir, and the byte-level helpers.
+
+The layout itself is drawn in :mod:`.piece_store`'s docstring. Every writer of
+downloaded bytes (the origin's body, pieces from parents over TCP, local copies)
+goes through :func:`pwrite_all`, and every crc32 check of bytes already on disk
+(restart recovery, local copies) through :func:`crc32_of_range`, so a short
+write or a short read is handled in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ...checksum import crc32
+from ...ids import is_task_id
+
+META = "metadata.json"
+JOURNAL = "pieces.journal"
+CONTENT = "content"
+# An empty file whose mtime is the task's last access (the LRU order): stamped
+# without rewriting the metadata or an fsync, so a read never waits on the disk.
+ACCESSED = "accessed"
+TRASH = "trash"  # evicted task dirs wait here (renamed atomically) until removed
+TASKS = "tasks"
+
+
+def valid_task_id(task_id: object) -> bool:
+    """Whether ``task_id`` may name a task dir (64 lowercase hex digits, nothing else)."""
+    # is_task_id's regex lets a trailing newline through ("$"); a path must not.
+    return isinstance(task_id, str) and len(task_id) == 64 and is_task_id(task_id)
+
+
+def task_dir(root: Path, task_id: str) -> Path:
+    """``<root>/tasks/<id[:3]>/<id>``; the caller checked the ID with :func:`valid_task_id`."""
+    return root / TASKS / task_id[:3] / task_id
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def dir_usage(path: Path) -> int:
+    """Bytes the files directly in ``path`` occupy: allocated blocks, so a sparse
+    content file counts only what is written. 0 for a dir that is gone."""
+    total = 0
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                total += entry.stat(follow_symlinks=False).st_blocks * 512
+    except FileNotFoundError:
+        pass  # removed meanwhile: what was counted stands
+    return total
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def crc32_of_range(
+    fd: int,
+    offset: int,
+    length: int,
+    buf: bytearray,
+    each: Callable[[memoryview, int], None] | None = None,
+) -> int | None:
+    """crc32 of ``length`` bytes at ``offset``, or None if the file is shorter.
+
+    ``each(chunk, position)`` sees every chunk read, in order, while it is in ``buf``.
+    """
+    view = memoryview(buf)
+    crc = 0
+    pos, end = offset, offset + length
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
+        if n <= 0:
+            return None
+        crc = crc32(view[:n], crc)
+        if each is not None:
+            each(view[:n], pos)
+        pos += n
+    return crc
