@@ -112,8 +112,11 @@ class FakeScheduler:
 class FakePeerRPC:
     """Parents hold every piece (those in ``empty`` none) and keep SyncPieces open, as real ones do."""
 
-    def __init__(self, empty: tuple[CandidateParent, ...] = ()) -> None:
+    def __init__(
+        self, empty: tuple[CandidateParent, ...] = (), broken: tuple[CandidateParent, ...] = ()
+    ) -> None:
         self.empty = {p.host.id for p in empty}
+        self.broken = {p.host.id for p in broken}  # their SyncPieces fails at once
         self.open_syncs = 0
 
     async def stat_task_length(self, host: HostInfo, task_id: str) -> int:
@@ -122,6 +125,8 @@ class FakePeerRPC:
     async def sync_pieces(
         self, host: HostInfo, host_id: str, task_id: str
     ) -> AsyncIterator[tuple[int, int, int]]:
+        if host.id in self.broken:
+            raise PeerError(f"SyncPieces with parent {host.id} failed: UNAVAILABLE")
         self.open_syncs += 1
         try:
             for n in range(0 if host.id in self.empty else PIECES):
@@ -267,6 +272,20 @@ async def test_parents_that_cannot_finish_are_reported_then_the_origin_fills_the
     meta = store.get(TASK)
     assert meta is not None and meta.state == "succeeded"
     assert {p.traffic_type for p in meta.pieces.values()} == {TrafficType.BACK_TO_SOURCE}
+
+
+async def test_a_parent_whose_piece_sync_fails_is_dropped_and_named_at_the_reschedule(
+    store: PieceStore,
+) -> None:
+    stream = FakeStream([NormalTask([BAD]), NeedBackToSource("no parent")])
+    rpc = FakePeerRPC(broken=(BAD,))
+    pool = FakePool({})
+    conductor = Conductor(deps(store, stream, pool, rpc, FakeSource()), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA and pool.asked == []
+    assert stream.of("reschedule") == [("reschedule", [BAD.peer_id])]
 
 
 # A parent that holds nothing keeps the round waiting (the piece timeout is an hour): only the

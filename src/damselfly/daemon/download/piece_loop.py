@@ -114,7 +114,7 @@ class PieceLoop:
 
     def stop(self) -> None:
         """Stop following the parents (the download is over)."""
-        for task in self._syncs:
+        for task in list(self._syncs):
             task.cancel()
 
     async def _sync(self, p: Parent) -> None:
