@@ -1,0 +1,319 @@
+"""The conductor driven end to end against in-memory fakes: a scheduler stream, parents' piece
+syncs, a piece pool and an origin; a real PieceStore underneath. No sockets, no sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from damselfly.daemon.download.conductor import Conductor, ConductorDeps
+from damselfly.daemon.download.parents import PARENT_FAILURE_LIMIT
+from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.domain import (
+    CandidateParent,
+    DownloadSpec,
+    HostInfo,
+    NeedBackToSource,
+    NormalTask,
+    PieceInfo,
+    ScheduleAnswer,
+    TrafficType,
+)
+from damselfly.errors import PeerError, ProtocolError, SchedulerError
+from damselfly.pieces import piece_count
+
+PL = 4096
+DATA = random.Random(3).randbytes(12 * PL - 1000)
+PIECES = piece_count(len(DATA), PL)
+SPEC = DownloadSpec(
+    url="http://origin.test/blob", piece_length=PL, digest=f"sha256:{hashlib.sha256(DATA).hexdigest()}"
+)
+TASK = "ab" * 32
+
+
+def parent(name: str, port: int) -> CandidateParent:
+    host = HostInfo(id=f"10.0.0.9-{name}", hostname=name, ip="10.0.0.9", port=port, download_port=port)
+    return CandidateParent(peer_id=f"10.0.0.9-{name}-1", host=host)
+
+
+GOOD, BAD, EMPTY = parent("good", 7001), parent("bad", 7002), parent("empty", 7003)
+
+
+@dataclass
+class FakeStream:
+    """A PeerStream that records what the conductor says and answers from a script."""
+
+    answers: list[ScheduleAnswer]
+    said: list[tuple[Any, ...]] = field(default_factory=list)
+    closed: bool = False
+
+    def register(self, spec: DownloadSpec) -> None:
+        self.said.append(("register", spec.url))
+
+    def started(self) -> None:
+        self.said.append(("started",))
+
+    def piece_finished(self, piece: PieceInfo) -> None:
+        self.said.append(("piece_finished", piece.number, piece.parent_id))
+
+    def piece_back_to_source_finished(self, piece: PieceInfo) -> None:
+        self.said.append(("piece_back_to_source_finished", piece.number))
+
+    def piece_failed(self, number: int, parent_id: str, *, temporary: bool) -> None:
+        self.said.append(("piece_failed", number, parent_id, temporary))
+
+    def reschedule(self, failed_parents: list[str], description: str) -> None:
+        self.said.append(("reschedule", failed_parents))
+
+    def back_to_source_started(self, description: str = "") -> None:
+        self.said.append(("back_to_source_started",))
+
+    def back_to_source_finished(self) -> None:
+        self.said.append(("back_to_source_finished",))
+
+    def finished(self) -> None:
+        self.said.append(("finished",))
+
+    def failed(self, description: str) -> None:
+        self.said.append(("failed", description))
+
+    async def next_answer(self, timeout: float | None) -> ScheduleAnswer:
+        if not self.answers:
+            raise SchedulerError("the script has no more answers")
+        return self.answers.pop(0)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def kinds(self) -> list[str]:
+        return [s[0] for s in self.said]
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        return [s for s in self.said if s[0] == kind]
+
+
+@dataclass
+class FakeScheduler:
+    stream: FakeStream
+
+    def peer_stream(self, host_id: str, task_id: str, peer_id: str) -> FakeStream:
+        return self.stream
+
+
+class FakePeerRPC:
+    """Parents hold every piece (those in ``empty`` none) and keep SyncPieces open, as real ones do."""
+
+    def __init__(
+        self, empty: tuple[CandidateParent, ...] = (), broken: tuple[CandidateParent, ...] = ()
+    ) -> None:
+        self.empty = {p.host.id for p in empty}
+        self.broken = {p.host.id for p in broken}  # their SyncPieces fails at once
+        self.open_syncs = 0
+
+    async def stat_task_length(self, host: HostInfo, task_id: str) -> int:
+        return len(DATA)
+
+    async def sync_pieces(
+        self, host: HostInfo, host_id: str, task_id: str
+    ) -> AsyncIterator[tuple[int, int, int]]:
+        if host.id in self.broken:
+            raise PeerError(f"SyncPieces with parent {host.id} failed: UNAVAILABLE")
+        self.open_syncs += 1
+        try:
+            for n in range(0 if host.id in self.empty else PIECES):
+                yield n, n * PL, min(PL, len(DATA) - n * PL)
+            await asyncio.Event().wait()  # until the download is over
+        finally:
+            self.open_syncs -= 1
+
+
+def crc(chunk: bytes) -> str:
+    return f"crc32:{zlib.crc32(chunk)}"
+
+
+class FakePool:
+    """Writes the piece's bytes into the fd as the piece client does; ``failing`` ports raise instead."""
+
+    def __init__(self, failing: dict[int, Callable[[], Exception]]) -> None:
+        self.failing = failing
+        self.asked: list[tuple[int, int]] = []  # (port, piece)
+
+    async def download_piece(
+        self, ip: str, port: int, task_id: str, number: int, fd: int, offset: int, length: int, *,
+        timeout: float, on_header: Any = None, digest: Any = None,
+    ) -> PieceInfo:  # fmt: skip
+        self.asked.append((port, number))
+        chunk = DATA[offset : offset + length]
+        if on_header is not None:
+            on_header(crc(chunk))
+        if port in self.failing:
+            raise self.failing[port]()
+        os.pwrite(fd, chunk, offset)
+        return PieceInfo(number, offset, length, crc(chunk), cost_s=0.001)
+
+
+class FakeSource:
+    """An origin that sends the whole content in pieces, the way HTTPSource.fetch_into calls back."""
+
+    def __init__(self) -> None:
+        self.fetched = 0
+
+    async def fetch_into(
+        self, url: str, headers: dict[str, str], *, fd_factory: Any, on_start: Any, on_piece: Any,
+        have: Any = frozenset(), piece_length: int | None = None, on_piece_start: Any = None,
+        digest: Any = None,
+    ) -> int:  # fmt: skip
+        self.fetched += 1
+        length = await on_start(len(DATA), {})
+        fd = fd_factory()
+        try:
+            for n in range(piece_count(len(DATA), length)):
+                if n in have:
+                    continue
+                chunk = DATA[n * length : (n + 1) * length]
+                if on_piece_start is not None:
+                    on_piece_start(n, n * length, len(chunk))
+                os.pwrite(fd, chunk, n * length)
+                on_piece(PieceInfo(n, n * length, len(chunk), crc(chunk), TrafficType.BACK_TO_SOURCE))
+        finally:
+            os.close(fd)
+        return len(DATA)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[PieceStore]:
+    s = PieceStore(tmp_path / "data")
+    yield s
+    s.close()
+
+
+def deps(
+    store: PieceStore,
+    stream: FakeStream,
+    pool: FakePool,
+    rpc: FakePeerRPC,
+    source: Any = None,
+    **settings: Any,
+) -> ConductorDeps:
+    settings = {"refresh_interval": 3600.0, **settings}  # no request for more parents unless asked
+    return ConductorDeps(
+        store=store, pool=pool, source=source, peer_rpc=rpc, scheduler=FakeScheduler(stream),  # type: ignore[arg-type]
+        host_id="10.0.0.1-me", host_ip="10.0.0.1", hostname="me", is_seed=False, **settings,
+    )  # fmt: skip
+
+
+def content(store: PieceStore) -> bytes:
+    return store.content_path(TASK).read_bytes()
+
+
+async def test_downloads_from_two_parents_and_drops_the_failing_one(store: PieceStore) -> None:
+    stream = FakeStream([NormalTask([GOOD, BAD])])
+    rpc = FakePeerRPC()
+    pool = FakePool({BAD.host.download_port: lambda: PeerError("the parent hung up")})
+    conductor = Conductor(deps(store, stream, pool, rpc), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA
+    meta = store.get(TASK)
+    assert meta is not None and meta.state == "succeeded" and meta.is_complete
+    assert conductor.verified_digest == SPEC.digest and not conductor.back_to_source
+    # Every piece came from the good parent, reported once each.
+    finished = stream.of("piece_finished")
+    assert sorted(n for _, n, _ in finished) == list(range(PIECES))
+    assert {pid for _, _, pid in finished} == {GOOD.peer_id}
+    # The bad parent's failures: temporary until the limit, then it is dropped and asked no more.
+    failed = stream.of("piece_failed")
+    assert {pid for _, _, pid, _ in failed} == {BAD.peer_id}
+    temporary = [t for *_, t in failed]
+    assert temporary[: PARENT_FAILURE_LIMIT - 1] == [True] * (PARENT_FAILURE_LIMIT - 1)
+    assert temporary[PARENT_FAILURE_LIMIT - 1 :] and not any(temporary[PARENT_FAILURE_LIMIT - 1 :])
+    assert len([1 for port, _ in pool.asked if port == BAD.host.download_port]) == len(failed)
+    # The dialogue: register, start, pieces, finish; nothing after "finished"; the stream closed.
+    assert stream.kinds()[:2] == ["register", "started"]
+    assert stream.kinds()[-1] == "finished"
+    assert "reschedule" not in stream.kinds()
+    assert stream.closed
+    await asyncio.sleep(0)  # let the cancelled syncs unwind
+    assert rpc.open_syncs == 0
+    assert store.receiving.of(TASK) == {}  # no piece left half-served to children
+
+
+async def test_parents_that_cannot_finish_are_reported_then_the_origin_fills_the_task(
+    store: PieceStore,
+) -> None:
+    stream = FakeStream([NormalTask([BAD]), NeedBackToSource("no parent can finish")])
+    rpc = FakePeerRPC()
+    pool = FakePool({BAD.host.download_port: lambda: ProtocolError("garbage frame")})
+    source = FakeSource()
+    conductor = Conductor(deps(store, stream, pool, rpc, source), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA
+    assert conductor.back_to_source and source.fetched == 1
+    # A protocol error drops the parent at once; the round is then stuck and the dead parent named.
+    failed = stream.of("piece_failed")
+    assert failed and all(pid == BAD.peer_id and not temporary for _, _, pid, temporary in failed)
+    assert stream.of("reschedule") == [("reschedule", [BAD.peer_id])]
+    kinds = stream.kinds()
+    assert kinds.index("reschedule") < kinds.index("back_to_source_started")
+    assert sorted(n for _, n in stream.of("piece_back_to_source_finished")) == list(range(PIECES))
+    assert kinds[-1] == "back_to_source_finished"
+    meta = store.get(TASK)
+    assert meta is not None and meta.state == "succeeded"
+    assert {p.traffic_type for p in meta.pieces.values()} == {TrafficType.BACK_TO_SOURCE}
+
+
+async def test_a_parent_whose_piece_sync_fails_is_dropped_and_named_at_the_reschedule(
+    store: PieceStore,
+) -> None:
+    stream = FakeStream([NormalTask([BAD]), NeedBackToSource("no parent")])
+    rpc = FakePeerRPC(broken=(BAD,))
+    pool = FakePool({})
+    conductor = Conductor(deps(store, stream, pool, rpc, FakeSource()), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA and pool.asked == []
+    assert stream.of("reschedule") == [("reschedule", [BAD.peer_id])]
+
+
+# A parent that holds nothing keeps the round waiting (the piece timeout is an hour): only the
+# conductor's request for more parents, after a refresh interval of a millisecond, moves it on.
+NEVER = {"piece_timeout": 3600.0, "refresh_interval": 0.001}
+
+
+async def test_a_request_for_more_parents_brings_one_that_finishes_the_task(store: PieceStore) -> None:
+    stream = FakeStream([NormalTask([EMPTY]), NormalTask([EMPTY, GOOD])])
+    rpc = FakePeerRPC(empty=(EMPTY,))
+    conductor = Conductor(deps(store, stream, FakePool({}), rpc, **NEVER), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA
+    assert stream.of("reschedule")[0] == ("reschedule", [])  # "more parents": nobody failed
+    assert {pid for *_, pid in stream.of("piece_finished")} == {GOOD.peer_id}
+    assert stream.kinds()[-1] == "finished"
+
+
+async def test_a_scheduler_that_changes_its_mind_during_a_request_for_more_parents(store: PieceStore) -> None:
+    stream = FakeStream([NormalTask([EMPTY]), NeedBackToSource("a seed peer is gone")])
+    rpc = FakePeerRPC(empty=(EMPTY,))
+    source = FakeSource()
+    conductor = Conductor(deps(store, stream, FakePool({}), rpc, source, **NEVER), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA and source.fetched == 1
+    assert stream.of("reschedule") == [("reschedule", [])]  # the round ended without a reschedule of its own
+    assert stream.kinds()[-2:] == ["piece_back_to_source_finished", "back_to_source_finished"]
