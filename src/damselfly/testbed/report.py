@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..units import human_size
 from .scenarios import Scenario
 
 UPLOAD_METRIC = "damselfly_daemon_upload_traffic_bytes_total"
@@ -214,8 +215,6 @@ class SwarmResult:
 
 def human_summary(data: dict[str, Any]) -> str:
     """A few lines for the terminal from :meth:`SwarmResult.to_json`'s output."""
-    from ..cli.parsing import human_size
-
     c = data["completion"]
     sc = data["scenario"]
 
