@@ -1,4 +1,4 @@
-"""Units, so defaults read as quantities: ``4 * MiB``, ``30 * SECONDS``; sizes parsed from and shown to users."""
+"""Units, so defaults read as quantities (``4 * MiB``, ``30 * SECONDS``); sizes read from and shown to people."""
 
 from __future__ import annotations
 

@@ -31,8 +31,7 @@ from typing import Any
 from ..pieces import file_digest
 from ..testbed.cluster import LocalCluster, PeerSpec
 from ..testbed.procs import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
-from ..units import MiB
-from .parsing import human_size
+from ..units import MiB, human_size
 
 
 @dataclass

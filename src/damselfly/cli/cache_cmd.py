@@ -110,7 +110,7 @@ def _ago(ts: float, now: float) -> str:
 
 
 def render(stats: StoreStats) -> str:
-    from .parsing import human_size
+    from ..units import human_size
 
     now = time.time()
     lines = [

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DamselflyError
+from ..units import human_size
 from .exitcodes import DAEMON_HINT, ExitCode
-from .parsing import human_size
 
 CONNECT_TIMEOUT_S = 5.0
 

@@ -404,7 +404,7 @@ async def _task_results(
 
 def report(outcome: Outcome, *, json_out: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Print the per-task results and the error (if any); returns the exit code."""
-    from .parsing import human_size
+    from ..units import human_size
 
     if json_out:
         print(outcome.to_json(), file=out)
