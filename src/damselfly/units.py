@@ -1,4 +1,4 @@
-"""Units, so defaults read as quantities (``4 * MiB``, ``30 * SECONDS``); sizes read from and shown to people."""
+"""Units, so defaults read as quantities (``4 * MiB``, ``30 * SECONDS``); sizes as people write them."""
 
 from __future__ import annotations
 
