@@ -127,4 +127,3 @@ def normalize_endpoint(endpoint: str) -> Path:
 
 def default_endpoint() -> str:
     return os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
-
