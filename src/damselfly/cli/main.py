@@ -13,7 +13,7 @@ import typer
 
 from .. import __version__
 from .cache_cmd import cache_app
-from .preheat_cmd import preheat_app
+from .preheat.commands import preheat_app
 
 app = typer.Typer(
     name="damselfly",
