@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from .cache_cmd import cache_app
+from .cache.commands import cache_app
 from .preheat.commands import preheat_app
 
 app = typer.Typer(
