@@ -1,7 +1,7 @@
 """``damselfly scheduler`` and ``damselfly daemon``: flags to config overrides, then run.
 
 Flags override the YAML file; both are merged by :mod:`damselfly.config`. Both
-commands then do the same (:func:`_serve`): load the config, set up logging, run
+commands then do the same (:func:`run_server`): load the config, set up logging, run
 the server's ``app.run``. The server modules are imported only there, by name,
 so ``dfget`` and the other commands do not pay for them at start.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ConfigError
 from .exitcodes import ExitCode
@@ -91,10 +91,15 @@ def daemon_overrides(
     )
 
 
-def _serve(
-    command: str,
-    load: Callable[[Path | None, dict[str, Any]], Any],
-    app_module: str,
+# What each server command loads its config with, and the module whose ``run`` serves it.
+_SERVERS = {
+    "scheduler": ("load_scheduler_config", "..scheduler.app"),
+    "daemon": ("load_daemon_config", "..daemon.app"),
+}
+
+
+def run_server(
+    command: Literal["scheduler", "daemon"],
     config_file: Path | None,
     overrides: dict[str, Any],
     *,
@@ -102,46 +107,16 @@ def _serve(
     log_level: str,
     log_file: Path | None,
 ) -> int:
-    """Load the config (a bad one exits 2 before logging is set up), set up logging, run ``app_module``."""
+    """Load the config (a bad one exits 2 before logging is set up), set up logging, serve until a signal."""
+    from .. import config as config_module
     from ..logs import setup_logging
 
+    loader, app_module = _SERVERS[command]
     try:
-        config = load(config_file, overrides)
+        config = getattr(config_module, loader)(config_file, overrides)
     except ConfigError as e:
         print(f"damselfly {command}: {e}", file=sys.stderr)
         return ExitCode.USAGE
     setup_logging(log_level, log_file)
     importlib.import_module(app_module, __package__).run(config, ready_file=ready_file)
     return ExitCode.OK
-
-
-def run_scheduler(
-    config_file: Path | None,
-    overrides: dict[str, Any],
-    *,
-    ready_file: Path | None,
-    log_level: str,
-    log_file: Path | None,
-) -> int:
-    from ..config import load_scheduler_config
-
-    return _serve(
-        "scheduler", load_scheduler_config, "..scheduler.app", config_file, overrides,
-        ready_file=ready_file, log_level=log_level, log_file=log_file,
-    )  # fmt: skip
-
-
-def run_daemon(
-    config_file: Path | None,
-    overrides: dict[str, Any],
-    *,
-    ready_file: Path | None,
-    log_level: str,
-    log_file: Path | None,
-) -> int:
-    from ..config import load_daemon_config
-
-    return _serve(
-        "daemon", load_daemon_config, "..daemon.app", config_file, overrides,
-        ready_file=ready_file, log_level=log_level, log_file=log_file,
-    )  # fmt: skip
