@@ -21,7 +21,8 @@ from ..runtime.cluster import MAX_SOCKET_PATH, DaemonPorts, LocalCluster, PeerSp
 from ..runtime.supervisor import Ending, run_in_foreground
 from .exitcodes import ExitCode
 
-_EXIT_CODES = {
+# How ``up`` exits for each way its foreground life can end (README: 0 on Ctrl-C, 1 if a child dies).
+EXIT_CODES = {
     Ending.STOPPED: ExitCode.OK,
     Ending.CHILD_DIED: ExitCode.FAILED,
     Ending.START_FAILED: ExitCode.FAILED,
@@ -112,4 +113,4 @@ def run_up(
     finally:
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
-    return _EXIT_CODES[ending]
+    return EXIT_CODES[ending]
