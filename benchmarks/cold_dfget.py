@@ -32,8 +32,9 @@ from typing import Any
 
 from damselfly.cli.bench import origin_stats, start_origin, write_random_file
 from damselfly.pieces import file_digest
-from damselfly.testbed.cluster import LocalCluster, PeerSpec
-from damselfly.testbed.procs import ChildProcess, peak_rss_bytes, python_module_command, stop_all
+from damselfly.runtime.children import ChildProcess, python_module_command, stop_all
+from damselfly.runtime.cluster import LocalCluster, PeerSpec
+from damselfly.testbed.procs import peak_rss_bytes
 from damselfly.units import parse_size
 
 

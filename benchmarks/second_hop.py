@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cold_dfget import forget, settle, timed
 
 from damselfly.cli.bench import start_origin, write_random_file
-from damselfly.testbed.cluster import LocalCluster, PeerSpec
-from damselfly.testbed.procs import python_module_command, stop_all
+from damselfly.runtime.children import python_module_command, stop_all
+from damselfly.runtime.cluster import LocalCluster, PeerSpec
 from damselfly.units import parse_size
 
 HZ = os.sysconf("SC_CLK_TCK")

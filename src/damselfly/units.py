@@ -1,4 +1,4 @@
-"""Units, so defaults read as quantities: ``4 * MiB``, ``30 * SECONDS``."""
+"""Units, so defaults read as quantities (``4 * MiB``, ``30 * SECONDS``); sizes as people write them."""
 
 from __future__ import annotations
 
@@ -44,3 +44,12 @@ def parse_size(text: str | int) -> int:
     if not m or (m.group(2) or "").lower() not in _FACTORS:
         raise ValueError(f"not a size: {text!r} (try 1GiB, 256MiB, 4096)")
     return int(float(m.group(1)) * _FACTORS[(m.group(2) or "").lower()])
+
+
+def human_size(n: float) -> str:
+    """``512 B``, ``16.0 MiB``: a byte count for people (powers of 1024, one decimal above bytes)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover

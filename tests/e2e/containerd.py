@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from damselfly.testbed.procs import ChildProcess, spawn, stop_all
+from damselfly.runtime.children import ChildProcess, spawn, stop_all
 
 
 class Containerd:

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from damselfly import ids
-from damselfly.testbed.cluster import DaemonPorts, start_daemon, start_scheduler
-from damselfly.testbed.procs import ChildProcess, stop_all
+from damselfly.runtime.children import ChildProcess, stop_all
+from damselfly.runtime.cluster import DaemonPorts, start_daemon, start_scheduler
 from damselfly.testbed.registry import Image, Registry
 
 READY = 60.0

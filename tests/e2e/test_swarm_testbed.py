@@ -21,9 +21,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from damselfly.runtime.children import pid_alive
 from damselfly.testbed import netns
 from damselfly.testbed.netns import HostNet, Network, Runner, call_in_netns
-from damselfly.testbed.procs import pid_alive
 from damselfly.testbed.scenarios import Knobs, build_scenario
 from damselfly.testbed.swarm import SwarmOptions, run_swarm
 from damselfly.units import MiB

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from damselfly.testbed.cluster import DaemonPorts, start_daemon, start_scheduler
-from damselfly.testbed.procs import ChildProcess, python_module_command, spawn, stop_all
+from damselfly.runtime.children import ChildProcess, python_module_command, spawn, stop_all
+from damselfly.runtime.cluster import DaemonPorts, start_daemon, start_scheduler
 
 READY_TIMEOUT = 60.0
 

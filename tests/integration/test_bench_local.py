@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from damselfly.testbed.procs import python_module_command
+from damselfly.runtime.children import python_module_command
 from damselfly.units import MiB
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

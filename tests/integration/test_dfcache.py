@@ -24,7 +24,7 @@ import pytest
 from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from damselfly.api.convert import duration
 from damselfly.daemon.app import Daemon
-from damselfly.testbed.procs import ChildProcess, python_module_command, stop_all
+from damselfly.runtime.children import ChildProcess, python_module_command, stop_all
 from helpers.processes import Procs, random_file, sha256_of, short_tempdir
 from swarm.harness import Swarm, sha256_file
 

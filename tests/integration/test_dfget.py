@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.testbed.procs import python_module_command
+from damselfly.runtime.children import python_module_command
 from damselfly.units import MiB
 from helpers.processes import (
     Cluster,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.testbed.procs import ChildProcess, python_module_command
+from damselfly.runtime.children import ChildProcess, python_module_command
 from helpers.processes import OriginProcess, Procs, random_file, run_dfget, sha256_of
 
 pytestmark = pytest.mark.integration

@@ -107,7 +107,7 @@ async def test_a_task_being_uploaded_is_not_evicted(swarm: Swarm, tmp_path: Path
 
 
 async def test_cache_stat_api_reports_usage_per_task(swarm: Swarm, tmp_path: Path) -> None:
-    from damselfly.cli.cache_cmd import fetch_stats
+    from damselfly.cli.cache.local_store import fetch_stats
 
     swarm.file("s1.bin", 3 * MiB)
     swarm.file("s2.bin", 1 * MiB)

@@ -176,7 +176,7 @@ def test_sighup_reloads_limits_in_a_running_daemon(short_tmp: Path) -> None:
     import os
     import signal
 
-    from damselfly.testbed.procs import python_module_command, spawn, stop_all
+    from damselfly.runtime.children import python_module_command, spawn, stop_all
 
     cfg = short_tmp / "daemon.yaml"
     base = (

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from damselfly.testbed.procs import (
+from damselfly.runtime.children import (
     ChildProcess,
     pid_alive,
     python_module_command,

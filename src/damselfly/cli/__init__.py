@@ -1,1 +1,1 @@
-"""The command line: ``damselfly`` (scheduler, daemon, get, up, bench, demo) and ``dfget``."""
+"""The command line: ``damselfly`` (servers, up, get, cache, preheat, init, ca, bench) and ``dfget``."""

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,14 +24,13 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from ..pieces import file_digest
-from ..testbed.cluster import LocalCluster, PeerSpec
-from ..testbed.procs import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
-from ..units import MiB
-from .parsing import human_size
+from ..runtime.children import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
+from ..runtime.cluster import LocalCluster, PeerSpec
+from ..runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
+from ..units import MiB, human_size
 
 
 @dataclass
@@ -57,16 +55,6 @@ class BenchResult:
         out = asdict(self)
         out["ok"] = self.ok
         return out
-
-
-class _Interrupted(BaseException):
-    pass
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Interrupted(signum)
 
 
 def write_random_file(path: Path, size: int) -> str:
@@ -149,51 +137,49 @@ def run_bench(
     origin: ChildProcess | None = None
     cluster: LocalCluster | None = None
     dfgets: list[ChildProcess] = []
-    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def say(msg: str, *, always: bool = False) -> None:
         if progress or always:
             print(msg, file=sys.stderr, flush=True)
 
-    try:
-        (root / "origin").mkdir()
-        (root / "out").mkdir()
-        say(f"bench: writing a {human_size(size)} random file in {root}")
-        expected = write_random_file(root / "origin" / "blob.bin", size)
-        origin = start_origin(root, root / "origin")
-        port = int(origin.wait_ready(30)["port"])
-        say(f"bench: starting a scheduler, a seed and {peers} peer daemons")
-        cluster = LocalCluster(root, [PeerSpec(f"peer{i}") for i in range(peers)], log_level=log_level)
-        cluster.start()
-        url = f"http://127.0.0.1:{port}/blob.bin"
-        outputs = [root / "out" / f"peer{i}.bin" for i in range(peers)]
-        sockets = [cluster.socket_of(i) for i in range(peers)]
-        say(f"bench: {peers} dfgets at once")
-        times, codes, wall = _run_dfgets(root, url, sockets, outputs, timeout_s, dfgets)
-        result.completion_s, result.exit_codes, result.wall_s = times, codes, wall
-        for i, out in enumerate(outputs):
-            ok = out.is_file() and file_digest(str(out), "sha256").value == expected
-            result.digests_ok.append(ok)
-            if codes[i] != 0:
-                tail = log_tail(dfgets[i].log_path, 5)
-                say(f"bench: dfget on peer{i} exited {codes[i]}:\n{tail}", always=True)
-        result.all_digests_ok = all(result.digests_ok)
-        stats = origin_stats(port)
-        result.origin_bytes = int(stats["bytes"])
-        result.origin_requests = int(stats["requests"])
-        if not result.ok:
-            for child in cluster.children:
-                say(f"bench: log tail of {child.name}:\n{child.log_tail(8)}", always=True)
-    except ChildFailed as e:
-        result.error = str(e).splitlines()[0]
-        say(f"bench: {e}", always=True)
-    except _Interrupted:
-        result.error = "interrupted"
-        say("bench: interrupted; cleaning up", always=True)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with interrupt_on_signals():
         try:
+            (root / "origin").mkdir()
+            (root / "out").mkdir()
+            say(f"bench: writing a {human_size(size)} random file in {root}")
+            expected = write_random_file(root / "origin" / "blob.bin", size)
+            origin = start_origin(root, root / "origin")
+            port = int(origin.wait_ready(30)["port"])
+            say(f"bench: starting a scheduler, a seed and {peers} peer daemons")
+            cluster = LocalCluster(root, [PeerSpec(f"peer{i}") for i in range(peers)], log_level=log_level)
+            cluster.start()
+            url = f"http://127.0.0.1:{port}/blob.bin"
+            outputs = [root / "out" / f"peer{i}.bin" for i in range(peers)]
+            sockets = [cluster.socket_of(i) for i in range(peers)]
+            say(f"bench: {peers} dfgets at once")
+            times, codes, wall = _run_dfgets(root, url, sockets, outputs, timeout_s, dfgets)
+            result.completion_s, result.exit_codes, result.wall_s = times, codes, wall
+            for i, out in enumerate(outputs):
+                ok = out.is_file() and file_digest(str(out), "sha256").value == expected
+                result.digests_ok.append(ok)
+                if codes[i] != 0:
+                    tail = log_tail(dfgets[i].log_path, 5)
+                    say(f"bench: dfget on peer{i} exited {codes[i]}:\n{tail}", always=True)
+            result.all_digests_ok = all(result.digests_ok)
+            stats = origin_stats(port)
+            result.origin_bytes = int(stats["bytes"])
+            result.origin_requests = int(stats["requests"])
+            if not result.ok:
+                for child in cluster.children:
+                    say(f"bench: log tail of {child.name}:\n{child.log_tail(8)}", always=True)
+        except ChildFailed as e:
+            result.error = str(e).splitlines()[0]
+            say(f"bench: {e}", always=True)
+        except Interrupted:
+            result.error = "interrupted"
+            say("bench: interrupted; cleaning up", always=True)
+        finally:
+            ignore_signals()
             stop_all(dfgets, grace=5)
             if cluster is not None:
                 cluster.stop(grace=10)
@@ -203,9 +189,6 @@ def run_bench(
                 say(f"bench: kept {root}")
             else:
                 shutil.rmtree(root, ignore_errors=True)
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
     return result
 
 

@@ -1,10 +1,17 @@
-"""dfget's exit codes and the one-line messages that go with them, in one place.
+"""The exit codes of every Damselfly command, and dfget's one-line messages that go with them.
 
 Why: scripts branch on exit codes, so each failure a user can act on has its
-own, stable number (documented in README.md, "Exit codes"). The daemon ends a
-failed download with a gRPC status (docs/PROTOCOL.md, "dfget to its daemon");
-:func:`failure_from_status` turns that into an exit code and a message. It takes
-the status *name* so this module needs no grpc import and is unit-tested plainly.
+own, stable number (documented in README.md, "Exit codes"), and one number
+means the same kind of failure in every command: ``dfget``, ``damselfly cache``,
+``damselfly preheat``, ``damselfly up``, ``damselfly scheduler|daemon``. Two
+names share a number where two commands say the same thing about different
+peers (:attr:`ExitCode.SCHEDULER_UNAVAILABLE` is preheat's
+:attr:`ExitCode.DAEMON_UNAVAILABLE`).
+
+The daemon ends a failed download with a gRPC status (docs/PROTOCOL.md, "dfget
+to its daemon"); :func:`failure_from_status` turns that into an exit code and a
+message. It takes the status *name* so this module needs no grpc import and is
+unit-tested plainly.
 """
 
 from __future__ import annotations
@@ -24,15 +31,28 @@ from ..errors import (
 
 
 class ExitCode(enum.IntEnum):
+    """One table for all commands; the comment after each says which commands use it and for what."""
+
     OK = 0
-    UNEXPECTED = 1  # a bug or an error the daemon did not classify (INTERNAL, UNKNOWN)
-    USAGE = 2  # bad flags or arguments (also click's own usage errors)
-    DAEMON_UNAVAILABLE = 3  # no daemon listens on the endpoint
-    ORIGIN = 4  # the origin answered an error status or could not be reached
-    DIGEST_MISMATCH = 5  # the content does not match --digest
+    # dfget, cache: a bug or an error the daemon did not classify (INTERNAL, UNKNOWN).
+    UNEXPECTED = 1
+    # preheat: some download failed; up: a child exited (or was not ready in time).
+    FAILED = 1
+    # Bad flags or arguments (also click's own usage errors); scheduler|daemon: a bad config file.
+    USAGE = 2
+    # dfget, cache: no daemon listens on the endpoint.
+    DAEMON_UNAVAILABLE = 3
+    # preheat: the scheduler cannot be reached.
+    SCHEDULER_UNAVAILABLE = 3
+    # dfget: the origin answered an error or could not be reached; cache: no such persistent
+    # cache task; preheat: the registry or origin refused (missing tag or platform, login).
+    ORIGIN = 4
+    DIGEST_MISMATCH = 5  # dfget, cache export: the content does not match --digest
     TIMEOUT = 6  # --timeout passed
     OUTPUT = 7  # the output path cannot be written
-    NO_PARENT = 8  # no peer has the content and --disable-back-to-source forbids the origin
+    # dfget: no peer has the content and --disable-back-to-source forbids the origin;
+    # cache: the task is known but no live host holds it.
+    NO_PARENT = 8
     CANCELLED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 

@@ -19,12 +19,12 @@ from typing import Protocol, TextIO
 
 from ..domain import DownloadSpec
 from ..errors import DaemonUnavailable
+from ..units import human_size
 from .exitcodes import DAEMON_HINT, DfgetFailure, ExitCode, failure_from_error, failure_from_status
 from .parsing import (
     check_output,
     check_url,
     default_endpoint,
-    human_size,
     normalize_endpoint,
     parse_digest,
     parse_duration,

@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from .cache_cmd import cache_app
-from .preheat_cmd import preheat_app
+from .cache.commands import cache_app
+from .preheat.commands import preheat_app
 
 app = typer.Typer(
     name="damselfly",
@@ -65,11 +65,13 @@ def scheduler(
     log_file: LogFile = None,
 ) -> None:
     """Run a scheduler: hosts, tasks, peers, and who downloads from whom."""
-    from .servers import run_scheduler, scheduler_overrides
+    from .servers import run_server, scheduler_overrides
 
     overrides = scheduler_overrides(ip=ip, port=port, metrics_port=metrics_port, data_dir=data_dir)
     raise typer.Exit(
-        run_scheduler(config, overrides, ready_file=ready_file, log_level=log_level, log_file=log_file)
+        run_server(
+            "scheduler", config, overrides, ready_file=ready_file, log_level=log_level, log_file=log_file
+        )
     )
 
 
@@ -99,7 +101,7 @@ def daemon(
     log_file: LogFile = None,
 ) -> None:
     """Run a daemon (peer or --seed): downloads, stores and serves pieces."""
-    from .servers import daemon_overrides, run_daemon
+    from .servers import daemon_overrides, run_server
 
     overrides = daemon_overrides(
         seed=seed,
@@ -116,9 +118,10 @@ def daemon(
         socket=socket,
         proxy_port=proxy_port,
     )
-    raise typer.Exit(
-        run_daemon(config, overrides, ready_file=ready_file, log_level=log_level, log_file=log_file)
+    code = run_server(
+        "daemon", config, overrides, ready_file=ready_file, log_level=log_level, log_file=log_file
     )
+    raise typer.Exit(code)
 
 
 # `damselfly get` hands its arguments to dfget's one parser (dfget_args); the console scripts

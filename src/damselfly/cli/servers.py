@@ -1,17 +1,21 @@
 """``damselfly scheduler`` and ``damselfly daemon``: flags to config overrides, then run.
 
-Flags override the YAML file; both are merged by :mod:`damselfly.config`. The
-server modules are imported only here, inside the functions, so ``dfget``
-does not pay for them at start.
+Flags override the YAML file; both are merged by :mod:`damselfly.config`. Both
+commands then do the same (:func:`run_server`): load the config, set up logging, run
+the server's ``app.run``. The server modules are imported only there, by name,
+so ``dfget`` and the other commands do not pay for them at start.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ConfigError
+from .exitcodes import ExitCode
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -23,6 +27,15 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _overrides(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """The config tree of the flags that were given (a flag left at None keeps the file's value)."""
+    out: dict[str, Any] = {}
+    for dotted, value in pairs:
+        if value is not None:
+            _set(out, dotted, value)
+    return out
+
+
 def scheduler_overrides(
     *,
     ip: str | None = None,
@@ -30,16 +43,14 @@ def scheduler_overrides(
     metrics_port: int | None = None,
     data_dir: Path | None = None,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for dotted, value in (
-        ("server.ip", ip),
-        ("server.port", port),
-        ("metrics.port", metrics_port),
-        ("server.data_dir", str(data_dir) if data_dir else None),
-    ):
-        if value is not None:
-            _set(out, dotted, value)
-    return out
+    return _overrides(
+        [
+            ("server.ip", ip),
+            ("server.port", port),
+            ("metrics.port", metrics_port),
+            ("server.data_dir", str(data_dir) if data_dir else None),
+        ]
+    )
 
 
 def daemon_overrides(
@@ -59,31 +70,36 @@ def daemon_overrides(
     proxy_port: int | None = None,
     proxy_ip: str | None = None,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    pairs: list[tuple[str, Any]] = [
-        ("seed_peer.enable", True if seed else None),
-        ("storage.dir", str(data_dir) if data_dir else None),
-        ("scheduler.addrs", list(schedulers) if schedulers else None),
-        ("host.hostname", hostname),
-        ("host.ip", ip),
-        ("host.idc", idc),
-        ("host.location", location),
-        ("upload.server.ip", listen_ip),
-        ("storage.server.ip", listen_ip),
-        ("upload.server.port", upload_port),
-        ("storage.server.tcp_port", piece_port),
-        ("metrics.port", metrics_port),
-        ("download.server.socket_path", str(socket) if socket else None),
-        ("proxy.server.port", proxy_port),
-        ("proxy.server.ip", proxy_ip),
-    ]
-    for dotted, value in pairs:
-        if value is not None:
-            _set(out, dotted, value)
-    return out
+    return _overrides(
+        [
+            ("seed_peer.enable", True if seed else None),
+            ("storage.dir", str(data_dir) if data_dir else None),
+            ("scheduler.addrs", list(schedulers) if schedulers else None),
+            ("host.hostname", hostname),
+            ("host.ip", ip),
+            ("host.idc", idc),
+            ("host.location", location),
+            ("upload.server.ip", listen_ip),
+            ("storage.server.ip", listen_ip),
+            ("upload.server.port", upload_port),
+            ("storage.server.tcp_port", piece_port),
+            ("metrics.port", metrics_port),
+            ("download.server.socket_path", str(socket) if socket else None),
+            ("proxy.server.port", proxy_port),
+            ("proxy.server.ip", proxy_ip),
+        ]
+    )
 
 
-def run_scheduler(
+# What each server command loads its config with, and the module whose ``run`` serves it.
+_SERVERS = {
+    "scheduler": ("load_scheduler_config", "..scheduler.app"),
+    "daemon": ("load_daemon_config", "..daemon.app"),
+}
+
+
+def run_server(
+    command: Literal["scheduler", "daemon"],
     config_file: Path | None,
     overrides: dict[str, Any],
     *,
@@ -91,39 +107,16 @@ def run_scheduler(
     log_level: str,
     log_file: Path | None,
 ) -> int:
-    from ..config import load_scheduler_config
+    """Load the config (a bad one exits 2 before logging is set up), set up logging, serve until a signal."""
+    from .. import config as config_module
     from ..logs import setup_logging
 
+    loader, app_module = _SERVERS[command]
     try:
-        config = load_scheduler_config(config_file, overrides)
+        config = getattr(config_module, loader)(config_file, overrides)
     except ConfigError as e:
-        print(f"damselfly scheduler: {e}", file=sys.stderr)
-        return 2
+        print(f"damselfly {command}: {e}", file=sys.stderr)
+        return ExitCode.USAGE
     setup_logging(log_level, log_file)
-    from ..scheduler.app import run
-
-    run(config, ready_file=ready_file)
-    return 0
-
-
-def run_daemon(
-    config_file: Path | None,
-    overrides: dict[str, Any],
-    *,
-    ready_file: Path | None,
-    log_level: str,
-    log_file: Path | None,
-) -> int:
-    from ..config import load_daemon_config
-    from ..logs import setup_logging
-
-    try:
-        config = load_daemon_config(config_file, overrides)
-    except ConfigError as e:
-        print(f"damselfly daemon: {e}", file=sys.stderr)
-        return 2
-    setup_logging(log_level, log_file)
-    from ..daemon.app import run
-
-    run(config, ready_file=ready_file)
-    return 0
+    importlib.import_module(app_module, __package__).run(config, ready_file=ready_file)
+    return ExitCode.OK

@@ -1,36 +1,37 @@
 """``damselfly up``: the embedded default, a whole Damselfly on one machine.
 
 A scheduler, a seed daemon and a peer daemon as child processes, everything
-under one data directory (see :mod:`damselfly.testbed.cluster` for the layout),
-the peer's socket at ``DIR/dfdaemon.sock``. ``up`` stays in the foreground:
-Ctrl-C or SIGTERM stops the children (SIGTERM by PID, SIGKILL after a grace
-period) and exits 0; a child that dies is named with its log, the others are
-stopped, and ``up`` exits 1.
+under one data directory (see :mod:`damselfly.runtime.cluster` for the layout),
+the peer's socket at ``DIR/dfdaemon.sock``. ``up`` stays in the foreground
+(:func:`damselfly.runtime.supervisor.run_in_foreground`): Ctrl-C or SIGTERM
+stops the children (SIGTERM by PID, SIGKILL after a grace period) and exits 0;
+a child that dies is named with its log, the others are stopped, and ``up``
+exits 1. This module adds what is ``up``'s own: its flags, the banner, its
+ready file and its exit codes.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import time
 from pathlib import Path
-from types import FrameType
 
-from ..errors import InvalidArgument
 from ..process import write_ready_file
-from ..testbed.cluster import MAX_SOCKET_PATH, DaemonPorts, LocalCluster, PeerSpec
-from ..testbed.procs import ChildFailed
+from ..runtime.cluster import MAX_SOCKET_PATH, DaemonPorts, LocalCluster, PeerSpec
+from ..runtime.supervisor import Ending, run_in_foreground
+from .exitcodes import ExitCode
+
+# How ``up`` exits for each way its foreground life can end (README: 0 on Ctrl-C, 1 if a child dies).
+EXIT_CODES = {
+    Ending.STOPPED: ExitCode.OK,
+    Ending.CHILD_DIED: ExitCode.FAILED,
+    Ending.START_FAILED: ExitCode.FAILED,
+    Ending.BAD_SETUP: ExitCode.USAGE,
+}
 
 
-class _Stop(BaseException):
-    """Raised in the main thread by SIGINT/SIGTERM, to leave any wait at once."""
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Stop(signum)
+def _say(line: str) -> None:
+    print(f"damselfly up: {line}", file=sys.stderr, flush=True)
 
 
 def describe(cluster: LocalCluster, socket: Path) -> str:
@@ -79,15 +80,12 @@ def run_up(
     ready_file: Path | None = None,
     grace: float = 10.0,
 ) -> int:
+    """Run the cluster in the foreground until a signal or a death; returns the exit code."""
     root = data_dir.expanduser().resolve()
     socket = root / "dfdaemon.sock"
     if len(str(socket)) > MAX_SOCKET_PATH:
-        print(
-            f"damselfly up: {socket} is too long for a unix socket ({MAX_SOCKET_PATH} bytes); "
-            "use a shorter --data-dir",
-            file=sys.stderr,
-        )
-        return 2
+        _say(f"{socket} is too long for a unix socket ({MAX_SOCKET_PATH} bytes); use a shorter --data-dir")
+        return ExitCode.USAGE
     root.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(
         root,
@@ -96,16 +94,8 @@ def run_up(
         scheduler_metrics_port=scheduler_metrics_port,
         log_level=log_level,
     )
-    old = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            cluster.start()
-        except ChildFailed as e:
-            print(f"damselfly up: {e}", file=sys.stderr)
-            return 1
-        except InvalidArgument as e:
-            print(f"damselfly up: {e}", file=sys.stderr)
-            return 2
+
+    def announce() -> None:
         print(describe(cluster, socket), flush=True)
         if ready_file is not None:
             write_ready_file(
@@ -117,28 +107,10 @@ def run_up(
                     **{c.name: c.ready for c in cluster.children},
                 },
             )
-        while True:
-            dead = cluster.first_dead()
-            if dead is not None:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                print(
-                    f"damselfly up: {dead.name} exited with code {dead.popen.returncode}; "
-                    f"see {dead.log_path}\n{dead.log_tail()}\nstopping the others",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                cluster.stop(grace)
-                return 1
-            time.sleep(0.2)
-    except _Stop:
-        print("damselfly up: stopping", file=sys.stderr, flush=True)
-        cluster.stop(grace)
-        print("damselfly up: stopped", file=sys.stderr, flush=True)
-        return 0
+
+    try:
+        ending = run_in_foreground(cluster, on_ready=announce, say=_say, grace=grace)
     finally:
-        cluster.stop(grace)  # a no-op when already stopped
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
+    return EXIT_CODES[ending]

@@ -1,3 +1,5 @@
-"""Tools to run Damselfly for real on one machine: an origin HTTP server that
-counts what it serves, and helpers that start the scheduler and daemons as
-child processes (used by ``damselfly up``, ``damselfly bench`` and the tests)."""
+"""Tools to measure Damselfly for real on one machine: an origin HTTP server that
+counts what it serves, a registry, hosts in network namespaces with shaped links,
+scenarios, the fluid bound, load generators and reports. Starting and stopping
+the processes is the product's own (:mod:`damselfly.runtime`), which the
+testbed uses; the testbed never imports the CLI."""

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import DamselflyError
-from .procs import pid_alive
+from ..runtime.children import pid_alive
 from .shaping import ACK_FIRST, shaping_commands
 
 T = TypeVar("T")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DamselflyError
-from .procs import ChildFailed, ChildProcess, spawn, stop_all
+from ..runtime.children import ChildFailed, ChildProcess, spawn, stop_all
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

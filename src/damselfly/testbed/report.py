@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..units import human_size
+from .procs import process_cpu_s
 from .scenarios import Scenario
 
 UPLOAD_METRIC = "damselfly_daemon_upload_traffic_bytes_total"
 DOWNLOAD_METRIC = "damselfly_daemon_download_traffic_bytes_total"
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -66,11 +67,7 @@ def read_cpu_times(path: Path = Path("/proc/stat")) -> CpuTimes:
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a live process has used (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return process_cpu_s(pid) or 0.0
 
 
 def busy_fraction(start: CpuTimes, end: CpuTimes) -> float:
@@ -214,8 +211,6 @@ class SwarmResult:
 
 def human_summary(data: dict[str, Any]) -> str:
     """A few lines for the terminal from :meth:`SwarmResult.to_json`'s output."""
-    from ..cli.parsing import human_size
-
     c = data["completion"]
     sc = data["scenario"]
 

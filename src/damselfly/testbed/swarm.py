@@ -28,7 +28,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -37,9 +36,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from ..runtime.children import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
+from ..runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
 from ..units import MiB
 from .netns import (
     HostNet,
@@ -54,7 +54,6 @@ from .netns import (
     new_prefix,
     sweep_stale,
 )
-from .procs import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
 from .report import (
     DOWNLOAD_METRIC,
     UPLOAD_METRIC,
@@ -94,16 +93,6 @@ class SwarmOptions:
 
 
 Say = Callable[[str], None]
-
-
-class _Interrupted(BaseException):
-    pass
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Interrupted(signum)
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:
@@ -381,55 +370,54 @@ class SwarmRun:
 
     def run(self) -> SwarmResult:
         sc = self.scenario
-        old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            for d in ("origin", "out", "logs", "run"):
-                (self.root / d).mkdir(parents=True, exist_ok=True)
-            if self.options.sweep:
-                removed = sweep_stale()
-                if removed:
-                    self.say(f"swarm: removed {len(removed)} namespaces of crashed runs: {' '.join(removed)}")
-            self.say(f"swarm: {sc.name}, writing a {sc.file_size / MiB:.0f} MiB random file in {self.root}")
-            expected = write_random_file(self.root / "origin" / FILE_NAME, sc.file_size)
-            self.say(f"swarm: building {len(self.host_nets)} hosts in namespaces {self.prefix}-*")
-            self.network.create()
-            self.result.hosts = [
-                HostResult(
-                    spec.name,
-                    role,
-                    self.host_nets[spec.name].ip,
-                    spec.up_bits,
-                    spec.down_bits,
-                    spec.arrival_s,
-                )
-                for role, spec in self.downloaders
-            ]
-            self.say("swarm: starting the origin, the scheduler and the daemons")
-            self._start_origin()
-            self._start_scheduler()
-            self._start_daemons()
-            url = f"http://{self.host_nets['origin'].ip}:{ORIGIN_PORT}/{FILE_NAME}"
-            bound = sc.bound()
-            self.say(f"swarm: distributing to {len(sc.peers)} peers; T_min = {bound.t_min:.2f} s")
-            self._distribute(url)
-            self._collect(expected)
-        except ChildFailed as e:
-            self.result.error = str(e).splitlines()[0]
-            self.say(f"swarm: {e}")
-        except TestbedError as e:
-            self.result.error = str(e)
-            self.say(f"swarm: {e}")
-        except _Interrupted:
-            self.result.error = "interrupted"
-            self.say("swarm: interrupted; cleaning up")
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with interrupt_on_signals():
             try:
-                self.cleanup()
+                for d in ("origin", "out", "logs", "run"):
+                    (self.root / d).mkdir(parents=True, exist_ok=True)
+                if self.options.sweep:
+                    removed = sweep_stale()
+                    if removed:
+                        self.say(
+                            f"swarm: removed {len(removed)} namespaces of crashed runs: {' '.join(removed)}"
+                        )
+                self.say(
+                    f"swarm: {sc.name}, writing a {sc.file_size / MiB:.0f} MiB random file in {self.root}"
+                )
+                expected = write_random_file(self.root / "origin" / FILE_NAME, sc.file_size)
+                self.say(f"swarm: building {len(self.host_nets)} hosts in namespaces {self.prefix}-*")
+                self.network.create()
+                self.result.hosts = [
+                    HostResult(
+                        spec.name,
+                        role,
+                        self.host_nets[spec.name].ip,
+                        spec.up_bits,
+                        spec.down_bits,
+                        spec.arrival_s,
+                    )
+                    for role, spec in self.downloaders
+                ]
+                self.say("swarm: starting the origin, the scheduler and the daemons")
+                self._start_origin()
+                self._start_scheduler()
+                self._start_daemons()
+                url = f"http://{self.host_nets['origin'].ip}:{ORIGIN_PORT}/{FILE_NAME}"
+                bound = sc.bound()
+                self.say(f"swarm: distributing to {len(sc.peers)} peers; T_min = {bound.t_min:.2f} s")
+                self._distribute(url)
+                self._collect(expected)
+            except ChildFailed as e:
+                self.result.error = str(e).splitlines()[0]
+                self.say(f"swarm: {e}")
+            except TestbedError as e:
+                self.result.error = str(e)
+                self.say(f"swarm: {e}")
+            except Interrupted:
+                self.result.error = "interrupted"
+                self.say("swarm: interrupted; cleaning up")
             finally:
-                for sig, handler in old.items():
-                    signal.signal(sig, handler)
+                ignore_signals()
+                self.cleanup()
         return self.result
 
     def cleanup(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from damselfly.cli.dfcache import CacheTaskStat, failure_from_status, render
+from damselfly.cli.cache.persistent_tasks import CacheTaskStat, failure_from_status, render
 from damselfly.cli.exitcodes import ExitCode
 
 

@@ -76,3 +76,33 @@ def test_error_mapping(exc: BaseException, expected: ExitCode) -> None:
 def test_exit_codes_are_distinct() -> None:
     values = [c.value for c in ExitCode]
     assert len(values) == len(set(values))
+
+
+def test_the_documented_numbers_stay_put() -> None:
+    """README's tables (dfget, dfcache, preheat, up) promise these numbers to scripts."""
+    assert {name: int(code) for name, code in ExitCode.__members__.items()} == {
+        "OK": 0,
+        "UNEXPECTED": 1,
+        "FAILED": 1,
+        "USAGE": 2,
+        "DAEMON_UNAVAILABLE": 3,
+        "SCHEDULER_UNAVAILABLE": 3,
+        "ORIGIN": 4,
+        "DIGEST_MISMATCH": 5,
+        "TIMEOUT": 6,
+        "OUTPUT": 7,
+        "NO_PARENT": 8,
+        "CANCELLED": 130,
+    }
+
+
+def test_up_exits_0_when_stopped_1_when_a_child_fails_2_for_a_bad_layout() -> None:
+    from damselfly.cli.up import EXIT_CODES
+    from damselfly.runtime.supervisor import Ending
+
+    assert {ending: int(code) for ending, code in EXIT_CODES.items()} == {
+        Ending.STOPPED: 0,
+        Ending.CHILD_DIED: 1,
+        Ending.START_FAILED: 1,
+        Ending.BAD_SETUP: 2,
+    }

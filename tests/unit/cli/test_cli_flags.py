@@ -21,15 +21,11 @@ runner = CliRunner()
 def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
-    def fake(kind: str) -> Any:
-        def run(config_file: Path | None, overrides: dict[str, Any], **kw: Any) -> int:
-            seen.update(kind=kind, config_file=config_file, overrides=overrides, **kw)
-            return 0
+    def fake_server(kind: str, config_file: Path | None, overrides: dict[str, Any], **kw: Any) -> int:
+        seen.update(kind=kind, config_file=config_file, overrides=overrides, **kw)
+        return 0
 
-        return run
-
-    monkeypatch.setattr(servers, "run_daemon", fake("daemon"))
-    monkeypatch.setattr(servers, "run_scheduler", fake("scheduler"))
+    monkeypatch.setattr(servers, "run_server", fake_server)
 
     def fake_get(opts: get_module.GetOptions) -> int:
         seen.update(kind="get", opts=opts)
@@ -93,8 +89,8 @@ def test_scheduler_flags(captured: dict[str, Any], tmp_path: Path) -> None:
 def test_bad_config_file_exits_2(tmp_path: Path) -> None:
     conf = tmp_path / "bad.yaml"
     conf.write_text("nosuchsection: 1\n")
-    assert servers.run_daemon(conf, {}, ready_file=None, log_level="INFO", log_file=None) == 2
-    assert servers.run_scheduler(conf, {}, ready_file=None, log_level="INFO", log_file=None) == 2
+    for kind in ("daemon", "scheduler"):
+        assert servers.run_server(kind, conf, {}, ready_file=None, log_level="INFO", log_file=None) == 2
 
 
 def dfget(args: list[str]) -> int:

@@ -12,7 +12,6 @@ from damselfly.cli.parsing import (
     check_output,
     check_url,
     default_endpoint,
-    human_size,
     normalize_endpoint,
     parse_digest,
     parse_duration,
@@ -21,6 +20,7 @@ from damselfly.cli.parsing import (
     parse_piece_length,
 )
 from damselfly.errors import InvalidArgument, StorageError
+from damselfly.units import human_size
 
 
 @pytest.mark.parametrize(

@@ -36,34 +36,10 @@ from typing import Any
 import yaml
 
 from ...process import write_ready_file
-from ..procs import ChildFailed, ChildProcess, peak_rss_bytes, python_module_command, spawn, stop_all
+from ...runtime.children import ChildFailed, ChildProcess, python_module_command, spawn, stop_all
+from ...runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
+from ..procs import current_rss_bytes, peak_rss_bytes, process_cpu_s
 from .plan import LoadPlan, latency_summary, timeline
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class Interrupted(BaseException):
-    pass
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a live process (its threads included), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def current_rss_bytes(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
 
 _GC_METRICS = (
     "damselfly_scheduler_gc_collections{",
@@ -235,108 +211,105 @@ def run_scheduler_bench(
     scheduler: ChildProcess | None = None
     profiler: ChildProcess | None = None
 
-    def _on_signal(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        report["load_average_before"] = list(os.getloadavg())
-        report["cpu_pressure_before"] = cpu_pressure()
-        metrics_port = 0
-        if options.address is None:
-            say("bench scheduler: starting the scheduler")
-            scheduler = start_scheduler(root, plan, options.log_level, options.scheduler_src)
-            address = f"127.0.0.1:{scheduler.ready['grpc_port']}"
-            metrics_port = int(scheduler.ready.get("metrics_port", 0))
-            pid: int | None = scheduler.pid
-        else:
-            address, pid = options.address, options.scheduler_pid
-        report["scheduler_address"] = address
-        plan_file = root / "plan.json"
-        plan_file.write_text(json.dumps(plan.to_json()))
-        go = root / "run" / "go.json"
-        roles = [("peers", w) for w in range(plan.workers)] + ([("seeds", 0)] if plan.seeds else [])
-        outs: list[Path] = []
-        for role, w in roles:
-            ready = root / "run" / f"{role}-{w}.ready.json"
-            out = root / "run" / f"{role}-{w}.out.json"
-            outs.append(out)
-            argv = python_module_command(
-                "damselfly.testbed.loadgen.worker", "--plan", str(plan_file), "--role", role,
-                "--index", str(w), "--address", address, "--ready-file", str(ready), "--go-file", str(go),
-                "--out", str(out),
-            )  # fmt: skip
-            children.append(
-                spawn(f"{role}-{w}", argv, log_path=root / "logs" / f"{role}-{w}.log", ready_file=ready)
-            )
-        say(f"bench scheduler: {len(children)} generator processes announce {plan.hosts} hosts")
-        for c in children:
-            c.wait_ready(120)
-        if options.profile is not None and pid is not None:
-            profiler = _start_profiler(root, pid, options.profile)
-            if profiler is None:
-                say("bench scheduler: py-spy not found; no profile")
-        cpu0 = process_cpu_s(pid) if pid else None
-        start_at = time.time() + 0.5
-        write_ready_file(go, {"start_at": start_at})
-        release_at = start_at + plan.arrival_window_s + plan.hold_s
-        say(
-            f"bench scheduler: {plan.peers} peers over {plan.tasks} tasks, "
-            f"arriving over {plan.arrival_window_s:.1f} s, "
-            f"all open until +{plan.arrival_window_s + plan.hold_s:.1f} s"
-        )
-        deadline = release_at + plan.answer_timeout_s + options.timeout_s
-        cpu_at_release: float | None = None
-        last_note = time.time()
-        while any(c.alive() for c in children):
-            now = time.time()
-            if cpu_at_release is None and now >= release_at and pid:
-                cpu_at_release = process_cpu_s(pid)
-                report["scheduler_rss_at_release_bytes"] = current_rss_bytes(pid)
-            if now > deadline:
-                raise TimeoutError(f"generators still running {options.timeout_s:.0f} s after the deadline")
-            if now - last_note >= 5:
-                say(f"bench scheduler: {now - start_at:.0f} s")
-                last_note = now
-            time.sleep(0.05)
-        end = time.time()
-        failed = [c for c in children if c.popen.returncode != 0]
-        if failed:
-            raise ChildFailed(
-                failed[0], f"{failed[0].name} exited {failed[0].popen.returncode}:\n{failed[0].log_tail()}"
-            )
-        results = [json.loads(p.read_text()) for p in outs]
-        report.update(_merge(results, plan))
-        report["load_average_after"] = list(os.getloadavg())
-        report["cpu_pressure_after"] = cpu_pressure()
-        if pid:
-            cpu1 = process_cpu_s(pid)
-            sched: dict[str, Any] = {
-                "pid": pid,
-                "rss_peak_bytes": peak_rss_bytes(pid),
-                "rss_bytes": current_rss_bytes(pid),
-            }
-            if cpu0 is not None and cpu1 is not None:
-                sched["cpu_s"] = round(cpu1 - cpu0, 2)
-                sched["cores_used"] = round((cpu1 - cpu0) / (end - start_at), 2)
-            if cpu0 is not None and cpu_at_release is not None:
-                sched["cores_used_until_release"] = round(
-                    (cpu_at_release - cpu0) / max(release_at - start_at, 1e-6), 2
-                )
-            report["scheduler"] = sched
-        if metrics_port:
-            report.setdefault("scheduler", {})["metrics"] = scrape_metrics(metrics_port)
-    except (ChildFailed, TimeoutError) as e:
-        report["error"] = str(e).splitlines()[0]
-        say(f"bench scheduler: {e}")
-    except Interrupted:
-        report["error"] = "interrupted"
-        say("bench scheduler: interrupted; cleaning up")
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with interrupt_on_signals():
         try:
+            report["load_average_before"] = list(os.getloadavg())
+            report["cpu_pressure_before"] = cpu_pressure()
+            metrics_port = 0
+            if options.address is None:
+                say("bench scheduler: starting the scheduler")
+                scheduler = start_scheduler(root, plan, options.log_level, options.scheduler_src)
+                address = f"127.0.0.1:{scheduler.ready['grpc_port']}"
+                metrics_port = int(scheduler.ready.get("metrics_port", 0))
+                pid: int | None = scheduler.pid
+            else:
+                address, pid = options.address, options.scheduler_pid
+            report["scheduler_address"] = address
+            plan_file = root / "plan.json"
+            plan_file.write_text(json.dumps(plan.to_json()))
+            go = root / "run" / "go.json"
+            roles = [("peers", w) for w in range(plan.workers)] + ([("seeds", 0)] if plan.seeds else [])
+            outs: list[Path] = []
+            for role, w in roles:
+                ready = root / "run" / f"{role}-{w}.ready.json"
+                out = root / "run" / f"{role}-{w}.out.json"
+                outs.append(out)
+                argv = python_module_command(
+                    "damselfly.testbed.loadgen.worker", "--plan", str(plan_file), "--role", role,
+                    "--index", str(w), "--address", address, "--ready-file", str(ready), "--go-file", str(go),
+                    "--out", str(out),
+                )  # fmt: skip
+                children.append(
+                    spawn(f"{role}-{w}", argv, log_path=root / "logs" / f"{role}-{w}.log", ready_file=ready)
+                )
+            say(f"bench scheduler: {len(children)} generator processes announce {plan.hosts} hosts")
+            for c in children:
+                c.wait_ready(120)
+            if options.profile is not None and pid is not None:
+                profiler = _start_profiler(root, pid, options.profile)
+                if profiler is None:
+                    say("bench scheduler: py-spy not found; no profile")
+            cpu0 = process_cpu_s(pid) if pid else None
+            start_at = time.time() + 0.5
+            write_ready_file(go, {"start_at": start_at})
+            release_at = start_at + plan.arrival_window_s + plan.hold_s
+            say(
+                f"bench scheduler: {plan.peers} peers over {plan.tasks} tasks, "
+                f"arriving over {plan.arrival_window_s:.1f} s, "
+                f"all open until +{plan.arrival_window_s + plan.hold_s:.1f} s"
+            )
+            deadline = release_at + plan.answer_timeout_s + options.timeout_s
+            cpu_at_release: float | None = None
+            last_note = time.time()
+            while any(c.alive() for c in children):
+                now = time.time()
+                if cpu_at_release is None and now >= release_at and pid:
+                    cpu_at_release = process_cpu_s(pid)
+                    report["scheduler_rss_at_release_bytes"] = current_rss_bytes(pid)
+                if now > deadline:
+                    raise TimeoutError(
+                        f"generators still running {options.timeout_s:.0f} s after the deadline"
+                    )
+                if now - last_note >= 5:
+                    say(f"bench scheduler: {now - start_at:.0f} s")
+                    last_note = now
+                time.sleep(0.05)
+            end = time.time()
+            failed = [c for c in children if c.popen.returncode != 0]
+            if failed:
+                raise ChildFailed(
+                    failed[0],
+                    f"{failed[0].name} exited {failed[0].popen.returncode}:\n{failed[0].log_tail()}",
+                )
+            results = [json.loads(p.read_text()) for p in outs]
+            report.update(_merge(results, plan))
+            report["load_average_after"] = list(os.getloadavg())
+            report["cpu_pressure_after"] = cpu_pressure()
+            if pid:
+                cpu1 = process_cpu_s(pid)
+                sched: dict[str, Any] = {
+                    "pid": pid,
+                    "rss_peak_bytes": peak_rss_bytes(pid),
+                    "rss_bytes": current_rss_bytes(pid),
+                }
+                if cpu0 is not None and cpu1 is not None:
+                    sched["cpu_s"] = round(cpu1 - cpu0, 2)
+                    sched["cores_used"] = round((cpu1 - cpu0) / (end - start_at), 2)
+                if cpu0 is not None and cpu_at_release is not None:
+                    sched["cores_used_until_release"] = round(
+                        (cpu_at_release - cpu0) / max(release_at - start_at, 1e-6), 2
+                    )
+                report["scheduler"] = sched
+            if metrics_port:
+                report.setdefault("scheduler", {})["metrics"] = scrape_metrics(metrics_port)
+        except (ChildFailed, TimeoutError) as e:
+            report["error"] = str(e).splitlines()[0]
+            say(f"bench scheduler: {e}")
+        except Interrupted:
+            report["error"] = "interrupted"
+            say("bench scheduler: interrupted; cleaning up")
+        finally:
+            ignore_signals()
             if profiler is not None:
                 _stop_profiler(profiler)
                 report["profile"] = str(options.profile)
@@ -347,8 +320,5 @@ def run_scheduler_bench(
                 say(f"bench scheduler: kept {root}")
             else:
                 shutil.rmtree(root, ignore_errors=True)
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
     report["ok"] = "error" not in report and report.get("unanswered", 1) == 0
     return report

@@ -32,8 +32,8 @@ import grpc
 from ...api import common_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from ...ids import task_id
 from ...process import write_ready_file
+from ...runtime.children import read_ready_file
 from ...scheduler.runtime import watch_loop_lag
-from ..procs import read_ready_file
 from .peers import PeerJob, Tally, drive_peer
 from .plan import (
     LoadPlan,

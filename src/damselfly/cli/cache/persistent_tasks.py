@@ -1,11 +1,12 @@
-"""dfcache: persistent cache tasks through the local daemon (``damselfly cache import/export/stat/delete``).
+"""dfcache's client: persistent cache tasks through the local daemon (``cache import|export|delete``).
 
 Every call goes to the daemon's unix socket (``dfdaemon.v2.DfdaemonDownload``):
 ``UploadPersistentCacheTask``, ``DownloadPersistentCacheTask``,
 ``StatPersistentCacheTask`` and ``DeletePersistentCacheTask`` (the last one a
-Damselfly addition to the local API; see ``daemon/persistent_cache.py``). The
-daemon does the work and talks to the scheduler; this module turns flags into
-requests and gRPC statuses into exit codes and one-line messages.
+Damselfly addition to the local API; see ``daemon/persistent_cache/rpc.py``).
+The daemon does the work and talks to the scheduler; this module turns
+arguments into requests and gRPC statuses into exit codes and one-line
+messages. The typer commands are in :mod:`.commands`.
 
 Exit codes (shared with dfget where the meaning matches, README "dfcache"):
 0 ok, 1 unexpected, 2 usage, 3 no daemon, 4 no such persistent cache task,
@@ -22,9 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DamselflyError
-from .exitcodes import DAEMON_HINT, ExitCode
-from .parsing import human_size
+from ...errors import DamselflyError
+from ...units import human_size
+from ..exitcodes import DAEMON_HINT, ExitCode
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -109,7 +110,7 @@ class LocalDaemon:
     async def __aenter__(self) -> LocalDaemon:
         import grpc
 
-        from ..api import dfdaemon_pb2_grpc
+        from ...api import dfdaemon_pb2_grpc
 
         if not self.socket.exists():
             raise CacheFailure(
@@ -161,8 +162,8 @@ async def import_file(
     on_wait: Any = None,
 ) -> CacheTaskStat:
     """Import ``path``; with ``wait_s``, wait up to that long for every replica, then stat again."""
-    from ..api import dfdaemon_pb2
-    from ..api.convert import duration
+    from ...api import dfdaemon_pb2
+    from ...api.convert import duration
 
     request = dfdaemon_pb2.UploadPersistentCacheTaskRequest(
         path=str(path),
@@ -205,8 +206,8 @@ async def export(
     """
     import grpc
 
-    from ..api import dfdaemon_pb2
-    from ..api.convert import duration
+    from ...api import dfdaemon_pb2
+    from ...api.convert import duration
 
     request = dfdaemon_pb2.DownloadPersistentCacheTaskRequest(
         task_id=task_id,
@@ -234,7 +235,7 @@ async def export(
 
 
 async def stat(socket: Path, task_id: str) -> CacheTaskStat:
-    from ..api import dfdaemon_pb2
+    from ...api import dfdaemon_pb2
 
     async with LocalDaemon(socket) as daemon:
         pb = await daemon.call(
@@ -246,7 +247,7 @@ async def stat(socket: Path, task_id: str) -> CacheTaskStat:
 
 
 async def delete(socket: Path, task_id: str) -> None:
-    from ..api import dfdaemon_pb2
+    from ...api import dfdaemon_pb2
 
     async with LocalDaemon(socket) as daemon:
         await daemon.call(

@@ -1,8 +1,9 @@
 """A scheduler, a seed daemon and N peer daemons as child processes on 127.0.0.1.
 
-Why: ``damselfly up`` (the embedded default), ``damselfly bench local`` and the
-integration tests all need the same small cluster, laid out the same way under
-one root directory::
+Why: ``damselfly up`` (the embedded default, one peer), ``damselfly bench
+local``, the benchmarks and the integration tests all need the same small
+cluster, laid out the same way under one root directory (for ``up`` this layout
+is the data directory users see)::
 
     ROOT/scheduler/             scheduler data dir
     ROOT/seed/                  seed daemon storage (its socket: ROOT/seed/dfdaemon.sock)
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidArgument
-from .procs import ChildProcess, python_module_command, spawn, stop_all
+from .children import ChildProcess, python_module_command, spawn, stop_all
 
 # A unix socket path must fit in sockaddr_un.sun_path (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
@@ -147,7 +148,7 @@ class LocalCluster:
     """Scheduler + seed + peers under ``root``. Owns its children: :meth:`stop` ends them all.
 
     ``start`` is all-or-nothing: if any child fails to become ready, the ones
-    already started are stopped before :class:`~damselfly.testbed.procs.ChildFailed`
+    already started are stopped before :class:`~damselfly.runtime.children.ChildFailed`
     propagates.
     """
 
