@@ -134,3 +134,137 @@ class EmptyTask:
 
 
 ScheduleAnswer = NormalTask | NeedBackToSource | EmptyTask
+
+
+# -- what StatTask, StatPeer and StatLocalTask describe ----------------------------
+
+
+@dataclass(slots=True)
+class TaskInfo:
+    """A task as ``StatTask`` describes it (``common.v2.Task``), from the scheduler or a daemon.
+
+    ``digest``, ``tag`` and ``application`` are None when not sent: the message
+    tells an unset field from an empty one, and the two senders differ there.
+    """
+
+    id: str
+    url: str = ""
+    digest: str | None = None
+    tag: str | None = None
+    application: str | None = None
+    filtered_query_params: list[str] = field(default_factory=list)
+    content_length: int = 0
+    piece_count: int = 0
+    state: str = ""
+    peer_count: int = 0
+    has_available_peer: bool = False
+
+
+@dataclass(slots=True)
+class PeerInfo:
+    """A peer as the scheduler's ``StatPeer`` describes it (``common.v2.Peer``)."""
+
+    id: str
+    state: str
+    task: TaskInfo
+    host: HostInfo
+    need_back_to_source: bool = False
+
+
+@dataclass(slots=True)
+class LocalTaskInfo:
+    """A task this daemon holds, for ``StatLocalTask`` / ``ListLocalTasks``. Times: wall clock seconds."""
+
+    task_id: str
+    piece_length: int = 0
+    content_length: int = 0
+    response_header: dict[str, str] = field(default_factory=dict)
+    uploading_count: int = 0
+    uploaded_count: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    failed_at: float | None = None
+
+
+# -- persistent cache tasks (dfcache) ------------------------------------------------
+
+
+@dataclass(slots=True)
+class PersistentCacheTaskInfo:
+    """A persistent cache task (``common.v2.PersistentCacheTask``). Times: wall clock seconds;
+    None where the message leaves them out."""
+
+    id: str
+    persistent_replica_count: int = 0
+    current_persistent_replica_count: int = 0
+    current_replica_count: int = 0
+    tag: str = ""
+    application: str = ""
+    piece_length: int = 0
+    content_length: int = 0
+    piece_count: int = 0
+    state: str = ""
+    ttl_s: float | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+
+    def expires_at(self, now: float) -> float:
+        """When the task expires (0: never); ``now`` stands in for a creation time not sent."""
+        ttl = self.ttl_s or 0.0
+        created = self.created_at if self.created_at is not None else now
+        return created + ttl if ttl > 0 else 0.0
+
+
+@dataclass(slots=True)
+class PersistentCachePeerInfo:
+    """A host's copy of a persistent cache task (``common.v2.PersistentCachePeer``)."""
+
+    id: str
+    task: PersistentCacheTaskInfo
+    persistent: bool = False
+    state: str = ""
+    host: HostInfo | None = None  # None: the host is gone
+
+
+@dataclass(slots=True)
+class CacheImport:
+    """Import a file as a persistent cache task (``UploadPersistentCacheTask``)."""
+
+    path: str
+    persistent_replica_count: int = 0  # 0: the daemon's default
+    tag: str = ""
+    application: str = ""
+    piece_length: int | None = None  # None: chosen from the size
+    ttl_s: float | None = None  # None or <= 0: the daemon's default
+    content_for_calculating_task_id: str = ""  # a name for the task; "": hash the content
+
+
+@dataclass(slots=True)
+class CacheExport:
+    """Download a persistent cache task (``DownloadPersistentCacheTask``): an export or a replica."""
+
+    task_id: str  # an ID or a name (``--id``)
+    persistent: bool = False
+    tag: str = ""
+    application: str = ""
+    output_path: str = ""  # "": keep it in the store only
+    timeout_s: float | None = None
+    digest: str = ""
+    force_hard_link: bool = False
+
+
+# What a persistent cache download reports as it goes.
+@dataclass(slots=True)
+class DownloadStarted:
+    task_id: str
+    content_length: int
+
+
+@dataclass(slots=True)
+class PieceDownloaded:
+    task_id: str
+    piece: PieceInfo
+
+
+DownloadProgress = DownloadStarted | PieceDownloaded

@@ -1,7 +1,9 @@
 """The protocol edge: Dragonfly v2 protobuf messages in, domain types out.
 
-Only this package and the gRPC service modules (``scheduler/service.py``,
-``daemon/service.py``, ``daemon/scheduler_client.py``) touch protobuf types.
+Protobuf types appear only in this package (:mod:`.convert` translates) and in
+the modules whose job is an RPC edge: servicers and clients, named
+``*service``, ``*rpc``, ``*client`` or ``app``, and the ``cli`` and ``testbed``
+packages.
 """
 
 import importlib
@@ -14,7 +16,7 @@ __all__ = ["common_pb2", "dfdaemon_pb2", "dfdaemon_pb2_grpc", "scheduler_pb2", "
 _STUBS = ("dfdaemon_pb2_grpc", "scheduler_pb2_grpc")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> Any:  # Any: the stub modules carry no types (grpc has none)
     """The gRPC stub modules, imported when first asked for: they import grpcio, which a
     process that only builds messages (dfget) does not need."""
     if name in _STUBS:

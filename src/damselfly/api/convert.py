@@ -1,27 +1,41 @@
-"""Translate between Dragonfly v2 protobuf messages and :mod:`damselfly.domain` types."""
+"""Translate between Dragonfly v2 protobuf messages and :mod:`damselfly.domain` types.
+
+Each message the scheduler or the daemon sends or reads with a domain meaning
+has a ``*_to_pb`` / ``*_from_pb`` pair here; the services and clients call
+them at the RPC edge, and the code behind the edge sees domain types only.
+Requests made of IDs alone are built where they are sent.
+"""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import cast
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from ..domain import (
     ByteRange,
+    CacheExport,
+    CacheImport,
     CandidateParent,
+    DownloadProgress,
     DownloadSpec,
+    DownloadStarted,
     EmptyTask,
     HostInfo,
     HostType,
+    LocalTaskInfo,
     NeedBackToSource,
     NormalTask,
+    PeerInfo,
+    PersistentCachePeerInfo,
+    PersistentCacheTaskInfo,
+    PieceDownloaded,
     PieceInfo,
     ScheduleAnswer,
+    TaskInfo,
     TrafficType,
 )
-from . import common_pb2, scheduler_pb2
-
-PB = Any  # protobuf messages carry no static types here
+from . import common_pb2, dfdaemon_pb2, scheduler_pb2
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -30,14 +44,24 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def seconds(d: PB) -> float:
+def seconds(d: duration_pb2.Duration) -> float:
     return float(d.seconds) + float(d.nanos) / 1e9
+
+
+def timestamp(wall: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(wall * 1e9))
+    return ts
+
+
+def wall(ts: timestamp_pb2.Timestamp) -> float:
+    return float(ts.ToNanoseconds()) / 1e9
 
 
 # -- hosts -------------------------------------------------------------------
 
 
-def host_to_pb(h: HostInfo) -> PB:
+def host_to_pb(h: HostInfo) -> common_pb2.Host:
     pb = common_pb2.Host(
         id=h.id,
         type=int(h.type),
@@ -61,7 +85,7 @@ def host_to_pb(h: HostInfo) -> PB:
     return pb
 
 
-def host_from_pb(pb: PB) -> HostInfo:
+def host_from_pb(pb: common_pb2.Host) -> HostInfo:
     try:
         host_type = HostType(pb.type)
     except ValueError:
@@ -91,13 +115,13 @@ def host_from_pb(pb: PB) -> HostInfo:
 # -- downloads ---------------------------------------------------------------
 
 
-def download_to_pb(d: DownloadSpec) -> PB:
+def download_to_pb(d: DownloadSpec) -> common_pb2.Download:
     pb = common_pb2.Download(
         url=d.url,
         digest=d.digest or None,
         tag=d.tag or None,
         application=d.application or None,
-        priority=cast(Any, d.priority),
+        priority=cast(common_pb2.Priority, d.priority),
         filtered_query_params=d.filtered_query_params or [],
         request_header=d.request_header,
         output_path=d.output_path or None,
@@ -123,7 +147,7 @@ def download_to_pb(d: DownloadSpec) -> PB:
     return pb
 
 
-def download_from_pb(pb: PB) -> DownloadSpec:
+def download_from_pb(pb: common_pb2.Download) -> DownloadSpec:
     return DownloadSpec(
         url=pb.url,
         digest=pb.digest,
@@ -149,13 +173,13 @@ def download_from_pb(pb: PB) -> DownloadSpec:
 # -- pieces ------------------------------------------------------------------
 
 
-def piece_to_pb(p: PieceInfo) -> PB:
+def piece_to_pb(p: PieceInfo) -> common_pb2.Piece:
     pb = common_pb2.Piece(
         number=p.number,
         offset=p.offset,
         length=p.length,
         digest=p.digest,
-        traffic_type=cast(Any, int(p.traffic_type)),
+        traffic_type=cast(common_pb2.TrafficType, int(p.traffic_type)),
     )
     if p.parent_id:
         pb.parent_id = p.parent_id
@@ -164,7 +188,7 @@ def piece_to_pb(p: PieceInfo) -> PB:
     return pb
 
 
-def piece_from_pb(pb: PB) -> PieceInfo:
+def piece_from_pb(pb: common_pb2.Piece) -> PieceInfo:
     try:
         traffic = TrafficType(pb.traffic_type)
     except ValueError:
@@ -183,7 +207,7 @@ def piece_from_pb(pb: PB) -> PieceInfo:
 # -- candidate parents and scheduling answers --------------------------------
 
 
-def candidate_to_pb(c: CandidateParent) -> PB:
+def candidate_to_pb(c: CandidateParent) -> common_pb2.Peer:
     pb = common_pb2.Peer(id=c.peer_id, state=c.state)
     pb.host.CopyFrom(host_to_pb(c.host))
     pb.task.id = c.task_id
@@ -194,7 +218,7 @@ def candidate_to_pb(c: CandidateParent) -> PB:
     return pb
 
 
-def candidate_from_pb(pb: PB) -> CandidateParent:
+def candidate_from_pb(pb: common_pb2.Peer) -> CandidateParent:
     has_length = pb.HasField("task") and (pb.task.content_length or pb.task.piece_count)
     return CandidateParent(
         peer_id=pb.id,
@@ -206,7 +230,7 @@ def candidate_from_pb(pb: PB) -> CandidateParent:
     )
 
 
-def answer_to_pb(answer: ScheduleAnswer) -> PB:
+def answer_to_pb(answer: ScheduleAnswer) -> scheduler_pb2.AnnouncePeerResponse:
     if isinstance(answer, NormalTask):
         return scheduler_pb2.AnnouncePeerResponse(
             normal_task_response=scheduler_pb2.NormalTaskResponse(
@@ -222,7 +246,7 @@ def answer_to_pb(answer: ScheduleAnswer) -> PB:
     return scheduler_pb2.AnnouncePeerResponse(empty_task_response=scheduler_pb2.EmptyTaskResponse())
 
 
-def answer_from_pb(pb: PB) -> ScheduleAnswer:
+def answer_from_pb(pb: scheduler_pb2.AnnouncePeerResponse) -> ScheduleAnswer:
     which = pb.WhichOneof("response")
     if which == "normal_task_response":
         return NormalTask([candidate_from_pb(p) for p in pb.normal_task_response.candidate_parents])
@@ -231,3 +255,257 @@ def answer_from_pb(pb: PB) -> ScheduleAnswer:
     if which == "empty_task_response":
         return EmptyTask()
     raise ValueError(f"unexpected AnnouncePeerResponse {which!r}")
+
+
+# -- StatTask, StatPeer, StatLocalTask -----------------------------------------------
+
+
+def task_to_pb(t: TaskInfo) -> common_pb2.Task:
+    pb = common_pb2.Task(
+        id=t.id,
+        type=common_pb2.STANDARD,
+        url=t.url,
+        tag=t.tag,
+        application=t.application,
+        filtered_query_params=t.filtered_query_params,
+        content_length=t.content_length,
+        piece_count=t.piece_count,
+        state=t.state,
+        peer_count=t.peer_count,
+        has_available_peer=t.has_available_peer,
+    )
+    if t.digest is not None:
+        pb.digest = t.digest
+    return pb
+
+
+def task_from_pb(pb: common_pb2.Task) -> TaskInfo:
+    return TaskInfo(
+        id=pb.id,
+        url=pb.url,
+        digest=pb.digest if pb.HasField("digest") else None,
+        tag=pb.tag if pb.HasField("tag") else None,
+        application=pb.application if pb.HasField("application") else None,
+        filtered_query_params=list(pb.filtered_query_params),
+        content_length=pb.content_length,
+        piece_count=pb.piece_count,
+        state=pb.state,
+        peer_count=pb.peer_count,
+        has_available_peer=pb.has_available_peer,
+    )
+
+
+def peer_to_pb(p: PeerInfo) -> common_pb2.Peer:
+    return common_pb2.Peer(
+        id=p.id,
+        state=p.state,
+        need_back_to_source=p.need_back_to_source,
+        task=task_to_pb(p.task),
+        host=host_to_pb(p.host),
+    )
+
+
+def peer_from_pb(pb: common_pb2.Peer) -> PeerInfo:
+    return PeerInfo(
+        id=pb.id,
+        state=pb.state,
+        task=task_from_pb(pb.task),
+        host=host_from_pb(pb.host),
+        need_back_to_source=pb.need_back_to_source,
+    )
+
+
+def local_task_to_pb(t: LocalTaskInfo) -> dfdaemon_pb2.StatLocalTaskResponse:
+    pb = dfdaemon_pb2.StatLocalTaskResponse(
+        task_id=t.task_id,
+        piece_length=t.piece_length,
+        content_length=t.content_length,
+        response_header=t.response_header,
+        uploading_count=t.uploading_count,
+        uploaded_count=t.uploaded_count,
+        created_at=timestamp(t.created_at),
+        updated_at=timestamp(t.updated_at),
+    )
+    if t.finished_at is not None:
+        pb.finished_at.CopyFrom(timestamp(t.finished_at))
+    if t.failed_at is not None:
+        pb.failed_at.CopyFrom(timestamp(t.failed_at))
+    return pb
+
+
+def local_task_from_pb(pb: dfdaemon_pb2.StatLocalTaskResponse) -> LocalTaskInfo:
+    return LocalTaskInfo(
+        task_id=pb.task_id,
+        piece_length=pb.piece_length,
+        content_length=pb.content_length,
+        response_header=dict(pb.response_header),
+        uploading_count=pb.uploading_count,
+        uploaded_count=pb.uploaded_count,
+        created_at=wall(pb.created_at),
+        updated_at=wall(pb.updated_at),
+        finished_at=wall(pb.finished_at) if pb.HasField("finished_at") else None,
+        failed_at=wall(pb.failed_at) if pb.HasField("failed_at") else None,
+    )
+
+
+# -- persistent cache tasks --------------------------------------------------------
+
+
+def cache_task_to_pb(t: PersistentCacheTaskInfo) -> common_pb2.PersistentCacheTask:
+    pb = common_pb2.PersistentCacheTask(
+        id=t.id,
+        persistent_replica_count=t.persistent_replica_count,
+        current_persistent_replica_count=t.current_persistent_replica_count,
+        current_replica_count=t.current_replica_count,
+        tag=t.tag or None,
+        application=t.application or None,
+        piece_length=t.piece_length,
+        content_length=t.content_length,
+        piece_count=t.piece_count,
+        state=t.state,
+    )
+    if t.ttl_s is not None:
+        pb.ttl.CopyFrom(duration(t.ttl_s))
+    if t.created_at is not None:
+        pb.created_at.CopyFrom(timestamp(t.created_at))
+    if t.updated_at is not None:
+        pb.updated_at.CopyFrom(timestamp(t.updated_at))
+    return pb
+
+
+def cache_task_from_pb(pb: common_pb2.PersistentCacheTask) -> PersistentCacheTaskInfo:
+    return PersistentCacheTaskInfo(
+        id=pb.id,
+        persistent_replica_count=pb.persistent_replica_count,
+        current_persistent_replica_count=pb.current_persistent_replica_count,
+        current_replica_count=pb.current_replica_count,
+        tag=pb.tag,
+        application=pb.application,
+        piece_length=pb.piece_length,
+        content_length=pb.content_length,
+        piece_count=pb.piece_count,
+        state=pb.state,
+        ttl_s=seconds(pb.ttl) if pb.HasField("ttl") else None,
+        created_at=wall(pb.created_at) if pb.HasField("created_at") else None,
+        updated_at=wall(pb.updated_at) if pb.HasField("updated_at") else None,
+    )
+
+
+def cache_peer_to_pb(p: PersistentCachePeerInfo) -> common_pb2.PersistentCachePeer:
+    pb = common_pb2.PersistentCachePeer(
+        id=p.id, persistent=p.persistent, state=p.state, task=cache_task_to_pb(p.task)
+    )
+    if p.host is not None:
+        pb.host.CopyFrom(host_to_pb(p.host))
+    return pb
+
+
+def cache_peer_from_pb(pb: common_pb2.PersistentCachePeer) -> PersistentCachePeerInfo:
+    return PersistentCachePeerInfo(
+        id=pb.id,
+        task=cache_task_from_pb(pb.task),
+        persistent=pb.persistent,
+        state=pb.state,
+        host=host_from_pb(pb.host) if pb.HasField("host") else None,
+    )
+
+
+def cache_answer_to_pb(
+    parents: list[PersistentCachePeerInfo] | None,
+) -> scheduler_pb2.AnnouncePersistentCachePeerResponse:
+    """The scheduler's answer on an ``AnnouncePersistentCachePeer`` stream; None: the task is empty."""
+    if parents is None:
+        return scheduler_pb2.AnnouncePersistentCachePeerResponse(
+            empty_persistent_cache_task_response=scheduler_pb2.EmptyPersistentCacheTaskResponse()
+        )
+    return scheduler_pb2.AnnouncePersistentCachePeerResponse(
+        normal_persistent_cache_task_response=scheduler_pb2.NormalPersistentCacheTaskResponse(
+            candidate_cache_parents=[cache_peer_to_pb(p) for p in parents]
+        )
+    )
+
+
+def cache_answer_from_pb(
+    pb: scheduler_pb2.AnnouncePersistentCachePeerResponse,
+) -> list[PersistentCachePeerInfo] | None:
+    if pb.WhichOneof("response") == "empty_persistent_cache_task_response":
+        return None
+    return [cache_peer_from_pb(p) for p in pb.normal_persistent_cache_task_response.candidate_cache_parents]
+
+
+def cache_import_to_pb(c: CacheImport) -> dfdaemon_pb2.UploadPersistentCacheTaskRequest:
+    return dfdaemon_pb2.UploadPersistentCacheTaskRequest(
+        path=c.path,
+        persistent_replica_count=c.persistent_replica_count,
+        tag=c.tag or None,
+        application=c.application or None,
+        piece_length=c.piece_length,
+        ttl=duration(c.ttl_s) if c.ttl_s is not None else None,
+        content_for_calculating_task_id=c.content_for_calculating_task_id or None,
+    )
+
+
+def cache_import_from_pb(pb: dfdaemon_pb2.UploadPersistentCacheTaskRequest) -> CacheImport:
+    return CacheImport(
+        path=pb.path,
+        persistent_replica_count=pb.persistent_replica_count,
+        tag=pb.tag,
+        application=pb.application,
+        piece_length=pb.piece_length if pb.HasField("piece_length") else None,
+        ttl_s=seconds(pb.ttl) if pb.HasField("ttl") else None,
+        content_for_calculating_task_id=(
+            pb.content_for_calculating_task_id if pb.HasField("content_for_calculating_task_id") else ""
+        ),
+    )
+
+
+def cache_export_to_pb(c: CacheExport) -> dfdaemon_pb2.DownloadPersistentCacheTaskRequest:
+    return dfdaemon_pb2.DownloadPersistentCacheTaskRequest(
+        task_id=c.task_id,
+        persistent=c.persistent,
+        tag=c.tag or None,
+        application=c.application or None,
+        output_path=c.output_path or None,
+        timeout=duration(c.timeout_s) if c.timeout_s is not None else None,
+        digest=c.digest or None,
+        force_hard_link=c.force_hard_link,
+    )
+
+
+def cache_export_from_pb(pb: dfdaemon_pb2.DownloadPersistentCacheTaskRequest) -> CacheExport:
+    return CacheExport(
+        task_id=pb.task_id,
+        persistent=pb.persistent,
+        tag=pb.tag,
+        application=pb.application,
+        output_path=pb.output_path,
+        timeout_s=seconds(pb.timeout) if pb.HasField("timeout") else None,
+        digest=pb.digest,
+        force_hard_link=pb.force_hard_link,
+    )
+
+
+def cache_progress_to_pb(
+    host_id: str, event: DownloadProgress
+) -> dfdaemon_pb2.DownloadPersistentCacheTaskResponse:
+    if isinstance(event, DownloadStarted):
+        return dfdaemon_pb2.DownloadPersistentCacheTaskResponse(
+            host_id=host_id,
+            task_id=event.task_id,
+            download_persistent_cache_task_started_response=dfdaemon_pb2.DownloadPersistentCacheTaskStartedResponse(
+                content_length=event.content_length
+            ),
+        )
+    return dfdaemon_pb2.DownloadPersistentCacheTaskResponse(
+        host_id=host_id,
+        task_id=event.task_id,
+        download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
+            piece=piece_to_pb(event.piece)
+        ),
+    )
+
+
+def cache_progress_from_pb(pb: dfdaemon_pb2.DownloadPersistentCacheTaskResponse) -> DownloadProgress:
+    if pb.HasField("download_persistent_cache_task_started_response"):
+        return DownloadStarted(pb.task_id, pb.download_persistent_cache_task_started_response.content_length)
+    return PieceDownloaded(pb.task_id, piece_from_pb(pb.download_piece_finished_response.piece))

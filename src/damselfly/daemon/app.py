@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
@@ -46,6 +46,9 @@ from .transfer.local_pieces import LocalPieces, LocalPieceServer
 from .transfer.peer_rpc import PeerRPC
 from .transfer.piece_client import PieceConnectionPool
 from .transfer.piece_server import PieceServer
+
+if TYPE_CHECKING:
+    from .proxy import ProxyServer
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +111,9 @@ class Daemon:
         self.host: HostInfo | None = None
         self.manager: TaskManager | None = None
         self.persistent_cache: PersistentCache | None = None  # dfcache (daemon/persistent_cache.py)
-        self._servers: list[Any] = []
+        self._servers: list[grpc.aio.Server] = []
         self._runner: web.AppRunner | None = None
-        self.proxy: Any = None  # proxy.ProxyServer when proxy.enable
+        self.proxy: ProxyServer | None = None  # when proxy.enable
         self._jobs: list[asyncio.Task[None]] = []
         self.ports: dict[str, int] = {}
         # Set after the first successful AnnounceHost (and restore): until then the
@@ -132,21 +135,8 @@ class Daemon:
         if upload_port == 0:
             raise DamselflyError(f"cannot listen on {cfg.upload.server.ip}:{cfg.upload.server.port}")
 
-        self.host = HostInfo(
-            id=self.host_id,
-            hostname=cfg.host.hostname,
-            ip=self.ip,
-            port=upload_port,
-            download_port=piece_port,
-            type=SEED_TYPES.get(cfg.seed_peer.type, HostType.SUPER_SEED) if self.is_seed else HostType.NORMAL,
-            idc=cfg.host.idc,
-            location=cfg.host.location,
-            max_tx_bandwidth=cfg.upload.bandwidth_limit,
-            max_rx_bandwidth=cfg.download.bandwidth_limit,
-            os=platform.system().lower(),
-            platform=platform.platform(),
-            version=__version__,
-        )
+        # Built in dependency order, each whole: the downloads, the proxy (its port is part of
+        # the host), the host, then the services over them.
         deps = ConductorDeps(
             store=self.store,
             pool=self.pool,
@@ -172,11 +162,31 @@ class Daemon:
         self.persistent_cache = PersistentCache(
             self.store, deps, scheduler_addr=cfg.scheduler.addrs[0] if cfg.scheduler.addrs else None
         )
+        proxy_port = await self._start_proxy()
+        self.host = HostInfo(
+            id=self.host_id,
+            hostname=cfg.host.hostname,
+            ip=self.ip,
+            port=upload_port,
+            download_port=piece_port,
+            type=SEED_TYPES.get(cfg.seed_peer.type, HostType.SUPER_SEED) if self.is_seed else HostType.NORMAL,
+            idc=cfg.host.idc,
+            location=cfg.host.location,
+            proxy_port=proxy_port,
+            max_tx_bandwidth=cfg.upload.bandwidth_limit,
+            max_rx_bandwidth=cfg.download.bandwidth_limit,
+            os=platform.system().lower(),
+            platform=platform.platform(),
+            version=__version__,
+        )
         downloads = Downloads(self.manager, self.store, self.host)
         self.upload_service = UploadService(
-            downloads, self.ip, piece_port, request_limiter=self.limiters.upload_requests
+            downloads,
+            self.ip,
+            piece_port,
+            persistent_cache=self.persistent_cache,
+            request_limiter=self.limiters.upload_requests,
         )
-        self.upload_service.persistent_cache = self.persistent_cache
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self.upload_service, upload_server)
         await upload_server.start()
         self._servers.append(upload_server)
@@ -189,11 +199,11 @@ class Daemon:
         download_server = grpc.aio.server()
         download_service = DownloadService(
             downloads,
+            persistent_cache=self.persistent_cache,
             busy=self._downloading,
             capacity=lambda: self.gc.policy.capacity,
             uploaded=self.uploaded,
         )
-        download_service.persistent_cache = self.persistent_cache
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(download_service, download_server)
         download_server.add_generic_rpc_handlers((local_delete_handler(download_service),))
         download_server.add_insecure_port(f"unix:{sock}")
@@ -208,8 +218,6 @@ class Daemon:
             await site.start()
             metrics_port = self._runner.addresses[0][1]
 
-        proxy_port = await self._start_proxy()
-        self.host.proxy_port = proxy_port
         self.ports = {
             "upload_port": upload_port,
             "piece_port": piece_port,
@@ -232,7 +240,7 @@ class Daemon:
         if not cfg.proxy.enable or self.manager is None:
             return 0
         from .proxy import ProxyServer
-        from .proxy.metrics import ProxyMetrics
+        from .proxy.metrics import ProxyMetrics  # imported with the proxy, when enabled
 
         self.proxy = ProxyServer(
             cfg.proxy,

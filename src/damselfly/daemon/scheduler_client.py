@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import Any
+from typing import cast
 
 import grpc
+from google.protobuf import message
 
-from ..api import scheduler_pb2, scheduler_pb2_grpc
+from ..api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from ..api.convert import answer_from_pb, download_to_pb, duration, host_to_pb, piece_to_pb
 from ..credentials import without_credentials
 from ..domain import DownloadSpec, HostInfo, PieceInfo, ScheduleAnswer
@@ -23,6 +24,11 @@ from ..errors import DamselflyError, SchedulerError
 log = logging.getLogger(__name__)
 
 _EOF = object()
+
+# The messages of the two announce streams: AnnouncePeer here, AnnouncePersistentCachePeer in
+# persistent_cache/client.py (a subclass of PeerStream that changes the hooks typed with these).
+StreamRequest = scheduler_pb2.AnnouncePeerRequest | scheduler_pb2.AnnouncePersistentCachePeerRequest
+StreamResponse = scheduler_pb2.AnnouncePeerResponse | scheduler_pb2.AnnouncePersistentCachePeerResponse
 
 
 class PeerStream:
@@ -37,25 +43,30 @@ class PeerStream:
     Owner of both tasks: this object.
     """
 
-    def __init__(self, stub: Any, host_id: str, task_id: str, peer_id: str) -> None:
+    def __init__(
+        self, stub: scheduler_pb2_grpc.SchedulerStub, host_id: str, task_id: str, peer_id: str
+    ) -> None:
         self.host_id, self.task_id, self.peer_id = host_id, task_id, peer_id
         self._stub = stub
-        self._call: Any = None
-        self._answers: asyncio.Queue[Any] = asyncio.Queue()
-        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._call: grpc.aio.StreamStreamCall | None = None
+        # Answers, a DamselflyError once the stream failed, or _EOF.
+        self._answers: asyncio.Queue[ScheduleAnswer | object] = asyncio.Queue()
+        self._outbox: asyncio.Queue[StreamRequest | object] = asyncio.Queue()  # requests, then _EOF
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._write_error: SchedulerError | None = None
         self._closed = False
 
     # What the read loop makes of the stream; the persistent-cache stream overrides these three.
-    def _answer(self, msg: Any) -> Any:
+    def _answer(self, msg: StreamResponse) -> ScheduleAnswer:
+        if not isinstance(msg, scheduler_pb2.AnnouncePeerResponse):
+            raise ValueError(f"not an AnnouncePeerResponse: {type(msg).__name__}")
         return answer_from_pb(msg)
 
     def _read_failed(self, e: grpc.aio.AioRpcError) -> DamselflyError:
         return SchedulerError(f"scheduler stream ended: {e.code().name} {e.details()}")
 
-    def _at_eof(self) -> Any:
+    def _at_eof(self) -> object:
         return _EOF
 
     async def _read_loop(self) -> None:
@@ -90,7 +101,7 @@ class PeerStream:
             finally:
                 self._outbox.task_done()
 
-    def _send(self, **request: Any) -> None:
+    def _send(self, **request: message.Message) -> None:
         if self._closed:
             return
         if self._write_error is not None:
@@ -103,10 +114,10 @@ class PeerStream:
         self._outbox.put_nowait(self._request(**request))
 
     # The two things a stream of another kind (persistent cache) changes.
-    def _open_call(self) -> Any:
+    def _open_call(self) -> grpc.aio.StreamStreamCall:
         return self._stub.AnnouncePeer()
 
-    def _request(self, **request: Any) -> Any:
+    def _request(self, **request: message.Message) -> StreamRequest:
         return scheduler_pb2.AnnouncePeerRequest(
             host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
         )
@@ -169,8 +180,6 @@ class PeerStream:
         )
 
     def reschedule(self, failed_parents: list[str], description: str) -> None:
-        from ..api import common_pb2
-
         self._send(
             reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest(
                 candidate_parents=[common_pb2.Peer(id=p) for p in failed_parents], description=description
@@ -209,8 +218,7 @@ class PeerStream:
         if isinstance(item, DamselflyError):  # the stream failed (and stays failed)
             self._answers.put_nowait(item)
             raise item
-        answer: ScheduleAnswer = item
-        return answer
+        return cast(ScheduleAnswer, item)  # neither _EOF nor an error: an answer
 
     async def close(self) -> None:
         """Write what is queued, half-close (the scheduler sees a clean end), stop both tasks."""

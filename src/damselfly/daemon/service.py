@@ -13,16 +13,16 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn, TypeAlias
 from urllib.parse import urlsplit
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from .. import logs
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
-from ..api.convert import download_from_pb, piece_to_pb
-from ..domain import DownloadSpec, HostInfo
+from ..api.convert import download_from_pb, local_task_to_pb, piece_to_pb, task_to_pb
+from ..domain import DownloadSpec, HostInfo, LocalTaskInfo, PieceInfo, TaskInfo
 from ..errors import (
     DamselflyError,
     DownloadTimeout,
@@ -32,10 +32,11 @@ from ..units import parse_size
 from .download import output
 from .download.tasks import TaskManager
 from .grpc_status import status_for
-from .persistent_cache import PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
+from .persistent_cache import PersistentCache, PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
 from .ratelimit import TASK_LIMITER, ByteLimiter, RequestLimiter
 from .store.metadata import TaskMeta
 from .store.piece_store import PieceStore
+from .store.receiving import Receiving
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,11 @@ STORE_TRAILER = "x-damselfly-store"
 
 STAT_WAIT = 5.0  # how long StatTask waits for a running task to learn its content length
 
+# grpc ships no type information: to mypy this is Any, to the reader the servicer's context.
+Context: TypeAlias = grpc.aio.ServicerContext
 
-async def _abort(context: Any, exc: BaseException) -> NoReturn:
+
+async def _abort(context: Context, exc: BaseException) -> NoReturn:
     code, message = status_for(exc)
     await context.abort(code, message)
     raise AssertionError("unreachable")
@@ -66,28 +70,20 @@ def take_rate_limit(spec: DownloadSpec) -> ByteLimiter | None:
     return None
 
 
-def _timestamp(seconds: float) -> Any:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def local_task_to_pb(meta: TaskMeta, *, uploading: int = 0, uploaded: int = 0) -> Any:
-    pb = dfdaemon_pb2.StatLocalTaskResponse(
+def local_task_info(meta: TaskMeta, *, uploading: int = 0, uploaded: int = 0) -> LocalTaskInfo:
+    """What ``StatLocalTask`` says of a task held here."""
+    return LocalTaskInfo(
         task_id=meta.task_id,
         piece_length=meta.piece_length or 0,
         content_length=meta.content_length or 0,
         response_header=meta.response_header,
         uploading_count=uploading,
         uploaded_count=uploaded,
-        created_at=_timestamp(meta.created_at),
-        updated_at=_timestamp(meta.updated_at),
+        created_at=meta.created_at,
+        updated_at=meta.updated_at,
+        finished_at=meta.updated_at if meta.state == "succeeded" else None,
+        failed_at=meta.updated_at if meta.state == "failed" else None,
     )
-    if meta.state == "succeeded":
-        pb.finished_at.CopyFrom(_timestamp(meta.updated_at))
-    elif meta.state == "failed":
-        pb.failed_at.CopyFrom(_timestamp(meta.updated_at))
-    return pb
 
 
 def store_report(store: PieceStore, task_ids: list[str], busy: set[str], capacity: int = 0) -> str:
@@ -109,21 +105,18 @@ def store_report(store: PieceStore, task_ids: list[str], busy: set[str], capacit
     return json.dumps({"usage": store.usage(), "capacity": capacity, "tasks": tasks}, separators=(",", ":"))
 
 
-def task_to_pb(meta: TaskMeta, peer_count: int = 0) -> Any:
-    pb = common_pb2.Task(
+def task_info(meta: TaskMeta) -> TaskInfo:
+    """What a daemon's ``StatTask`` says of a task it holds (the peer count is the scheduler's to know)."""
+    return TaskInfo(
         id=meta.task_id,
         url=meta.url,
+        tag=meta.tag or None,
+        application=meta.application or None,
         content_length=meta.content_length or 0,
         piece_count=meta.piece_count or 0,
         state=meta.state,
-        peer_count=peer_count,
         has_available_peer=meta.state in ("running", "succeeded"),
     )
-    if meta.tag:
-        pb.tag = meta.tag
-    if meta.application:
-        pb.application = meta.application
-    return pb
 
 
 class Downloads:
@@ -134,7 +127,9 @@ class Downloads:
         self.store = store
         self.host = host
 
-    async def stream(self, request: Any, context: Any, *, remote: bool) -> AsyncIterator[Any]:
+    async def stream(
+        self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context, *, remote: bool
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
         """A DownloadTask RPC of either service: progress messages, or the call aborted with a status."""
         try:
             spec = download_from_pb(request.download)
@@ -148,7 +143,9 @@ class Downloads:
             log.info("%sdownload failed: %s", "remote " if remote else "", e)
             await _abort(context, e)
 
-    async def progress(self, spec: DownloadSpec, *, check_url: bool = True) -> AsyncIterator[Any]:
+    async def progress(
+        self, spec: DownloadSpec, *, check_url: bool = True
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
         """Yield DownloadTaskResponse messages until the task is complete; raise on failure.
 
         The task is held in use (the cache GC skips it) until the caller is done,
@@ -173,7 +170,7 @@ class Downloads:
 
     async def _follow(
         self, spec: DownloadSpec, task_id: str, job: asyncio.Task[None], out: Path | None
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
         conductor = self.manager.running().get(task_id)
         peer_id = conductor.peer_id if conductor is not None else ""
         with logs.log_context(task_id=task_id, peer_id=peer_id):
@@ -256,27 +253,33 @@ class DownloadService(PersistentCacheDownloadRPCs, dfdaemon_pb2_grpc.DfdaemonDow
         self,
         downloads: Downloads,
         *,
+        persistent_cache: PersistentCache | None = None,
         busy: Callable[[], set[str]] = set,
         capacity: Callable[[], int] = lambda: 0,
         uploaded: Mapping[str, int] | None = None,
     ) -> None:
         self.downloads = downloads
+        self.persistent_cache = persistent_cache
         self._busy = busy
         self._capacity = capacity
         self._uploaded = uploaded if uploaded is not None else {}
 
-    def _local(self, meta: TaskMeta) -> Any:
+    def _local(self, meta: TaskMeta) -> dfdaemon_pb2.StatLocalTaskResponse:
         store = self.downloads.store
         return local_task_to_pb(
-            meta, uploading=store.pin_count(meta.task_id), uploaded=self._uploaded.get(meta.task_id, 0)
+            local_task_info(
+                meta, uploading=store.pin_count(meta.task_id), uploaded=self._uploaded.get(meta.task_id, 0)
+            )
         )
 
-    def _trailer(self, context: Any, task_ids: list[str]) -> None:
+    def _trailer(self, context: Context, task_ids: list[str]) -> None:
         busy = self._busy() | self.downloads.store.pinned()
         report = store_report(self.downloads.store, task_ids, busy, self._capacity())
         context.set_trailing_metadata(((STORE_TRAILER, report),))
 
-    async def StatLocalTask(self, request: Any, context: Any) -> Any:
+    async def StatLocalTask(
+        self, request: dfdaemon_pb2.StatLocalTaskRequest, context: Context
+    ) -> dfdaemon_pb2.StatLocalTaskResponse:
         meta = self.downloads.store.get(request.task_id)
         if meta is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
@@ -284,23 +287,27 @@ class DownloadService(PersistentCacheDownloadRPCs, dfdaemon_pb2_grpc.DfdaemonDow
         self._trailer(context, [meta.task_id])
         return self._local(meta)
 
-    async def ListLocalTasks(self, request: Any, context: Any) -> Any:
+    async def ListLocalTasks(
+        self, request: dfdaemon_pb2.ListLocalTasksRequest, context: Context
+    ) -> dfdaemon_pb2.ListLocalTasksResponse:
         metas = sorted(self.downloads.store.tasks(), key=lambda m: m.accessed_at, reverse=True)
         self._trailer(context, [m.task_id for m in metas])
         return dfdaemon_pb2.ListLocalTasksResponse(tasks=[self._local(m) for m in metas])
 
-    async def DownloadTask(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def DownloadTask(
+        self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
         async for msg in self.downloads.stream(request, context, remote=False):
             yield msg
 
-    async def StatTask(self, request: Any, context: Any) -> Any:
+    async def StatTask(self, request: dfdaemon_pb2.StatTaskRequest, context: Context) -> common_pb2.Task:
         meta = self.downloads.store.get(request.task_id)
         if meta is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
         assert meta is not None
-        return task_to_pb(meta)
+        return task_to_pb(task_info(meta))
 
-    async def DeleteTask(self, request: Any, context: Any) -> Any:
+    async def DeleteTask(self, request: dfdaemon_pb2.DeleteTaskRequest, context: Context) -> empty_pb2.Empty:
         if self.downloads.store.get(request.task_id) is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
         if self.downloads.manager.is_running(request.task_id):
@@ -318,16 +325,18 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
         piece_ip: str,
         piece_port: int,
         *,
+        persistent_cache: PersistentCache | None = None,
         request_limiter: RequestLimiter | None = None,
     ) -> None:
         self.downloads = downloads
+        self.persistent_cache = persistent_cache
         self.store = downloads.store
         self.piece_ip = piece_ip
         self.piece_port = piece_port
         self.request_limiter = request_limiter
         self.calls: Counter[str] = Counter()
 
-    async def _admit(self, method: str, context: Any) -> None:
+    async def _admit(self, method: str, context: Context) -> None:
         """Count the call; over the request-rate limit, answer RESOURCE_EXHAUSTED rather than queue."""
         self.calls[method] += 1
         if self.request_limiter is not None and not self.request_limiter.allow():
@@ -335,12 +344,14 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests to this peer; retry later"
             )
 
-    async def DownloadTask(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def DownloadTask(
+        self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
         await self._admit("DownloadTask", context)
         async for msg in self.downloads.stream(request, context, remote=True):
             yield msg
 
-    async def StatTask(self, request: Any, context: Any) -> Any:
+    async def StatTask(self, request: dfdaemon_pb2.StatTaskRequest, context: Context) -> common_pb2.Task:
         await self._admit("StatTask", context)
         task_id = request.task_id
         meta = self.store.get(task_id)
@@ -357,9 +368,13 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
         if meta is None or meta.content_length is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "content length not known yet")
         assert meta is not None
-        return task_to_pb(meta)
+        return task_to_pb(task_info(meta))
 
-    async def SyncPieces(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def SyncPieces(
+        self,
+        request: dfdaemon_pb2.SyncPiecesRequest | dfdaemon_pb2.SyncPersistentCachePiecesRequest,
+        context: Context,
+    ) -> AsyncIterator[dfdaemon_pb2.SyncPiecesResponse]:
         await self._admit("SyncPieces", context)
         task_id = request.task_id
         self.store.note_access(task_id)
@@ -386,7 +401,7 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
                 if interested and number not in interested:
                     continue
                 sent.add(number)
-                piece: Any = pieces.get(number)
+                piece: PieceInfo | Receiving | None = pieces.get(number)
                 if piece is not None:
                     held.add(number)
                 else:
@@ -406,14 +421,16 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
                 return
             await changes.wait(30)  # deleted meanwhile: ABORTED on the next round
 
-    async def SyncPersistentCachePieces(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def SyncPersistentCachePieces(
+        self, request: dfdaemon_pb2.SyncPersistentCachePiecesRequest, context: Context
+    ) -> AsyncIterator[dfdaemon_pb2.SyncPersistentCachePiecesResponse]:
         # A persistent cache task's pieces live in the same store: SyncPieces, in its message type.
         async for r in self.SyncPieces(request, context):
             yield dfdaemon_pb2.SyncPersistentCachePiecesResponse(
                 number=r.number, offset=r.offset, length=r.length, ip=r.ip, tcp_port=r.tcp_port
             )
 
-    async def DeleteTask(self, request: Any, context: Any) -> Any:
+    async def DeleteTask(self, request: dfdaemon_pb2.DeleteTaskRequest, context: Context) -> empty_pb2.Empty:
         # Peers may not delete this host's content; only the local API can.
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "delete tasks through the local API")
 

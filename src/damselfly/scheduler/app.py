@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import grpc
 from aiohttp import web
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 2.0  # seconds open RPCs get to finish on stop
 
 
-def _server_credentials(tls: TLSConfig) -> Any | None:
+def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
     if not (tls.cert or tls.key or tls.ca_cert):
         return None
     if not (tls.cert and tls.key):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -30,7 +29,7 @@ _SCHEDULE_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
 class SchedulerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._children: dict[tuple[int, str], Any] = {}
+        self._children: dict[tuple[int, str], Counter] = {}  # (id of the counter, label) -> child
         self._lag_max = 0.0
         r = self.registry
         self.announce_peer = Counter(

@@ -25,9 +25,8 @@ the replicas it held. Owner of the registry and of all background work:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import InvalidArgument, NotFound
 from .resources import Host
@@ -75,11 +74,11 @@ class CacheTask:
     def expired(self, now: float) -> bool:
         return self.ttl > 0 and now >= self.created_at + self.ttl
 
-    def holders(self, alive: Iterable[str] | dict[str, Any]) -> list[CachePeer]:
+    def holders(self, alive: Container[str]) -> list[CachePeer]:
         """Succeeded peers on hosts the scheduler still knows."""
         return [p for p in self.peers.values() if p.state == SUCCEEDED and p.host_id in alive]
 
-    def replica_hosts(self, alive: Iterable[str] | dict[str, Any]) -> set[str]:
+    def replica_hosts(self, alive: Container[str]) -> set[str]:
         """Hosts holding, or fetching, a persistent copy."""
         return {
             p.host_id

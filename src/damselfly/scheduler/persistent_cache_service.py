@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TypeAlias, TypeVar
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from ..api import common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
+from ..domain import PersistentCachePeerInfo, PersistentCacheTaskInfo
 from ..errors import DamselflyError, InvalidArgument, NotFound, SchedulerError
 from .persistent_cache import (
     FAILED,
@@ -36,21 +37,18 @@ from .persistent_cache import (
     replica_hosts,
 )
 from .resources import Host, Resources
-from .seed import target
+from .seed_client import target
 
 log = logging.getLogger(__name__)
 
-PB = Any
 Clock = Callable[[], float]
+# grpc ships no type information: to mypy this is Any, to the reader the servicer's context.
+Context: TypeAlias = grpc.aio.ServicerContext
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 REPLICATE_TIMEOUT = 3600.0  # seconds a replica download may take
 DELETE_TIMEOUT = 10.0  # seconds each host gets to delete its copy
-
-
-def _timestamp(wall: float) -> PB:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(wall * 1e9))
-    return ts
 
 
 # -- doing ---------------------------------------------------------------------
@@ -183,37 +181,40 @@ class PersistentCacheService:
                     host.id, task_id[:12], e.code().name, e.details(),
                 )  # fmt: skip
 
-    # -- messages ----------------------------------------------------------------------
+    # -- what the messages say ------------------------------------------------------------
 
-    def task_pb(self, task: CacheTask) -> PB:
-        hosts = self.res.hosts
-        return common_pb2.PersistentCacheTask(
+    def task_info(self, task: CacheTask) -> PersistentCacheTaskInfo:
+        """The task with its live replica counts; times on the wall clock (daemons derive expiry)."""
+        holders = task.holders(self.res.hosts)
+        return PersistentCacheTaskInfo(
             id=task.id,
             persistent_replica_count=task.replica_count,
-            current_persistent_replica_count=sum(1 for p in task.holders(hosts) if p.persistent),
-            current_replica_count=len(task.holders(hosts)),
-            tag=task.tag or None,
-            application=task.application or None,
+            current_persistent_replica_count=sum(1 for p in holders if p.persistent),
+            current_replica_count=len(holders),
+            tag=task.tag,
+            application=task.application,
             piece_length=task.piece_length,
             content_length=task.content_length,
             piece_count=task.piece_count,
             state=task.state,
-            ttl=convert.duration(task.ttl),
-            created_at=_timestamp(task.created_wall),
-            updated_at=_timestamp(task.created_wall + (task.updated_at - task.created_at)),
+            ttl_s=task.ttl,
+            created_at=task.created_wall,
+            updated_at=task.created_wall + (task.updated_at - task.created_at),
         )
 
-    def peer_pb(self, task: CacheTask, peer: CachePeer) -> PB:
-        pb = common_pb2.PersistentCachePeer(id=peer.id, persistent=peer.persistent, state=peer.state)
-        pb.task.CopyFrom(self.task_pb(task))
+    def peer_info(self, task: CacheTask, peer: CachePeer) -> PersistentCachePeerInfo:
         host = self.res.hosts.get(peer.host_id)
-        if host is not None:
-            pb.host.CopyFrom(convert.host_to_pb(host.info))
-        return pb
+        return PersistentCachePeerInfo(
+            id=peer.id,
+            task=self.task_info(task),
+            persistent=peer.persistent,
+            state=peer.state,
+            host=host.info if host is not None else None,
+        )
 
     # -- the RPCs -----------------------------------------------------------------------
 
-    def upload_started(self, request: PB) -> None:
+    def upload_started(self, request: scheduler_pb2.UploadPersistentCacheTaskStartedRequest) -> None:
         self.res.host(request.host_id)
         self.registry.upload_started(
             task_id=request.task_id,
@@ -230,7 +231,9 @@ class PersistentCacheService:
             wall=self.wall_clock(),
         )
 
-    def upload_finished(self, request: PB) -> PB:
+    def upload_finished(
+        self, request: scheduler_pb2.UploadPersistentCacheTaskFinishedRequest
+    ) -> common_pb2.PersistentCacheTask:
         task = self.registry.set_state(request.peer_id, SUCCEEDED, self.clock())
         chosen = self.replicate(task)
         log.info(
@@ -239,22 +242,26 @@ class PersistentCacheService:
             request.host_id,
             chosen,
         )
-        return self.task_pb(task)
+        return convert.cache_task_to_pb(self.task_info(task))
 
-    def upload_failed(self, request: PB) -> None:
+    def upload_failed(self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest) -> None:
         task, _ = self.registry.peer(request.peer_id)
         self.registry.remove_peer(request.peer_id)
         if not task.peers:
             self.registry.delete_task(task.id)
 
-    def stat_task(self, request: PB) -> PB:
-        return self.task_pb(self.registry.task(request.task_id))
+    def stat_task(
+        self, request: scheduler_pb2.StatPersistentCacheTaskRequest
+    ) -> common_pb2.PersistentCacheTask:
+        return convert.cache_task_to_pb(self.task_info(self.registry.task(request.task_id)))
 
-    def stat_peer(self, request: PB) -> PB:
+    def stat_peer(
+        self, request: scheduler_pb2.StatPersistentCachePeerRequest
+    ) -> common_pb2.PersistentCachePeer:
         task, peer = self.registry.peer(request.peer_id)
-        return self.peer_pb(task, peer)
+        return convert.cache_peer_to_pb(self.peer_info(task, peer))
 
-    def delete_peer(self, request: PB) -> None:
+    def delete_peer(self, request: scheduler_pb2.DeletePersistentCachePeerRequest) -> None:
         """Forget one peer; with no peer ID, whichever peer ``host_id`` has of ``task_id`` (daemon GC)."""
         if request.peer_id:
             self.registry.remove_peer(request.peer_id)
@@ -264,7 +271,9 @@ class PersistentCacheService:
             for p in [p for p in task.peers.values() if p.host_id == request.host_id]:
                 self.registry.remove_peer(p.id)
 
-    def handle(self, request: PB) -> PB | None:
+    def handle(
+        self, request: scheduler_pb2.AnnouncePersistentCachePeerRequest
+    ) -> scheduler_pb2.AnnouncePersistentCachePeerResponse | None:
         """One AnnouncePersistentCachePeerRequest; returns the answer to send, if any."""
         kind = request.WhichOneof("request")
         now = self.clock()
@@ -304,23 +313,17 @@ class PersistentCacheService:
             raise InvalidArgument(f"unexpected AnnouncePersistentCachePeerRequest {kind!r}")
         return None
 
-    def _answer(self, task: CacheTask, peer: CachePeer) -> PB:
+    def _answer(self, task: CacheTask, peer: CachePeer) -> scheduler_pb2.AnnouncePersistentCachePeerResponse:
         if task.content_length == 0:
-            return scheduler_pb2.AnnouncePersistentCachePeerResponse(
-                empty_persistent_cache_task_response=scheduler_pb2.EmptyPersistentCacheTaskResponse()
-            )
+            return convert.cache_answer_to_pb(None)
         parents = candidate_parents(task, peer, self.res.hosts)
         if not parents:
             raise SchedulerError(
                 f"no live host holds persistent cache task {task.id} (it has no origin to fall back to)"
             )
-        return scheduler_pb2.AnnouncePersistentCachePeerResponse(
-            normal_persistent_cache_task_response=scheduler_pb2.NormalPersistentCacheTaskResponse(
-                candidate_cache_parents=[self.peer_pb(task, p) for p in parents]
-            )
-        )
+        return convert.cache_answer_to_pb([self.peer_info(task, p) for p in parents])
 
-    async def announce_peer(self, context: Any) -> None:
+    async def announce_peer(self, context: Context) -> None:
         peer_id = ""
         try:
             while True:
@@ -348,7 +351,7 @@ class PersistentCacheService:
                 self.registry.remove_peer(peer_id)
 
 
-def _status(error: DamselflyError) -> Any:
+def _status(error: DamselflyError) -> grpc.StatusCode:
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(error, InvalidArgument):
@@ -363,45 +366,59 @@ class PersistentCacheRPCs:
 
     persistent_cache: PersistentCacheService
 
-    async def _pc_call(self, context: Any, fn: Callable[[PB], PB], request: PB) -> PB:
+    async def _pc_call(self, context: Context, fn: Callable[[Req], Resp], request: Req) -> Resp:
         try:
             return fn(request)
         except DamselflyError as e:
             await context.abort(_status(e), str(e))
+            raise AssertionError("unreachable") from e
 
-    async def AnnouncePersistentCachePeer(self, request_iterator: Any, context: Any) -> None:
+    async def AnnouncePersistentCachePeer(
+        self,
+        request_iterator: AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerRequest],
+        context: Context,
+    ) -> None:
         await self.persistent_cache.announce_peer(context)
 
-    async def UploadPersistentCacheTaskStarted(self, request: PB, context: Any) -> PB:
+    async def UploadPersistentCacheTaskStarted(
+        self, request: scheduler_pb2.UploadPersistentCacheTaskStartedRequest, context: Context
+    ) -> empty_pb2.Empty:
         await self._pc_call(context, self.persistent_cache.upload_started, request)
         return empty_pb2.Empty()
 
-    async def UploadPersistentCacheTaskFinished(self, request: PB, context: Any) -> PB:
+    async def UploadPersistentCacheTaskFinished(
+        self, request: scheduler_pb2.UploadPersistentCacheTaskFinishedRequest, context: Context
+    ) -> common_pb2.PersistentCacheTask:
         return await self._pc_call(context, self.persistent_cache.upload_finished, request)
 
-    async def UploadPersistentCacheTaskFailed(self, request: PB, context: Any) -> PB:
+    async def UploadPersistentCacheTaskFailed(
+        self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest, context: Context
+    ) -> empty_pb2.Empty:
         with contextlib.suppress(NotFound):
             self.persistent_cache.upload_failed(request)
         return empty_pb2.Empty()
 
-    async def StatPersistentCacheTask(self, request: PB, context: Any) -> PB:
+    async def StatPersistentCacheTask(
+        self, request: scheduler_pb2.StatPersistentCacheTaskRequest, context: Context
+    ) -> common_pb2.PersistentCacheTask:
         return await self._pc_call(context, self.persistent_cache.stat_task, request)
 
-    async def StatPersistentCachePeer(self, request: PB, context: Any) -> PB:
+    async def StatPersistentCachePeer(
+        self, request: scheduler_pb2.StatPersistentCachePeerRequest, context: Context
+    ) -> common_pb2.PersistentCachePeer:
         return await self._pc_call(context, self.persistent_cache.stat_peer, request)
 
-    async def DeletePersistentCachePeer(self, request: PB, context: Any) -> PB:
+    async def DeletePersistentCachePeer(
+        self, request: scheduler_pb2.DeletePersistentCachePeerRequest, context: Context
+    ) -> empty_pb2.Empty:
         self.persistent_cache.delete_peer(request)
         return empty_pb2.Empty()
 
-    async def DeletePersistentCacheTask(self, request: PB, context: Any) -> PB:
+    async def DeletePersistentCacheTask(
+        self, request: scheduler_pb2.DeletePersistentCacheTaskRequest, context: Context
+    ) -> empty_pb2.Empty:
         try:
             await self.persistent_cache.delete_everywhere(request.task_id)
         except DamselflyError as e:
             await context.abort(_status(e), str(e))
         return empty_pb2.Empty()
-
-
-PERSISTENT_CACHE_RPCS = frozenset(
-    name for name in vars(PersistentCacheRPCs) if name[:1].isupper() and not name.startswith("_")
-)

@@ -40,13 +40,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias
 
 import grpc
 from google.protobuf import empty_pb2
 
 from .. import registry_client
-from ..api import convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
+from ..api import convert, scheduler_pb2
 from ..domain import DownloadSpec, HostInfo
 from ..errors import (
     DamselflyError,
@@ -69,11 +69,15 @@ from .preheat import (
     task_id_of,
 )
 from .resources import PeerState, Resources
-from .seed import seed_download, target
+from .seed_client import download_on
 
 log = logging.getLogger(__name__)
 
-PB = Any
+# grpc ships no type information: to mypy this is Any, to the reader the servicer's context.
+Context: TypeAlias = grpc.aio.ServicerContext
+PreheatRequest = scheduler_pb2.PreheatFileRequest | scheduler_pb2.PreheatImageRequest
+ImageRequest = scheduler_pb2.PreheatImageRequest | scheduler_pb2.StatImageRequest
+AnyRequest = PreheatRequest | scheduler_pb2.StatFileRequest | scheduler_pb2.StatImageRequest
 Downloader = Callable[[HostInfo, DownloadSpec], Awaitable[None]]
 
 DEFAULT_TIMEOUT = 30 * MINUTES
@@ -86,12 +90,8 @@ RESOLVED_MAX = 256
 
 async def grpc_download(host: HostInfo, spec: DownloadSpec) -> None:
     """Have ``host``'s daemon download ``spec`` (DfdaemonUpload.DownloadTask) and wait till it is done."""
-    request = dfdaemon_pb2.DownloadTaskRequest(download=seed_download(convert.download_to_pb(spec)))
     try:
-        async with grpc.aio.insecure_channel(target(host)) as channel:
-            stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
-            async for _ in stub.DownloadTask(request):
-                pass
+        await download_on(host, convert.download_to_pb(spec))
     except grpc.aio.AioRpcError as e:
         raise SchedulerError(f"{e.code().name} {e.details()}") from e
 
@@ -108,7 +108,7 @@ class _Options:
     priority: int
 
 
-def _options(request: PB) -> _Options:
+def _options(request: AnyRequest) -> _Options:
     piece_length = request.piece_length if request.HasField("piece_length") and request.piece_length else None
     return _Options(
         tag=request.tag,
@@ -199,7 +199,9 @@ class PreheatRunner:
 
     # -- RPCs ------------------------------------------------------------------
 
-    async def preheat_file(self, request: PB, context: Any) -> PB:
+    async def preheat_file(
+        self, request: scheduler_pb2.PreheatFileRequest, context: Context
+    ) -> empty_pb2.Empty:
         try:
             if not request.url:
                 raise InvalidArgument("PreheatFileRequest needs a url")
@@ -210,7 +212,9 @@ class PreheatRunner:
             await context.abort(_status(e), str(e))
         return await self._carry_out(plan, context)
 
-    async def preheat_image(self, request: PB, context: Any) -> PB:
+    async def preheat_image(
+        self, request: scheduler_pb2.PreheatImageRequest, context: Context
+    ) -> empty_pb2.Empty:
         try:
             resolved = await self._resolve(request, fresh=True)
             o = _options(request)
@@ -222,7 +226,9 @@ class PreheatRunner:
             await context.abort(_status(e), str(e))
         return await self._carry_out(plan, context)
 
-    async def stat_file(self, request: PB, context: Any) -> PB:
+    async def stat_file(
+        self, request: scheduler_pb2.StatFileRequest, context: Context
+    ) -> scheduler_pb2.StatFileResponse:
         spec = _file_spec(request.url, _options(request))
         per_host = self._holders([PreheatItem(spec, request.url)])
         peers = [
@@ -235,7 +241,9 @@ class PreheatRunner:
         ]
         return scheduler_pb2.StatFileResponse(peers=peers)
 
-    async def stat_image(self, request: PB, context: Any) -> PB:
+    async def stat_image(
+        self, request: scheduler_pb2.StatImageRequest, context: Context
+    ) -> scheduler_pb2.StatImageResponse:
         try:
             resolved = await self._resolve(request, fresh=False)
         except DamselflyError as e:
@@ -261,7 +269,7 @@ class PreheatRunner:
 
     # -- planning --------------------------------------------------------------
 
-    def _plan(self, request: PB, what: str, items: tuple[PreheatItem, ...]) -> PreheatPlan:
+    def _plan(self, request: PreheatRequest, what: str, items: tuple[PreheatItem, ...]) -> PreheatPlan:
         hosts = [
             HostLoad(h.info, h.children / h.upload_limit if h.upload_limit else 1.0)
             for h in self.res.hosts.values()
@@ -289,7 +297,7 @@ class PreheatRunner:
             timeout_s=timeout if timeout > 0 else DEFAULT_TIMEOUT,
         )
 
-    async def _resolve(self, request: PB, *, fresh: bool) -> registry_client.ResolvedImage:
+    async def _resolve(self, request: ImageRequest, *, fresh: bool) -> registry_client.ResolvedImage:
         """The image's blobs: from the registry (``fresh``), or a recent resolve with the same credentials."""
         if not request.url:
             raise InvalidArgument("PreheatImageRequest needs a url (https://REGISTRY/v2/REPO/manifests/TAG)")
@@ -318,7 +326,7 @@ class PreheatRunner:
         return resolved
 
     @staticmethod
-    def _resolve_key(request: PB, platform: str) -> str:
+    def _resolve_key(request: ImageRequest, platform: str) -> str:
         # Credentials are part of the key (hashed): a caller without them resolves
         # against the registry and is refused there, not served from this cache.
         h = hashlib.sha256()
@@ -350,7 +358,7 @@ class PreheatRunner:
 
     # -- carrying out ----------------------------------------------------------
 
-    async def _carry_out(self, plan: PreheatPlan, context: Any) -> PB:
+    async def _carry_out(self, plan: PreheatPlan, context: Context) -> empty_pb2.Empty:
         log.info(
             "preheat %s: %d tasks on %d hosts (%s)",
             plan.what,
@@ -421,9 +429,6 @@ class PreheatRunner:
         report.outcomes.append(Outcome(item.name, item.task_id, host.id, error))
 
 
-PREHEAT_RPCS = ("PreheatFile", "PreheatImage", "StatFile", "StatImage")
-
-
 class PreheatRPCs:
     """The ``scheduler.v2.Scheduler`` preheat methods; mixed into the scheduler's servicer.
 
@@ -445,14 +450,22 @@ class PreheatRPCs:
         if runner is not None:
             await runner.close()
 
-    async def PreheatFile(self, request: PB, context: Any) -> PB:
+    async def PreheatFile(
+        self, request: scheduler_pb2.PreheatFileRequest, context: Context
+    ) -> empty_pb2.Empty:
         return await self.preheat.preheat_file(request, context)
 
-    async def PreheatImage(self, request: PB, context: Any) -> PB:
+    async def PreheatImage(
+        self, request: scheduler_pb2.PreheatImageRequest, context: Context
+    ) -> empty_pb2.Empty:
         return await self.preheat.preheat_image(request, context)
 
-    async def StatFile(self, request: PB, context: Any) -> PB:
+    async def StatFile(
+        self, request: scheduler_pb2.StatFileRequest, context: Context
+    ) -> scheduler_pb2.StatFileResponse:
         return await self.preheat.stat_file(request, context)
 
-    async def StatImage(self, request: PB, context: Any) -> PB:
+    async def StatImage(
+        self, request: scheduler_pb2.StatImageRequest, context: Context
+    ) -> scheduler_pb2.StatImageResponse:
         return await self.preheat.stat_image(request, context)

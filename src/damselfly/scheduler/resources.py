@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ..domain import DownloadSpec, HostInfo, PieceInfo
+from ..domain import CandidateParent, DownloadSpec, HostInfo, PeerInfo, PieceInfo, TaskInfo
 from ..errors import InvalidArgument, NotFound
 
 T = TypeVar("T")
@@ -166,6 +166,23 @@ class Task:
             return "Failed"
         return "Pending"
 
+    def info(self) -> TaskInfo:
+        """What ``StatTask`` says of the task."""
+        spec = self.spec
+        return TaskInfo(
+            id=self.id,
+            url=spec.url,
+            digest=spec.digest or None,
+            tag=spec.tag,
+            application=spec.application,
+            filtered_query_params=spec.filtered_query_params or [],
+            content_length=self.content_length or 0,
+            piece_count=self.piece_count or 0,
+            state=self.state,
+            peer_count=len(self.peers),
+            has_available_peer=len(self.available) > 0,
+        )
+
 
 @dataclass(eq=False, slots=True)
 class Peer:
@@ -213,6 +230,29 @@ class Peer:
     @property
     def disable_back_to_source(self) -> bool:
         return self.spec.disable_back_to_source
+
+    def candidate(self) -> CandidateParent:
+        """This peer offered as a parent: what a child needs to reach it."""
+        task = self.task
+        return CandidateParent(
+            peer_id=self.id,
+            host=self.host.info,
+            task_id=task.id,
+            content_length=task.content_length,
+            piece_count=task.piece_count,
+            finished_pieces=len(self.finished_pieces),
+            state=self.state.value,
+        )
+
+    def info(self) -> PeerInfo:
+        """What ``StatPeer`` says of the peer."""
+        return PeerInfo(
+            id=self.id,
+            state=self.state.value,
+            task=self.task.info(),
+            host=self.host.info,
+            need_back_to_source=self.need_back_to_source,
+        )
 
 
 class Resources:

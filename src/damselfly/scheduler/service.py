@@ -24,22 +24,22 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TypeAlias
 
 import grpc
 from google.protobuf import empty_pb2
 
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
 from ..config import SchedulerConfig
-from ..domain import CandidateParent, EmptyTask, NeedBackToSource, NormalTask
+from ..domain import EmptyTask, NeedBackToSource, NormalTask
 from ..errors import ConfigError, DamselflyError, InvalidArgument, NotFound
 from ..logs import log_context
 from . import gc
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
-from .persistent_cache_service import PERSISTENT_CACHE_RPCS, PersistentCacheRPCs, PersistentCacheService
-from .preheat_rpc import PREHEAT_RPCS, PreheatRPCs
+from .persistent_cache_service import PersistentCacheRPCs, PersistentCacheService
+from .preheat_rpc import PreheatRPCs
 from .resources import Peer, PeerState, Resources, SeedState, Task
 from .runtime import watch_loop_lag
 from .scheduling import (
@@ -55,26 +55,15 @@ from .scheduling import (
     refresh,
     schedule,
 )
-from .seed import SeedTrigger
+from .seed_client import SeedTrigger
 from .stream import END, Abort, PeerStream, status_of
 
 log = logging.getLogger(__name__)
 
-PB = Any
 Clock = Callable[[], float]
-
-
-def _candidate(parent: Peer) -> CandidateParent:
-    task = parent.task
-    return CandidateParent(
-        peer_id=parent.id,
-        host=parent.host.info,
-        task_id=task.id,
-        content_length=task.content_length,
-        piece_count=task.piece_count,
-        finished_pieces=len(parent.finished_pieces),
-        state=parent.state.value,
-    )
+# grpc ships no type information: to mypy this is Any, to the reader the servicer's context.
+Context: TypeAlias = grpc.aio.ServicerContext
+Outbox = PeerStream[scheduler_pb2.AnnouncePeerResponse]
 
 
 class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
@@ -111,8 +100,9 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
         self.persistent_cache = PersistentCacheService(
             self.res, clock=self.clock, interval=config.gc.interval
         )
-        self._streams: dict[str, PeerStream] = {}
-        self._downloads: dict[str, PB] = {}  # task ID -> first register's Download, for the seed
+        self._streams: dict[str, Outbox] = {}
+        # Task ID -> the first register's Download, for the seed: as sent, every field kept.
+        self._downloads: dict[str, common_pb2.Download] = {}
         self._loops: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------
@@ -208,14 +198,14 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
         if isinstance(decision, Parents) and not log.isEnabledFor(logging.DEBUG):
             # The common case, once per peer: no log line, so no log context to set up.
             if outbox:
-                outbox.send(convert.answer_to_pb(NormalTask([_candidate(p) for p in decision.parents])))
+                outbox.send(convert.answer_to_pb(NormalTask([p.candidate() for p in decision.parents])))
             return
         with log_context(task_id=peer.task.id, peer_id=peer.id):
             match decision:
                 case Parents(parents):
                     log.debug("candidate parents %s", [p.id for p in parents])
                     if outbox:
-                        outbox.send(convert.answer_to_pb(NormalTask([_candidate(p) for p in parents])))
+                        outbox.send(convert.answer_to_pb(NormalTask([p.candidate() for p in parents])))
                 case BackToSource(reason):
                     log.info("back to source: %s", reason)
                     self.metrics.back_to_source.inc()
@@ -251,7 +241,7 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
             if task is not None:
                 self._wake(task)
 
-    def _tasks_of(self, peer_ids: Any) -> set[str]:
+    def _tasks_of(self, peer_ids: Iterable[str]) -> set[str]:
         return {p.task.id for pid in peer_ids if (p := self.res.peers.get(pid)) is not None}
 
     def _seed_done(self, task_id: str, error: DamselflyError | None) -> None:
@@ -264,11 +254,13 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
 
     # -- AnnouncePeer ------------------------------------------------------------
 
-    async def AnnouncePeer(self, request_iterator: AsyncIterator[PB], context: Any) -> None:
+    async def AnnouncePeer(
+        self, request_iterator: AsyncIterator[scheduler_pb2.AnnouncePeerRequest], context: Context
+    ) -> None:
         # Requests are read with ``context.read()``, not through ``request_iterator``:
         # the iterator wraps every read in an async generator of grpc's, measurable
         # per message with thousands of streams (BENCHMARKS.md, scheduler at scale).
-        outbox = PeerStream()
+        outbox: Outbox = PeerStream()
         reader = asyncio.get_running_loop().create_task(self._read(context, outbox))
         try:
             while True:
@@ -285,7 +277,7 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
             if outbox.peer_id:
                 self._stream_closed(outbox.peer_id, outbox)
 
-    async def _read(self, context: Any, outbox: PeerStream) -> None:
+    async def _read(self, context: Context, outbox: Outbox) -> None:
         while True:
             try:
                 request = await context.read()
@@ -307,7 +299,7 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
                 return
         outbox.end()
 
-    def _stream_closed(self, peer_id: str, outbox: PeerStream) -> None:
+    def _stream_closed(self, peer_id: str, outbox: Outbox) -> None:
         if self._streams.get(peer_id) is not outbox:
             return
         del self._streams[peer_id]
@@ -320,7 +312,7 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
         self.metrics.peer_failed.inc()
         self._wake(peer.task)
 
-    def handle(self, request: PB, stream: PeerStream) -> None:
+    def handle(self, request: scheduler_pb2.AnnouncePeerRequest, stream: Outbox) -> None:
         """Apply one AnnouncePeerRequest; answers go to ``stream`` (or to waiting peers' streams)."""
         kind = request.WhichOneof("request")
         log.debug("peer %s: %s", request.peer_id, kind)
@@ -387,7 +379,7 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
         else:
             raise InvalidArgument(f"unexpected AnnouncePeerRequest {kind!r}")
 
-    def _register(self, request: PB, stream: PeerStream, now: float) -> None:
+    def _register(self, request: scheduler_pb2.AnnouncePeerRequest, stream: Outbox, now: float) -> None:
         host = self.res.host(request.host_id)
         if not request.task_id or not request.peer_id:
             raise InvalidArgument("RegisterPeerRequest needs task_id and peer_id")
@@ -404,7 +396,7 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
             return
         self._decide(peer)
 
-    def _restore(self, peer: Peer, download: PB, now: float) -> None:
+    def _restore(self, peer: Peer, download: common_pb2.Download, now: float) -> None:
         """A daemon holds the complete task: record a Succeeded peer, answer nothing, trigger nothing."""
         task = peer.task
         if task.content_length is None:
@@ -430,37 +422,36 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
 
     # -- unary RPCs --------------------------------------------------------------
 
-    async def _abort(self, context: Any, error: DamselflyError) -> None:
+    async def _abort(self, context: Context, error: DamselflyError) -> None:
         await context.abort(status_of(error), str(error))
 
-    async def StatPeer(self, request: PB, context: Any) -> PB:
+    async def StatPeer(self, request: scheduler_pb2.StatPeerRequest, context: Context) -> common_pb2.Peer:
         try:
             peer = self.res.peer(request.peer_id)
         except NotFound as e:
             await self._abort(context, e)
-        pb = common_pb2.Peer(id=peer.id, state=peer.state.value, need_back_to_source=peer.need_back_to_source)
-        pb.task.CopyFrom(self._task_pb(peer.task))
-        pb.host.CopyFrom(convert.host_to_pb(peer.host.info))
-        return pb
+        return convert.peer_to_pb(peer.info())
 
-    async def DeletePeer(self, request: PB, context: Any) -> PB:
+    async def DeletePeer(self, request: scheduler_pb2.DeletePeerRequest, context: Context) -> empty_pb2.Empty:
         self._delete_peers([request.peer_id])
         return empty_pb2.Empty()
 
-    async def StatTask(self, request: PB, context: Any) -> PB:
+    async def StatTask(self, request: scheduler_pb2.StatTaskRequest, context: Context) -> common_pb2.Task:
         try:
             task = self.res.task(request.task_id)
         except NotFound as e:
             await self._abort(context, e)
-        return self._task_pb(task)
+        return convert.task_to_pb(task.info())
 
-    async def DeleteTask(self, request: PB, context: Any) -> PB:
+    async def DeleteTask(self, request: scheduler_pb2.DeleteTaskRequest, context: Context) -> empty_pb2.Empty:
         host = self.res.hosts.get(request.host_id)
         if host is not None:
             self._delete_peers([p.id for p in host.peers.values() if p.task.id == request.task_id])
         return empty_pb2.Empty()
 
-    async def AnnounceHost(self, request: PB, context: Any) -> PB:
+    async def AnnounceHost(
+        self, request: scheduler_pb2.AnnounceHostRequest, context: Context
+    ) -> empty_pb2.Empty:
         info = convert.host_from_pb(request.host)
         if not info.id:
             await self._abort(context, InvalidArgument("AnnounceHost needs host.id"))
@@ -468,13 +459,15 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
         self.metrics.announce_host.inc()
         return empty_pb2.Empty()
 
-    async def ListHosts(self, request: PB, context: Any) -> PB:
+    async def ListHosts(
+        self, request: scheduler_pb2.ListHostsRequest, context: Context
+    ) -> scheduler_pb2.ListHostsResponse:
         hosts = self.res.hosts.values()
         if request.HasField("type"):
             hosts = [h for h in hosts if int(h.info.type) == request.type]  # type: ignore[assignment]
         return scheduler_pb2.ListHostsResponse(hosts=[convert.host_to_pb(h.info) for h in hosts])
 
-    async def DeleteHost(self, request: PB, context: Any) -> PB:
+    async def DeleteHost(self, request: scheduler_pb2.DeleteHostRequest, context: Context) -> empty_pb2.Empty:
         host = self.res.hosts.get(request.host_id)
         if host is not None:
             touched = {p.task.id for p in host.peers.values()}
@@ -491,44 +484,14 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
             self._streams.pop(pid, None)
         self._wake_tasks(touched)
 
-    def _task_pb(self, task: Task) -> PB:
-        spec = task.spec
-        pb = common_pb2.Task(
-            id=task.id,
-            type=common_pb2.STANDARD,
-            url=spec.url,
-            tag=spec.tag,
-            application=spec.application,
-            filtered_query_params=spec.filtered_query_params or [],
-            state=task.state,
-            peer_count=len(task.peers),
-            has_available_peer=len(task.available) > 0,
-        )
-        if spec.digest:
-            pb.digest = spec.digest
-        if task.content_length is not None:
-            pb.content_length = task.content_length
-        if task.piece_count is not None:
-            pb.piece_count = task.piece_count
-        return pb
 
-
-async def _unimplemented(self: SchedulerService, request: Any, context: Any) -> None:
+async def _unimplemented(self: SchedulerService, request: object, context: Context) -> None:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented by the damselfly scheduler")
 
 
-_IMPLEMENTED = {
-    "AnnouncePeer",
-    "StatPeer",
-    "DeletePeer",
-    "StatTask",
-    "DeleteTask",
-    "AnnounceHost",
-    "ListHosts",
-    "DeleteHost",
-    *PERSISTENT_CACHE_RPCS,
-    *PREHEAT_RPCS,
-}
+# What no class above implements answers UNIMPLEMENTED, in the scheduler's words.
 for _name in dir(scheduler_pb2_grpc.SchedulerServicer):
-    if _name[:1].isupper() and _name not in _IMPLEMENTED:
+    if _name[:1].isupper() and getattr(SchedulerService, _name) is getattr(
+        scheduler_pb2_grpc.SchedulerServicer, _name
+    ):
         setattr(SchedulerService, _name, _unimplemented)

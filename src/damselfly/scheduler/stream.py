@@ -2,7 +2,8 @@
 
 A :class:`PeerStream` is written by whoever decides (the stream's own reader,
 another peer's event, the retry loop) and drained, in order, by the stream's
-handler in :mod:`.service`, which alone touches the gRPC context.
+handler in :mod:`.service`, which alone touches the gRPC context. The
+messages pass through unread: this module knows no protobuf type.
 """
 
 from __future__ import annotations
@@ -10,25 +11,25 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 import grpc
 
 from ..errors import DamselflyError, InvalidArgument, NotFound
 
-PB = Any
+M = TypeVar("M")  # the messages the stream's handler writes
 
 
 @dataclass(frozen=True, slots=True)
 class Abort:
-    code: Any  # grpc.StatusCode
+    code: grpc.StatusCode
     details: str
 
 
 END = object()
 
 
-class PeerStream:
+class PeerStream(Generic[M]):
     """One AnnouncePeer stream: the peer it registered, and what its handler should write next.
 
     A deque and at most one waiter (the stream's handler is the only reader)
@@ -50,10 +51,10 @@ class PeerStream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def send(self, message: PB) -> None:
+    def send(self, message: M) -> None:
         self._put(message)
 
-    def abort(self, code: Any, details: str) -> None:
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
         self._put(Abort(code, details))
 
     def end(self) -> None:
@@ -76,7 +77,7 @@ class PeerStream:
         return out
 
 
-def status_of(error: DamselflyError) -> Any:
+def status_of(error: DamselflyError) -> grpc.StatusCode:
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(error, InvalidArgument):

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from damselfly.api import scheduler_pb2
 from damselfly.domain import HostInfo, HostType
 from damselfly.errors import InvalidArgument, NotFound
 from damselfly.scheduler.persistent_cache import (
@@ -148,7 +149,7 @@ def test_stat_message_counts_live_replicas() -> None:
     service = PersistentCacheService(res, clock=FakeClock(1000.0), wall_clock=lambda: 1.7e9)
     task = imported(service.registry, replicas=2)
     service.registry.add_peer(task, "b-peer", "b", persistent=False, state=SUCCEEDED, now=1000.0)
-    pb = service.task_pb(task)
+    pb = service.stat_task(scheduler_pb2.StatPersistentCacheTaskRequest(task_id=task.id))
     assert (pb.persistent_replica_count, pb.current_persistent_replica_count, pb.current_replica_count) == (
         2,
         1,

@@ -264,3 +264,14 @@ async def test_the_default_topology_lines_peers_up_behind_the_origin_fetcher() -
     sc = _started(svc, "c", "pc")
     assert kinds(sc) == ["normal_task_response"]
     assert [list(svc.res.peer(p).parents) for p in ("pb", "pc")] == [["pa"], ["pb"]]
+
+
+async def test_stat_peer_and_stat_task_describe_the_peer_its_task_and_host() -> None:
+    svc, _ = make_service()
+    svc.handle(register("a", "pa", tag="t"), PeerStream())
+    peer = await svc.StatPeer(scheduler_pb2.StatPeerRequest(peer_id="pa"), None)
+    assert (peer.id, peer.host.id, peer.host.download_port) == ("pa", "a", 2)
+    assert (peer.task.id, peer.task.url, peer.task.tag, peer.task.peer_count) == (TASK, "http://o/f", "t", 1)
+    assert not peer.task.HasField("digest")  # none was given
+    task = await svc.StatTask(scheduler_pb2.StatTaskRequest(task_id=TASK), None)
+    assert task == peer.task

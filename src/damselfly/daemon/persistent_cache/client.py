@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import grpc
+from google.protobuf import message
 
 from ...api import common_pb2, dfdaemon_pb2, scheduler_pb2, scheduler_pb2_grpc
-from ...api.convert import host_from_pb, seconds
-from ...domain import CandidateParent, EmptyTask, NormalTask
+from ...api.convert import cache_answer_from_pb, cache_task_from_pb, duration
+from ...domain import (
+    CandidateParent,
+    EmptyTask,
+    HostInfo,
+    NormalTask,
+    PersistentCacheTaskInfo,
+    ScheduleAnswer,
+)
 from ...errors import (
     DamselflyError,
     InvalidArgument,
@@ -21,12 +26,10 @@ from ...errors import (
     NotFound,
     SchedulerError,
 )
-from ..scheduler_client import PeerStream
+from ..scheduler_client import PeerStream, StreamRequest, StreamResponse
 from ..transfer.peer_rpc import PeerRPC
 
 log = logging.getLogger(__name__)
-
-PB = Any
 
 
 class UnknownCacheTask(NotFound, SchedulerError):
@@ -34,27 +37,6 @@ class UnknownCacheTask(NotFound, SchedulerError):
 
 
 # -- talking to the scheduler -----------------------------------------------------
-
-
-@dataclass(slots=True)
-class CacheTaskInfo:
-    """What a daemon needs to know of a persistent cache task from the scheduler."""
-
-    content_length: int
-    piece_length: int
-    piece_count: int
-    expires_at: float  # wall clock; 0 = never
-
-
-def task_info_from_pb(pb: PB) -> CacheTaskInfo:
-    ttl = seconds(pb.ttl) if pb.HasField("ttl") else 0.0
-    created = pb.created_at.ToNanoseconds() / 1e9 if pb.HasField("created_at") else time.time()
-    return CacheTaskInfo(
-        content_length=int(pb.content_length),
-        piece_length=int(pb.piece_length),
-        piece_count=int(pb.piece_count),
-        expires_at=created + ttl if ttl > 0 else 0.0,
-    )
 
 
 def _scheduler_error(what: str, e: grpc.aio.AioRpcError) -> DamselflyError:
@@ -75,30 +57,35 @@ class CachePeerStream(PeerStream):
     the task's geometry and expiry from the first one land in :attr:`task_info`.
     """
 
-    task_info: CacheTaskInfo | None = None
+    task_info: PersistentCacheTaskInfo | None = None
 
-    def _open_call(self) -> Any:
+    def _open_call(self) -> grpc.aio.StreamStreamCall:
         return self._stub.AnnouncePersistentCachePeer()
 
-    def _request(self, **request: Any) -> Any:
+    def _request(self, **request: message.Message) -> StreamRequest:
         return scheduler_pb2.AnnouncePersistentCachePeerRequest(
             host_id=self.host_id, task_id=self.task_id, peer_id=self.peer_id, **request
         )
 
-    def _answer(self, msg: Any) -> Any:
-        if msg.WhichOneof("response") == "empty_persistent_cache_task_response":
+    def _answer(self, msg: StreamResponse) -> ScheduleAnswer:
+        if not isinstance(msg, scheduler_pb2.AnnouncePersistentCachePeerResponse):
+            raise ValueError(f"not an AnnouncePersistentCachePeerResponse: {type(msg).__name__}")
+        peers = cache_answer_from_pb(msg)
+        if peers is None:
             return EmptyTask()
         parents = []
-        for p in msg.normal_persistent_cache_task_response.candidate_cache_parents:
+        for p in peers:
             if self.task_info is None:
-                self.task_info = task_info_from_pb(p.task)
+                self.task_info = p.task
+            if p.host is None:  # the scheduler offers live hosts only
+                continue
             parents.append(
                 CandidateParent(
                     peer_id=p.id,
-                    host=host_from_pb(p.host),
+                    host=p.host,
                     task_id=self.task_id,
-                    content_length=int(p.task.content_length),
-                    piece_count=int(p.task.piece_count),
+                    content_length=p.task.content_length,
+                    piece_count=p.task.piece_count,
                     state=p.state,
                 )
             )
@@ -107,7 +94,7 @@ class CachePeerStream(PeerStream):
     def _read_failed(self, e: grpc.aio.AioRpcError) -> DamselflyError:
         return _scheduler_error("persistent cache stream", e)
 
-    def _at_eof(self) -> Any:
+    def _at_eof(self) -> object:
         return SchedulerError("the scheduler closed the persistent cache stream")
 
     def register_cache_peer(self, *, persistent: bool, tag: str, application: str) -> None:
@@ -151,23 +138,34 @@ class CacheSchedulerClient:
         self._channel = grpc.aio.insecure_channel(addr)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
-    async def _call(self, what: str, method: str, request: PB, timeout: float = 10) -> PB:
+    async def _call(
+        self, what: str, method: str, request: message.Message, timeout: float = 10
+    ) -> message.Message:
         try:
             return await getattr(self._stub, method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             raise _scheduler_error(f"{what} at {self.addr}", e) from None
 
-    async def upload_started(self, request: PB) -> None:
+    async def upload_started(self, host_id: str, peer_id: str, task: PersistentCacheTaskInfo) -> None:
+        """Announce a copy of ``task`` on this host, its geometry, wanted replicas and TTL."""
+        request = scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
+            host_id=host_id, task_id=task.id, peer_id=peer_id,
+            persistent_replica_count=task.persistent_replica_count,
+            tag=task.tag or None, application=task.application or None,
+            piece_length=task.piece_length, content_length=task.content_length,
+            piece_count=task.piece_count, ttl=duration(task.ttl_s) if task.ttl_s is not None else None,
+        )  # fmt: skip
         await self._call("UploadPersistentCacheTaskStarted", "UploadPersistentCacheTaskStarted", request)
 
-    async def upload_finished(self, host_id: str, task_id: str, peer_id: str) -> PB:
-        return await self._call(
+    async def upload_finished(self, host_id: str, task_id: str, peer_id: str) -> PersistentCacheTaskInfo:
+        answer = await self._call(
             "UploadPersistentCacheTaskFinished",
             "UploadPersistentCacheTaskFinished",
             scheduler_pb2.UploadPersistentCacheTaskFinishedRequest(
                 host_id=host_id, task_id=task_id, peer_id=peer_id
             ),
         )
+        return cache_task_from_pb(answer)
 
     async def upload_failed(self, host_id: str, task_id: str, peer_id: str, description: str) -> None:
         with contextlib.suppress(DamselflyError):
@@ -179,12 +177,13 @@ class CacheSchedulerClient:
                 ),
             )
 
-    async def stat_task(self, host_id: str, task_id: str) -> PB:
-        return await self._call(
+    async def stat_task(self, host_id: str, task_id: str) -> PersistentCacheTaskInfo:
+        answer = await self._call(
             "StatPersistentCacheTask",
             "StatPersistentCacheTask",
             scheduler_pb2.StatPersistentCacheTaskRequest(host_id=host_id, task_id=task_id),
         )
+        return cache_task_from_pb(answer)
 
     async def delete_task(self, host_id: str, task_id: str) -> None:
         await self._call(
@@ -213,7 +212,9 @@ class CacheSchedulerClient:
 class CachePeerRPC(PeerRPC):
     """:class:`PeerRPC` whose piece sync is ``SyncPersistentCachePieces``."""
 
-    async def sync_pieces(self, host: Any, host_id: str, task_id: str) -> AsyncIterator[tuple[int, int, int]]:
+    async def sync_pieces(
+        self, host: HostInfo, host_id: str, task_id: str
+    ) -> AsyncIterator[tuple[int, int, int]]:
         call = self._stub(host).SyncPersistentCachePieces(
             dfdaemon_pb2.SyncPersistentCachePiecesRequest(host_id=host_id, task_id=task_id)
         )

@@ -1,4 +1,8 @@
-"""One daemon's persistent cache tasks: import, export/replication downloads, stat, delete, restore."""
+"""One daemon's persistent cache tasks: import, export/replication downloads, stat, delete, restore.
+
+Domain types in and out (:mod:`damselfly.domain`); the messages are made in ``rpc.py``
+(the daemon's servicers) and ``client.py`` (the scheduler's RPCs).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,18 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 from ... import ids
-from ...api import common_pb2, dfdaemon_pb2, scheduler_pb2
-from ...api.convert import duration, piece_to_pb, seconds
-from ...domain import DownloadSpec, NormalTask
+from ...domain import (
+    CacheExport,
+    CacheImport,
+    DownloadProgress,
+    DownloadSpec,
+    DownloadStarted,
+    NormalTask,
+    PersistentCacheTaskInfo,
+    PieceDownloaded,
+)
 from ...errors import (
     DamselflyError,
     DownloadTimeout,
@@ -31,14 +41,14 @@ from ...pieces import piece_length_for
 from ...units import HOURS
 from ..download import output
 from ..download.conductor import Conductor, ConductorDeps
+from ..download.tasks import RunningDownloads
 from ..store.metadata import TaskMeta
 from ..store.piece_store import PieceStore
-from .client import CachePeerRPC, CacheSchedulerClient, UnknownCacheTask, task_info_from_pb
+from .client import CachePeerRPC, CacheSchedulerClient, UnknownCacheTask
 from .content import StagedFile, persistent_cache_task_id, resolve_task_id, stage_file
 
 log = logging.getLogger(__name__)
 
-PB = Any
 DEFAULT_TTL = 1 * HOURS
 DEFAULT_REPLICAS = 2
 _STAGING = "import-staging"  # under the store root: same file system, so the rename is atomic
@@ -73,11 +83,11 @@ class CacheConductor(Conductor):
             answer = await stream.next_answer(self.deps.schedule_timeout)
             info = stream.task_info
             if info is None:  # an empty task's answer says nothing of it: ask
-                info = task_info_from_pb(await self.client.stat_task(self.deps.host_id, self.task_id))
+                info = await self.client.stat_task(self.deps.host_id, self.task_id)
             if isinstance(answer, NormalTask):
                 self.deps.store.set_content_length(self.task_id, info.content_length, info.piece_length)
             self.deps.store.set_persistent_cache(
-                self.task_id, persistent=self.persistent, expires_at=info.expires_at
+                self.task_id, persistent=self.persistent, expires_at=info.expires_at(time.time())
             )
             try:
                 await self._follow(answer)
@@ -116,21 +126,17 @@ class PersistentCache:
         self.deps = dataclasses.replace(deps, peer_rpc=self.peer_rpc, on_success=None)
         self.staging = store.root / _STAGING
         shutil.rmtree(self.staging, ignore_errors=True)  # imports a crash interrupted
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: RunningDownloads[CacheConductor] = RunningDownloads("pcache", self._failed)
 
     @property
     def host_id(self) -> str:
         return self.deps.host_id
 
     def running(self) -> set[str]:
-        return set(self._running)
+        return set(self._running.conductors())
 
     async def close(self) -> None:
-        jobs = list(self._running.values())
-        for job in jobs:
-            job.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)
-        self._running.clear()
+        await self._running.close()
         await self.peer_rpc.close()
         if self.client is not None:
             await self.client.close()
@@ -142,7 +148,7 @@ class PersistentCache:
 
     # -- import -------------------------------------------------------------------------
 
-    async def import_file(self, req: PB) -> PB:
+    async def import_file(self, req: CacheImport) -> PersistentCacheTaskInfo:
         """``UploadPersistentCacheTask``: copy the file in, announce it, let the scheduler replicate it."""
         path = Path(req.path)
         if not path.is_absolute():
@@ -154,12 +160,11 @@ class PersistentCache:
         if not stat.S_ISREG(st.st_mode):
             raise InvalidArgument(f"{path} is not a regular file")
         size = st.st_size
-        piece_length = piece_length_for(size, req.piece_length if req.HasField("piece_length") else None)
-        ttl = seconds(req.ttl) if req.HasField("ttl") else 0.0
-        ttl = ttl if ttl > 0 else DEFAULT_TTL
+        piece_length = piece_length_for(size, req.piece_length)
+        ttl = req.ttl_s if req.ttl_s is not None and req.ttl_s > 0 else DEFAULT_TTL
         replicas = req.persistent_replica_count or DEFAULT_REPLICAS
         tag, app = req.tag, req.application
-        named = req.content_for_calculating_task_id if req.HasField("content_for_calculating_task_id") else ""
+        named = req.content_for_calculating_task_id
         self.staging.mkdir(exist_ok=True)
         staged_path = self.staging / f"{secrets.token_hex(8)}.part"
         staged = await asyncio.to_thread(stage_file, path, staged_path, piece_length, hash_content=not named)
@@ -171,12 +176,12 @@ class PersistentCache:
             peer_id = ids.peer_id(self.deps.host_ip, self.deps.hostname, seed=self.deps.is_seed)
             if self.client is not None:
                 await self.client.upload_started(
-                    scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
-                        host_id=self.host_id, task_id=task_id, peer_id=peer_id,
-                        persistent_replica_count=replicas, tag=tag or None, application=app or None,
+                    self.host_id, peer_id,
+                    PersistentCacheTaskInfo(
+                        task_id, persistent_replica_count=replicas, tag=tag, application=app,
                         piece_length=staged.piece_length, content_length=staged.size,
-                        piece_count=len(staged.pieces), ttl=duration(ttl),
-                    )
+                        piece_count=len(staged.pieces), ttl_s=ttl,
+                    ),
                 )  # fmt: skip
             try:
                 await asyncio.to_thread(self._adopt, task_id, staged, tag, app)
@@ -192,7 +197,7 @@ class PersistentCache:
         if self.client is None:
             meta = self.store.get(task_id)
             assert meta is not None
-            return local_task_pb(meta, replicas=replicas, ttl=ttl)
+            return local_task_info(meta, replicas=replicas, ttl=ttl)
         return await self.client.upload_finished(self.host_id, task_id, peer_id)
 
     def _adopt(self, task_id: str, staged: StagedFile, tag: str, application: str) -> None:
@@ -216,33 +221,28 @@ class PersistentCache:
 
     def ensure(self, task_id: str, spec: DownloadSpec, *, persistent: bool) -> asyncio.Task[None]:
         """Start downloading the task unless it is downloading already (then join that download)."""
-        job = self._running.get(task_id)
-        if job is not None:
-            return job
-        conductor = CacheConductor(self.deps, task_id, spec, self._require_client(), persistent=persistent)
-        job = asyncio.get_running_loop().create_task(conductor.run(), name=f"pcache-{task_id[:12]}")
-        self._running[task_id] = job
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self._running.get(task_id) is t:
-                del self._running[task_id]
-            if not t.cancelled() and t.exception() is not None:
-                meta = self.store.get(task_id)
-                if meta is not None and not meta.pieces:  # nothing worth keeping (e.g. unknown ID)
-                    with contextlib.suppress(DamselflyError, OSError):
-                        self.store.delete_task(task_id)
-
-        job.add_done_callback(done)
+        client = self._require_client()
+        job, _ = self._running.start_or_join(
+            task_id,
+            lambda: CacheConductor(self.deps, task_id, spec, client, persistent=persistent),
+            CacheConductor.run,
+        )
         return job
 
-    async def download(self, req: PB, *, remote: bool) -> AsyncIterator[PB]:
-        """``DownloadPersistentCacheTask``: progress messages; the output (local callers only) at the end."""
+    def _failed(self, task_id: str, error: BaseException) -> None:
+        meta = self.store.get(task_id)
+        if meta is not None and not meta.pieces:  # nothing worth keeping (e.g. unknown ID)
+            with contextlib.suppress(DamselflyError, OSError):
+                self.store.delete_task(task_id)
+
+    async def download(self, req: CacheExport, *, remote: bool) -> AsyncIterator[DownloadProgress]:
+        """``DownloadPersistentCacheTask``: progress as it goes; the output (local callers only) last."""
         task_id = resolve_task_id(req.task_id, tag=req.tag, application=req.application)
         out = None
-        if not remote and req.HasField("output_path") and req.output_path:
+        if not remote and req.output_path:
             out = output.check_output_path(req.output_path)
         spec = DownloadSpec(url="", tag=req.tag, application=req.application)
-        timeout = seconds(req.timeout) if req.HasField("timeout") else None
+        timeout = req.timeout_s
         deadline = time.monotonic() + timeout if timeout else None
         with self.store.using(task_id):
             held = self.store.get(task_id)
@@ -259,7 +259,7 @@ class PersistentCache:
                     yield msg
             except UnknownCacheTask:
                 raise UnknownCacheTask(_unknown(req.task_id, task_id)) from None
-            if req.HasField("digest") and req.digest:
+            if req.digest:
                 await asyncio.to_thread(output.verify_content, self.store.content_path(task_id), req.digest)
             if out is not None:
                 how = await asyncio.to_thread(
@@ -270,7 +270,7 @@ class PersistentCache:
 
     async def _follow(
         self, task_id: str, job: asyncio.Task[None] | None, deadline: float | None
-    ) -> AsyncIterator[PB]:
+    ) -> AsyncIterator[DownloadProgress]:
         sent: set[int] = set()
         started = False
         changes = self.store.changes(task_id, until=job)
@@ -279,21 +279,11 @@ class PersistentCache:
             if meta is not None:
                 if not started and meta.content_length is not None:
                     started = True
-                    yield self._response(
-                        task_id,
-                        download_persistent_cache_task_started_response=dfdaemon_pb2.DownloadPersistentCacheTaskStartedResponse(
-                            content_length=meta.content_length
-                        ),
-                    )
+                    yield DownloadStarted(task_id, meta.content_length)
                 if started:
                     for number in sorted(meta.pieces.keys() - sent):
                         sent.add(number)
-                        yield self._response(
-                            task_id,
-                            download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
-                                piece=piece_to_pb(meta.pieces[number])
-                            ),
-                        )
+                        yield PieceDownloaded(task_id, meta.pieces[number])
             if job is None or job.done():
                 if job is not None and started and meta is not None and len(sent) < len(meta.pieces):
                     continue  # report the last pieces first
@@ -312,12 +302,9 @@ class PersistentCache:
         if meta is None or not meta.is_complete:
             raise DamselflyError("the download ended without the complete content")
 
-    def _response(self, task_id: str, **kw: Any) -> PB:
-        return dfdaemon_pb2.DownloadPersistentCacheTaskResponse(host_id=self.host_id, task_id=task_id, **kw)
-
     # -- stat, delete, forget, restore ---------------------------------------------------------
 
-    async def stat(self, task_id_or_name: str) -> PB:
+    async def stat(self, task_id_or_name: str) -> PersistentCacheTaskInfo:
         task_id = resolve_task_id(task_id_or_name)
         if self.client is not None:
             try:
@@ -327,7 +314,7 @@ class PersistentCache:
         meta = self.store.get(task_id)
         if meta is None or not meta.persistent_cache:
             raise NotFound(_unknown(task_id_or_name, task_id))
-        return local_task_pb(meta, replicas=0, ttl=0.0)
+        return local_task_info(meta, replicas=0, ttl=0.0)
 
     async def delete(self, task_id_or_name: str) -> None:
         """Remove the task from every host (through the scheduler), this one included."""
@@ -346,7 +333,7 @@ class PersistentCache:
 
     async def delete_local(self, task_id: str) -> bool:
         """Drop this host's copy (cancelling a download of it); False when there is none."""
-        job = self._running.get(task_id)
+        job = self._running.job(task_id)
         if job is not None:
             job.cancel()
             with contextlib.suppress(BaseException):
@@ -385,13 +372,12 @@ class PersistentCache:
         peer_id = ids.peer_id(self.deps.host_ip, self.deps.hostname, seed=self.deps.is_seed)
         try:
             await self.client.upload_started(
-                scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
-                    host_id=self.host_id, task_id=meta.task_id, peer_id=peer_id,
-                    persistent_replica_count=1, tag=meta.tag or None,
-                    application=meta.application or None,
+                self.host_id, peer_id,
+                PersistentCacheTaskInfo(
+                    meta.task_id, persistent_replica_count=1, tag=meta.tag, application=meta.application,
                     piece_length=meta.piece_length, content_length=meta.content_length,
-                    piece_count=meta.piece_count or 0, ttl=duration(left),
-                )
+                    piece_count=meta.piece_count or 0, ttl_s=left,
+                ),
             )  # fmt: skip
             await self.client.upload_finished(self.host_id, meta.task_id, peer_id)
         except DamselflyError as e:
@@ -405,22 +391,20 @@ def _unknown(given: str, task_id: str) -> str:
     return f"no persistent cache task {named or task_id}: never imported, expired or deleted"
 
 
-def local_task_pb(meta: TaskMeta, *, replicas: int, ttl: float) -> PB:
-    """A ``PersistentCacheTask`` from what this host alone knows (no scheduler, or it forgot)."""
-    pb = common_pb2.PersistentCacheTask(
-        id=meta.task_id,
+def local_task_info(meta: TaskMeta, *, replicas: int, ttl: float) -> PersistentCacheTaskInfo:
+    """The task from what this host alone knows (no scheduler, or it forgot)."""
+    return PersistentCacheTaskInfo(
+        meta.task_id,
         persistent_replica_count=replicas,
         current_persistent_replica_count=1 if meta.persistent else 0,
         current_replica_count=1 if meta.is_complete else 0,
-        tag=meta.tag or None,
-        application=meta.application or None,
+        tag=meta.tag,
+        application=meta.application,
         piece_length=meta.piece_length or 0,
         content_length=meta.content_length or 0,
         piece_count=meta.piece_count or 0,
-        state="Succeeded" if meta.state == "succeeded" else meta.state.capitalize(),
+        state=meta.state.capitalize(),  # Dragonfly's spelling: "Succeeded"
+        ttl_s=ttl if ttl > 0 else (max(0.0, meta.expires_at - meta.created_at) if meta.expires_at else None),
+        created_at=meta.created_at,
+        updated_at=meta.updated_at,
     )
-    if ttl > 0 or meta.expires_at:
-        pb.ttl.CopyFrom(duration(ttl if ttl > 0 else max(0.0, meta.expires_at - meta.created_at)))
-    pb.created_at.FromNanoseconds(int(meta.created_at * 1e9))
-    pb.updated_at.FromNanoseconds(int(meta.updated_at * 1e9))
-    return pb

@@ -1,10 +1,12 @@
-"""The seed-peer trigger: ask a seed daemon to download a new task.
+"""The scheduler as a client of daemons' ``DfdaemonUpload.DownloadTask``: the seed-peer trigger.
 
 The policy (whether and which seed host) lives in :mod:`.scheduling`; this
 module does the I/O. :class:`SeedTrigger` owns one background task per
-triggered task: it calls ``DfdaemonUpload.DownloadTask`` on the seed host and
-drains the progress stream, then reports the outcome through ``on_done`` (in
-the event loop). ``close()`` cancels whatever is still running.
+triggered task: it has the seed host download it (:func:`download_on`: call
+``DownloadTask`` and drain the progress stream), then reports the outcome
+through ``on_done`` (in the event loop). ``close()`` cancels whatever is still
+running. Preheat (:mod:`.preheat_rpc`) has hosts download through
+:func:`download_on` too.
 
 The request carries the registering peer's ``Download`` (request headers
 included: the seed is trusted infrastructure and may need the credentials for
@@ -17,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 
@@ -27,7 +28,6 @@ from ..errors import SchedulerError
 
 log = logging.getLogger(__name__)
 
-PB = Any
 OnDone = Callable[[str, "SchedulerError | None"], None]
 
 # Fields of common.v2.Download about one peer's copy, not the content: the seed
@@ -52,7 +52,7 @@ _PEER_FIELDS = (
 )
 
 
-def seed_download(download: PB) -> PB:
+def seed_download(download: common_pb2.Download) -> common_pb2.Download:
     """The ``Download`` to send a seed host for a peer's ``download``."""
     out = common_pb2.Download()
     out.CopyFrom(download)
@@ -68,6 +68,18 @@ def target(host: HostInfo) -> str:
     return f"{ip}:{host.port}"
 
 
+async def download_on(host: HostInfo, download: common_pb2.Download) -> None:
+    """Have ``host``'s daemon download ``download`` (as a seed would) and wait till it is done.
+
+    Raises :class:`grpc.aio.AioRpcError` when the daemon fails it.
+    """
+    request = dfdaemon_pb2.DownloadTaskRequest(download=seed_download(download))
+    async with grpc.aio.insecure_channel(target(host)) as channel:
+        stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
+        async for _ in stub.DownloadTask(request):
+            pass
+
+
 class SeedTrigger:
     """Runs seed downloads in the background; one task per triggered task ID."""
 
@@ -79,23 +91,18 @@ class SeedTrigger:
     def running(self) -> int:
         return len(self._running)
 
-    def trigger(self, task_id: str, host: HostInfo, download: PB) -> None:
+    def trigger(self, task_id: str, host: HostInfo, download: common_pb2.Download) -> None:
         if task_id in self._running:
             return
-        request = dfdaemon_pb2.DownloadTaskRequest(download=seed_download(download))
         t = asyncio.get_running_loop().create_task(
-            self._run(task_id, host, request), name=f"seed-trigger-{task_id[:12]}"
+            self._run(task_id, host, download), name=f"seed-trigger-{task_id[:12]}"
         )
         self._running[task_id] = t
 
-    async def _run(self, task_id: str, host: HostInfo, request: PB) -> None:
+    async def _run(self, task_id: str, host: HostInfo, download: common_pb2.Download) -> None:
         error: SchedulerError | None = None
         try:
-            async with grpc.aio.insecure_channel(target(host)) as channel:
-                stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
-                call = stub.DownloadTask(request)
-                async for _ in call:
-                    pass
+            await download_on(host, download)
             log.info("seed host %s downloaded task %s", host.id, task_id[:12])
         except grpc.aio.AioRpcError as e:
             error = SchedulerError(
