@@ -27,6 +27,7 @@ from aiohttp import web
 
 from .. import __version__, ids
 from ..api import dfdaemon_pb2_grpc
+from ..api.health import DFDAEMON_DOWNLOAD, DFDAEMON_UPLOAD, Health
 from ..config import DaemonConfig
 from ..domain import DownloadSpec, HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
@@ -109,6 +110,7 @@ class Daemon:
         self.manager: TaskManager | None = None
         self.persistent_cache: PersistentCache | None = None  # dfcache (daemon/persistent_cache.py)
         self._servers: list[Any] = []
+        self._health: list[Health] = []
         self._runner: web.AppRunner | None = None
         self.proxy: Any = None  # proxy.ProxyServer when proxy.enable
         self._jobs: list[asyncio.Task[None]] = []
@@ -178,7 +180,10 @@ class Daemon:
         )
         self.upload_service.persistent_cache = self.persistent_cache
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self.upload_service, upload_server)
+        upload_health = Health(upload_server, [DFDAEMON_UPLOAD])
         await upload_server.start()
+        await upload_health.serving()
+        self._health.append(upload_health)
         self._servers.append(upload_server)
 
         sock = cfg.socket_path
@@ -196,8 +201,11 @@ class Daemon:
         download_service.persistent_cache = self.persistent_cache
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(download_service, download_server)
         download_server.add_generic_rpc_handlers((local_delete_handler(download_service),))
+        download_health = Health(download_server, [DFDAEMON_DOWNLOAD])
         download_server.add_insecure_port(f"unix:{sock}")
         await download_server.start()
+        await download_health.serving()
+        self._health.append(download_health)
         self._servers.append(download_server)
 
         metrics_port = 0
@@ -364,6 +372,8 @@ class Daemon:
     # ------------------------------------------------------------------ stop
 
     async def stop(self) -> None:
+        for health in self._health:
+            await health.stopping()
         for job in self._jobs:
             job.cancel()
         for job in self._jobs:
