@@ -84,7 +84,7 @@ class Swarm:
 
     def holds_blob(self, i: int, digest: str) -> bool:
         """Whether peer ``i``'s store holds the blob as a task (it went through its mirror)."""
-        tid = ids.blob_task_id(digest)
+        tid = ids.content_task_id(digest)
         return (self.root / f"p{i}" / "tasks" / tid[:3] / tid).is_dir()
 
     def close(self) -> None:

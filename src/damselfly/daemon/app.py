@@ -27,6 +27,7 @@ from aiohttp import web
 
 from .. import __version__, ids
 from ..api import dfdaemon_pb2_grpc
+from ..api.health import DFDAEMON_DOWNLOAD, DFDAEMON_UPLOAD, Health
 from ..config import DaemonConfig
 from ..domain import DownloadSpec, HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
@@ -112,6 +113,7 @@ class Daemon:
         self.manager: TaskManager | None = None
         self.persistent_cache: PersistentCache | None = None  # dfcache (daemon/persistent_cache.py)
         self._servers: list[grpc.aio.Server] = []
+        self._health: list[Health] = []
         self._runner: web.AppRunner | None = None
         self.proxy: ProxyServer | None = None  # when proxy.enable
         self._jobs: list[asyncio.Task[None]] = []
@@ -188,7 +190,10 @@ class Daemon:
             request_limiter=self.limiters.upload_requests,
         )
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self.upload_service, upload_server)
+        upload_health = Health(upload_server, [DFDAEMON_UPLOAD])
         await upload_server.start()
+        await upload_health.serving()
+        self._health.append(upload_health)
         self._servers.append(upload_server)
 
         sock = cfg.socket_path
@@ -206,8 +211,11 @@ class Daemon:
         )
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(download_service, download_server)
         download_server.add_generic_rpc_handlers((local_delete_handler(download_service),))
+        download_health = Health(download_server, [DFDAEMON_DOWNLOAD])
         download_server.add_insecure_port(f"unix:{sock}")
         await download_server.start()
+        await download_health.serving()
+        self._health.append(download_health)
         self._servers.append(download_server)
 
         metrics_port = 0
@@ -372,6 +380,8 @@ class Daemon:
     # ------------------------------------------------------------------ stop
 
     async def stop(self) -> None:
+        for health in self._health:
+            await health.stopping()
         for job in self._jobs:
             job.cancel()
         for job in self._jobs:

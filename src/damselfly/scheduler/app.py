@@ -15,6 +15,7 @@ import grpc
 from aiohttp import web
 
 from ..api import scheduler_pb2_grpc
+from ..api.health import SCHEDULER, Health
 from ..config import SchedulerConfig, TLSConfig
 from ..errors import ConfigError
 from ..process import run_until_signal, write_ready_file
@@ -64,6 +65,7 @@ async def serve(
     service = SchedulerService(config, metrics=metrics)
     server = grpc.aio.server()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server)
+    health = Health(server, [SCHEDULER])
     address = _address(config.server.ip, config.server.port)
     credentials = _server_credentials(config.tls)
     try:
@@ -79,6 +81,7 @@ async def serve(
     runner: web.AppRunner | None = None
     metrics_port = 0
     await server.start()
+    await health.serving()
     service.start()
     pauses = GCPauses()
     metrics.bind_gc(pauses)
@@ -105,6 +108,7 @@ async def serve(
         await stop.wait()
     finally:
         log.info("scheduler stopping")
+        await health.stopping()
         pauses.uninstall()
         await service.close()
         await server.stop(SHUTDOWN_GRACE)

@@ -119,9 +119,9 @@ async def test_seeds_hold_each_task_before_other_hosts_are_asked() -> None:
     daemons = Daemons()
     runner = runner_for(Resources(), daemons, Registry())
     targets = Targets((info("s1", seed=True), info("s2", seed=True)), (info("p1"), info("p2")))
-    report = await runner.run(plan(["u1", "u2"], targets))
+    report = await runner.run(plan(["https://o.example/u1", "https://o.example/u2"], targets))
     assert not report.failures and len(report.outcomes) == 8 and report.done
-    for url in ("u1", "u2"):
+    for url in ("https://o.example/u1", "https://o.example/u2"):
         ev = [(kind, h) for kind, h, u in daemons.events if u == url]
         last_seed_end = max(i for i, (kind, h) in enumerate(ev) if kind == "end" and h.startswith("s"))
         first_other_start = min(i for i, (kind, h) in enumerate(ev) if kind == "start" and h.startswith("p"))
@@ -132,15 +132,17 @@ async def test_concurrency_limits_hold() -> None:
     daemons = Daemons()
     runner = runner_for(Resources(), daemons, Registry())
     targets = Targets((), tuple(info(f"p{i}") for i in range(6)))
-    await runner.run(plan(["u1", "u2", "u3"], targets, tasks=1, peers=2))
+    urls = ["https://o.example/u1", "https://o.example/u2", "https://o.example/u3"]
+    await runner.run(plan(urls, targets, tasks=1, peers=2))
     assert daemons.max_running == 2
     assert len(daemons.calls) == 18
 
 
 async def test_failures_and_timeouts_are_outcomes() -> None:
-    daemons = Daemons(fail={("p1", "u1"): "origin answered 404"}, hang={"p2"})
+    daemons = Daemons(fail={("p1", "https://o.example/u1"): "origin answered 404"}, hang={"p2"})
     runner = runner_for(Resources(), daemons, Registry())
-    report = await runner.run(plan(["u1"], Targets((), (info("p1"), info("p2"), info("p3"))), timeout=0.2))
+    targets = Targets((), (info("p1"), info("p2"), info("p3")))
+    report = await runner.run(plan(["https://o.example/u1"], targets, timeout=0.2))
     errors = {o.host_id.split("-")[1]: o.error for o in report.outcomes}
     assert errors == {"p1": "origin answered 404", "p2": "timed out (the preheat's timeout)", "p3": ""}
 
@@ -164,7 +166,7 @@ async def test_preheat_image_sends_blob_downloads_as_the_mirror_asks_for_them() 
     for (_, spec), blob in zip(daemons.calls, BLOBS, strict=True):
         assert spec.url == blob.url and spec.digest == blob.digest
         assert spec.request_header == {"X-Trace": "1", "Authorization": AUTH}
-        assert task_id_of(spec) == ids.blob_task_id(blob.digest)
+        assert task_id_of(spec) == ids.content_task_id(blob.digest)
     assert registry.calls[0]["username"] == "alice" and registry.calls[0]["platform"] == "linux/amd64"
 
     # All peers, URL-based task IDs: every host, seed first.
