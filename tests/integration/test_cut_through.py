@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon.transfer import vortex
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.store.receiving import Receiving
+from damselfly.daemon.transfer import vortex
 from damselfly.daemon.transfer.piece_client import PieceClient, PieceConnectionPool
 from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.domain import PieceInfo

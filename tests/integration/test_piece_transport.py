@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon.transfer import piece_client, vortex
 from damselfly.daemon.store.digesting import InOrderDigest
 from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.transfer import piece_client, vortex
 from damselfly.daemon.transfer.piece_client import PieceClient, PieceConnectionPool
 from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.domain import PieceInfo, TrafficType

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from ...errors import SourceError, SourceUnreachable
+from .. import net
 
 HEAD_LIMIT = 64 * 1024
 BUFFER_SIZE = 1024 * 1024
@@ -123,25 +124,15 @@ async def get(
     host, port = parts.hostname, parts.port or 80
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host_header = parts.netloc.rpartition("@")[2]
-    loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), connect_timeout)
-    except (OSError, TimeoutError) as e:
+        addresses = await net.resolve(host, port, timeout=connect_timeout)
+    except OSError as e:  # TimeoutError is one
         raise SourceUnreachable(f"cannot resolve the origin {host}: {e}") from e
-    sock: socket.socket | None = None
-    error: Exception | None = None
-    for family, type_, proto, _, addr in infos:
-        candidate = socket.socket(family, type_, proto)
-        candidate.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(candidate, addr), connect_timeout)
-            sock = candidate
-            break
-        except (OSError, TimeoutError) as e:
-            candidate.close()
-            error = e
-    if sock is None:
-        raise SourceUnreachable(f"cannot connect to the origin {host}:{port}: {error}")
+    try:
+        sock = await net.connect_first(addresses, timeout=connect_timeout)
+    except OSError as e:
+        raise SourceUnreachable(f"cannot connect to the origin {host}:{port}: {e}") from e
+    loop = asyncio.get_running_loop()
     try:
         await loop.sock_sendall(sock, _request_bytes(host_header, target, headers))
         received = bytearray()
