@@ -1,17 +1,19 @@
 """Pulling pieces from a parent's piece server (Vortex framing over TCP).
 
 Receiving is copy-light: frame headers are read exactly (never past the
-frame), then content goes from the socket with ``sock_recv_into`` into one
-reused buffer and from there with ``os.pwrite`` to the piece offset in the
-caller's fd, with the crc32 computed on the way. A piece is never held whole
-in memory.
+frame), then content goes from the socket with ``recv_into`` into one reused
+buffer (in a worker thread; on the event loop when a byte limit applies) and
+from there with ``os.pwrite`` to the piece offset in the caller's fd, with the
+crc32 computed on the way (:class:`_Landing`). A piece is never held whole in
+memory.
 
 The caller says where the piece goes (offset, length it computed from the
 task's geometry). A parent whose header disagrees gets :class:`ProtocolError`:
 a parent must never make us write elsewhere.
 
-Errors: the parent's Error frames become :class:`NotFound` (code 1) or
-:class:`PeerError`; a wrong digest :class:`DigestMismatch` (the bytes written
+Errors: the parent's Error frames become :class:`NotFound`,
+:class:`ResourceExhausted`, :class:`PieceElsewhere` or :class:`PeerError`
+(vortex.ErrorCode); a wrong digest :class:`DigestMismatch` (the bytes written
 are just not recorded by the caller, who fetches again); broken connections,
 refused connections and timeouts :class:`PeerError`.
 """
@@ -115,9 +117,9 @@ class PieceClient:
     ) -> None:
         self._sock = sock
         self.address = address
+        self._where = f"{address[0]}:{address[1]}"
         self._loop = asyncio.get_running_loop()
-        self._buf = bytearray(buffer_size)
-        self._view = memoryview(self._buf)
+        self._view = memoryview(bytearray(buffer_size))
         self._clock = clock
         self._packet_id = 0
         self._busy = False
@@ -213,10 +215,6 @@ class PieceClient:
         finally:
             if limiter is not None and credit > 0:
                 limiter.refund(credit)
-
-    @property
-    def _where(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
 
     async def download_piece(
         self,
@@ -354,7 +352,7 @@ class PieceClient:
             event = parser.next_event()
             if event is not None:
                 return event
-            need = min(parser.bytes_needed(), len(self._buf))
+            need = min(parser.bytes_needed(), len(self._view))
             n = self._got(await self._loop.sock_recv_into(self._sock, self._view[:need]))
             parser.feed(self._view[:n])
 
