@@ -450,10 +450,10 @@ async def split_source(request: pytest.FixtureRequest) -> AsyncIterator[HTTPSour
 async def test_split_download_fetches_each_byte_once(
     origin: Origin, split_source: HTTPSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: int
 ) -> None:
-    from damselfly.daemon.origin import source as source_module
+    from damselfly.daemon.origin import ranges as planning
 
-    monkeypatch.setattr(source_module, "PROBE_BYTES", probe)
-    monkeypatch.setattr(source_module, "MIN_PIECES_PER_STREAM", 1)
+    monkeypatch.setattr(planning, "PROBE_BYTES", probe)
+    monkeypatch.setattr(planning, "MIN_PIECES_PER_STREAM", 1)
     store = PieceStore(tmp_path)
     result = await fetch(split_source, store, origin.url + "/file")
     assert result.length == len(DATA) and len(result.starts) == 1
@@ -472,10 +472,10 @@ async def test_split_download_fetches_each_byte_once(
 async def test_the_body_feeds_the_content_digest_in_order(
     origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streams: int
 ) -> None:
-    from damselfly.daemon.origin import source as source_module
+    from damselfly.daemon.origin import ranges as planning
 
-    monkeypatch.setattr(source_module, "PROBE_BYTES", PL)
-    monkeypatch.setattr(source_module, "MIN_PIECES_PER_STREAM", 1)
+    monkeypatch.setattr(planning, "PROBE_BYTES", PL)
+    monkeypatch.setattr(planning, "MIN_PIECES_PER_STREAM", 1)
     src = HTTPSource(SourceConfig(connect_timeout=2, read_timeout=0.5, range_streams=streams))
     store = PieceStore(tmp_path)
     store.create_task(TID)
@@ -496,9 +496,9 @@ async def test_the_body_feeds_the_content_digest_in_order(
 async def test_split_download_falls_back_when_the_origin_ignores_range(
     origin: Origin, split_source: HTTPSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from damselfly.daemon.origin import source as source_module
+    from damselfly.daemon.origin import ranges as planning
 
-    monkeypatch.setattr(source_module, "PROBE_BYTES", PL)
+    monkeypatch.setattr(planning, "PROBE_BYTES", PL)
     store = PieceStore(tmp_path)
     result = await fetch(split_source, store, origin.url + "/file?norange=1")
     assert_pieces_right(result.pieces, list(range(6)))

@@ -6,7 +6,9 @@ pieces as it arrives, each piece ``pwrite``-n at its offset into the store's
 content fd with its crc32 computed on the way, and reported as soon as its last
 byte is written, so other peers can pull it while the rest downloads. A resumed
 download asks only for the missing pieces, with one ``Range`` request per run of
-consecutive missing pieces (and copes with origins that ignore ``Range``).
+consecutive missing pieces (and copes with origins that ignore ``Range``). Which
+ranges to ask for is decided in :mod:`.ranges`, with no I/O; this module does
+the requests and lands the bodies.
 
 Headers the user gave (``Authorization`` included) go to the origin and nowhere
 else; they are never logged. ``Accept-Encoding: identity`` is sent unless the
@@ -23,10 +25,8 @@ or a broken connection mid-body -> :class:`SourceError`; a failed disk write ->
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Set
@@ -50,7 +50,7 @@ from ...errors import (
 from ..store.digesting import Feed, InOrderDigest
 from ..store.files import pwrite_all
 from ..store.receiving import Receiving
-from . import rawhttp
+from . import ranges, rawhttp
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,6 @@ _DROP_RESPONSE = frozenset(
     for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Range", "Content-Length", "Trailer")
 )
 _DROP_REQUEST = frozenset(h.lower() for h in ("Range", "If-Range", "Connection", "Keep-Alive", "Host"))
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
 class HTTPSource:
@@ -225,20 +224,21 @@ class HTTPSource:
                 pass  # a redirect or a chunked body: aiohttp below handles it
             else:
                 try:
-                    if raw.status >= 400:
-                        raise SourceStatusError(url, raw.status, raw.reason)
-                    if raw.status not in (200, 206):
-                        raise SourceError(f"the origin answered {raw.status} {raw.reason} for {url}")
+                    _check_status(url, raw.status, raw.reason)
                     yield raw
                 finally:
                     raw.close()
                 return
         async with self._get_session().get(url, headers=req) as resp:
-            if resp.status >= 400:
-                raise SourceStatusError(url, resp.status, resp.reason or "")
-            if resp.status not in (200, 206):
-                raise SourceError(f"the origin answered {resp.status} {resp.reason or ''} for {url}")
+            _check_status(url, resp.status, resp.reason or "")
             yield resp
+
+
+def _check_status(url: str, status: int, reason: str) -> None:
+    if status >= 400:
+        raise SourceStatusError(url, status, reason)
+    if status not in (200, 206):
+        raise SourceError(f"the origin answered {status} {reason} for {url}")
 
 
 def _response_headers(resp: aiohttp.ClientResponse, total: int | None) -> dict[str, str]:
@@ -248,18 +248,6 @@ def _response_headers(resp: aiohttp.ClientResponse, total: int | None) -> dict[s
     return out
 
 
-def _content_range(resp: aiohttp.ClientResponse, url: str) -> tuple[int, int, int | None]:
-    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-    if not m:
-        raise SourceError(f"the origin answered 206 without a usable Content-Range for {url}")
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), int(m.group(2)), total
-
-
-# How a split download starts: the first bytes, by Range; every piece length is a
-# multiple (powers of two, at least 4 MiB), so a probe never ends past piece 0.
-PROBE_BYTES = 4 * 1024 * 1024
-MIN_PIECES_PER_STREAM = 2
 _Carry = tuple[int, float]  # (crc32 so far, start time) of a piece cut between two bodies
 
 
@@ -299,97 +287,48 @@ class _Fetch:
             os.close(self.fd)
             self.fd = None
 
-    def _first_range(self) -> tuple[int, int | None] | None:
-        if not self.skip or not self.hint:
-            return None
-        first = next(n for n in range(len(self.skip) + 1) if n not in self.skip)
-        later = [n for n in self.skip if n > first]
-        end = min(later) * self.hint - 1 if later else None
-        return first * self.hint, end
-
-    def _missing_runs(self) -> list[tuple[int, int]]:
-        """Byte ranges (inclusive) of consecutive pieces still missing."""
-        assert self.total is not None
-        count = (self.total + self.piece_length - 1) // self.piece_length
-        runs: list[tuple[int, int]] = []
-        n = 0
-        while n < count:
-            if n in self.skip:
-                n += 1
-                continue
-            start = n
-            while n < count and n not in self.skip:
-                n += 1
-            runs.append((start * self.piece_length, min(n * self.piece_length, self.total) - 1))
-        return runs
-
     async def go(self) -> int:
-        first = self._first_range()
         src = self.source
         streams = max(1, src._config.range_streams)
-        # A fresh download that may be split: ask for the first bytes only, learn the
-        # length from Content-Range, then fetch the rest in parallel byte ranges.
-        probing = first is None and streams > 1
-        if probing:
-            first = (0, PROBE_BYTES - 1)
-        carry: _Carry | None = None
+        # A fresh download that may be split asks for the first bytes only (a probe),
+        # learns the length from Content-Range, then fetches the rest in parallel ranges.
+        first, probing = ranges.first_request(self.skip, self.hint, streams)
         async with src._get(self.url, self.headers, first) as resp:
-            if resp.status == 206 and first is not None:
-                start, end, total = _content_range(resp, self.url)
-                if start != first[0]:
-                    raise SourceError(f"the origin sent bytes from {start}, asked {first[0]}, for {self.url}")
-                self.total = total
-            elif resp.status == 200:
-                start, end = 0, None
-                self.total = resp.content_length
-                first = None
-            else:
-                raise SourceError(f"the origin answered 206 to a request without Range for {self.url}")
+            start, stop, self.total, whole = ranges.first_answer(
+                resp.status, resp.headers.get("Content-Range", ""), resp.content_length, first, self.url
+            )
             self.piece_length = await self.on_start(self.total, _response_headers(resp, self.total))
             if self.piece_length <= 0:
                 raise SourceError(f"on_start returned piece length {self.piece_length}")
-            if first is not None and not probing and self.piece_length != self.hint:
+            if not whole and not probing and self.piece_length != self.hint:
                 raise SourceError("on_start returned a piece length other than the one given for resume")
             self.fd = self.fd_factory()
-            stop = self.total if end is None else end + 1
             written, carry = await self._stream(resp, start, stop)
-            if first is None:
-                # The whole content came in one response.
+            if whole:
                 return self.total if self.total is not None else written
         if self.total is None:
             raise SourceError(f"the origin did not say the content length of {self.url} in its 206 answer")
         if probing:
             await self._rest_in_parallel(written, carry, streams)
             return self.total
-        for a, b in self._missing_runs():
+        for a, b in ranges.missing_runs(self.skip, self.piece_length, self.total):
             async with src._get(self.url, self.headers, (a, b)) as resp:
                 if resp.status == 200:
                     await self._stream(resp, 0, self.total)
                     break
-                await self._check_range(resp, a, b)
+                self._check_range(resp, a, b)
                 await self._stream(resp, a, b + 1)
         return self.total
 
-    async def _check_range(self, resp: Any, a: int, b: int) -> None:
-        start, end, total = _content_range(resp, self.url)
-        if total is not None and total != self.total:
-            raise SourceError(f"the content length of {self.url} changed mid-download")
-        if (start, end) != (a, b):
-            raise SourceError(f"the origin sent bytes {start}-{end}, asked {a}-{b}, for {self.url}")
+    def _check_range(self, resp: Any, a: int, b: int) -> None:
+        assert self.total is not None
+        got = ranges.parse_content_range(resp.headers.get("Content-Range", ""), self.url)
+        ranges.check_range(got, (a, b), self.total, self.url)
 
     async def _rest_in_parallel(self, pos: int, carry: _Carry | None, streams: int) -> None:
-        """Bytes [pos, total) in up to ``streams`` Range requests at once, cut at piece
-        boundaries; the first continues the piece the probe left unfinished (``carry``)."""
+        """Bytes [pos, total) in up to ``streams`` Range requests at once (ranges.parallel_spans);
+        the first continues the piece the probe left unfinished (``carry``)."""
         assert self.total is not None
-        total, pl = self.total, self.piece_length
-        if pos >= total:
-            return
-        first_piece = -(-pos // pl)  # the first piece that starts at or after pos
-        count = (total + pl - 1) // pl
-        whole = count - first_piece  # pieces that start after pos
-        parts = max(1, min(streams, whole // MIN_PIECES_PER_STREAM))
-        cuts = [pos] + [(first_piece + whole * i // parts) * pl for i in range(1, parts)] + [total]
-        spans = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
         async def one(a: int, b: int, resume: _Carry | None) -> None:
             async with self.source._get(self.url, self.headers, (a, b - 1)) as resp:
@@ -397,9 +336,10 @@ class _Fetch:
                     raise SourceError(
                         f"the origin answered {resp.status} to a Range request after a 206, for {self.url}"
                     )
-                await self._check_range(resp, a, b - 1)
+                self._check_range(resp, a, b - 1)
                 await self._stream(resp, a, b, resume)
 
+        spans = ranges.parallel_spans(pos, self.total, self.piece_length, streams)
         jobs = [asyncio.ensure_future(one(a, b, carry if i == 0 else None)) for i, (a, b) in enumerate(spans)]
         try:
             await asyncio.gather(*jobs)
@@ -471,7 +411,7 @@ class _Fetch:
         finally:
             if feed is not None:
                 feed.abandon()  # a piece cut off mid-way: read back from the file once whole
-        return pos, ((crc, began) if pos > piece_start and total is not None and pos < total else None)
+        return pos, ((crc, began) if ranges.cut_mid_piece(pos, pl, total) else None)
 
     def _landed(self, number: int, piece_start: int, piece_end: int, upto: int) -> None:
         entry = self.landing.get(number)

@@ -1,17 +1,19 @@
 """Pulling pieces from a parent's piece server (Vortex framing over TCP).
 
 Receiving is copy-light: frame headers are read exactly (never past the
-frame), then content goes from the socket with ``sock_recv_into`` into one
-reused buffer and from there with ``os.pwrite`` to the piece offset in the
-caller's fd, with the crc32 computed on the way. A piece is never held whole
-in memory.
+frame), then content goes from the socket with ``recv_into`` into one reused
+buffer (in a worker thread; on the event loop when a byte limit applies) and
+from there with ``os.pwrite`` to the piece offset in the caller's fd, with the
+crc32 computed on the way (:class:`_Landing`). A piece is never held whole in
+memory.
 
 The caller says where the piece goes (offset, length it computed from the
 task's geometry). A parent whose header disagrees gets :class:`ProtocolError`:
 a parent must never make us write elsewhere.
 
-Errors: the parent's Error frames become :class:`NotFound` (code 1) or
-:class:`PeerError`; a wrong digest :class:`DigestMismatch` (the bytes written
+Errors: the parent's Error frames become :class:`NotFound`,
+:class:`ResourceExhausted`, :class:`PieceElsewhere` or :class:`PeerError`
+(vortex.ErrorCode); a wrong digest :class:`DigestMismatch` (the bytes written
 are just not recorded by the caller, who fetches again); broken connections,
 refused connections and timeouts :class:`PeerError`.
 """
@@ -24,6 +26,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ...checksum import crc32
 from ...domain import PieceInfo, TrafficType
@@ -36,6 +39,7 @@ from ...errors import (
     ResourceExhausted,
 )
 from ...units import MiB
+from .. import net
 from ..ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
 from ..store.digesting import Feed, InOrderDigest
 from ..store.files import pwrite_all
@@ -47,13 +51,52 @@ Limiter = ByteLimiter | LimiterChain
 # Called with the piece's digest once its header arrived; may return where to count its bytes.
 OnHeader = Callable[[str], Receiving | None]
 
-# Receive piece bodies in worker threads (see PieceClient._receive_body); the
+# Receive piece bodies in worker threads (see PieceClient._receive_threaded); the
 # limited path stays on the event loop, where the limiter's tokens are awaited.
 THREADED_BODY = True
 
 log = logging.getLogger(__name__)
 
 RECV_BUFFER_SIZE = 1 * MiB
+
+
+@dataclass(slots=True)
+class _Landing:
+    """Where one piece body's bytes go as they arrive, from the one reused buffer.
+
+    Both ways of receiving (:meth:`PieceClient._receive_threaded`,
+    :meth:`PieceClient._receive_paced`) recv into :meth:`room` and hand the
+    count to :meth:`land`, which does the per-chunk work once: ``pwrite`` at
+    the piece offset, crc32, the task's whole-content digest, and the
+    cut-through count (after the write, so what it counts is on disk).
+    """
+
+    view: memoryview
+    fd: int
+    offset: int
+    end: int
+    progress: Receiving | None
+    feed: Feed | None
+    pos: int = field(init=False)
+    crc: int = 0
+
+    def __post_init__(self) -> None:
+        self.pos = self.offset
+
+    def room(self) -> memoryview:
+        """The part of the buffer the next recv may fill: never past the piece's end."""
+        return self.view[: min(len(self.view), self.end - self.pos)]
+
+    def land(self, n: int) -> None:
+        """The first ``n`` bytes of the buffer arrived: write them where they go."""
+        chunk = self.view[:n]
+        pwrite_all(self.fd, chunk, self.pos)
+        self.pos += n
+        self.crc = crc32(chunk, self.crc)
+        if self.feed is not None:
+            self.feed.update(chunk)
+        if self.progress is not None:
+            self.progress.advance(self.pos - self.offset)
 
 
 class PieceClient:
@@ -74,9 +117,9 @@ class PieceClient:
     ) -> None:
         self._sock = sock
         self.address = address
+        self._where = f"{address[0]}:{address[1]}"
         self._loop = asyncio.get_running_loop()
-        self._buf = bytearray(buffer_size)
-        self._view = memoryview(self._buf)
+        self._view = memoryview(bytearray(buffer_size))
         self._clock = clock
         self._packet_id = 0
         self._busy = False
@@ -97,30 +140,16 @@ class PieceClient:
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float = 10.0) -> PieceClient:
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                last: OSError | None = None
-                for family, type_, proto, _, addr in infos:
-                    sock = socket.socket(family, type_, proto)
-                    sock.setblocking(False)
-                    try:
-                        await loop.sock_connect(sock, addr)
-                    except OSError as e:
-                        sock.close()
-                        last = e
-                        continue
-                    except BaseException:
-                        sock.close()
-                        raise
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    return cls(sock, (host, port))
-                raise last or OSError(f"no address for {host}")
+            async with asyncio.timeout(timeout):  # the look-up and every address together
+                addresses = await net.resolve(host, port, timeout=timeout)
+                sock = await net.connect_first(addresses, timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except TimeoutError:
             raise PeerError(f"connecting to parent {host}:{port} timed out after {timeout:g}s") from None
         except OSError as e:
             raise PeerError(f"cannot connect to parent {host}:{port}: {e}") from e
+        return cls(sock, (host, port))
 
     async def close(self) -> None:
         if self.closed:
@@ -135,54 +164,57 @@ class PieceClient:
         self._packet_id = (self._packet_id + 1) & 0xFF
         return self._packet_id
 
-    async def _recv_into(self, view: memoryview) -> int:
-        n = await self._loop.sock_recv_into(self._sock, view)
+    def _got(self, n: int) -> int:
+        """``n`` bytes came from a recv: none means the parent closed the connection."""
         if n == 0:
             raise PeerError(f"parent {self._where} closed the connection mid-piece")
         self.received_any = True
         return n
 
-    def _receive_body(
-        self,
-        fd: int,
-        offset: int,
-        length: int,
-        idle: float | None,
-        progress: Receiving | None = None,
-        feed: Feed | None = None,
-    ) -> int:
+    def _receive_threaded(self, body: _Landing, idle: float) -> None:
         """The piece body, in a worker thread: blocking recv_into, pwrite and crc32 all
         release the GIL, so bodies from several parents land in parallel on several
-        cores, with no event-loop round trip per socket read. Returns the crc32."""
+        cores, with no event-loop round trip per socket read."""
         sock = self._sock
         sock.settimeout(idle or None)
         try:
-            crc = 0
-            pos, end = offset, offset + length
-            view = self._view
-            while pos < end:
+            while body.pos < body.end:
                 try:
-                    n = sock.recv_into(view[: min(len(view), end - pos)])
+                    n = sock.recv_into(body.room())
                 except TimeoutError:
                     self.timed_out = True
                     raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
-                if n == 0:
-                    raise PeerError(f"parent {self._where} closed the connection mid-piece")
-                self.received_any = True
-                pos = self._write_chunk(fd, view[:n], pos)
-                crc = crc32(view[:n], crc)
-                if feed is not None:
-                    feed.update(view[:n])
-                if progress is not None:
-                    progress.advance(pos - offset)
-            return crc
+                body.land(self._got(n))
         finally:
             with contextlib.suppress(OSError):
                 sock.setblocking(False)
 
-    @property
-    def _where(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
+    async def _receive_paced(
+        self,
+        body: _Landing,
+        limiter: Limiter | None,
+        task_id: str,
+        deadline: asyncio.Timeout,
+        idle: float,
+    ) -> None:
+        """The piece body on the event loop, where a limiter's tokens are awaited: bytes are
+        granted before each recv, and each recv reads at most what was granted."""
+        credit = 0  # bytes granted by the limiter and not received yet
+        try:
+            while body.pos < body.end:
+                room = body.room()
+                if limiter is not None:
+                    if credit <= 0:
+                        credit = await self._grant(limiter, len(room), task_id, deadline)
+                    room = room[:credit]
+                n = self._got(await self._loop.sock_recv_into(self._sock, room))
+                if idle:
+                    deadline.reschedule(self._loop.time() + idle)  # progress: the parent is alive
+                credit -= n
+                body.land(n)
+        finally:
+            if limiter is not None and credit > 0:
+                limiter.refund(credit)
 
     async def download_piece(
         self,
@@ -255,16 +287,39 @@ class PieceClient:
         fd: int,
         offset: int,
         length: int,
-        limiter: Limiter | None = None,
-        deadline: asyncio.Timeout | None = None,
-        idle: float | None = None,
-        on_header: OnHeader | None = None,
-        whole: InOrderDigest | None = None,
+        limiter: Limiter | None,
+        deadline: asyncio.Timeout,
+        idle: float,
+        on_header: OnHeader | None,
+        whole: InOrderDigest | None,
     ) -> PieceInfo:
+        """Ask for the piece, read its header, land its body, check its crc32."""
         packet_id = self._next_packet_id()
         request = vortex.encode_download_piece(packet_id, task_id, number, trailer=self.trailer)
         await self._loop.sock_sendall(self._sock, request)
-        event = await self._next_frame()
+        event = self._expect_header(await self._next_frame(), packet_id, number, offset, length)
+        progress = on_header(event.digest) if on_header is not None else None
+        feed = whole.claim(offset) if whole is not None else None
+        body = _Landing(self._view, fd, offset, offset + length, progress, feed)
+        try:
+            if limiter is None and THREADED_BODY:
+                deadline.reschedule(None)  # the socket's own timeout judges the parent now
+                await asyncio.to_thread(self._receive_threaded, body, idle)
+                if idle:
+                    deadline.reschedule(self._loop.time() + idle)
+            else:
+                await self._receive_paced(body, limiter, task_id, deadline, idle)
+            digest = event.digest or await self._trailer(packet_id, number, progress)
+            self._frame_done = True
+            return self._checked(task_id, number, offset, length, body.crc, digest, feed)
+        finally:
+            if feed is not None:
+                feed.abandon()  # unless committed: the piece did not check out
+
+    def _expect_header(
+        self, event: vortex.Event, packet_id: int, number: int, offset: int, length: int
+    ) -> vortex.PieceHeader:
+        """The parent's answer as the header of the piece asked for, or the error it means."""
         if event.packet_id != packet_id:
             raise ProtocolError(f"parent {self._where} answered packet {event.packet_id}, asked {packet_id}")
         if isinstance(event, vortex.Error):
@@ -288,69 +343,7 @@ class PieceClient:
         self.header_seen = True
         if not event.digest and not self.trailer:
             raise ProtocolError(f"parent {self._where} sent piece {number} without a digest")
-        progress = on_header(event.digest) if on_header is not None else None
-        feed = whole.claim(offset) if whole is not None else None
-        try:
-            info = await self._body(
-                task_id, number, fd, (offset, length), event, limiter, deadline, idle, progress, feed
-            )
-        finally:
-            if feed is not None:
-                feed.abandon()  # unless committed: the piece did not check out
-        return info
-
-    async def _body(
-        self,
-        task_id: str,
-        number: int,
-        fd: int,
-        span: tuple[int, int],
-        event: vortex.PieceHeader,
-        limiter: Limiter | None,
-        deadline: asyncio.Timeout | None,
-        idle: float | None,
-        progress: Receiving | None,
-        feed: Feed | None,
-    ) -> PieceInfo:
-        """The piece's body after its header, written to ``fd`` and checked against its crc32."""
-        offset, length = span
-        packet_id = event.packet_id
-        if limiter is None and THREADED_BODY:
-            if deadline is not None:
-                deadline.reschedule(None)  # the socket's own timeout judges the parent now
-            crc = await asyncio.to_thread(self._receive_body, fd, offset, length, idle, progress, feed)
-            if deadline is not None and idle:
-                deadline.reschedule(self._loop.time() + idle)
-            digest = event.digest or await self._trailer(packet_id, number, progress)
-            self._frame_done = True
-            return self._checked(task_id, number, offset, length, crc, digest, feed)
-        crc = 0
-        pos, end = offset, offset + length
-        view = self._view
-        credit = 0  # bytes granted by the limiter and not received yet
-        try:
-            while pos < end:
-                want = min(len(view), end - pos)
-                if limiter is not None:
-                    if credit <= 0:
-                        credit = await self._grant(limiter, want, task_id, deadline)
-                    want = min(want, credit)
-                n = await self._recv_into(view[:want])
-                if deadline is not None and idle:
-                    deadline.reschedule(self._loop.time() + idle)  # progress: the parent is alive
-                credit -= n
-                pos = self._write_chunk(fd, view[:n], pos)
-                crc = crc32(view[:n], crc)
-                if feed is not None:
-                    feed.update(view[:n])
-                if progress is not None:
-                    progress.advance(pos - offset)
-        finally:
-            if limiter is not None and credit > 0:
-                limiter.refund(credit)
-        digest = event.digest or await self._trailer(packet_id, number, progress)
-        self._frame_done = True
-        return self._checked(task_id, number, offset, length, crc, digest, feed)
+        return event
 
     async def _next_frame(self) -> vortex.Event:
         """The next control frame or piece header, reading exactly up to its end."""
@@ -359,8 +352,8 @@ class PieceClient:
             event = parser.next_event()
             if event is not None:
                 return event
-            need = min(parser.bytes_needed(), len(self._buf))
-            n = await self._recv_into(self._view[:need])
+            need = min(parser.bytes_needed(), len(self._view))
+            n = self._got(await self._loop.sock_recv_into(self._sock, self._view[:need]))
             parser.feed(self._view[:n])
 
     async def _trailer(self, packet_id: int, number: int, progress: Receiving | None) -> str:
@@ -375,22 +368,14 @@ class PieceClient:
             progress.digest = event.digest
         return event.digest
 
-    async def _grant(
-        self, limiter: Limiter, want: int, task_id: str, deadline: asyncio.Timeout | None
-    ) -> int:
+    async def _grant(self, limiter: Limiter, want: int, task_id: str, deadline: asyncio.Timeout) -> int:
+        """Bytes the limiter lets us receive; time spent waiting for them is not the parent's."""
         began = self._loop.time()
         granted = await limiter.acquire(want, task_id)  # turns are fair per task
         waited = self._loop.time() - began
-        if deadline is not None and waited > 0.001:
-            when = deadline.when()
-            if when is not None:
-                deadline.reschedule(when + waited)
+        if waited > 0.001 and (when := deadline.when()) is not None:
+            deadline.reschedule(when + waited)
         return granted
-
-    @staticmethod
-    def _write_chunk(fd: int, chunk: memoryview, pos: int) -> int:
-        pwrite_all(fd, chunk, pos)
-        return pos + len(chunk)
 
     def _checked(
         self, task_id: str, number: int, offset: int, length: int, crc: int, want: str, feed: Feed | None
