@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import zlib
@@ -256,58 +255,6 @@ def test_chunked_task_sets_length_at_the_end(tmp_path: Path) -> None:
     assert store.get(TID).is_complete  # type: ignore[union-attr]
 
 
-async def test_wait_for_change_wakes_every_waiter(tmp_path: Path) -> None:
-    store = PieceStore(tmp_path)
-    data = content(2 * PL)
-    store.create_task(TID)
-    store.set_content_length(TID, len(data), PL)
-    v = store.get(TID).version  # type: ignore[union-attr]
-    waiters = [asyncio.create_task(store.wait_for_change(TID, v)) for _ in range(50)]
-    await asyncio.sleep(0)
-    assert not any(w.done() for w in waiters)
-    write_piece(store, TID, data, 0)
-    results = await asyncio.gather(*waiters)
-    assert results == [v + 1] * 50
-    # Returns at once when the version already moved; times out with the current one.
-    assert await store.wait_for_change(TID, v) == v + 1
-    assert await store.wait_for_change(TID, v + 1, timeout=0.01) == v + 1
-    assert not store._waiters  # nobody left behind
-
-
-async def test_wait_for_change_raises_when_task_deleted(tmp_path: Path) -> None:
-    store = PieceStore(tmp_path)
-    store.create_task(TID)
-    waiter = asyncio.create_task(store.wait_for_change(TID, store.get(TID).version))  # type: ignore[union-attr]
-    await asyncio.sleep(0)
-    store.delete_task(TID)
-    with pytest.raises(NotFound):
-        await waiter
-
-
-async def test_wait_for_change_woken_from_another_thread(tmp_path: Path) -> None:
-    store = PieceStore(tmp_path)
-    data = content(PL)
-    store.create_task(TID)
-    store.set_content_length(TID, len(data), PL)
-    info = write_piece(store, TID, data, 0, record=False)
-    v = store.get(TID).version  # type: ignore[union-attr]
-    waiter = asyncio.create_task(store.wait_for_change(TID, v))
-    await asyncio.sleep(0)
-    await asyncio.to_thread(store.finish_piece, TID, info)
-    assert await waiter == v + 1
-
-
-async def test_cancelled_waiter_is_forgotten(tmp_path: Path) -> None:
-    store = PieceStore(tmp_path)
-    store.create_task(TID)
-    waiter = asyncio.create_task(store.wait_for_change(TID, store.get(TID).version))  # type: ignore[union-attr]
-    await asyncio.sleep(0)
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert not store._waiters
-
-
 def test_chunked_task_refuses_a_length_its_pieces_do_not_fit(tmp_path: Path) -> None:
     store = PieceStore(tmp_path)
     data = content(3 * PL)
@@ -318,15 +265,3 @@ def test_chunked_task_refuses_a_length_its_pieces_do_not_fit(tmp_path: Path) -> 
         store.set_content_length(TID, len(data), 2 * PL)
     store.set_content_length(TID, len(data), PL)
     assert store.get(TID).is_complete  # type: ignore[union-attr]
-
-
-async def test_mark_succeeded_in_a_thread_wakes_waiters(tmp_path: Path) -> None:
-    store = PieceStore(tmp_path)
-    data = content(2 * PL)
-    fill(store, TID, data)
-    v = store.get(TID).version  # type: ignore[union-attr]
-    waiter = asyncio.create_task(store.wait_for_change(TID, v))
-    await asyncio.sleep(0)
-    await asyncio.to_thread(store.mark_succeeded, TID)
-    assert await waiter == v + 1
-    assert store.get(TID).state == "succeeded"  # type: ignore[union-attr]

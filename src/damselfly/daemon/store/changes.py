@@ -104,15 +104,13 @@ class TaskChanges:
         task_id: str,
         *,
         until: asyncio.Future[Any] | None = None,
-        since: int | None = None,
     ) -> None:
         self._get = get
         self._waiters = waiters
         self._task_id = task_id
         self._until = until
         self._meta = get(task_id)
-        # ``since``: a version the caller already looked at (PieceStore.wait_for_change).
-        self._version = since if since is not None else _version(self._meta)
+        self._version = _version(self._meta)
 
     def _moved(self) -> bool:
         meta = self._get(self._task_id)

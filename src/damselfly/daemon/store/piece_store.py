@@ -480,13 +480,3 @@ class PieceStore:
         """
         return TaskChanges(self.get, self._waiters, task_id, until=until)
 
-    async def wait_for_change(self, task_id: str, seen_version: int, timeout: float | None = None) -> int:
-        """Wait until the task's version differs from ``seen_version``; return the version.
-
-        For a caller that holds a version it looked at (prefer :meth:`changes`).
-        Returns at once when it already differs, and the current version on
-        timeout. Raises NotFound when the task is (or becomes) unknown.
-        """
-        self._require(task_id)
-        await TaskChanges(self.get, self._waiters, task_id, since=seen_version).wait(timeout)
-        return self._require(task_id).version

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 
 from ...domain import PieceInfo, TrafficType
-from ...errors import DigestMismatch, NotFound
+from ...errors import DigestMismatch
 from ...units import MiB
 from ..ratelimit import ByteLimiter
 from ..store.digesting import Feed, InOrderDigest
@@ -158,6 +158,7 @@ class LocalPieceServer:
     async def _held(self, task_id: str, number: int) -> PieceInfo | None:
         """The piece once this daemon holds it; None if it does not and will not soon."""
         deadline = time.monotonic() + HOLD_WAIT_S
+        changes = self._store.changes(task_id)
         while True:
             meta = self._store.get(task_id)
             if meta is None or meta.state == "failed":
@@ -171,10 +172,7 @@ class LocalPieceServer:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            try:
-                await self._store.wait_for_change(task_id, meta.version, min(left, 5.0))
-            except NotFound:
-                return None
+            await changes.wait(min(left, 5.0))  # deleted meanwhile: None on the next look
 
     async def close(self) -> None:
         if self._accepting is not None:
