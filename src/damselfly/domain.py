@@ -254,11 +254,12 @@ class CacheExport:
     force_hard_link: bool = False
 
 
-# What a persistent cache download reports as it goes.
+# What a download reports as it goes (download/progress.py).
 @dataclass(slots=True)
 class DownloadStarted:
     task_id: str
     content_length: int
+    finished: bool = False  # the content was all there at the start (a local hit)
 
 
 @dataclass(slots=True)

@@ -22,14 +22,13 @@ from google.protobuf import empty_pb2
 from .. import logs
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..api.convert import download_from_pb, local_task_to_pb, piece_to_pb, task_to_pb
-from ..domain import DownloadSpec, HostInfo, LocalTaskInfo, PieceInfo, TaskInfo
+from ..domain import DownloadSpec, DownloadStarted, HostInfo, LocalTaskInfo, PieceInfo, TaskInfo
 from ..errors import (
-    DamselflyError,
-    DownloadTimeout,
     InvalidArgument,
 )
 from ..units import parse_size
 from .download import output
+from .download.progress import follow_download
 from .download.tasks import TaskManager
 from .grpc_status import status_for
 from .persistent_cache import PersistentCache, PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
@@ -174,66 +173,25 @@ class Downloads:
         conductor = self.manager.running().get(task_id)
         peer_id = conductor.peer_id if conductor is not None else ""
         with logs.log_context(task_id=task_id, peer_id=peer_id):
-            sent: set[int] = set()
-            started = False
             deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
-            changes = self.store.changes(task_id, until=job)
-            while True:
-                meta = self.store.get(task_id)
-                if meta is not None:
-                    if not started and meta.content_length is not None:
-                        started = True
-                        yield dfdaemon_pb2.DownloadTaskResponse(
-                            host_id=self.host.id,
-                            task_id=task_id,
-                            peer_id=peer_id,
-                            download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
-                                content_length=meta.content_length,
-                                response_header=meta.response_header,
-                                is_finished=meta.is_complete,
-                            ),
-                        )
-                    if started:
-                        for number in sorted(meta.pieces.keys() - sent):
-                            sent.add(number)
-                            yield dfdaemon_pb2.DownloadTaskResponse(
-                                host_id=self.host.id,
-                                task_id=task_id,
-                                peer_id=peer_id,
-                                download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
-                                    piece=piece_to_pb(meta.pieces[number])
-                                ),
-                            )
-                if job.done():
-                    break
-                timeout = 1.0
-                if deadline is not None:
-                    timeout = min(timeout, deadline - time.monotonic())
-                    if timeout <= 0:
-                        raise DownloadTimeout(f"download did not finish within {spec.timeout_s:.0f}s")
-                await changes.wait(timeout)  # a deleted task wakes it too: the job says why
-            exc = job.exception() if not job.cancelled() else asyncio.CancelledError()
-            if exc is not None:
-                raise exc
-            meta = self.store.get(task_id)
-            if meta is None or not meta.is_complete:
-                raise DamselflyError("download ended without complete content")
-            if not started:  # a local hit or an empty task: report it all now
-                yield dfdaemon_pb2.DownloadTaskResponse(
-                    host_id=self.host.id,
-                    task_id=task_id,
-                    peer_id=peer_id,
-                    download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
-                        content_length=meta.content_length or 0, is_finished=True
-                    ),
-                )
-                for number in sorted(meta.pieces.keys() - sent):
+            late = f"download did not finish within {spec.timeout_s or 0:.0f}s"
+            async for event in follow_download(self.store, task_id, job, deadline=deadline, late=late):
+                if isinstance(event, DownloadStarted):
+                    yield dfdaemon_pb2.DownloadTaskResponse(
+                        host_id=self.host.id,
+                        task_id=task_id,
+                        peer_id=peer_id,
+                        download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
+                            content_length=event.content_length, is_finished=event.finished
+                        ),
+                    )
+                else:
                     yield dfdaemon_pb2.DownloadTaskResponse(
                         host_id=self.host.id,
                         task_id=task_id,
                         peer_id=peer_id,
                         download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
-                            piece=piece_to_pb(meta.pieces[number])
+                            piece=piece_to_pb(event.piece)
                         ),
                     )
             if spec.digest and self.manager.verified.get(task_id) != spec.digest:

@@ -24,14 +24,11 @@ from ...domain import (
     CacheImport,
     DownloadProgress,
     DownloadSpec,
-    DownloadStarted,
     NormalTask,
     PersistentCacheTaskInfo,
-    PieceDownloaded,
 )
 from ...errors import (
     DamselflyError,
-    DownloadTimeout,
     InvalidArgument,
     NoCandidateParents,
     NotFound,
@@ -41,6 +38,7 @@ from ...pieces import piece_length_for
 from ...units import HOURS
 from ..download import output
 from ..download.conductor import Conductor, ConductorDeps
+from ..download.progress import follow_download
 from ..download.tasks import RunningDownloads
 from ..store.metadata import TaskMeta
 from ..store.piece_store import PieceStore
@@ -268,39 +266,11 @@ class PersistentCache:
                 log.info("exported persistent cache task %s to %s (%s)", task_id[:12], out, how)
             self.store.touch(task_id)
 
-    async def _follow(
+    def _follow(
         self, task_id: str, job: asyncio.Task[None] | None, deadline: float | None
     ) -> AsyncIterator[DownloadProgress]:
-        sent: set[int] = set()
-        started = False
-        changes = self.store.changes(task_id, until=job)
-        while True:
-            meta = self.store.get(task_id)
-            if meta is not None:
-                if not started and meta.content_length is not None:
-                    started = True
-                    yield DownloadStarted(task_id, meta.content_length)
-                if started:
-                    for number in sorted(meta.pieces.keys() - sent):
-                        sent.add(number)
-                        yield PieceDownloaded(task_id, meta.pieces[number])
-            if job is None or job.done():
-                if job is not None and started and meta is not None and len(sent) < len(meta.pieces):
-                    continue  # report the last pieces first
-                break
-            wait = 1.0
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    raise DownloadTimeout("the persistent cache task did not download in time")
-            await changes.wait(wait)  # also wakes when the task is created or deleted
-        if job is not None:
-            exc = job.exception() if not job.cancelled() else asyncio.CancelledError()
-            if exc is not None:
-                raise exc
-        meta = self.store.get(task_id)
-        if meta is None or not meta.is_complete:
-            raise DamselflyError("the download ended without the complete content")
+        late = "the persistent cache task did not download in time"
+        return follow_download(self.store, task_id, job, deadline=deadline, late=late)
 
     # -- stat, delete, forget, restore ---------------------------------------------------------
 
