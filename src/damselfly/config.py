@@ -286,6 +286,19 @@ class ProxyConfig(Section):
     read_ahead: int = Field(default=1, ge=0)
 
 
+class WireConfig(Section):
+    """How this daemon speaks on the wire (docs/INTEROP.md).
+
+    ``extensions`` (default on) lets it use Damselfly's own wire extensions with
+    peers and schedulers that announce them (the trailer digest, "busy" and
+    "elsewhere" answers, pooled piece connections, same-machine file handover,
+    a Damselfly scheduler's knowledge of a task's size). Off, the daemon behaves
+    on the wire exactly as a Dragonfly peer does, with every peer and scheduler.
+    """
+
+    extensions: bool = True
+
+
 class DaemonConfig(Section):
     host: HostConfig = Field(default_factory=HostConfig)
     seed_peer: SeedPeerConfig = Field(default_factory=SeedPeerConfig)
@@ -298,6 +311,7 @@ class DaemonConfig(Section):
     tls: TLSConfig = Field(default_factory=TLSConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     gc: DaemonGCConfig = Field(default_factory=DaemonGCConfig)
+    wire: WireConfig = Field(default_factory=WireConfig)
     # Where this config came from, so SIGHUP can read it again (set by load_daemon_config).
     _source_file: Path | None = PrivateAttr(default=None)
     _source_overrides: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -55,6 +55,9 @@ def test_scheduler_and_daemon_answer_health_checks(procs: Procs) -> None:
     assert _check(upload_target, "") == (grpc.StatusCode.OK, SERVING)
     assert _check(upload_target, "dfdaemon.v2.DfdaemonUpload") == (grpc.StatusCode.OK, SERVING)
     assert _check(socket_target, "dfdaemon.v2.DfdaemonDownload") == (grpc.StatusCode.OK, SERVING)
+    # Damselfly's servers say they speak its wire extensions; a Dragonfly server would not know the name.
+    assert _check(scheduler_target, "damselfly.v1.Extensions") == (grpc.StatusCode.OK, SERVING)
+    assert _check(upload_target, "damselfly.v1.Extensions") == (grpc.StatusCode.OK, SERVING)
     # A service a server does not carry is unknown to its health service, as in gRPC's own.
     assert _check(scheduler_target, "dfdaemon.v2.DfdaemonUpload")[0] == grpc.StatusCode.NOT_FOUND
     assert _check(upload_target, "scheduler.v2.Scheduler")[0] == grpc.StatusCode.NOT_FOUND

@@ -8,6 +8,10 @@ dfget checks ``dfdaemon.v2.DfdaemonDownload`` on the unix socket before it
 downloads (``dragonfly-client/src/grpc/health.rs``). The Go scheduler serves
 the standard health service beside ``scheduler.v2.Scheduler``.
 
+Damselfly's servers also mark :data:`DAMSELFLY_EXTENSIONS` SERVING: a client
+that finds it may use Damselfly's wire extensions; a Dragonfly server answers
+NOT_FOUND, and the client speaks only Dragonfly's wire to it.
+
 A server is marked SERVING once it has started and NOT_SERVING when it begins
 to stop, so a checker moves away before the port closes.
 """
@@ -24,14 +28,18 @@ SCHEDULER = "scheduler.v2.Scheduler"
 DFDAEMON_UPLOAD = "dfdaemon.v2.DfdaemonUpload"
 DFDAEMON_DOWNLOAD = "dfdaemon.v2.DfdaemonDownload"
 HEALTH = "grpc.health.v1.Health"
+# Not a gRPC service: a name a Damselfly server marks SERVING beside its real
+# services, so a Damselfly client can tell it may use Damselfly's wire
+# extensions there (a Dragonfly server answers NOT_FOUND for it).
+DAMSELFLY_EXTENSIONS = "damselfly.v1.Extensions"
 
 
 class Health:
     """The health service of one gRPC server, naming the services that server carries."""
 
-    def __init__(self, server: Any, services: Sequence[str]) -> None:
+    def __init__(self, server: Any, services: Sequence[str], *, extensions: bool = True) -> None:
         self._servicer = HealthServicer()
-        self._services = ("", *services)
+        self._services = ("", *services, *((DAMSELFLY_EXTENSIONS,) if extensions else ()))
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
 
     async def serving(self) -> None:

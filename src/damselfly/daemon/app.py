@@ -190,7 +190,7 @@ class Daemon:
             request_limiter=self.limiters.upload_requests,
         )
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self.upload_service, upload_server)
-        upload_health = Health(upload_server, [DFDAEMON_UPLOAD])
+        upload_health = Health(upload_server, [DFDAEMON_UPLOAD], extensions=cfg.wire.extensions)
         await upload_server.start()
         await upload_health.serving()
         self._health.append(upload_health)
@@ -211,7 +211,7 @@ class Daemon:
         )
         dfdaemon_pb2_grpc.add_DfdaemonDownloadServicer_to_server(download_service, download_server)
         download_server.add_generic_rpc_handlers((local_delete_handler(download_service),))
-        download_health = Health(download_server, [DFDAEMON_DOWNLOAD])
+        download_health = Health(download_server, [DFDAEMON_DOWNLOAD], extensions=cfg.wire.extensions)
         download_server.add_insecure_port(f"unix:{sock}")
         await download_server.start()
         await download_health.serving()
