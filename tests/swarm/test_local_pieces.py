@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from damselfly.daemon.transfer import local_pieces
 from damselfly.daemon.download.tasks import task_id_for
+from damselfly.daemon.transfer import local_pieces
 from damselfly.domain import DownloadSpec
 from damselfly.units import MiB
 
