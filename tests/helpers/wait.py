@@ -26,9 +26,14 @@ _FIRST_LOOK = 0.002
 _MOST_BETWEEN_LOOKS = 0.05
 
 Condition = Callable[[], "bool | Awaitable[bool]"]
+What = str | Callable[[], str]  # what is awaited; a function for details known only at failure (logs)
 
 
-async def until(condition: Condition, what: str, *, timeout: float = TIMEOUT) -> None:
+def _failure(what: What, timeout: float) -> AssertionError:
+    return AssertionError(f"still not the case after {timeout:g} s: {what() if callable(what) else what}")
+
+
+async def until(condition: Condition, what: What, *, timeout: float = TIMEOUT) -> None:
     """Return as soon as ``condition()`` (a function, or a coroutine function) is true.
 
     Looks often at first, then at most every 50 ms; fails with ``what`` after
@@ -44,18 +49,18 @@ async def until(condition: Condition, what: str, *, timeout: float = TIMEOUT) ->
         if result:
             return
         if loop.time() >= deadline:
-            raise AssertionError(f"still not the case after {timeout:g} s: {what}")
+            raise _failure(what, timeout)
         await asyncio.sleep(pause)
         pause = min(2 * pause, _MOST_BETWEEN_LOOKS)
 
 
-def wait_until(condition: Callable[[], bool], what: str, *, timeout: float = TIMEOUT) -> None:
+def wait_until(condition: Callable[[], bool], what: What, *, timeout: float = TIMEOUT) -> None:
     """:func:`until` for synchronous tests (another process or thread makes it true)."""
     deadline = time.monotonic() + timeout
     pause = _FIRST_LOOK
     while not condition():
         if time.monotonic() >= deadline:
-            raise AssertionError(f"still not the case after {timeout:g} s: {what}")
+            raise _failure(what, timeout)
         time.sleep(pause)
         pause = min(2 * pause, _MOST_BETWEEN_LOOKS)
 
