@@ -9,6 +9,7 @@ daemons on one host, as the parent's file handed over an abstract unix socket
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -23,6 +24,7 @@ import pytest
 from damselfly.daemon.ratelimit import ByteLimiter, RequestLimiter
 from damselfly.daemon.store.digesting import InOrderDigest
 from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.store.receiving import Receiving
 from damselfly.daemon.transfer import piece_client, vortex
 from damselfly.daemon.transfer.local_pieces import LocalPieces, LocalPieceServer
 from damselfly.daemon.transfer.piece_client import PieceClient, PieceConnectionPool
@@ -174,6 +176,13 @@ def child_task(child: PieceStore, length: int, piece_length: int = PL) -> int:
     return child.open_write_fd(TID)
 
 
+def held_by_parent(parent: Parent, child: PieceStore, size: int) -> tuple[bytes, int]:
+    """A task of ``size`` bytes that the parent holds whole; the child's fd for it (to close)."""
+    data = make_content(size)
+    seed(parent.store, TID, data)
+    return data, child_task(child, size)
+
+
 def land(store: PieceStore, data: bytes, end: int, start: int = 0) -> None:
     """Bytes ``start:end`` of the content reach the parent's file (from its own parent)."""
     fd = store.open_write_fd(TID)
@@ -217,12 +226,10 @@ async def test_contract_pieces_arrive_intact(transport: Transport, parent: Paren
 async def test_contract_a_corrupt_piece_is_a_digest_mismatch(
     transport: Transport, parent: Parent, child: PieceStore
 ) -> None:
-    data = make_content(3 * PL)
-    seed(parent.store, TID, data)
+    data, fd = held_by_parent(parent, child, 3 * PL)
     bad = bytearray(data)
     bad[PL + 77] ^= 0xFF
     land(parent.store, bytes(bad), PL + 78, PL + 77)  # a byte of piece 1 went bad on its disk
-    fd = child_task(child, len(data))
     try:
         with pytest.raises(DigestMismatch):
             await transport.fetch(TID, 1, fd, PL, PL)
@@ -248,54 +255,64 @@ async def test_contract_a_piece_the_parent_does_not_have_is_refused(
     assert transport.served() == 0
 
 
+@dataclass
+class Arriving:
+    """Piece 0 of a task at the parent, half of it landed from the parent's own parent (its
+    header, and so its crc32, came first); a child asking for it, the parent mid-way through."""
+
+    data: bytes
+    length: int
+    entry: Receiving
+    out: int  # the child's fd
+    fetch: asyncio.Future[PieceInfo]
+
+
+@contextlib.asynccontextmanager
+async def half_arrived(transport: Transport, parent: Parent, child: PieceStore) -> AsyncIterator[Arriving]:
+    data, length = make_content(8 * PL), 4 * PL
+    parent.store.create_task(TID)
+    parent.store.set_content_length(TID, len(data), length)
+    entry = parent.store.receiving.start(TID, 0, 0, length, f"crc32:{zlib.crc32(data[:length])}")
+    land(parent.store, data, length // 2)
+    entry.advance(length // 2)
+    out = child_task(child, len(data), length)
+    fetch = asyncio.ensure_future(transport.fetch(TID, 0, out, 0, length))
+    try:
+        await until(lambda: transport.mid_piece(parent.store, out) or fetch.done(), "the piece is under way")
+        assert not fetch.done()
+        yield Arriving(data, length, entry, out, fetch)
+    finally:
+        if entry.state == "receiving":
+            parent.store.receiving.end(entry, ok=False)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(fetch, TIMEOUT)
+        os.close(out)
+
+
 @BOTH
 async def test_contract_a_piece_still_arriving_reaches_the_child_once_the_parent_has_it(
     transport: Transport, parent: Parent, child: PieceStore
 ) -> None:
     # Over TCP it is served while it lands (cut-through); from the file, once it is held.
-    data = make_content(8 * PL)
-    piece = 4 * PL
-    parent.store.create_task(TID)
-    parent.store.set_content_length(TID, len(data), piece)
-    crc = f"crc32:{zlib.crc32(data[:piece])}"
-    entry = parent.store.receiving.start(TID, 0, 0, piece, crc)  # its header came from upstream
-    out = child_task(child, len(data), piece)
-    try:
-        fetch = asyncio.ensure_future(transport.fetch(TID, 0, out, 0, piece))
-        land(parent.store, data, piece)
-        entry.advance(piece)
-        parent.store.finish_piece(TID, PieceInfo(0, 0, piece, crc))
-        parent.store.receiving.end(entry, ok=True)
-        info = await asyncio.wait_for(fetch, TIMEOUT)
-        assert info.digest == crc
-        assert os.pread(out, piece, 0) == data[:piece]
-    finally:
-        os.close(out)
+    async with half_arrived(transport, parent, child) as piece:
+        land(parent.store, piece.data, piece.length, piece.length // 2)
+        piece.entry.advance(piece.length)
+        parent.store.finish_piece(TID, PieceInfo(0, 0, piece.length, piece.entry.digest))
+        parent.store.receiving.end(piece.entry, ok=True)
+        info = await asyncio.wait_for(piece.fetch, TIMEOUT)
+        assert info.digest == piece.entry.digest
+        assert os.pread(piece.out, piece.length, 0) == piece.data[: piece.length]
 
 
 @BOTH
 async def test_contract_a_parent_that_goes_away_mid_piece_fails_the_piece(
     transport: Transport, parent: Parent, child: PieceStore
 ) -> None:
-    data = make_content(8 * PL)
-    piece = 4 * PL
-    parent.store.create_task(TID)
-    parent.store.set_content_length(TID, len(data), piece)
-    entry = parent.store.receiving.start(TID, 0, 0, piece, f"crc32:{zlib.crc32(data[:piece])}")
-    land(parent.store, data, piece // 2)  # half of it is here, the rest never comes
-    entry.advance(piece // 2)
-    out = child_task(child, len(data), piece)
-    try:
-        fetch = asyncio.ensure_future(transport.fetch(TID, 0, out, 0, piece))
-        await until(lambda: transport.mid_piece(parent.store, out) or fetch.done(), "the piece is under way")
-        assert not fetch.done()
+    async with half_arrived(transport, parent, child) as piece:  # the rest never comes
         await transport.close_parent()
         error, says = transport.gone
         with pytest.raises(error, match=says):
-            await asyncio.wait_for(fetch, TIMEOUT)
-    finally:
-        parent.store.receiving.end(entry, ok=False)
-        os.close(out)
+            await asyncio.wait_for(piece.fetch, TIMEOUT)
     assert child.get(TID).pieces == {}  # type: ignore[union-attr]
 
 
@@ -303,10 +320,8 @@ async def test_contract_a_parent_that_goes_away_mid_piece_fails_the_piece(
 async def test_contract_an_upload_limit_is_honoured(
     transport: Transport, parent: Parent, child: PieceStore
 ) -> None:
-    data = make_content(3 * PL)
-    seed(parent.store, TID, data)
+    data, fd = held_by_parent(parent, child, 3 * PL)
     parent.limiter.set_rate(1000 * 1024 * 1024)  # high: this is about the path, not the pace
-    fd = child_task(child, len(data))
     try:
         if transport.limited is None:  # the bytes are granted by the limit
             info = await transport.fetch(TID, 1, fd, PL, PL)
@@ -337,10 +352,8 @@ async def test_contract_an_upload_limit_is_honoured(
 async def test_contract_a_busy_parent_refuses_the_request(
     transport: Transport, parent: Parent, child: PieceStore
 ) -> None:
-    data = make_content(2 * PL)
-    seed(parent.store, TID, data)
+    _, fd = held_by_parent(parent, child, 2 * PL)
     parent.server.request_limiter = RequestLimiter(0.001, burst=1)  # one request, then busy
-    fd = child_task(child, len(data))
     try:
         await transport.fetch(TID, 0, fd, 0, PL)
         with pytest.raises(ResourceExhausted):
