@@ -25,6 +25,7 @@ class FaultFront:
         self.faults: dict[str, str] = {}
         self.blob_gets: dict[str, int] = {}
         self.release = threading.Event()
+        self.holding = threading.Event()  # a "hold" blob sent its first half and waits for release
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -92,6 +93,7 @@ class FaultFront:
             resp.content_length = len(body)
             await resp.prepare(request)
             await resp.write(body[: len(body) // 2])
+            self.holding.set()
             await asyncio.to_thread(self.release.wait, 60)
             await resp.write(body[len(body) // 2 :])
             return resp

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.helpers.metrics import sample_now
+from tests.helpers.wait import wait_until
 
 from damselfly.testbed.registry import OCI_MANIFEST, Image, Registry
 
@@ -24,11 +26,11 @@ def _get(url: str, accept: str = "") -> bytes:
         return bytes(r.read())
 
 
-def _wait_for(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
+def read_ahead(swarm: Swarm, result: str) -> float:
+    """Peer 0's proxy's read-ahead decisions so far: ``started`` (next blobs it began),
+    ``asked_blob_failed`` or ``no_order`` (asked blobs after which it began none, and why)."""
+    port = swarm.peers[0].ready["metrics_port"]
+    return sample_now(port, "damselfly_daemon_proxy_read_ahead_total", result=result)
 
 
 def test_the_next_layer_is_fetched_before_the_client_asks(
@@ -42,8 +44,9 @@ def test_the_next_layer_is_fetched_before_the_client_asks(
         body = _get(f"{base}/blobs/{first.digest}")
         assert "sha256:" + hashlib.sha256(body).hexdigest() == first.digest
         # Nobody asked for the second layer, yet the registry sends it (once) and the daemon holds it.
-        _wait_for(
-            lambda: registry.blob_bytes(second.digest) == second.size, blob_log(registry) + swarm.logs()
+        wait_until(
+            lambda: registry.blob_bytes(second.digest) == second.size,
+            lambda: blob_log(registry) + swarm.logs(),
         )
         assert swarm.holds_blob(0, second.digest)
         assert registry.blob_bytes(third.digest) == 0  # one blob ahead, no more
@@ -81,18 +84,21 @@ def test_the_next_layer_waits_until_the_asked_one_is_held(
         bodies: list[bytes] = []
         client = threading.Thread(target=lambda: bodies.append(_get(f"{base}/blobs/{first.digest}")))
         client.start()
-        _wait_for(lambda: front.blob_gets.get(first.digest) == 1, "the first layer was not fetched")
-        time.sleep(1.0)
+        wait_until(front.holding.is_set, "the first layer is on its way, held back half way")
+        # The proxy took the request before the registry saw it: a read-ahead that did not wait
+        # for the first layer would have started (and been counted) by now.
+        assert read_ahead(swarm, "started") == 0
         assert front.blob_gets.get(second.digest, 0) == 0  # not while the first is on its way
         front.release.set()
         client.join(60)
         assert bodies and "sha256:" + hashlib.sha256(bodies[0]).hexdigest() == first.digest
-        _wait_for(lambda: front.blob_gets.get(second.digest) == 1, "the next layer was not read ahead")
-        _wait_for(lambda: swarm.holds_blob(0, second.digest), "the daemon does not hold the next layer")
+        wait_until(lambda: front.blob_gets.get(second.digest) == 1, "the next layer was read ahead")
+        wait_until(lambda: swarm.holds_blob(0, second.digest), "the daemon holds the next layer")
+        assert read_ahead(swarm, "started") == 1
 
 
 def test_a_blob_that_failed_reads_nothing_ahead(tmp_root: Path, registry: Registry, image: Image) -> None:
-    with fronted(tmp_root, registry) as (front, _, base):
+    with fronted(tmp_root, registry) as (front, swarm, base):
         first, second, _ = image.layers
         front.faults[first.digest] = "500"
         try:
@@ -100,7 +106,8 @@ def test_a_blob_that_failed_reads_nothing_ahead(tmp_root: Path, registry: Regist
             raise AssertionError("a blob the registry failed was served")
         except urllib.error.HTTPError as e:
             assert e.code == 502
-        time.sleep(1.0)
+        wait_until(lambda: read_ahead(swarm, "asked_blob_failed") == 1, "the proxy saw the blob fail")
+        assert read_ahead(swarm, "started") == 0
         assert front.blob_gets.get(second.digest, 0) == 0
 
 
@@ -111,7 +118,9 @@ def test_without_its_manifest_no_blob_is_read_ahead(tmp_root: Path, registry: Re
         base = f"http://{swarm.proxy(0)}/v2/team/app"
         first, second, _ = image.layers
         _get(f"{base}/blobs/{first.digest}")
-        time.sleep(1.0)
+        # Decided when the request came, before its answer: no manifest gave an order.
+        assert read_ahead(swarm, "no_order") == 1
+        assert read_ahead(swarm, "started") == 0
         assert registry.blob_bytes(second.digest) == 0
     finally:
         swarm.close()

@@ -16,10 +16,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
+from tests.helpers.wait import wait_until
 
 from damselfly.runtime.children import pid_alive
 from damselfly.testbed import netns
@@ -134,9 +134,7 @@ def test_stale_sweep_kills_leftovers_and_removes_their_namespaces() -> None:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "60"])
     try:
-        deadline = time.monotonic() + 5
-        while sleeper.pid not in netns.namespace_pids(Runner(), ns) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: sleeper.pid in netns.namespace_pids(Runner(), ns), f"the sleeper runs in {ns}")
         removed = netns.sweep_stale()
         assert ns in removed
         assert sleeper.wait(timeout=10) != 0

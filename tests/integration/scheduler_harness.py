@@ -15,6 +15,7 @@ import grpc
 from damselfly.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from damselfly.config import SchedulerConfig, load_scheduler_config
 from damselfly.scheduler.app import serve
+from helpers.wait import until
 
 URL = "http://origin.test/file.bin"
 
@@ -40,10 +41,7 @@ async def running_scheduler(tmp_path: Path, **overrides: Any) -> AsyncIterator[R
     ready = tmp_path / f"scheduler-{id(config)}.json"
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(serve(config, ready_file=ready, stop=stop))
-    for _ in range(500):
-        if ready.exists() or task.done():
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: ready.exists() or task.done(), "the scheduler wrote its ready file")
     if task.done():
         task.result()
     info = json.loads(ready.read_text())

@@ -24,10 +24,12 @@ from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.store.receiving import Receiving
 from damselfly.daemon.transfer import vortex
 from damselfly.daemon.transfer.piece_client import PieceClient, PieceConnectionPool
+from damselfly.daemon.transfer.piece_server import HOLD_BYTES as HOLD
 from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.domain import PieceInfo
 from damselfly.errors import DigestMismatch, NotFound, PeerError
 from damselfly.ids import task_id
+from helpers.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -57,8 +59,9 @@ class Child:
     out: int  # the child's output fd
     fetch: asyncio.Future[PieceInfo]
 
-    def size(self) -> int:
-        return os.fstat(self.out).st_size
+    def received(self, n: int) -> bool:
+        """The first ``n`` bytes of the piece are in the child's file (as they came from the parent)."""
+        return n <= 0 or os.pread(self.out, n, 0) == DATA[:n]
 
 
 @contextlib.asynccontextmanager
@@ -94,6 +97,12 @@ async def got_piece_zero(child: Child) -> None:
     assert os.pread(child.out, PL, 0) == DATA[:PL]
 
 
+def holds_back(entry: Receiving) -> bool:
+    """The parent's server sent what it may and now waits for its own copy's verdict
+    (:meth:`Receiving.ended`): the causal point for "the rest did not go out"."""
+    return bool(entry._waiters)
+
+
 def record(store: PieceStore, entry: Receiving) -> None:
     """The parent's own copy of piece 0 passed its check: its digest is known, it is held."""
     entry.digest = CRC0
@@ -107,28 +116,27 @@ async def test_a_piece_is_served_while_it_lands(parent: tuple[PieceStore, int], 
         for step in range(1, 5):  # the upstream transfer, a quarter at a time
             write(store, (step - 1) * PL // 4, step * PL // 4)
             child.entry.advance(step * PL // 4)
-            await asyncio.sleep(0.05)
+            await until(
+                lambda step=step: child.received(min(step * PL // 4, PL - HOLD)), f"quarter {step} went on"
+            )
         # Everything but the held-back tail has reached the child before our copy is verified.
+        await until(lambda: holds_back(child.entry), "the parent waits for its verdict")
         assert not child.fetch.done()
-        assert child.size() >= PL - 64 * 1024
         record(store, child.entry)
         await got_piece_zero(child)
 
 
-async def test_a_slow_upstream_is_passed_on_within_tens_of_milliseconds(
+async def test_a_slow_upstream_is_passed_on_without_waiting_for_a_batch(
     parent: tuple[PieceStore, int], tmp_path: Path
 ) -> None:
-    """Small arrivals go on at the next look (every 5-40 ms), never held back for a batch:
-    on a slow link 256 KiB can take most of a second to gather, at every hop."""
+    """Small arrivals go on at the next look, never held back for a batch: on a slow link
+    256 KiB can take most of a second to gather, at every hop. (Nothing more lands until the
+    child has the first 32 KiB; how soon a look comes is the server's poll interval.)"""
     store, port = parent
     async with child_fetching(store, port, tmp_path / "child") as child:
         write(store, 0, 32 * 1024)
         child.entry.advance(32 * 1024)
-        for _ in range(50):  # up to 1 s; a look comes every 40 ms at most
-            await asyncio.sleep(0.02)
-            if child.size() >= 32 * 1024:
-                break
-        assert child.size() >= 32 * 1024
+        await until(lambda: child.received(32 * 1024), "32 KiB went on alone")
         assert not child.fetch.done()
         write(store, 32 * 1024, PL)
         child.entry.advance(PL)
@@ -143,7 +151,7 @@ async def test_a_failed_upstream_transfer_never_completes_the_childs_piece(
     async with child_fetching(store, port, tmp_path / "child") as child:
         write(store, 0, PL)  # every byte landed, but our own check will fail
         child.entry.advance(PL)
-        await asyncio.sleep(0.1)
+        await until(lambda: holds_back(child.entry), "the parent waits for its verdict")
         assert not child.fetch.done()  # the tail waits for the verdict
         store.receiving.end(child.entry, ok=False)
         with pytest.raises(PeerError):
@@ -167,10 +175,12 @@ async def test_a_landing_piece_reaches_a_trailer_child_before_its_digest_is_know
         for step in range(1, 5):
             write(store, (step - 1) * PL // 4, step * PL // 4)
             child.entry.advance(step * PL // 4)
-            await asyncio.sleep(0.05)
+            await until(
+                lambda step=step: child.received(min(step * PL // 4, PL - HOLD)), f"quarter {step} went on"
+            )
         # All but the held-back tail went on while the piece's digest was still unknown.
+        await until(lambda: holds_back(child.entry), "the parent waits for its verdict")
         assert not child.fetch.done()
-        assert child.size() >= PL - 64 * 1024
         record(store, child.entry)  # the origin's piece ended: its crc32 is known
         await got_piece_zero(child)
 
@@ -182,8 +192,8 @@ async def test_a_plain_child_gets_the_landing_piece_whole_with_its_digest_first(
     async with child_fetching(store, port, tmp_path / "child", digest="") as child:
         write(store, 0, PL)
         child.entry.advance(PL)
-        await asyncio.sleep(0.1)
-        assert not child.fetch.done() and child.size() == 0  # nothing before its digest
+        await until(lambda: holds_back(child.entry), "the parent waits for the piece to be whole")
+        assert not child.fetch.done() and not child.received(1)  # nothing before its digest
         record(store, child.entry)
         await got_piece_zero(child)
 
@@ -209,7 +219,7 @@ async def test_a_failed_origin_fetch_never_completes_a_trailer_childs_piece(
     async with child_fetching(store, port, tmp_path / "child", digest="", trailer=True) as child:
         write(store, 0, PL // 2)
         child.entry.advance(PL // 2)
-        await asyncio.sleep(0.05)
+        await until(lambda: child.received(PL // 2), "the first half went on")
         store.receiving.end(child.entry, ok=False)  # the origin's connection broke mid-piece
         with pytest.raises(PeerError):
             await asyncio.wait_for(child.fetch, 10)

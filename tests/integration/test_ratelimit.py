@@ -1,14 +1,15 @@
 """Rate limits on real transfers: a scheduler, an origin and daemons on loopback (one process).
 
-The limiters count every byte they grant, so the main assertions are on
-tokens (every byte of the transfer went through the right limiter); elapsed
-time is asserted only as a lower bound a slow machine cannot break.
+The assertions are on tokens, never on elapsed time: every byte of a transfer
+went through the right limiter, exactly once, and over any stretch of the
+limiter's own clock it granted no more than its rate allows (plus one bucket),
+which a slow machine cannot break. How close the achieved rate comes to the
+configured one is measured by ``benchmarks/ratelimit.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,17 +18,56 @@ import pytest
 
 from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from damselfly.config import load_daemon_config
+from damselfly.daemon import service
 from damselfly.daemon.app import Daemon
 from damselfly.daemon.download.tasks import task_id_for
+from damselfly.daemon.ratelimit import ByteLimiter
 from damselfly.daemon.service import RATE_LIMIT_HEADER
 from damselfly.daemon.transfer.piece_client import PieceClient
 from damselfly.domain import DownloadSpec
 from damselfly.errors import ResourceExhausted
 from damselfly.units import MiB
+from helpers.wait import wait_until
 from swarm.harness import Swarm, sha256_file
 
 RATE = 2_000_000  # bytes/s
 SIZE = 4 * MiB  # 2.1 s at RATE; the first 200 kB ride the full bucket
+
+
+def watch(limiter: ByteLimiter) -> list[tuple[float, int]]:
+    """From now on, record each grant (+bytes) and refund (-bytes) of ``limiter``'s bucket
+    at the time of the bucket's own clock when it happened."""
+    bucket = limiter._bucket
+    events: list[tuple[float, int]] = []
+    take, give_back = bucket.try_take, bucket.give_back
+
+    def try_take(n: int) -> bool:
+        taken = take(n)
+        if taken:
+            events.append((bucket._last, min(n, bucket.burst)))
+        return taken
+
+    def refund(n: int) -> None:
+        give_back(n)
+        if n > 0:
+            events.append((bucket._last, -n))
+
+    bucket.try_take = try_take  # type: ignore[method-assign]
+    bucket.give_back = refund  # type: ignore[method-assign]
+    return events
+
+
+def assert_within_the_limit(events: list[tuple[float, int]], limiter: ByteLimiter) -> None:
+    """Over every stretch between two grants, the bytes granted (net of refunds) are at most
+    the rate times the stretch plus one bucket: the limit held, however slow the machine."""
+    assert events, "the limiter was never consulted"
+    assert sum(n for _, n in events) == limiter.bytes_granted
+    for i, (start, _) in enumerate(events):
+        net = 0
+        for when, n in events[i:]:
+            net += n
+            allowed = limiter.rate * (when - start) + limiter.burst
+            assert net <= allowed + 1, f"{net} bytes in {when - start:.3f} s at {limiter!r}"
 
 
 @pytest.fixture
@@ -52,13 +92,13 @@ async def _seeded(swarm: Swarm, name: str, **seed_extra: object) -> str:
 async def test_host_download_limit_applies_to_peer_bytes(swarm: Swarm, tmp_path: Path) -> None:
     url = await _seeded(swarm, "down.bin")
     peer = await swarm.add_daemon("peer", download={"bandwidth_limit": RATE})
-    began = time.monotonic()
+    grants = watch(peer.limiters.download)
     r = await swarm.download("peer", url, tmp_path / "out")
-    elapsed = time.monotonic() - began
     assert r.ok, r.details
     assert sha256_file(tmp_path / "out") == sha256_file(swarm.root / "origin" / "down.bin")
+    assert peer.limiters.download.rate == RATE
     assert peer.limiters.download.bytes_granted == SIZE  # every byte, exactly once
-    assert elapsed >= (SIZE - peer.limiters.download.burst) / RATE * 0.95
+    assert_within_the_limit(grants, peer.limiters.download)
 
 
 async def test_host_upload_limit_applies_to_every_child(swarm: Swarm, tmp_path: Path) -> None:
@@ -66,15 +106,14 @@ async def test_host_upload_limit_applies_to_every_child(swarm: Swarm, tmp_path: 
     seed = swarm.daemons["seed"]
     for n in ("p1", "p2"):
         await swarm.add_daemon(n)
-    began = time.monotonic()
+    grants = watch(seed.limiters.upload)
     results = await asyncio.gather(*(swarm.download(n, url, tmp_path / f"{n}.out") for n in ("p1", "p2")))
-    elapsed = time.monotonic() - began
     assert all(r.ok for r in results), [r.details for r in results]
     sent = seed.piece_server.bytes_sent
     assert sent >= SIZE  # at least one child was served by the seed
     assert seed.limiters.upload.bytes_granted == sent
-    # Two children share one host limit: what the seed sent took sent/RATE at least.
-    assert elapsed >= (sent - seed.limiters.upload.burst) / RATE * 0.95
+    # Two children share one host limit: together they never got more than it allows.
+    assert_within_the_limit(grants, seed.limiters.upload)
 
 
 async def test_per_download_limit_via_header_is_consumed_not_forwarded(
@@ -82,6 +121,16 @@ async def test_per_download_limit_via_header_is_consumed_not_forwarded(
 ) -> None:
     url = await _seeded(swarm, "task.bin")
     peer = await swarm.add_daemon("peer")
+    limits: list[tuple[ByteLimiter, list[tuple[float, int]]]] = []
+    take_rate_limit = service.take_rate_limit
+
+    def taken(spec: DownloadSpec) -> ByteLimiter | None:
+        limiter = take_rate_limit(spec)
+        if limiter is not None:
+            limits.append((limiter, watch(limiter)))
+        return limiter
+
+    monkeypatch.setattr(service, "take_rate_limit", taken)
     seen: list[dict[str, str]] = []
     for d in (peer, swarm.daemons["seed"]):
         original = d.source.fetch_into
@@ -91,12 +140,15 @@ async def test_per_download_limit_via_header_is_consumed_not_forwarded(
             return await _orig(u, headers, *a, **kw)  # type: ignore[no-any-return]
 
         monkeypatch.setattr(d.source, "fetch_into", spy)
-    began = time.monotonic()
+    before = swarm.origin_bytes()
     r = await swarm.download("peer", url, tmp_path / "out", request_header={RATE_LIMIT_HEADER: "2MB/s"})
-    elapsed = time.monotonic() - began
     assert r.ok, r.details
+    assert sha256_file(tmp_path / "out") == sha256_file(swarm.root / "origin" / "task.bin")
+    assert swarm.origin_bytes() == before  # every byte came from the seed, on the limited path
     assert peer.limiters.download.unlimited  # the host has no limit...
-    assert elapsed >= (SIZE - 200_000) / RATE * 0.95  # ...the download had one
+    [(limiter, grants)] = limits  # ...the download had one, and every byte went through it
+    assert limiter.rate == RATE and limiter.bytes_granted == SIZE
+    assert_within_the_limit(grants, limiter)
     assert all(RATE_LIMIT_HEADER.lower() not in (k.lower() for k in h) for h in seen)
 
 
@@ -203,11 +255,9 @@ def test_sighup_reloads_limits_in_a_running_daemon(short_tmp: Path) -> None:
         cfg.write_text(base.replace("1000000", "7000000") + "download:\n  bandwidthLimit: 5000000\n")
         os.kill(child.pid, signal.SIGHUP)
         want = "reloaded limits: download 5 MB/s, upload 7 MB/s"
-        for _ in range(200):
-            if want in log.read_text():
-                break
-            time.sleep(0.05)
-        assert want in log.read_text(), log.read_text()[-2000:]
+        wait_until(
+            lambda: want in log.read_text(), lambda: f"{want!r} in the log:\n{log.read_text()[-2000:]}"
+        )
         assert child.alive()
     finally:
         stop_all([child])

@@ -15,10 +15,13 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from scheduler_harness import URL, FakePeer, announce_host, host_pb, running_scheduler
+from scheduler_harness import URL, FakePeer, RunningScheduler, announce_host, host_pb, running_scheduler
 
 from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from damselfly.ids import task_id as make_task_id
+from damselfly.scheduler.metrics import PREFIX
+from helpers.metrics import sample
+from helpers.wait import TIMEOUT, until
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +29,42 @@ TASK = make_task_id(URL)
 PIECE = 4 * 1024 * 1024
 
 
+# Peers here wait on events only: the fallback to the origin after a long wait never fires.
+PATIENT = {"backToSourceAfter": 3600}
+
+
 def which(answer: Any) -> str:
     return str(answer.WhichOneof("response"))
+
+
+async def counted(s: RunningScheduler, name: str, **labels: str) -> float:
+    """A counter of the scheduler's (``back_to_source_total``, ``schedule_decision_total``...)."""
+    return await sample(s.metrics_port, PREFIX + name, **labels)
+
+
+async def registered(s: RunningScheduler, peer_id: str) -> bool:
+    """The scheduler has handled the peer's registration (and so decided its first answer)."""
+    try:
+        await s.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id=peer_id))
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+async def register_in_order(s: RunningScheduler, peers: list[FakePeer]) -> None:
+    """Register ``peers`` one after another: each stream is its own, so only waiting for the
+    scheduler to have each one makes the order of registration the order given."""
+    for p in peers:
+        p.register()
+        await until(lambda p=p: registered(s, p.peer_id), f"{p.peer_id} is registered")
 
 
 async def test_first_peer_goes_to_source_then_second_gets_it_as_parent(tmp_path: Path) -> None:
     # The mesh's rule: a peer waits until someone can serve. (The default chain lines B up
     # behind A at once: test_scheduler_service_logic.py.)
-    async with running_scheduler(tmp_path, scheduler={"topology": "mesh"}) as s:
+    async with running_scheduler(tmp_path, scheduler={"topology": "mesh", **PATIENT}) as s:
         ha, hb = host_pb("a"), host_pb("b")
         await announce_host(s.stub, ha)
         await announce_host(s.stub, hb)
@@ -45,9 +76,12 @@ async def test_first_peer_goes_to_source_then_second_gets_it_as_parent(tmp_path:
         # B registers while nobody can serve: it waits, and is answered when A starts.
         b = FakePeer(s.stub, hb.id, TASK, "peer-b")
         b.register()
-        b_answer = asyncio.ensure_future(b.answer())
-        await asyncio.sleep(0.3)
-        assert not b_answer.done(), "B must wait for a parent, not go to the origin too"
+        b_answer = asyncio.ensure_future(b.answer(timeout=TIMEOUT))
+        await until(lambda: registered(s, "peer-b"), "B is registered")
+        # B's first answer was decided with its registration: to wait, not to go to the origin too.
+        assert await counted(s, "back_to_source_total") == 1  # A only
+        assert await counted(s, "schedule_decision_total", kind="Wait") >= 1
+        assert not b_answer.done()
 
         a.send(
             download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
@@ -125,12 +159,12 @@ async def test_finished_task_answers_new_peer_at_once_and_stream_break_fails_pee
 
         # A daemon that vanishes mid-download leaves a Failed peer behind.
         c.call.cancel()
-        for _ in range(100):
+
+        async def c_failed() -> bool:
             peer = await s.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id="peer-c"))
-            if peer.state == "Failed":
-                break
-            await asyncio.sleep(0.02)
-        assert peer.state == "Failed"
+            return bool(peer.state == "Failed")
+
+        await until(c_failed, "peer-c is Failed once its stream broke")
 
 
 async def test_empty_task_and_restore_register(tmp_path: Path) -> None:
@@ -216,10 +250,12 @@ class FakeSeedDaemon(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[
 
     def __init__(self) -> None:
         self.calls: list[Any] = []
+        self.called = asyncio.Event()
         self.release = asyncio.Event()
 
     async def DownloadTask(self, request: Any, context: Any) -> Any:
         self.calls.append(request)
+        self.called.set()
         await self.release.wait()
         yield dfdaemon_pb2.DownloadTaskResponse(task_id=TASK)
 
@@ -238,10 +274,14 @@ async def fake_seed() -> AsyncIterator[tuple[FakeSeedDaemon, int]]:
         await server.stop(None)
 
 
+async def all_registered(s: RunningScheduler, peers: list[FakePeer]) -> bool:
+    return all(await asyncio.gather(*(registered(s, p.peer_id) for p in peers)))
+
+
 async def test_seed_trigger_once_for_twenty_concurrent_peers(tmp_path: Path) -> None:
     async with (
         fake_seed() as (seed_daemon, seed_port),
-        running_scheduler(tmp_path, scheduler={"topology": "mesh"}) as s,
+        running_scheduler(tmp_path, scheduler={"topology": "mesh", **PATIENT}) as s,
     ):
         seed_host = host_pb("seed", port=seed_port, seed=True)
         await announce_host(s.stub, seed_host)
@@ -251,12 +291,14 @@ async def test_seed_trigger_once_for_twenty_concurrent_peers(tmp_path: Path) -> 
         peers = [FakePeer(s.stub, h.id, TASK, f"peer-{i}") for i, h in enumerate(hosts)]
         for p in peers:
             p.register(request_header={"Authorization": "Bearer x"}, output_path="/tmp/out")
-        answers = [asyncio.ensure_future(p.answer()) for p in peers]
-        for _ in range(200):
-            if seed_daemon.calls:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
+        answers = [asyncio.ensure_future(p.answer(timeout=TIMEOUT)) for p in peers]
+        await asyncio.wait_for(seed_daemon.called.wait(), TIMEOUT)
+        # Every registration decided (each peer's first answer comes with its registration):
+        # one seed download triggered for the twenty, nobody sent to the origin or to a parent.
+        await until(lambda: all_registered(s, peers), "the scheduler handled the twenty registrations")
+        assert await counted(s, "seed_trigger_total", result="triggered") == 1
+        assert await counted(s, "back_to_source_total") == 0
+        assert await counted(s, "schedule_decision_total", kind="Parents") == 0
         assert len(seed_daemon.calls) == 1
         download = seed_daemon.calls[0].download
         assert download.url == URL
@@ -283,28 +325,27 @@ async def test_seed_trigger_once_for_twenty_concurrent_peers(tmp_path: Path) -> 
 async def test_chain_triggers_the_seed_once_and_lines_twenty_peers_up_behind_it(tmp_path: Path) -> None:
     async with (
         fake_seed() as (seed_daemon, seed_port),
-        running_scheduler(tmp_path) as s,
+        running_scheduler(tmp_path, scheduler=PATIENT) as s,
     ):  # the default topology: chain
         seed_host = host_pb("seed", port=seed_port, seed=True)
         await announce_host(s.stub, seed_host)
         hosts = [host_pb(f"h{i}") for i in range(20)]
         await asyncio.gather(*(announce_host(s.stub, h) for h in hosts))
         peers = [FakePeer(s.stub, h.id, TASK, f"peer-{i}") for i, h in enumerate(hosts)]
-        for p in peers:  # one after another: the line's order is the registration order
-            p.register()
-            await asyncio.sleep(0.01)
-        answers = [asyncio.ensure_future(p.answer()) for p in peers]
+        await register_in_order(s, peers)  # the line's order is the registration order
+        answers = [asyncio.ensure_future(p.answer(timeout=TIMEOUT)) for p in peers]
         # Everyone but the head is answered at once, with the peer registered before it.
         rest = await asyncio.gather(*answers[1:])
         assert [[c.id for c in r.normal_task_response.candidate_parents] for r in rest] == [
             [f"peer-{i}"] for i in range(19)
         ]
-        for _ in range(200):
-            if seed_daemon.calls:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
-        assert len(seed_daemon.calls) == 1 and not answers[0].done()  # the head waits for the seed
+        await asyncio.wait_for(seed_daemon.called.wait(), TIMEOUT)
+        # Every registration was decided (each one before the next was sent): the head waits
+        # for the seed, which was triggered once; nobody went to the origin.
+        assert await counted(s, "seed_trigger_total", result="triggered") == 1
+        assert await counted(s, "back_to_source_total") == 0
+        assert await counted(s, "schedule_decision_total", kind="Parents") == 19
+        assert len(seed_daemon.calls) == 1 and not answers[0].done()
         sp = FakePeer(s.stub, seed_host.id, TASK, "peer-seed")
         sp.register()
         assert which(await sp.answer()) == "need_back_to_source_response"
@@ -323,7 +364,7 @@ async def test_unreachable_seed_host_falls_back_to_one_origin_fetch(tmp_path: Pa
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]
-    async with running_scheduler(tmp_path, scheduler={"topology": "mesh"}) as s:
+    async with running_scheduler(tmp_path, scheduler={"topology": "mesh", **PATIENT}) as s:
         seed_host = host_pb("seed", port=dead_port, seed=True)
         await announce_host(s.stub, seed_host)
         hosts = [host_pb(f"h{i}") for i in range(3)]
@@ -333,13 +374,15 @@ async def test_unreachable_seed_host_falls_back_to_one_origin_fetch(tmp_path: Pa
         assert [h.id for h in seeds.hosts] == [seed_host.id]
 
         peers = [FakePeer(s.stub, h.id, TASK, f"peer-{i}") for i, h in enumerate(hosts)]
-        for p in peers:
-            p.register()
+        await register_in_order(s, peers)
         # The seed download fails at once; the first peer is sent to the origin, the others wait for it.
-        first = await peers[0].answer()
+        first = await peers[0].answer(timeout=TIMEOUT)
         assert which(first) == "need_back_to_source_response"
-        others = [asyncio.ensure_future(p.answer()) for p in peers[1:]]
-        await asyncio.sleep(0.3)
+        others = [asyncio.ensure_future(p.answer(timeout=TIMEOUT)) for p in peers[1:]]
+        # The failure woke every waiting peer and each was decided again: one to the origin.
+        assert await counted(s, "seed_trigger_total", result="failed") == 1
+        assert await counted(s, "back_to_source_total") == 1
+        assert await counted(s, "schedule_decision_total", kind="Parents") == 0
         assert not any(o.done() for o in others)
         peers[0].send(
             download_peer_back_to_source_started_request=scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
@@ -366,10 +409,7 @@ async def test_run_in_a_process_writes_ready_file_and_stops_on_sigterm(tmp_path:
     )
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
     try:
-        for _ in range(500):
-            if ready.exists() or proc.returncode is not None:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: ready.exists() or proc.returncode is not None, "the scheduler is ready")
         info = json.loads(ready.read_text())
         assert info["pid"] == proc.pid and info["grpc_port"] > 0 and info["metrics_port"] > 0
         async with grpc.aio.insecure_channel(f"127.0.0.1:{info['grpc_port']}") as channel:

@@ -27,6 +27,7 @@ from damselfly.domain import PieceInfo, TrafficType
 from damselfly.errors import ConfigError, DownloadTimeout, SourceError, SourceStatusError, SourceUnreachable
 from damselfly.ids import task_id
 from damselfly.pieces import Digest, piece_span
+from helpers.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -325,12 +326,15 @@ async def test_a_cancelled_fetch_stops_writing_before_it_returns(
     source._config.read_timeout = 60  # the cancel, not the timeout, must end it
     store = PieceStore(tmp_path)
     job = asyncio.ensure_future(fetch(source, store, await raw_origin(stalls)))
-    for _ in range(200):
+
+    def second_piece_begun() -> bool:  # piece 0 recorded, piece 1's first bytes written: the rest awaited
         meta = store.get(TID)
-        if meta is not None and meta.pieces:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.1)  # the second piece's bytes are being waited for
+        if meta is None or not meta.pieces:
+            return False
+        with open(store.content_path(TID), "rb") as f:
+            return os.pread(f.fileno(), 100, PL) == DATA[PL : PL + 100]
+
+    await until(second_piece_begun, "piece 0 landed and piece 1 began")
     job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(job, 5)

@@ -22,6 +22,7 @@ from damselfly.errors import PieceElsewhere
 from damselfly.ids import task_id
 from damselfly.pieces import piece_span
 from helpers.store import put_piece
+from helpers.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +154,8 @@ async def test_a_piece_still_arriving_from_the_origin_goes_out_once_too(seed: Se
     a.trailer = b.trailer = True
     try:
         first = asyncio.ensure_future(fetch(a, 1, tmp_path))
-        await asyncio.sleep(0.05)
+        # The server has taken a's request: piece 1's first send is recorded, to a.
+        await until(lambda: 1 in seed.server._first_sent.get(TID, {}), "a's request reached the seed")
         with pytest.raises(PieceElsewhere):  # a's copy is on its way
             await fetch(b, 1, tmp_path)
         info = put_piece(seed.store, TID, DATA, 1, PL, record=False)  # the origin's bytes land

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from damselfly.runtime.children import (
     stop_all,
 )
 from helpers.processes import Procs, random_file, run_dfget, sha256_of
+from helpers.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -85,11 +85,11 @@ def test_up_names_a_dead_child_and_stops_the_rest(up_proc: tuple[ChildProcess, d
     assert code != 0
     text = up.log_path.read_text()
     assert "seed exited" in text and "seed.log" in text
-    deadline = time.monotonic() + 5
-    while any(pid_alive(p) for p in info["children"].values()) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the children were reaped by `up`; this only waits for /proc to agree
-    for name, pid in info["children"].items():
-        assert not pid_alive(pid), f"{name} (pid {pid}) outlived `damselfly up`"
+    children = info["children"]
+    # The children were reaped by `up`; this only waits for /proc to agree.
+    wait_until(
+        lambda: not any(pid_alive(p) for p in children.values()), f"no child of `up` outlived it: {children}"
+    )
 
 
 def test_up_refuses_a_socket_path_that_is_too_long(short_tmp: Path) -> None:

@@ -26,6 +26,7 @@ from damselfly.daemon.app import Daemon
 from damselfly.domain import DownloadSpec
 from damselfly.scheduler.app import serve as serve_scheduler
 from damselfly.testbed.origin import Origin
+from helpers.wait import until
 
 
 def sha256_file(path: Path) -> str:
@@ -67,12 +68,10 @@ class Swarm:
         self._sched_task = asyncio.get_running_loop().create_task(
             serve_scheduler(config, ready_file=ready, stop=self._stop)
         )
-        for _ in range(500):
-            if ready.exists():
-                break
-            if self._sched_task.done():
-                self._sched_task.result()
-            await asyncio.sleep(0.01)
+        task = self._sched_task
+        await until(lambda: ready.exists() or task.done(), "the scheduler wrote its ready file")
+        if task.done():
+            task.result()  # it failed to start: its error
         self.scheduler_port = json.loads(ready.read_text())["grpc_port"]
 
     def file(self, name: str, size: int, seed: int = 1) -> Path:
@@ -113,10 +112,7 @@ class Swarm:
         await d.start()
         self.daemons[name] = d
         # The host must be known to the scheduler before it is asked for anything.
-        for _ in range(200):
-            if await self.host_known(d.host_id):
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: self.host_known(d.host_id), f"the scheduler knows daemon {name}'s host")
         return d
 
     async def host_known(self, host_id: str) -> bool:
@@ -125,6 +121,21 @@ class Swarm:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.scheduler_port}") as ch:
             resp = await scheduler_pb2_grpc.SchedulerStub(ch).ListHosts(scheduler_pb2.ListHostsRequest())
         return any(h.id == host_id for h in resp.hosts)
+
+    async def task_available(self, task_id: str) -> bool:
+        """The scheduler has a peer that can serve ``task_id`` (a finished or restored one)."""
+        from damselfly.api import scheduler_pb2, scheduler_pb2_grpc
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.scheduler_port}") as ch:
+            try:
+                task = await scheduler_pb2_grpc.SchedulerStub(ch).StatTask(
+                    scheduler_pb2.StatTaskRequest(task_id=task_id)
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+        return bool(task.has_available_peer)
 
     async def stop_daemon(self, name: str) -> None:
         d = self.daemons.pop(name)

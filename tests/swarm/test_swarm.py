@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from pathlib import Path
 
 import grpc
@@ -13,6 +13,7 @@ from damselfly.daemon.download.tasks import task_id_for
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import DownloadSpec
 from damselfly.units import MiB
+from helpers.wait import TIMEOUT, until
 
 from .harness import Swarm, corrupt, sha256_file
 
@@ -90,16 +91,26 @@ async def test_stop_waits_for_a_flush_already_under_way(swarm: Swarm) -> None:
     # A finished task's content is fsynced in a worker thread; stopping the daemon must not
     # leave that thread writing into the store (a restart on the same data dir raced it).
     d = await swarm.add_daemon("peer1")
+    started, release = threading.Event(), threading.Event()
     flushed: list[str] = []
 
     def slow_flush(task_id: str) -> None:
-        time.sleep(1.5)
+        started.set()
+        release.wait(TIMEOUT)
         flushed.append(task_id)
 
     d.store.make_durable = slow_flush  # type: ignore[method-assign]
     d._to_sync.put_nowait(("t" * 64, 0.0))  # due now
-    await asyncio.sleep(0.2)  # the flush has started in its thread
-    await swarm.stop_daemon("peer1")
+    await until(started.is_set, "the flush started in its thread")
+    flushing = next(job for job in d._jobs if job.get_coro().__name__ == "_durable_loop")  # type: ignore[union-attr]
+    stopping = asyncio.ensure_future(swarm.stop_daemon("peer1"))
+    try:
+        await until(lambda: flushing.cancelling() > 0, "stop() cancelled the flush loop")
+        await asyncio.sleep(0)  # one turn of the loop: the cancel has reached the flush loop
+        assert not flushing.done() and not stopping.done(), "stop() went on while the flush ran"
+    finally:
+        release.set()
+    await asyncio.wait_for(stopping, TIMEOUT)
     assert flushed == ["t" * 64]
 
 
@@ -108,28 +119,39 @@ async def _downloaded_with_flush_delay(swarm: Swarm, tmp_path: Path, delay: floa
     swarm.file("flush.bin", 5 * MiB)
     d = await swarm.add_daemon("peer1", storage={"durable_delay": delay})
     url = swarm.url("flush.bin")
-    assert (await swarm.download("peer1", url, tmp_path / "out")).ok
+    assert (await asyncio.wait_for(swarm.download("peer1", url, tmp_path / "out"), TIMEOUT)).ok
     return d, task_id_for(DownloadSpec(url=url))
 
 
-async def test_content_is_flushed_after_the_export_once_its_delay_has_passed(swarm: Swarm, tmp_path):
+async def test_the_export_does_not_wait_for_the_flush_of_its_content(swarm: Swarm, tmp_path):
     # The user's output (a hard link and a directory fsync) must not queue behind the bulk
-    # fsync of the same content: that flush waits storage.durableDelay after the success.
-    d, tid = await _downloaded_with_flush_delay(swarm, tmp_path, 1.0)
-    meta = d.store.get(tid)
+    # fsync of the same content: here that flush cannot end until the download has answered.
+    swarm.file("flush.bin", 5 * MiB)
+    d = await swarm.add_daemon("peer1", storage={"durable_delay": 0})
+    real_flush = d.store.make_durable
+    release = threading.Event()
+
+    def held_flush(task_id: str) -> None:
+        release.wait(TIMEOUT)
+        real_flush(task_id)
+
+    d.store.make_durable = held_flush  # type: ignore[method-assign]
+    url = swarm.url("flush.bin")
+    try:
+        r = await asyncio.wait_for(swarm.download("peer1", url, tmp_path / "out"), TIMEOUT)
+    finally:
+        release.set()
+    assert r.ok, r.details
+    assert sha256_file(tmp_path / "out") == sha256_file(swarm.root / "origin" / "flush.bin")
+    meta = d.store.get(task_id_for(DownloadSpec(url=url)))
     assert meta is not None and meta.state == "succeeded"
-    assert not meta.durable  # the download answered before its content was flushed
-    for _ in range(100):
-        if meta.durable:
-            break
-        await asyncio.sleep(0.05)
-    assert meta.durable
+    await until(lambda: meta.durable, "the content was flushed once its delay had passed")
 
 
-async def test_stop_flushes_content_still_waiting_for_its_delay(swarm: Swarm, tmp_path):
+async def test_content_waits_for_its_delay_and_stop_flushes_it(swarm: Swarm, tmp_path):
     d, tid = await _downloaded_with_flush_delay(swarm, tmp_path, 3600)
-    await asyncio.sleep(0.1)  # the flush loop now sleeps on this task
-    assert not d.store.get(tid).durable
+    await until(d._to_sync.empty, "the flush loop took the task")  # and now waits out its delay
+    assert not d.store.get(tid).durable  # the download answered before its content was flushed
     await swarm.stop_daemon("peer1")
     reloaded = PieceStore(Path(d.config.storage.dir))
     meta = reloaded.get(tid)
@@ -145,7 +167,9 @@ async def test_restarted_daemon_serves_what_it_had(swarm: Swarm, tmp_path):
     await swarm.stop_daemon("peer1")
     await swarm.add_daemon("peer1")  # same data dir
     before = swarm.origin_bytes()
-    await asyncio.sleep(0.3)  # the restored task is announced after the host
+    # The restored task is announced after the host: wait until the scheduler can offer it.
+    tid = task_id_for(DownloadSpec(url=url))
+    await until(lambda: swarm.task_available(tid), "the scheduler knows peer1 holds the task again")
     await swarm.add_daemon("peer2")
     r = await swarm.download("peer2", url, tmp_path / "b")
     assert r.ok, r.details
@@ -162,11 +186,12 @@ async def test_parent_that_dies_midway_is_replaced(swarm: Swarm, tmp_path):
     url = swarm.url("die.bin", fault="slow", query="rate=4194304")
     job = asyncio.ensure_future(swarm.download("peer", url, tmp_path / "out"))
     tid = task_id_for(DownloadSpec(url=url))
-    for _ in range(500):
+
+    def peer_has_a_piece() -> bool:
         meta = swarm.daemons["peer"].store.get(tid)
-        if meta is not None and len(meta.pieces) >= 1:
-            break
-        await asyncio.sleep(0.02)
+        return meta is not None and len(meta.pieces) >= 1
+
+    await until(peer_has_a_piece, "the peer got a piece from the seed")
     await swarm.stop_daemon("seed")
     r = await asyncio.wait_for(job, 60)
     assert r.ok, r.details

@@ -15,6 +15,7 @@ from damselfly.errors import DamselflyError, DigestMismatch
 from damselfly.ids import task_id
 from damselfly.pieces import Digest
 from helpers.store import put_piece
+from helpers.wait import parked_on, until
 
 TID = task_id("http://example.com/blob")
 PL = 4096
@@ -42,7 +43,7 @@ async def test_hashes_in_order_as_the_gaps_fill(tmp_path: Path) -> None:
     try:
         land(store, data, 2)
         land(store, data, 3)
-        await asyncio.sleep(0.05)
+        await until(lambda: parked_on(store, TID), "the hashing looked at pieces 2 and 3")
         assert digester.upto == 0 and not digester.done  # piece 0 is missing: nothing can be hashed
         land(store, data, 0)
         await asyncio.wait_for(digester.advanced(0, 5.0), 5.0)
@@ -71,7 +72,7 @@ async def test_closing_early_is_an_error_for_waiters_not_a_hang(tmp_path: Path) 
     store = new_task(tmp_path, 2 * PL)
     digester = InOrderDigest(store, TID, Digest("crc32", "0"))
     result = asyncio.ensure_future(digester.result())
-    await asyncio.sleep(0.01)
+    await until(lambda: parked_on(store, TID), "the hashing waits for piece 0")  # result() waits too
     await digester.close()
     with pytest.raises(DamselflyError):
         await asyncio.wait_for(result, 5.0)
@@ -151,7 +152,7 @@ async def test_a_feed_settling_after_its_piece_landed_wakes_the_hashing(tmp_path
         feed = digester.claim(PL)
         assert feed is not None
         land(store, data, 1)
-        await asyncio.sleep(0.05)
+        await until(lambda: parked_on(store, TID), "the hashing saw piece 1 land while the feed holds it")
         assert not digester.done
         await asyncio.to_thread(feed.update, piece_of(data, 1))
         await asyncio.to_thread(feed.commit)  # from a worker thread, as the piece receivers do

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.transfer.piece_server import _OpenFiles
+from helpers.wait import until
 
 
 class _Recorder:
@@ -18,13 +18,6 @@ class _Recorder:
 
     def close(self) -> None:
         self.closed_in.append(threading.get_ident())
-
-
-async def _closed(rec: _Recorder) -> None:
-    for _ in range(200):
-        if rec.closed_in:
-            return
-        await asyncio.sleep(0.01)
 
 
 async def test_a_file_switched_away_from_is_closed_in_a_worker_thread(tmp_path: Path) -> None:
@@ -40,8 +33,8 @@ async def test_a_file_switched_away_from_is_closed_in_a_worker_thread(tmp_path: 
     files._task_id = "a" * 64
     new = files.get(tid)  # another task on the same connection: the old file goes
     assert new.fileno() >= 0
-    await _closed(old)
-    assert old.closed_in and old.closed_in[0] != threading.get_ident()
+    await until(lambda: bool(old.closed_in), "the old file was closed")
+    assert old.closed_in[0] != threading.get_ident()
     files.close()
 
 

@@ -13,6 +13,7 @@ from damselfly.daemon.service import UploadService
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.ids import task_id
 from helpers.store import put_piece
+from helpers.wait import parked_on, until
 
 TID = task_id("http://example.com/synced")
 PL = 4096
@@ -44,7 +45,7 @@ async def test_pieces_arriving_are_announced_and_again_after_a_failed_transfer(t
     # The transfer of piece 1 fails; nothing new to say until we hold it.
     store.receiving.end(incoming, ok=False)
     pending = asyncio.ensure_future(next_number(stream))
-    await asyncio.sleep(0.1)
+    await until(lambda: parked_on(store, TID), "the stream looked at the failed transfer")
     assert not pending.done()
     hold(store, 1)  # fetched again, from elsewhere
     assert await pending == 1

@@ -30,6 +30,7 @@ from damselfly.daemon.proxy import ProxyServer
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.transfer.peer_rpc import PeerRPC
 from damselfly.testbed.registry import make_tls
+from helpers.wait import until
 
 SECRET = "Bearer secret-token-123"
 
@@ -195,11 +196,7 @@ async def test_wrong_bytes_abort_the_response_and_are_not_kept(env: Env) -> None
             assert r.status == 502, r.status
         except aiohttp.ClientPayloadError:
             pass
-    for _ in range(100):
-        if env.store.get(ids.content_task_id(digest)) is None:
-            break
-        await asyncio.sleep(0.05)
-    assert env.store.get(ids.content_task_id(digest)) is None
+    await until(lambda: env.store.get(ids.content_task_id(digest)) is None, "the wrong bytes were dropped")
     env.origin.corrupt.discard(digest)
     async with aiohttp.ClientSession() as s, s.get(f"{env.mirror}/v2/team/app/blobs/{digest}") as r:
         assert await r.read() == data
@@ -279,13 +276,12 @@ async def test_client_gone_mid_blob_the_download_still_finishes(env: Env) -> Non
     assert (await reader.readline()).startswith(b"HTTP/1.1 200")
     writer.close()
     tid = ids.content_task_id(digest)
-    for _ in range(200):
+
+    def succeeded() -> bool:
         meta = env.store.get(tid)
-        if meta is not None and meta.state == "succeeded":
-            break
-        await asyncio.sleep(0.05)
-    meta = env.store.get(tid)
-    assert meta is not None and meta.state == "succeeded"
+        return meta is not None and meta.state == "succeeded"
+
+    await until(succeeded, "the download finished without its client")
     url = f"{env.mirror}/v2/a/blobs/{digest}"
     async with aiohttp.ClientSession() as s, s.get(url, headers={"Range": "bytes=-5"}) as r:
         assert r.status == 206

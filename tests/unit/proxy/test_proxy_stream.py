@@ -15,6 +15,7 @@ from damselfly.daemon.proxy.stream import CHUNK, ResponseSink, Span, send_span, 
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.errors import DigestMismatch
 from helpers.store import put_piece as store_piece
+from helpers.wait import parked_on, until
 
 PIECE = 4 * 1024 * 1024
 
@@ -47,10 +48,7 @@ async def test_streams_pieces_as_they_land_and_checks_the_digest(tmp_path: Path)
         send_span(store, tid, job, Span(0, len(data) - 1, len(data)), PIECE, sink, digest=digest)
     )
     put_piece(store, tid, data, 0)
-    for _ in range(100):
-        if len(sink.data) >= PIECE:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(sink.data) >= PIECE, "the first piece went out")
     assert bytes(sink.data) == data[:PIECE]  # the first piece went out before the others landed
     for n in (2, 1, 3):  # out of order: still sent in order
         put_piece(store, tid, data, n)
@@ -145,13 +143,21 @@ async def test_held_means_every_piece_even_before_the_task_exists(tmp_path: Path
     data = os.urandom(PIECE + 10)
     tid = ids.content_task_id("sha256:" + hashlib.sha256(data).hexdigest())
     job: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    looked: list[object] = []
+    get = store.get
+
+    def counting_get(task_id: str) -> object:
+        looked.append(meta := get(task_id))
+        return meta
+
+    store.get = counting_get  # type: ignore[method-assign]
     waiting = asyncio.ensure_future(wait_until_held(store, tid, job))  # type: ignore[arg-type]
-    await asyncio.sleep(0.05)
-    assert not waiting.done()  # no task yet is not a held task
+    await until(lambda: len(looked) >= 2, "the waiter looked for the task twice")
+    assert not waiting.done() and looked[-1] is None  # no task yet is not a held task
     store.create_task(tid)
     store.set_content_length(tid, len(data), PIECE)
     put_piece(store, tid, data, 0)
-    await asyncio.sleep(0.05)
+    await until(lambda: parked_on(store, tid), "the waiter saw the first piece land")
     assert not waiting.done()  # one piece of two
     put_piece(store, tid, data, 1)
     await asyncio.wait_for(waiting, 5)

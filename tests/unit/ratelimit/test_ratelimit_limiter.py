@@ -12,6 +12,7 @@ import pytest
 
 from damselfly.daemon.ratelimit import MAX_GRANT, MIN_GRANT, ByteLimiter, LimiterChain, chain
 from damselfly.units import KiB, MiB
+from helpers.wait import until
 
 
 class FakeTime:
@@ -128,7 +129,7 @@ async def test_raising_the_limit_wakes_a_waiter_at_once() -> None:
     lim = ByteLimiter(1, burst=64 * KiB)  # real time: 1 byte/s
     await lim.consume(64 * KiB)
     waiter = asyncio.ensure_future(lim.consume(64 * KiB))  # would take 18 hours
-    await asyncio.sleep(0.01)
+    await until(lambda: lim.waiting == 1, "the consumer waits for tokens")
     assert not waiter.done()
     lim.set_rate(0)
     await asyncio.wait_for(waiter, 5)
@@ -172,8 +173,7 @@ async def test_a_cancelled_waiter_does_not_stall_the_others() -> None:
     head = asyncio.ensure_future(lim.acquire(1000, "a"))
     behind = asyncio.ensure_future(lim.acquire(1000, "b"))
     queued = asyncio.ensure_future(lim.acquire(1000, "a"))
-    await asyncio.sleep(0.01)
-    assert lim.waiting == 3
+    await until(lambda: lim.waiting == 3, "the three asks wait")
     head.cancel()
     queued.cancel()
     await asyncio.gather(head, queued, return_exceptions=True)

@@ -19,6 +19,13 @@ class ProxyMetrics:
         self.p2p_bytes = Counter(
             f"{PREFIX}_p2p_traffic_bytes", "Blob bytes served to clients from the swarm's store.", registry=r
         )
+        self.read_ahead = Counter(
+            f"{PREFIX}_read_ahead",
+            "Read-ahead: blobs started before a client asked (started); asked blobs after which "
+            "none was (asked_blob_failed; no_order: no manifest through this proxy listed it).",
+            ["result"],
+            registry=r,
+        )
 
     def request(self, route: str, status: int) -> None:
         self.request_total.labels(route, str(status)).inc()

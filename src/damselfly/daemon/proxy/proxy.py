@@ -273,6 +273,7 @@ class ProxyServer:
         while the client waits for the first (A/B, 12 pulls each way: 1.27-1.36 -> 1.23-1.27 s)."""
         entry = self._next_blobs.get(digest)
         if entry is None:
+            self.metrics.read_ahead.labels("no_order").inc()
             return
         prefix, suffix, following = entry
         # The client's own headers, taken now: the request may be gone by then.
@@ -282,6 +283,7 @@ class ProxyServer:
             with contextlib.suppress(DamselflyError):
                 await wait_until_held(self.store, task_id, job)
             if job.done() and (job.cancelled() or job.exception() is not None):
+                self.metrics.read_ahead.labels("asked_blob_failed").inc()
                 return  # the asked blob failed: its neighbours would most likely fail alike
             for spec in specs:
                 nxt_id = task_id_for(spec)
@@ -290,6 +292,7 @@ class ProxyServer:
                     continue
                 self.manager.ensure(spec)
                 self.read_ahead_started += 1
+                self.metrics.read_ahead.labels("started").inc()
                 log.debug("reading ahead: blob %s after %s", spec.digest, digest)
 
         self.spawn(start_when_held())
