@@ -66,10 +66,10 @@ def wait_until(condition: Callable[[], bool], what: What, *, timeout: float = TI
 
 
 def parked_on(store: PieceStore, task_id: str) -> bool:
-    """Someone waits in :meth:`PieceStore.wait_for_change` for the task's next change.
+    """Someone waits on the store (a :meth:`PieceStore.changes` cursor) for the task's next change.
 
     Every change wakes (and drops) the task's waiters, so a waiter present after
     the test's last change has looked at the task as it is now and found nothing
     to do: the causal point for asserting that it did nothing.
     """
-    return bool(store._waiters.get(task_id))
+    return store.readers_waiting(task_id) > 0

@@ -59,6 +59,11 @@ class ChangeWaiters:
                 if not futs:
                     del self._by_task[task_id]
 
+    def waiting(self, task_id: str) -> int:
+        """How many readers wait for the task's next change (the tests' causal point)."""
+        with self._lock:
+            return len(self._by_task.get(task_id, ()))
+
     def wake(self, task_id: str) -> None:
         """Resolve every future waiting on the task, each on its own loop."""
         with self._lock:

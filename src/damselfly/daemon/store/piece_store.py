@@ -472,6 +472,10 @@ class PieceStore:
 
     # ------------------------------------------------------------------ waiting
 
+    def readers_waiting(self, task_id: str) -> int:
+        """Readers parked on the task's next change (a cursor's wait): a point tests wait for."""
+        return self._waiters.waiting(task_id)
+
     def changes(self, task_id: str, *, until: asyncio.Future[Any] | None = None) -> TaskChanges:
         """A cursor over the task's changes, for a reader that looks at the task and waits in
         turn (see :mod:`.changes`); ``until`` (the download's job) also ends its waits.
