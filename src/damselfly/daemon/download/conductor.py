@@ -291,11 +291,14 @@ class Conductor:
             self.verified_digest = self.spec.digest
 
     def _report_held(self, stream: PeerStream, *, back_to_source: bool) -> None:
-        """Report pieces already in the store (a resumed download), so the scheduler sees them all."""
-        meta = self.deps.store.get(self.task_id)
-        if meta is None or not meta.pieces or self._reported_held:
+        """Report pieces already in the store when the dialogue began (a resumed download), so
+        the scheduler sees them all; once, so pieces this download brought are not told twice."""
+        if self._reported_held:
             return
         self._reported_held = True
+        meta = self.deps.store.get(self.task_id)
+        if meta is None:
+            return
         for piece in sorted(meta.pieces.values(), key=lambda p: p.number):
             if back_to_source:
                 stream.piece_back_to_source_finished(piece)
