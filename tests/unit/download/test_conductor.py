@@ -280,6 +280,7 @@ async def test_parents_that_cannot_finish_are_reported_then_the_origin_fills_the
 
     assert content(store) == DATA
     assert conductor.back_to_source and source.fetched == 1
+    assert source.stats == 0  # a Damselfly scheduler learns the size from its seed: no probe
     # A protocol error drops the parent at once; the round is then stuck and the dead parent named.
     failed = stream.of("piece_failed")
     assert failed and all(pid == BAD.peer_id and temporary for _, _, pid, temporary in failed)
