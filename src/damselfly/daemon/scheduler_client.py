@@ -321,7 +321,8 @@ class SchedulerClient:
     """A channel to the scheduler (the first address; more come with consistent hashing).
 
     ``extensions`` (the daemon's ``wire.extensions``): whether this daemon may use
-    Damselfly's extensions with a scheduler that speaks them.
+    Damselfly's extensions with a scheduler that speaks them. Owner of the task that
+    asks the scheduler which it is (:meth:`speaks_extensions`); :meth:`close` ends it.
     """
 
     def __init__(
@@ -407,4 +408,8 @@ class SchedulerClient:
         return PeerStream(self._stub, host_id, task_id, peer_id)
 
     async def close(self) -> None:
+        if self._speaks is not None and not self._speaks.done():  # a question still under way
+            self._speaks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._speaks
         await self._channel.close()
