@@ -106,15 +106,24 @@ class PieceInfo:
 
 @dataclass(slots=True)
 class CandidateParent:
-    """A parent the scheduler offers a peer, with what the child needs to reach it."""
+    """A parent the scheduler offers a peer, with what the child needs to reach it.
+
+    ``wire`` is the ``common.v2.Peer`` message the scheduler sent, serialized as
+    received (b"" when the parent came from elsewhere): a reschedule names a failed
+    parent by sending that message back, and Dragonfly's scheduler validates each
+    one as a full Peer (id, state, cost, timestamps, task, host), so a bare id
+    would end the stream. Opaque here; only :mod:`damselfly.api.convert` and the
+    scheduler client read it.
+    """
 
     peer_id: str
     host: HostInfo
     task_id: str = ""
-    content_length: int | None = None
+    content_length: int | None = None  # None: unknown
     piece_count: int | None = None
     finished_pieces: int = 0
     state: str = ""
+    wire: bytes = field(default=b"", repr=False, compare=False)
 
 
 # Scheduler answers to a registered peer (AnnouncePeerResponse).
@@ -133,7 +142,15 @@ class EmptyTask:
     pass
 
 
-ScheduleAnswer = NormalTask | NeedBackToSource | EmptyTask
+@dataclass(frozen=True, slots=True)
+class MetadataOnly:
+    """The answer to a register that only reports a task held complete (``metadata_only``):
+    the peer is recorded, nothing is scheduled; the peer then says Started and Finished."""
+
+    description: str = ""
+
+
+ScheduleAnswer = NormalTask | NeedBackToSource | EmptyTask | MetadataOnly
 
 
 # -- what StatTask, StatPeer and StatLocalTask describe ----------------------------

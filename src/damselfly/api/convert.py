@@ -8,6 +8,7 @@ Requests made of IDs alone are built where they are sent.
 
 from __future__ import annotations
 
+import time
 from typing import cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -24,6 +25,7 @@ from ..domain import (
     HostInfo,
     HostType,
     LocalTaskInfo,
+    MetadataOnly,
     NeedBackToSource,
     NormalTask,
     PeerInfo,
@@ -173,18 +175,27 @@ def download_from_pb(pb: common_pb2.Download) -> DownloadSpec:
 # -- pieces ------------------------------------------------------------------
 
 
-def piece_to_pb(p: PieceInfo) -> common_pb2.Piece:
+def piece_to_pb(p: PieceInfo, *, now: float | None = None) -> common_pb2.Piece:
+    """A piece as Dragonfly's messages carry it, ``cost`` and ``created_at`` always set.
+
+    Dragonfly's scheduler validates both as required (protoc-gen-validate rules of
+    ``common.v2.Piece``, api pkg/apis/common/v2/common.proto:854-856) and ends the
+    stream of a peer that leaves them out. ``created_at`` is when the piece's
+    transfer began: ``now`` (wall clock seconds, the current time unless given)
+    less its cost.
+    """
+    wall_now = time.time() if now is None else now
     pb = common_pb2.Piece(
         number=p.number,
         offset=p.offset,
         length=p.length,
         digest=p.digest,
         traffic_type=cast(common_pb2.TrafficType, int(p.traffic_type)),
+        cost=duration(p.cost_s),
+        created_at=timestamp(wall_now - p.cost_s),
     )
     if p.parent_id:
         pb.parent_id = p.parent_id
-    if p.cost_s:
-        pb.cost.CopyFrom(duration(p.cost_s))
     return pb
 
 
@@ -218,15 +229,29 @@ def candidate_to_pb(c: CandidateParent) -> common_pb2.Peer:
     return pb
 
 
+# Dragonfly's scheduler sends a task length it does not know (-1) as uint64(-1)
+# (scheduler/scheduling/scheduling.go:1091, constructSuccessNormalTaskResponse).
+UNKNOWN_CONTENT_LENGTH = 2**64 - 1
+
+
 def candidate_from_pb(pb: common_pb2.Peer) -> CandidateParent:
-    has_length = pb.HasField("task") and (pb.task.content_length or pb.task.piece_count)
+    """A candidate parent; its length None when the message does not say it (0, or 2^64-1).
+
+    The message itself is kept, serialized as received, so a reschedule can send it
+    back whole (:attr:`CandidateParent.wire`).
+    """
+    length = pb.task.content_length
+    has_length = (
+        pb.HasField("task") and length != UNKNOWN_CONTENT_LENGTH and bool(length or pb.task.piece_count)
+    )
     return CandidateParent(
         peer_id=pb.id,
         host=host_from_pb(pb.host),
         task_id=pb.task.id,
-        content_length=pb.task.content_length if has_length else None,
+        content_length=length if has_length else None,
         piece_count=pb.task.piece_count if has_length else None,
         state=pb.state,
+        wire=pb.SerializeToString(),
     )
 
 
@@ -254,6 +279,8 @@ def answer_from_pb(pb: scheduler_pb2.AnnouncePeerResponse) -> ScheduleAnswer:
         return NeedBackToSource(pb.need_back_to_source_response.description)
     if which == "empty_task_response":
         return EmptyTask()
+    if which == "metadata_only_response":
+        return MetadataOnly()
     raise ValueError(f"unexpected AnnouncePeerResponse {which!r}")
 
 

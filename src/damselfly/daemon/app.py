@@ -91,7 +91,9 @@ class Daemon:
         )
         self.peer_rpc = PeerRPC()
         self.scheduler: SchedulerClient | None = (
-            SchedulerClient(config.scheduler.addrs) if config.scheduler.addrs else None
+            SchedulerClient(config.scheduler.addrs, extensions=config.wire.extensions)
+            if config.scheduler.addrs
+            else None
         )
         self.uploaded: Counter[str] = Counter()  # pieces served per task
         self.piece_server = PieceServer(
@@ -351,8 +353,16 @@ class Daemon:
             await asyncio.sleep(wait)
 
     async def _restore_tasks(self) -> None:
-        """Tell the scheduler about complete tasks this host holds (after a restart)."""
+        """Tell the scheduler about complete tasks this host holds (after a restart).
+
+        Each as Dragonfly reports a task held complete: a metadata-only register,
+        Started, Finished (``PeerStream.restore``); toward a scheduler without
+        Damselfly's extensions, Started waits for its ``MetadataOnlyResponse``.
+        """
         assert self.scheduler is not None and self.manager is not None
+        answer_timeout = (
+            None if await self.scheduler.speaks_extensions() else self.config.scheduler.schedule_timeout
+        )
         count = 0
         for meta in self.store.tasks():
             if meta.state != "succeeded" or not meta.is_complete or self.manager.is_running(meta.task_id):
@@ -365,8 +375,10 @@ class Daemon:
             )
             spec = DownloadSpec(url=meta.url, tag=meta.tag, application=meta.application)
             try:
-                stream.register_restored(spec, meta.content_length, meta.piece_length, meta.piece_count or 0)
-                await stream.flush()
+                await stream.restore(
+                    spec, meta.content_length, meta.piece_length, meta.piece_count or 0,
+                    answer_timeout=answer_timeout,
+                )  # fmt: skip
             except SchedulerError as e:
                 log.warning("could not restore task %s: %s", meta.task_id[:12], e)
             finally:

@@ -2,6 +2,16 @@
 
 Protobuf stays in this module (and :mod:`damselfly.api.convert`); the
 conductor talks to a :class:`PeerStream` in domain types.
+
+The same dialogue serves Damselfly's scheduler and Dragonfly's Go scheduler
+(docs/INTEROP.md §2.2, §3.5). Where they differ, :meth:`SchedulerClient.speaks_extensions`
+tells which one is there: Damselfly's learns a new task's size from its seed peer,
+so a register carries no size, and it takes a restored task's three requests at
+once; toward any other scheduler (or with ``wire.extensions`` off) the daemon
+talks as Dragonfly's Rust client does: a register carries ``actual_*`` sizes, a
+restore waits for ``MetadataOnlyResponse``. Either scheduler may end the call
+after Finished/Failed (Dragonfly's always does); that end is not an error, and
+:meth:`PeerStream.close` half-closes for a scheduler that waits for it instead.
 """
 
 from __future__ import annotations
@@ -14,12 +24,15 @@ from typing import cast
 
 import grpc
 from google.protobuf import message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from ..api.convert import answer_from_pb, download_to_pb, duration, host_to_pb, piece_to_pb
+from ..api.health import DAMSELFLY_EXTENSIONS
 from ..credentials import without_credentials
-from ..domain import DownloadSpec, HostInfo, PieceInfo, ScheduleAnswer
+from ..domain import CandidateParent, DownloadSpec, HostInfo, MetadataOnly, PieceInfo, ScheduleAnswer
 from ..errors import DamselflyError, SchedulerError
+from ..pieces import piece_count
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +50,10 @@ class PeerStream:
     Requests are queued by plain (non-async) methods and written in order by
     one writer task, so a caller that is cancelled (a piece worker at the end
     of a download) never cancels the RPC mid-write, and grpc.aio's one-write-
-    at-a-time rule holds. Answers (NormalTask / NeedBackToSource / EmptyTask)
-    are read by a reader task into a queue; :meth:`next_answer` takes them in
-    order. :meth:`close` flushes the queue, half-closes and stops both tasks.
+    at-a-time rule holds. Answers (NormalTask / NeedBackToSource / EmptyTask /
+    MetadataOnly) are read by a reader task into a queue; :meth:`next_answer`
+    takes them in order. :meth:`close` flushes the queue, half-closes and stops
+    both tasks.
     Owner of both tasks: this object.
     """
 
@@ -132,21 +146,66 @@ class PeerStream:
         if self._write_error is not None:
             raise self._write_error
 
-    def register(self, download: DownloadSpec) -> None:
+    def register(
+        self, download: DownloadSpec, *, content_length: int | None = None, piece_length: int = 0
+    ) -> None:
+        """Register this peer for ``download``.
+
+        ``content_length`` (with ``piece_length``): the task's size, learned from the
+        origin first. Dragonfly's scheduler sizes a new task from these ``actual_*``
+        fields and takes a register without them for an empty task
+        (scheduler/service/service_v2.go:1851,1865-1866 at 66db456); its Rust client
+        always sends all three (dragonfly-client/src/grpc/dfdaemon_download.rs:441-443).
+        """
         # The scheduler (and through it seed peers) never sees the user's credentials.
         download = dataclasses.replace(download, request_header=without_credentials(download.request_header))
-        self._send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=download_to_pb(download)))
+        pb = download_to_pb(download)
+        if content_length is not None:
+            pb.actual_content_length = content_length
+            pb.actual_piece_length = piece_length
+            pb.actual_piece_count = piece_count(content_length, piece_length)
+        self._send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=pb))
 
     def register_restored(
         self, download: DownloadSpec, content_length: int, piece_length: int, piece_count: int
     ) -> None:
-        """Tell the scheduler this host already holds the complete task (after a restart)."""
-        pb = download_to_pb(dataclasses.replace(download, request_header={}))
+        """Register a peer that already holds the complete task (after a restart): Dragonfly's
+        metadata-only register (``metadata_only=true``, ``need_back_to_source=false``, the
+        ``actual_*`` sizes), which the scheduler answers with ``MetadataOnlyResponse`` and
+        schedules nothing for (dragonfly-client/src/resource/task.rs:1099-1218;
+        scheduler/service/service_v2.go:1317-1359). :meth:`restore` is the whole dialogue."""
+        pb = download_to_pb(dataclasses.replace(download, request_header={}, need_back_to_source=False))
+        pb.metadata_only = True
         pb.actual_content_length = content_length
         pb.actual_piece_length = piece_length
         pb.actual_piece_count = piece_count
         self._send(register_peer_request=scheduler_pb2.RegisterPeerRequest(download=pb))
+
+    async def restore(
+        self,
+        download: DownloadSpec,
+        content_length: int,
+        piece_length: int,
+        piece_count: int,
+        *,
+        answer_timeout: float | None,
+    ) -> None:
+        """Report a task held complete: register (metadata only), Started, Finished, all written.
+
+        ``answer_timeout``: wait this long for ``MetadataOnlyResponse`` before Started,
+        as Dragonfly's client does; None: do not wait (a Damselfly scheduler handles a
+        stream's requests in order, so the three go out together: no round trip per
+        held task, and a restart may hold thousands). Raises :class:`SchedulerError`
+        if the stream fails or the scheduler answers something else.
+        """
+        self.register_restored(download, content_length, piece_length, piece_count)
+        if answer_timeout is not None:
+            answer = await self.next_answer(answer_timeout)
+            if not isinstance(answer, MetadataOnly):
+                raise SchedulerError(f"the scheduler answered a metadata-only register with {answer!r}")
+        self.started()
         self.finished()
+        await self.flush()
 
     def started(self) -> None:
         self._send(download_peer_started_request=scheduler_pb2.DownloadPeerStartedRequest())
@@ -173,16 +232,24 @@ class PeerStream:
         )
 
     def piece_failed(self, number: int, parent_id: str, *, temporary: bool) -> None:
+        """Piece ``number`` failed from ``parent_id``; ``temporary`` in Dragonfly's sense:
+        true asks the scheduler to offer this parent to this peer no more (the Go
+        scheduler blocks it, service_v2.go:1788-1814; the Rust client always sends true)."""
         self._send(
             download_piece_failed_request=scheduler_pb2.DownloadPieceFailedRequest(
                 piece_number=number, parent_id=parent_id, temporary=temporary
             )
         )
 
-    def reschedule(self, failed_parents: list[str], description: str) -> None:
+    def reschedule(self, failed_parents: list[CandidateParent], description: str) -> None:
+        """Ask for other parents, naming those that failed (none: only "more parents").
+
+        Each is sent back as the ``common.v2.Peer`` the scheduler offered: Dragonfly's
+        validates every candidate as a full Peer (docs/INTEROP.md §2.0) and blocks them.
+        """
         self._send(
             reschedule_peer_request=scheduler_pb2.ReschedulePeerRequest(
-                candidate_parents=[common_pb2.Peer(id=p) for p in failed_parents], description=description
+                candidate_parents=[_as_offered(p) for p in failed_parents], description=description
             )
         )
 
@@ -241,13 +308,37 @@ class PeerStream:
         self._call.cancel()
 
 
-class SchedulerClient:
-    """A channel to the scheduler (the first address; more come with consistent hashing)."""
+def _as_offered(parent: CandidateParent) -> common_pb2.Peer:
+    """The Peer message the scheduler offered ``parent`` in, or its id alone if there was none."""
+    if not parent.wire:
+        return common_pb2.Peer(id=parent.peer_id)
+    pb = common_pb2.Peer()
+    pb.ParseFromString(parent.wire)
+    return pb
 
-    def __init__(self, addrs: list[str], *, credentials: grpc.ChannelCredentials | None = None) -> None:
+
+class SchedulerClient:
+    """A channel to the scheduler (the first address; more come with consistent hashing).
+
+    ``extensions`` (the daemon's ``wire.extensions``): whether this daemon may use
+    Damselfly's extensions with a scheduler that speaks them. Owner of the task that
+    asks the scheduler which it is (:meth:`speaks_extensions`); :meth:`close` ends it.
+    """
+
+    def __init__(
+        self,
+        addrs: list[str],
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        extensions: bool = True,
+    ) -> None:
         if not addrs:
             raise SchedulerError("no scheduler address configured")
         self.addr = addrs[0]
+        self.extensions = extensions
+        # Whether the scheduler there speaks Damselfly's extensions: asked once per
+        # connection (None: not asked yet, or to ask again).
+        self._speaks: asyncio.Future[bool] | None = None
         options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         if credentials is not None:
             self._channel = grpc.aio.secure_channel(self.addr, credentials, options=options)
@@ -262,7 +353,38 @@ class SchedulerClient:
                 timeout=timeout,
             )
         except grpc.aio.AioRpcError as e:
+            self._speaks = None  # the connection was lost: what answers next may be another scheduler
             raise SchedulerError(f"AnnounceHost to {self.addr} failed: {e.code().name} {e.details()}") from e
+
+    async def speaks_extensions(self) -> bool:
+        """Whether to use Damselfly's extensions with this scheduler.
+
+        Only if ``extensions`` is on and the scheduler's health service answers
+        SERVING for ``damselfly.v1.Extensions`` (a Dragonfly scheduler answers
+        NOT_FOUND). Asked once per connection and remembered; concurrent callers
+        share one question. A scheduler that cannot be asked now (unreachable,
+        timed out) counts as a Dragonfly one this time and is asked again later.
+        """
+        if not self.extensions:
+            return False
+        if self._speaks is None:
+            self._speaks = asyncio.ensure_future(self._ask_extensions())
+        return await asyncio.shield(self._speaks)
+
+    async def _ask_extensions(self) -> bool:
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=DAMSELFLY_EXTENSIONS), timeout=5)
+        except grpc.aio.AioRpcError as e:
+            if e.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
+                log.info(
+                    "cannot ask %s what it speaks (%s): Dragonfly's wire for now", self.addr, e.code().name
+                )
+                self._speaks = None
+            return False
+        speaks = bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+        log.info("scheduler %s speaks %s wire", self.addr, "Damselfly's" if speaks else "Dragonfly's")
+        return speaks
 
     async def delete_host(self, host_id: str, *, timeout: float = 5) -> None:
         try:
@@ -286,4 +408,8 @@ class SchedulerClient:
         return PeerStream(self._stub, host_id, task_id, peer_id)
 
     async def close(self) -> None:
+        if self._speaks is not None and not self._speaks.done():  # a question still under way
+            self._speaks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._speaks
         await self._channel.close()

@@ -17,18 +17,21 @@ import pytest
 
 from damselfly.daemon.download.conductor import Conductor, ConductorDeps
 from damselfly.daemon.download.parents import PARENT_FAILURE_LIMIT
+from damselfly.daemon.origin.source import OriginSize
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import (
     CandidateParent,
     DownloadSpec,
+    EmptyTask,
     HostInfo,
+    MetadataOnly,
     NeedBackToSource,
     NormalTask,
     PieceInfo,
     ScheduleAnswer,
     TrafficType,
 )
-from damselfly.errors import PeerError, ProtocolError, SchedulerError
+from damselfly.errors import PeerError, ProtocolError, SchedulerError, SourceStatusError
 from damselfly.pieces import piece_count
 
 PL = 4096
@@ -56,8 +59,11 @@ class FakeStream:
     said: list[tuple[Any, ...]] = field(default_factory=list)
     closed: bool = False
 
-    def register(self, spec: DownloadSpec) -> None:
-        self.said.append(("register", spec.url))
+    def register(
+        self, spec: DownloadSpec, *, content_length: int | None = None, piece_length: int = 0
+    ) -> None:
+        sizes = () if content_length is None else (content_length, piece_length)
+        self.said.append(("register", spec.url, *sizes))
 
     def started(self) -> None:
         self.said.append(("started",))
@@ -71,8 +77,8 @@ class FakeStream:
     def piece_failed(self, number: int, parent_id: str, *, temporary: bool) -> None:
         self.said.append(("piece_failed", number, parent_id, temporary))
 
-    def reschedule(self, failed_parents: list[str], description: str) -> None:
-        self.said.append(("reschedule", failed_parents))
+    def reschedule(self, failed_parents: list[CandidateParent], description: str) -> None:
+        self.said.append(("reschedule", [p.peer_id for p in failed_parents]))
 
     def back_to_source_started(self, description: str = "") -> None:
         self.said.append(("back_to_source_started",))
@@ -104,6 +110,10 @@ class FakeStream:
 @dataclass
 class FakeScheduler:
     stream: FakeStream
+    extensions: bool = True  # a Damselfly scheduler
+
+    async def speaks_extensions(self) -> bool:
+        return self.extensions
 
     def peer_stream(self, host_id: str, task_id: str, peer_id: str) -> FakeStream:
         return self.stream
@@ -164,8 +174,16 @@ class FakePool:
 class FakeSource:
     """An origin that sends the whole content in pieces, the way HTTPSource.fetch_into calls back."""
 
-    def __init__(self) -> None:
+    def __init__(self, stat_error: Exception | None = None) -> None:
         self.fetched = 0
+        self.stats = 0
+        self.stat_error = stat_error
+
+    async def stat(self, url: str, headers: dict[str, str]) -> OriginSize:
+        self.stats += 1
+        if self.stat_error is not None:
+            raise self.stat_error
+        return OriginSize(len(DATA), {"Content-Length": str(len(DATA))})
 
     async def fetch_into(
         self, url: str, headers: dict[str, str], *, fd_factory: Any, on_start: Any, on_piece: Any,
@@ -202,11 +220,14 @@ def deps(
     pool: FakePool,
     rpc: FakePeerRPC,
     source: Any = None,
+    *,
+    extensions: bool = True,
     **settings: Any,
 ) -> ConductorDeps:
     settings = {"refresh_interval": 3600.0, **settings}  # no request for more parents unless asked
     return ConductorDeps(
-        store=store, pool=pool, source=source, peer_rpc=rpc, scheduler=FakeScheduler(stream),  # type: ignore[arg-type]
+        store=store, pool=pool, source=source, peer_rpc=rpc,
+        scheduler=FakeScheduler(stream, extensions),  # type: ignore[arg-type]
         host_id="10.0.0.1-me", host_ip="10.0.0.1", hostname="me", is_seed=False, **settings,
     )  # fmt: skip
 
@@ -231,13 +252,11 @@ async def test_downloads_from_two_parents_and_drops_the_failing_one(store: Piece
     finished = stream.of("piece_finished")
     assert sorted(n for _, n, _ in finished) == list(range(PIECES))
     assert {pid for _, _, pid in finished} == {GOOD.peer_id}
-    # The bad parent's failures: temporary until the limit, then it is dropped and asked no more.
+    # The bad parent fails up to the limit, is dropped and asked no more; the scheduler hears of
+    # it once, when it is dropped, with temporary=true (Dragonfly's "avoid this parent").
     failed = stream.of("piece_failed")
-    assert {pid for _, _, pid, _ in failed} == {BAD.peer_id}
-    temporary = [t for *_, t in failed]
-    assert temporary[: PARENT_FAILURE_LIMIT - 1] == [True] * (PARENT_FAILURE_LIMIT - 1)
-    assert temporary[PARENT_FAILURE_LIMIT - 1 :] and not any(temporary[PARENT_FAILURE_LIMIT - 1 :])
-    assert len([1 for port, _ in pool.asked if port == BAD.host.download_port]) == len(failed)
+    assert [(pid, temporary) for _, _, pid, temporary in failed] == [(BAD.peer_id, True)]
+    assert len([1 for port, _ in pool.asked if port == BAD.host.download_port]) >= PARENT_FAILURE_LIMIT
     # The dialogue: register, start, pieces, finish; nothing after "finished"; the stream closed.
     assert stream.kinds()[:2] == ["register", "started"]
     assert stream.kinds()[-1] == "finished"
@@ -261,9 +280,10 @@ async def test_parents_that_cannot_finish_are_reported_then_the_origin_fills_the
 
     assert content(store) == DATA
     assert conductor.back_to_source and source.fetched == 1
+    assert source.stats == 0  # a Damselfly scheduler learns the size from its seed: no probe
     # A protocol error drops the parent at once; the round is then stuck and the dead parent named.
     failed = stream.of("piece_failed")
-    assert failed and all(pid == BAD.peer_id and not temporary for _, _, pid, temporary in failed)
+    assert failed and all(pid == BAD.peer_id and temporary for _, _, pid, temporary in failed)
     assert stream.of("reschedule") == [("reschedule", [BAD.peer_id])]
     kinds = stream.kinds()
     assert kinds.index("reschedule") < kinds.index("back_to_source_started")
@@ -317,3 +337,70 @@ async def test_a_scheduler_that_changes_its_mind_during_a_request_for_more_paren
     assert content(store) == DATA and source.fetched == 1
     assert stream.of("reschedule") == [("reschedule", [])]  # the round ended without a reschedule of its own
     assert stream.kinds()[-2:] == ["piece_back_to_source_finished", "back_to_source_finished"]
+
+
+# ---------------------------------------------------------------- toward Dragonfly's scheduler
+# (a scheduler that does not speak Damselfly's extensions: docs/INTEROP.md §3.4-3.5)
+
+
+def plain_deps(store: PieceStore, stream: FakeStream, source: FakeSource, **settings: Any) -> ConductorDeps:
+    return deps(store, stream, FakePool({}), FakePeerRPC(), source, extensions=False, **settings)
+
+
+async def test_toward_dragonfly_the_size_is_learned_first_and_registered(store: PieceStore) -> None:
+    stream = FakeStream([NormalTask([GOOD])])
+    source = FakeSource()
+    conductor = Conductor(plain_deps(store, stream, source), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA
+    assert source.stats == 1 and source.fetched == 0
+    assert stream.said[0] == ("register", SPEC.url, len(DATA), PL)
+    meta = store.get(TASK)
+    assert meta is not None and meta.content_length == len(DATA) and meta.piece_length == PL
+    assert stream.kinds() == ["register", "started", *["piece_finished"] * PIECES, "finished"]
+
+
+async def test_toward_dragonfly_no_more_parents_are_asked_for(store: PieceStore) -> None:
+    stream = FakeStream([])
+    conductor = Conductor(plain_deps(store, stream, FakeSource(), refresh_interval=0.0), TASK, SPEC)
+    conductor._extensions = False
+    await conductor._refresh_parents(stream)  # type: ignore[arg-type]  # returns at once
+    assert stream.said == []
+
+
+async def test_an_origin_that_cannot_say_the_size_fails_the_download_before_the_register(
+    store: PieceStore,
+) -> None:
+    stream = FakeStream([NormalTask([GOOD])])
+    source = FakeSource(stat_error=SourceStatusError(SPEC.url, 403, "Forbidden"))
+    conductor = Conductor(plain_deps(store, stream, source), TASK, SPEC)
+
+    with pytest.raises(SourceStatusError):
+        await conductor.run()
+    assert stream.said == []
+
+
+async def test_an_empty_task_the_origin_says_is_not_empty_comes_from_the_origin(store: PieceStore) -> None:
+    # Dragonfly's scheduler keeps the size a task was first registered with (0 from an old peer).
+    stream = FakeStream([EmptyTask()])
+    source = FakeSource()
+    conductor = Conductor(plain_deps(store, stream, source), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA and source.fetched == 1
+    assert stream.kinds()[0] == "register" and stream.kinds()[1] == "back_to_source_started"
+    assert stream.kinds()[-1] == "back_to_source_finished"
+
+
+async def test_a_download_answered_as_metadata_only_goes_to_the_origin(store: PieceStore) -> None:
+    stream = FakeStream([MetadataOnly()])
+    source = FakeSource()
+    conductor = Conductor(deps(store, stream, FakePool({}), FakePeerRPC(), source), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA and source.fetched == 1
+    assert stream.kinds() == ["register", "failed"]

@@ -151,7 +151,7 @@ def test_a_parent_still_syncing_is_waited_for():
 # ------------------------------------------------------------------ failures
 
 
-def test_errors_are_temporary_until_the_limit_then_the_parent_is_dropped():
+def test_errors_go_unreported_until_the_limit_then_the_parent_is_dropped_and_reported_to_avoid():
     t = table(Clock())
     ps = parents(t, {"a": set(range(10)), "b": set(range(10))})
     a = ps["a"]
@@ -160,8 +160,10 @@ def test_errors_are_temporary_until_the_limit_then_the_parent_is_dropped():
         fetch = next(f for f in fetches(t.plan(set(range(10)), running=0)) if f.parent is a)
         reports.append(t.piece_failed(fetch, Failure.ERROR))
         t.end_round()  # free the other picks, so the next plan starts clean
-    assert [r.temporary for r in reports] == [True] * (PARENT_FAILURE_LIMIT - 1) + [False]
-    assert reports[-1].parent_id == a.id
+    # Below the limit the parent may serve again: nothing for the scheduler. At the limit it is
+    # gone: temporary=true, Dragonfly's "avoid this parent" (the Go scheduler blocks it).
+    assert reports[:-1] == [None] * (PARENT_FAILURE_LIMIT - 1)
+    assert reports[-1] == ReportFailed(reports[-1].number, a.id, temporary=True)
     assert a.dead
     assert all(f.parent is ps["b"] for f in fetches(t.plan(set(range(10)), running=0)))
 
@@ -171,13 +173,13 @@ def test_a_piece_that_comes_resets_the_failure_count():
     (a,) = parents(t, {"a": set(range(10))}).values()
     for _ in range(PARENT_FAILURE_LIMIT - 1):
         f, *_ = fetches(t.plan(set(range(10)), running=0))
-        assert t.piece_failed(f, Failure.ERROR).temporary
+        assert t.piece_failed(f, Failure.ERROR) is None
         t.end_round()
     f, *_ = fetches(t.plan(set(range(10)), running=0))
     t.piece_done(f, cost_s=0.5)
     t.end_round()
     f, *_ = fetches(t.plan(set(range(10)), running=0))
-    assert t.piece_failed(f, Failure.ERROR) == ReportFailed(f.number, a.id, temporary=True)
+    assert t.piece_failed(f, Failure.ERROR) is None  # one failure after a success: not the limit
     assert not a.dead
 
 
@@ -185,15 +187,15 @@ def test_a_protocol_error_drops_the_parent_at_once():
     t = table(Clock())
     (a,) = parents(t, {"a": {0, 1}}).values()
     f, *_ = fetches(t.plan({0, 1}, running=0))
-    assert t.piece_failed(f, Failure.PROTOCOL) == ReportFailed(f.number, a.id, temporary=False)
+    assert t.piece_failed(f, Failure.PROTOCOL) == ReportFailed(f.number, a.id, temporary=True)
     assert a.dead and a.view.max_in_flight == 0
 
 
-def test_a_corrupt_piece_drops_the_parent_and_is_reported_permanent():
+def test_a_corrupt_piece_drops_the_parent_and_is_reported_to_avoid():
     t = table(Clock())
     ps = parents(t, {"a": {0}, "b": {0}})
     (f,) = fetches(t.plan({0}, running=0))
-    assert t.piece_failed(f, Failure.CORRUPT) == ReportFailed(0, f.parent.id, temporary=False)
+    assert t.piece_failed(f, Failure.CORRUPT) == ReportFailed(0, f.parent.id, temporary=True)
     assert f.parent.dead and f.parent.failures == 0
     other = ps["b"] if f.parent is ps["a"] else ps["a"]
     assert fetches(t.plan({0}, running=0)) == [Fetch(0, other)]
@@ -203,8 +205,7 @@ def test_a_piece_the_parent_lacks_is_forgotten_there_and_asked_elsewhere():
     t = table(Clock(), picker=sequential)
     ps = parents(t, {"a": {0}, "b": {0}})
     (f,) = fetches(t.plan({0}, running=0))
-    report = t.piece_failed(f, Failure.NOT_FOUND)
-    assert report is not None and report.temporary
+    assert t.piece_failed(f, Failure.NOT_FOUND) is None  # the parent may hold others
     assert 0 not in f.parent.view.pieces
     other = ps["b"] if f.parent is ps["a"] else ps["a"]
     assert fetches(t.plan({0}, running=0)) == [Fetch(0, other)]

@@ -9,6 +9,15 @@ cannot finish, the conductor asks for a reschedule, naming the parents that
 failed; it asks for more parents now and then while a round runs, and falls
 back to the origin when told to.
 
+Toward a scheduler that does not speak Damselfly's extensions (Dragonfly's Go
+scheduler, or any with ``wire.extensions`` off) the conductor talks as
+Dragonfly's Rust client does (docs/INTEROP.md §3.4-3.5): it learns the content
+length from the origin before it registers (one extra origin round trip per
+download), so the register carries the ``actual_*`` sizes the Go scheduler
+sizes a new task from, and it never asks for "more parents" (an empty
+reschedule is a whole new scheduling round there, which can end in
+back-to-source while the parents still serve).
+
 Owner: :class:`damselfly.daemon.download.tasks.TaskManager`, one conductor per task at a
 time. Mutable state: the dialogue's (this object), the parent table
 (:class:`~.parents.ParentTable`, changed by the piece loop and this object's
@@ -27,6 +36,7 @@ from ... import ids, logs
 from ...domain import (
     DownloadSpec,
     EmptyTask,
+    MetadataOnly,
     NeedBackToSource,
     NormalTask,
     PieceInfo,
@@ -102,6 +112,8 @@ class Conductor:
         self.digester: InOrderDigest | None = None
         self._reported_held = False
         self._pending_answer: ScheduleAnswer | None = None
+        # Whether the scheduler speaks Damselfly's extensions (asked before registering).
+        self._extensions = True
         self.error: BaseException | None = None
 
     # ------------------------------------------------------------------ entry
@@ -144,10 +156,17 @@ class Conductor:
         if self.deps.scheduler is None:
             await self._origin_only("no scheduler configured")
             return
+        self._extensions = await self.deps.scheduler.speaks_extensions()
+        # Toward Dragonfly's scheduler the size goes in the register; an origin that cannot
+        # say it fails the download, as it does in Dragonfly's client (task.rs:153-304).
+        size = None if self._extensions else await self._content_size()
         self._stream = self.deps.scheduler.peer_stream(self.deps.host_id, self.task_id, self.peer_id)
         try:
             try:
-                self._stream.register(self.spec)
+                if size is None:
+                    self._stream.register(self.spec)
+                else:
+                    self._stream.register(self.spec, content_length=size[0], piece_length=size[1])
                 answer = await self._stream.next_answer(self.deps.schedule_timeout)
             except SchedulerError as e:
                 log.warning("scheduler unavailable (%s)", e)
@@ -158,6 +177,18 @@ class Conductor:
             with contextlib.suppress(Exception):
                 await self._stream.close()
             self._stop_syncs()
+
+    async def _content_size(self) -> tuple[int, int]:
+        """The content length and piece length, from the store if it knows them (a resumed
+        download), else from the origin, whose answer sizes the store now."""
+        store = self.deps.store
+        meta = store.get(self.task_id)
+        if meta is not None and meta.content_length is not None and meta.piece_length is not None:
+            return meta.content_length, meta.piece_length
+        size = await self.deps.source.stat(self.spec.url, dict(self.spec.request_header))
+        piece_length = piece_length_for(size.content_length, self.spec.piece_length)
+        store.set_content_length(self.task_id, size.content_length, piece_length, size.headers)
+        return size.content_length, piece_length
 
     async def _origin_only(self, why: str) -> None:
         if self.spec.disable_back_to_source:
@@ -172,7 +203,21 @@ class Conductor:
         assert stream is not None
         started = False
         while True:
+            if isinstance(answer, MetadataOnly):
+                # Only a metadata-only register is answered so; Dragonfly's client fails
+                # on it too (task.rs:1080-1085). The scheduler is of no use here.
+                stream.failed("unexpected MetadataOnlyResponse to a download")
+                await self._origin_only("the scheduler answered a download as a metadata-only report")
+                return
             if isinstance(answer, EmptyTask):
+                known = self.deps.store.get(self.task_id)
+                if known is not None and known.content_length:
+                    # Dragonfly's scheduler keeps the size a task was first registered with
+                    # (service_v2.go:1839-1890); the origin says otherwise: trust the origin.
+                    answer = NeedBackToSource(
+                        f"the scheduler holds the task as empty; the origin has {known.content_length} bytes"
+                    )
+                    continue
                 self.deps.store.set_content_length(
                     self.task_id, 0, piece_length_for(0, self.spec.piece_length)
                 )
@@ -216,8 +261,8 @@ class Conductor:
             if self._pending_answer is not None:  # the scheduler changed its mind during a refresh
                 answer, self._pending_answer = self._pending_answer, None
                 continue
-            failed = self._parents.reschedule()
-            log.info("parents cannot finish the task; rescheduling (failed: %s)", failed)
+            failed = [self._parents.parents[pid].candidate for pid in self._parents.reschedule()]
+            log.info("parents cannot finish the task; rescheduling (failed: %s)", [p.peer_id for p in failed])
             stream.reschedule(failed, "parents cannot finish the task")
             try:
                 answer = await stream.next_answer(self.deps.schedule_timeout)
@@ -246,11 +291,14 @@ class Conductor:
             self.verified_digest = self.spec.digest
 
     def _report_held(self, stream: PeerStream, *, back_to_source: bool) -> None:
-        """Report pieces already in the store (a resumed download), so the scheduler sees them all."""
-        meta = self.deps.store.get(self.task_id)
-        if meta is None or not meta.pieces or self._reported_held:
+        """Report pieces already in the store when the dialogue began (a resumed download), so
+        the scheduler sees them all; once, so pieces this download brought are not told twice."""
+        if self._reported_held:
             return
         self._reported_held = True
+        meta = self.deps.store.get(self.task_id)
+        if meta is None:
+            return
         for piece in sorted(meta.pieces.values(), key=lambda p: p.number):
             if back_to_source:
                 stream.piece_back_to_source_finished(piece)
@@ -264,7 +312,14 @@ class Conductor:
         return await self._pieces.run(stream, self.digester, beside=lambda: self._refresh_parents(stream))
 
     async def _refresh_parents(self, stream: PeerStream) -> None:
-        """Ask for more parents now and then: peers that started with us hold pieces by now."""
+        """Ask for more parents now and then: peers that started with us hold pieces by now.
+
+        Not toward a scheduler without Damselfly's extensions: Dragonfly's client never
+        sends an empty reschedule, and the Go scheduler takes one for a new round that
+        answers back-to-source after ~2 s without a candidate (docs/INTEROP.md §2.2, S6).
+        """
+        if not self._extensions:
+            return
         table = self._parents
         while True:
             await asyncio.sleep(table.refresh_delay())

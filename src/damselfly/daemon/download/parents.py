@@ -120,11 +120,19 @@ Action = Fetch | Wait | Stalled | Complete
 
 @dataclass(frozen=True, slots=True)
 class ReportFailed:
-    """Tell the scheduler piece ``number`` failed from ``parent_id`` (``temporary``: it may serve again)."""
+    """Tell the scheduler piece ``number`` failed from ``parent_id``.
+
+    ``temporary`` has Dragonfly's meaning (``DownloadPieceFailedRequest``): true asks
+    the scheduler not to offer this parent to this peer again. The Go scheduler
+    blocks the parent when it is true and only logs when it is false
+    (scheduler/service/service_v2.go:1788-1814 at 66db456); the Rust client always
+    sends true (dragonfly-client/src/resource/task.rs:1548). :meth:`ParentTable.piece_failed`
+    reports only a parent it drops, so it is always true here.
+    """
 
     number: int
     parent_id: str
-    temporary: bool
+    temporary: bool = True
 
 
 class ParentTable:
@@ -323,25 +331,37 @@ class ParentTable:
         is asked of the others for a while: neither counts against the parent. A
         corrupt piece drops the parent for good. Other failures drop it after
         PARENT_FAILURE_LIMIT in a row, or at once for a protocol error.
+
+        The scheduler hears of a failure only when the parent is dropped, with
+        ``temporary=true`` (:class:`ReportFailed`: avoid this parent):
+
+        ==========================================  ==========================
+        failure                                     report
+        ==========================================  ==========================
+        BUSY, ELSEWHERE                             none (the parent is fine)
+        ERROR, NOT_FOUND below the limit            none (it may serve again)
+        ERROR, NOT_FOUND at the limit (gone)        ``temporary=true``
+        PROTOCOL, CORRUPT                           ``temporary=true``
+        ==========================================  ==========================
         """
         self._release(fetch)
         p, number = fetch.parent, fetch.number
+        if p.dead:  # a piece that was in flight when the parent was dropped (and reported)
+            return None
         if failure is Failure.BUSY:
             p.view.ready_at = self._clock() + self._rng.uniform(*BUSY_BACKOFF)
             return None
         if failure is Failure.ELSEWHERE:
             p.view.skip[number] = self._clock() + ELSEWHERE_RETRY
             return None
-        if failure is Failure.CORRUPT:
-            self.drop(p)
-            return ReportFailed(number, p.id, temporary=False)
-        p.failures += 1
-        temporary = p.failures < PARENT_FAILURE_LIMIT and failure is not Failure.PROTOCOL
         if failure is Failure.NOT_FOUND:
             p.view.pieces.discard(number)
-        if not temporary:
-            self.drop(p)
-        return ReportFailed(number, p.id, temporary=temporary)
+        if failure is not Failure.CORRUPT:
+            p.failures += 1
+            if p.failures < PARENT_FAILURE_LIMIT and failure is not Failure.PROTOCOL:
+                return None
+        self.drop(p)
+        return ReportFailed(number, p.id)
 
     def piece_abandoned(self, fetch: Fetch) -> None:
         """The worker stopped without an outcome (cancelled, or an error nobody expected)."""

@@ -307,8 +307,8 @@ class PieceLoop:
             log.debug("piece %d: parent %s sent it elsewhere", number, pid)
         elif failure is Failure.CORRUPT:
             log.warning("piece %d from parent %s failed its digest check: %s", number, pid, error)
-        elif report is not None:
-            dropping = "" if report.temporary else "; dropping it"
+        else:
+            dropping = "" if report is None else "; dropping it"
             log.info("piece %d from parent %s failed (%s)%s", number, pid, error, dropping)
         if report is not None and self._stream is not None:
             with contextlib.suppress(SchedulerError):

@@ -1,6 +1,6 @@
 """Back-to-source over HTTP(S): the origin's bytes go straight into the piece store.
 
-:meth:`HTTPSource.fetch_into` is the one entry point. A fresh download is one
+:meth:`HTTPSource.fetch_into` is the entry point for content. A fresh download is one
 streaming GET (the origin sees one fetch of the file); the body is cut into
 pieces as it arrives, each piece ``pwrite``-n at its offset into the store's
 content fd with its crc32 computed on the way, and reported as soon as its last
@@ -9,6 +9,9 @@ download asks only for the missing pieces, with one ``Range`` request per run of
 consecutive missing pieces (and copes with origins that ignore ``Range``). Which
 ranges to ask for is decided in :mod:`.ranges`, with no I/O; this module does
 the requests and lands the bodies.
+
+:meth:`HTTPSource.stat` only asks the content's length and headers, as Dragonfly's
+client does before it registers a download with Dragonfly's scheduler.
 
 Headers the user gave (``Authorization`` included) go to the origin and nowhere
 else; they are never logged. ``Accept-Encoding: identity`` is sent unless the
@@ -29,8 +32,9 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Set
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Set
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -73,6 +77,15 @@ _DROP_RESPONSE = frozenset(
     for h in ("Connection", "Keep-Alive", "Transfer-Encoding", "Content-Range", "Content-Length", "Trailer")
 )
 _DROP_REQUEST = frozenset(h.lower() for h in ("Range", "If-Range", "Connection", "Keep-Alive", "Host"))
+
+
+@dataclass(frozen=True, slots=True)
+class OriginSize:
+    """What :meth:`HTTPSource.stat` learned: the content's length and the origin's headers
+    (as a whole-content answer would carry them: no range headers, ``Content-Length`` the total)."""
+
+    content_length: int
+    headers: dict[str, str]
 
 
 class HTTPSource:
@@ -178,7 +191,45 @@ class HTTPSource:
             self, url, headers, fd_factory, on_start, on_piece, have, piece_length, on_piece_start, digest
         )
         try:
-            return await run.go()
+            with self._translated(url):
+                return await run.go()
+        finally:
+            run.close()
+
+    async def stat(self, url: str, headers: dict[str, str]) -> OriginSize:
+        """The content's length and headers, asked of the origin without its body.
+
+        As Dragonfly's client asks (dragonfly-client-backend/src/http.rs:386-655 at
+        ff17c0b): a ``GET`` with ``Range: bytes=0-0`` (a GET, so URLs signed for GET
+        work), the length from ``Content-Range`` of a 206 or ``Content-Length`` of a
+        200; a chunked answer with no length is asked again with ``HEAD``, a 416 (some
+        origins for empty content) again without ``Range``. An origin that says no
+        length raises :class:`SourceError`, like Dragonfly's ``InvalidContentLength``;
+        error statuses and network errors raise as :meth:`fetch_into` does.
+        """
+        req = self._origin_headers(headers)
+        session = self._get_session()
+        with self._translated(url):
+            async with session.get(url, headers={**req, "Range": "bytes=0-0"}) as resp:
+                if resp.status == 206:
+                    total = ranges.parse_content_range(resp.headers.get("Content-Range", ""), url)[2]
+                    await resp.read()  # the one byte: the connection goes back to the pool
+                    return _sized(url, resp, total)
+                if resp.status != 416 and not (
+                    "Transfer-Encoding" in resp.headers and "Content-Length" not in resp.headers
+                ):
+                    resp.close()  # a 200 carries the whole body: not read
+                    return _sized(url, resp, resp.content_length)
+            again = session.head if resp.status != 416 else session.get
+            async with again(url, headers=req) as resp:
+                resp.close()
+                return _sized(url, resp, resp.content_length)
+
+    @contextmanager
+    def _translated(self, url: str) -> Iterator[None]:
+        """Foreign errors of a request to the origin, as this module's errors."""
+        try:
+            yield
         except DamselflyError:
             raise
         except aiohttp.ConnectionTimeoutError as e:
@@ -195,8 +246,6 @@ class HTTPSource:
             raise SourceUnreachable(f"invalid URL {url!r}: {e}") from e
         except aiohttp.ClientError as e:
             raise SourceError(f"downloading {url} from the origin failed: {e}") from e
-        finally:
-            run.close()
 
     def _origin_headers(self, headers: dict[str, str]) -> dict[str, str]:
         out = {k: v for k, v in headers.items() if k.lower() not in _DROP_REQUEST}
@@ -239,6 +288,17 @@ def _check_status(url: str, status: int, reason: str) -> None:
         raise SourceStatusError(url, status, reason)
     if status not in (200, 206):
         raise SourceError(f"the origin answered {status} {reason} for {url}")
+
+
+def _sized(url: str, resp: aiohttp.ClientResponse, total: int | None) -> OriginSize:
+    """The answer to :meth:`HTTPSource.stat`, from a response whose status is not checked yet."""
+    _check_status(url, resp.status, resp.reason or "")
+    if total is None:
+        raise SourceError(
+            f"the origin did not say the content length of {url}, which the scheduler needs before "
+            "the download starts"
+        )
+    return OriginSize(total, _response_headers(resp, total))
 
 
 def _response_headers(resp: aiohttp.ClientResponse, total: int | None) -> dict[str, str]:

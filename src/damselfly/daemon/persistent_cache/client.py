@@ -109,10 +109,10 @@ class CachePeerStream(PeerStream):
             download_persistent_cache_peer_started_request=scheduler_pb2.DownloadPersistentCachePeerStartedRequest()
         )
 
-    def reschedule(self, failed_parents: list[str], description: str) -> None:
+    def reschedule(self, failed_parents: list[CandidateParent], description: str) -> None:
         self._send(
             reschedule_persistent_cache_peer_request=scheduler_pb2.ReschedulePersistentCachePeerRequest(
-                candidate_parents=[common_pb2.PersistentCachePeer(id=p) for p in failed_parents],
+                candidate_parents=[common_pb2.PersistentCachePeer(id=p.peer_id) for p in failed_parents],
                 description=description,
             )
         )
