@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import message
@@ -212,20 +212,15 @@ class CacheSchedulerClient:
 class CachePeerRPC(PeerRPC):
     """:class:`PeerRPC` whose piece sync is ``SyncPersistentCachePieces``."""
 
-    async def sync_pieces(
-        self, host: HostInfo, host_id: str, task_id: str
-    ) -> AsyncIterator[tuple[int, int, int]]:
-        call = self._stub(host).SyncPersistentCachePieces(
-            dfdaemon_pb2.SyncPersistentCachePiecesRequest(host_id=host_id, task_id=task_id)
+    def _open_sync(
+        self,
+        host: HostInfo,
+        host_id: str,
+        task_id: str,
+        wanted: list[int],
+        metadata: tuple[tuple[str, str], ...],
+    ) -> Any:
+        request = dfdaemon_pb2.SyncPersistentCachePiecesRequest(
+            host_id=host_id, task_id=task_id, interested_piece_numbers=wanted
         )
-        try:
-            async for resp in call:
-                yield int(resp.number), int(resp.offset), int(resp.length)
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.CANCELLED:
-                return
-            raise NotFound(
-                f"SyncPersistentCachePieces with {host.id} failed: {e.code().name} {e.details()}"
-            ) from e
-        finally:
-            call.cancel()
+        return self._stub(host).SyncPersistentCachePieces(request, metadata=metadata)
