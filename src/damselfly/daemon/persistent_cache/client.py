@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
 
 import grpc
 from google.protobuf import message
@@ -14,7 +13,6 @@ from ...api.convert import cache_answer_from_pb, cache_task_from_pb, duration
 from ...domain import (
     CandidateParent,
     EmptyTask,
-    HostInfo,
     NormalTask,
     PersistentCacheTaskInfo,
     ScheduleAnswer,
@@ -212,15 +210,5 @@ class CacheSchedulerClient:
 class CachePeerRPC(PeerRPC):
     """:class:`PeerRPC` whose piece sync is ``SyncPersistentCachePieces``."""
 
-    def _open_sync(
-        self,
-        host: HostInfo,
-        host_id: str,
-        task_id: str,
-        wanted: list[int],
-        metadata: tuple[tuple[str, str], ...],
-    ) -> Any:
-        request = dfdaemon_pb2.SyncPersistentCachePiecesRequest(
-            host_id=host_id, task_id=task_id, interested_piece_numbers=wanted
-        )
-        return self._stub(host).SyncPersistentCachePieces(request, metadata=metadata)
+    SYNC_METHOD = "SyncPersistentCachePieces"
+    SYNC_REQUEST = dfdaemon_pb2.SyncPersistentCachePiecesRequest

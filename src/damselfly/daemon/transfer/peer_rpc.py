@@ -56,6 +56,10 @@ class ParentPiece:
 class PeerRPC:
     """A cache of gRPC channels to parents, and the two calls a child makes."""
 
+    # The piece sync call and its request (a subclass may name another of the same shape).
+    SYNC_METHOD = "SyncPieces"
+    SYNC_REQUEST: Any = dfdaemon_pb2.SyncPiecesRequest
+
     def __init__(self, *, credentials: grpc.ChannelCredentials | None = None) -> None:
         self._credentials = credentials
         self._channels: dict[str, Any] = {}
@@ -83,20 +87,6 @@ class PeerRPC:
             raise PeerError(f"StatTask on parent {host.id} failed: {e.code().name} {e.details()}") from e
         return int(task.content_length)
 
-    def _open_sync(
-        self,
-        host: HostInfo,
-        host_id: str,
-        task_id: str,
-        wanted: list[int],
-        metadata: tuple[tuple[str, str], ...],
-    ) -> Any:
-        """Start the piece sync call (SyncPieces; a subclass may use another of the same shape)."""
-        request = dfdaemon_pb2.SyncPiecesRequest(
-            host_id=host_id, task_id=task_id, interested_piece_numbers=wanted
-        )
-        return self._stub(host).SyncPieces(request, metadata=metadata)
-
     async def sync_pieces(
         self, host: HostInfo, host_id: str, task_id: str, wanted: Iterable[int], *, extensions: bool = False
     ) -> AsyncIterator[ParentPiece]:
@@ -108,7 +98,8 @@ class PeerRPC:
         parent does too.
         """
         metadata = ((EXTENSIONS_METADATA, "1"),) if extensions else ()
-        call = self._open_sync(host, host_id, task_id, sorted(wanted), metadata)
+        request = self.SYNC_REQUEST(host_id=host_id, task_id=task_id, interested_piece_numbers=sorted(wanted))
+        call = getattr(self._stub(host), self.SYNC_METHOD)(request, metadata=metadata)
         try:
             theirs = extensions and says_extensions(await call.initial_metadata())
             async for resp in call:
