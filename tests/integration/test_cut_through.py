@@ -2,10 +2,11 @@
 
 Real loopback sockets: a piece server over a store in which one piece is
 "receiving": its header came from the parent's own parent (its digest known),
-or it is landing from the origin (its digest not known yet: a child that asks
-with the trailer tag gets the digest after the content, a plain child, as any
-Dragonfly client, gets the piece whole). The test plays that upstream transfer
-by writing the bytes in steps.
+or it is landing from the origin (its digest not known yet: a Damselfly child,
+which asks with the trailer tag, gets the digest after the content). A plain
+child, as any Dragonfly client, gets the piece whole once it is held, as from a
+Dragonfly parent. The test plays that upstream transfer by writing the bytes in
+steps.
 """
 
 from __future__ import annotations
@@ -66,13 +67,14 @@ class Child:
 
 @contextlib.asynccontextmanager
 async def child_fetching(
-    store: PieceStore, port: int, out_path: Path, *, digest: str = CRC0, trailer: bool = False
+    store: PieceStore, port: int, out_path: Path, *, digest: str = CRC0, damselfly: bool = True
 ) -> AsyncIterator[Child]:
     """Piece 0 arriving at the parent (its digest known from the parent's own parent, or ""
-    while it lands from the origin); a child asking for it (``trailer``: with the trailer tag)."""
+    while it lands from the origin); a child asking for it (``damselfly``: with Damselfly's
+    request, the trailer tag; else as Dragonfly's client asks)."""
     entry = store.receiving.start(TID, 0, 0, PL, digest)
     client = await PieceClient.connect("127.0.0.1", port)
-    client.trailer = trailer
+    client.damselfly = damselfly
     out = os.open(out_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fetch = asyncio.ensure_future(client.download_piece(TID, 0, out, 0, PL, timeout=10))
@@ -171,7 +173,7 @@ async def test_a_landing_piece_reaches_a_trailer_child_before_its_digest_is_know
     parent: tuple[PieceStore, int], tmp_path: Path
 ) -> None:
     store, port = parent
-    async with child_fetching(store, port, tmp_path / "child", digest="", trailer=True) as child:
+    async with child_fetching(store, port, tmp_path / "child", digest="") as child:
         for step in range(1, 5):
             write(store, (step - 1) * PL // 4, step * PL // 4)
             child.entry.advance(step * PL // 4)
@@ -185,11 +187,13 @@ async def test_a_landing_piece_reaches_a_trailer_child_before_its_digest_is_know
         await got_piece_zero(child)
 
 
+@pytest.mark.parametrize("digest", ["", CRC0], ids=["from-the-origin", "from-a-parent"])
 async def test_a_plain_child_gets_the_landing_piece_whole_with_its_digest_first(
-    parent: tuple[PieceStore, int], tmp_path: Path
+    parent: tuple[PieceStore, int], tmp_path: Path, digest: str
 ) -> None:
+    """Any Dragonfly client: a Rust parent serves a piece once it is finished, and so do we."""
     store, port = parent
-    async with child_fetching(store, port, tmp_path / "child", digest="") as child:
+    async with child_fetching(store, port, tmp_path / "child", digest=digest, damselfly=False) as child:
         write(store, 0, PL)
         child.entry.advance(PL)
         await until(lambda: holds_back(child.entry), "the parent waits for the piece to be whole")
@@ -203,7 +207,7 @@ async def test_a_trailer_that_does_not_match_the_bytes_fails_the_piece(
 ) -> None:
     """The child checks the bytes it got against the trailer, as against a header digest."""
     store, port = parent
-    async with child_fetching(store, port, tmp_path / "child", digest="", trailer=True) as child:
+    async with child_fetching(store, port, tmp_path / "child", digest="") as child:
         corrupt = bytes([DATA[0] ^ 0xFF]) + DATA[1:]
         write(store, 0, PL, corrupt)  # the bytes on the parent's disk went bad
         child.entry.advance(PL)
@@ -216,7 +220,7 @@ async def test_a_failed_origin_fetch_never_completes_a_trailer_childs_piece(
     parent: tuple[PieceStore, int], tmp_path: Path
 ) -> None:
     store, port = parent
-    async with child_fetching(store, port, tmp_path / "child", digest="", trailer=True) as child:
+    async with child_fetching(store, port, tmp_path / "child", digest="") as child:
         write(store, 0, PL // 2)
         child.entry.advance(PL // 2)
         await until(lambda: child.received(PL // 2), "the first half went on")
@@ -225,22 +229,19 @@ async def test_a_failed_origin_fetch_never_completes_a_trailer_childs_piece(
             await asyncio.wait_for(child.fetch, 10)
 
 
-async def test_a_parent_that_does_not_know_the_trailer_request_gets_plain_ones(tmp_path: Path) -> None:
-    """Like an older piece server: an unknown tag is answered Error (packet 0) and the
-    connection closed. The pool then asks that parent plainly, and keeps doing so."""
+async def test_a_parent_that_does_not_take_the_trailer_request_gets_plain_ones(tmp_path: Path) -> None:
+    """A parent that said it speaks Damselfly's extensions but closes on tag 224 without an
+    answer (as Dragonfly's server, or ours with wire.extensions off, does with a tag it does
+    not serve): the pool asks it again plainly, and plainly from then on."""
     tags: list[int] = []
 
-    async def old_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def plain_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while True:
-                head = await reader.readexactly(vortex.HEADER_SIZE)
-                header = vortex.HEADER.unpack(head)
-                tags.append(header[1])
-                value = await reader.readexactly(header[2])
-                if header[1] != vortex.Tag.DOWNLOAD_PIECE:
-                    writer.write(vortex.encode_error(0, vortex.ErrorCode.INVALID_ARGUMENT, "unknown tag"))
-                    await writer.drain()
-                    return
+            head = await reader.readexactly(vortex.HEADER_SIZE)
+            header = vortex.HEADER.unpack(head)
+            tags.append(header[1])
+            value = await reader.readexactly(header[2])
+            if header[1] == vortex.Tag.DOWNLOAD_PIECE:
                 request = vortex.decode_download_piece(header[0], value)
                 writer.write(vortex.encode_piece_header(request.packet_id, 0, 0, PL, CRC0) + DATA[:PL])
                 await writer.drain()
@@ -249,13 +250,15 @@ async def test_a_parent_that_does_not_know_the_trailer_request_gets_plain_ones(t
         finally:
             writer.close()
 
-    server = await asyncio.start_server(old_server, "127.0.0.1", 0)
+    server = await asyncio.start_server(plain_server, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     pool = PieceConnectionPool()
     out = os.open(tmp_path / "child", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         for _ in range(2):
-            info = await pool.download_piece("127.0.0.1", port, TID, 0, out, 0, PL, timeout=10)
+            info = await pool.download_piece(
+                "127.0.0.1", port, TID, 0, out, 0, PL, timeout=10, damselfly=True
+            )
             assert info.digest == CRC0 and os.pread(out, PL, 0) == DATA[:PL]
         plain, trailer = vortex.Tag.DOWNLOAD_PIECE, vortex.Tag.DOWNLOAD_PIECE_TRAILER
         assert tags == [trailer, plain, plain]

@@ -3,7 +3,9 @@
 The contract section runs the same promises against each way a child pulls a
 piece from a parent: over TCP (PieceServer, PieceConnectionPool) and, between
 daemons on one host, as the parent's file handed over an abstract unix socket
-(LocalPieceServer, LocalPieces). The rest is about the TCP protocol itself.
+(LocalPieceServer, LocalPieces). The rest is about the TCP protocol itself: most of it
+uses Damselfly's request (a pooled connection, ``PieceClient.damselfly``);
+tests/conformance/test_vortex.py plays Dragonfly's client and server against ours.
 """
 
 from __future__ import annotations
@@ -363,8 +365,15 @@ async def test_contract_a_busy_parent_refuses_the_request(
     assert transport.served() == 1
 
 
+async def damselfly_client(port: int) -> PieceClient:
+    """A connection that asks with Damselfly's request, so it carries many."""
+    client = await PieceClient.connect("127.0.0.1", port)
+    client.damselfly = True
+    return client
+
+
 async def test_one_connection_moves_a_task_sequentially(parent: Parent, child: PieceStore) -> None:
-    client = await PieceClient.connect("127.0.0.1", parent.port)
+    client = await damselfly_client(parent.port)
     lock = asyncio.Lock()
     try:
 
@@ -385,14 +394,14 @@ async def test_one_connection_moves_a_task_sequentially(parent: Parent, child: P
 async def test_errors_are_answered_and_the_connection_survives(parent: Parent, tmp_path: Path) -> None:
     data = make_content(4 * PL)
     seed(parent.store, OTHER, data, pieces=[0, 2])
-    client = await PieceClient.connect("127.0.0.1", parent.port)
+    client = await damselfly_client(parent.port)
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
     try:
         with pytest.raises(NotFound, match="unknown task"):
             await client.download_piece(TID, 0, fd, 0, PL)
         with pytest.raises(NotFound, match="not held"):
             await client.download_piece(OTHER, 1, fd, PL, PL)
-        with pytest.raises(PeerError, match=r"code 2.*>= 4 pieces"):
+        with pytest.raises(PeerError, match=r"code 1.*>= 4 pieces"):
             await client.download_piece(OTHER, 9, fd, 9 * PL, PL)
         assert not client.broken
         info = await client.download_piece(OTHER, 2, fd, 2 * PL, PL)  # same connection still works
@@ -411,7 +420,6 @@ async def read_all(reader: asyncio.StreamReader) -> bytes:
 @pytest.mark.parametrize(
     "garbage",
     [
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         struct.pack(">BBI", 1, 0, 68) + b"../" * 21 + b"x" + b"\0\0\0\0",
         struct.pack(">BBI", 1, 1, 30) + b"\0" * 30,  # a client must not send PieceContent
         struct.pack(">BBI", 1, 0, 0xFFFFFFF0),
@@ -436,7 +444,7 @@ async def test_malformed_frames_get_an_error_then_close(
     # The server survives and serves the next peer.
     data = make_content(PL)
     seed(parent.store, TID, data)
-    client = await PieceClient.connect("127.0.0.1", parent.port)
+    client = await damselfly_client(parent.port)
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
     try:
         await client.download_piece(TID, 0, fd, 0, PL)
@@ -444,6 +452,26 @@ async def test_malformed_frames_get_an_error_then_close(
     finally:
         os.close(fd)
         await client.close()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # tag 0x45: reserved
+        struct.pack(">BBI", 1, 6, 68) + TID.encode() + b"\0\0\0\0",  # DownloadCachePiece
+        vortex.encode_piece_digest(1, "crc32:1"),  # only a parent sends it
+    ],
+)
+async def test_frames_the_server_does_not_serve_close_without_an_answer(parent: Parent, frame: bytes) -> None:
+    """As Dragonfly's server does with a tag it does not serve."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", parent.port)
+    try:
+        writer.write(frame)
+        await writer.drain()
+        assert await read_all(reader) == b""
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 async def test_close_frame_ends_the_connection(parent: Parent) -> None:
@@ -462,7 +490,7 @@ async def test_corrupted_parent_content_is_a_digest_mismatch(parent: Parent, tmp
     fd = os.open(parent.store.content_path(TID), os.O_WRONLY)
     os.pwrite(fd, bytes([data[PL + 77] ^ 0xFF]), PL + 77)
     os.close(fd)
-    client = await PieceClient.connect("127.0.0.1", parent.port)
+    client = await damselfly_client(parent.port)
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
     try:
         with pytest.raises(DigestMismatch):
@@ -487,7 +515,7 @@ async def test_pieces_feed_the_content_digest_and_a_corrupt_one_is_taken_back(
     child.create_task(TID)
     child.set_content_length(TID, len(data), PL)
     digester = InOrderDigest(child, TID, Digest("sha256", hashlib.sha256(data).hexdigest()))
-    client = await PieceClient.connect("127.0.0.1", parent.port)
+    client = await damselfly_client(parent.port)
     fd = child.open_write_fd(TID)
     try:
         child.finish_piece(TID, await client.download_piece(TID, 0, fd, 0, PL, digest=digester))

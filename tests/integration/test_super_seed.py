@@ -1,7 +1,8 @@
 """A super-seed's piece server: each piece enters the swarm once while the seed is still fetching.
 
 Real loopback sockets; two children are told apart by their source address
-(127.0.0.1 and 127.0.0.2), as peers on different hosts are.
+(127.0.0.1 and 127.0.0.2), as peers on different hosts are. "Elsewhere" is for
+Damselfly children only; a plain child (any Dragonfly client) is served.
 """
 
 from __future__ import annotations
@@ -49,12 +50,14 @@ def hold(store: PieceStore, numbers: list[int]) -> None:
         put_piece(store, TID, DATA, n, PL)
 
 
-async def client_from(source: str, port: int) -> PieceClient:
+async def client_from(source: str, port: int, *, damselfly: bool = True) -> PieceClient:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
     sock.bind((source, 0))
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    return PieceClient(sock, ("127.0.0.1", port))
+    client = PieceClient(sock, ("127.0.0.1", port))
+    client.damselfly = damselfly
+    return client
 
 
 class Seed:
@@ -151,7 +154,6 @@ async def test_a_piece_still_arriving_from_the_origin_goes_out_once_too(seed: Se
     entry = seed.store.receiving.start(TID, 1, span.offset, span.length, "")  # landing, no digest yet
     a = await client_from("127.0.0.1", seed.port)
     b = await client_from("127.0.0.2", seed.port)
-    a.trailer = b.trailer = True
     try:
         first = asyncio.ensure_future(fetch(a, 1, tmp_path))
         # The server has taken a's request: piece 1's first send is recorded, to a.
@@ -167,4 +169,20 @@ async def test_a_piece_still_arriving_from_the_origin_goes_out_once_too(seed: Se
         assert seed.server.elsewhere_refusals == 1
     finally:
         await a.close()
+        await b.close()
+
+
+async def test_a_plain_child_is_served_what_went_out_already(seed: Seed, tmp_path: Path) -> None:
+    """A Dragonfly child knows no "elsewhere" (it would count the seed as a failed parent)."""
+    hold(seed.store, [0, 1])
+    a = await client_from("127.0.0.1", seed.port)
+    try:
+        await fetch(a, 0, tmp_path)
+    finally:
+        await a.close()
+    b = await client_from("127.0.0.2", seed.port, damselfly=False)
+    try:
+        assert (await fetch(b, 0, tmp_path)).number == 0
+        assert seed.server.elsewhere_refusals == 0
+    finally:
         await b.close()

@@ -88,6 +88,7 @@ class Daemon:
             limiter=self.limiters.download,
             trailer=config.download.trailer_digest,
             local=LocalPieces() if config.storage.local_share else None,
+            extensions=config.wire.extensions,
         )
         self.peer_rpc = PeerRPC()
         self.scheduler: SchedulerClient | None = (
@@ -103,10 +104,11 @@ class Daemon:
             request_limiter=self.limiters.piece_requests,
             upload_slots=config.upload.concurrent_piece_count,
             super_seed=self.is_seed and config.seed_peer.super_seed,
+            extensions=config.wire.extensions,
         )
         self.local_server = (
             LocalPieceServer(self.store, on_upload=self._on_upload, limiter=self.limiters.upload)
-            if config.storage.local_share
+            if config.storage.local_share and config.wire.extensions
             else None
         )
         self.gc = CacheGC(self.store, config.gc, in_use=self._downloading, forget=self._forget_task)
@@ -190,6 +192,7 @@ class Daemon:
             piece_port,
             persistent_cache=self.persistent_cache,
             request_limiter=self.limiters.upload_requests,
+            extensions=cfg.wire.extensions,
         )
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self.upload_service, upload_server)
         upload_health = Health(upload_server, [DFDAEMON_UPLOAD], extensions=cfg.wire.extensions)

@@ -36,6 +36,7 @@ from .ratelimit import TASK_LIMITER, ByteLimiter, RequestLimiter
 from .store.metadata import TaskMeta
 from .store.piece_store import PieceStore
 from .store.receiving import Receiving
+from .transfer.peer_rpc import EXTENSIONS_METADATA, says_extensions
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
         *,
         persistent_cache: PersistentCache | None = None,
         request_limiter: RequestLimiter | None = None,
+        extensions: bool = True,
     ) -> None:
         self.downloads = downloads
         self.persistent_cache = persistent_cache
@@ -292,6 +294,7 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
         self.piece_ip = piece_ip
         self.piece_port = piece_port
         self.request_limiter = request_limiter
+        self.extensions = extensions  # wire.extensions: SyncPieces may offer Damselfly's
         self.calls: Counter[str] = Counter()
 
     async def _admit(self, method: str, context: Context) -> None:
@@ -333,27 +336,42 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
         request: dfdaemon_pb2.SyncPiecesRequest | dfdaemon_pb2.SyncPersistentCachePiecesRequest,
         context: Context,
     ) -> AsyncIterator[dfdaemon_pb2.SyncPiecesResponse]:
+        """Announce the interested pieces held here, then those that finish, as Dragonfly does.
+
+        A Damselfly child that announced Damselfly's extensions (and with ours on)
+        is told we speak them too (transfer/peer_rpc.py) and also hears of pieces
+        still arriving here, which our piece server streams to it as they land.
+        Any other child hears only of finished pieces and gets Dragonfly's errors
+        (INTERNAL for an unknown or failed task). An empty interest list means
+        every piece (older Damselfly children send one; Dragonfly's never do).
+        """
         await self._admit("SyncPieces", context)
         task_id = request.task_id
         self.store.note_access(task_id)
+        damselfly = self.extensions and says_extensions(context.invocation_metadata())
         interested = set(request.interested_piece_numbers)
         meta = self.store.get(task_id)
         if meta is None or meta.state == "failed":
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {task_id} not found")
+            code = grpc.StatusCode.NOT_FOUND if damselfly else grpc.StatusCode.INTERNAL
+            await context.abort(code, f"task {task_id} not found")
+        if damselfly:
+            await context.send_initial_metadata(((EXTENSIONS_METADATA, "1"),))
         sent: set[int] = set()  # announced, held or arriving
         held: set[int] = set()  # announced while held
         changes = self.store.changes(task_id)
         while True:
             meta = self.store.get(task_id)
             if meta is None or meta.state == "failed":
-                await context.abort(grpc.StatusCode.ABORTED, "the parent's download failed")
+                if damselfly:
+                    await context.abort(grpc.StatusCode.ABORTED, "the parent's download failed")
+                await context.abort(grpc.StatusCode.INTERNAL, f"task {task_id} failed")
             assert meta is not None
-            # Pieces held, and pieces arriving from a parent (served while they land,
-            # daemon/store/receiving.py). One announced while arriving is announced again once
-            # held: its transfer may have failed in between and the child forgotten it.
-            # Only what changed is looked at (set operations, not a walk over every piece:
+            # Pieces held, and for a Damselfly child pieces arriving from a parent (served while
+            # they land, daemon/store/receiving.py). One announced while arriving is announced
+            # again once held: its transfer may have failed in between and the child forgotten
+            # it. Only what changed is looked at (set operations, not a walk over every piece:
             # this runs at each change of the task, for each child).
-            arriving = self.store.receiving.of(task_id)
+            arriving = self.store.receiving.of(task_id) if damselfly else {}
             pieces = meta.pieces
             for number in sorted((arriving.keys() - sent) | (pieces.keys() - held)):
                 if interested and number not in interested:

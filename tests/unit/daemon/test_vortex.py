@@ -50,7 +50,7 @@ def test_several_frames_in_one_buffer() -> None:
         + vortex.encode_download_piece(4, TID, 0)
     )
     assert parse_all(raw) == [
-        vortex.Error(1, 1, "no such task"),
+        vortex.Error(1, 2, "no such task"),
         vortex.PieceHeader(2, 0, 0, 3, "crc32:1"),
         vortex.PieceData(2, b"abc", True),
         vortex.Close(3),
@@ -100,28 +100,49 @@ def _header(tag: int, length: int, packet_id: int = 1) -> bytes:
     return struct.pack(">BBI", packet_id, tag, length)
 
 
+def _meta(fields: bytes, claimed: int | None = None) -> bytes:
+    """A PieceContent frame around raw metadata ``fields`` (``claimed``: the metadata_length)."""
+    size = len(fields) if claimed is None else claimed
+    return _header(1, 4 + len(fields)) + struct.pack(">I", size) + fields
+
+
+_TAIL = struct.pack(">IBQq", 0, 1, 0, 0)  # empty parent id, traffic, cost, created_at
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (_header(7, 0), "unknown packet tag 7"),
-        (_header(1, vortex.MAX_LENGTH + 1), "exceeds the limit"),
-        (_header(255, 0xFFFFFFFF), "exceeds the limit"),
+        (_header(255, 0xFFFFFFFF), "Error value must be"),
         (_header(0, 67) + b"a" * 67, "DownloadPiece value must be 68"),
+        (_header(4, 69) + b"a" * 69, "DownloadPiece value must be 68"),
         (_header(0, 68) + b"g" * 64 + b"\0\0\0\1", "not a task id"),
         (_header(0, 68) + TID.upper().encode() + b"\0\0\0\1", "not a task id"),
         (_header(0, 68) + "é".encode() * 32 + b"\0\0\0\1", "not ASCII"),
         (_header(254, 1) + b"x", "Close must be empty"),
         (_header(255, 0), "Error value must be"),
-        (_header(1, 10) + b"x" * 10, "shorter than its metadata"),
-        # metadata claims 100 content bytes, the frame only carries 50
-        (_header(1, 22 + 7 + 50) + struct.pack(">IQQH", 0, 0, 100, 7) + b"crc32:1", "the frame carries"),
-        (_header(1, 22 + 200) + struct.pack(">IQQH", 0, 0, 0, 200) + b"x" * 200, "too long"),
-        (_header(1, 22 + 2 + 1) + struct.pack(">IQQH", 0, 0, 1, 2) + b"\xff\xfe" + b"z", "not ASCII"),
+        (_header(1, 10) + b"x" * 10, "does not fit piece metadata"),
+        (_header(1, 0xFFFFFFF0), "does not fit piece metadata"),
+        # the metadata_length disagrees with the frame's length
+        (_meta(struct.pack(">IQQI", 0, 0, 1, 0) + _TAIL, claimed=44), "the frame carries"),
+        # a digest running past the metadata, fields left over after created_at
+        (_meta(struct.pack(">IQQI", 0, 0, 1, 200) + _TAIL), "too long"),
+        (_meta(struct.pack(">IQQI", 0, 0, 1, 30) + _TAIL), "inside its digest"),
+        (_meta(struct.pack(">IQQI", 0, 0, 1, 0) + _TAIL + b"x"), "does not end where"),
+        (_meta(struct.pack(">IQQI", 0, 0, 1, 2) + b"\xff\xfe" + _TAIL), "not ASCII"),
+        (_meta(struct.pack(">IQQI", 0, 0, 5 * 2**30, 0) + _TAIL), "exceeds"),
+        (_meta(struct.pack(">IQQI", 0, 0, 1, 0) + struct.pack(">I", 2) + b"\xff\xfe" + _TAIL[4:]), "UTF-8"),
     ],
 )
 def test_malformed_input_is_rejected(raw: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         parse_all(raw)
+
+
+@pytest.mark.parametrize("tag", [8, 100, 223, 226, 253])
+def test_a_reserved_tag_is_unsupported(tag: int) -> None:
+    with pytest.raises(vortex.UnsupportedTag) as caught:
+        parse_all(_header(tag, 0, packet_id=9))
+    assert (caught.value.packet_id, caught.value.tag) == (9, tag)
 
 
 def test_truncated_input_waits_for_more() -> None:
@@ -143,8 +164,12 @@ def test_parse_header_needs_exactly_six_bytes() -> None:
         lambda: vortex.encode_download_piece(1, "../../etc/passwd", 0),
         lambda: vortex.encode_download_piece(256, TID, 0),
         lambda: vortex.encode_download_piece(1, TID, 2**32),
-        lambda: vortex.encode_piece_header(1, 0, 0, vortex.MAX_LENGTH, "crc32:1"),
+        lambda: vortex.encode_download_piece(1, TID, 0, vortex.Tag.PIECE_CONTENT),
+        lambda: vortex.encode_piece_header(1, 0, 0, vortex.MAX_CONTENT_LENGTH + 1, "crc32:1"),
         lambda: vortex.encode_piece_header(1, 0, -1, 1, "crc32:1"),
+        lambda: vortex.encode_piece_header(1, 0, 0, 1, "crc32:1", parent_id="p" * vortex.MAX_METADATA),
+        lambda: vortex.encode_piece_header(1, 0, 0, 1, "crc32:1", tag=vortex.Tag.DOWNLOAD_PIECE),
+        lambda: vortex.encode_piece_header(1, 0, 0, 1, "crc32:1", cost_s=-1),
         lambda: vortex.encode_error(1, 300, "x"),
     ],
 )
@@ -153,12 +178,24 @@ def test_encoders_refuse_what_cannot_be_framed(call: object) -> None:
         call()  # type: ignore[operator]
 
 
+def test_piece_metadata_fields_round_trip() -> None:
+    raw = vortex.encode_piece_header(
+        7, 2, 8192, 4, "crc32:9", parent_id="10.0.0.1-h-p", traffic_type=0, cost_s=3,
+        created_at=-5, tag=vortex.Tag.PERSISTENT_CACHE_PIECE_CONTENT,
+    )  # fmt: skip
+    content = vortex.Tag.PERSISTENT_CACHE_PIECE_CONTENT
+    assert parse_all(raw) == [vortex.PieceHeader(7, 2, 8192, 4, "crc32:9", "10.0.0.1-h-p", 0, 3, -5, content)]
+
+
 @pytest.mark.parametrize("step", [None, 1, 7])
 def test_a_piece_with_its_digest_after_the_content(step: int | None) -> None:
     """Damselfly's extension: DownloadPiece-with-trailer, an empty header digest, PieceDigest."""
-    request = vortex.encode_download_piece(5, TID, 2, trailer=True)
+    request = vortex.encode_download_piece(5, TID, 2, vortex.Tag.DOWNLOAD_PIECE_TRAILER)
     assert request[1] == vortex.Tag.DOWNLOAD_PIECE_TRAILER
-    assert parse_all(request) == [vortex.DownloadPiece(5, TID, 2, trailer=True)]
+    (event,) = parse_all(request)
+    assert event == vortex.DownloadPiece(5, TID, 2, vortex.Tag.DOWNLOAD_PIECE_TRAILER)
+    assert isinstance(event, vortex.DownloadPiece) and event.damselfly
+    assert event.answer_tag is vortex.Tag.PIECE_CONTENT
     answer = vortex.encode_piece_header(5, 2, 8192, 4, "") + b"wxyz"
     answer += vortex.encode_piece_digest(5, "crc32:7")
     events = parse_all(answer, step=step)

@@ -8,7 +8,7 @@ import hashlib
 import os
 import random
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from damselfly.daemon.download.conductor import Conductor, ConductorDeps
 from damselfly.daemon.download.parents import PARENT_FAILURE_LIMIT
 from damselfly.daemon.origin.source import OriginSize
 from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.transfer.peer_rpc import ParentPiece
 from damselfly.domain import (
     CandidateParent,
     DownloadSpec,
@@ -133,14 +134,14 @@ class FakePeerRPC:
         return len(DATA)
 
     async def sync_pieces(
-        self, host: HostInfo, host_id: str, task_id: str
-    ) -> AsyncIterator[tuple[int, int, int]]:
+        self, host: HostInfo, host_id: str, task_id: str, wanted: Iterable[int], *, extensions: bool
+    ) -> AsyncIterator[ParentPiece]:
         if host.id in self.broken:
             raise PeerError(f"SyncPieces with parent {host.id} failed: UNAVAILABLE")
         self.open_syncs += 1
         try:
             for n in range(0 if host.id in self.empty else PIECES):
-                yield n, n * PL, min(PL, len(DATA) - n * PL)
+                yield ParentPiece(n, n * PL, min(PL, len(DATA) - n * PL), host.ip, host.download_port, True)
             await asyncio.Event().wait()  # until the download is over
         finally:
             self.open_syncs -= 1
@@ -153,13 +154,15 @@ def crc(chunk: bytes) -> str:
 class FakePool:
     """Writes the piece's bytes into the fd as the piece client does; ``failing`` ports raise instead."""
 
+    extensions = True
+
     def __init__(self, failing: dict[int, Callable[[], Exception]]) -> None:
         self.failing = failing
         self.asked: list[tuple[int, int]] = []  # (port, piece)
 
     async def download_piece(
         self, ip: str, port: int, task_id: str, number: int, fd: int, offset: int, length: int, *,
-        timeout: float, on_header: Any = None, digest: Any = None,
+        timeout: float, on_header: Any = None, digest: Any = None, damselfly: bool = True,
     ) -> PieceInfo:  # fmt: skip
         self.asked.append((port, number))
         chunk = DATA[offset : offset + length]

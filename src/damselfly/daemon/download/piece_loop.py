@@ -88,6 +88,9 @@ class PieceLoop:
         self._interrupted = False
         self._stream: PeerStream | None = None
         self._digester: InOrderDigest | None = None
+        # parent id -> where its piece server is and whether it speaks Damselfly's extensions,
+        # as its SyncPieces answers say
+        self._servers: dict[str, tuple[str, int, bool]] = {}
 
     # ------------------------------------------------------------- parents
 
@@ -121,11 +124,17 @@ class PieceLoop:
         """Follow what the parent holds (SyncPieces) into the table."""
         error: DamselflyError | None = None
         try:
-            async for number, offset, length in self.deps.peer_rpc.sync_pieces(
-                p.candidate.host, self.deps.host_id, self.task_id
+            wanted = await self._wanted()
+            if not wanted:
+                return  # nothing to ask for (an empty list would mean "all" to a Damselfly parent)
+            extensions = self.deps.pool.extensions
+            host = p.candidate.host
+            async for piece in self.deps.peer_rpc.sync_pieces(
+                host, self.deps.host_id, self.task_id, wanted, extensions=extensions
             ):
-                self._check_span(p, number, offset, length)
-                self.table.holds(p, number)
+                self._check_span(p, piece.number, piece.offset, piece.length)
+                self._servers[p.id] = (piece.ip, piece.port, piece.extensions)
+                self.table.holds(p, piece.number)
                 self._wake.set()
         except DamselflyError as e:
             error = e
@@ -135,6 +144,18 @@ class PieceLoop:
                 self.table.drop(p)
             self.table.sync_ended(p)
             self._wake.set()
+
+    async def _wanted(self) -> list[int]:
+        """The pieces to ask a parent for: those not held yet (a Dragonfly parent announces
+        only what is asked for). Waits for the content length, which the round learns."""
+        store = self.deps.store
+        changes = store.changes(self.task_id)
+        while True:
+            meta = store.get(self.task_id)
+            if meta is not None and meta.content_length is not None and meta.piece_length is not None:
+                total = piece_count(meta.content_length, meta.piece_length)
+                return sorted(set(range(total)) - meta.pieces.keys())
+            await changes.wait()
 
     def _check_span(self, p: Parent, number: int, offset: int, length: int) -> None:
         """A parent's piece that does not fit our idea of the task means the length is wrong."""
@@ -240,6 +261,7 @@ class PieceLoop:
     async def _fetch(self, fd: int, span: PieceSpan, fetch: Fetch) -> None:
         number, p = fetch.number, fetch.parent
         host = p.candidate.host
+        ip, port, extensions = self._servers.get(p.id, (host.ip, host.download_port, False))
         store = self.deps.store
         receiving: list[Receiving] = []
 
@@ -256,8 +278,8 @@ class PieceLoop:
         error: BaseException | None = None
         try:
             info = await self.deps.pool.download_piece(
-                host.ip,
-                host.download_port,
+                ip,
+                port,
                 self.task_id,
                 number,
                 fd,
@@ -266,6 +288,7 @@ class PieceLoop:
                 timeout=self.deps.piece_timeout,
                 on_header=on_header,
                 digest=self._digester,
+                damselfly=extensions,
             )
         except FETCH_ERRORS as e:
             failure, error = classify(e), e

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import message
@@ -14,7 +13,6 @@ from ...api.convert import cache_answer_from_pb, cache_task_from_pb, duration
 from ...domain import (
     CandidateParent,
     EmptyTask,
-    HostInfo,
     NormalTask,
     PersistentCacheTaskInfo,
     ScheduleAnswer,
@@ -212,20 +210,5 @@ class CacheSchedulerClient:
 class CachePeerRPC(PeerRPC):
     """:class:`PeerRPC` whose piece sync is ``SyncPersistentCachePieces``."""
 
-    async def sync_pieces(
-        self, host: HostInfo, host_id: str, task_id: str
-    ) -> AsyncIterator[tuple[int, int, int]]:
-        call = self._stub(host).SyncPersistentCachePieces(
-            dfdaemon_pb2.SyncPersistentCachePiecesRequest(host_id=host_id, task_id=task_id)
-        )
-        try:
-            async for resp in call:
-                yield int(resp.number), int(resp.offset), int(resp.length)
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.CANCELLED:
-                return
-            raise NotFound(
-                f"SyncPersistentCachePieces with {host.id} failed: {e.code().name} {e.details()}"
-            ) from e
-        finally:
-            call.cancel()
+    SYNC_METHOD = "SyncPersistentCachePieces"
+    SYNC_REQUEST = dfdaemon_pb2.SyncPersistentCachePiecesRequest

@@ -1,13 +1,22 @@
 """Calls from this daemon to other daemons' ``dfdaemon.v2.DfdaemonUpload``.
 
 Channels are cached per parent address and closed with the daemon.
+
+SyncPieces is also where two Damselfly daemons find out that they both speak
+Damselfly's wire extensions, at no cost per piece: a child that may use them
+sends the request metadata :data:`EXTENSIONS_METADATA`; a Damselfly parent
+that may use them too answers with the same key in its initial metadata, and
+only then announces pieces it is still receiving (cut-through). The child uses
+the extensions on that parent's piece server only when its answer carried the
+key. Dragonfly's daemons neither send nor look at it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -18,10 +27,38 @@ from ...errors import NotFound, PeerError
 
 # How long a parent may take to learn the content length from its own source.
 STAT_TIMEOUT = 10.0
+# gRPC metadata on SyncPieces: "this end speaks Damselfly's wire extensions" (value "1").
+EXTENSIONS_METADATA = "x-damselfly-extensions"
+
+
+def says_extensions(metadata: Sequence[tuple[str, Any]] | None) -> bool:
+    """Whether gRPC metadata carries :data:`EXTENSIONS_METADATA` set to "1"."""
+    return any(key == EXTENSIONS_METADATA and value == "1" for key, value in metadata or ())
+
+
+@dataclass(frozen=True, slots=True)
+class ParentPiece:
+    """A piece a parent holds, and where its piece server is.
+
+    ``ip``/``port`` come from the parent's SyncPieces answer (a Dragonfly
+    parent's ``Host.download_port`` is its gRPC port, not its piece server);
+    ``extensions``: the parent speaks Damselfly's wire extensions.
+    """
+
+    number: int
+    offset: int
+    length: int
+    ip: str
+    port: int
+    extensions: bool = False
 
 
 class PeerRPC:
     """A cache of gRPC channels to parents, and the two calls a child makes."""
+
+    # The piece sync call and its request (a subclass may name another of the same shape).
+    SYNC_METHOD = "SyncPieces"
+    SYNC_REQUEST: Any = dfdaemon_pb2.SyncPiecesRequest
 
     def __init__(self, *, credentials: grpc.ChannelCredentials | None = None) -> None:
         self._credentials = credentials
@@ -51,13 +88,30 @@ class PeerRPC:
         return int(task.content_length)
 
     async def sync_pieces(
-        self, host: HostInfo, host_id: str, task_id: str
-    ) -> AsyncIterator[tuple[int, int, int]]:
-        """(number, offset, length) of the pieces the parent holds, then of those it finishes."""
-        call = self._stub(host).SyncPieces(dfdaemon_pb2.SyncPiecesRequest(host_id=host_id, task_id=task_id))
+        self, host: HostInfo, host_id: str, task_id: str, wanted: Iterable[int], *, extensions: bool = False
+    ) -> AsyncIterator[ParentPiece]:
+        """The pieces among ``wanted`` the parent holds, then those it finishes.
+
+        ``wanted`` must list every piece asked for: a Dragonfly parent answers an
+        empty list with nothing. ``extensions``: announce that this daemon speaks
+        Damselfly's wire extensions; each :class:`ParentPiece` says whether the
+        parent does too.
+        """
+        metadata = ((EXTENSIONS_METADATA, "1"),) if extensions else ()
+        request = self.SYNC_REQUEST(host_id=host_id, task_id=task_id, interested_piece_numbers=sorted(wanted))
+        call = getattr(self._stub(host), self.SYNC_METHOD)(request, metadata=metadata)
         try:
+            theirs = extensions and says_extensions(await call.initial_metadata())
             async for resp in call:
-                yield int(resp.number), int(resp.offset), int(resp.length)
+                yield ParentPiece(
+                    int(resp.number),
+                    int(resp.offset),
+                    int(resp.length),
+                    # Both always set by a Dragonfly or Damselfly parent; an older one may omit them.
+                    resp.ip or host.ip,
+                    int(resp.tcp_port) or host.download_port,
+                    theirs,
+                )
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.CANCELLED:
                 return

@@ -1,4 +1,13 @@
-"""Pulling pieces from a parent's piece server (Vortex framing over TCP).
+"""Pulling pieces from a parent's piece server (Vortex over TCP).
+
+A parent known to speak Damselfly's extensions (it said so when the child
+synced its pieces, :mod:`.peer_rpc`) is asked with Damselfly's request (tag
+224) on pooled connections, and may answer "busy", "elsewhere" or send a
+digest after the content. Any other parent, a Dragonfly one in particular, is
+asked as Dragonfly's Rust client asks: a plain ``DownloadPiece`` on a new
+connection per piece, the answer's packet id not checked (Dragonfly's server
+draws it at random), exactly ``length`` content bytes read, then the
+connection dropped (that server answers one request per connection).
 
 Receiving is copy-light: frame headers are read exactly (never past the
 frame), then content goes from the socket with ``recv_into`` into one reused
@@ -12,9 +21,10 @@ task's geometry). A parent whose header disagrees gets :class:`ProtocolError`:
 a parent must never make us write elsewhere.
 
 Errors: the parent's Error frames become :class:`NotFound`,
-:class:`ResourceExhausted`, :class:`PieceElsewhere` or :class:`PeerError`
-(vortex.ErrorCode); a wrong digest :class:`DigestMismatch` (the bytes written
-are just not recorded by the caller, who fetches again); broken connections,
+:class:`ResourceExhausted`, :class:`PieceElsewhere` (the last two from
+Damselfly parents only) or :class:`PeerError` (vortex.ErrorCode); a wrong
+digest :class:`DigestMismatch` (the bytes written are just not recorded by
+the caller, who fetches again); broken connections,
 refused connections and timeouts :class:`PeerError`.
 """
 
@@ -104,7 +114,8 @@ class PieceClient:
 
     After any failure other than a clean Error frame or a digest mismatch the
     connection is marked :attr:`broken` (its framing is unknown) and should be
-    closed.
+    closed. With :attr:`damselfly` off (the default) it carries one plain
+    request, as Dragonfly's client does, and is :attr:`spent` after it.
     """
 
     def __init__(
@@ -131,12 +142,12 @@ class PieceClient:
         self.received_any = False
         self.timed_out = False
         self._frame_done = False
-        # Ask with DownloadPiece-with-trailer (vortex.Tag.DOWNLOAD_PIECE_TRAILER): the parent
-        # may then send a piece whose digest it learns only at the piece's end.
-        self.trailer = False
-        # Whether the current request's PieceContent header arrived (a parent that does not
-        # know the trailer request fails before that).
-        self.header_seen = False
+        # Ask with Damselfly's request (vortex.Tag.DOWNLOAD_PIECE_TRAILER): the parent then
+        # answers with Damselfly's extensions (a digest after the content, busy and elsewhere,
+        # the connection kept). Only for a parent known to speak them.
+        self.damselfly = False
+        # A plain request was made: the parent closes the connection after its answer.
+        self.spent = False
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float = 10.0) -> PieceClient:
@@ -155,7 +166,7 @@ class PieceClient:
         if self.closed:
             return
         self.closed = True
-        if not self.broken and not self._busy:
+        if self.damselfly and not self.spent and not self.broken and not self._busy:
             with contextlib.suppress(OSError):
                 self._sock.send(vortex.encode_close(self._next_packet_id()))
         self._sock.close()
@@ -245,15 +256,15 @@ class PieceClient:
         task's whole-content digest, fed the body while it is in hand when this
         piece is the next it needs (kept only once the piece's crc32 matched).
         """
-        if self.closed or self.broken:
+        if self.closed or self.broken or self.spent:
             raise PeerError(f"connection to parent {self._where} is no longer usable")
         if self._busy:
             raise PeerError("one request at a time per piece connection")
         self._busy = True
+        self.spent = not self.damselfly
         self.received_any = False
         self.timed_out = False
         self._frame_done = False
-        self.header_seen = False
         self.requests += 1
         start = self._clock()
         ok = False
@@ -295,7 +306,8 @@ class PieceClient:
     ) -> PieceInfo:
         """Ask for the piece, read its header, land its body, check its crc32."""
         packet_id = self._next_packet_id()
-        request = vortex.encode_download_piece(packet_id, task_id, number, trailer=self.trailer)
+        tag = vortex.Tag.DOWNLOAD_PIECE_TRAILER if self.damselfly else vortex.Tag.DOWNLOAD_PIECE
+        request = vortex.encode_download_piece(packet_id, task_id, number, tag)
         await self._loop.sock_sendall(self._sock, request)
         event = self._expect_header(await self._next_frame(), packet_id, number, offset, length)
         progress = on_header(event.digest) if on_header is not None else None
@@ -319,29 +331,33 @@ class PieceClient:
     def _expect_header(
         self, event: vortex.Event, packet_id: int, number: int, offset: int, length: int
     ) -> vortex.PieceHeader:
-        """The parent's answer as the header of the piece asked for, or the error it means."""
-        if event.packet_id != packet_id:
+        """The parent's answer as the header of the piece asked for, or the error it means.
+
+        A Damselfly parent echoes the request's packet id; Dragonfly's draws one at
+        random, so a plain answer's is not checked (its connection carries nothing else).
+        """
+        if self.damselfly and event.packet_id != packet_id:
             raise ProtocolError(f"parent {self._where} answered packet {event.packet_id}, asked {packet_id}")
         if isinstance(event, vortex.Error):
             self._frame_done = True
             if event.code == vortex.ErrorCode.NOT_FOUND:
                 raise NotFound(f"parent {self._where} does not hold piece {number}: {event.message}")
-            if event.code == vortex.ErrorCode.RESOURCE_EXHAUSTED:
+            if self.damselfly and event.code == vortex.ErrorCode.RESOURCE_EXHAUSTED:
                 raise ResourceExhausted(f"parent {self._where} is busy: {event.message}")
-            if event.code == vortex.ErrorCode.ELSEWHERE:
+            if self.damselfly and event.code == vortex.ErrorCode.ELSEWHERE:
                 raise PieceElsewhere(f"parent {self._where}: {event.message}")
             raise PeerError(
                 f"parent {self._where} refused piece {number} (code {event.code}): {event.message}"
             )
-        if not isinstance(event, vortex.PieceHeader):
-            raise ProtocolError(f"parent {self._where} answered with {type(event).__name__}")
+        if not isinstance(event, vortex.PieceHeader) or event.tag is not vortex.Tag.PIECE_CONTENT:
+            what = event.tag.name if isinstance(event, vortex.PieceHeader) else type(event).__name__
+            raise ProtocolError(f"parent {self._where} answered with {what}")
         if (event.number, event.offset, event.length) != (number, offset, length):
             raise ProtocolError(
                 f"parent {self._where} sent piece {event.number} at {event.offset}+{event.length}, "
                 f"expected piece {number} at {offset}+{length}"
             )
-        self.header_seen = True
-        if not event.digest and not self.trailer:
+        if not event.digest and not self.damselfly:
             raise ProtocolError(f"parent {self._where} sent piece {number} without a digest")
         return event
 
@@ -395,11 +411,14 @@ class PieceClient:
 
 
 class PieceConnectionPool:
-    """Reuses idle :class:`PieceClient` connections per parent ``(host, port)``.
+    """Connections to parents' piece servers: pooled per Damselfly parent, one per piece otherwise.
 
     Owns every connection it made; concurrent downloads from one parent each
-    use their own connection. At most ``max_idle_per_parent`` idle connections
-    are kept per parent, the rest are closed when they finish.
+    use their own connection. Toward a parent that speaks Damselfly's
+    extensions (and with ``extensions`` on), idle connections are kept, at most
+    ``max_idle_per_parent`` per parent ``(host, port)``, and a same-machine
+    parent hands over its file (``local``); toward any other parent each piece
+    takes a new connection, as Dragonfly's client does.
     """
 
     def __init__(
@@ -410,23 +429,29 @@ class PieceConnectionPool:
         limiter: ByteLimiter | None = None,
         trailer: bool = True,
         local: LocalPieces | None = None,
+        extensions: bool = True,
     ) -> None:
         # The host's download limit; a download's own limit (TASK_LIMITER) is taken under it.
         self.limiter = limiter
         # Parents on this machine hand over their file instead (local_pieces.py); only when no
         # byte limit applies, since the copy does not go through one.
         self.local = local
-        # Ask for pieces with a trailer digest (a parent may send a piece still arriving from
-        # its origin); parents that do not know that request (Dragonfly's own) get plain ones.
+        # Damselfly's wire extensions (config wire.extensions): off, every parent is asked
+        # exactly as Dragonfly's client asks, and this daemon announces none (peer_rpc.py).
+        self.extensions = extensions
+        # Ask Damselfly parents with Damselfly's request, which takes a digest after the
+        # content (a parent may send a piece still arriving from its origin) and the other
+        # extensions; off (download.trailerDigest), they are asked plainly.
         self.trailer = trailer
+        # Parents that announced the extensions but closed on Damselfly's request.
         self._plain: set[tuple[str, int]] = set()
         self._max_idle = max_idle_per_parent
         self._connect_timeout = connect_timeout
         self._idle: dict[tuple[str, int], list[PieceClient]] = {}
         self._closed = False
 
-    async def _acquire(self, key: tuple[str, int]) -> tuple[PieceClient, bool]:
-        idle = self._idle.get(key)
+    async def _acquire(self, key: tuple[str, int], *, pooled: bool) -> tuple[PieceClient, bool]:
+        idle = self._idle.get(key) if pooled else None
         while idle:
             client = idle.pop()
             if not client.closed and not client.broken:
@@ -435,7 +460,7 @@ class PieceConnectionPool:
 
     async def _release(self, key: tuple[str, int], client: PieceClient) -> None:
         idle = self._idle.setdefault(key, [])
-        if self._closed or client.broken or client.closed or len(idle) >= self._max_idle:
+        if self._closed or client.broken or client.closed or client.spent or len(idle) >= self._max_idle:
             await client.close()
         else:
             idle.append(client)
@@ -453,27 +478,33 @@ class PieceConnectionPool:
         timeout: float = 30.0,
         on_header: OnHeader | None = None,
         digest: InOrderDigest | None = None,
+        damselfly: bool = True,
     ) -> PieceInfo:
-        """Like :meth:`PieceClient.download_piece` on a pooled connection to ``host:port``.
+        """Like :meth:`PieceClient.download_piece` toward the piece server at ``host:port``.
 
-        A reused connection that the parent had closed while idle fails before any
-        byte comes back; that request is retried once on a fresh connection.
+        ``damselfly``: the parent said it speaks Damselfly's extensions (with the
+        pool's ``extensions`` on, they are used). A reused connection that the
+        parent had closed while idle fails before any byte comes back; that
+        request is retried once on a fresh connection, as is one whose parent
+        closed on Damselfly's request without an answer (it is asked plainly
+        from then on).
         """
         if self._closed:
             raise PeerError("piece connection pool is closed")
         key = (host, port)
         limiter = chain(self.limiter, TASK_LIMITER.get())
-        if self.local is not None and limiter is None:
+        damselfly = damselfly and self.extensions
+        if damselfly and self.local is not None and limiter is None:
             local = await self.local.download_piece(
                 host, port, task_id, number, fd, offset, length, whole=digest
             )
             if local is not None:
                 return local
-        trailer = self.trailer and key not in self._plain
+        extended = damselfly and self.trailer and key not in self._plain
         retried = False
         while True:
-            client, reused = await self._acquire(key)
-            client.trailer = trailer
+            client, reused = await self._acquire(key, pooled=extended)
+            client.damselfly = extended
             try:
                 info = await client.download_piece(
                     task_id,
@@ -486,17 +517,18 @@ class PieceConnectionPool:
                     on_header=on_header,
                     digest=digest,
                 )
-                if not trailer and self.trailer and retried:
+                if not extended and damselfly and self.trailer and retried:
                     self._plain.add(key)
                     log.info("parent %s:%d takes plain piece requests only", host, port)
                 return info
             except (PeerError, ProtocolError):
-                if retried or client.header_seen or client.timed_out or not client.broken:
+                if retried or client.received_any or client.timed_out or not client.broken:
                     raise
-                if reused and not client.received_any:
+                if reused:
                     log.debug("idle connection to %s:%d was stale; retrying", host, port)
-                elif trailer:
-                    trailer = False  # maybe a parent that does not know the trailer request
+                elif extended:
+                    # Closed with no answer, as a server that does not know the tag does.
+                    extended = False
                 else:
                     raise
                 retried = True

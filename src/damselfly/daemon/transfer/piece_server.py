@@ -1,15 +1,35 @@
-"""The TCP server other peers pull piece bytes from (Vortex framing, docs/PROTOCOL.md).
+"""The TCP server other peers pull piece bytes from (Vortex, docs/PROTOCOL.md).
 
-One request at a time per connection; connections are persistent. A piece is
-sent as a header written normally, then the content straight from the store's
-content file with ``loop.sendfile`` (zero-copy ``sendfile(2)`` on Linux). Only
-pieces the store has recorded as finished are served, at the offset and length
-the store recorded, so no request can read bytes outside a finished piece.
+A piece is sent as its PieceContent frame written normally, then the content
+straight from the store's content file with ``loop.sendfile`` (zero-copy
+``sendfile(2)`` on Linux). Only pieces the store has recorded as finished (or,
+for Damselfly children, pieces still arriving, see below) are served, at the
+offset and length the store recorded, so no request can read bytes outside a
+piece.
 
-Failures are answered, not crashed on: an unknown task or a piece not held
-(yet) gets ``Error(NOT_FOUND)``, an out-of-range number ``Error(INVALID_ARGUMENT)``
-and the connection stays open; a malformed frame gets ``Error(INVALID_ARGUMENT)``
-and the connection is closed, since its framing can no longer be trusted.
+Two kinds of children, told apart by their request's tag:
+
+- a plain ``DownloadPiece`` (tag 0; 2 and 4 for persistent and persistent-cache
+  tasks), as every Dragonfly client sends it, is answered exactly as
+  Dragonfly's Rust server answers it: one request per connection (closed after
+  the answer), Vortex's error codes only (2 not found, 1 invalid argument,
+  3 internal), a piece still arriving sent once it is held. When all upload
+  slots are taken the request waits its turn, as a Rust parent's waits for its
+  upload limiter; a super-seed serves it even if the piece went out already.
+- Damselfly's own ``DownloadPieceTrailer`` (224), which only a Damselfly child
+  that knows this parent speaks Damselfly's extensions sends, gets them: the
+  connection stays open for more requests, a piece still arriving is sent as
+  it lands (its digest after the content when not known yet), and a request
+  that would wait is refused at once with "busy" (4) or, from a super-seed,
+  "elsewhere" (5), so the child asks another parent.
+
+With ``extensions`` off the server answers only plain requests; a 224 request
+is an unknown tag. Failures are answered, not crashed on: an unknown task or a
+piece not held gets ``Error(NOT_FOUND)``, an out-of-range number
+``Error(INVALID_ARGUMENT)``; a malformed frame gets ``Error(INVALID_ARGUMENT)``
+and the connection is closed, since its framing can no longer be trusted; a
+frame with a tag the server does not serve closes the connection without an
+answer, as Dragonfly's server does.
 """
 
 from __future__ import annotations
@@ -31,6 +51,7 @@ from ..store.receiving import Receiving
 from . import vortex
 
 log = logging.getLogger(__name__)
+_Code = vortex.ErrorCode
 
 _READ_SIZE = 64 * 1024
 SUPER_SEED_RESEND = 5.0  # seconds after which a super-seed serves a given piece again
@@ -61,9 +82,11 @@ class PieceServer:
     over its rate with ``Error(RESOURCE_EXHAUSTED)``; the connection stays open.
     A piece being sent holds its task in use (:meth:`PieceStore.using`), so
     the cache GC does not evict it. With ``upload_slots``, at most that many
-    pieces are sent at once; a request beyond that is answered
-    ``Error(RESOURCE_EXHAUSTED, "busy...")`` at once and the child asks another
-    parent or retries shortly.
+    pieces are sent at once; beyond that a Damselfly child's request is
+    answered ``Error(RESOURCE_EXHAUSTED, "busy...")`` at once and the child asks
+    another parent or retries shortly, a plain request waits its turn.
+    ``extensions`` (config ``wire.extensions``): serve Damselfly's request
+    (tag 224) at all. ``wall_clock`` dates the pieces' ``created_at``.
     """
 
     def __init__(
@@ -76,9 +99,17 @@ class PieceServer:
         request_limiter: RequestLimiter | None = None,
         upload_slots: int = 0,
         super_seed: bool = False,
+        extensions: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self.extensions = extensions
+        self._served = frozenset(vortex.REQUESTS) - (
+            {vortex.Tag.DOWNLOAD_CACHE_PIECE}  # no Dragonfly server serves it either
+            | (set() if extensions else {vortex.Tag.DOWNLOAD_PIECE_TRAILER})
+        )
+        self._wall_clock = wall_clock
         # Super-seeding (seed peers): give each piece to the swarm once while
         # other pieces have not gone out yet; peers pass it on among themselves.
         self.super_seed = super_seed
@@ -136,6 +167,9 @@ class PieceServer:
             while True:
                 try:
                     event = parser.next_event()
+                except vortex.UnsupportedTag as e:
+                    log.info("piece connection from %s: %s; closing", peer, e)
+                    return
                 except ProtocolError as e:
                     log.info("piece request from %s is malformed: %s", peer, e)
                     writer.write(vortex.encode_error(0, vortex.ErrorCode.INVALID_ARGUMENT, str(e)))
@@ -152,20 +186,13 @@ class PieceServer:
                         return
                     parser.feed(data)
                     continue
-                if isinstance(event, vortex.Close):
+                if not isinstance(event, vortex.DownloadPiece) or event.tag not in self._served:
+                    # Close, a frame only a parent sends, or a request not served here: as
+                    # Dragonfly's server does, close without an answer.
+                    log.debug("piece connection from %s ends with %s", peer, type(event).__name__)
                     return
-                if not isinstance(event, vortex.DownloadPiece):
-                    writer.write(
-                        vortex.encode_error(
-                            event.packet_id,
-                            vortex.ErrorCode.INVALID_ARGUMENT,
-                            f"a piece server accepts DownloadPiece and Close, not {type(event).__name__}",
-                        )
-                    )
-                    await writer.drain()
-                    return
-                if not await self._send_piece(writer, event, files):
-                    return
+                if not await self._send_piece(writer, event, files) or not event.damselfly:
+                    return  # a plain request: one per connection, as Dragonfly's server
         except (ConnectionError, OSError, RuntimeError) as e:
             # RuntimeError: loop.sendfile on a transport the peer already closed.
             log.debug("piece connection from %s ended: %s", peer, e)
@@ -179,30 +206,36 @@ class PieceServer:
     async def _send_piece(
         self, writer: asyncio.StreamWriter, request: vortex.DownloadPiece, files: _OpenFiles
     ) -> bool:
-        """Answer one DownloadPiece; False when the connection must close."""
+        """Answer one piece request; False when the connection must close.
+
+        A Damselfly child (``request.damselfly``) may be refused "busy" or
+        "elsewhere" and may get a piece still arriving; a plain one gets only
+        what a Dragonfly parent would answer (see the module docstring).
+        """
         pid = request.packet_id
+        damselfly = request.damselfly  # only served when extensions are on
         if self.request_limiter is not None and not self.request_limiter.allow():
-            busy = vortex.ErrorCode.RESOURCE_EXHAUSTED
-            return await _refuse(writer, pid, busy, "too many piece requests; retry")
+            code = _Code.RESOURCE_EXHAUSTED if damselfly else _Code.INTERNAL
+            return await _refuse(writer, pid, code, "too many piece requests; retry")
         meta = self._store.get(request.task_id)
         if meta is None:
-            return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, "unknown task")
+            return await _refuse(writer, pid, _Code.NOT_FOUND, "unknown task")
         piece = meta.pieces.get(request.number)
         incoming = self._store.receiving.get(request.task_id, request.number) if piece is None else None
-        if incoming is not None and not incoming.digest and not request.trailer:
-            # Arriving from the origin, its digest not known yet, and this child wants the digest
-            # up front (any Dragonfly client): it gets the piece once it is here.
+        if incoming is not None and not damselfly:
+            # Arriving from our parent or the origin: a plain child (any Dragonfly client) gets
+            # the piece once it is here, digest first, as a Rust parent waits for its piece.
             await incoming.ended()
             meta = self._store.get(request.task_id)
             if meta is None:
-                return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, "unknown task")
+                return await _refuse(writer, pid, _Code.NOT_FOUND, "unknown task")
             piece, incoming = meta.pieces.get(request.number), None
         if piece is None and incoming is None:
             count = meta.piece_count
             if count is not None and request.number >= count:
-                code, message = vortex.ErrorCode.INVALID_ARGUMENT, f"piece {request.number} >= {count} pieces"
+                code, message = _Code.INVALID_ARGUMENT, f"piece {request.number} >= {count} pieces"
             else:
-                code, message = vortex.ErrorCode.NOT_FOUND, f"piece {request.number} is not held (yet)"
+                code, message = _Code.NOT_FOUND, f"piece {request.number} is not held (yet)"
             return await _refuse(writer, pid, code, message)
         first = False
         verdict = ""
@@ -215,36 +248,54 @@ class PieceServer:
                 requester,
                 complete=meta.is_complete,
             )
-            if verdict == "elsewhere":
+            if verdict == "elsewhere" and damselfly:
                 self.elsewhere_refusals += 1
                 message = f"piece {request.number} is with other peers already"
-                return await _refuse(writer, pid, vortex.ErrorCode.ELSEWHERE, message)
+                return await _refuse(writer, pid, _Code.ELSEWHERE, message)
             first = verdict == "first" and self._sending < self.upload_slots * FIRST_SEND_FACTOR
         if (
-            not first
+            damselfly
+            and not first
             and self._slots is not None
             and self._sending >= self.upload_slots
             and self._queued >= self.upload_slots * QUEUE_PER_SLOT
         ):
             # Refuse at once rather than split the link among ever more pieces: a
-            # piece sent at full speed is one the child can pass on sooner.
+            # piece sent at full speed is one the child can pass on sooner. (A plain
+            # child waits its turn: it would take a refusal as a failed parent.)
             self.busy_refusals += 1
             message = f"busy: {self.upload_slots} pieces in flight"
-            return await _refuse(writer, pid, vortex.ErrorCode.RESOURCE_EXHAUSTED, message)
+            return await _refuse(writer, pid, _Code.RESOURCE_EXHAUSTED, message)
         try:
             file = files.get(request.task_id)
         except DamselflyError as e:
-            return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, str(e))
+            return await _refuse(writer, pid, _Code.NOT_FOUND, str(e))
         if incoming is not None and incoming.state == "failed":
             message = f"piece {request.number} is not held"
-            return await _refuse(writer, pid, vortex.ErrorCode.NOT_FOUND, message)
-        source = incoming if incoming is not None else piece
-        assert source is not None
-        number, offset, length, digest = source.number, source.offset, source.length, source.digest
+            return await _refuse(writer, pid, _Code.NOT_FOUND, message)
+        number = request.number
+        parent_id, cost_s = "", 0  # for a piece still arriving: not known yet
+        if incoming is not None:
+            offset, length, digest = incoming.offset, incoming.length, incoming.digest
+        else:
+            assert piece is not None
+            offset, length, digest = piece.offset, piece.length, piece.digest
+            parent_id, cost_s = piece.parent_id, int(piece.cost_s)
+        header = vortex.encode_piece_header(
+            pid,
+            number,
+            offset,
+            length,
+            digest,
+            parent_id=parent_id,
+            cost_s=cost_s,
+            created_at=int(self._wall_clock()),
+            tag=request.answer_tag,
+        )
         sent = -1
         try:
             async with self._turn(bypass=first):
-                writer.write(vortex.encode_piece_header(pid, number, offset, length, digest))
+                writer.write(header)
                 began = self._clock()
                 with self._store.using(request.task_id):
                     if incoming is not None:

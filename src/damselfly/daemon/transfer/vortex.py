@@ -1,21 +1,29 @@
-"""Sans-IO framing of the piece protocol (docs/PROTOCOL.md, "The piece data path").
+"""Sans-IO framing of the piece protocol: Dragonfly's Vortex (docs/PROTOCOL.md, "The piece data path").
 
 Every packet is ``packet_id: u8, tag: u8, length: u32 BE, value``. This module
 turns events into bytes (``encode_*``) and bytes into frozen-dataclass events
 (:class:`FrameParser`); it never touches a socket, so the server and the client
 only move bytes and every framing rule is tested here without the network.
 
-Piece content is the one part of a frame that is large. The parser does not need
-to see it: after a :class:`PieceHeader` event the caller may read the content
-straight from its socket into its own buffer and tell the parser with
-:meth:`FrameParser.content_consumed`, or feed it and get :class:`PieceData`
-chunks. :meth:`FrameParser.bytes_needed` says how many bytes complete the
-current unit, so a reader that reads exactly that many never over-reads past a
-frame into the next one.
+The layouts are Vortex's (``dragonflyoss/vortex-protocol`` v0.1.5, the release
+Dragonfly's Rust client pins; docs/INTEROP.md section 4). A PieceContent frame
+carries only the piece's metadata (``metadata_length: u32`` then the fields);
+the piece's bytes follow the frame and are not counted in its ``length``. The
+parser does not need to see them: after a :class:`PieceHeader` event the caller
+may read the content straight from its socket into its own buffer and tell the
+parser with :meth:`FrameParser.content_consumed`, or feed it and get
+:class:`PieceData` chunks. :meth:`FrameParser.bytes_needed` says how many bytes
+complete the current unit, so a reader that reads exactly that many never
+over-reads past a frame into the next one.
 
-Malformed input raises :class:`~damselfly.errors.ProtocolError`: unknown tag,
-a length above 64 MiB + 1 KiB, a length that does not fit the tag, a bad task
-ID, truncated or inconsistent piece metadata.
+Damselfly adds two tags in Vortex's reserved range (224 DownloadPiece with a
+trailer digest, 225 PieceDigest) and two error codes (4 busy, 5 elsewhere);
+they are used only between Damselfly peers (piece_server.py says how).
+
+Malformed input raises :class:`~damselfly.errors.ProtocolError`: a length that
+does not fit the tag, a bad task ID, inconsistent piece metadata. A tag this
+module does not know (Vortex's reserved ones) raises :class:`UnsupportedTag`, a
+ProtocolError a server answers as Dragonfly's does: by closing the connection.
 """
 
 from __future__ import annotations
@@ -26,40 +34,79 @@ from dataclasses import dataclass
 
 from ...errors import ProtocolError
 from ...ids import is_task_id
-from ...units import KiB, MiB
+from ...units import GiB, KiB
 
 HEADER = struct.Struct(">BBI")
 HEADER_SIZE = HEADER.size  # 6
-MAX_LENGTH = 64 * MiB + 1 * KiB
 TASK_ID_SIZE = 64
 DOWNLOAD_PIECE_LENGTH = TASK_ID_SIZE + 4
-PIECE_META = struct.Struct(">IQQH")  # number, offset, length, digest_len
-PIECE_META_SIZE = PIECE_META.size  # 22
+# PieceContent metadata (vortex-protocol v0.1.5 src/tlv/piece_content.rs): after the u32
+# metadata_length, number u32, offset u64, length u64, digest_length u32, digest, parent_id_length
+# u32, parent_id, traffic_type u8, cost u64 (whole seconds), created_at i64 (Unix seconds).
+METADATA_LENGTH = struct.Struct(">I")
+PIECE_FIXED = struct.Struct(">IQQI")  # number, offset, length, digest_length
+PARENT_ID_LENGTH = struct.Struct(">I")
+PIECE_TAIL = struct.Struct(">BQq")  # traffic_type, cost, created_at
+MIN_METADATA = PIECE_FIXED.size + PARENT_ID_LENGTH.size + PIECE_TAIL.size  # 45
+MAX_METADATA = 4 * KiB
 MAX_DIGEST_LENGTH = 128
 MAX_ERROR_LENGTH = 64 * KiB
+MAX_CONTENT_LENGTH = 4 * GiB  # Vortex's largest value; a child checks the length it expects anyway
+TRAFFIC_REMOTE_PEER = 1  # common.v2.TrafficType.REMOTE_PEER, what a Rust parent always sends
 _U32 = struct.Struct(">I")
 
 
 class Tag(enum.IntEnum):
     DOWNLOAD_PIECE = 0
     PIECE_CONTENT = 1
-    # Damselfly's extension (tags Dragonfly does not use): DownloadPiece from a child that
-    # takes the digest after the content, so a parent may send a piece whose digest it does
-    # not know yet (one still arriving from the origin); such a piece's PieceContent has an
-    # empty digest and a PieceDigest frame follows its content.
+    DOWNLOAD_PERSISTENT_PIECE = 2
+    PERSISTENT_PIECE_CONTENT = 3
+    DOWNLOAD_PERSISTENT_CACHE_PIECE = 4
+    PERSISTENT_CACHE_PIECE_CONTENT = 5
+    DOWNLOAD_CACHE_PIECE = 6
+    CACHE_PIECE_CONTENT = 7
+    # Damselfly's extension (in Vortex's reserved range): DownloadPiece from a Damselfly child,
+    # which takes Damselfly's answers on this connection: the digest after the content (a
+    # parent may send a piece whose digest it does not know yet, one still arriving from the
+    # origin: its PieceContent has an empty digest and a PieceDigest frame follows its
+    # content), the busy and elsewhere codes, and the connection kept for more requests.
     DOWNLOAD_PIECE_TRAILER = 224
     PIECE_DIGEST = 225
     CLOSE = 254
     ERROR = 255
 
 
+# Each request tag and the tag of its answer.
+REQUESTS: dict[Tag, Tag] = {
+    Tag.DOWNLOAD_PIECE: Tag.PIECE_CONTENT,
+    Tag.DOWNLOAD_PERSISTENT_PIECE: Tag.PERSISTENT_PIECE_CONTENT,
+    Tag.DOWNLOAD_PERSISTENT_CACHE_PIECE: Tag.PERSISTENT_CACHE_PIECE_CONTENT,
+    Tag.DOWNLOAD_CACHE_PIECE: Tag.CACHE_PIECE_CONTENT,
+    Tag.DOWNLOAD_PIECE_TRAILER: Tag.PIECE_CONTENT,
+}
+CONTENTS = frozenset(REQUESTS.values())
+
+
 class ErrorCode(enum.IntEnum):
-    NOT_FOUND = 1
-    INVALID_ARGUMENT = 2
+    # Vortex's (vortex-protocol v0.1.5 src/tlv/error.rs); 4-255 are reserved there.
+    UNKNOWN = 0
+    INVALID_ARGUMENT = 1
+    NOT_FOUND = 2
     INTERNAL = 3
+    # Damselfly's, only ever sent to a child that asked with Tag.DOWNLOAD_PIECE_TRAILER.
+    # Busy: every upload slot is taken; try later or elsewhere.
     RESOURCE_EXHAUSTED = 4
     # A seed peer that already gave this piece to the swarm: ask a peer for it.
     ELSEWHERE = 5
+
+
+class UnsupportedTag(ProtocolError):
+    """A frame whose tag this side does not know (Vortex's reserved range)."""
+
+    def __init__(self, packet_id: int, tag: int) -> None:
+        super().__init__(f"unsupported packet tag {tag}")
+        self.packet_id = packet_id
+        self.tag = tag
 
 
 # --------------------------------------------------------------------------- events
@@ -67,24 +114,43 @@ class ErrorCode(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class DownloadPiece:
-    """A child asks for piece ``number`` of ``task_id``; ``trailer``: it takes the digest
-    after the content (Tag.DOWNLOAD_PIECE_TRAILER)."""
+    """A child asks for piece ``number`` of ``task_id``. ``tag``: which request
+    (Tag.DOWNLOAD_PIECE_TRAILER: a Damselfly child, see :attr:`damselfly`)."""
 
     packet_id: int
     task_id: str
     number: int
-    trailer: bool = False
+    tag: Tag = Tag.DOWNLOAD_PIECE
+
+    @property
+    def damselfly(self) -> bool:
+        """Asked with Damselfly's own request: the child takes Damselfly's answers."""
+        return self.tag is Tag.DOWNLOAD_PIECE_TRAILER
+
+    @property
+    def answer_tag(self) -> Tag:
+        return REQUESTS[self.tag]
 
 
 @dataclass(frozen=True, slots=True)
 class PieceHeader:
-    """A parent starts sending a piece; ``length`` content bytes follow."""
+    """A parent starts sending a piece; ``length`` content bytes follow the frame.
+
+    ``parent_id``, ``traffic_type``, ``cost_s`` (whole seconds) and ``created_at``
+    (Unix seconds) are Vortex's informational fields: where the parent got the
+    piece, how, how long it took and when.
+    """
 
     packet_id: int
     number: int
     offset: int
     length: int
     digest: str
+    parent_id: str = ""
+    traffic_type: int = TRAFFIC_REMOTE_PEER
+    cost_s: int = 0
+    created_at: int = 0
+    tag: Tag = Tag.PIECE_CONTENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,36 +193,56 @@ def _check_u8(name: str, value: int) -> None:
         raise ProtocolError(f"{name} {value} does not fit in one byte")
 
 
-def encode_download_piece(packet_id: int, task_id: str, number: int, *, trailer: bool = False) -> bytes:
+def encode_download_piece(packet_id: int, task_id: str, number: int, tag: Tag = Tag.DOWNLOAD_PIECE) -> bytes:
     _check_u8("packet id", packet_id)
+    if tag not in REQUESTS:
+        raise ProtocolError(f"{tag!r} is not a piece request")
     if not is_task_id(task_id):
         raise ProtocolError(f"not a task id: {task_id!r}")
     if not 0 <= number < 2**32:
         raise ProtocolError(f"piece number {number} does not fit in u32")
-    return (
-        HEADER.pack(
-            packet_id, Tag.DOWNLOAD_PIECE_TRAILER if trailer else Tag.DOWNLOAD_PIECE, DOWNLOAD_PIECE_LENGTH
-        )
-        + task_id.encode("ascii")
-        + _U32.pack(number)
-    )
+    return HEADER.pack(packet_id, tag, DOWNLOAD_PIECE_LENGTH) + task_id.encode("ascii") + _U32.pack(number)
 
 
-def encode_piece_header(packet_id: int, number: int, offset: int, length: int, digest: str) -> bytes:
-    """Frame header and piece metadata; the caller sends ``length`` content bytes after it."""
+def encode_piece_header(
+    packet_id: int,
+    number: int,
+    offset: int,
+    length: int,
+    digest: str,
+    *,
+    parent_id: str = "",
+    traffic_type: int = TRAFFIC_REMOTE_PEER,
+    cost_s: int = 0,
+    created_at: int = 0,
+    tag: Tag = Tag.PIECE_CONTENT,
+) -> bytes:
+    """The PieceContent frame (metadata only); the caller sends ``length`` content bytes after it."""
     _check_u8("packet id", packet_id)
+    _check_u8("traffic type", traffic_type)
+    if tag not in CONTENTS:
+        raise ProtocolError(f"{tag!r} is not a piece answer")
     raw_digest = digest.encode("ascii")
+    raw_parent = parent_id.encode("utf-8")
     if len(raw_digest) > MAX_DIGEST_LENGTH:
         raise ProtocolError(f"digest longer than {MAX_DIGEST_LENGTH} bytes")
-    if not 0 <= number < 2**32 or offset < 0 or length < 0:
+    if not 0 <= number < 2**32 or offset < 0 or not 0 <= length <= MAX_CONTENT_LENGTH:
         raise ProtocolError(f"bad piece metadata number={number} offset={offset} length={length}")
-    total = PIECE_META_SIZE + len(raw_digest) + length
-    if total > MAX_LENGTH:
-        raise ProtocolError(f"piece of {length} bytes exceeds the frame limit of {MAX_LENGTH}")
-    return (
-        HEADER.pack(packet_id, Tag.PIECE_CONTENT, total)
-        + PIECE_META.pack(number, offset, length, len(raw_digest))
-        + raw_digest
+    if not 0 <= cost_s < 2**64 or not -(2**63) <= created_at < 2**63:
+        raise ProtocolError(f"bad piece cost {cost_s} or creation time {created_at}")
+    metadata_length = MIN_METADATA + len(raw_digest) + len(raw_parent)
+    if metadata_length > MAX_METADATA:
+        raise ProtocolError(f"piece metadata of {metadata_length} bytes exceeds {MAX_METADATA}")
+    return b"".join(
+        (
+            HEADER.pack(packet_id, tag, METADATA_LENGTH.size + metadata_length),
+            METADATA_LENGTH.pack(metadata_length),
+            PIECE_FIXED.pack(number, offset, length, len(raw_digest)),
+            raw_digest,
+            PARENT_ID_LENGTH.pack(len(raw_parent)),
+            raw_parent,
+            PIECE_TAIL.pack(traffic_type, cost_s, created_at),
+        )
     )
 
 
@@ -199,24 +285,22 @@ def parse_header(data: bytes | bytearray | memoryview) -> FrameHeader:
     try:
         tag = Tag(raw_tag)
     except ValueError:
-        raise ProtocolError(f"unknown packet tag {raw_tag}") from None
-    if length > MAX_LENGTH:
-        raise ProtocolError(f"frame length {length} exceeds the limit of {MAX_LENGTH}")
-    if tag in (Tag.DOWNLOAD_PIECE, Tag.DOWNLOAD_PIECE_TRAILER) and length != DOWNLOAD_PIECE_LENGTH:
+        raise UnsupportedTag(packet_id, raw_tag) from None
+    if tag in REQUESTS and length != DOWNLOAD_PIECE_LENGTH:
         raise ProtocolError(f"DownloadPiece value must be {DOWNLOAD_PIECE_LENGTH} bytes, got {length}")
+    if tag in CONTENTS and not MIN_METADATA <= length - METADATA_LENGTH.size <= MAX_METADATA:
+        raise ProtocolError(f"PieceContent of {length} bytes does not fit piece metadata")
     if tag is Tag.PIECE_DIGEST and not 1 <= length <= MAX_DIGEST_LENGTH:
         raise ProtocolError(f"PieceDigest value must be 1..{MAX_DIGEST_LENGTH} bytes, got {length}")
     if tag is Tag.CLOSE and length != 0:
         raise ProtocolError(f"Close must be empty, got {length} bytes")
     if tag is Tag.ERROR and not 1 <= length <= MAX_ERROR_LENGTH:
         raise ProtocolError(f"Error value must be 1..{MAX_ERROR_LENGTH} bytes, got {length}")
-    if tag is Tag.PIECE_CONTENT and length < PIECE_META_SIZE:
-        raise ProtocolError(f"PieceContent of {length} bytes is shorter than its metadata")
     return FrameHeader(packet_id, tag, length)
 
 
 def decode_download_piece(
-    packet_id: int, value: bytes | bytearray | memoryview, *, trailer: bool = False
+    packet_id: int, value: bytes | bytearray | memoryview, tag: Tag = Tag.DOWNLOAD_PIECE
 ) -> DownloadPiece:
     if len(value) != DOWNLOAD_PIECE_LENGTH:
         raise ProtocolError("truncated DownloadPiece")
@@ -228,7 +312,7 @@ def decode_download_piece(
     if not is_task_id(task_id):
         raise ProtocolError(f"not a task id: {task_id!r}")
     (number,) = _U32.unpack(value[TASK_ID_SIZE:])
-    return DownloadPiece(packet_id, task_id, number, trailer)
+    return DownloadPiece(packet_id, task_id, number, tag)
 
 
 def decode_error(packet_id: int, value: bytes | bytearray | memoryview) -> Error:
@@ -237,25 +321,51 @@ def decode_error(packet_id: int, value: bytes | bytearray | memoryview) -> Error
     return Error(packet_id, value[0], bytes(value[1:]).decode("utf-8", errors="replace"))
 
 
-def decode_piece_meta(
-    header: FrameHeader, fixed: bytes | bytearray | memoryview
-) -> tuple[int, int, int, int]:
-    """Decode the fixed part of PieceContent metadata: (number, offset, length, digest_len).
-
-    Checks that the frame length is exactly metadata + digest + content, so a
-    parent cannot announce more content than its frame carries.
-    """
-    if len(fixed) != PIECE_META_SIZE:
-        raise ProtocolError("truncated piece metadata")
-    number, offset, length, digest_len = PIECE_META.unpack(fixed)
+def decode_piece_header(header: FrameHeader, value: bytes | bytearray | memoryview) -> PieceHeader:
+    """Decode a PieceContent frame's value: its metadata, which must fill the frame exactly."""
+    view = memoryview(value)
+    if len(view) != header.length or len(view) < METADATA_LENGTH.size:
+        raise ProtocolError("truncated PieceContent")
+    (metadata_length,) = METADATA_LENGTH.unpack_from(view)
+    if METADATA_LENGTH.size + metadata_length != header.length:
+        raise ProtocolError(
+            f"piece metadata says {metadata_length} bytes, "
+            f"the frame carries {header.length - METADATA_LENGTH.size}"
+        )
+    pos = METADATA_LENGTH.size
+    end = header.length
+    number, offset, length, digest_len = PIECE_FIXED.unpack_from(view, pos)
+    pos += PIECE_FIXED.size
     if digest_len > MAX_DIGEST_LENGTH:
         raise ProtocolError(f"piece digest of {digest_len} bytes is too long")
-    if PIECE_META_SIZE + digest_len + length != header.length:
-        raise ProtocolError(
-            f"piece metadata says {length} content bytes and a {digest_len}-byte digest, "
-            f"but the frame carries {header.length - PIECE_META_SIZE} bytes after the metadata"
-        )
-    return number, offset, length, digest_len
+    if length > MAX_CONTENT_LENGTH:
+        raise ProtocolError(f"piece of {length} bytes exceeds {MAX_CONTENT_LENGTH}")
+    if pos + digest_len + PARENT_ID_LENGTH.size > end:
+        raise ProtocolError("piece metadata ends inside its digest")
+    digest = decode_digest(view[pos : pos + digest_len])
+    pos += digest_len
+    (parent_len,) = PARENT_ID_LENGTH.unpack_from(view, pos)
+    pos += PARENT_ID_LENGTH.size
+    if pos + parent_len + PIECE_TAIL.size != end:
+        raise ProtocolError("piece metadata does not end where its fields do")
+    try:
+        parent_id = bytes(view[pos : pos + parent_len]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("parent id is not UTF-8") from None
+    pos += parent_len
+    traffic_type, cost_s, created_at = PIECE_TAIL.unpack_from(view, pos)
+    return PieceHeader(
+        header.packet_id,
+        number,
+        offset,
+        length,
+        digest,
+        parent_id,
+        traffic_type,
+        cost_s,
+        created_at,
+        header.tag,
+    )
 
 
 def decode_digest(raw: bytes | bytearray | memoryview) -> str:
@@ -268,24 +378,21 @@ def decode_digest(raw: bytes | bytearray | memoryview) -> str:
 class _State(enum.Enum):
     HEADER = enum.auto()
     VALUE = enum.auto()
-    PIECE_META = enum.auto()
-    PIECE_DIGEST = enum.auto()
     CONTENT = enum.auto()
 
 
 class FrameParser:
     """Incremental decoder: :meth:`feed` bytes, pull events with :meth:`next_event`.
 
-    Owned by one connection. Control frames are small and buffered whole; piece
-    content may be fed (yielding :class:`PieceData`) or read by the caller out
-    of band and reported with :meth:`content_consumed`.
+    Owned by one connection. Frames are small and buffered whole; piece content
+    (after a PieceContent frame) may be fed (yielding :class:`PieceData`) or read
+    by the caller out of band and reported with :meth:`content_consumed`.
     """
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._state = _State.HEADER
         self._header: FrameHeader | None = None
-        self._piece: tuple[int, int, int, int] | None = None
         self._remaining = 0
 
     @property
@@ -301,17 +408,12 @@ class FrameParser:
         self._buf += data
 
     def bytes_needed(self) -> int:
-        """Bytes to feed before the current unit (header, value, metadata, content) is complete."""
+        """Bytes to feed before the current unit (header, value, content) is complete."""
         if self._state is _State.HEADER:
             want = HEADER_SIZE
         elif self._state is _State.VALUE:
             assert self._header is not None
             want = self._header.length
-        elif self._state is _State.PIECE_META:
-            want = PIECE_META_SIZE
-        elif self._state is _State.PIECE_DIGEST:
-            assert self._piece is not None
-            want = self._piece[3]
         else:
             want = self._remaining
         return max(0, want - len(self._buf))
@@ -327,7 +429,6 @@ class FrameParser:
     def _reset(self) -> None:
         self._state = _State.HEADER
         self._header = None
-        self._piece = None
         self._remaining = 0
 
     def _take(self, n: int) -> bytes:
@@ -342,11 +443,10 @@ class FrameParser:
                 if len(self._buf) < HEADER_SIZE:
                     return None
                 new = parse_header(self._take(HEADER_SIZE))
-                self._header = new
                 if new.tag is Tag.CLOSE:
-                    self._reset()
                     return Close(new.packet_id)
-                self._state = _State.PIECE_META if new.tag is Tag.PIECE_CONTENT else _State.VALUE
+                self._header = new
+                self._state = _State.VALUE
                 continue
             header = self._header
             assert header is not None
@@ -355,39 +455,22 @@ class FrameParser:
                     return None
                 value = self._take(header.length)
                 self._reset()
-                if header.tag is Tag.DOWNLOAD_PIECE:
-                    return decode_download_piece(header.packet_id, value)
-                if header.tag is Tag.DOWNLOAD_PIECE_TRAILER:
-                    return decode_download_piece(header.packet_id, value, trailer=True)
+                if header.tag in CONTENTS:
+                    event = decode_piece_header(header, value)
+                    if event.length:
+                        self._state, self._header, self._remaining = _State.CONTENT, header, event.length
+                    return event
+                if header.tag in REQUESTS:
+                    return decode_download_piece(header.packet_id, value, header.tag)
                 if header.tag is Tag.PIECE_DIGEST:
                     return PieceDigest(header.packet_id, decode_digest(value))
                 return decode_error(header.packet_id, value)
-            if self._state is _State.PIECE_META:
-                if len(self._buf) < PIECE_META_SIZE:
-                    return None
-                self._piece = decode_piece_meta(header, self._take(PIECE_META_SIZE))
-                self._state = _State.PIECE_DIGEST
-                continue
-            piece = self._piece
-            assert piece is not None
-            number, offset, length, digest_len = piece
-            if self._state is _State.PIECE_DIGEST:
-                if len(self._buf) < digest_len:
-                    return None
-                digest = decode_digest(self._take(digest_len))
-                self._state = _State.CONTENT
-                self._remaining = length
-                event = PieceHeader(header.packet_id, number, offset, length, digest)
-                if length == 0:
-                    self._reset()
-                return event
             # CONTENT
             if not self._buf:
                 return None
             chunk = self._take(min(self._remaining, len(self._buf)))
             self._remaining -= len(chunk)
-            packet_id = header.packet_id
             last = self._remaining == 0
             if last:
                 self._reset()
-            return PieceData(packet_id, chunk, last)
+            return PieceData(header.packet_id, chunk, last)
