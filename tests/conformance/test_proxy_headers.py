@@ -324,6 +324,11 @@ async def test_answer_headers_task_id_server_ip_and_download_finished(env: Env) 
     status, first, _ = await env.get(path)
     assert status == 200 and first["X-Dragonfly-Server-IP"] == "127.0.0.1"
     assert "X-Dragonfly-Task-Download-Finished" not in first
+    # The client may have every byte a moment before the download is recorded complete.
+    task_id = first[TASK_ID]
+    changes = env.store.changes(task_id)
+    while (held := env.store.get(task_id)) is None or held.state != "succeeded":
+        await changes.wait(5)
     status, again, body = await env.get(path)
     assert (status, body) == (200, data)
     assert again["X-Dragonfly-Task-Download-Finished"] == "true" and again[TASK_ID] == first[TASK_ID]

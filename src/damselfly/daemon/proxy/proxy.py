@@ -16,7 +16,9 @@ The first request head on a connection is sniffed (:mod:`.connect`): a CONNECT
 is handled on the raw transport, anything else hands the connection to
 aiohttp's HTTP protocol. Requests matching the rules (:mod:`.rules`) go through the swarm and
 are streamed from the store (:mod:`.stream`); the rest pass straight through
-(:mod:`.upstream`). Credentials (``Authorization``...) go only to the
+(:mod:`.upstream`). Dragonfly's ``X-Dragonfly-*`` request headers shape the
+download as in Dragonfly (:mod:`.headers`), and the answers carry its response
+headers. Credentials (``Authorization``...) go only to the
 registry, never into logs. Owner of the listener, the aiohttp server, the
 upstream session and the CONNECT tasks: :class:`ProxyServer` (:meth:`close`).
 """
