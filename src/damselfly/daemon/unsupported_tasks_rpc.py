@@ -63,8 +63,8 @@ async def _refuse_transfer(request: Any, context: Context) -> NoReturn:
     raise AssertionError("unreachable")
 
 
-class UnsupportedTaskUploadRPCs:
-    """``DfdaemonUpload``'s cache-task and persistent-task methods."""
+class _BothServices:
+    """The methods both services have."""
 
     async def DownloadCacheTask(self, request: Any, context: Context) -> AsyncIterator[Any]:
         await _no_cache_tasks(context)
@@ -76,18 +76,28 @@ class UnsupportedTaskUploadRPCs:
     async def DeleteCacheTask(self, request: Any, context: Context) -> Any:
         await _no_cache_tasks(context)
 
+    async def DownloadPersistentTask(
+        self, request: dfdaemon_pb2.DownloadPersistentTaskRequest, context: Context
+    ) -> AsyncIterator[Any]:
+        await _refuse_transfer(request, context)
+        yield
+
+    async def StatPersistentTask(
+        self, request: dfdaemon_pb2.StatPersistentTaskRequest, context: Context
+    ) -> Any:
+        # Dragonfly asks its scheduler, and any failure is INTERNAL (upload.rs:1606-1650).
+        await _not_held(context, request.task_id)
+
+
+class UnsupportedTaskUploadRPCs(_BothServices):
+    """``DfdaemonUpload``'s cache-task and persistent-task methods."""
+
     async def SyncCachePieces(self, request: Any, context: Context) -> AsyncIterator[Any]:
         await _no_cache_tasks(context)
         yield
 
     async def DownloadCachePiece(self, request: Any, context: Context) -> Any:
         await _no_cache_tasks(context)
-
-    async def DownloadPersistentTask(
-        self, request: dfdaemon_pb2.DownloadPersistentTaskRequest, context: Context
-    ) -> AsyncIterator[Any]:
-        await _refuse_transfer(request, context)
-        yield
 
     async def SyncPersistentPieces(
         self, request: dfdaemon_pb2.SyncPersistentPiecesRequest, context: Context
@@ -103,45 +113,19 @@ class UnsupportedTaskUploadRPCs:
             await _not_held(context, request.task_id)
         return empty_pb2.Empty()
 
-    async def StatPersistentTask(
-        self, request: dfdaemon_pb2.StatPersistentTaskRequest, context: Context
-    ) -> Any:
-        await _not_held(context, request.task_id)
-
     async def DeletePersistentTask(
         self, request: dfdaemon_pb2.DeletePersistentTaskRequest, context: Context
     ) -> empty_pb2.Empty:
         return empty_pb2.Empty()  # Dragonfly's delete cannot fail (upload.rs:1653-1684)
 
 
-class UnsupportedTaskDownloadRPCs:
+class UnsupportedTaskDownloadRPCs(_BothServices):
     """``DfdaemonDownload``'s cache-task and persistent-task methods."""
-
-    async def DownloadCacheTask(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        await _no_cache_tasks(context)
-        yield
-
-    async def StatCacheTask(self, request: Any, context: Context) -> Any:
-        await _no_cache_tasks(context)
-
-    async def DeleteCacheTask(self, request: Any, context: Context) -> Any:
-        await _no_cache_tasks(context)
-
-    async def DownloadPersistentTask(
-        self, request: dfdaemon_pb2.DownloadPersistentTaskRequest, context: Context
-    ) -> AsyncIterator[Any]:
-        await _refuse_transfer(request, context)
-        yield
 
     async def UploadPersistentTask(
         self, request: dfdaemon_pb2.UploadPersistentTaskRequest, context: Context
     ) -> Any:
         await _refuse_transfer(request, context)
-
-    async def StatPersistentTask(
-        self, request: dfdaemon_pb2.StatPersistentTaskRequest, context: Context
-    ) -> Any:
-        await _not_held(context, request.task_id)
 
     async def StatLocalPersistentTask(
         self, request: dfdaemon_pb2.StatLocalPersistentTaskRequest, context: Context
