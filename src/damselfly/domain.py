@@ -89,6 +89,9 @@ class DownloadSpec:
     content_for_calculating_task_id: str = ""
     concurrent_piece_count: int = 0
     remote_ip: str = ""
+    # A registry blob URL (``.../v2/<name>/blobs/sha256:<hex>``) names the task by its
+    # digest's hex instead of its URL (ids.download_task_id), as Dragonfly's flag does.
+    enable_task_id_based_blob_digest: bool = False
 
 
 @dataclass(slots=True)

@@ -169,9 +169,18 @@ def blob_digest(url: str) -> str | None:
 
 
 def download_task_id(spec: DownloadSpec) -> str:
-    """The task ID a download request names, by Dragonfly's rules in Dragonfly's order."""
+    """The task ID a download request names, by Dragonfly's rules in Dragonfly's order.
+
+    The content named for the ID wins; else, with ``enable_task_id_based_blob_digest``,
+    a registry blob URL's digest; else the URL and the options that make it a task
+    (dragonfly-client/src/proxy/task.rs:88-104, grpc/dfdaemon_download.rs:346-370).
+    """
     if spec.content_for_calculating_task_id:
         return content_task_id(spec.content_for_calculating_task_id)
+    if spec.enable_task_id_based_blob_digest:
+        encoded = blob_digest(spec.url)
+        if encoded is not None:
+            return encoded
     return task_id(
         spec.url,
         tag=spec.tag,

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 
-from damselfly import ids
 from damselfly.runtime.children import ChildProcess, stop_all
 from damselfly.runtime.cluster import DaemonPorts, start_daemon, start_scheduler
 from damselfly.testbed.registry import Image, Registry
@@ -84,7 +83,7 @@ class Swarm:
 
     def holds_blob(self, i: int, digest: str) -> bool:
         """Whether peer ``i``'s store holds the blob as a task (it went through its mirror)."""
-        tid = ids.content_task_id(digest)
+        tid = digest.removeprefix("sha256:")  # blob task IDs are the digest's hex
         return (self.root / f"p{i}" / "tasks" / tid[:3] / tid).is_dir()
 
     def close(self) -> None:

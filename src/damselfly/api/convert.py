@@ -131,6 +131,7 @@ def download_to_pb(d: DownloadSpec) -> common_pb2.Download:
         need_back_to_source=d.need_back_to_source,
         prefetch=d.prefetch,
         force_hard_link=d.force_hard_link,
+        enable_task_id_based_blob_digest=d.enable_task_id_based_blob_digest,
     )
     if d.piece_length:
         pb.piece_length = d.piece_length
@@ -169,6 +170,7 @@ def download_from_pb(pb: common_pb2.Download) -> DownloadSpec:
         content_for_calculating_task_id=pb.content_for_calculating_task_id,
         concurrent_piece_count=pb.concurrent_piece_count,
         remote_ip=pb.remote_ip,
+        enable_task_id_based_blob_digest=pb.enable_task_id_based_blob_digest,
     )
 
 

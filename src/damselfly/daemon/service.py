@@ -2,6 +2,10 @@
 
 Protobuf is translated at this edge; the work is done by the
 :class:`TaskManager`, the :class:`PieceStore` and :mod:`damselfly.daemon.download.output`.
+Every method of dragonfly-api 2.3.8's two services answers, each as the Rust
+dfdaemon does (docs/INTEROP.md §3.1-3.2, §6.3, §6.7): the persistent cache
+(dfcache) in :mod:`.persistent_cache`, the task kinds this daemon does not run
+in :mod:`.unsupported_tasks_rpc`, the rest here.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from urllib.parse import urlsplit
 import grpc
 from google.protobuf import empty_pb2
 
-from .. import logs
+from .. import ids, logs
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..api.convert import download_from_pb, local_task_to_pb, piece_to_pb, task_to_pb
 from ..domain import DownloadSpec, DownloadStarted, HostInfo, LocalTaskInfo, PieceInfo, TaskInfo
 from ..errors import (
+    DamselflyError,
     InvalidArgument,
 )
 from ..units import parse_size
@@ -31,12 +36,15 @@ from .download import output
 from .download.progress import follow_download
 from .download.tasks import TaskManager
 from .grpc_status import status_for
+from .host_network import NetworkMonitor
 from .persistent_cache import PersistentCache, PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
 from .ratelimit import TASK_LIMITER, ByteLimiter, RequestLimiter
 from .store.metadata import TaskMeta
 from .store.piece_store import PieceStore
 from .store.receiving import Receiving
+from .task_entries import stat_url
 from .transfer.peer_rpc import EXTENSIONS_METADATA, says_extensions
+from .unsupported_tasks_rpc import UnsupportedTaskDownloadRPCs, UnsupportedTaskUploadRPCs
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +166,12 @@ class Downloads:
             if scheme not in ("http", "https"):
                 raise InvalidArgument(f"unsupported URL {spec.url!r}: use http:// or https://")
         out = output.check_output_path(spec.output_path) if spec.output_path else None
+        if spec.enable_task_id_based_blob_digest and not (
+            spec.digest or spec.content_for_calculating_task_id
+        ):
+            # A task named by a blob's digest holds what the digest says, or nothing.
+            encoded = ids.blob_digest(spec.url)
+            spec.digest = f"sha256:{encoded}" if encoded else ""
         task_limiter = take_rate_limit(spec)
         token = TASK_LIMITER.set(task_limiter)
         try:
@@ -204,8 +218,49 @@ class Downloads:
                 log.info("wrote %s (%s)", out, how)
             self.store.touch(task_id)
 
+    async def entries(
+        self, request: dfdaemon_pb2.ListTaskEntriesRequest, context: Context
+    ) -> dfdaemon_pb2.ListTaskEntriesResponse:
+        """ListTaskEntries of either service: the origin's stat of the URL (:mod:`.task_entries`)."""
+        deps = self.manager.deps
+        try:
+            # The daemon's own origin session: its TLS settings (source.caCert...) apply here too.
+            session = deps.source._get_session()
+            stat = await stat_url(session, request.url, request.request_header, timeout=deps.piece_timeout)
+        except DamselflyError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        pb = dfdaemon_pb2.ListTaskEntriesResponse(
+            content_length=stat.content_length or 0, response_header=stat.response_header
+        )
+        if stat.status_code is not None:
+            pb.status_code = stat.status_code
+        return pb
 
-class DownloadService(PersistentCacheDownloadRPCs, dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: ignore[misc]
+    async def stat_local(
+        self, task_id: str, context: Context, uploaded: int = 0
+    ) -> dfdaemon_pb2.StatLocalTaskResponse:
+        """StatLocalTask of either service; unknown: NOT_FOUND as Dragonfly words it (upload.rs:742-787)."""
+        meta = self.store.get(task_id)
+        if meta is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"local task not found: {task_id}")
+        assert meta is not None
+        info = local_task_info(meta, uploading=self.store.pin_count(task_id), uploaded=uploaded)
+        return local_task_to_pb(info)
+
+    async def require_held(self, task_id: str, context: Context) -> TaskMeta:
+        """The task's metadata; unknown: as Dragonfly answers a delete, ``INTERNAL "task <id> not found"``."""
+        meta = self.store.get(task_id)
+        if meta is None:
+            await context.abort(grpc.StatusCode.INTERNAL, f"task {task_id} not found")
+        assert meta is not None
+        return meta
+
+
+class DownloadService(
+    UnsupportedTaskDownloadRPCs,
+    PersistentCacheDownloadRPCs,
+    dfdaemon_pb2_grpc.DfdaemonDownloadServicer,  # type: ignore[misc]
+):
     """``dfdaemon.v2.DfdaemonDownload`` for dfget and local tools, on the unix socket."""
 
     def __init__(
@@ -239,12 +294,10 @@ class DownloadService(PersistentCacheDownloadRPCs, dfdaemon_pb2_grpc.DfdaemonDow
     async def StatLocalTask(
         self, request: dfdaemon_pb2.StatLocalTaskRequest, context: Context
     ) -> dfdaemon_pb2.StatLocalTaskResponse:
-        meta = self.downloads.store.get(request.task_id)
-        if meta is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
-        assert meta is not None
-        self._trailer(context, [meta.task_id])
-        return self._local(meta)
+        uploaded = self._uploaded.get(request.task_id, 0)
+        answer = await self.downloads.stat_local(request.task_id, context, uploaded)
+        self._trailer(context, [request.task_id])
+        return answer
 
     async def ListLocalTasks(
         self, request: dfdaemon_pb2.ListLocalTasksRequest, context: Context
@@ -266,16 +319,51 @@ class DownloadService(PersistentCacheDownloadRPCs, dfdaemon_pb2_grpc.DfdaemonDow
         assert meta is not None
         return task_to_pb(task_info(meta))
 
+    async def ListTaskEntries(
+        self, request: dfdaemon_pb2.ListTaskEntriesRequest, context: Context
+    ) -> dfdaemon_pb2.ListTaskEntriesResponse:
+        return await self.downloads.entries(request, context)
+
     async def DeleteTask(self, request: dfdaemon_pb2.DeleteTaskRequest, context: Context) -> empty_pb2.Empty:
-        if self.downloads.store.get(request.task_id) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"task {request.task_id} not found")
-        if self.downloads.manager.is_running(request.task_id):
+        """This host's copy, and the scheduler's record of it (download.rs:988-1032; task.rs:2465-2494)."""
+        await self._delete(request.task_id, context)
+        scheduler = self.downloads.manager.deps.scheduler
+        if scheduler is not None:
+            await scheduler.delete_task(self.downloads.host.id, request.task_id)
+        return empty_pb2.Empty()
+
+    async def DeleteLocalTask(
+        self, request: dfdaemon_pb2.DeleteLocalTaskRequest, context: Context
+    ) -> empty_pb2.Empty:
+        """This host's copy only (download.rs:1035-1080)."""
+        await self._delete(request.task_id, context)
+        return empty_pb2.Empty()
+
+    async def _delete(self, task_id: str, context: Context) -> None:
+        await self.downloads.require_held(task_id, context)
+        if self.downloads.manager.is_running(task_id):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "task is downloading")
-        self.downloads.store.delete_task(request.task_id)
+        self.downloads.store.delete_task(task_id)
+
+    async def DeleteHost(self, request: empty_pb2.Empty, context: Context) -> empty_pb2.Empty:
+        """Ask the scheduler to forget this host and its peers (download.rs:1083-1112); it comes
+        back at the next announce, as a Dragonfly daemon's does."""
+        scheduler = self.downloads.manager.deps.scheduler
+        if scheduler is None:
+            await context.abort(grpc.StatusCode.INTERNAL, "this daemon has no scheduler")
+        assert scheduler is not None
+        try:
+            await scheduler.delete_host(self.downloads.host.id)
+        except DamselflyError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
         return empty_pb2.Empty()
 
 
-class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[misc]
+class UploadService(
+    UnsupportedTaskUploadRPCs,
+    PersistentCacheUploadRPCs,
+    dfdaemon_pb2_grpc.DfdaemonUploadServicer,  # type: ignore[misc]
+):
     """``dfdaemon.v2.DfdaemonUpload`` for other peers and the scheduler's seed trigger."""
 
     def __init__(
@@ -287,8 +375,10 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
         persistent_cache: PersistentCache | None = None,
         request_limiter: RequestLimiter | None = None,
         extensions: bool = True,
+        network: NetworkMonitor | None = None,
     ) -> None:
         self.downloads = downloads
+        self.network = network  # made on the first SyncHost
         self.persistent_cache = persistent_cache
         self.store = downloads.store
         self.piece_ip = piece_ip
@@ -407,8 +497,43 @@ class UploadService(PersistentCacheUploadRPCs, dfdaemon_pb2_grpc.DfdaemonUploadS
             )
 
     async def DeleteTask(self, request: dfdaemon_pb2.DeleteTaskRequest, context: Context) -> empty_pb2.Empty:
-        # Peers may not delete this host's content; only the local API can.
+        # An unknown task is answered as Dragonfly answers it (upload.rs:873-922); a held one may
+        # not be deleted by peers: only the local API can.
+        await self.downloads.require_held(request.task_id, context)
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "delete tasks through the local API")
+
+    async def StatLocalTask(
+        self, request: dfdaemon_pb2.StatLocalTaskRequest, context: Context
+    ) -> dfdaemon_pb2.StatLocalTaskResponse:
+        await self._admit("StatLocalTask", context)
+        return await self.downloads.stat_local(request.task_id, context)
+
+    async def ListTaskEntries(
+        self, request: dfdaemon_pb2.ListTaskEntriesRequest, context: Context
+    ) -> dfdaemon_pb2.ListTaskEntriesResponse:
+        await self._admit("ListTaskEntries", context)
+        return await self.downloads.entries(request, context)
+
+    async def SyncHost(
+        self, request: dfdaemon_pb2.SyncHostRequest, context: Context
+    ) -> AsyncIterator[common_pb2.Host]:
+        """This host's network load, once a second until the child hangs up (upload.rs:1147-1222).
+
+        As Dragonfly's, only ``network``'s four bandwidths are set, in bit/s (:mod:`.host_network`).
+        """
+        await self._admit("SyncHost", context)
+        if self.network is None:
+            host = self.downloads.host
+            self.network = NetworkMonitor(host.ip, host.max_tx_bandwidth)
+        async for stats in self.network.samples():
+            network = common_pb2.Network(
+                max_rx_bandwidth=stats.max_rx_bandwidth, max_tx_bandwidth=stats.max_tx_bandwidth
+            )
+            if stats.rx_bandwidth is not None:
+                network.rx_bandwidth = stats.rx_bandwidth
+            if stats.tx_bandwidth is not None:
+                network.tx_bandwidth = stats.tx_bandwidth
+            yield common_pb2.Host(network=network)
 
 
 def socket_path_ok(path: Path) -> None:

@@ -149,7 +149,7 @@ def blob_specs(resolved: registry_client.ResolvedImage, o: _Options, *, by_diges
             filtered_query_params=o.filtered_query_params,
             request_header=header,
             piece_length=o.piece_length,
-            content_for_calculating_task_id=blob.digest if by_digest else "",
+            enable_task_id_based_blob_digest=by_digest,
         )
         items.append(PreheatItem(spec, blob.digest))
     return items

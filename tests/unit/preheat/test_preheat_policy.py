@@ -101,12 +101,10 @@ def test_no_host_in_scope_is_an_error() -> None:
         DownloadSpec(url="https://o.example/f", tag="t", application="app", piece_length=4 << 20),
         DownloadSpec(url="https://o.example/f?sig=1&a=2", filtered_query_params=["sig"]),
         DownloadSpec(
-            url="https://r.example/v2/a/blobs/sha256:" + "c" * 64,
-            content_for_calculating_task_id="sha256:" + "c" * 64,
+            url="https://r.example/v2/a/blobs/sha256:" + "c" * 64, enable_task_id_based_blob_digest=True
         ),
-        DownloadSpec(
-            url="https://r.example/v2/a/blobs/x", content_for_calculating_task_id="sha256:x", tag="t"
-        ),
+        DownloadSpec(url="https://r.example/v2/a/blobs/x", enable_task_id_based_blob_digest=True, tag="t"),
+        DownloadSpec(url="https://r.example/v2/a/blobs/x", content_for_calculating_task_id="name", tag="t"),
     ],
 )
 def test_task_id_of_matches_the_daemon(spec: DownloadSpec) -> None:

@@ -166,7 +166,7 @@ async def test_preheat_image_sends_blob_downloads_as_the_mirror_asks_for_them() 
     for (_, spec), blob in zip(daemons.calls, BLOBS, strict=True):
         assert spec.url == blob.url and spec.digest == blob.digest
         assert spec.request_header == {"X-Trace": "1", "Authorization": AUTH}
-        assert task_id_of(spec) == ids.content_task_id(blob.digest)
+        assert task_id_of(spec) == blob.digest.removeprefix("sha256:")  # Dragonfly's blob task ID
     assert registry.calls[0]["username"] == "alice" and registry.calls[0]["platform"] == "linux/amd64"
 
     # All peers, URL-based task IDs: every host, seed first.
@@ -211,7 +211,7 @@ async def test_stat_image_and_stat_file_report_holders() -> None:
     res = world(s1, p1)
     registry = Registry()
     runner = runner_for(res, Daemons(), registry)
-    by_digest = [DownloadSpec(url=b.url, content_for_calculating_task_id=b.digest) for b in BLOBS]
+    by_digest = [DownloadSpec(url=b.url, enable_task_id_based_blob_digest=True) for b in BLOBS]
     # s1 holds blob 0 and is fetching blob 1; p1 failed blob 0.
     for n, (hid, spec, state) in enumerate(
         [

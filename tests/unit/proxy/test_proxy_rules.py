@@ -24,6 +24,17 @@ def test_only_blob_gets_go_p2p_by_default() -> None:
     assert decide("GET", "https://r.example/v2/", rules).route is Route.DIRECT
 
 
+def test_use_p2p_routes_only_unmatched_gets() -> None:
+    rules = compile_rules([*DEFAULT, ProxyRuleConfig(regx=r"internal\.example/", direct=True)])
+    plain = "https://files.example/a.bin"
+    assert decide("GET", plain, rules).route is Route.DIRECT
+    assert decide("GET", plain, rules, use_p2p=True) == decide("GET", plain, [], use_p2p=True)
+    assert decide("GET", plain, rules, use_p2p=True).route is Route.P2P
+    assert decide("HEAD", plain, rules, use_p2p=True).route is Route.DIRECT
+    # A rule that matched decides: Damselfly's "direct" rules stay direct.
+    assert decide("GET", "https://internal.example/x", rules, use_p2p=True).route is Route.DIRECT
+
+
 def test_first_matching_rule_decides_and_rewrites() -> None:
     rules = compile_rules(
         [

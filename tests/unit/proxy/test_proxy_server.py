@@ -21,7 +21,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from damselfly import ids
 from damselfly.config import ProxyConfig, SourceConfig
 from damselfly.daemon.download.conductor import ConductorDeps
 from damselfly.daemon.download.tasks import TaskManager
@@ -33,6 +32,11 @@ from damselfly.testbed.registry import make_tls
 from helpers.wait import until
 
 SECRET = "Bearer secret-token-123"
+
+
+def blob_task_id(digest: str) -> str:
+    """A blob's task ID with ``proxy.blobTaskIdByDigest`` on (the default): its digest's hex."""
+    return digest.removeprefix("sha256:")
 
 
 @dataclass
@@ -140,7 +144,7 @@ async def test_blob_through_the_store_once_with_task_id_by_digest(
             async with s.get(url, headers={"Authorization": SECRET}) as r:
                 assert r.status == 200
                 assert r.headers["Docker-Content-Digest"] == digest
-                assert r.headers["X-Dragonfly-Task-ID"] == ids.content_task_id(digest)
+                assert r.headers["X-Dragonfly-Task-ID"] == blob_task_id(digest)
                 assert await r.read() == data
     assert env.origin.gets[digest] == 1  # the second GET came from the store
     assert env.proxy.metrics.p2p_bytes._value.get() == 2 * len(data)
@@ -180,7 +184,7 @@ async def test_missing_blob_is_404_and_leaves_nothing(env: Env) -> None:
     async with aiohttp.ClientSession() as s, s.get(f"{env.mirror}/v2/team/app/blobs/{digest}") as r:
         assert r.status == 404
         assert "BLOB_UNKNOWN" in await r.text()
-    assert env.store.get(ids.content_task_id(digest)) is None
+    assert env.store.get(blob_task_id(digest)) is None
 
 
 async def test_wrong_bytes_abort_the_response_and_are_not_kept(env: Env) -> None:
@@ -196,7 +200,7 @@ async def test_wrong_bytes_abort_the_response_and_are_not_kept(env: Env) -> None
             assert r.status == 502, r.status
         except aiohttp.ClientPayloadError:
             pass
-    await until(lambda: env.store.get(ids.content_task_id(digest)) is None, "the wrong bytes were dropped")
+    await until(lambda: env.store.get(blob_task_id(digest)) is None, "the wrong bytes were dropped")
     env.origin.corrupt.discard(digest)
     async with aiohttp.ClientSession() as s, s.get(f"{env.mirror}/v2/team/app/blobs/{digest}") as r:
         assert await r.read() == data
@@ -233,7 +237,7 @@ async def test_connect_to_an_allowed_host_is_a_tunnel(env: Env) -> None:
         async with s.get(url, proxy=env.mirror, ssl=client_ctx) as r:
             assert await r.read() == data
     # A tunnel carries bytes only: the blob did not go through the store.
-    assert env.store.get(ids.content_task_id(digest)) is None
+    assert env.store.get(blob_task_id(digest)) is None
 
 
 async def test_intercepted_upstream_tls_is_still_verified(env: Env) -> None:
@@ -249,7 +253,7 @@ async def test_intercepted_upstream_tls_is_still_verified(env: Env) -> None:
     assert status == 502, body[:200]
     assert b"certificate" in body.lower() or b"verify" in body.lower()
     assert env.tls_origin.gets.get(digest) is None
-    assert env.store.get(ids.content_task_id(digest)) is None
+    assert env.store.get(blob_task_id(digest)) is None
 
 
 async def test_intercepted_blob_is_served_through_the_store(env: Env, tmp_path: Path) -> None:
@@ -261,7 +265,7 @@ async def test_intercepted_blob_is_served_through_the_store(env: Env, tmp_path: 
         url = f"https://127.0.0.1:{env.tls_origin.port}/v2/a/blobs/{digest}"
         async with s.get(url, proxy=env.mirror, ssl=client_ctx) as r:
             assert r.status == 200
-            assert r.headers["X-Dragonfly-Task-ID"] == ids.content_task_id(digest)
+            assert r.headers["X-Dragonfly-Task-ID"] == blob_task_id(digest)
             assert await r.read() == data
     assert env.tls_origin.gets[digest] == 1
 
@@ -275,7 +279,7 @@ async def test_client_gone_mid_blob_the_download_still_finishes(env: Env) -> Non
     await writer.drain()
     assert (await reader.readline()).startswith(b"HTTP/1.1 200")
     writer.close()
-    tid = ids.content_task_id(digest)
+    tid = blob_task_id(digest)
 
     def succeeded() -> bool:
         meta = env.store.get(tid)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from damselfly import ids
 from damselfly.daemon.proxy import stream
 from damselfly.daemon.proxy.stream import CHUNK, ResponseSink, Span, send_span, wait_until_held
 from damselfly.daemon.store.piece_store import PieceStore
@@ -39,7 +38,7 @@ async def test_streams_pieces_as_they_land_and_checks_the_digest(tmp_path: Path)
     store = PieceStore(tmp_path)
     data = os.urandom(3 * PIECE + 12345)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    tid = ids.content_task_id(digest)
+    tid = digest.removeprefix("sha256:")
     store.create_task(tid)
     store.set_content_length(tid, len(data), PIECE)
     job: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -62,7 +61,7 @@ async def test_wrong_bytes_keep_the_last_chunk_back(tmp_path: Path) -> None:
     store = PieceStore(tmp_path)
     data = os.urandom(2 * PIECE)
     digest = "sha256:" + hashlib.sha256(b"something else").hexdigest()
-    tid = ids.content_task_id(digest)
+    tid = digest.removeprefix("sha256:")
     store.create_task(tid)
     store.set_content_length(tid, len(data), PIECE)
     for n in range(2):
@@ -141,7 +140,7 @@ async def test_held_means_every_piece_even_before_the_task_exists(tmp_path: Path
     # The read-ahead waits on this right after starting the download: the task may not exist yet.
     store = PieceStore(tmp_path)
     data = os.urandom(PIECE + 10)
-    tid = ids.content_task_id("sha256:" + hashlib.sha256(data).hexdigest())
+    tid = hashlib.sha256(data).hexdigest()
     job: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     looked: list[object] = []
     get = store.get

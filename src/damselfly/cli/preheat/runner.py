@@ -296,7 +296,7 @@ async def _task_results(
             application=c.application,
             piece_length=c.piece_length,
             filtered_query_params=c.filtered_query_params or None,
-            content_for_calculating_task_id=digest if by_digest and digest else "",
+            enable_task_id_based_blob_digest=by_digest,
         )
         result = TaskResult(
             digest or layer.url, layer.url, task_id_of(spec), sorted(holders.get(layer.url, []))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ...errors import DamselflyError, InvalidArgument
+from .headers import ERROR_BACKEND, ERROR_PROXY, ERROR_TYPE
 
 if TYPE_CHECKING:
     from .proxy import ProxyServer
@@ -173,9 +174,11 @@ class _Holder(asyncio.Protocol):
 
 def refuse(transport: asyncio.Transport, status: int, reason: str) -> None:
     body = reason.encode() + b"\n"
+    # Who failed, as Dragonfly's proxy says it: the tunnel's far end (502), else the proxy.
+    kind = ERROR_BACKEND if status == 502 else ERROR_PROXY
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"{ERROR_TYPE}: {kind}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
     transport.write(head + body)
     transport.close()

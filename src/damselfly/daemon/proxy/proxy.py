@@ -16,7 +16,9 @@ The first request head on a connection is sniffed (:mod:`.connect`): a CONNECT
 is handled on the raw transport, anything else hands the connection to
 aiohttp's HTTP protocol. Requests matching the rules (:mod:`.rules`) go through the swarm and
 are streamed from the store (:mod:`.stream`); the rest pass straight through
-(:mod:`.upstream`). Credentials (``Authorization``...) go only to the
+(:mod:`.upstream`). Dragonfly's ``X-Dragonfly-*`` request headers shape the
+download as in Dragonfly (:mod:`.headers`), and the answers carry its response
+headers. Credentials (``Authorization``...) go only to the
 registry, never into logs. Owner of the listener, the aiohttp server, the
 upstream session and the CONNECT tasks: :class:`ProxyServer` (:meth:`close`).
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -38,12 +41,13 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from ... import ids
 from ...config import ProxyConfig, SourceConfig
 from ...domain import DownloadSpec
 from ...errors import DamselflyError, DigestMismatch, InvalidArgument, SourceStatusError
 from ..download.tasks import TaskManager, task_id_for
 from ..store.piece_store import PieceStore
-from . import mirror
+from . import headers, mirror
 from .ca import CertificateAuthority, ensure_ca
 from .connect import ConnectHandler, Sniffer
 from .metrics import ProxyMetrics
@@ -66,7 +70,7 @@ log = logging.getLogger(__name__)
 # (a parent in the swarm may hold the same wrong bytes).
 DISTRUST_S = 600.0
 DISTRUST_MAX = 1024
-TASK_ID_HEADER = "X-Dragonfly-Task-ID"
+TASK_ID_HEADER = headers.TASK_ID
 READ_AHEAD_MEMORY = 4096  # blobs whose followers are remembered (least recently seen go first)
 # Statuses a client must see as the registry sent them (the 401 carries the
 # WWW-Authenticate challenge that starts the token dance).
@@ -180,18 +184,18 @@ class ProxyServer:
             url = self._target(request)
         except InvalidArgument as e:
             self.metrics.request("refused", 400)
-            return _error(400, str(e))
+            return _error(400, str(e), headers.ERROR_PROXY)
         except PermissionError as e:
             self.metrics.request("refused", 403)
-            return _error(403, str(e))
+            return _error(403, str(e), headers.ERROR_PROXY)
         if url is None:
             self.metrics.request("refused", 404)
-            return _error(404, "not a registry request: the mirror serves /v2/...")
-        decision = decide(request.method, url, self.rules)
+            return _error(404, "not a registry request: the mirror serves /v2/...", headers.ERROR_PROXY)
+        asked = headers.read(request.headers)
+        decision = decide(request.method, url, self.rules, use_p2p=asked.use_p2p)
         log.debug("%s %s -> %s", request.method, urlsplit(decision.url).path, decision.route.value)
         if decision.route is Route.P2P:
-            digest = mirror.blob_digest(urlsplit(decision.url).path) or ""
-            resp = await self._p2p(request, decision.url, digest)
+            resp = await self._p2p(request, decision.url, asked)
         elif self.config.read_ahead and request.method == "GET" and "/manifests/" in decision.url:
             body = bytearray()
             resp = await self._forward(request, decision.url, body)
@@ -226,29 +230,51 @@ class ProxyServer:
         return mirror.upstream_url(base, request.rel_url.raw_path, request.rel_url.raw_query_string)
 
     async def _forward(
-        self, request: web.BaseRequest, url: str, keep: bytearray | None = None
+        self,
+        request: web.BaseRequest,
+        url: str,
+        keep: bytearray | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         try:
-            return await self.upstream.forward(request, url, keep, mirror.MANIFEST_MAX)
+            return await self.upstream.forward(request, url, keep, mirror.MANIFEST_MAX, extra_headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            return _error(502, f"the registry at {_origin(url)} failed: {type(e).__name__}: {e}")
+            reason = f"the registry at {_origin(url)} failed: {type(e).__name__}: {e}"
+            return _error(502, reason, headers.ERROR_BACKEND)
 
-    def _spec(self, request: web.BaseRequest, url: str, digest: str) -> DownloadSpec:
-        headers: dict[str, str] = {}
+    def _spec(self, request: web.BaseRequest, url: str, asked: headers.RequestHeaders) -> DownloadSpec:
+        """The download a P2P request asks for, as Dragonfly's proxy builds it (mod.rs:1265-1336).
+
+        A registry blob's digest (from the URL) is always checked on the content. With
+        blob task IDs (``proxy.blobTaskIdByDigest``, or the request's header) the task is
+        named by that digest: a URL Dragonfly takes for a blob but the mirror does not
+        parse (a ``/v2/`` further down the path) is checked against the digest naming it too.
+        """
+        forwarded: dict[str, str] = {}
         for k, v in forward_headers(request.headers.items()).items():
             if k.lower() not in ("range", "if-range"):
-                headers.setdefault(k, v)
-        filtered = request.headers.get("X-Dragonfly-Filtered-Query-Params")
+                forwarded.setdefault(k, v)
+        by_digest = asked.enable_task_id_based_blob_digest
+        if by_digest is None:
+            by_digest = self.config.blob_task_id_by_digest
+        digest = mirror.blob_digest(urlsplit(url).path) or ""
+        if not digest and by_digest and not asked.content_for_calculating_task_id:
+            encoded = ids.blob_digest(url)
+            digest = f"sha256:{encoded}" if encoded else ""
         return DownloadSpec(
             url=url,
-            tag=request.headers.get("X-Dragonfly-Tag", ""),
-            application=request.headers.get("X-Dragonfly-Application", ""),
-            filtered_query_params=[p for p in filtered.split("&") if p] if filtered else None,
-            request_header=headers,
-            content_for_calculating_task_id=digest if digest and self.config.blob_task_id_by_digest else "",
+            tag=asked.tag,
+            application=asked.application,
+            priority=asked.priority,
+            filtered_query_params=asked.filtered_query_params,
+            request_header=forwarded,
+            piece_length=asked.piece_length,
+            content_for_calculating_task_id=asked.content_for_calculating_task_id,
+            enable_task_id_based_blob_digest=by_digest,
             digest=digest,
-            prefetch=self.config.prefetch,
+            prefetch=asked.prefetch_for("Range" in request.headers, self.config.prefetch),
             need_back_to_source=self._distrusted(digest),
+            remote_ip=request.remote or "",
         )
 
     def _learn_blob_order(self, url: str, content_type: str, body: bytes) -> None:
@@ -265,7 +291,12 @@ class ProxyServer:
             self._next_blobs.popitem(last=False)
 
     def _read_ahead(
-        self, request: web.BaseRequest, digest: str, task_id: str, job: asyncio.Task[None]
+        self,
+        request: web.BaseRequest,
+        asked: headers.RequestHeaders,
+        digest: str,
+        task_id: str,
+        job: asyncio.Task[None],
     ) -> None:
         """A client asked for ``digest``: the blobs its manifest lists next start in the background
         (a client that pulls one layer at a time then finds the next one here already) once this
@@ -276,8 +307,10 @@ class ProxyServer:
             self.metrics.read_ahead.labels("no_order").inc()
             return
         prefix, suffix, following = entry
-        # The client's own headers, taken now: the request may be gone by then.
-        specs = [self._spec(request, f"{prefix}{nxt}{suffix}", nxt) for nxt in following]
+        # The client's own headers, taken now: the request may be gone by then. A content
+        # named for the task ID is this blob's, not its neighbours'.
+        ahead = dataclasses.replace(asked, content_for_calculating_task_id="")
+        specs = [self._spec(request, f"{prefix}{nxt}{suffix}", ahead) for nxt in following]
 
         async def start_when_held() -> None:
             with contextlib.suppress(DamselflyError):
@@ -313,35 +346,51 @@ class ProxyServer:
             self._distrust.pop(next(iter(self._distrust)))
         self._distrust[digest] = time.monotonic()
 
-    async def _p2p(self, request: web.BaseRequest, url: str, digest: str) -> web.StreamResponse:
+    async def _p2p(
+        self, request: web.BaseRequest, url: str, asked: headers.RequestHeaders
+    ) -> web.StreamResponse:
         began = time.monotonic()
         try:
-            resp = await self._p2p_serve(request, url, digest)
+            asked.check()
+        except InvalidArgument as e:
+            return _error(400, str(e), headers.ERROR_PROXY)
+        if asked.ignored:
+            log.debug("ignored %s: never honoured for proxy clients", ", ".join(asked.ignored))
+        spec = self._spec(request, url, asked)
+        try:
+            resp = await self._p2p_serve(request, spec, asked)
         finally:
             first = self._first_byte.pop(id(request), began) - began
-        what = digest or urlsplit(url).path
+        what = spec.digest or urlsplit(url).path
         took = time.monotonic() - began
         size = resp.content_length or resp.body_length
         log.info("P2P %s %s -> %d, %d bytes in %.2fs (headers after %.2fs)",
                  request.method, what, resp.status, size, took, first)  # fmt: skip
         return resp
 
-    async def _p2p_serve(self, request: web.BaseRequest, url: str, digest: str) -> web.StreamResponse:
-        spec = self._spec(request, url, digest)
+    async def _p2p_serve(
+        self, request: web.BaseRequest, spec: DownloadSpec, asked: headers.RequestHeaders
+    ) -> web.StreamResponse:
+        url, digest = spec.url, spec.digest
+        held = self.store.get(task_id_for(spec))
+        finished = held is not None and held.state == "succeeded" and held.is_complete
         task_id, job = self.manager.ensure(spec)
         if digest and self.config.read_ahead:
-            self._read_ahead(request, digest, task_id, job)
+            self._read_ahead(request, asked, digest, task_id, job)
         try:
             meta = await wait_for_length(self.store, task_id, job)
         except SourceStatusError as e:
             self._forget_failed(task_id)
             if e.status in _PASS_STATUSES:
                 # Let the registry tell the client itself (its 401 challenge, its 404 body).
-                return await self._forward(request, url)
-            return _error(502, f"the registry answered {e.status} {e.reason} for this blob".rstrip())
+                return await self._forward(
+                    request, url, extra_headers={headers.ERROR_TYPE: headers.ERROR_BACKEND}
+                )
+            reason = f"the registry answered {e.status} {e.reason} for this blob".rstrip()
+            return _error(502, reason, headers.ERROR_BACKEND)
         except DamselflyError as e:
             self._forget_failed(task_id)
-            return _error(502, f"could not fetch the blob: {e}")
+            return _error(502, f"could not fetch the blob: {e}", headers.ERROR_DFDAEMON)
         assert meta.content_length is not None and meta.piece_length is not None
         total = meta.content_length
         span: Span | None = None
@@ -349,11 +398,15 @@ class ProxyServer:
             try:
                 span = parse_range(request.headers["Range"], total)
             except RangeNotSatisfiable as e:
-                return _error(416, str(e), {"Content-Range": f"bytes */{total}"})
+                return _error(416, str(e), headers.ERROR_DFDAEMON, {"Content-Range": f"bytes */{total}"})
         resp = web.StreamResponse(status=200 if span is None else 206)
-        resp.headers["Content-Type"] = "application/octet-stream"
+        resp.headers["Content-Type"] = _content_type(meta.response_header) if not digest else _OCTETS
         resp.headers["Accept-Ranges"] = "bytes"
+        # As Dragonfly's proxy answers (mod.rs:1404-1427).
         resp.headers[TASK_ID_HEADER] = task_id
+        resp.headers[headers.SERVER_IP] = self.manager.deps.host_ip
+        if finished:
+            resp.headers[headers.TASK_DOWNLOAD_FINISHED] = "true"
         if digest:
             resp.headers["Docker-Content-Digest"] = digest
             resp.headers["ETag"] = f'"{digest}"'
@@ -407,8 +460,22 @@ class ProxyServer:
                 self.store.delete_task(task_id)
 
 
-def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=reason + "\n", headers=headers)
+_OCTETS = "application/octet-stream"
+
+
+def _content_type(origin_headers: dict[str, str]) -> str:
+    """The origin's Content-Type for content it named itself (not a blob), else bytes."""
+    for name, value in origin_headers.items():
+        if name.lower() == "content-type" and value:
+            return value
+    return _OCTETS
+
+
+def _error(status: int, reason: str, kind: str, extra: dict[str, str] | None = None) -> web.Response:
+    """An error answer; ``kind`` is who failed, in Dragonfly's ``X-Dragonfly-Error-Type``."""
+    return web.Response(
+        status=status, text=reason + "\n", headers={headers.ERROR_TYPE: kind, **(extra or {})}
+    )
 
 
 def _abort(request: web.BaseRequest) -> None:

@@ -64,10 +64,13 @@ def _rewrite(url: str, rule: Rule) -> str:
     return urlunsplit(parts)
 
 
-def decide(method: str, url: str, rules: list[Rule]) -> Decision:
+def decide(method: str, url: str, rules: list[Rule], *, use_p2p: bool = False) -> Decision:
     """Route ``method url``: the first rule whose regex is found in the URL decides.
 
-    No matching rule, or a method other than GET: pass through unchanged.
+    No matching rule: a GET asked for with ``X-Dragonfly-Use-P2P: true``
+    (``use_p2p``) goes through the swarm unchanged, as under Dragonfly's
+    default rule (dragonfly-client/src/proxy/mod.rs:457-500); anything else,
+    and every method other than GET, passes through unchanged.
     """
     for rule in rules:
         if rule.pattern.search(url):
@@ -75,4 +78,6 @@ def decide(method: str, url: str, rules: list[Rule]) -> Decision:
             if method != "GET" or rule.direct:
                 return Decision(Route.DIRECT, target)
             return Decision(Route.P2P, target)
+    if use_p2p and method == "GET":
+        return Decision(Route.P2P, url)
     return Decision(Route.DIRECT, url)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -132,14 +132,20 @@ class Upstream:
             await session.close()
 
     async def forward(
-        self, request: web.BaseRequest, url: str, keep: bytearray | None = None, keep_max: int = 0
+        self,
+        request: web.BaseRequest,
+        url: str,
+        keep: bytearray | None = None,
+        keep_max: int = 0,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
         """Send ``request`` to ``url`` and stream the answer back as it comes.
 
         Raises aiohttp.ClientError (and TimeoutError) before anything was sent
         to the client when the upstream cannot be reached; the caller answers 502.
         ``keep``: a copy of the body goes there too, unless it is longer than
-        ``keep_max`` (then ``keep`` ends up empty).
+        ``keep_max`` (then ``keep`` ends up empty). ``extra_headers`` are added
+        to the answer (the proxy's own, such as ``X-Dragonfly-Error-Type``).
         """
         headers = forward_headers(request.headers.items())
         data = request.content.iter_chunked(256 * 1024) if request.body_exists else None
@@ -154,6 +160,8 @@ class Upstream:
         ) as up:
             resp = web.StreamResponse(status=up.status, reason=up.reason)
             resp.headers.extend(response_headers(up.headers.items()))
+            if extra_headers:
+                resp.headers.update(extra_headers)
             if request.method == "HEAD" or up.status in (204, 304):
                 await resp.prepare(request)
                 await resp.write_eof()
