@@ -133,7 +133,13 @@ class EmptyTask:
     pass
 
 
-ScheduleAnswer = NormalTask | NeedBackToSource | EmptyTask
+@dataclass(slots=True)
+class MetadataOnly:
+    """The answer to a register with ``metadata_only``: the peer holds the whole task and
+    only reports it (Dragonfly's ``MetadataOnlyResponse``); no parents, no origin."""
+
+
+ScheduleAnswer = NormalTask | NeedBackToSource | EmptyTask | MetadataOnly
 
 
 # -- what StatTask, StatPeer and StatLocalTask describe ----------------------------
