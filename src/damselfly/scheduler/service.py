@@ -36,7 +36,7 @@ from ..domain import EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
 from ..errors import ConfigError, DamselflyError, NotFound
 from ..logs import log_context
 from . import gc
-from .absent_rpcs import CacheTaskStubs, PersistentTaskAbsent
+from .absent_rpc import CacheTaskStubs, PersistentTaskAbsent
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
 from .persistent_cache_service import PersistentCacheRPCs, PersistentCacheService
@@ -58,7 +58,7 @@ from .scheduling import (
 )
 from .seed_client import SeedTrigger
 from .stream import END, Abort, PeerStream, status_of
-from .validation import check_announce_host, check_announce_peer, check_ids
+from .validate_rpc import check_announce_host, check_announce_peer, check_ids
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ class SchedulerService(
 
     async def StatTask(self, request: scheduler_pb2.StatTaskRequest, context: Context) -> common_pb2.Task:
         try:
-            check_ids(request, "StatTaskRequest", "task_id")  # host_id: see validation.py
+            check_ids(request, "StatTaskRequest", "task_id")  # host_id: see validate_rpc.py
             task = self.res.task(request.task_id)
         except DamselflyError as e:
             await self._abort(context, e)

@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2
 
 from ..api import common_pb2, scheduler_pb2
 from ..errors import InvalidArgument
-from .validation import check_ids
+from .validate_rpc import check_ids
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
