@@ -133,10 +133,12 @@ class EmptyTask:
     pass
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class MetadataOnly:
-    """The answer to a register with ``metadata_only``: the peer holds the whole task and
-    only reports it (Dragonfly's ``MetadataOnlyResponse``); no parents, no origin."""
+    """The answer to a register that only reports a task held complete (``metadata_only``):
+    the peer is recorded, nothing is scheduled; the peer then says Started and Finished."""
+
+    description: str = ""
 
 
 ScheduleAnswer = NormalTask | NeedBackToSource | EmptyTask | MetadataOnly

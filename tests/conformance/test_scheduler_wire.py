@@ -223,11 +223,16 @@ def ids(answer: scheduler_pb2.AnnouncePeerResponse) -> list[str]:
     return [p.id for p in answer.normal_task_response.candidate_parents]
 
 
-async def back_to_source_peer(stub: Any, name: str, ip: str) -> RustPeer:
-    """A Rust peer that registered first and fetches from the origin (no seed host)."""
+async def new_peer(stub: Any, name: str, ip: str) -> RustPeer:
+    """A Rust dfdaemon's host, announced, and one AnnouncePeer call of it."""
     host = rust_host(name, ip)
     await announce(stub, host)
-    peer = RustPeer(stub, host, f"{ip}-{name}-0b1c2d3e")
+    return RustPeer(stub, host, f"{ip}-{name}-1")
+
+
+async def back_to_source_peer(stub: Any, name: str, ip: str) -> RustPeer:
+    """A Rust peer that registered first and fetches from the origin (no seed host)."""
+    peer = await new_peer(stub, name, ip)
     peer.register(rust_download(3 * PIECE))
     assert await peer.kind() == "need_back_to_source_response"
     peer.back_to_source_started()
@@ -262,9 +267,7 @@ async def test_register_with_actual_length_zero_is_an_empty_task() -> None:
     # G:scheduler/service/service_v2.go:1429-1460 (EMPTY -> EmptyTaskResponse); the client then
     # sends Started and Finished and waits for the end (C:dragonfly-client/src/resource/task.rs:764-810).
     async with scheduler() as s:
-        host = rust_host("a", "10.0.0.1")
-        await announce(s.stub, host)
-        a = RustPeer(s.stub, host, "10.0.0.1-a-1")
+        a = await new_peer(s.stub, "a", "10.0.0.1")
         async with peers(a):
             a.register(rust_download(0))
             assert await a.kind() == "empty_task_response"
@@ -278,9 +281,7 @@ async def test_metadata_only_is_answered_first_and_the_peer_then_serves() -> Non
     # Finished, end of call (C:dragonfly-client/src/resource/task.rs:1099-1218;
     # G:scheduler/service/service_v2.go:1317-1359). It is a parent for the next peer.
     async with scheduler() as s:
-        holder_host = rust_host("holder", "10.0.0.7")
-        await announce(s.stub, holder_host)
-        holder = RustPeer(s.stub, holder_host, "10.0.0.7-holder-1")
+        holder = await new_peer(s.stub, "holder", "10.0.0.7")
         async with peers(holder):
             holder.register(rust_download(3 * PIECE, metadata_only=True))
             assert await holder.kind() == "metadata_only_response"
@@ -288,13 +289,11 @@ async def test_metadata_only_is_answered_first_and_the_peer_then_serves() -> Non
             holder.finished()
             assert await holder.call_ended() == grpc.StatusCode.OK
             stat = await s.stub.StatPeer(
-                scheduler_pb2.StatPeerRequest(host_id=holder_host.id, task_id=TASK, peer_id=holder.peer_id)
+                scheduler_pb2.StatPeerRequest(host_id=holder.host.id, task_id=TASK, peer_id=holder.peer_id)
             )
             assert stat.state == "Succeeded"
 
-            child_host = rust_host("child", "10.0.0.8")
-            await announce(s.stub, child_host)
-            child = RustPeer(s.stub, child_host, "10.0.0.8-child-1")
+            child = await new_peer(s.stub, "child", "10.0.0.8")
             async with peers(child):
                 child.register(rust_download(3 * PIECE))
                 answer = await child.answer()
@@ -307,9 +306,7 @@ async def test_normal_task_candidates_say_where_to_reach_the_parent_and_finished
     # scheduling.go:1059-1186). Started, pieces from the parent, Finished, end (task.rs:811-916).
     async with scheduler() as s:
         a = await back_to_source_peer(s.stub, "a", "10.0.0.1")
-        b_host = rust_host("b", "10.0.0.2")
-        await announce(s.stub, b_host)
-        b = RustPeer(s.stub, b_host, "10.0.0.2-b-1")
+        b = await new_peer(s.stub, "b", "10.0.0.2")
         async with peers(a, b):
             b.register(rust_download(3 * PIECE))
             answer = await b.answer()
@@ -323,7 +320,7 @@ async def test_normal_task_candidates_say_where_to_reach_the_parent_and_finished
             b.finished()
             assert await b.call_ended() == grpc.StatusCode.OK
             stat = await s.stub.StatPeer(
-                scheduler_pb2.StatPeerRequest(host_id=b_host.id, task_id=TASK, peer_id=b.peer_id)
+                scheduler_pb2.StatPeerRequest(host_id=b.host.id, task_id=TASK, peer_id=b.peer_id)
             )
             assert stat.state == "Succeeded"
 
@@ -338,9 +335,7 @@ async def test_a_temporary_piece_failure_blocks_the_parent_a_permanent_one_does_
     # with no candidate list schedules again and blocks nothing (:1546-1566).
     async with scheduler() as s:
         a = await back_to_source_peer(s.stub, "a", "10.0.0.1")
-        b_host = rust_host("b", "10.0.0.2")
-        await announce(s.stub, b_host)
-        b = RustPeer(s.stub, b_host, "10.0.0.2-b-1")
+        b = await new_peer(s.stub, "b", "10.0.0.2")
         async with peers(a, b):
             b.register(rust_download(3 * PIECE))
             assert ids(await b.answer()) == [a.peer_id]
@@ -358,12 +353,8 @@ async def test_reschedule_blocks_its_candidate_list_and_the_client_may_then_give
     # gives up (max schedule count) it sends Failed and waits for the end (task.rs:730-760).
     async with scheduler() as s:
         a = await back_to_source_peer(s.stub, "a", "10.0.0.1")
-        c_host = rust_host("c", "10.0.0.3")
-        await announce(s.stub, c_host)
-        c = RustPeer(s.stub, c_host, "10.0.0.3-c-1")
-        b_host = rust_host("b", "10.0.0.2")
-        await announce(s.stub, b_host)
-        b = RustPeer(s.stub, b_host, "10.0.0.2-b-1")
+        c = await new_peer(s.stub, "c", "10.0.0.3")
+        b = await new_peer(s.stub, "b", "10.0.0.2")
         async with peers(a, b, c):
             c.register(rust_download(3 * PIECE))
             assert ids(await c.answer()) == [a.peer_id]
@@ -382,7 +373,7 @@ async def test_reschedule_blocks_its_candidate_list_and_the_client_may_then_give
             )
             assert await b.call_ended() == grpc.StatusCode.OK
             stat = await s.stub.StatPeer(
-                scheduler_pb2.StatPeerRequest(host_id=b_host.id, task_id=TASK, peer_id=b.peer_id)
+                scheduler_pb2.StatPeerRequest(host_id=b.host.id, task_id=TASK, peer_id=b.peer_id)
             )
             assert stat.state == "Failed"
 
@@ -403,9 +394,7 @@ async def test_every_finished_or_failed_report_ends_the_call(report: str) -> Non
     # The Rust client's read loop then sees the end of the stream
     # (C:dragonfly-client/src/resource/task.rs:756, 809, 915, 1016, 1052, 1077, 1217).
     async with scheduler() as s:
-        host = rust_host("a", "10.0.0.1")
-        await announce(s.stub, host)
-        a = RustPeer(s.stub, host, "10.0.0.1-a-1")
+        a = await new_peer(s.stub, "a", "10.0.0.1")
         async with peers(a):
             a.register(rust_download(3 * PIECE))
             assert await a.kind() == "need_back_to_source_response"
@@ -417,9 +406,7 @@ async def test_every_finished_or_failed_report_ends_the_call(report: str) -> Non
 async def test_a_piece_report_of_an_unknown_peer_keeps_the_call_open() -> None:
     # Dragonfly only logs a failed piece report (G:scheduler/service/service_v2.go:261-282).
     async with scheduler() as s:
-        host = rust_host("a", "10.0.0.1")
-        await announce(s.stub, host)
-        a = RustPeer(s.stub, host, "10.0.0.1-a-1")
+        a = await new_peer(s.stub, "a", "10.0.0.1")
         async with peers(a):
             a.piece_finished(0, "10.0.0.9-gone-1")
             a.register(rust_download(3 * PIECE))
@@ -429,9 +416,7 @@ async def test_a_piece_report_of_an_unknown_peer_keeps_the_call_open() -> None:
 async def test_a_report_for_an_unknown_peer_ends_the_call_with_not_found() -> None:
     # G:scheduler/service/service_v2.go:1496-1500 ("peer %s not found"), :170-184 (the call ends with it).
     async with scheduler() as s:
-        host = rust_host("a", "10.0.0.1")
-        await announce(s.stub, host)
-        a = RustPeer(s.stub, host, "10.0.0.1-a-1")
+        a = await new_peer(s.stub, "a", "10.0.0.1")
         async with peers(a):
             a.started()
             error = await a.error()
@@ -499,11 +484,9 @@ INVALID = {
 async def test_messages_breaking_dragonflys_rules_end_the_call_with_invalid_argument(case: str) -> None:
     ids_override, request, words = INVALID[case]
     async with scheduler() as s:
-        host = rust_host("a", "10.0.0.1")
-        await announce(s.stub, host)
-        a = RustPeer(s.stub, host, "10.0.0.1-a-1")
+        a = await new_peer(s.stub, "a", "10.0.0.1")
         async with peers(a):
-            fields = {"host_id": host.id, "task_id": TASK, "peer_id": a.peer_id, **ids_override}
+            fields = {"host_id": a.host.id, "task_id": TASK, "peer_id": a.peer_id, **ids_override}
             a._requests.put_nowait(scheduler_pb2.AnnouncePeerRequest(**fields, **request))
             error = await a.error()
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

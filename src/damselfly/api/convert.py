@@ -8,7 +8,6 @@ Requests made of IDs alone are built where they are sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -545,7 +544,7 @@ def scheduler_task_to_pb(
     content_length: int | None,
     piece_count: int | None,
     size_scope: SizeScope | None,
-    pieces: Iterable[PieceInfo] = (),
+    pieces: list[PieceInfo] | None = None,
 ) -> common_pb2.Task:
     """``StatTask`` as Dragonfly's scheduler answers it: an unknown length is 2^64-1 and
     its size scope UNKNOW; ``pieces`` are those fetched from the origin."""
@@ -553,7 +552,7 @@ def scheduler_task_to_pb(
     pb.content_length = UNKNOWN_CONTENT_LENGTH if content_length is None else content_length
     pb.piece_count = piece_count or 0
     pb.size_scope = cast(common_pb2.SizeScope, SIZE_SCOPE_UNKNOWN if size_scope is None else int(size_scope))
-    pb.pieces.extend(piece_to_pb(p) for p in pieces)
+    pb.pieces.extend(piece_to_pb(p) for p in pieces or ())
     return pb
 
 
