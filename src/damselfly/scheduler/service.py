@@ -12,6 +12,10 @@ anywhere: when another peer of the task starts, sends a piece or finishes
 (event-driven), or from the periodic retry loop (the backstop that also
 enforces ``back_to_source_after``).
 
+The unary host, task and peer RPCs are in :mod:`.resource_rpc`, the answers for
+features Damselfly lacks in :mod:`.absent_rpc`, and the request checks every
+RPC makes first, as Dragonfly's scheduler does, in :mod:`.validate_rpc`.
+
 Owner of all mutable scheduler state: :class:`SchedulerService`, on the event
 loop; its background tasks (retry loop, GC loop, seed downloads) are cancelled
 by :meth:`SchedulerService.close`.
@@ -28,7 +32,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import empty_pb2
 
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
 from ..config import SchedulerConfig
@@ -41,7 +44,8 @@ from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
 from .persistent_cache_service import PersistentCacheRPCs, PersistentCacheService
 from .preheat_rpc import PreheatRPCs
-from .resources import Peer, PeerState, Resources, SeedState, Task
+from .resource_rpc import ResourceRPCs
+from .resources import Host, Peer, PeerState, Resources, SeedState, Task
 from .runtime import watch_loop_lag
 from .scheduling import (
     TOPOLOGIES,
@@ -58,7 +62,7 @@ from .scheduling import (
 )
 from .seed_client import SeedTrigger
 from .stream import END, Abort, PeerStream, status_of
-from .validate_rpc import check_announce_host, check_announce_peer, check_ids
+from .validate_rpc import check_announce_peer
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,7 @@ PIECE_REQUESTS = frozenset(
 
 
 class SchedulerService(
+    ResourceRPCs,
     PersistentCacheRPCs,
     PreheatRPCs,
     CacheTaskStubs,
@@ -484,96 +489,20 @@ class SchedulerService(
             self.metrics.peer_finished.inc()
         self._wake(task)
 
-    # -- unary RPCs --------------------------------------------------------------
-
-    async def _abort(self, context: Context, error: DamselflyError) -> None:
-        await context.abort(status_of(error), str(error))
-
-    def _task_pb(self, task: Task) -> common_pb2.Task:
-        return convert.scheduler_task_to_pb(
-            task.info(),
-            content_length=task.content_length,
-            piece_count=task.piece_count,
-            size_scope=task.size_scope,
-            pieces=[task.source_pieces[n] for n in sorted(task.source_pieces)],
-        )
-
-    async def StatPeer(self, request: scheduler_pb2.StatPeerRequest, context: Context) -> common_pb2.Peer:
-        try:
-            check_ids(request, "StatPeerRequest", "host_id", "task_id", "peer_id")
-            peer = self.res.peer(request.peer_id)
-        except DamselflyError as e:
-            await self._abort(context, e)
-        return convert.scheduler_peer_to_pb(peer.info(), self._task_pb(peer.task))
-
-    async def DeletePeer(self, request: scheduler_pb2.DeletePeerRequest, context: Context) -> empty_pb2.Empty:
-        """Unknown IDs included, always OK, as Dragonfly's (G:scheduler/service/service_v2.go:446-452)."""
-        try:
-            check_ids(request, "DeletePeerRequest", "host_id", "task_id", "peer_id")
-        except DamselflyError as e:
-            await self._abort(context, e)
-        self._delete_peers([request.peer_id])
-        return empty_pb2.Empty()
-
-    async def StatTask(self, request: scheduler_pb2.StatTaskRequest, context: Context) -> common_pb2.Task:
-        try:
-            check_ids(request, "StatTaskRequest", "task_id")  # host_id: see validate_rpc.py
-            task = self.res.task(request.task_id)
-        except DamselflyError as e:
-            await self._abort(context, e)
-        return self._task_pb(task)
-
-    async def DeleteTask(self, request: scheduler_pb2.DeleteTaskRequest, context: Context) -> empty_pb2.Empty:
-        """This host's peers of the task; an unknown host is NOT_FOUND, an unknown task OK
-        (G:scheduler/service/service_v2.go:519-545)."""
-        try:
-            check_ids(request, "DeleteTaskRequest", "host_id", "task_id")
-            host = self.res.host(request.host_id)
-        except DamselflyError as e:
-            await self._abort(context, e)
-        self._delete_peers([p.id for p in host.peers.values() if p.task.id == request.task_id])
-        return empty_pb2.Empty()
-
-    async def AnnounceHost(
-        self, request: scheduler_pb2.AnnounceHostRequest, context: Context
-    ) -> empty_pb2.Empty:
-        try:
-            check_announce_host(request)
-        except DamselflyError as e:
-            await self._abort(context, e)
-        info = convert.host_from_pb(request.host)
-        self.res.upsert_host(info, self.clock())
-        self.metrics.announce_host.inc()
-        return empty_pb2.Empty()
-
-    async def ListHosts(
-        self, request: scheduler_pb2.ListHostsRequest, context: Context
-    ) -> scheduler_pb2.ListHostsResponse:
-        hosts = self.res.hosts.values()
-        if request.HasField("type"):
-            hosts = [h for h in hosts if int(h.info.type) == request.type]  # type: ignore[assignment]
-        return scheduler_pb2.ListHostsResponse(hosts=[convert.host_to_pb(h.info) for h in hosts])
-
-    async def DeleteHost(self, request: scheduler_pb2.DeleteHostRequest, context: Context) -> empty_pb2.Empty:
-        """The host and all its peers; an unknown host is NOT_FOUND
-        (G:scheduler/service/service_v2.go:1210-1221)."""
-        try:
-            check_ids(request, "DeleteHostRequest", "host_id")
-            host = self.res.host(request.host_id)
-        except DamselflyError as e:
-            await self._abort(context, e)
-        touched = {p.task.id for p in host.peers.values()}
-        self.persistent_cache.forget_host(host.id)
-        for pid in self.res.delete_host(host.id):
-            self._streams.pop(pid.id, None)
-        self._wake_tasks(touched)
-        return empty_pb2.Empty()
+    # -- what the unary RPCs (resource_rpc.py) change ------------------------------
 
     def _delete_peers(self, peer_ids: list[str]) -> None:
         touched = self._tasks_of(peer_ids)
         for pid in peer_ids:
             self.res.delete_peer(pid)
             self._streams.pop(pid, None)
+        self._wake_tasks(touched)
+
+    def _delete_host(self, host: Host) -> None:
+        touched = {p.task.id for p in host.peers.values()}
+        self.persistent_cache.forget_host(host.id)
+        for peer in self.res.delete_host(host.id):
+            self._streams.pop(peer.id, None)
         self._wake_tasks(touched)
 
 
