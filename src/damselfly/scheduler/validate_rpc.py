@@ -98,7 +98,7 @@ def download_error(d: common_pb2.Download) -> str | None:
         return _invalid("Download", "Type", "value must be one of the defined enum values")
     if d.priority not in common_pb2.Priority.values():
         return _invalid("Download", "Priority", "value must be one of the defined enum values")
-    if d.digest and not _DIGEST.match(d.digest):
+    if d.digest and not _DIGEST.fullmatch(d.digest):
         return _invalid("Download", "Digest", f'value does not match regex pattern "{DIGEST_PATTERN}"')
     if d.piece_length and not MIN_PIECE_LENGTH <= d.piece_length <= MAX_PIECE_LENGTH:
         return _invalid(
@@ -114,7 +114,7 @@ def download_error(d: common_pb2.Download) -> str | None:
 
 def piece_error(p: common_pb2.Piece) -> str | None:
     """The rules of ``common.v2.Piece`` Damselfly applies: the digest's form."""
-    if p.digest and not _DIGEST.match(p.digest):
+    if p.digest and not _DIGEST.fullmatch(p.digest):
         return _invalid("Piece", "Digest", f'value does not match regex pattern "{DIGEST_PATTERN}"')
     return None
 
