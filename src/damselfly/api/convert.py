@@ -34,6 +34,7 @@ from ..domain import (
     PieceDownloaded,
     PieceInfo,
     ScheduleAnswer,
+    SizeScope,
     TaskInfo,
     TrafficType,
 )
@@ -258,6 +259,8 @@ def candidate_from_pb(pb: common_pb2.Peer) -> CandidateParent:
 
 
 def answer_to_pb(answer: ScheduleAnswer) -> scheduler_pb2.AnnouncePeerResponse:
+    if isinstance(answer, MetadataOnly):
+        return scheduler_pb2.AnnouncePeerResponse(metadata_only_response=scheduler_pb2.MetadataOnlyResponse())
     if isinstance(answer, NormalTask):
         return scheduler_pb2.AnnouncePeerResponse(
             normal_task_response=scheduler_pb2.NormalTaskResponse(
@@ -538,3 +541,48 @@ def cache_progress_from_pb(pb: dfdaemon_pb2.DownloadPersistentCacheTaskResponse)
     if pb.HasField("download_persistent_cache_task_started_response"):
         return DownloadStarted(pb.task_id, pb.download_persistent_cache_task_started_response.content_length)
     return PieceDownloaded(pb.task_id, piece_from_pb(pb.download_piece_finished_response.piece))
+
+
+# -- the scheduler's side of AnnouncePeer and StatTask/StatPeer ---------------------
+
+# ``common.v2.SizeScope.UNKNOW``: in Dragonfly's Go API (A:pkg/apis/common/v2/common.pb.go:54),
+# not in the Python package's enum; a proto3 enum field carries the number all the same.
+SIZE_SCOPE_UNKNOWN = 4
+
+
+def actual_sizes(pb: common_pb2.Download) -> tuple[int | None, int | None, int | None]:
+    """``(content_length, piece_length, piece_count)`` a register reports, None where unset.
+
+    A Rust dfdaemon sets all three on every register, from the origin's answer or
+    its local copy (C:dragonfly-client/src/grpc/dfdaemon_download.rs:441-443).
+    """
+    return (
+        pb.actual_content_length if pb.HasField("actual_content_length") else None,
+        pb.actual_piece_length if pb.HasField("actual_piece_length") and pb.actual_piece_length else None,
+        pb.actual_piece_count if pb.HasField("actual_piece_count") else None,
+    )
+
+
+def scheduler_task_to_pb(
+    t: TaskInfo,
+    *,
+    content_length: int | None,
+    piece_count: int | None,
+    size_scope: SizeScope | None,
+    pieces: list[PieceInfo] | None = None,
+) -> common_pb2.Task:
+    """``StatTask`` as Dragonfly's scheduler answers it: an unknown length is 2^64-1 and
+    its size scope UNKNOW; ``pieces`` are those fetched from the origin."""
+    pb = task_to_pb(t)
+    pb.content_length = UNKNOWN_CONTENT_LENGTH if content_length is None else content_length
+    pb.piece_count = piece_count or 0
+    pb.size_scope = cast(common_pb2.SizeScope, SIZE_SCOPE_UNKNOWN if size_scope is None else int(size_scope))
+    pb.pieces.extend(piece_to_pb(p) for p in pieces or ())
+    return pb
+
+
+def scheduler_peer_to_pb(p: PeerInfo, task: common_pb2.Task) -> common_pb2.Peer:
+    """``StatPeer``: the peer with its task as ``StatTask`` describes it."""
+    pb = peer_to_pb(p)
+    pb.task.CopyFrom(task)
+    return pb

@@ -24,8 +24,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ..domain import CandidateParent, DownloadSpec, HostInfo, PeerInfo, PieceInfo, TaskInfo
+from ..domain import CandidateParent, DownloadSpec, HostInfo, PeerInfo, PieceInfo, SizeScope, TaskInfo
 from ..errors import InvalidArgument, NotFound
+from ..pieces import TINY_LIMIT
 
 T = TypeVar("T")
 
@@ -150,10 +151,43 @@ class Task:
     seed_state: SeedState = SeedState.NONE
     succeeded: int = 0
     failed: int = 0
+    # Pieces reported fetched from the origin, by number: what StatTask lists, as Dragonfly's does.
+    source_pieces: dict[int, PieceInfo] = field(default_factory=dict)
 
     @property
     def is_empty_content(self) -> bool:
         return self.content_length == 0
+
+    @property
+    def size_scope(self) -> SizeScope | None:
+        """Dragonfly's size scope of the task (G:scheduler/resource/standard/task.go:601-623);
+        None while the length is unknown (Dragonfly's UNKNOW)."""
+        if self.content_length is None:
+            return None
+        if self.content_length == 0:
+            return SizeScope.EMPTY
+        if self.content_length <= TINY_LIMIT:
+            return SizeScope.TINY
+        if self.piece_count == 1:
+            return SizeScope.SMALL
+        return SizeScope.NORMAL
+
+    def learn_sizes(
+        self, content_length: int | None, piece_length: int | None, piece_count: int | None
+    ) -> None:
+        """Take a register's ``actual_*`` sizes while the task's length is unknown.
+
+        Dragonfly's scheduler sizes a *new* task from them (G:scheduler/service/service_v2.go:1851-1866);
+        here a task created by a peer that did not know the length (a Damselfly daemon)
+        learns it from the first register that does. A known length is never changed.
+        """
+        if self.content_length is not None or content_length is None:
+            return
+        self.content_length = content_length
+        self.piece_length = piece_length or self.piece_length
+        if piece_count is None and self.piece_length:
+            piece_count = -(-content_length // self.piece_length)
+        self.piece_count = piece_count
 
     @property
     def state(self) -> str:
@@ -289,7 +323,7 @@ class Resources:
         try:
             return self.hosts[host_id]
         except KeyError:
-            raise NotFound(f"host {host_id} is not known; announce it first") from None
+            raise NotFound(f"host {host_id} not found") from None
 
     def delete_host(self, host_id: str) -> list[Peer]:
         """Forget a host and all its peers; returns the peers removed."""
@@ -310,13 +344,13 @@ class Resources:
         try:
             return self.tasks[task_id]
         except KeyError:
-            raise NotFound(f"task {task_id} is not known") from None
+            raise NotFound(f"task {task_id} not found") from None
 
     def peer(self, peer_id: str) -> Peer:
         try:
             return self.peers[peer_id]
         except KeyError:
-            raise NotFound(f"peer {peer_id} is not known") from None
+            raise NotFound(f"peer {peer_id} not found") from None
 
     def get_or_create_task(self, task_id: str, spec: DownloadSpec, now: float) -> Task:
         task = self.tasks.get(task_id)

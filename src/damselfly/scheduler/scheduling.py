@@ -10,13 +10,19 @@ docs/PROTOCOL.md, step 1 and 4:
 2. A peer on a seed host, when no other seed peer of the task has started ->
    back to source (the seed fetches the origin once for everybody).
 3. Content length known to be 0 -> empty task.
-4. After ``retry_limit`` reschedules -> back to source (when allowed).
-5. Candidates (sampled, filtered, ranked) -> a normal task with the best few.
-6. No candidate: after ``back_to_source_after`` seconds of waiting -> back to
+4. Candidates (sampled, filtered, ranked) -> a normal task with the best few.
+5. No candidate: after ``back_to_source_after`` seconds of waiting -> back to
    source (fail when back-to-source is disabled).
    Else, if nobody is fetching the task yet: trigger a seed peer when a seed
    host exists (once per task), otherwise send this peer to the origin. Else
    wait for a candidate to appear.
+
+As in Dragonfly's scheduler, reschedules are not counted: each is a fresh
+scheduling (with the failed parents blocked), whose only limit is how long the
+peer waits without a parent (Dragonfly counts rounds of ``retryInterval`` within
+one scheduling, G:scheduler/scheduling/scheduling.go:113-243); the client limits
+how often it asks (the Rust dfdaemon's ``scheduler.maxScheduleCount``,
+C:dragonfly-client/src/resource/task.rs:730-760).
 """
 
 from __future__ import annotations
@@ -260,10 +266,6 @@ def schedule(
     if task.is_empty_content:
         return Empty()
 
-    retries_spent = peer.reschedule_count >= cfg.retry_limit
-    if retries_spent and not peer.disable_back_to_source:
-        return BackToSource(f"parents failed {peer.reschedule_count} times")
-
     if cfg.topology == "chain":
         chain = chain_parents(peer, cfg, now)
         if chain:
@@ -273,8 +275,6 @@ def schedule(
         if parents:
             return Parents(evaluator.rank(parents, peer, cfg.candidate_parent_limit, now))
 
-    if retries_spent:
-        return _give_up(peer, f"no parent after {peer.reschedule_count} reschedules")
     if peer.waiting_since is not None and now - peer.waiting_since >= cfg.back_to_source_after:
         return _give_up(peer, f"no parent within {cfg.back_to_source_after:g}s")
 

@@ -12,6 +12,10 @@ anywhere: when another peer of the task starts, sends a piece or finishes
 (event-driven), or from the periodic retry loop (the backstop that also
 enforces ``back_to_source_after``).
 
+The unary host, task and peer RPCs are in :mod:`.resource_rpc`, the answers for
+features Damselfly lacks in :mod:`.absent_rpc`, and the request checks every
+RPC makes first, as Dragonfly's scheduler does, in :mod:`.validate_rpc`.
+
 Owner of all mutable scheduler state: :class:`SchedulerService`, on the event
 loop; its background tasks (retry loop, GC loop, seed downloads) are cancelled
 by :meth:`SchedulerService.close`.
@@ -28,19 +32,20 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import empty_pb2
 
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
 from ..config import SchedulerConfig
-from ..domain import EmptyTask, NeedBackToSource, NormalTask
-from ..errors import ConfigError, DamselflyError, InvalidArgument, NotFound
+from ..domain import EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
+from ..errors import ConfigError, DamselflyError, NotFound
 from ..logs import log_context
 from . import gc
+from .absent_rpc import CacheTaskStubs, PersistentTaskAbsent
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
 from .persistent_cache_service import PersistentCacheRPCs, PersistentCacheService
 from .preheat_rpc import PreheatRPCs
-from .resources import Peer, PeerState, Resources, SeedState, Task
+from .resource_rpc import ResourceRPCs
+from .resources import Host, Peer, PeerState, Resources, SeedState, Task
 from .runtime import watch_loop_lag
 from .scheduling import (
     TOPOLOGIES,
@@ -57,6 +62,7 @@ from .scheduling import (
 )
 from .seed_client import SeedTrigger
 from .stream import END, Abort, PeerStream, status_of
+from .validate_rpc import check_announce_peer
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +71,39 @@ Clock = Callable[[], float]
 Context: TypeAlias = grpc.aio.ServicerContext
 Outbox = PeerStream[scheduler_pb2.AnnouncePeerResponse]
 
+# After these Dragonfly's scheduler ends the AnnouncePeer call (G:scheduler/service/service_v2.go:216-260),
+# and the Rust client waits for that end before its download returns
+# (C:dragonfly-client/src/resource/task.rs:756, 809, 915, 1016, 1052, 1077, 1217).
+FINAL_REQUESTS = frozenset(
+    {
+        "download_peer_finished_request",
+        "download_peer_back_to_source_finished_request",
+        "download_peer_failed_request",
+        "download_peer_back_to_source_failed_request",
+    }
+)
+# Piece reports: Dragonfly only logs what goes wrong with them (an unknown peer included)
+# and keeps the call open (G:scheduler/service/service_v2.go:261-282).
+PIECE_REQUESTS = frozenset(
+    {
+        "download_piece_finished_request",
+        "download_piece_back_to_source_finished_request",
+        "download_piece_failed_request",
+        "download_piece_back_to_source_failed_request",
+    }
+)
 
-class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.SchedulerServicer):  # type: ignore[misc]
-    """``scheduler.v2.Scheduler``: peers, tasks, hosts, persistent cache tasks; others UNIMPLEMENTED."""
+
+class SchedulerService(
+    ResourceRPCs,
+    PersistentCacheRPCs,
+    PreheatRPCs,
+    CacheTaskStubs,
+    PersistentTaskAbsent,
+    scheduler_pb2_grpc.SchedulerServicer,  # type: ignore[misc]
+):
+    """``scheduler.v2.Scheduler``: peers, tasks, hosts, persistent cache tasks, preheat; the
+    cache and persistent task RPCs answer as a Dragonfly scheduler without them does."""
 
     def __init__(
         self,
@@ -288,7 +324,8 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
             if request is grpc.aio.EOF:
                 break
             try:
-                self.handle(request, outbox)
+                if self.handle(request, outbox):
+                    return  # the handler queued the end of the call
             except DamselflyError as e:
                 log.warning("ending announce peer stream of %s: %s", request.peer_id, e)
                 outbox.abort(status_of(e), str(e))
@@ -312,100 +349,132 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
         self.metrics.peer_failed.inc()
         self._wake(peer.task)
 
-    def handle(self, request: scheduler_pb2.AnnouncePeerRequest, stream: Outbox) -> None:
-        """Apply one AnnouncePeerRequest; answers go to ``stream`` (or to waiting peers' streams)."""
-        kind = request.WhichOneof("request")
+    def handle(self, request: scheduler_pb2.AnnouncePeerRequest, stream: Outbox) -> bool:
+        """Apply one AnnouncePeerRequest; answers go to ``stream`` (or to waiting peers' streams).
+
+        Returns True when the call ends with this request (a peer's Finished or Failed
+        report): ``stream`` then holds its end, after whatever was queued before it.
+        Raises :class:`DamselflyError` for a request that ends the call with an error.
+        """
+        self.metrics.count(self.metrics.announce_peer, request.WhichOneof("request") or "none")
+        kind = check_announce_peer(request)
         log.debug("peer %s: %s", request.peer_id, kind)
-        self.metrics.count(self.metrics.announce_peer, kind or "none")
         now = self.clock()
         if kind == "register_peer_request":
             self._register(request, stream, now)
-            return
-        peer = self.res.peer(request.peer_id)
+            return False
+        peer = self.res.peers.get(request.peer_id)
+        if peer is None:
+            if kind in PIECE_REQUESTS:
+                log.debug("%s of unknown peer %s ignored", kind, request.peer_id)
+                return False
+            raise NotFound(f"peer {request.peer_id} not found")
         task = peer.task
-        if kind == "download_peer_started_request":
-            self.res.set_state(peer, PeerState.RUNNING, now)
+        if kind in PIECE_REQUESTS:
+            self._piece_report(peer, request, kind, now)
+        elif kind == "download_peer_started_request":
+            if peer.state is not PeerState.SUCCEEDED:  # a metadata-only peer holds it all already
+                self.res.set_state(peer, PeerState.RUNNING, now)
             self._wake(task)
         elif kind == "download_peer_back_to_source_started_request":
             self.res.set_state(peer, PeerState.BACK_TO_SOURCE, now)
             task.source_peers.add(peer.id)
             self._wake(task)
         elif kind == "reschedule_peer_request":
-            msg = request.reschedule_peer_request
-            if not msg.candidate_parents:
-                # "More parents": nothing failed, so nothing is blocked and the retry
-                # limit is not spent; keep the usable parents and add new ones.
-                more = refresh(peer, self.res, self.cfg, self.evaluator, now, self.rng)
-                if more is not None:
-                    if (
-                        self.cfg.topology == "chain"
-                        and peer.parents
-                        and set(peer.parents) != {p.id for p in more.parents}
-                    ):
-                        with log_context(task_id=task.id, peer_id=peer.id):
-                            log.info("line changed: parent %s -> %s", ", ".join(peer.parents),
-                                     ", ".join(p.id for p in more.parents))  # fmt: skip
-                    apply_decision(peer, more, self.res, now)
-                    self.metrics.count(self.metrics.decisions, "Refresh")
-                    self._carry_out(peer, more)
-                    return
-            peer.blocked.update(c.id for c in msg.candidate_parents)
-            peer.reschedule_count += 1
-            self.res.clear_parents(peer)
-            with log_context(task_id=task.id, peer_id=peer.id):
-                log.info("reschedule %d: %s", peer.reschedule_count, msg.description)
-            self._decide(peer)
+            self._reschedule(peer, request.reschedule_peer_request, now)
         elif kind in ("download_peer_finished_request", "download_peer_back_to_source_finished_request"):
             self._finish(peer, now)
-        elif kind in ("download_peer_failed_request", "download_peer_back_to_source_failed_request"):
-            if peer.state is not PeerState.SUCCEEDED:
-                self.res.set_state(peer, PeerState.FAILED, now)
-                self.metrics.peer_failed.inc()
-                self._wake(task)
-        elif kind in ("download_piece_finished_request", "download_piece_back_to_source_finished_request"):
-            piece = convert.piece_from_pb(getattr(request, kind).piece)
-            self.res.record_piece(peer, piece, now)
-            if peer.state is PeerState.PENDING:
-                back = kind == "download_piece_back_to_source_finished_request"
-                self.res.set_state(peer, PeerState.BACK_TO_SOURCE if back else PeerState.RUNNING, now)
-            if task.waiting:
-                self._wake(task)
-        elif kind == "download_piece_failed_request":
+        elif (
+            kind in ("download_peer_failed_request", "download_peer_back_to_source_failed_request")
+            and peer.state is not PeerState.SUCCEEDED
+        ):
+            self.res.set_state(peer, PeerState.FAILED, now)
+            self.metrics.peer_failed.inc()
+            self._wake(task)
+        if kind in FINAL_REQUESTS:
+            stream.end()
+            return True
+        return False
+
+    def _piece_report(
+        self, peer: Peer, request: scheduler_pb2.AnnouncePeerRequest, kind: str, now: float
+    ) -> None:
+        task = peer.task
+        if kind == "download_piece_failed_request":
             msg = request.download_piece_failed_request
-            if msg.parent_id and not msg.temporary:
+            # Dragonfly's rule (G:scheduler/service/service_v2.go:1788-1814): a *temporary* failure
+            # blocks that parent for this peer; a permanent one is only reported.
+            if msg.temporary:
                 peer.blocked.add(msg.parent_id)
-        elif kind == "download_piece_back_to_source_failed_request":
-            pass  # the daemon reports the peer failed if it gives up
+            return
+        if kind == "download_piece_back_to_source_failed_request":
+            return  # the daemon reports the peer failed if it gives up
+        back = kind == "download_piece_back_to_source_finished_request"
+        piece = convert.piece_from_pb(getattr(request, kind).piece)
+        self.res.record_piece(peer, piece, now)
+        if back:
+            task.source_pieces[piece.number] = piece
+        if peer.state is PeerState.PENDING:
+            self.res.set_state(peer, PeerState.BACK_TO_SOURCE if back else PeerState.RUNNING, now)
+        if task.waiting:
+            self._wake(task)
+
+    def _reschedule(self, peer: Peer, msg: scheduler_pb2.ReschedulePeerRequest, now: float) -> None:
+        """Schedule ``peer`` again. As Dragonfly's scheduler, every ``candidate_parents[i]`` is
+        blocked for the peer (the Rust client sends the whole last candidate list) and the
+        reschedules are not counted: the client limits them (G:scheduler/service/service_v2.go:1546-1566).
+        An empty list blocks nothing: Damselfly's "more parents", which keeps the usable parents
+        and adds new ones."""
+        task = peer.task
+        if not msg.candidate_parents:
+            more = refresh(peer, self.res, self.cfg, self.evaluator, now, self.rng)
+            if more is not None:
+                if (
+                    self.cfg.topology == "chain"
+                    and peer.parents
+                    and set(peer.parents) != {p.id for p in more.parents}
+                ):
+                    with log_context(task_id=task.id, peer_id=peer.id):
+                        log.info("line changed: parent %s -> %s", ", ".join(peer.parents),
+                                 ", ".join(p.id for p in more.parents))  # fmt: skip
+                apply_decision(peer, more, self.res, now)
+                self.metrics.count(self.metrics.decisions, "Refresh")
+                self._carry_out(peer, more)
+                return
         else:
-            raise InvalidArgument(f"unexpected AnnouncePeerRequest {kind!r}")
+            peer.blocked.update(c.id for c in msg.candidate_parents)
+            peer.reschedule_count += 1  # for the log
+        self.res.clear_parents(peer)
+        with log_context(task_id=task.id, peer_id=peer.id):
+            log.info("reschedule %d: %s", peer.reschedule_count, msg.description)
+        self._decide(peer)
 
     def _register(self, request: scheduler_pb2.AnnouncePeerRequest, stream: Outbox, now: float) -> None:
         host = self.res.host(request.host_id)
-        if not request.task_id or not request.peer_id:
-            raise InvalidArgument("RegisterPeerRequest needs task_id and peer_id")
         download = request.register_peer_request.download
         spec = convert.download_from_pb(download)
         task = self.res.get_or_create_task(request.task_id, spec, now)
+        # A Rust dfdaemon sends the sizes it learnt from the origin on every register
+        # (C:dragonfly-client/src/grpc/dfdaemon_download.rs:441-443); they size the task.
+        task.learn_sizes(*convert.actual_sizes(download))
         self._downloads.setdefault(task.id, download)
         peer = self.res.create_peer(request.peer_id, task, host, spec, now)
         self._streams[peer.id] = stream
         stream.peer_id = peer.id
         self.metrics.register_peer.inc()
-        if download.HasField("actual_content_length") and download.HasField("actual_piece_count"):
-            self._restore(peer, download, now)
+        if download.metadata_only:
+            self._metadata_only(peer, stream, now)
             return
         self._decide(peer)
 
-    def _restore(self, peer: Peer, download: common_pb2.Download, now: float) -> None:
-        """A daemon holds the complete task: record a Succeeded peer, answer nothing, trigger nothing."""
-        task = peer.task
-        if task.content_length is None:
-            task.content_length = download.actual_content_length
-            task.piece_count = download.actual_piece_count
-            if download.HasField("actual_piece_length"):
-                task.piece_length = download.actual_piece_length
+    def _metadata_only(self, peer: Peer, stream: Outbox, now: float) -> None:
+        """The peer holds the whole task and only reports it: answer ``MetadataOnlyResponse``
+        and nothing else (G:scheduler/service/service_v2.go:1317-1359). The peer serves at once;
+        the Started and Finished reports that follow (C:dragonfly-client/src/resource/task.rs:1099-1218)
+        leave it Succeeded."""
         self.res.set_state(peer, PeerState.SUCCEEDED, now)
-        self._wake(task)
+        stream.send(convert.answer_to_pb(MetadataOnly()))
+        self._wake(peer.task)
 
     def _finish(self, peer: Peer, now: float) -> None:
         task = peer.task
@@ -420,62 +489,7 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
             self.metrics.peer_finished.inc()
         self._wake(task)
 
-    # -- unary RPCs --------------------------------------------------------------
-
-    async def _abort(self, context: Context, error: DamselflyError) -> None:
-        await context.abort(status_of(error), str(error))
-
-    async def StatPeer(self, request: scheduler_pb2.StatPeerRequest, context: Context) -> common_pb2.Peer:
-        try:
-            peer = self.res.peer(request.peer_id)
-        except NotFound as e:
-            await self._abort(context, e)
-        return convert.peer_to_pb(peer.info())
-
-    async def DeletePeer(self, request: scheduler_pb2.DeletePeerRequest, context: Context) -> empty_pb2.Empty:
-        self._delete_peers([request.peer_id])
-        return empty_pb2.Empty()
-
-    async def StatTask(self, request: scheduler_pb2.StatTaskRequest, context: Context) -> common_pb2.Task:
-        try:
-            task = self.res.task(request.task_id)
-        except NotFound as e:
-            await self._abort(context, e)
-        return convert.task_to_pb(task.info())
-
-    async def DeleteTask(self, request: scheduler_pb2.DeleteTaskRequest, context: Context) -> empty_pb2.Empty:
-        host = self.res.hosts.get(request.host_id)
-        if host is not None:
-            self._delete_peers([p.id for p in host.peers.values() if p.task.id == request.task_id])
-        return empty_pb2.Empty()
-
-    async def AnnounceHost(
-        self, request: scheduler_pb2.AnnounceHostRequest, context: Context
-    ) -> empty_pb2.Empty:
-        info = convert.host_from_pb(request.host)
-        if not info.id:
-            await self._abort(context, InvalidArgument("AnnounceHost needs host.id"))
-        self.res.upsert_host(info, self.clock())
-        self.metrics.announce_host.inc()
-        return empty_pb2.Empty()
-
-    async def ListHosts(
-        self, request: scheduler_pb2.ListHostsRequest, context: Context
-    ) -> scheduler_pb2.ListHostsResponse:
-        hosts = self.res.hosts.values()
-        if request.HasField("type"):
-            hosts = [h for h in hosts if int(h.info.type) == request.type]  # type: ignore[assignment]
-        return scheduler_pb2.ListHostsResponse(hosts=[convert.host_to_pb(h.info) for h in hosts])
-
-    async def DeleteHost(self, request: scheduler_pb2.DeleteHostRequest, context: Context) -> empty_pb2.Empty:
-        host = self.res.hosts.get(request.host_id)
-        if host is not None:
-            touched = {p.task.id for p in host.peers.values()}
-            self.persistent_cache.forget_host(host.id)
-            for pid in self.res.delete_host(host.id):
-                self._streams.pop(pid.id, None)
-            self._wake_tasks(touched)
-        return empty_pb2.Empty()
+    # -- what the unary RPCs (resource_rpc.py) change ------------------------------
 
     def _delete_peers(self, peer_ids: list[str]) -> None:
         touched = self._tasks_of(peer_ids)
@@ -484,12 +498,20 @@ class SchedulerService(PersistentCacheRPCs, PreheatRPCs, scheduler_pb2_grpc.Sche
             self._streams.pop(pid, None)
         self._wake_tasks(touched)
 
+    def _delete_host(self, host: Host) -> None:
+        touched = {p.task.id for p in host.peers.values()}
+        self.persistent_cache.forget_host(host.id)
+        for peer in self.res.delete_host(host.id):
+            self._streams.pop(peer.id, None)
+        self._wake_tasks(touched)
+
 
 async def _unimplemented(self: SchedulerService, request: object, context: Context) -> None:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented by the damselfly scheduler")
 
 
-# What no class above implements answers UNIMPLEMENTED, in the scheduler's words.
+# Every RPC of dragonfly-api 2.3.8 has a body above; one a newer API adds answers
+# UNIMPLEMENTED, in the scheduler's words.
 for _name in dir(scheduler_pb2_grpc.SchedulerServicer):
     if _name[:1].isupper() and getattr(SchedulerService, _name) is getattr(
         scheduler_pb2_grpc.SchedulerServicer, _name

@@ -111,23 +111,26 @@ def test_reschedule_never_returns_blocked_parents() -> None:
     assert isinstance(w.decide(c), BackToSource)
 
 
-def test_retry_limit_sends_to_source() -> None:
+def test_reschedules_are_not_counted_as_in_dragonfly() -> None:
+    # Dragonfly's scheduler counts rounds without a parent within one scheduling, never
+    # reschedules (G:scheduler/scheduling/scheduling.go:113-243): a peer that asked many
+    # times still gets the parents there are.
     w = World()
     w.peer("p1", "h1", state=PeerState.SUCCEEDED)
     c = w.peer("c", "hc")
-    c.reschedule_count = w.cfg.retry_limit - 1
-    assert isinstance(w.decide(c), Parents)
-    c.reschedule_count = w.cfg.retry_limit
-    assert isinstance(w.decide(c), BackToSource)
+    c.reschedule_count = 50
+    assert parent_ids(w.decide(c)) == ["p1"]
 
 
-def test_retry_limit_with_back_to_source_disabled_fails_only_without_parents() -> None:
+def test_back_to_source_disabled_fails_only_after_waiting_without_parents() -> None:
     w = World()
     c = w.peer("c", "hc", disable_back_to_source=True)
-    c.reschedule_count = w.cfg.retry_limit
+    c.reschedule_count = 50
     p = w.peer("p1", "h1", state=PeerState.SUCCEEDED)
     assert isinstance(w.decide(c), Parents)
     c.blocked.add(p.id)
+    assert isinstance(w.decide(c), Wait)
+    w.clock.advance(w.cfg.back_to_source_after)
     assert isinstance(w.decide(c), Fail)
 
 

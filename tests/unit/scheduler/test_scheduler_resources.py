@@ -7,6 +7,7 @@ import random
 import pytest
 from sched_world import World
 
+from damselfly.domain import SizeScope
 from damselfly.errors import InvalidArgument, NotFound
 from damselfly.scheduler.resources import IndexedSet, PeerState
 
@@ -102,3 +103,21 @@ def test_indexed_set_samples_without_repeats_and_removes_in_place() -> None:
     sample = s.sample(15, random.Random(1))
     assert len(set(sample)) == 15 and all(x in s for x in sample)
     assert sorted(s.sample(500, random.Random(1))) == list(range(1, 100))
+
+
+def test_a_task_learns_its_sizes_once_and_says_its_size_scope_as_dragonfly() -> None:
+    # Size scopes: G:scheduler/resource/standard/task.go:601-623 (dragonflyoss/dragonfly 66db4564).
+    task = World().task()
+    assert task.size_scope is None  # unknown: Dragonfly's UNKNOW
+    task.learn_sizes(10 * 4 * 1024 * 1024 + 1, 4 * 1024 * 1024, None)
+    assert (task.piece_count, task.size_scope) == (11, SizeScope.NORMAL)  # the count derived
+    task.learn_sizes(5, 4, 2)  # a known length is never changed
+    assert task.content_length == 10 * 4 * 1024 * 1024 + 1
+    for length, count, scope in (
+        (0, 0, SizeScope.EMPTY),
+        (128, 1, SizeScope.TINY),
+        (129, 1, SizeScope.SMALL),
+    ):
+        t = World().task()
+        t.learn_sizes(length, 4 * 1024 * 1024, count)
+        assert t.size_scope is scope

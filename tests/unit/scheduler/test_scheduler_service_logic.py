@@ -11,7 +11,7 @@ from damselfly.config import SchedulerConfig
 from damselfly.domain import HostInfo
 from damselfly.scheduler.resources import PeerState
 from damselfly.scheduler.service import SchedulerService
-from damselfly.scheduler.stream import PeerStream
+from damselfly.scheduler.stream import END, PeerStream
 
 TASK = "f" * 64
 
@@ -49,19 +49,54 @@ def kinds(stream: PeerStream) -> list[str]:
     return [m.WhichOneof("response") for m in stream.pending()]  # type: ignore[attr-defined]
 
 
-async def test_restore_register_records_a_succeeded_peer_and_answers_nothing() -> None:
+async def test_register_with_actual_sizes_sizes_the_task_and_is_scheduled_as_usual() -> None:
+    # Dragonfly's rule: actual_* size a new task; the peer is scheduled (here: first peer, no
+    # seed host, so the origin). A Finished report then ends the call.
     svc, _ = make_service()
     s = PeerStream()
     svc.handle(register("a", "pa", actual_content_length=123, actual_piece_count=1, actual_piece_length=4), s)
-    svc.handle(
-        request("a", "pa", download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest()), s
-    )
-    assert s.pending() == []
-    peer = svc.res.peer("pa")
-    assert peer.state is PeerState.SUCCEEDED
+    assert kinds(s) == ["need_back_to_source_response"]
     task = svc.res.task(TASK)
     assert (task.content_length, task.piece_count, task.piece_length) == (123, 1, 4)
-    assert svc.seeds.running == 0 and not task.source_peers
+    assert svc.res.peer("pa").state is PeerState.PENDING
+    done = svc.handle(
+        request("a", "pa", download_peer_finished_request=scheduler_pb2.DownloadPeerFinishedRequest()), s
+    )
+    assert done and s.pending() == [END]
+    assert svc.res.peer("pa").state is PeerState.SUCCEEDED
+
+
+async def test_a_known_length_is_not_changed_by_a_later_register() -> None:
+    svc, _ = make_service()
+    svc.handle(register("a", "pa", actual_content_length=123, actual_piece_count=1), PeerStream())
+    svc.handle(register("b", "pb", actual_content_length=999, actual_piece_count=9), PeerStream())
+    task = svc.res.task(TASK)
+    assert (task.content_length, task.piece_count) == (123, 1)
+
+
+async def test_metadata_only_register_is_answered_metadata_only_and_stays_succeeded() -> None:
+    svc, _ = make_service()
+    s = PeerStream()
+    svc.handle(
+        register(
+            "a",
+            "pa",
+            metadata_only=True,
+            actual_content_length=8,
+            actual_piece_count=1,
+            actual_piece_length=4,
+        ),
+        s,
+    )
+    assert kinds(s) == ["metadata_only_response"]
+    assert svc.res.peer("pa").state is PeerState.SUCCEEDED
+    assert svc.seeds.running == 0 and not svc.res.task(TASK).source_peers
+    started = scheduler_pb2.DownloadPeerStartedRequest()
+    assert not svc.handle(request("a", "pa", download_peer_started_request=started), s)
+    assert svc.res.peer("pa").state is PeerState.SUCCEEDED
+    finished = scheduler_pb2.DownloadPeerFinishedRequest()
+    assert svc.handle(request("a", "pa", download_peer_finished_request=finished), s)
+    assert s.pending() == [END] and svc.res.peer("pa").state is PeerState.SUCCEEDED
 
 
 async def test_waiting_peer_is_answered_when_the_source_peer_starts() -> None:
@@ -82,20 +117,21 @@ async def test_waiting_peer_is_answered_when_the_source_peer_starts() -> None:
     assert kinds(sb) == ["normal_task_response"]
 
 
-async def test_permanent_piece_failure_blocks_the_parent_and_temporary_does_not() -> None:
+async def test_temporary_piece_failure_blocks_the_parent_and_permanent_does_not() -> None:
+    # Dragonfly's rule (G:scheduler/service/service_v2.go:1788-1814).
     svc, _ = make_service()
     s = PeerStream()
     svc.handle(register("a", "pa"), PeerStream())
     svc.handle(register("b", "pb"), s)
     failed = scheduler_pb2.DownloadPieceFailedRequest
+    svc.handle(request("b", "pb", download_piece_failed_request=failed(piece_number=1, parent_id="pa")), s)
+    assert svc.res.peer("pb").blocked == set()
     svc.handle(
         request(
             "b", "pb", download_piece_failed_request=failed(piece_number=1, parent_id="pa", temporary=True)
         ),
         s,
     )
-    assert svc.res.peer("pb").blocked == set()
-    svc.handle(request("b", "pb", download_piece_failed_request=failed(piece_number=1, parent_id="pa")), s)
     assert svc.res.peer("pb").blocked == {"pa"}
 
 
@@ -269,9 +305,10 @@ async def test_the_default_topology_lines_peers_up_behind_the_origin_fetcher() -
 async def test_stat_peer_and_stat_task_describe_the_peer_its_task_and_host() -> None:
     svc, _ = make_service()
     svc.handle(register("a", "pa", tag="t"), PeerStream())
-    peer = await svc.StatPeer(scheduler_pb2.StatPeerRequest(peer_id="pa"), None)
+    peer = await svc.StatPeer(scheduler_pb2.StatPeerRequest(host_id="a", task_id=TASK, peer_id="pa"), None)
     assert (peer.id, peer.host.id, peer.host.download_port) == ("pa", "a", 2)
     assert (peer.task.id, peer.task.url, peer.task.tag, peer.task.peer_count) == (TASK, "http://o/f", "t", 1)
     assert not peer.task.HasField("digest")  # none was given
     task = await svc.StatTask(scheduler_pb2.StatTaskRequest(task_id=TASK), None)
     assert task == peer.task
+    assert task.content_length == 2**64 - 1 and task.size_scope == 4  # unknown, as Dragonfly says it
