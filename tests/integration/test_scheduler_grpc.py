@@ -42,10 +42,12 @@ async def counted(s: RunningScheduler, name: str, **labels: str) -> float:
     return await sample(s.metrics_port, PREFIX + name, **labels)
 
 
-async def registered(s: RunningScheduler, peer_id: str) -> bool:
+async def registered(s: RunningScheduler, peer: FakePeer) -> bool:
     """The scheduler has handled the peer's registration (and so decided its first answer)."""
     try:
-        await s.stub.StatPeer(scheduler_pb2.StatPeerRequest(task_id=TASK, peer_id=peer_id))
+        await s.stub.StatPeer(
+            scheduler_pb2.StatPeerRequest(host_id=peer.host_id, task_id=peer.task_id, peer_id=peer.peer_id)
+        )
     except grpc.aio.AioRpcError as e:
         if e.code() == grpc.StatusCode.NOT_FOUND:
             return False
@@ -58,7 +60,7 @@ async def register_in_order(s: RunningScheduler, peers: list[FakePeer]) -> None:
     scheduler to have each one makes the order of registration the order given."""
     for p in peers:
         p.register()
-        await until(lambda p=p: registered(s, p.peer_id), f"{p.peer_id} is registered")
+        await until(lambda p=p: registered(s, p), f"{p.peer_id} is registered")
 
 
 async def test_first_peer_goes_to_source_then_second_gets_it_as_parent(tmp_path: Path) -> None:
@@ -77,7 +79,7 @@ async def test_first_peer_goes_to_source_then_second_gets_it_as_parent(tmp_path:
         b = FakePeer(s.stub, hb.id, TASK, "peer-b")
         b.register()
         b_answer = asyncio.ensure_future(b.answer(timeout=TIMEOUT))
-        await until(lambda: registered(s, "peer-b"), "B is registered")
+        await until(lambda: registered(s, b), "B is registered")
         # B's first answer was decided with its registration: to wait, not to go to the origin too.
         assert await counted(s, "back_to_source_total") == 1  # A only
         assert await counted(s, "schedule_decision_total", kind="Wait") >= 1
@@ -286,7 +288,7 @@ async def fake_seed() -> AsyncIterator[tuple[FakeSeedDaemon, int]]:
 
 
 async def all_registered(s: RunningScheduler, peers: list[FakePeer]) -> bool:
-    return all(await asyncio.gather(*(registered(s, p.peer_id) for p in peers)))
+    return all(await asyncio.gather(*(registered(s, p) for p in peers)))
 
 
 async def test_seed_trigger_once_for_twenty_concurrent_peers(tmp_path: Path) -> None:
