@@ -68,7 +68,10 @@ class SchedulingConfig(Section):
     max_parents: int = 8
     candidate_parent_limit: int = 4
     filter_parent_limit: int = 15
-    retry_limit: int = 5  # scheduling rounds without a parent before back-to-source
+    # Accepted so Dragonfly's scheduler files load; not used: a peer with no parent waits
+    # ``backToSourceAfter`` (below) before it is sent to the origin, and a daemon stops
+    # rescheduling after its own ``scheduler.maxScheduleCount`` answers.
+    retry_limit: int = 5
     retry_back_to_source_limit: int = 3
     retry_interval: float = 0.2 * SECONDS
     # How long a peer may wait for a parent (e.g. a seed that was just triggered)
@@ -120,6 +123,9 @@ class SchedulerClientConfig(Section):
     addrs: list[str] = Field(default_factory=lambda: ["127.0.0.1:8002"])
     announce_interval: float = 30 * SECONDS
     schedule_timeout: float = 30 * SECONDS
+    # Schedule answers a download takes before it fetches the rest from the origin (as
+    # Dragonfly's client; "more parents" refreshes do not count).
+    max_schedule_count: int = 5
 
 
 class DownloadServerConfig(Section):

@@ -12,8 +12,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import InvalidArgument, StorageError
-from ..pieces import Digest
-from ..units import HOURS, MILLISECONDS, MINUTES, SECONDS, parse_size
+from ..pieces import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH, Digest
+from ..units import HOURS, MILLISECONDS, MINUTES, SECONDS, human_size, parse_size
 
 DEFAULT_ENDPOINT = "/var/lib/damselfly/dfdaemon.sock"
 ENDPOINT_ENV = "DAMSELFLY_ENDPOINT"
@@ -44,13 +44,17 @@ def parse_duration(text: str) -> float:
 
 
 def parse_piece_length(text: str) -> int:
-    """A piece length such as ``4MiB``: a positive size."""
+    """A piece length such as ``4MiB``, within Dragonfly's range (4 MiB to 64 MiB): a
+    scheduler, Dragonfly's or Damselfly's, refuses a download that asks for another."""
     try:
         size = parse_size(text)
     except ValueError as e:
         raise InvalidArgument(str(e)) from None
-    if size <= 0:
-        raise InvalidArgument(f"piece length must be positive, got {text!r}")
+    if not MIN_PIECE_LENGTH <= size <= MAX_PIECE_LENGTH:
+        raise InvalidArgument(
+            f"piece length {text!r} is out of range: it must be from {human_size(MIN_PIECE_LENGTH)} "
+            f"to {human_size(MAX_PIECE_LENGTH)}"
+        )
     return size
 
 

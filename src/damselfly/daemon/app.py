@@ -161,6 +161,7 @@ class Daemon:
             cut_through=cfg.download.cut_through,
             piece_timeout=cfg.download.piece_timeout,
             schedule_timeout=cfg.scheduler.schedule_timeout,
+            max_schedule_count=cfg.scheduler.max_schedule_count,
             on_piece=self.metrics.on_piece,
             on_success=self._flush_later,
         )

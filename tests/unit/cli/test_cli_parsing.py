@@ -39,7 +39,11 @@ def test_bad_durations(text: str) -> None:
 
 def test_piece_length() -> None:
     assert parse_piece_length("4MiB") == 4 * 1024 * 1024
-    assert parse_piece_length("4096") == 4096
+    assert parse_piece_length("64MiB") == 64 * 1024 * 1024
+    # Outside Dragonfly's range a scheduler refuses the download: said before anything is asked.
+    for out_of_range in ("4096", "3", "65MiB"):
+        with pytest.raises(InvalidArgument, match=r"from 4\.0 MiB to 64\.0 MiB"):
+            parse_piece_length(out_of_range)
     with pytest.raises(InvalidArgument):
         parse_piece_length("four")
     with pytest.raises(InvalidArgument):

@@ -297,6 +297,25 @@ async def test_parents_that_cannot_finish_are_reported_then_the_origin_fills_the
     assert {p.traffic_type for p in meta.pieces.values()} == {TrafficType.BACK_TO_SOURCE}
 
 
+async def test_a_scheduler_that_keeps_offering_parents_that_cannot_finish_is_left_for_the_origin(
+    store: PieceStore,
+) -> None:
+    # Each answer offers a new parent that fails at once; the scheduler never says "origin".
+    offers = [parent(f"bad{i}", 7100 + i) for i in range(10)]
+    stream = FakeStream([NormalTask([p]) for p in offers])
+    pool = FakePool({p.host.download_port: lambda: ProtocolError("garbage frame") for p in offers})
+    source = FakeSource()
+    conductor = Conductor(deps(store, stream, pool, FakePeerRPC(), source, max_schedule_count=3), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA and conductor.back_to_source and source.fetched == 1
+    # Three answers taken (the first and two reschedules'), then "failed" and the origin.
+    assert len(stream.of("reschedule")) == 2
+    assert stream.of("failed") == [("failed", "max schedule count exceeded")]
+    assert len(stream.answers) == len(offers) - 3
+
+
 async def test_a_parent_whose_piece_sync_fails_is_dropped_and_named_at_the_reschedule(
     store: PieceStore,
 ) -> None:

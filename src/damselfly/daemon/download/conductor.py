@@ -74,6 +74,10 @@ class ConductorDeps:
     concurrent_piece_count: int = 16
     piece_timeout: float = 30.0
     schedule_timeout: float = 30.0
+    # Schedule answers (the first and each "parents cannot finish" reschedule's) a download
+    # takes before it stops asking and fetches the rest from the origin (Dragonfly's client:
+    # scheduler.maxScheduleCount, 5).
+    max_schedule_count: int = 5
     picker: str = "rarest-first"
     # Pieces in flight per parent when there are several parents (one parent gets
     # all of concurrent_piece_count): few, so each piece finishes soon and can be
@@ -202,6 +206,7 @@ class Conductor:
         stream = self._stream
         assert stream is not None
         started = False
+        reschedules = 0  # answers to "parents cannot finish" (not to "more parents")
         while True:
             if isinstance(answer, MetadataOnly):
                 # Only a metadata-only register is answered so; Dragonfly's client fails
@@ -261,6 +266,14 @@ class Conductor:
             if self._pending_answer is not None:  # the scheduler changed its mind during a refresh
                 answer, self._pending_answer = self._pending_answer, None
                 continue
+            reschedules += 1
+            if reschedules >= self.deps.max_schedule_count:
+                # As Dragonfly's client: the scheduler's answers did not get the task done;
+                # stop asking, tell it so, and fetch what is missing from the origin.
+                log.info("rescheduled %d times without finishing; going to the origin", reschedules)
+                stream.failed("max schedule count exceeded")
+                await self._origin_only(f"max schedule count ({self.deps.max_schedule_count}) exceeded")
+                return
             failed = [self._parents.parents[pid].candidate for pid in self._parents.reschedule()]
             log.info("parents cannot finish the task; rescheduling (failed: %s)", [p.peer_id for p in failed])
             stream.reschedule(failed, "parents cannot finish the task")
