@@ -20,7 +20,7 @@ from typing import TypeAlias, TypeVar
 import grpc
 from google.protobuf import empty_pb2
 
-from ..api import common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
+from ..api import cache_convert, common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
 from ..domain import PersistentCachePeerInfo, PersistentCacheTaskInfo
 from ..errors import DamselflyError, InvalidArgument, NotFound, SchedulerError
 from .persistent_cache import (
@@ -242,7 +242,7 @@ class PersistentCacheService:
             request.host_id,
             chosen,
         )
-        return convert.cache_task_to_pb(self.task_info(task))
+        return cache_convert.cache_task_to_pb(self.task_info(task))
 
     def upload_failed(self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest) -> None:
         task, _ = self.registry.peer(request.peer_id)
@@ -253,13 +253,13 @@ class PersistentCacheService:
     def stat_task(
         self, request: scheduler_pb2.StatPersistentCacheTaskRequest
     ) -> common_pb2.PersistentCacheTask:
-        return convert.cache_task_to_pb(self.task_info(self.registry.task(request.task_id)))
+        return cache_convert.cache_task_to_pb(self.task_info(self.registry.task(request.task_id)))
 
     def stat_peer(
         self, request: scheduler_pb2.StatPersistentCachePeerRequest
     ) -> common_pb2.PersistentCachePeer:
         task, peer = self.registry.peer(request.peer_id)
-        return convert.cache_peer_to_pb(self.peer_info(task, peer))
+        return cache_convert.cache_peer_to_pb(self.peer_info(task, peer))
 
     def delete_peer(self, request: scheduler_pb2.DeletePersistentCachePeerRequest) -> None:
         """Forget one peer; with no peer ID, whichever peer ``host_id`` has of ``task_id`` (daemon GC)."""
@@ -315,13 +315,13 @@ class PersistentCacheService:
 
     def _answer(self, task: CacheTask, peer: CachePeer) -> scheduler_pb2.AnnouncePersistentCachePeerResponse:
         if task.content_length == 0:
-            return convert.cache_answer_to_pb(None)
+            return cache_convert.cache_answer_to_pb(None)
         parents = candidate_parents(task, peer, self.res.hosts)
         if not parents:
             raise SchedulerError(
                 f"no live host holds persistent cache task {task.id} (it has no origin to fall back to)"
             )
-        return convert.cache_answer_to_pb([self.peer_info(task, p) for p in parents])
+        return cache_convert.cache_answer_to_pb([self.peer_info(task, p) for p in parents])
 
     async def announce_peer(self, context: Context) -> None:
         peer_id = ""

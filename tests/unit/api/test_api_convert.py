@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from damselfly.api import convert
+from damselfly.api import cache_convert, convert
 from damselfly.domain import (
     CacheExport,
     CacheImport,
@@ -111,7 +111,7 @@ CACHE_TASK = PersistentCacheTaskInfo(
 
 @pytest.mark.parametrize("task", [CACHE_TASK, PersistentCacheTaskInfo(id=TASK, state="Pending")])
 def test_persistent_cache_task_round_trips(task: PersistentCacheTaskInfo) -> None:
-    assert convert.cache_task_from_pb(convert.cache_task_to_pb(task)) == task
+    assert cache_convert.cache_task_from_pb(cache_convert.cache_task_to_pb(task)) == task
 
 
 def test_persistent_cache_task_expiry_from_its_creation_and_ttl() -> None:
@@ -124,7 +124,7 @@ def test_persistent_cache_task_expiry_from_its_creation_and_ttl() -> None:
 @pytest.mark.parametrize("host", [HOST, None])
 def test_persistent_cache_peer_round_trips(host: HostInfo | None) -> None:
     peer = PersistentCachePeerInfo(id="cp1", task=CACHE_TASK, persistent=True, state="Succeeded", host=host)
-    assert convert.cache_peer_from_pb(convert.cache_peer_to_pb(peer)) == peer
+    assert cache_convert.cache_peer_from_pb(cache_convert.cache_peer_to_pb(peer)) == peer
 
 
 def test_persistent_cache_answer_round_trips() -> None:
@@ -132,10 +132,10 @@ def test_persistent_cache_answer_round_trips() -> None:
         PersistentCachePeerInfo(id="cp1", task=CACHE_TASK, persistent=True, state="Succeeded", host=HOST),
         PersistentCachePeerInfo(id="cp2", task=CACHE_TASK, state="Succeeded", host=HOST),
     ]
-    assert convert.cache_answer_from_pb(convert.cache_answer_to_pb(parents)) == parents
-    empty = convert.cache_answer_to_pb(None)
+    assert cache_convert.cache_answer_from_pb(cache_convert.cache_answer_to_pb(parents)) == parents
+    empty = cache_convert.cache_answer_to_pb(None)
     assert empty.WhichOneof("response") == "empty_persistent_cache_task_response"
-    assert convert.cache_answer_from_pb(empty) is None
+    assert cache_convert.cache_answer_from_pb(empty) is None
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_persistent_cache_answer_round_trips() -> None:
     ],
 )
 def test_cache_import_round_trips(request_: CacheImport) -> None:
-    assert convert.cache_import_from_pb(convert.cache_import_to_pb(request_)) == request_
+    assert cache_convert.cache_import_from_pb(cache_convert.cache_import_to_pb(request_)) == request_
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_cache_import_round_trips(request_: CacheImport) -> None:
     ],
 )
 def test_cache_export_round_trips(request_: CacheExport) -> None:
-    assert convert.cache_export_from_pb(convert.cache_export_to_pb(request_)) == request_
+    assert cache_convert.cache_export_from_pb(cache_convert.cache_export_to_pb(request_)) == request_
 
 
 def test_cache_download_progress_round_trips() -> None:
@@ -186,6 +186,6 @@ def test_cache_download_progress_round_trips() -> None:
         ),
     )
     for event in (started, piece):
-        pb = convert.cache_progress_to_pb("10.0.0.1-h", event)
+        pb = cache_convert.cache_progress_to_pb("10.0.0.1-h", event)
         assert pb.host_id == "10.0.0.1-h" and pb.task_id == TASK
-        assert convert.cache_progress_from_pb(pb) == event
+        assert cache_convert.cache_progress_from_pb(pb) == event

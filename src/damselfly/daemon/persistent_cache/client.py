@@ -9,7 +9,8 @@ import grpc
 from google.protobuf import message
 
 from ...api import common_pb2, dfdaemon_pb2, scheduler_pb2, scheduler_pb2_grpc
-from ...api.convert import cache_answer_from_pb, cache_task_from_pb, duration
+from ...api.cache_convert import cache_answer_from_pb, cache_task_from_pb
+from ...api.convert import duration
 from ...domain import (
     CandidateParent,
     EmptyTask,

@@ -23,14 +23,13 @@ import grpc
 from google.protobuf import empty_pb2
 
 from ...api import common_pb2, dfdaemon_pb2
-from ...api.convert import (
+from ...api.cache_convert import (
     cache_export_from_pb,
     cache_import_from_pb,
     cache_progress_to_pb,
     cache_task_to_pb,
-    duration,
-    timestamp,
 )
+from ...api.convert import duration, timestamp
 from ...errors import (
     NotFound,
     SchedulerError,
