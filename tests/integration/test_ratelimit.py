@@ -173,6 +173,7 @@ async def test_piece_request_rate_limit_answers_resource_exhausted(swarm: Swarm,
     meta = seed.store.get(tid)
     assert meta is not None and meta.piece_length is not None
     client = await PieceClient.connect("127.0.0.1", seed.ports["piece_port"])
+    client.damselfly = True  # Damselfly's request: many per connection, "busy" answered as such
     try:
         with open(tmp_path / "sink", "wb+") as sink:  # noqa: ASYNC230 (a test's scratch file)
             length = meta.pieces[0].length
