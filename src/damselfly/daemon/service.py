@@ -6,6 +6,10 @@ Every method of dragonfly-api 2.3.8's two services answers, each as the Rust
 dfdaemon does (docs/INTEROP.md §3.1-3.2, §6.3, §6.7): the persistent cache
 (dfcache) in :mod:`.persistent_cache`, the task kinds this daemon does not run
 in :mod:`.unsupported_tasks_rpc`, the rest here.
+
+Long because: it is the whole protobuf edge of two services that share the
+download follower, the task stats and the admission checks; each method is a
+few lines of translation, and splitting them by service would repeat those.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ RPC makes first, as Dragonfly's scheduler does, in :mod:`.validate_rpc`.
 Owner of all mutable scheduler state: :class:`SchedulerService`, on the event
 loop; its background tasks (retry loop, GC loop, seed downloads) are cancelled
 by :meth:`SchedulerService.close`.
+
+Long because: the AnnouncePeer dialogue is one state machine per stream (read,
+handle, answer, end), and reads best in one place; the unary RPCs, the absent
+features and the request checks already live in their own modules.
 """
 
 from __future__ import annotations

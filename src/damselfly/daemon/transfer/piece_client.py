@@ -26,6 +26,10 @@ Damselfly parents only) or :class:`PeerError` (vortex.ErrorCode); a wrong
 digest :class:`DigestMismatch` (the bytes written are just not recorded by
 the caller, who fetches again); broken connections,
 refused connections and timeouts :class:`PeerError`.
+
+Long because: both ways of asking (Damselfly's pooled request, Dragonfly's
+one-shot one) share one landing path and one tail (trailer digest, crc check);
+splitting the pool off would put one receive path in two files.
 """
 
 from __future__ import annotations

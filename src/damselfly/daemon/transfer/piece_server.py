@@ -30,6 +30,10 @@ piece not held gets ``Error(NOT_FOUND)``, an out-of-range number
 and the connection is closed, since its framing can no longer be trusted; a
 frame with a tag the server does not serve closes the connection without an
 answer, as Dragonfly's server does.
+
+Long because: both kinds of children share the upload slots, the in-order
+queue, the super-seed's first-send clock and the send path; only the answers
+differ, and they sit beside each other on purpose.
 """
 
 from __future__ import annotations
