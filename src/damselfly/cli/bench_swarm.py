@@ -46,6 +46,18 @@ def swarm(
         Path | None, typer.Option(help="YAML config for every daemon (policies to compare)")
     ] = None,
     scheduler_config: Annotated[Path | None, typer.Option(help="YAML config for the scheduler")] = None,
+    plain_peers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=200,
+            help="run K peers on Dragonfly's wire only (wire.extensions: false merged into --daemon-config), "
+            "spread evenly: every other peer when K is half, so each kind is the other's parent",
+        ),
+    ] = 0,
+    plain_seed: Annotated[
+        bool, typer.Option("--plain-seed", help="run the seed(s) on Dragonfly's wire only, too")
+    ] = False,
     link_queue: Annotated[
         str,
         typer.Option(
@@ -70,9 +82,10 @@ def swarm(
     from ..errors import InvalidArgument
     from ..testbed import netns
     from ..testbed.report import human_summary
-    from ..testbed.scenarios import Knobs, build_scenario, load_rates_file
+    from ..testbed.scenarios import Knobs, build_scenario, load_rates_file, with_plain_wire
     from ..testbed.shaping import QUEUES, parse_rate
     from ..testbed.swarm import SwarmOptions, dump_result, run_swarm
+    from ..testbed.wire import config_wire, plain_config
     from ..units import MiB, parse_size
     from .parsing import parse_duration
 
@@ -101,6 +114,10 @@ def swarm(
         for path in (daemon_config, scheduler_config):
             if path is not None and not path.is_file():
                 raise InvalidArgument(f"no config file at {path}")
+        sc = with_plain_wire(sc, plain_peers=plain_peers, plain_seed=plain_seed)
+        config_wire(daemon_config)  # a daemon config the daemons would refuse is refused here
+        if plain_peers or plain_seed:
+            plain_config(daemon_config)
         options = SwarmOptions(
             timeout_s=parse_duration(timeout),
             poll_interval_s=poll_interval,

@@ -11,9 +11,14 @@ aiohttp's ``FileResponse``) and keeps per-path counters:
   bound: a test asserting ``bytes <= F`` can only be made to fail by it;
 * ``bytes_completed``: bodies that were sent to the end.
 
+and, over all paths, ``size_probes``: GETs for the first byte only
+(``Range: bytes=0-0``), which is how a daemon on Dragonfly's wire learns a
+file's size before it registers; each counts 1 in ``bytes``, so a swarm's
+origin bytes are F plus its probes.
+
 ``GET /_stats`` returns them as JSON::
 
-    {"requests": 3, "bytes": 1048576, "bytes_completed": 1048576,
+    {"requests": 3, "bytes": 1048576, "bytes_completed": 1048576, "size_probes": 0,
      "paths": {"/a.bin": {"requests": 3, "bytes": ..., "bytes_completed": ...}}}
 
 ``POST /_stats/reset`` zeroes them.
@@ -74,6 +79,7 @@ class OriginStats:
 
     def __init__(self) -> None:
         self.paths: defaultdict[str, PathStats] = defaultdict(PathStats)
+        self.size_probes = 0
 
     @property
     def requests(self) -> int:
@@ -92,11 +98,13 @@ class OriginStats:
             "requests": self.requests,
             "bytes": self.bytes,
             "bytes_completed": self.bytes_completed,
+            "size_probes": self.size_probes,
             "paths": {k: asdict(v) for k, v in sorted(self.paths.items())},
         }
 
     def reset(self) -> None:
         self.paths.clear()
+        self.size_probes = 0
 
 
 class _CountedFileResponse(web.FileResponse):
@@ -195,6 +203,8 @@ class Origin:
         path = request.path
         stats = self.stats.paths[path]
         stats.requests += 1
+        if request.method == "GET" and request.headers.get("Range", "").replace(" ", "") == "bytes=0-0":
+            self.stats.size_probes += 1
         fault = ""
         rel = path.lstrip("/")
         if rel.startswith("_fault/"):

@@ -19,6 +19,7 @@ from typing import Any
 from ..units import human_size
 from .procs import process_cpu_s
 from .scenarios import Scenario
+from .wire import DAMSELFLY, WIRES
 
 UPLOAD_METRIC = "damselfly_daemon_upload_traffic_bytes_total"
 DOWNLOAD_METRIC = "damselfly_daemon_download_traffic_bytes_total"
@@ -91,6 +92,7 @@ class HostResult:
     digest_ok: bool = False
     uploaded_bytes: int = 0
     downloaded: dict[str, int] = field(default_factory=dict)  # by traffic type
+    wire: str = DAMSELFLY  # what its daemon spoke: "damselfly" (extensions on) or "dragonfly" (off)
 
     @property
     def since_arrival_s(self) -> float | None:
@@ -128,6 +130,8 @@ class SwarmResult:
     hosts: list[HostResult] = field(default_factory=list)
     origin_bytes: int = 0
     origin_requests: int = 0
+    # GETs for the first byte only, the size probe a daemon on Dragonfly's wire sends before it registers.
+    origin_size_probes: int = 0
     cpu_busy_fraction: float | None = None
     # CPU seconds the testbed used during the transfer (origin, scheduler, daemons, dfgets, supervisor),
     # apart from whatever else the machine was running.
@@ -163,6 +167,22 @@ class SwarmResult:
             return None
         return round(sum(self.testbed_cpu_s.values()) / (self.wall_s * self.cpu_count), 4)
 
+    def completion_by_wire(self, t_min: float) -> dict[str, dict[str, Any]]:
+        """The peers' completion per wire, against the whole swarm's ``t_min`` (a group has no bound
+        of its own: its hosts share links with the other group's)."""
+        out: dict[str, dict[str, Any]] = {}
+        for wire in WIRES:
+            group = [p for p in self.peers if p.wire == wire]
+            since_start = percentile_summary([p.completion_s for p in group])
+            out[wire] = {
+                "peers": [p.name for p in group],
+                **since_start,
+                "p50_over_t_min": _ratio(since_start["p50_s"], t_min),
+                "max_over_t_min": _ratio(since_start["max_s"], t_min),
+                "since_arrival": percentile_summary([p.since_arrival_s for p in group]),
+            }
+        return out
+
     def to_json(self) -> dict[str, Any]:
         bound = self.scenario.bound()
         f = self.scenario.file_size
@@ -188,11 +208,13 @@ class SwarmResult:
                 "p50_over_t_min": _ratio(since_start["p50_s"], bound.t_min),
                 "max_over_t_min": _ratio(since_start["max_s"], bound.t_min),
                 "since_arrival": since_arrival,
+                "by_wire": self.completion_by_wire(bound.t_min),
             },
             "origin": {
                 "bytes": self.origin_bytes,
                 "requests": self.origin_requests,
                 "bytes_over_f": round(self.origin_bytes / f, 4) if f else None,
+                "size_probes": self.origin_size_probes,
             },
             "back_to_source_count": self.back_to_source_count,
             "uploaded_bytes": {h.name: h.uploaded_bytes for h in self.hosts},
@@ -224,23 +246,38 @@ def human_summary(data: dict[str, Any]) -> str:
     ]
     if data["error"]:
         lines.append(f"  error: {data['error']}")
+    wires = {h.get("wire", DAMSELFLY) for h in data["hosts"]}
+    mixed = wires != {DAMSELFLY}  # say each host's wire only when some spoke Dragonfly's
     for h in data["hosts"]:
         if h["role"] != "peer":
             continue
         status = "ok" if h["exit_code"] == 0 and h["digest_ok"] else f"FAILED (exit {h['exit_code']})"
         lines.append(
             f"  {h['name']:>8} {h['up_bits'] / 1e6:g}/{h['down_bits'] / 1e6:g} mbit  "
-            f"done {num(h['completion_s'])} s (since arrival {num(h['completion_since_arrival_s'])} s)  "
+            + (f"{h.get('wire', DAMSELFLY):<9}  " if mixed else "")
+            + f"done {num(h['completion_s'])} s (since arrival {num(h['completion_since_arrival_s'])} s)  "
             f"up {human_size(h['uploaded_bytes'])}  {status}"
         )
     lines.append(
         f"  p50 {num(c['p50_s'])} s = {num(c['p50_over_t_min'])} T_min;  "
         f"max {num(c['max_s'])} s = {num(c['max_over_t_min'])} T_min"
     )
+    if mixed:
+        plain_seeds = [h["name"] for h in data["hosts"] if h["role"] == "seed" and h.get("wire") != DAMSELFLY]
+        for wire, g in c.get("by_wire", {}).items():
+            if g["peers"]:
+                lines.append(
+                    f"    {wire} wire ({len(g['peers'])} peers): p50 {num(g['p50_over_t_min'])} T_min, "
+                    f"max {num(g['max_over_t_min'])} T_min"
+                )
+        lines.append(f"    seeds on Dragonfly's wire: {' '.join(plain_seeds) or 'none'}")
     o = data["origin"]
+    probes = o.get("size_probes", 0)
     lines.append(
         f"  origin sent {human_size(o['bytes'])} = {num(o['bytes_over_f'], '{:.3f}')} F in {o['requests']} "
-        f"request(s); back-to-source hosts: {data['back_to_source_count']}"
+        f"request(s)"
+        + (f" ({probes} one-byte size probes)" if probes else "")
+        + f"; back-to-source hosts: {data['back_to_source_count']}"
     )
     lines.append(
         f"  CPU busy {num(data['cpu_busy_fraction'], '{:.0%}')} of all {data['cpu_count']} cores during the "

@@ -19,6 +19,10 @@ A rates file (YAML or JSON) describes any other topology::
     peers:
       - {up: 100mbit, down: 100mbit}
       - {rate: 25mbit, arrival: 5}     # rate sets both directions; arrival in s
+      - {wire: dragonfly}              # this daemon speaks only Dragonfly's wire
+
+Any scenario can be made a mixed-wire one (:func:`with_plain_wire`, the
+``--plain-peers`` and ``--plain-seed`` flags): see :mod:`damselfly.testbed.wire`.
 """
 
 from __future__ import annotations
@@ -34,16 +38,19 @@ from ..errors import InvalidArgument
 from ..units import GiB, MiB
 from .fluid import FluidBound, Link, fluid_bound
 from .shaping import parse_rate
+from .wire import DAMSELFLY, DRAGONFLY, WIRES, interleaved
 
 
 @dataclass(frozen=True, slots=True)
 class HostSpec:
-    """A downloading host (seed or peer): link rates in bits/s, arrival in seconds after the start."""
+    """A downloading host (seed or peer): link rates in bits/s, arrival in seconds after the start,
+    and the wire its daemon speaks (:data:`~damselfly.testbed.wire.WIRES`)."""
 
     name: str
     up_bits: int
     down_bits: int
     arrival_s: float = 0.0
+    wire: str = DAMSELFLY
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +69,13 @@ class Scenario:
 
     def to_json(self) -> dict[str, Any]:
         def host(h: HostSpec) -> dict[str, Any]:
-            return {"name": h.name, "up_bits": h.up_bits, "down_bits": h.down_bits, "arrival_s": h.arrival_s}
+            return {
+                "name": h.name,
+                "up_bits": h.up_bits,
+                "down_bits": h.down_bits,
+                "arrival_s": h.arrival_s,
+                "wire": h.wire,
+            }
 
         return {
             "name": self.name,
@@ -168,19 +181,35 @@ def build_scenario(name: str, knobs: Knobs) -> Scenario:
     return preset(knobs)
 
 
+def with_plain_wire(scenario: Scenario, *, plain_peers: int = 0, plain_seed: bool = False) -> Scenario:
+    """``scenario`` with ``plain_peers`` of its peers (spread by :func:`~damselfly.testbed.wire.interleaved`)
+    and, with ``plain_seed``, every seed speaking only Dragonfly's wire. Hosts a rates file already
+    made plain stay plain; the choice is recorded in the scenario's params."""
+    chosen = set(interleaved(len(scenario.peers), plain_peers))  # refuses a K outside 0..N
+    if not chosen and not plain_seed:
+        return scenario
+    peers = tuple(replace(p, wire=DRAGONFLY) if i in chosen else p for i, p in enumerate(scenario.peers))
+    seeds = tuple(replace(h, wire=DRAGONFLY) for h in scenario.seeds) if plain_seed else scenario.seeds
+    params = {**scenario.params, "plain_peers": plain_peers, "plain_seed": plain_seed}
+    return replace(scenario, seeds=seeds, peers=peers, params=params)
+
+
 def _host_from(entry: Any, name: str, default_bits: int) -> HostSpec:
     if not isinstance(entry, dict):
         raise InvalidArgument(f"{name}: expected a mapping like {{rate: 100mbit}}, got {entry!r}")
-    unknown = set(entry) - {"rate", "up", "down", "arrival", "name"}
+    unknown = set(entry) - {"rate", "up", "down", "arrival", "name", "wire"}
     if unknown:
-        raise InvalidArgument(f"{name}: unknown keys {sorted(unknown)} (rate, up, down, arrival, name)")
+        raise InvalidArgument(f"{name}: unknown keys {sorted(unknown)} (rate, up, down, arrival, name, wire)")
+    wire = str(entry.get("wire", DAMSELFLY))
+    if wire not in WIRES:
+        raise InvalidArgument(f"{name}: wire {wire!r}: one of {', '.join(WIRES)}")
     both = parse_rate(str(entry["rate"])) if "rate" in entry else default_bits
     up = parse_rate(str(entry["up"])) if "up" in entry else both
     down = parse_rate(str(entry["down"])) if "down" in entry else both
     arrival = float(entry.get("arrival", 0.0))
     if arrival < 0:
         raise InvalidArgument(f"{name}: arrival cannot be negative")
-    return HostSpec(str(entry.get("name", name)), up, down, arrival)
+    return HostSpec(str(entry.get("name", name)), up, down, arrival, wire)
 
 
 def scenario_from_rates(data: Any, *, name: str, size: int, default_bits: int = DEFAULT_RATE) -> Scenario:

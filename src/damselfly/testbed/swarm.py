@@ -11,6 +11,7 @@ included. Layout of a run (``<prefix>`` from :func:`~damselfly.testbed.netns.new
     namespace <prefix>-peer<i>     peer daemons; dfget runs here at the peer's arrival time
 
     ROOT/origin/blob.bin  ROOT/<host>/ (storage, socket)  ROOT/logs/  ROOT/run/  ROOT/out/
+    ROOT/run/daemon-dragonfly.yaml   the config of daemons on Dragonfly's wire (mixed-wire runs)
 
 Each host's daemon listens on its own address with the default ports (every
 namespace has its own port space). A thread per host inside its namespace
@@ -66,6 +67,7 @@ from .report import (
 )
 from .scenarios import HostSpec, Scenario
 from .shaping import ACK_FIRST
+from .wire import DRAGONFLY, config_wire, write_plain_config
 
 ORIGIN_PORT = 8080
 SCHEDULER_PORT = 8002
@@ -155,6 +157,8 @@ class SwarmRun:
     """One run of ``scenario``. Owns its children and its network; :meth:`run` always cleans both up."""
 
     def __init__(self, scenario: Scenario, options: SwarmOptions, say: Say) -> None:
+        # The wire a host without a wire of its own speaks: the user's config may turn extensions off.
+        self.default_wire = config_wire(options.daemon_config)
         self.scenario = scenario
         self.options = options
         self.say = say
@@ -230,9 +234,18 @@ class SwarmRun:
         ]  # fmt: skip
         if seed:
             argv.append("--seed")
-        if self.options.daemon_config is not None:
-            argv += ["--config", str(self.options.daemon_config)]
+        config = self.plain_config if spec.wire == DRAGONFLY else self.options.daemon_config
+        if config is not None:
+            argv += ["--config", str(config)]
         return python_module_command("damselfly", *argv)
+
+    @property
+    def plain_config(self) -> Path:
+        """The user's daemon config with ``wire.extensions: false`` (written in :meth:`run`)."""
+        return self.root / "run" / "daemon-dragonfly.yaml"
+
+    def wire_of(self, spec: HostSpec) -> str:
+        return DRAGONFLY if spec.wire == DRAGONFLY else self.default_wire
 
     def socket_of(self, host: str) -> Path:
         return self.root / host / "dfdaemon.sock"
@@ -364,6 +377,7 @@ class SwarmRun:
         )
         self.result.origin_bytes = int(stats["bytes"])
         self.result.origin_requests = int(stats["requests"])
+        self.result.origin_size_probes = int(stats.get("size_probes", 0))
         for h in self.result.peers:
             out = self.root / "out" / f"{h.name}.bin"
             h.digest_ok = out.is_file() and sha256_file(out) == expected
@@ -384,6 +398,11 @@ class SwarmRun:
                     f"swarm: {sc.name}, writing a {sc.file_size / MiB:.0f} MiB random file in {self.root}"
                 )
                 expected = write_random_file(self.root / "origin" / FILE_NAME, sc.file_size)
+                plain = [spec.name for _, spec in self.downloaders if self.wire_of(spec) == DRAGONFLY]
+                if any(spec.wire == DRAGONFLY for _, spec in self.downloaders):
+                    write_plain_config(self.options.daemon_config, self.plain_config)
+                if plain:
+                    self.say(f"swarm: on Dragonfly's wire (no Damselfly extensions): {' '.join(plain)}")
                 self.say(f"swarm: building {len(self.host_nets)} hosts in namespaces {self.prefix}-*")
                 self.network.create()
                 self.result.hosts = [
@@ -394,6 +413,7 @@ class SwarmRun:
                         spec.up_bits,
                         spec.down_bits,
                         spec.arrival_s,
+                        wire=self.wire_of(spec),
                     )
                     for role, spec in self.downloaders
                 ]
