@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tests.helpers.wait import wait_until
@@ -24,7 +25,7 @@ from tests.helpers.wait import wait_until
 from damselfly.runtime.children import pid_alive
 from damselfly.testbed import netns
 from damselfly.testbed.netns import HostNet, Network, Runner, call_in_netns
-from damselfly.testbed.scenarios import Knobs, build_scenario
+from damselfly.testbed.scenarios import Knobs, build_scenario, with_plain_wire
 from damselfly.testbed.swarm import SwarmOptions, run_swarm
 from damselfly.units import MiB
 
@@ -72,6 +73,41 @@ def test_small_flash_crowd_across_namespaces() -> None:
     json.dumps(data)  # the report is JSON
     assert _namespaces_with(result.prefix) == []
     assert not os.path.exists(result.workdir)
+
+
+def test_mixed_wire_swarm_with_plain_peers_and_seed(tmp_path: Path) -> None:
+    """Half the peers and the seed on Dragonfly's wire only (``--plain-peers 2 --plain-seed``), the
+    key merged into a user's daemon config: every digest right, and the origin sends F once plus
+    one 1-byte size probe per plain daemon that downloaded (Dragonfly's client sizes a task so
+    before it registers); extension daemons, which take the size from Damselfly's scheduler, send none."""
+    user = tmp_path / "daemon.yaml"
+    user.write_text("seedPeer:\n  superSeed: true\nwire:\n  extensions: true\n")
+    sc = with_plain_wire(
+        build_scenario("flash-crowd", Knobs(peers=4, size=16 * MiB, rate_bits=200_000_000)),
+        plain_peers=2,
+        plain_seed=True,
+    )
+    lines: list[str] = []
+    result = run_swarm(sc, SwarmOptions(timeout_s=90, daemon_config=user), say=lines.append)
+    data = result.to_json()
+    assert result.error == "", "\n".join(lines)
+    assert all(h.exit_code == 0 and h.digest_ok for h in result.peers), "\n".join(lines)
+    assert data["ok"] is True
+    wires = {h["name"]: h["wire"] for h in data["hosts"]}
+    assert wires == {"seed": "dragonfly", "peer0": "damselfly", "peer1": "dragonfly",
+                     "peer2": "damselfly", "peer3": "dragonfly"}  # fmt: skip
+    plain_downloaders = [h for h in result.hosts if h.wire == "dragonfly" and sum(h.downloaded.values()) > 0]
+    assert len(plain_downloaders) >= 2  # the plain peers at least; the seed if it was asked to fetch
+    assert data["origin"]["size_probes"] == len(plain_downloaders), "\n".join(lines)
+    assert data["origin"]["bytes"] == sc.file_size + data["origin"]["size_probes"]
+    by_wire = data["completion"]["by_wire"]
+    assert by_wire["damselfly"]["peers"] == ["peer0", "peer2"]
+    assert by_wire["dragonfly"]["peers"] == ["peer1", "peer3"]
+    for group in by_wire.values():
+        assert group["max_s"] is not None and group["max_over_t_min"] is not None
+        assert group["p50_s"] is not None and group["p50_s"] <= group["max_s"] <= data["completion"]["max_s"]
+    assert user.read_text() == "seedPeer:\n  superSeed: true\nwire:\n  extensions: true\n"
+    assert _namespaces_with(result.prefix) == []
 
 
 @pytest.fixture
