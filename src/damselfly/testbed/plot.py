@@ -42,7 +42,8 @@ def plot_progress(data: dict[str, Any], path: Path) -> Path:
             ts.append(done)
             fs.append(100.0)
         style = "--" if host.get("role") == "seed" else "-"
-        label = f"{name} ({host.get('down_bits', 0) / 1e6:g} mbit)"
+        wire = ", Dragonfly's wire" if host.get("wire", "damselfly") != "damselfly" else ""
+        label = f"{name} ({host.get('down_bits', 0) / 1e6:g} mbit{wire})"
         ax.plot(ts, fs, style, linewidth=1.2, label=label)
     ax.axvline(t_min, color="black", linewidth=1.5, linestyle=":", label=f"T_min = {t_min:.1f} s")
     ax.set_xlabel("seconds since the scenario start")
