@@ -1,0 +1,66 @@
+"""What a local DownloadTask stream adds for its caller: the started message's pieces, and piece bytes.
+
+dfget in a pod cannot see the daemon's files, so with ``need_piece_content``
+each piece message carries the piece's bytes, read from the store's content
+with one ``pread`` per piece (the bytes were verified when stored). Only one
+piece is held at a time: the stream never holds the whole content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ...api import common_pb2
+from ...api.convert import piece_to_pb
+from ...domain import ByteRange
+from ...errors import StorageError
+from ..store.metadata import TaskMeta
+from ..store.piece_store import PieceStore
+
+
+def started_pieces(meta: TaskMeta | None, wanted: ByteRange | None) -> list[common_pb2.Piece]:
+    """The pieces a DownloadTaskStartedResponse lists: every piece the download covers.
+
+    As Dragonfly's dfdaemon lists its "interested pieces" (dragonfly-client/src/resource/task.rs
+    at ff17c0b, "Construct the pieces for the download task started response"): number,
+    offset and length of each piece of the content (of the range, when one was asked), the
+    digest and cost only of those already held; Rust's dfget counts them as the pieces to come.
+    """
+    if meta is None or meta.content_length is None or not meta.piece_length:
+        return []
+    first, end = 0, meta.content_length
+    if wanted is not None:
+        first, end = wanted.start, min(meta.content_length, wanted.start + wanted.length)
+    pieces = []
+    for number in range(first // meta.piece_length, (end + meta.piece_length - 1) // meta.piece_length):
+        held = meta.pieces.get(number)
+        if held is not None:
+            pieces.append(piece_to_pb(held))
+            continue
+        offset = number * meta.piece_length
+        length = min(meta.piece_length, meta.content_length - offset)
+        pieces.append(common_pb2.Piece(number=number, offset=offset, length=length))
+    return pieces
+
+
+class PieceReader:
+    """Reads finished pieces' bytes from a task's content for ``need_piece_content`` (one fd, lazily)."""
+
+    def __init__(self, store: PieceStore, task_id: str) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.fd: int | None = None
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if self.fd is None:
+            self.fd = self.store.open_read_fd(self.task_id)
+        data = await asyncio.to_thread(os.pread, self.fd, length, offset)
+        if len(data) != length:
+            raise StorageError(f"task {self.task_id}: short read of {length} bytes at {offset}")
+        return data
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
