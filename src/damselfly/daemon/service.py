@@ -228,10 +228,12 @@ class Downloads:
             late = f"download did not finish within {spec.timeout_s or 0:.0f}s"
             async for event in follow_download(self.store, task_id, job, deadline=deadline, late=late):
                 if isinstance(event, DownloadStarted):
+                    meta = self.store.get(task_id)
                     started = dfdaemon_pb2.DownloadTaskStartedResponse(
                         content_length=event.content_length,
-                        is_finished=event.finished,
-                        pieces=started_pieces(self.store.get(task_id), spec.range),
+                        # As Rust (resource/task.rs): finished when the store holds it whole.
+                        is_finished=event.finished or (meta is not None and meta.is_complete),
+                        pieces=started_pieces(meta, spec.range),
                     )
                     if spec.range is not None:
                         started.range.start = spec.range.start
