@@ -84,6 +84,13 @@ def take_rate_limit(spec: DownloadSpec) -> ByteLimiter | None:
     return None
 
 
+def _listed(piece: PieceInfo, held: bool) -> common_pb2.Piece:
+    """A piece of the started message: as stored when held, else where it will be."""
+    if held:
+        return piece_to_pb(piece)
+    return common_pb2.Piece(number=piece.number, offset=piece.offset, length=piece.length)
+
+
 def local_task_info(meta: TaskMeta, *, uploading: int = 0, uploaded: int = 0) -> LocalTaskInfo:
     """What ``StatLocalTask`` says of a task held here."""
     return LocalTaskInfo(
@@ -229,11 +236,12 @@ class Downloads:
             async for event in follow_download(self.store, task_id, job, deadline=deadline, late=late):
                 if isinstance(event, DownloadStarted):
                     meta = self.store.get(task_id)
+                    listed = [_listed(p, held) for p, held in started_pieces(meta, spec.range)]
                     started = dfdaemon_pb2.DownloadTaskStartedResponse(
                         content_length=event.content_length,
                         # As Rust (resource/task.rs): finished when the store holds it whole.
                         is_finished=event.finished or (meta is not None and meta.is_complete),
-                        pieces=started_pieces(meta, spec.range),
+                        pieces=listed,
                     )
                     if spec.range is not None:
                         started.range.start = spec.range.start

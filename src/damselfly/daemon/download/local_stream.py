@@ -11,21 +11,19 @@ from __future__ import annotations
 import asyncio
 import os
 
-from ...api import common_pb2
-from ...api.convert import piece_to_pb
-from ...domain import ByteRange
+from ...domain import ByteRange, PieceInfo
 from ...errors import StorageError
 from ..store.metadata import TaskMeta
 from ..store.piece_store import PieceStore
 
 
-def started_pieces(meta: TaskMeta | None, wanted: ByteRange | None) -> list[common_pb2.Piece]:
-    """The pieces a DownloadTaskStartedResponse lists: every piece the download covers.
+def started_pieces(meta: TaskMeta | None, wanted: ByteRange | None) -> list[tuple[PieceInfo, bool]]:
+    """The pieces a DownloadTaskStartedResponse lists, each with whether it is held already.
 
     As Dragonfly's dfdaemon lists its "interested pieces" (dragonfly-client/src/resource/task.rs
-    at ff17c0b, "Construct the pieces for the download task started response"): number,
-    offset and length of each piece of the content (of the range, when one was asked), the
-    digest and cost only of those already held; Rust's dfget counts them as the pieces to come.
+    at ff17c0b, "Construct the pieces for the download task started response"): every piece of
+    the content (of the range, when one was asked); Rust's dfget awaits each of them. A held
+    piece is described as stored (digest, cost), the others by number, offset and length.
     """
     if meta is None or meta.content_length is None or not meta.piece_length:
         return []
@@ -36,11 +34,12 @@ def started_pieces(meta: TaskMeta | None, wanted: ByteRange | None) -> list[comm
     for number in range(first // meta.piece_length, (end + meta.piece_length - 1) // meta.piece_length):
         held = meta.pieces.get(number)
         if held is not None:
-            pieces.append(piece_to_pb(held))
+            pieces.append((held, True))
             continue
         offset = number * meta.piece_length
-        length = min(meta.piece_length, meta.content_length - offset)
-        pieces.append(common_pb2.Piece(number=number, offset=offset, length=length))
+        pieces.append(
+            (PieceInfo(number, offset, min(meta.piece_length, meta.content_length - offset)), False)
+        )
     return pieces
 
 
