@@ -178,3 +178,56 @@ def test_timeout_exits_6_and_leaves_no_file(cluster: Cluster, short_tmp: Path) -
     assert r.returncode == 6, r.stderr + cluster.logs()
     assert "timed out" in _one_error_line(r.stderr)
     assert not out.exists()
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_transfer_from_dfdaemon_writes_the_streamed_content(
+    cluster: Cluster, blob: tuple[str, str], short_tmp: Path
+) -> None:
+    name, digest = blob
+    out = short_tmp / "streamed.bin"
+    r = run_dfget(
+        cluster.origin.url(name, query="run=transfer"),
+        out,
+        cluster.socket,
+        "--transfer-from-dfdaemon",
+        "--digest",
+        f"sha256:{digest}",
+    )
+    assert r.returncode == 0, r.stderr + cluster.logs()
+    assert sha256_of(out) == digest
+    assert _names(short_tmp) == ["streamed.bin"]  # no temp file left beside it
+
+
+def test_transfer_from_dfdaemon_failing_midway_leaves_no_file(cluster: Cluster, short_tmp: Path) -> None:
+    # The origin sends half the body and hangs up: some pieces reach dfget, then the call fails.
+    random_file(cluster.origin_dir / "half.bin", SIZE)
+    out = short_tmp / "half.bin"
+    r = run_dfget(
+        cluster.origin.url("half.bin", fault="truncate"), out, cluster.socket, "--transfer-from-dfdaemon"
+    )
+    assert r.returncode != 0, r.stderr + cluster.logs()
+    _one_error_line(r.stderr)
+    assert _names(short_tmp) == []
+
+
+@pytest.mark.parametrize("transfer", [False, True])
+def test_an_existing_output_is_refused_unless_overwrite(
+    cluster: Cluster, blob: tuple[str, str], short_tmp: Path, transfer: bool
+) -> None:
+    name, digest = blob
+    out = short_tmp / "exists.bin"
+    out.write_bytes(b"keep me")
+    extra = ["--transfer-from-dfdaemon"] if transfer else []
+    r = run_dfget(cluster.origin.url(name), out, cluster.socket, *extra)
+    assert r.returncode == 7, r.stderr + cluster.logs()
+    assert "already exists" in _one_error_line(r.stderr) and "--overwrite" in r.stderr
+    assert out.read_bytes() == b"keep me"
+
+    r = run_dfget(cluster.origin.url(name), out, cluster.socket, "--overwrite", *extra)
+    assert r.returncode == 0, r.stderr + cluster.logs()
+    assert sha256_of(out) == digest
+    assert _names(short_tmp) == ["exists.bin"]

@@ -47,6 +47,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--rate-limit", help="limit this download, e.g. 10MB/s or 50MiB (under the daemon's host-wide limit)"
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the output if it exists (default: refuse it)"
+    )
+    p.add_argument(
+        "--transfer-from-dfdaemon",
+        action="store_true",
+        help="have the daemon send the content through its socket and write it here "
+        "(automatic when the daemon cannot see this file system, e.g. dfget in a pod)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "-e",
@@ -74,6 +83,8 @@ def parse(argv: Sequence[str], prog: str = "dfget") -> GetOptions:
         timeout=ns.timeout,
         rate_limit=ns.rate_limit,
         progress=not ns.no_progress,
+        overwrite=ns.overwrite,
+        transfer_from_dfdaemon=ns.transfer_from_dfdaemon,
         endpoint=ns.endpoint or os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT,
     )
 

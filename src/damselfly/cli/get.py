@@ -1,16 +1,29 @@
 """dfget: download one URL through the local daemon's unix socket.
 
-The flow: check every argument locally (digest, URL, output folder) so a typo
-fails before any network; open ``dfdaemon.v2.DfdaemonDownload.DownloadTask`` on
-the daemon's socket with an absolute ``output_path``; show progress from the
-response stream; the *daemon* writes the output (link or copy, fsync, rename)
-once the content is complete and verified. dfget's last duty is that a failed
-run leaves no file at the output path that was not there before.
+The flow: check every argument locally (digest, URL, output folder, an
+existing output without ``--overwrite``) so a typo fails before any network;
+open ``dfdaemon.v2.DfdaemonDownload.DownloadTask`` on the daemon's socket with
+an absolute ``output_path``; show progress from the response stream; the
+*daemon* writes the output (link or copy, fsync, rename) once the content is
+complete and verified. dfget's last duty is that a failed run leaves no file at
+the output path that was not there before.
+
+When the daemon cannot write the output, because it does not see dfget's files
+(dfget in a pod, the daemon on the node), dfget asks for the content instead
+(``need_piece_content``, Dragonfly's ``--transfer-from-dfdaemon``): each piece
+message carries its bytes, dfget writes them at their offsets into a temp file
+beside the output and renames it into place only when every piece announced
+arrived and the call ended OK (the daemon checks ``--digest`` before that).
+Dragonfly's dfget decides by the flag alone; Damselfly's also decides by itself
+(:func:`daemon_shares_files`): the daemon in another PID or mount namespace
+than dfget gets the content streamed.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +44,7 @@ from .parsing import (
     parse_headers,
     parse_piece_length,
 )
+from .transfer_file import TransferFile
 
 RATE_LIMIT_HEADER = "X-Damselfly-Rate-Limit"  # the daemon's service.RATE_LIMIT_HEADER
 
@@ -56,6 +70,8 @@ class GetOptions:
     rate_limit: str | None = None  # bytes per second for this download, e.g. "10MB/s"
     progress: bool = True
     endpoint: str | None = None
+    overwrite: bool = False  # replace an existing output (Dragonfly's --overwrite)
+    transfer_from_dfdaemon: bool = False  # the content through the socket (Dragonfly's flag)
 
 
 @dataclass
@@ -67,6 +83,9 @@ class GetPlan:
     socket: Path
     timeout_s: float | None
     output_existed: bool
+    overwrite: bool = False
+    # True: the content comes through the socket; None: decided when connected (daemon_shares_files).
+    transfer: bool | None = None
 
 
 def plan(opts: GetOptions) -> GetPlan:
@@ -83,6 +102,12 @@ def plan(opts: GetOptions) -> GetPlan:
             headers[RATE_LIMIT_HEADER] = str(parse_rate(opts.rate_limit))
         socket = normalize_endpoint(opts.endpoint or default_endpoint())
         output = check_output(opts.output)
+        if not opts.overwrite and os.path.lexists(output):
+            # As Dragonfly's dfget validate_args (src/bin/dfget/main.rs at ff17c0b): refused before
+            # anything is downloaded.
+            raise DfgetFailure(
+                ExitCode.OUTPUT, f"output path {output} already exists; pass --overwrite to replace it"
+            )
     except Exception as e:
         raise failure_from_error(e) from e
     spec = DownloadSpec(
@@ -97,7 +122,37 @@ def plan(opts: GetOptions) -> GetPlan:
         timeout_s=timeout_s,
         disable_back_to_source=opts.disable_back_to_source,
     )
-    return GetPlan(spec, output, socket, timeout_s, output_existed=os.path.lexists(output))
+    return GetPlan(
+        spec,
+        output,
+        socket,
+        timeout_s,
+        output_existed=os.path.lexists(output),
+        overwrite=opts.overwrite,
+        transfer=True if opts.transfer_from_dfdaemon else None,
+    )
+
+
+def daemon_shares_files(sock: socket.socket) -> bool:
+    """Whether the daemon at the other end of ``sock`` sees the files dfget sees.
+
+    The kernel names the peer's process (``SO_PEERCRED``): pid 0 means it runs in another
+    PID namespace (a pod using the node's daemon through a host-path socket), a different
+    ``/proc/PID/ns/mnt`` another mount namespace; either way it cannot write our output.
+    When it cannot be told (another user's daemon hides its namespaces), the daemon is
+    assumed to share them, as dfget always did."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return True
+    pid = struct.unpack("3i", raw)[0]
+    if pid <= 0:
+        return False
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/ns/mnt"), os.stat("/proc/self/ns/mnt")
+    except OSError:
+        return True
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def parse_rate(text: str) -> int:
@@ -179,40 +234,34 @@ def execute_sync(p: GetPlan, sink: ProgressSink) -> GetResult:
 
     One ``DownloadTask`` call over the daemon's unix socket by :mod:`.h2call`, not grpcio:
     dfget's start-up is on every download's critical path (see that module)."""
-    from dragonfly_api import dfdaemon_pb2
-
-    from ..api.convert import download_to_pb
     from . import h2call
 
     if not p.socket.exists():
         raise DfgetFailure(ExitCode.DAEMON_UNAVAILABLE, f"no daemon socket at {p.socket}; {DAEMON_HINT}")
     began = time.monotonic()
-    started = False
-    content_length = 0
-    request = dfdaemon_pb2.DownloadTaskRequest(download=download_to_pb(p.spec)).SerializeToString()
+    state = _Call(p)
     deadline = p.timeout_s + DEADLINE_GRACE_S if p.timeout_s else None
     try:
         for raw in h2call.server_stream(
-            str(p.socket), DOWNLOAD_TASK, request, timeout=deadline, connect_timeout=CONNECT_TIMEOUT_S
+            str(p.socket), DOWNLOAD_TASK, state.request, timeout=deadline, connect_timeout=CONNECT_TIMEOUT_S
         ):
-            response = dfdaemon_pb2.DownloadTaskResponse.FromString(raw)
-            which = response.WhichOneof("response")
-            if which == "download_task_started_response":
-                started = True
-                r = response.download_task_started_response
-                content_length = int(r.content_length)
-                sink.started(content_length)
-                for piece in r.pieces:
-                    sink.advance(int(piece.length))
-            elif which == "download_piece_finished_response":
-                sink.advance(int(response.download_piece_finished_response.piece.length))
+            state.take(raw, sink)
+        if state.file is not None:
+            gap = state.file.incomplete()
+            if gap is not None:
+                raise DfgetFailure(ExitCode.UNEXPECTED, f"the daemon ended the download early: {gap}")
+            state.file.commit()
     except h2call.RpcError as e:
-        if e.local and e.code == "UNAVAILABLE" and not started:
+        state.discard()
+        if e.local and e.code == "UNAVAILABLE" and not state.started:
             gone = DaemonUnavailable(f"no daemon answers on {p.socket} ({e.details}); {DAEMON_HINT}")
             raise failure_from_error(gone) from None
         raise failure_from_status(
-            e.code, e.details, back_to_source_disabled=p.spec.disable_back_to_source, started=started
+            e.code, e.details, back_to_source_disabled=p.spec.disable_back_to_source, started=state.started
         ) from None
+    except BaseException:
+        state.discard()
+        raise
     elapsed = time.monotonic() - began
     try:
         size = p.output.stat().st_size
@@ -220,12 +269,70 @@ def execute_sync(p: GetPlan, sink: ProgressSink) -> GetResult:
         raise DfgetFailure(
             ExitCode.UNEXPECTED, f"the daemon reported success but wrote no file at {p.output}"
         ) from None
-    if started and content_length and size != content_length:
+    if state.started and state.content_length and size != state.content_length:
         raise DfgetFailure(
             ExitCode.UNEXPECTED,
-            f"the daemon wrote {size} bytes to {p.output} but announced {content_length}",
+            f"the daemon wrote {size} bytes to {p.output} but announced {state.content_length}",
         )
     return GetResult(size, elapsed)
+
+
+class _Call:
+    """One DownloadTask call's state: the request (decided once connected) and what came back."""
+
+    def __init__(self, p: GetPlan) -> None:
+        self.plan = p
+        self.started = False
+        self.content_length = 0
+        self.file: TransferFile | None = None
+
+    def request(self, sock: socket.socket) -> bytes:
+        """The request, once the socket says who answers: the content streamed, or written by the daemon."""
+        from dragonfly_api import dfdaemon_pb2
+
+        from ..api.convert import download_to_pb
+
+        p = self.plan
+        transfer = p.transfer if p.transfer is not None else not daemon_shares_files(sock)
+        download = download_to_pb(p.spec)
+        download.overwrite = p.overwrite
+        if transfer:
+            # As Dragonfly's dfget with --transfer-from-dfdaemon (src/bin/dfget/main.rs at ff17c0b):
+            # no output_path, need_piece_content set.
+            download.ClearField("output_path")
+            download.need_piece_content = True
+            self.file = TransferFile(p.output, overwrite=p.overwrite)
+        message: bytes = dfdaemon_pb2.DownloadTaskRequest(download=download).SerializeToString()
+        return message
+
+    def take(self, raw: bytes, sink: ProgressSink) -> None:
+        from dragonfly_api import dfdaemon_pb2
+
+        response = dfdaemon_pb2.DownloadTaskResponse.FromString(raw)
+        which = response.WhichOneof("response")
+        if which == "download_task_started_response":
+            self.started = True
+            r = response.download_task_started_response
+            self.content_length = int(r.content_length)
+            sink.started(self.content_length)
+            if self.file is not None:
+                # Rust's daemon lists the pieces to come (held ones included): each is awaited.
+                self.file.started(self.content_length, [int(x.number) for x in r.pieces])
+        elif which == "download_piece_finished_response":
+            piece = response.download_piece_finished_response.piece
+            if self.file is not None:
+                if not piece.HasField("content"):
+                    raise DfgetFailure(
+                        ExitCode.UNEXPECTED,
+                        f"the daemon sent piece {piece.number} without its content "
+                        "(it does not support --transfer-from-dfdaemon)",
+                    )
+                self.file.piece(int(piece.number), int(piece.offset), piece.content)
+            sink.advance(int(piece.length))
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.discard()
 
 
 def remove_new_output(p: GetPlan) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import unquote
 
 import hpack
@@ -90,13 +90,19 @@ class _Reader:
 
 
 def server_stream(
-    path: str, method: str, message: bytes, *, timeout: float | None = None, connect_timeout: float = 5.0
+    path: str,
+    method: str,
+    message: bytes | Callable[[socket.socket], bytes],
+    *,
+    timeout: float | None = None,
+    connect_timeout: float = 5.0,
 ) -> Iterator[bytes]:
     """Call ``method`` (``/package.Service/Method``) on the unix socket ``path`` with one
     request ``message``; yield each response message. Raises :class:`RpcError` (with
-    ``UNAVAILABLE`` when nothing answers at ``path``)."""
-    if len(message) > MAX_REQUEST:
-        raise ValueError(f"request of {len(message)} bytes is too large for this client")
+    ``UNAVAILABLE`` when nothing answers at ``path``).
+
+    ``message`` may be a function of the connected socket: a request that depends on who
+    answers (dfget asks for the content when the daemon cannot see its files)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(connect_timeout)
@@ -105,6 +111,10 @@ def server_stream(
         except OSError as e:
             raise RpcError("UNAVAILABLE", f"failed to connect to {path}: {e.strerror or e}") from None
         sock.settimeout(None)
+        if callable(message):
+            message = message(sock)
+        if len(message) > MAX_REQUEST:
+            raise ValueError(f"request of {len(message)} bytes is too large for this client")
         deadline = time.monotonic() + timeout if timeout else None
         yield from _call(sock, method, message, deadline, timeout)
     finally:

@@ -15,6 +15,7 @@ few lines of translation, and splitting them by service would repeat those.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -37,8 +38,9 @@ from ..errors import (
 )
 from ..units import parse_size
 from .download import output
+from .download.local_stream import PieceReader, started_pieces
 from .download.progress import follow_download
-from .download.tasks import TaskManager
+from .download.tasks import TaskManager, task_id_for
 from .grpc_status import status_for
 from .host_network import NetworkMonitor
 from .persistent_cache import PersistentCache, PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
@@ -80,6 +82,13 @@ def take_rate_limit(spec: DownloadSpec) -> ByteLimiter | None:
                 raise InvalidArgument(f"{RATE_LIMIT_HEADER}: not a rate: {raw!r} (try 10MB/s)") from None
             return ByteLimiter(rate, name="download-task") if rate > 0 else None
     return None
+
+
+def _listed(piece: PieceInfo, held: bool) -> common_pb2.Piece:
+    """A piece of the started message: as stored when held, else where it will be."""
+    if held:
+        return piece_to_pb(piece)
+    return common_pb2.Piece(number=piece.number, offset=piece.offset, length=piece.length)
 
 
 def local_task_info(meta: TaskMeta, *, uploading: int = 0, uploaded: int = 0) -> LocalTaskInfo:
@@ -147,7 +156,13 @@ class Downloads:
             spec = download_from_pb(request.download)
             if remote:
                 spec.output_path = ""  # a remote caller never writes files on this host
-            async for msg in self.progress(spec):
+            # Two Download fields only this edge reads (DownloadSpec has no place for them):
+            # the content in each piece message (dfget --transfer-from-dfdaemon), and whether
+            # an existing output may be replaced (dfget --overwrite).
+            with_content = request.download.need_piece_content
+            async for msg in self.progress(
+                spec, with_content=with_content, overwrite=request.download.overwrite
+            ):
                 yield msg
         except asyncio.CancelledError:
             raise
@@ -156,14 +171,21 @@ class Downloads:
             await _abort(context, e)
 
     async def progress(
-        self, spec: DownloadSpec, *, check_url: bool = True
+        self,
+        spec: DownloadSpec,
+        *,
+        check_url: bool = True,
+        with_content: bool = False,
+        overwrite: bool = True,
     ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
         """Yield DownloadTaskResponse messages until the task is complete; raise on failure.
 
         The task is held in use (the cache GC skips it) until the caller is done,
         export included. A ``X-Damselfly-Rate-Limit`` request header (bytes per
         second) limits the download it starts, under the host's limit; it is
-        consumed here and never sent to the origin.
+        consumed here and never sent to the origin. ``with_content``: each piece
+        message carries the piece's bytes (``need_piece_content``). ``overwrite``
+        False: an existing output is refused, before the download and at the rename.
         """
         if check_url:
             scheme = urlsplit(spec.url).scheme
@@ -176,6 +198,11 @@ class Downloads:
             # A task named by a blob's digest holds what the digest says, or nothing.
             encoded = ids.blob_digest(spec.url)
             spec.digest = f"sha256:{encoded}" if encoded else ""
+        if out is not None and not overwrite:
+            # Refused before any download starts (an output that is this task's stored content,
+            # linked by an earlier run, is not "another" file: it stays).
+            held = self.store.content_path(task_id_for(spec))
+            output.refuse_existing(out, held, overwrite=False)
         task_limiter = take_rate_limit(spec)
         token = TASK_LIMITER.set(task_limiter)
         try:
@@ -183,41 +210,71 @@ class Downloads:
         finally:
             TASK_LIMITER.reset(token)
         with self.store.using(task_id):
-            async for msg in self._follow(spec, task_id, job, out):
+            async for msg in self._follow(
+                spec, task_id, job, out, with_content=with_content, overwrite=overwrite
+            ):
                 yield msg
 
     async def _follow(
-        self, spec: DownloadSpec, task_id: str, job: asyncio.Task[None], out: Path | None
+        self,
+        spec: DownloadSpec,
+        task_id: str,
+        job: asyncio.Task[None],
+        out: Path | None,
+        *,
+        with_content: bool = False,
+        overwrite: bool = True,
     ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
         conductor = self.manager.running().get(task_id)
         peer_id = conductor.peer_id if conductor is not None else ""
-        with logs.log_context(task_id=task_id, peer_id=peer_id):
+        reader = PieceReader(self.store, task_id) if with_content else None
+        with logs.log_context(task_id=task_id, peer_id=peer_id), contextlib.ExitStack() as stack:
+            if reader is not None:
+                stack.callback(reader.close)
             deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
             late = f"download did not finish within {spec.timeout_s or 0:.0f}s"
             async for event in follow_download(self.store, task_id, job, deadline=deadline, late=late):
                 if isinstance(event, DownloadStarted):
+                    meta = self.store.get(task_id)
+                    listed = [_listed(p, held) for p, held in started_pieces(meta, spec.range)]
+                    started = dfdaemon_pb2.DownloadTaskStartedResponse(
+                        content_length=event.content_length,
+                        # As Rust (resource/task.rs): finished when the store holds it whole.
+                        is_finished=event.finished or (meta is not None and meta.is_complete),
+                        pieces=listed,
+                    )
+                    if spec.range is not None:
+                        started.range.start = spec.range.start
+                        started.range.length = spec.range.length
                     yield dfdaemon_pb2.DownloadTaskResponse(
                         host_id=self.host.id,
                         task_id=task_id,
                         peer_id=peer_id,
-                        download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
-                            content_length=event.content_length, is_finished=event.finished
-                        ),
+                        download_task_started_response=started,
                     )
                 else:
+                    piece = piece_to_pb(event.piece)
+                    if reader is not None:
+                        piece.content = await reader.read(event.piece.offset, event.piece.length)
                     yield dfdaemon_pb2.DownloadTaskResponse(
                         host_id=self.host.id,
                         task_id=task_id,
                         peer_id=peer_id,
                         download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(
-                            piece=piece_to_pb(event.piece)
+                            piece=piece
                         ),
                     )
             if spec.digest and self.manager.verified.get(task_id) != spec.digest:
+                # The stream's OK status is the verdict: a caller given the content (with_content)
+                # keeps it only when the call ends OK, so a mismatch still reaches it as DATA_LOSS.
                 await asyncio.to_thread(output.verify_content, self.store.content_path(task_id), spec.digest)
             if out is not None:
                 how = await asyncio.to_thread(
-                    output.export, self.store.content_path(task_id), out, force_hard_link=spec.force_hard_link
+                    output.export,
+                    self.store.content_path(task_id),
+                    out,
+                    force_hard_link=spec.force_hard_link,
+                    overwrite=overwrite,
                 )
                 log.info("wrote %s (%s)", out, how)
             self.store.touch(task_id)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,59 @@ def test_get_flags(captured: dict[str, Any], spelling: str, monkeypatch: pytest.
     assert opts.endpoint == "unix:///run/x.sock"
 
 
+def test_get_overwrite_and_transfer_flags(captured: dict[str, Any]) -> None:
+    assert dfget(["http://h/x", "-O", "/tmp/out"]) == 0
+    assert not captured["opts"].overwrite and not captured["opts"].transfer_from_dfdaemon
+    assert dfget(["http://h/x", "-O", "/tmp/out", "--overwrite", "--transfer-from-dfdaemon"]) == 0
+    assert captured["opts"].overwrite and captured["opts"].transfer_from_dfdaemon
+
+
+def test_plan_refuses_an_existing_output_unless_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.write_bytes(b"mine")
+    with pytest.raises(get_module.DfgetFailure) as e:
+        get_module.plan(get_module.GetOptions(url="http://h/x", output=str(out), endpoint="/d.sock"))
+    assert e.value.code == 7
+    assert e.value.message == f"output path {out} already exists; pass --overwrite to replace it"
+    # A dangling symlink is a name that exists too: refused, not followed.
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(get_module.DfgetFailure):
+        get_module.plan(get_module.GetOptions(url="http://h/x", output=str(link), endpoint="/d.sock"))
+    p = get_module.plan(
+        get_module.GetOptions(url="http://h/x", output=str(out), endpoint="/d.sock", overwrite=True)
+    )
+    assert p.overwrite and p.output_existed and p.transfer is None  # None: decided once connected
+
+
+def test_plan_transfer_flag(tmp_path: Path) -> None:
+    opts = get_module.GetOptions(
+        url="http://h/x", output=str(tmp_path / "o"), endpoint="/d.sock", transfer_from_dfdaemon=True
+    )
+    assert get_module.plan(opts).transfer is True
+
+
+class _Peer:
+    """A socket whose peer the kernel names as ``pid`` (SO_PEERCRED)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def getsockopt(self, level: int, name: int, size: int) -> bytes:
+        assert (level, name) == (socket.SOL_SOCKET, socket.SO_PEERCRED)
+        return struct.pack("3i", self.pid, 0, 0)
+
+
+def test_daemon_shares_files_by_namespaces() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        assert get_module.daemon_shares_files(a)  # this very process: same namespaces
+    # pid 0: the peer lives in a PID namespace we cannot see (a pod using the node's socket).
+    assert not get_module.daemon_shares_files(_Peer(0))  # type: ignore[arg-type]
+    # A pid whose namespaces cannot be read: assumed shared, as dfget always did.
+    assert get_module.daemon_shares_files(_Peer(2**31 - 1))  # type: ignore[arg-type]
+
+
 def test_get_endpoint_from_environment(captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DAMSELFLY_ENDPOINT", "/env.sock")
     assert dfget(["http://h/x", "-O", "/tmp/out"]) == 0
@@ -209,5 +264,5 @@ def test_get_usage_errors_exit_2_and_help_lists_the_flags(capsys: pytest.Capture
     text = capsys.readouterr().out
     flags = ["--digest", "--tag", "--application", "--header", "--filtered-query-param", "--piece-length",
              "--disable-back-to-source", "--timeout", "--rate-limit", "--no-progress",
-             "--endpoint"]  # fmt: skip
+             "--endpoint", "--overwrite", "--transfer-from-dfdaemon"]  # fmt: skip
     assert [f for f in flags if f not in text] == []

@@ -21,6 +21,8 @@ from damselfly.cli.exitcodes import ExitCode
 from damselfly.cli.get import GetOptions, get_async
 
 CONTENT = b"0123456789" * 1000
+BIG_PIECE = 4 * 1024 * 1024
+BIG = bytes(range(256)) * (40 * 1024 * 1024 // 256 + 7)  # past h2call's 16 MiB windows, twice
 
 
 def _write(path: Path) -> None:
@@ -38,6 +40,10 @@ class FakeDaemon(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: ignore[mi
         out = Path(d.output_path)
         if kind == "origin404":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"origin answered 404 for {d.url}")
+        if d.need_piece_content:
+            async for msg in self._with_content(kind, context):
+                yield msg
+            return
         yield dfdaemon_pb2.DownloadTaskResponse(
             download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
                 content_length=len(CONTENT)
@@ -62,6 +68,30 @@ class FakeDaemon(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: ignore[mi
                 )
         if kind in ("ok", "many"):
             _write(out)
+
+    async def _with_content(self, kind: str, context: Any) -> AsyncIterator[Any]:
+        """As a daemon answers need_piece_content: every piece listed first, then each with its bytes."""
+        content = BIG if kind == "big" else CONTENT
+        step = len(content) // 4 if kind != "big" else BIG_PIECE
+        offsets = range(0, len(content), step)
+        spans = [(n, off, min(step, len(content) - off)) for n, off in enumerate(offsets)]
+        listed = [common_pb2.Piece(number=n, offset=off, length=ln) for n, off, ln in spans]
+        if kind == "short":
+            listed.append(common_pb2.Piece(number=len(spans), offset=len(content), length=0))
+        yield dfdaemon_pb2.DownloadTaskResponse(
+            download_task_started_response=dfdaemon_pb2.DownloadTaskStartedResponse(
+                content_length=len(content), pieces=listed
+            )
+        )
+        for n, off, ln in reversed(spans):  # any order: each lands at its offset
+            if kind == "cut" and n < len(spans) - 1:
+                await context.abort(grpc.StatusCode.INTERNAL, "connection to the parent lost")
+            piece = common_pb2.Piece(number=n, offset=off, length=ln, content=content[off : off + ln])
+            yield dfdaemon_pb2.DownloadTaskResponse(
+                download_piece_finished_response=dfdaemon_pb2.DownloadPieceFinishedResponse(piece=piece)
+            )
+        if kind == "digest":
+            await context.abort(grpc.StatusCode.DATA_LOSS, "expected sha256:aa, got sha256:bb")
 
 
 @pytest.fixture
@@ -112,9 +142,79 @@ async def test_failure_keeps_a_file_that_was_there_before(
     _, sock = daemon
     out = short_tmp / "out.bin"
     out.write_bytes(b"mine")
-    code, _ = await _get("http://h/origin404", out, sock)
+    code, _ = await _get("http://h/origin404", out, sock, overwrite=True)
     assert code is ExitCode.ORIGIN
     assert out.read_bytes() == b"mine"
+
+
+async def test_an_existing_output_is_refused_without_overwrite(
+    daemon: tuple[FakeDaemon, Path], short_tmp: Path
+) -> None:
+    fake, sock = daemon
+    out = short_tmp / "out.bin"
+    out.write_bytes(b"mine")
+    code, err = await _get("http://h/ok", out, sock)
+    assert code is ExitCode.OUTPUT
+    assert err == f"dfget: error: output path {out} already exists; pass --overwrite to replace it\n"
+    assert out.read_bytes() == b"mine" and fake.requests == []  # refused before asking the daemon
+
+
+async def test_overwrite_is_sent_to_the_daemon(daemon: tuple[FakeDaemon, Path], short_tmp: Path) -> None:
+    fake, sock = daemon
+    out = short_tmp / "out.bin"
+    out.write_bytes(b"mine")
+    code, err = await _get("http://h/ok", out, sock, overwrite=True)
+    assert code is ExitCode.OK, err
+    assert out.read_bytes() == CONTENT
+    assert fake.requests[0].overwrite and not fake.requests[0].need_piece_content
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "fake.sock")
+
+
+@pytest.mark.parametrize(("kind", "content"), [("ok", CONTENT), ("big", BIG)])
+async def test_transfer_writes_the_streamed_content(
+    daemon: tuple[FakeDaemon, Path], short_tmp: Path, kind: str, content: bytes
+) -> None:
+    fake, sock = daemon
+    out = short_tmp / "out.bin"
+    code, err = await _get(f"http://h/{kind}", out, sock, transfer_from_dfdaemon=True)
+    assert code is ExitCode.OK, err
+    assert out.read_bytes() == content
+    sent = fake.requests[0]
+    # As Rust's dfget sends it: no output path, the content asked for (src/bin/dfget/main.rs at ff17c0b).
+    assert sent.need_piece_content and not sent.HasField("output_path")
+    assert _leftovers(short_tmp) == ["out.bin"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "words"),
+    [
+        ("cut", ExitCode.UNEXPECTED, "parent lost"),
+        ("digest", ExitCode.DIGEST_MISMATCH, "digest mismatch"),
+        ("short", ExitCode.UNEXPECTED, "1 announced piece(s) missing"),
+    ],
+)
+async def test_transfer_failure_leaves_no_file(
+    daemon: tuple[FakeDaemon, Path], short_tmp: Path, kind: str, code: ExitCode, words: str
+) -> None:
+    _, sock = daemon
+    out = short_tmp / "out.bin"
+    got, err = await _get(f"http://h/{kind}", out, sock, transfer_from_dfdaemon=True)
+    assert got is code and words in err, err
+    assert _leftovers(short_tmp) == []
+
+
+async def test_transfer_failure_keeps_the_old_output(
+    daemon: tuple[FakeDaemon, Path], short_tmp: Path
+) -> None:
+    _, sock = daemon
+    out = short_tmp / "out.bin"
+    out.write_bytes(b"mine")
+    code, _ = await _get("http://h/cut", out, sock, transfer_from_dfdaemon=True, overwrite=True)
+    assert code is ExitCode.UNEXPECTED
+    assert out.read_bytes() == b"mine" and _leftovers(short_tmp) == ["out.bin"]
 
 
 async def test_origin_error(daemon: tuple[FakeDaemon, Path], short_tmp: Path) -> None:

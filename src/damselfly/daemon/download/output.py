@@ -6,6 +6,14 @@ hard-linked (or, across file systems or when linking is refused, copied with
 ``copy_file_range``) to a temp file beside the output, fsynced, and renamed
 over the output. On any failure the temp file is removed and the output path
 is untouched.
+
+An output that already exists is refused unless the caller asked to overwrite
+it (``common.v2.Download.overwrite``, dfget ``--overwrite``), as Dragonfly's
+dfdaemon does (dragonfly-client/src/grpc/dfdaemon_download.rs at ff17c0b, the
+``output path ... is already exists`` branch); an output that already *is* the
+stored content (a hard link made by an earlier run) is left as it is. The
+refusal is checked before the download starts and again at the rename, which
+then links without clobbering, so a file that appears meanwhile is kept.
 """
 
 from __future__ import annotations
@@ -35,6 +43,31 @@ def check_output_path(output: str) -> Path:
     return path
 
 
+def already_exists(output: Path) -> str:
+    return f"output path {output} already exists (replace it with --overwrite)"
+
+
+def refuse_existing(output: Path, content: Path | None = None, *, overwrite: bool) -> bool:
+    """Raise :class:`InvalidArgument` when ``output`` exists and may not be replaced.
+
+    Returns True when ``output`` already is ``content`` (same device and inode):
+    nothing to write then."""
+    try:
+        st = os.stat(output)
+    except FileNotFoundError:
+        return False
+    if content is not None:
+        try:
+            held = os.stat(content)
+        except OSError:
+            held = None
+        if held is not None and (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    if not overwrite:
+        raise InvalidArgument(already_exists(output))
+    return False
+
+
 def verify_content(content: Path, digest: str) -> None:
     """Raise DigestMismatch when ``content`` does not match ``digest`` (``sha256:...``)."""
     if digest:
@@ -55,8 +88,14 @@ def _copy(src: Path, dst_fd: int) -> None:
             offset += n
 
 
-def export(content: Path, output: Path, *, force_hard_link: bool = False, link: bool = True) -> str:
-    """Place ``content`` at ``output`` atomically; return ``"link"`` or ``"copy"``."""
+def export(
+    content: Path, output: Path, *, force_hard_link: bool = False, link: bool = True, overwrite: bool = True
+) -> str:
+    """Place ``content`` at ``output`` atomically; return ``"link"``, ``"copy"`` or ``"kept"``.
+
+    ``overwrite=False``: an existing ``output`` is refused (:func:`refuse_existing`)."""
+    if refuse_existing(output, content, overwrite=overwrite):
+        return "kept"
     tmp = output.parent / f".{output.name}.damselfly-{secrets.token_hex(4)}.tmp"
     how = "copy"
     try:
@@ -76,14 +115,33 @@ def export(content: Path, output: Path, *, force_hard_link: bool = False, link: 
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.replace(tmp, output)
+        place(tmp, output, overwrite=overwrite)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(output.parent, os.O_RDONLY)
+    sync_dir(output.parent)
+    return how
+
+
+def place(tmp: Path, output: Path, *, overwrite: bool) -> None:
+    """Rename the finished ``tmp`` to ``output``; without ``overwrite``, never over an existing file.
+
+    The no-clobber form links then unlinks: ``link`` fails on an existing name, atomically."""
+    if overwrite:
+        os.replace(tmp, output)
+        return
+    try:
+        os.link(tmp, output)
+    except FileExistsError:
+        raise InvalidArgument(already_exists(output)) from None
+    os.unlink(tmp)
+
+
+def sync_dir(folder: Path) -> None:
+    """fsync a folder, so a rename in it survives a crash."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return how
