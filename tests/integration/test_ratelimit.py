@@ -21,8 +21,8 @@ from damselfly.config import load_daemon_config
 from damselfly.daemon import service
 from damselfly.daemon.app import Daemon
 from damselfly.daemon.download.tasks import task_id_for
+from damselfly.daemon.download_rpc import RATE_LIMIT_HEADER
 from damselfly.daemon.ratelimit import ByteLimiter
-from damselfly.daemon.service import RATE_LIMIT_HEADER
 from damselfly.daemon.transfer.piece_client import PieceClient
 from damselfly.domain import DownloadSpec
 from damselfly.errors import ResourceExhausted

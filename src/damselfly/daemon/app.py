@@ -34,13 +34,14 @@ from ..errors import DamselflyError, SchedulerError
 from ..process import metrics_app, run_until_signal, write_ready_file
 from .download.conductor import ConductorDeps
 from .download.tasks import TaskManager
+from .download_rpc import Downloads
 from .gc import CacheGC
 from .metrics import DaemonMetrics
 from .origin.source import HTTPSource
 from .persistent_cache import PersistentCache, local_delete_handler
 from .ratelimit import HostLimiters
 from .scheduler_client import SchedulerClient
-from .service import Downloads, DownloadService, UploadService, socket_path_ok
+from .service import DownloadService, UploadService, socket_path_ok
 from .store.piece_store import PieceStore
 from .threads import to_thread_to_the_end
 from .transfer.local_pieces import LocalPieces, LocalPieceServer

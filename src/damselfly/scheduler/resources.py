@@ -13,6 +13,9 @@ upload slots are a subtraction.
 The DAG: edges go child -> parents (``Peer.parents``) with the reverse index in
 ``Peer.children``. An edge that would make a cycle, or joins two peers of one
 host, is refused.
+
+Long because: hosts, tasks and peers (with the parent DAG) are one object graph
+whose invariants, who points at whom, are kept in one module.
 """
 
 from __future__ import annotations

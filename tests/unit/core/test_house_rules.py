@@ -1,7 +1,7 @@
 """The house rules of ``src/damselfly``, checked so the house stays readable as it grows.
 
-* No module over 600 lines unless its docstring says why (a line starting
-  ``Long because``); aim for ~500.
+* No module over 600 lines; one over 500 says why in its docstring (a line
+  starting ``Long because``).
 * No folder with more than 18 modules directly in it.
 * Protobuf only at the RPC edge: ``damselfly.api`` and modules whose job is an
   RPC edge (named ``*service``, ``*rpc``, ``*client``, ``app``, or under
@@ -17,6 +17,7 @@ import damselfly
 
 ROOT = Path(damselfly.__file__).parent
 MAX_LINES = 600
+LINES_WITHOUT_A_REASON = 500
 MAX_MODULES_PER_FOLDER = 18
 EDGE_SUFFIXES = ("service", "rpc", "client")
 
@@ -46,13 +47,13 @@ def _imports_protobuf(tree: ast.Module) -> list[str]:
     return found
 
 
-def test_no_module_is_over_the_line_limit_without_a_reason() -> None:
+def test_no_module_is_over_the_line_limit_and_a_long_one_says_why() -> None:
     too_long = []
     for path in _modules():
         text = path.read_text()
         lines = text.count("\n")
         doc = ast.get_docstring(ast.parse(text)) or ""
-        if lines > MAX_LINES and "Long because" not in doc:
+        if lines > MAX_LINES or (lines > LINES_WITHOUT_A_REASON and "Long because" not in doc):
             too_long.append(f"{path.relative_to(ROOT)}: {lines} lines")
     assert too_long == []
 

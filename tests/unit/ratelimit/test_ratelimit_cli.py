@@ -7,7 +7,7 @@ import pytest
 from damselfly.cli.exitcodes import DfgetFailure
 from damselfly.cli.get import RATE_LIMIT_HEADER, GetOptions, parse_rate, plan
 from damselfly.daemon import service
-from damselfly.daemon.service import take_rate_limit
+from damselfly.daemon.download_rpc import take_rate_limit
 from damselfly.domain import DownloadSpec
 from damselfly.errors import InvalidArgument
 

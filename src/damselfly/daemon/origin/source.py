@@ -23,6 +23,10 @@ refused connection, TLS, connect timeout -> :class:`SourceUnreachable`; no byte
 for ``read_timeout`` -> :class:`DownloadTimeout`; a body shorter than announced,
 or a broken connection mid-body -> :class:`SourceError`; a failed disk write ->
 :class:`StorageError`.
+
+Long because: one origin client serves the streaming fetch, the ranged fill of a
+resumed task and the size probe, and they share its session, status checks and
+error mapping.
 """
 
 from __future__ import annotations
