@@ -18,7 +18,7 @@ import pytest
 
 from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from damselfly.config import load_daemon_config
-from damselfly.daemon import service
+from damselfly.daemon import download_rpc
 from damselfly.daemon.app import Daemon
 from damselfly.daemon.download.tasks import task_id_for
 from damselfly.daemon.download_rpc import RATE_LIMIT_HEADER
@@ -122,7 +122,7 @@ async def test_per_download_limit_via_header_is_consumed_not_forwarded(
     url = await _seeded(swarm, "task.bin")
     peer = await swarm.add_daemon("peer")
     limits: list[tuple[ByteLimiter, list[tuple[float, int]]]] = []
-    take_rate_limit = service.take_rate_limit
+    take_rate_limit = download_rpc.take_rate_limit
 
     def taken(spec: DownloadSpec) -> ByteLimiter | None:
         limiter = take_rate_limit(spec)
@@ -130,7 +130,7 @@ async def test_per_download_limit_via_header_is_consumed_not_forwarded(
             limits.append((limiter, watch(limiter)))
         return limiter
 
-    monkeypatch.setattr(service, "take_rate_limit", taken)
+    monkeypatch.setattr(download_rpc, "take_rate_limit", taken)
     seen: list[dict[str, str]] = []
     for d in (peer, swarm.daemons["seed"]):
         original = d.source.fetch_into

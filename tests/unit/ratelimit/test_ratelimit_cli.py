@@ -6,7 +6,7 @@ import pytest
 
 from damselfly.cli.exitcodes import DfgetFailure
 from damselfly.cli.get import RATE_LIMIT_HEADER, GetOptions, parse_rate, plan
-from damselfly.daemon import service
+from damselfly.daemon import download_rpc
 from damselfly.daemon.download_rpc import take_rate_limit
 from damselfly.domain import DownloadSpec
 from damselfly.errors import InvalidArgument
@@ -22,7 +22,7 @@ def test_parse_rate_accepts_sizes_with_or_without_per_second() -> None:
 
 
 def test_plan_puts_the_rate_in_the_header_the_daemon_reads(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    assert RATE_LIMIT_HEADER == service.RATE_LIMIT_HEADER
+    assert RATE_LIMIT_HEADER == download_rpc.RATE_LIMIT_HEADER
     p = plan(GetOptions(url="http://o/f", output=str(tmp_path / "f"), rate_limit="2MB/s", endpoint="/x.sock"))
     assert p.spec.request_header[RATE_LIMIT_HEADER] == "2000000"
     with pytest.raises(DfgetFailure):
