@@ -9,21 +9,29 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon.persistent_cache import persistent_cache_task_id, resolve_task_id, stage_file
+from damselfly.daemon.persistent_cache import (
+    named_task_id,
+    persistent_cache_task_id,
+    resolve_task_id,
+    stage_file,
+    task_id_suffix,
+)
 from damselfly.errors import InvalidArgument, StorageError
 from damselfly.ids import is_task_id
 
 
-def test_ids_depend_on_content_tag_and_application_only() -> None:
-    a = persistent_cache_task_id("sha256:" + "ab" * 32)
+def test_ids_depend_on_content_tag_application_and_requested_piece_length() -> None:
+    a = persistent_cache_task_id(b"content")
     assert is_task_id(a) and len(a) == 64
-    assert persistent_cache_task_id("sha256:" + "ab" * 32) == a
-    assert persistent_cache_task_id("sha256:" + "cd" * 32) != a
-    assert persistent_cache_task_id("sha256:" + "ab" * 32, tag="v2") != a
-    assert persistent_cache_task_id("sha256:" + "ab" * 32, application="x") != a
-    # Fields are delimited: moving a character from the tag to the application is another task.
-    assert persistent_cache_task_id("b", tag="ta", application="g") != persistent_cache_task_id(
-        "b", tag="t", application="ag"
+    assert a == hashlib.sha256(b"contentPERSISTENT_CACHE").hexdigest()
+    assert persistent_cache_task_id(b"content") == a
+    assert persistent_cache_task_id(b"other") != a
+    assert persistent_cache_task_id(b"content", tag="v2") != a
+    assert persistent_cache_task_id(b"content", application="x") != a
+    assert persistent_cache_task_id(b"content", piece_length=4096) != a
+    # Dragonfly's formula has no separators: only the concatenation counts.
+    assert persistent_cache_task_id(b"b", tag="ta", application="g") == persistent_cache_task_id(
+        b"b", tag="t", application="ag"
     )
 
 
@@ -32,12 +40,20 @@ def test_resolve_keeps_a_hex_id_and_hashes_a_name() -> None:
     assert resolve_task_id(hex_id) == hex_id
     assert resolve_task_id(f"  {hex_id}\n") == hex_id
     named = resolve_task_id("model-v1")
-    assert is_task_id(named) and named == persistent_cache_task_id("id:model-v1")
-    assert resolve_task_id("model-v1", tag="t") != named
-    # A name can never collide with a content-derived ID (different basis prefix).
-    assert named != persistent_cache_task_id("sha256:model-v1")
+    assert is_task_id(named) and named == named_task_id("model-v1")
+    assert named == hashlib.sha256(b"model-v1").hexdigest()
     with pytest.raises(InvalidArgument):
         resolve_task_id("  ")
+
+
+def test_stage_file_names_the_content_as_a_second_read_would(tmp_path: Path) -> None:
+    data = os.urandom(3 * 4096 + 5)
+    (tmp_path / "src").write_bytes(data)
+    suffix = task_id_suffix(tag="t", application="a", piece_length=4096)
+    staged = stage_file(tmp_path / "src", tmp_path / "dst", 4096, id_suffix=suffix)
+    assert staged.task_id == persistent_cache_task_id(data, tag="t", application="a", piece_length=4096)
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()  # the content's own digest is unchanged
+    assert stage_file(tmp_path / "src", tmp_path / "dst2", 4096).task_id == ""  # no suffix, no ID
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096, 4096 * 3, 4096 * 3 + 17])

@@ -11,14 +11,15 @@ A persistent cache task is a file put into the swarm with no origin behind it.
   change the bytes under their recorded crc32 and every replica would reject
   them. The content is fsynced before the task counts as held: there is no
   origin to fetch it again from.
-* **Task ID**: Dragonfly derives it from the crc32 of the content plus tag and
-  application. Damselfly uses ``sha256("persistent-cache" | "sha256:<content
-  sha256>" | tag | application)`` instead (:func:`persistent_cache_task_id`):
-  a 32-bit ID collides by the birthday bound after some tens of thousands of
-  files, which would serve one file's bytes for another's ID, and the store
-  and the piece protocol address tasks by 64 hex digits. ``--id NAME`` names a
-  task instead of hashing it (the ID is then the same sha256 over ``id:NAME``);
-  a 64-hex ``--id`` is used verbatim (:func:`resolve_task_id`).
+* **Task ID**: Dragonfly's (:func:`persistent_cache_task_id`): the sha256
+  of the content's bytes, then the tag, the application, the requested piece
+  length (if one was) and ``PERSISTENT_CACHE``, so one file imported on a
+  Dragonfly and on a Damselfly daemon is one task. :func:`stage_file` hashes
+  it in the import's one pass (a copy of the content's hasher continued with
+  :func:`task_id_suffix`). ``--id NAME`` (``content_for_calculating_task_id``)
+  names a task instead: its ID is the sha256 of the name alone
+  (:func:`named_task_id`); export, stat and delete take the 64-hex ID or the
+  name (:func:`resolve_task_id`).
 * **Export** (``DfdaemonDownload.DownloadPersistentCacheTask``) and
   **replication** (``DfdaemonUpload.DownloadPersistentCacheTask``, from the
   scheduler): a :class:`CacheConductor` — the normal P2P download with the
@@ -34,7 +35,7 @@ Owner of the downloads' asyncio tasks and of the channels to the scheduler:
 :class:`PersistentCache`, closed by the daemon's ``stop``.
 """
 
-from .content import persistent_cache_task_id, resolve_task_id, stage_file
+from .content import named_task_id, persistent_cache_task_id, resolve_task_id, stage_file, task_id_suffix
 from .manager import DEFAULT_REPLICAS, DEFAULT_TTL, PersistentCache
 from .rpc import PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs, local_delete_handler
 
@@ -45,7 +46,9 @@ __all__ = [
     "PersistentCacheDownloadRPCs",
     "PersistentCacheUploadRPCs",
     "local_delete_handler",
+    "named_task_id",
     "persistent_cache_task_id",
     "resolve_task_id",
     "stage_file",
+    "task_id_suffix",
 ]

@@ -23,23 +23,47 @@ _CHUNK = 4 * MiB
 # -- IDs -------------------------------------------------------------------------
 
 
-def persistent_cache_task_id(basis: str, *, tag: str = "", application: str = "") -> str:
-    """The task ID for ``basis`` (``sha256:<hex>`` of the content, or ``id:<name>``)."""
-    h = hashlib.sha256(b"persistent-cache\0")
-    for part in (basis, tag, application):
-        h.update(part.encode())
-        h.update(b"\0")
-    return h.hexdigest()
+def task_id_suffix(*, tag: str = "", application: str = "", piece_length: int | None = None) -> bytes:
+    """What follows the content's bytes in the hash that names an imported file.
+
+    Dragonfly's formula (dragonfly-client-util/src/id_generator/mod.rs,
+    ``persistent_cache_task_id`` with ``FileContentBased``): the tag, the
+    application, the *requested* piece length as a decimal string (none when
+    the daemon chose it), then ``PERSISTENT_CACHE``. No separators: an empty
+    tag adds nothing, exactly as Dragonfly's absent one.
+    """
+    parts = [tag.encode(), application.encode()]
+    if piece_length is not None:
+        parts.append(str(piece_length).encode())
+    parts.append(b"PERSISTENT_CACHE")
+    return b"".join(parts)
 
 
-def resolve_task_id(text: str, *, tag: str = "", application: str = "") -> str:
-    """A 64-hex ID as is; any other name hashed with the tag and application."""
-    text = text.strip()
-    if not text:
+def persistent_cache_task_id(
+    content: bytes, *, tag: str = "", application: str = "", piece_length: int | None = None
+) -> str:
+    """The task ID of ``content`` imported as a file (in memory; imports use :func:`stage_file`)."""
+    suffix = task_id_suffix(tag=tag, application=application, piece_length=piece_length)
+    return hashlib.sha256(content + suffix).hexdigest()
+
+
+def named_task_id(name: str) -> str:
+    """The task ID of an import named by ``--id`` (``content_for_calculating_task_id``).
+
+    Dragonfly's ``Content`` rule: the sha256 of the name alone, whatever the
+    tag or application, so a Dragonfly and a Damselfly daemon name it alike.
+    """
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def resolve_task_id(text: str) -> str:
+    """What export, stat and delete were given: a 64-hex ID as is, any other text as an ``--id`` name."""
+    if not text.strip():
         raise InvalidArgument("no persistent cache task ID given")
-    if len(text) == 64 and ids.is_task_id(text):
-        return text
-    return persistent_cache_task_id(f"id:{text}", tag=tag, application=application)
+    hex_id = text.strip()
+    if len(hex_id) == 64 and ids.is_task_id(hex_id):
+        return hex_id
+    return named_task_id(text)
 
 
 # -- import: one pass over the file ------------------------------------------------
@@ -52,13 +76,18 @@ class StagedFile:
     piece_length: int
     sha256: str
     pieces: list[PieceInfo]
+    task_id: str = ""  # with ``id_suffix``: the content's ID (:func:`task_id_suffix`)
 
 
-def stage_file(src: Path, dst: Path, piece_length: int, *, hash_content: bool = True) -> StagedFile:
+def stage_file(
+    src: Path, dst: Path, piece_length: int, *, hash_content: bool = True, id_suffix: bytes | None = None
+) -> StagedFile:
     """Copy ``src`` to a new file ``dst``, computing each piece's crc32 (and the sha256) on the way.
 
-    Blocking; run it in a thread. ``dst`` must not exist (it is never
-    overwritten); on failure it is removed.
+    With ``id_suffix`` (and ``hash_content``), also the task ID: a copy of the
+    content's hasher continued with the suffix, so naming the file costs no
+    second read. Blocking; run it in a thread. ``dst`` must not exist (it is
+    never overwritten); on failure it is removed.
     """
     sha = hashlib.sha256() if hash_content else None
     buf = bytearray(min(_CHUNK, piece_length))
@@ -106,4 +135,11 @@ def stage_file(src: Path, dst: Path, piece_length: int, *, hash_content: bool = 
             os.close(fd)
     finally:
         fin.close()
-    return StagedFile(dst, offset, piece_length, sha.hexdigest() if sha else "", pieces)
+    if sha is None:
+        return StagedFile(dst, offset, piece_length, "", pieces)
+    task_id = ""
+    if id_suffix is not None:
+        named = sha.copy()
+        named.update(id_suffix)
+        task_id = named.hexdigest()
+    return StagedFile(dst, offset, piece_length, sha.hexdigest(), pieces, task_id)

@@ -43,7 +43,7 @@ from ..download.tasks import RunningDownloads
 from ..store.metadata import TaskMeta
 from ..store.piece_store import PieceStore
 from .client import CachePeerRPC, CacheSchedulerClient, UnknownCacheTask
-from .content import StagedFile, persistent_cache_task_id, resolve_task_id, stage_file
+from .content import StagedFile, named_task_id, resolve_task_id, stage_file, task_id_suffix
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +165,12 @@ class PersistentCache:
         named = req.content_for_calculating_task_id
         self.staging.mkdir(exist_ok=True)
         staged_path = self.staging / f"{secrets.token_hex(8)}.part"
-        staged = await asyncio.to_thread(stage_file, path, staged_path, piece_length, hash_content=not named)
+        suffix = None if named else task_id_suffix(tag=tag, application=app, piece_length=req.piece_length)
+        staged = await asyncio.to_thread(
+            stage_file, path, staged_path, piece_length, hash_content=not named, id_suffix=suffix
+        )
         try:
-            if named:
-                task_id = resolve_task_id(named, tag=tag, application=app)
-            else:
-                task_id = persistent_cache_task_id(f"sha256:{staged.sha256}", tag=tag, application=app)
+            task_id = named_task_id(named) if named else staged.task_id
             peer_id = ids.peer_id(self.deps.host_ip, self.deps.hostname, seed=self.deps.is_seed)
             if self.client is not None:
                 await self.client.upload_started(
@@ -235,7 +235,7 @@ class PersistentCache:
 
     async def download(self, req: CacheExport, *, remote: bool) -> AsyncIterator[DownloadProgress]:
         """``DownloadPersistentCacheTask``: progress as it goes; the output (local callers only) last."""
-        task_id = resolve_task_id(req.task_id, tag=req.tag, application=req.application)
+        task_id = resolve_task_id(req.task_id)
         out = None
         if not remote and req.output_path:
             out = output.check_output_path(req.output_path)
