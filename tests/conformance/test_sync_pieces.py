@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import random
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,13 @@ from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.domain import CandidateParent, HostInfo, PieceInfo
 from damselfly.ids import task_id
 from damselfly.pieces import piece_count, piece_span
-from helpers.rust_peer import RustSyncPieces, rust_client_download, rust_piece_server, rust_upload_server
+from helpers.rust_peer import (
+    RustPieceServer,
+    RustSyncPieces,
+    rust_client_download,
+    rust_piece_server,
+    rust_upload_server,
+)
 from helpers.store import put_piece
 
 TID = task_id("http://example.com/sync-conformance")
@@ -74,6 +81,36 @@ async def test_a_damselfly_child_lists_the_pieces_it_wants_and_learns_the_piece_
 async def test_a_damselfly_child_fetches_a_task_from_a_rust_parent(tmp_path: Path) -> None:
     """The piece loop, with the real PeerRPC and connection pool, against a Rust parent whose
     pieces are at the SyncPieces address, not at its Host.download_port (its gRPC port)."""
+    run = await child_fetches_from_rust(
+        tmp_path, lambda pieces, port: RustSyncPieces(TID, pieces, "127.0.0.1", port, finished=True)
+    )
+    assert run.done and run.content == DATA
+    assert run.sync.requests[0][0] == list(range(PIECES))
+    assert sorted(run.reports.finished) == list(range(PIECES)) and not run.reports.failed
+    # Dragonfly's piece request, one connection each, nothing more on it.
+    assert run.pieces.requests == [(c, vortex.Tag.DOWNLOAD_PIECE) for c in range(1, PIECES + 1)]
+
+
+@dataclass
+class ChildRun:
+    """How a child's piece loop fared against one Rust parent."""
+
+    done: bool
+    content: bytes
+    reports: Reports
+    sync: RustSyncPieces
+    pieces: RustPieceServer
+
+
+async def child_fetches_from_rust(
+    tmp_path: Path,
+    sync_for: Callable[[dict[int, tuple[int, int]], int], RustSyncPieces],
+    *,
+    length_known: bool = True,
+) -> ChildRun:
+    """A Damselfly child's piece loop (real PeerRPC and connection pool) fetching DATA from a Rust
+    parent holding all of it, whose gRPC side ``sync_for(pieces, piece_port)`` makes; the candidate
+    carries the task's length when ``length_known``."""
     spans = [piece_span(n, len(DATA), PL) for n in range(PIECES)]
     held = {s.number: (s.offset, DATA[s.offset : s.offset + s.length]) for s in spans}
     store = PieceStore(tmp_path / "child")
@@ -81,28 +118,22 @@ async def test_a_damselfly_child_fetches_a_task_from_a_rust_parent(tmp_path: Pat
     rpc, pool = PeerRPC(), PieceConnectionPool()
     try:
         async with rust_piece_server(held) as (pieces, piece_port):
-            rust = RustSyncPieces(
-                TID, {s.number: (s.offset, s.length) for s in spans}, "127.0.0.1", piece_port, finished=True
-            )
-            async with rust_upload_server(rust) as grpc_port:
+            sync = sync_for({s.number: (s.offset, s.length) for s in spans}, piece_port)
+            async with rust_upload_server(sync) as grpc_port:
                 deps = ConductorDeps(
                     store=store, pool=pool, source=None, peer_rpc=rpc, scheduler=None,  # type: ignore[arg-type]
                     host_id="127.0.0.1-me", host_ip="127.0.0.1", hostname="me", is_seed=False,
                 )  # fmt: skip
                 loop = PieceLoop(deps, TID, PL, ParentTable(concurrent_piece_count=4))
-                parent = CandidateParent("127.0.0.1-rust-1", rust_host(grpc_port), TID, len(DATA), PIECES)
-                loop.add_parents([parent])
+                sizes = (len(DATA), PIECES) if length_known else (None, None)
+                loop.add_parents([CandidateParent("127.0.0.1-rust-1", rust_host(grpc_port), TID, *sizes)])
                 reports = Reports()
                 try:
                     done = await asyncio.wait_for(loop.run(reports, None, idle), 30)  # type: ignore[arg-type]
                 finally:
                     loop.stop()
-        assert done
-        assert store.content_path(TID).read_bytes() == DATA
-        assert rust.requests[0][0] == list(range(PIECES))
-        assert sorted(reports.finished) == list(range(PIECES)) and not reports.failed
-        # Dragonfly's piece request, one connection each, nothing more on it.
-        assert pieces.requests == [(c, vortex.Tag.DOWNLOAD_PIECE) for c in range(1, PIECES + 1)]
+        content = store.content_path(TID).read_bytes() if done else b""
+        return ChildRun(done, content, reports, sync, pieces)
     finally:
         await pool.close()
         await rpc.close()
@@ -302,36 +333,12 @@ async def test_a_child_without_the_length_fetches_from_a_rust_parent_whatever_it
     """The candidate carries no length (the scheduler did not say it): the child asks the Rust
     parent, takes its own store's word (StatLocalTask) and does not drop it for a StatTask that
     cannot say; the download completes from it."""
-    spans = [piece_span(n, len(DATA), PL) for n in range(PIECES)]
-    held = {s.number: (s.offset, DATA[s.offset : s.offset + s.length]) for s in spans}
-    store = PieceStore(tmp_path / "child")
-    store.create_task(TID)
-    rpc, pool = PeerRPC(), PieceConnectionPool()
-    try:
-        async with rust_piece_server(held) as (_, piece_port):
-            rust = RustStat(
-                {s.number: (s.offset, s.length) for s in spans}, piece_port, stat=stat, local=True
-            )
-            async with rust_upload_server(rust) as grpc_port:
-                deps = ConductorDeps(
-                    store=store, pool=pool, source=None, peer_rpc=rpc, scheduler=None,  # type: ignore[arg-type]
-                    host_id="127.0.0.1-me", host_ip="127.0.0.1", hostname="me", is_seed=False,
-                )  # fmt: skip
-                loop = PieceLoop(deps, TID, PL, ParentTable(concurrent_piece_count=4))
-                loop.add_parents([CandidateParent("127.0.0.1-rust-1", rust_host(grpc_port), TID)])
-                reports = Reports()
-                try:
-                    done = await asyncio.wait_for(loop.run(reports, None, idle), 30)  # type: ignore[arg-type]
-                finally:
-                    loop.stop()
-        assert done
-        assert store.content_path(TID).read_bytes() == DATA
-        assert sorted(reports.finished) == list(range(PIECES)) and not reports.failed
-        assert [r[0] for r in rust.requests] == [list(range(PIECES))]  # one SyncPieces, all pieces listed
-    finally:
-        await pool.close()
-        await rpc.close()
-        store.close()
+    run = await child_fetches_from_rust(
+        tmp_path, lambda pieces, port: RustStat(pieces, port, stat=stat, local=True), length_known=False
+    )
+    assert run.done and run.content == DATA
+    assert sorted(run.reports.finished) == list(range(PIECES)) and not run.reports.failed
+    assert [r[0] for r in run.sync.requests] == [list(range(PIECES))]  # one SyncPieces, all pieces listed
 
 
 @pytest.mark.parametrize(
