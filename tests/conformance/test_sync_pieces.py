@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import random
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from damselfly.api import dfdaemon_pb2, dfdaemon_pb2_grpc
+from damselfly.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from damselfly.daemon.download.conductor import ConductorDeps
 from damselfly.daemon.download.parents import ParentTable
 from damselfly.daemon.download.piece_loop import PieceLoop
@@ -35,7 +36,13 @@ from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.domain import CandidateParent, HostInfo, PieceInfo
 from damselfly.ids import task_id
 from damselfly.pieces import piece_count, piece_span
-from helpers.rust_peer import RustSyncPieces, rust_client_download, rust_piece_server, rust_upload_server
+from helpers.rust_peer import (
+    RustPieceServer,
+    RustSyncPieces,
+    rust_client_download,
+    rust_piece_server,
+    rust_upload_server,
+)
 from helpers.store import put_piece
 
 TID = task_id("http://example.com/sync-conformance")
@@ -74,6 +81,36 @@ async def test_a_damselfly_child_lists_the_pieces_it_wants_and_learns_the_piece_
 async def test_a_damselfly_child_fetches_a_task_from_a_rust_parent(tmp_path: Path) -> None:
     """The piece loop, with the real PeerRPC and connection pool, against a Rust parent whose
     pieces are at the SyncPieces address, not at its Host.download_port (its gRPC port)."""
+    run = await child_fetches_from_rust(
+        tmp_path, lambda pieces, port: RustSyncPieces(TID, pieces, "127.0.0.1", port, finished=True)
+    )
+    assert run.done and run.content == DATA
+    assert run.sync.requests[0][0] == list(range(PIECES))
+    assert sorted(run.reports.finished) == list(range(PIECES)) and not run.reports.failed
+    # Dragonfly's piece request, one connection each, nothing more on it.
+    assert run.pieces.requests == [(c, vortex.Tag.DOWNLOAD_PIECE) for c in range(1, PIECES + 1)]
+
+
+@dataclass
+class ChildRun:
+    """How a child's piece loop fared against one Rust parent."""
+
+    done: bool
+    content: bytes
+    reports: Reports
+    sync: RustSyncPieces
+    pieces: RustPieceServer
+
+
+async def child_fetches_from_rust(
+    tmp_path: Path,
+    sync_for: Callable[[dict[int, tuple[int, int]], int], RustSyncPieces],
+    *,
+    length_known: bool = True,
+) -> ChildRun:
+    """A Damselfly child's piece loop (real PeerRPC and connection pool) fetching DATA from a Rust
+    parent holding all of it, whose gRPC side ``sync_for(pieces, piece_port)`` makes; the candidate
+    carries the task's length when ``length_known``."""
     spans = [piece_span(n, len(DATA), PL) for n in range(PIECES)]
     held = {s.number: (s.offset, DATA[s.offset : s.offset + s.length]) for s in spans}
     store = PieceStore(tmp_path / "child")
@@ -81,28 +118,22 @@ async def test_a_damselfly_child_fetches_a_task_from_a_rust_parent(tmp_path: Pat
     rpc, pool = PeerRPC(), PieceConnectionPool()
     try:
         async with rust_piece_server(held) as (pieces, piece_port):
-            rust = RustSyncPieces(
-                TID, {s.number: (s.offset, s.length) for s in spans}, "127.0.0.1", piece_port, finished=True
-            )
-            async with rust_upload_server(rust) as grpc_port:
+            sync = sync_for({s.number: (s.offset, s.length) for s in spans}, piece_port)
+            async with rust_upload_server(sync) as grpc_port:
                 deps = ConductorDeps(
                     store=store, pool=pool, source=None, peer_rpc=rpc, scheduler=None,  # type: ignore[arg-type]
                     host_id="127.0.0.1-me", host_ip="127.0.0.1", hostname="me", is_seed=False,
                 )  # fmt: skip
                 loop = PieceLoop(deps, TID, PL, ParentTable(concurrent_piece_count=4))
-                parent = CandidateParent("127.0.0.1-rust-1", rust_host(grpc_port), TID, len(DATA), PIECES)
-                loop.add_parents([parent])
+                sizes = (len(DATA), PIECES) if length_known else (None, None)
+                loop.add_parents([CandidateParent("127.0.0.1-rust-1", rust_host(grpc_port), TID, *sizes)])
                 reports = Reports()
                 try:
                     done = await asyncio.wait_for(loop.run(reports, None, idle), 30)  # type: ignore[arg-type]
                 finally:
                     loop.stop()
-        assert done
-        assert store.content_path(TID).read_bytes() == DATA
-        assert rust.requests[0][0] == list(range(PIECES))
-        assert sorted(reports.finished) == list(range(PIECES)) and not reports.failed
-        # Dragonfly's piece request, one connection each, nothing more on it.
-        assert pieces.requests == [(c, vortex.Tag.DOWNLOAD_PIECE) for c in range(1, PIECES + 1)]
+        content = store.content_path(TID).read_bytes() if done else b""
+        return ChildRun(done, content, reports, sync, pieces)
     finally:
         await pool.close()
         await rpc.close()
@@ -249,3 +280,91 @@ async def test_two_damselfly_daemons_agree_on_the_extensions(damselfly_parent: D
         await rpc.close()
     assert [(p.number, p.ip, p.port, p.extensions) for p in on] == [(2, "127.0.0.1", parent.piece_port, True)]
     assert [(p.number, p.port, p.extensions) for p in off] == [(2, parent.piece_port, False)]
+
+
+# --------------------------------------------------------------------------- the content length, Rust parent
+# A child that does not know the content length asks its parent. A Rust parent answers
+# StatTask with its SCHEDULER's view (C:dragonfly-client/src/grpc/dfdaemon_upload.rs:692-740 calls
+# C:dragonfly-client/src/resource/task.rs:2397-2409): a scheduler's error, NOT_FOUND included, becomes
+# INTERNAL (a local TaskNotFound alone is NOT_FOUND), and the Go scheduler sends an unknown length as
+# uint64(-1) (G:scheduler/service/service_v2.go:455-516, docs/INTEROP.md 2.1, 3.1). StatLocalTask is the
+# parent's own store (dfdaemon_upload.rs:742-787, task.rs:2411-2436): content_length as held, NOT_FOUND
+# "local task not found: <id>" for a task it does not hold.
+
+UNKNOWN = 2**64 - 1
+
+
+class RustStat(RustSyncPieces):
+    """A Rust parent's SyncPieces (:class:`RustSyncPieces`), StatTask answered with its scheduler's
+    view as ``stat`` says ("scheduler": the length known; "internal": the scheduler's NOT_FOUND
+    as INTERNAL; "unknown": 2^64-1), StatLocalTask from its store unless ``local`` is False
+    (then left unimplemented, as a parent without it)."""
+
+    def __init__(self, pieces: dict[int, tuple[int, int]], tcp_port: int, *, stat: str, local: bool) -> None:
+        super().__init__(TID, pieces, "127.0.0.1", tcp_port, finished=True)
+        self.stat, self.local = stat, local
+        self.asked: list[str] = []
+
+    async def StatTask(self, request: dfdaemon_pb2.StatTaskRequest, context: Any) -> Any:
+        self.asked.append("StatTask")
+        if self.stat == "internal":
+            # tonic::Status's Display of the scheduler's answer, as Status::internal(err.to_string()).
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f'status: NotFound, message: "task {request.task_id} not found"'
+            )
+        length = len(DATA) if self.stat == "scheduler" else UNKNOWN
+        return common_pb2.Task(
+            id=request.task_id, content_length=length, piece_count=PIECES if length != UNKNOWN else 0
+        )
+
+    async def StatLocalTask(self, request: dfdaemon_pb2.StatLocalTaskRequest, context: Any) -> Any:
+        self.asked.append("StatLocalTask")
+        if not self.local:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        if request.task_id != TID:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"local task not found: {request.task_id}")
+        return dfdaemon_pb2.StatLocalTaskResponse(task_id=TID, piece_length=PL, content_length=len(DATA))
+
+
+@pytest.mark.parametrize("stat", ["scheduler", "internal", "unknown"])
+async def test_a_child_without_the_length_fetches_from_a_rust_parent_whatever_its_stat_task_says(
+    tmp_path: Path, stat: str
+) -> None:
+    """The candidate carries no length (the scheduler did not say it): the child asks the Rust
+    parent, takes its own store's word (StatLocalTask) and does not drop it for a StatTask that
+    cannot say; the download completes from it."""
+    run = await child_fetches_from_rust(
+        tmp_path, lambda pieces, port: RustStat(pieces, port, stat=stat, local=True), length_known=False
+    )
+    assert run.done and run.content == DATA
+    assert sorted(run.reports.finished) == list(range(PIECES)) and not run.reports.failed
+    assert [r[0] for r in run.sync.requests] == [list(range(PIECES))]  # one SyncPieces, all pieces listed
+
+
+@pytest.mark.parametrize(
+    ("stat", "local", "expected"),
+    [
+        ("scheduler", False, len(DATA)),  # the scheduler's view, when it knows, is the task's length
+        ("internal", False, None),
+        ("unknown", False, None),
+        ("internal", True, len(DATA)),  # the parent's own store answers first
+        ("unknown", True, len(DATA)),
+    ],
+)
+async def test_what_a_rust_parents_stat_answers_tell_a_child_of_the_length(
+    stat: str, local: bool, expected: int | None
+) -> None:
+    rust = RustStat({}, 4005, stat=stat, local=local)
+    rpc = PeerRPC()
+    try:
+        async with rust_upload_server(rust) as port:
+            length = await asyncio.wait_for(rpc.stat_task_length(rust_host(port), TID), 10)
+            asked, rust.asked = rust.asked, []
+            # A task the parent does not hold: its store says NOT_FOUND, its scheduler's view decides.
+            other = await asyncio.wait_for(rpc.stat_task_length(rust_host(port), task_id("http://x/y")), 10)
+    finally:
+        await rpc.close()
+    assert length == expected
+    assert other == (len(DATA) if stat == "scheduler" else None)
+    assert asked == (["StatLocalTask"] if local else ["StatLocalTask", "StatTask"])
+    assert rust.asked == ["StatLocalTask", "StatTask"]

@@ -4,6 +4,7 @@ syncs, a piece pool and an origin; a real PieceStore underneath. No sockets, no 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import random
@@ -50,6 +51,12 @@ def parent(name: str, port: int) -> CandidateParent:
 
 
 GOOD, BAD, EMPTY = parent("good", 7001), parent("bad", 7002), parent("empty", 7003)
+MUTE = parent("mute", 7004)  # a Rust parent whose StatTask (its scheduler's view) cannot say the length
+
+
+def with_length(p: CandidateParent) -> CandidateParent:
+    """``p`` as a scheduler that knows the task's length offers it."""
+    return dataclasses.replace(p, content_length=len(DATA), piece_count=PIECES)
 
 
 @dataclass
@@ -124,18 +131,26 @@ class FakePeerRPC:
     """Parents hold every piece (those in ``empty`` none) and keep SyncPieces open, as real ones do."""
 
     def __init__(
-        self, empty: tuple[CandidateParent, ...] = (), broken: tuple[CandidateParent, ...] = ()
+        self,
+        empty: tuple[CandidateParent, ...] = (),
+        broken: tuple[CandidateParent, ...] = (),
+        mute: tuple[CandidateParent, ...] = (),
     ) -> None:
         self.empty = {p.host.id for p in empty}
         self.broken = {p.host.id for p in broken}  # their SyncPieces fails at once
+        self.mute = {p.host.id for p in mute}  # they cannot say the content length
         self.open_syncs = 0
+        self.stats: list[str] = []  # the hosts asked for the content length
+        self.syncs: list[str] = []  # the hosts whose SyncPieces was called
 
-    async def stat_task_length(self, host: HostInfo, task_id: str) -> int:
-        return len(DATA)
+    async def stat_task_length(self, host: HostInfo, task_id: str) -> int | None:
+        self.stats.append(host.id)
+        return None if host.id in self.mute else len(DATA)
 
     async def sync_pieces(
         self, host: HostInfo, host_id: str, task_id: str, wanted: Iterable[int], *, extensions: bool
     ) -> AsyncIterator[ParentPiece]:
+        self.syncs.append(host.id)
         if host.id in self.broken:
             raise PeerError(f"SyncPieces with parent {host.id} failed: UNAVAILABLE")
         self.open_syncs += 1
@@ -361,6 +376,53 @@ async def test_a_scheduler_that_changes_its_mind_during_a_request_for_more_paren
     assert stream.kinds()[-2:] == ["piece_back_to_source_finished", "back_to_source_finished"]
 
 
+# ---------------------------------------------------------------- the content length from parents
+# (docs/INTEROP.md 6.3 P3: a Rust parent's StatTask is its scheduler's view, INTERNAL on errors)
+
+
+async def test_the_length_the_scheduler_gives_with_a_parent_is_used_without_asking(store: PieceStore) -> None:
+    stream = FakeStream([NormalTask([GOOD, with_length(EMPTY)])])
+    rpc = FakePeerRPC(empty=(EMPTY,))
+    conductor = Conductor(deps(store, stream, FakePool({}), rpc), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA
+    assert rpc.stats == []  # EMPTY's candidate said it, though GOOD comes first
+
+
+async def test_a_parent_that_cannot_say_the_length_is_kept_and_another_is_asked(store: PieceStore) -> None:
+    stream = FakeStream([NormalTask([MUTE, EMPTY])])
+    rpc = FakePeerRPC(empty=(EMPTY,), mute=(MUTE,))
+    pool = FakePool({})
+    conductor = Conductor(deps(store, stream, pool, rpc), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA
+    assert rpc.stats == [MUTE.host.id, EMPTY.host.id]
+    # The parent that could not say serves every piece: not dropped for it.
+    assert {pid for *_, pid in stream.of("piece_finished")} == {MUTE.peer_id}
+    assert "reschedule" not in stream.kinds() and stream.of("piece_failed") == []
+
+
+async def test_when_no_parent_can_say_the_length_the_schedulers_next_answer_does(store: PieceStore) -> None:
+    stream = FakeStream([NormalTask([MUTE]), NormalTask([with_length(MUTE)])])
+    rpc = FakePeerRPC(mute=(MUTE,))
+    conductor = Conductor(deps(store, stream, FakePool({}), rpc), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA
+    # The round ends at once with nobody failed; the answer names the same parent, with the length.
+    assert stream.of("reschedule") == [("reschedule", [])]
+    assert rpc.stats == [MUTE.host.id]
+    # Its piece sync, waiting for the length since the first answer, is the one that served.
+    assert rpc.syncs == [MUTE.host.id]
+    assert {pid for *_, pid in stream.of("piece_finished")} == {MUTE.peer_id}
+    assert stream.kinds()[-1] == "finished"
+
+
 # ---------------------------------------------------------------- toward Dragonfly's scheduler
 # (a scheduler that does not speak Damselfly's extensions: docs/INTEROP.md §3.4-3.5)
 
@@ -378,6 +440,7 @@ async def test_toward_dragonfly_the_size_is_learned_first_and_registered(store: 
 
     assert content(store) == DATA
     assert source.stats == 1 and source.fetched == 0
+    assert conductor.deps.peer_rpc.stats == []  # type: ignore[attr-defined]  # the probe's length: no parent asked
     assert stream.said[0] == ("register", SPEC.url, len(DATA), PL)
     meta = store.get(TASK)
     assert meta is not None and meta.content_length == len(DATA) and meta.piece_length == PL

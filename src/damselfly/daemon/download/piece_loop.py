@@ -91,17 +91,31 @@ class PieceLoop:
         # parent id -> where its piece server is and whether it speaks Damselfly's extensions,
         # as its SyncPieces answers say
         self._servers: dict[str, tuple[str, int, bool]] = {}
+        # The content length the scheduler gave with a parent, in any of its answers.
+        self._said_length: int | None = None
 
     # ------------------------------------------------------------- parents
 
     def add_parents(self, candidates: Iterable[CandidateParent]) -> None:
         """Take the parents the scheduler offers and follow what each new one holds."""
+        candidates = self._note_length(candidates)
         self._follow(self.table.add(candidates))
 
     def more_parents(self, candidates: Iterable[CandidateParent]) -> None:
         """Like :meth:`add_parents`, for the answer to a request for more parents."""
+        candidates = self._note_length(candidates)
         self._follow(self.table.more_parents(candidates))
         self._wake.set()
+
+    def _note_length(self, candidates: Iterable[CandidateParent]) -> list[CandidateParent]:
+        """Keep the content length the scheduler says with a parent, also of one already
+        followed (its record in the table keeps the first candidate, perhaps without it)."""
+        candidates = list(candidates)
+        if self._said_length is None:
+            self._said_length = next(
+                (c.content_length for c in candidates if c.content_length is not None), None
+            )
+        return candidates
 
     def _follow(self, parents: list[Parent]) -> None:
         loop = asyncio.get_running_loop()
@@ -174,28 +188,32 @@ class PieceLoop:
             self._wake.set()
 
     async def _ensure_content_length(self) -> bool:
-        """Learn the content length from a parent if the store does not know it yet."""
+        """Learn the content length if the store does not know it yet (it does when the origin
+        was asked before registering, toward Dragonfly's scheduler).
+
+        What the scheduler said of a parent's task comes first; only without it are the
+        parents asked, one after another, until one can say. A parent that cannot (a
+        Rust parent answers with its scheduler's view, which may not know either) stays:
+        its SyncPieces, which waits for the length, says whether it can serve. False when
+        no one could say: the round ends and the scheduler's next answer may.
+        """
         meta = self.deps.store.get(self.task_id)
         assert meta is not None
         if meta.content_length is not None:
             return True
-        for p in self.table.live():
-            if p.dead:  # dropped while we asked another
-                continue
-            length = p.candidate.content_length
-            if length is None:
-                try:
-                    length = await self.deps.peer_rpc.stat_task_length(p.candidate.host, self.task_id)
-                except (PeerError, NotFound) as e:
-                    log.info("parent %s cannot say the content length: %s", p.id, e)
-                    self.table.drop(p)
-                    self._wake.set()
+        length = self._said_length
+        if length is None:
+            for p in self.table.live():
+                if p.dead:  # dropped while we asked another
                     continue
-            self.deps.store.set_content_length(
-                self.task_id, length, piece_length_for(length, self.piece_length)
-            )
-            return True
-        return False
+                length = await self.deps.peer_rpc.stat_task_length(p.candidate.host, self.task_id)
+                if length is not None:
+                    break
+        if length is None:
+            log.info("no parent can say the content length yet")
+            return False
+        self.deps.store.set_content_length(self.task_id, length, piece_length_for(length, self.piece_length))
+        return True
 
     # ------------------------------------------------------------- a round
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +23,23 @@ from typing import Any
 import grpc
 
 from ...api import dfdaemon_pb2, dfdaemon_pb2_grpc
+from ...api.convert import UNKNOWN_CONTENT_LENGTH
 from ...domain import HostInfo
-from ...errors import NotFound, PeerError
+from ...errors import PeerError
+
+log = logging.getLogger(__name__)
 
 # How long a parent may take to learn the content length from its own source.
 STAT_TIMEOUT = 10.0
 # gRPC metadata on SyncPieces: "this end speaks Damselfly's wire extensions" (value "1").
 EXTENSIONS_METADATA = "x-damselfly-extensions"
+
+
+def known_length(length: int) -> int | None:
+    """A content length off the wire, or None for "not known": 2^64-1 is how Dragonfly's
+    scheduler sends its -1 (docs/INTEROP.md 2.1, G:scheduler/service/service_v2.go:455-516), and
+    0 is a field left unset (an empty task never reaches the parents)."""
+    return None if length in (0, UNKNOWN_CONTENT_LENGTH) else length
 
 
 def says_extensions(metadata: Sequence[tuple[str, Any]] | None) -> bool:
@@ -75,17 +86,41 @@ class PeerRPC:
             self._channels[addr] = channel
         return dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
 
-    async def stat_task_length(self, host: HostInfo, task_id: str) -> int:
-        """The content length the parent knows for ``task_id``."""
+    async def stat_task_length(self, host: HostInfo, task_id: str) -> int | None:
+        """The content length the parent knows for ``task_id``; None when it cannot say.
+
+        First ``StatLocalTask``, the parent's own view (a Rust dfdaemon and a
+        Damselfly daemon both answer it at once from their store); then
+        ``StatTask``, which a Damselfly parent answers from its store too, waiting
+        a moment for a running task to learn its length, but a Rust parent
+        answers with its scheduler's view, ``INTERNAL`` on any error, and a length
+        of 2^64-1 or 0 when the scheduler does not know it (docs/INTEROP.md 3.1,
+        2.1). No error here condemns the parent: its SyncPieces says whether it
+        can serve; the caller asks another parent or waits for the scheduler.
+        """
+        stub = self._stub(host)
         try:
-            task = await self._stub(host).StatTask(
-                dfdaemon_pb2.StatTaskRequest(task_id=task_id), timeout=STAT_TIMEOUT
+            local = await stub.StatLocalTask(
+                dfdaemon_pb2.StatLocalTaskRequest(task_id=task_id), timeout=STAT_TIMEOUT
             )
+        except grpc.aio.AioRpcError as e:  # not held there, or a parent without StatLocalTask
+            log.debug("StatLocalTask on parent %s: %s %s", host.id, e.code().name, e.details())
+        else:
+            # A failed copy does not vouch for the length.
+            if local.HasField("content_length") and not local.HasField("failed_at"):
+                length = known_length(local.content_length)
+                if length is not None:
+                    return length
+        try:
+            task = await stub.StatTask(dfdaemon_pb2.StatTaskRequest(task_id=task_id), timeout=STAT_TIMEOUT)
         except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(f"parent {host.id} does not have task {task_id[:12]}") from e
-            raise PeerError(f"StatTask on parent {host.id} failed: {e.code().name} {e.details()}") from e
-        return int(task.content_length)
+            why = f"{e.code().name} {e.details()}"
+            log.info("parent %s cannot say the content length: StatTask %s", host.id, why)
+            return None
+        length = known_length(task.content_length)
+        if length is None:
+            log.info("parent %s cannot say the content length: StatTask has %d", host.id, task.content_length)
+        return length
 
     async def sync_pieces(
         self, host: HostInfo, host_id: str, task_id: str, wanted: Iterable[int], *, extensions: bool = False
