@@ -15,7 +15,7 @@ message carries its bytes, dfget writes them at their offsets into a temp file
 beside the output and renames it into place only when every piece announced
 arrived and the call ended OK (the daemon checks ``--digest`` before that).
 Dragonfly's dfget decides by the flag alone; Damselfly's also decides by itself
-(:func:`daemon_shares_files`): the daemon in another PID or mount namespace
+(:func:`daemon_shares_files`): the daemon in another PID namespace or seeing another output directory
 than dfget gets the content streamed.
 """
 
@@ -133,14 +133,16 @@ def plan(opts: GetOptions) -> GetPlan:
     )
 
 
-def daemon_shares_files(sock: socket.socket) -> bool:
-    """Whether the daemon at the other end of ``sock`` sees the files dfget sees.
+def daemon_shares_files(sock: socket.socket, directory: Path) -> bool:
+    """Whether the daemon at the other end of ``sock`` sees ``directory`` as dfget does.
 
     The kernel names the peer's process (``SO_PEERCRED``): pid 0 means it runs in another
-    PID namespace (a pod using the node's daemon through a host-path socket), a different
-    ``/proc/PID/ns/mnt`` another mount namespace; either way it cannot write our output.
-    When it cannot be told (another user's daemon hides its namespaces), the daemon is
-    assumed to share them, as dfget always did."""
+    PID namespace (a pod using the node's daemon through a host-path socket): it cannot
+    write our output. Otherwise the directory is looked up through the daemon's own root
+    and mounts (``/proc/PID/root``): another directory there (a container's root, a private
+    ``/tmp``) means the same. Another mount namespace alone is no reason: ``ip netns exec``
+    makes one with the same files. When it cannot be told (another user's daemon), the
+    daemon is assumed to share it, as dfget always did."""
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except (OSError, AttributeError):
@@ -149,9 +151,15 @@ def daemon_shares_files(sock: socket.socket) -> bool:
     if pid <= 0:
         return False
     try:
-        theirs, ours = os.stat(f"/proc/{pid}/ns/mnt"), os.stat("/proc/self/ns/mnt")
+        ours = os.stat(directory)
     except OSError:
+        return True  # dfget checked the output's directory before; let the daemon say what is wrong
+    try:
+        theirs = os.stat(f"/proc/{pid}/root{directory.resolve()}")
+    except PermissionError:
         return True
+    except OSError:
+        return False  # the daemon has no such directory
     return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
@@ -293,7 +301,7 @@ class _Call:
         from ..api.convert import download_to_pb
 
         p = self.plan
-        transfer = p.transfer if p.transfer is not None else not daemon_shares_files(sock)
+        transfer = p.transfer if p.transfer is not None else not daemon_shares_files(sock, p.output.parent)
         download = download_to_pb(p.spec)
         download.overwrite = p.overwrite
         if transfer:

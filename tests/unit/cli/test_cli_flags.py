@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,14 +170,40 @@ class _Peer:
         return struct.pack("3i", self.pid, 0, 0)
 
 
-def test_daemon_shares_files_by_namespaces() -> None:
+def test_daemon_shares_files_by_what_it_sees(tmp_path: Path) -> None:
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
-        assert get_module.daemon_shares_files(a)  # this very process: same namespaces
+        assert get_module.daemon_shares_files(a, tmp_path)  # this very process: the same directory
     # pid 0: the peer lives in a PID namespace we cannot see (a pod using the node's socket).
-    assert not get_module.daemon_shares_files(_Peer(0))  # type: ignore[arg-type]
-    # A pid whose namespaces cannot be read: assumed shared, as dfget always did.
-    assert get_module.daemon_shares_files(_Peer(2**31 - 1))  # type: ignore[arg-type]
+    assert not get_module.daemon_shares_files(_Peer(0), tmp_path)  # type: ignore[arg-type]
+    # A pid that is gone: no directory can be looked up through it.
+    assert not get_module.daemon_shares_files(_Peer(2**31 - 1), tmp_path)  # type: ignore[arg-type]
+
+
+def test_another_mount_namespace_with_the_same_files_is_shared(tmp_path: Path) -> None:
+    """``ip netns exec`` (the swarm testbed's hosts) gives a process its own mount namespace
+    over the same files: its daemon still writes the output itself."""
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to make a mount namespace")
+    daemon = subprocess.Popen(["unshare", "--mount", "sleep", "30"])
+    try:
+        child = _child_pid(daemon.pid)
+        assert os.stat(f"/proc/{child}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
+        assert get_module.daemon_shares_files(_Peer(child), tmp_path)  # type: ignore[arg-type]
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def _child_pid(pid: int) -> int:
+    """``unshare`` execs its command in the same process once the namespace is made."""
+    for _ in range(200):
+        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+            return pid
+        time.sleep(0.01)
+    raise AssertionError("unshare did not make a mount namespace")
 
 
 def test_get_endpoint_from_environment(captured: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
