@@ -296,16 +296,16 @@ class PeerStream:
             return
         self._outbox.put_nowait(_EOF)
         assert self._writer is not None and self._reader is not None
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(self._writer), 10)
-        # Give the scheduler a moment to end its side before cancelling.
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(self._reader), 2)
-        for task in (self._writer, self._reader):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        self._call.cancel()
+        # asyncio.wait never raises the tasks' own errors, and a cancel of the caller (a daemon
+        # stopping) still reaches the caller: swallowing it here left the announce loop running.
+        try:
+            await asyncio.wait({self._writer}, timeout=10)
+            await asyncio.wait({self._reader}, timeout=2)  # a moment for the scheduler to end its side
+        finally:
+            for task in (self._writer, self._reader):
+                task.cancel()
+            self._call.cancel()
+        await asyncio.gather(self._writer, self._reader, return_exceptions=True)
 
 
 def _as_offered(parent: CandidateParent) -> common_pb2.Peer:

@@ -64,6 +64,9 @@ class Scheduler(scheduler_pb2_grpc.SchedulerServicer):
     answer: Callable[[scheduler_pb2.AnnouncePeerRequest], scheduler_pb2.AnnouncePeerResponse | None]
     requests: list[scheduler_pb2.AnnouncePeerRequest] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set: after the client's half-close, keep the call open until ``release`` is set.
+    linger: bool = False
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def AnnouncePeer(self, request_iterator, context):  # type: ignore[no-untyped-def]
         try:
@@ -72,6 +75,9 @@ class Scheduler(scheduler_pb2_grpc.SchedulerServicer):
                 answer = self.answer(req)
                 if answer is not None:
                     await context.write(answer)
+            self.ended.set()
+            if self.linger:
+                await self.release.wait()
         finally:
             self.ended.set()
 
@@ -243,3 +249,19 @@ async def test_a_reschedule_sends_back_each_parent_as_offered(server: Server, cl
     await server.scheduler.ended.wait()
     (req,) = server.scheduler.requests
     assert list(req.reschedule_peer_request.candidate_parents) == [offered]
+
+
+async def test_closing_a_stream_does_not_swallow_the_callers_cancel(server: Server, client) -> None:
+    """A daemon stopping cancels its announce loop while a stream closes; the cancel must reach
+    the loop, or the loop runs on and the daemon never stops."""
+    server.scheduler.linger = True  # the scheduler keeps its side open after the half-close
+    stream = client.peer_stream("h", "t" * 64, "p")
+    stream.register(SPEC)
+    closing = asyncio.ensure_future(stream.close())
+    await server.scheduler.ended.wait()  # half-closed: close() now waits for the scheduler's end
+    closing.cancel()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+    finally:
+        server.scheduler.release.set()
