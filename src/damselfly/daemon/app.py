@@ -43,7 +43,7 @@ from .ratelimit import HostLimiters
 from .scheduler_client import SchedulerClient
 from .service import DownloadService, UploadService, socket_path_ok
 from .store.piece_store import PieceStore
-from .threads import to_thread_to_the_end
+from .threads import cancel_and_wait, to_thread_to_the_end
 from .transfer.local_pieces import LocalPieces, LocalPieceServer
 from .transfer.peer_rpc import PeerRPC
 from .transfer.piece_client import PieceConnectionPool
@@ -399,11 +399,7 @@ class Daemon:
     async def stop(self) -> None:
         for health in self._health:
             await health.stopping()
-        for job in self._jobs:
-            job.cancel()
-        for job in self._jobs:
-            with contextlib.suppress(BaseException):
-                await job
+        await cancel_and_wait(self._jobs)
         if self.scheduler is not None:
             with contextlib.suppress(SchedulerError):
                 await self.scheduler.delete_host(self.host_id)

@@ -1,11 +1,12 @@
-"""Blocking work in a worker thread that a cancel cannot leave running on its own."""
+"""Work a cancel cannot leave running on its own: blocking work in a worker thread, and
+background tasks stopped by their owner."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -22,3 +23,23 @@ async def to_thread_to_the_end(fn: Callable[P, T], /, *args: P.args, **kwargs: P
         with contextlib.suppress(BaseException):
             await job
         raise
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, whatever it ended with.
+
+    ``asyncio.wait`` never raises the tasks' own errors (they are marked as
+    seen here, so none is reported as never retrieved), while a cancel of the
+    caller still reaches the caller: a ``suppress(BaseException)`` around each
+    ``await task`` would swallow that cancel too, and leave the caller running
+    (a stopping daemon whose loop goes on).
+    """
+    tasks = list(tasks)
+    pending = [t for t in tasks if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()

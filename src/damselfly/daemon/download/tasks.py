@@ -11,13 +11,13 @@ cancels them on :meth:`~RunningDownloads.close`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from ... import ids
 from ...domain import DownloadSpec
+from ..threads import cancel_and_wait
 from .conductor import Conductor, ConductorDeps
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,7 @@ class RunningDownloads(Generic[C]):
     async def close(self) -> None:
         """Cancel every running download and wait for each to end."""
         jobs = [job for _, job in self._running.values()]
-        for job in jobs:
-            job.cancel()
-        for job in jobs:
-            with contextlib.suppress(BaseException):
-                await job
+        await cancel_and_wait(jobs)
         self._running.clear()
 
 

@@ -42,6 +42,7 @@ from ..download.progress import follow_download
 from ..download.tasks import RunningDownloads
 from ..store.metadata import TaskMeta
 from ..store.piece_store import PieceStore
+from ..threads import cancel_and_wait
 from .client import CachePeerRPC, CacheSchedulerClient, UnknownCacheTask
 from .content import StagedFile, named_task_id, resolve_task_id, stage_file, task_id_suffix
 
@@ -305,9 +306,7 @@ class PersistentCache:
         """Drop this host's copy (cancelling a download of it); False when there is none."""
         job = self._running.job(task_id)
         if job is not None:
-            job.cancel()
-            with contextlib.suppress(BaseException):
-                await job
+            await cancel_and_wait([job])
         meta = self.store.get(task_id)
         if meta is None or not meta.persistent_cache:
             return job is not None

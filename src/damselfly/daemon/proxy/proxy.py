@@ -47,6 +47,7 @@ from ...domain import DownloadSpec
 from ...errors import DamselflyError, DigestMismatch, InvalidArgument, SourceStatusError
 from ..download.tasks import TaskManager, task_id_for
 from ..store.piece_store import PieceStore
+from ..threads import cancel_and_wait
 from . import headers, mirror
 from .ca import CertificateAuthority, ensure_ca
 from .connect import ConnectHandler, Sniffer
@@ -140,11 +141,7 @@ class ProxyServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for job in list(self._jobs):
-            job.cancel()
-        for job in list(self._jobs):
-            with contextlib.suppress(BaseException):
-                await job
+        await cancel_and_wait(list(self._jobs))
         if self._web is not None:
             await self._web.shutdown(2.0)
         if self._server is not None:

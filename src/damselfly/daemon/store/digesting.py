@@ -28,7 +28,6 @@ claim lost to another writer) is read back from the file as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 from ...errors import DamselflyError, DigestMismatch, NotFound
 from ...pieces import Digest, Hasher, new_hasher
 from ...units import MiB
-from ..threads import to_thread_to_the_end
+from ..threads import cancel_and_wait, to_thread_to_the_end
 from .piece_store import PieceStore
 
 CHUNK = 1 * MiB
@@ -217,7 +216,4 @@ class InOrderDigest:
 
     async def close(self) -> None:
         """Stop hashing (if not done) and release the file."""
-        if not self._task.done():
-            self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
+        await cancel_and_wait([self._task])

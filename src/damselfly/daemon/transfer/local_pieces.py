@@ -26,7 +26,6 @@ Any failure other than a wrong crc32 sends the child back to the piece's TCP pat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -42,7 +41,7 @@ from ..ratelimit import ByteLimiter
 from ..store.digesting import Feed, InOrderDigest
 from ..store.files import crc32_of_range, pwrite_all
 from ..store.piece_store import PieceStore
-from ..threads import to_thread_to_the_end
+from ..threads import cancel_and_wait, to_thread_to_the_end
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +175,7 @@ class LocalPieceServer:
 
     async def close(self) -> None:
         if self._accepting is not None:
-            self._accepting.cancel()
-            with contextlib.suppress(BaseException):
-                await self._accepting
+            await cancel_and_wait([self._accepting])
         for task in list(self._handlers):
             task.cancel()
         if self._handlers:
