@@ -47,6 +47,19 @@ def _kustomize(directory: Path) -> list[Obj]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
+def users_kustomization(**fields: Any) -> list[Obj]:
+    """Render a kustomization of a user's own built on deploy/kubernetes (paths relative to it)."""
+    here = Path(os.environ.get("TMPDIR", "/tmp")) / f"damselfly-kustomize-{os.getpid()}"
+    here.mkdir(parents=True, exist_ok=True)
+    try:
+        rel = {k: [os.path.relpath(K8S / p, here) for p in v] for k, v in fields.items() if k != "images"}
+        body = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", **fields, **rel}
+        (here / "kustomization.yaml").write_text(yaml.safe_dump(body))
+        return _kustomize(here)
+    finally:
+        shutil.rmtree(here, ignore_errors=True)
+
+
 @cache
 def render(target: str) -> tuple[Obj, ...]:
     """The objects of one deployment: the default, an overlay, or the default with the component."""
@@ -54,24 +67,8 @@ def render(target: str) -> tuple[Obj, ...]:
         return tuple(_kustomize(K8S))
     if target in ("small", "mtls"):
         return tuple(_kustomize(K8S / "overlays" / target))
-    # A component renders only inside a kustomization, as a user adds it to theirs (kustomize
-    # wants relative paths).
-    here = Path(os.environ.get("TMPDIR", "/tmp")) / f"damselfly-kustomize-{os.getpid()}"
-    here.mkdir(parents=True, exist_ok=True)
-    try:
-        (here / "kustomization.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                    "kind": "Kustomization",
-                    "resources": [os.path.relpath(K8S, here)],
-                    "components": [os.path.relpath(K8S / "components" / "servicemonitor", here)],
-                }
-            )
-        )
-        return tuple(_kustomize(here))
-    finally:
-        shutil.rmtree(here, ignore_errors=True)
+    # A component renders only inside a kustomization, as a user adds it to theirs.
+    return tuple(users_kustomization(resources=["."], components=["components/servicemonitor"]))
 
 
 def by_kind(objs: tuple[Obj, ...], kind: str) -> list[Obj]:
@@ -270,6 +267,20 @@ def test_the_image_is_this_version_of_damselfly() -> None:
         spec = pod_spec(workload)
         for c in spec.get("initContainers", []) + spec["containers"]:
             assert c["image"] == f"damselfly:{damselfly.__version__}", c["name"]
+
+
+def test_a_users_kustomization_sets_the_image_of_every_container() -> None:
+    """As docs/DEPLOY.md says: the image pushed to one's own registry, named in one's kustomization."""
+    objs = users_kustomization(
+        resources=["."], images=[{"name": "damselfly", "newName": "registry.example/df", "newTag": "1.2"}]
+    )
+    images = [
+        c["image"]
+        for o in objs
+        if o["kind"] in WORKLOADS
+        for c in pod_spec(o).get("initContainers", []) + pod_spec(o)["containers"]
+    ]
+    assert len(images) == 5 and set(images) == {"registry.example/df:1.2"}
 
 
 @pytest.mark.parametrize("target", ["default", "small", "mtls"])
