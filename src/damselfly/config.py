@@ -83,10 +83,12 @@ class SchedulingConfig(Section):
 
 class GCConfig(Section):
     interval: float = 30 * SECONDS
-    host_ttl: float = 3 * MINUTES  # a host that stopped announcing is dropped after this
-    peer_ttl: float = 24 * 60 * MINUTES
-    task_ttl: float = 24 * 60 * MINUTES
-    pending_peer_ttl: float = 10 * MINUTES  # a peer stuck without progress
+    # a host that stopped announcing is dropped after this
+    host_ttl: float = Field(default=3 * MINUTES, alias="hostTTL")
+    peer_ttl: float = Field(default=24 * 60 * MINUTES, alias="peerTTL")
+    task_ttl: float = Field(default=24 * 60 * MINUTES, alias="taskTTL")
+    # a peer stuck without progress
+    pending_peer_ttl: float = Field(default=10 * MINUTES, alias="pendingPeerTTL")
 
 
 class SeedPeerTriggerConfig(Section):

@@ -53,6 +53,14 @@ def test_the_scheduler_example_holds_every_key_at_its_default() -> None:
     assert loaded.model_dump(by_alias=True, mode="json") == defaults
 
 
+def test_the_scheduler_gc_ttls_are_spelt_as_dragonflys(tmp_path: Path) -> None:
+    f = tmp_path / "scheduler.yaml"
+    f.write_text("gc:\n  hostTTL: 60\n  peerTTL: 70\n  taskTTL: 80\n  pendingPeerTTL: 90\n")
+    gc = load_scheduler_config(f).gc
+    assert (gc.host_ttl, gc.peer_ttl, gc.task_ttl, gc.pending_peer_ttl) == (60, 70, 80, 90)
+    assert "  hostTTL: 180.0" in example_yaml("scheduler").splitlines()
+
+
 def test_each_key_carries_the_comment_written_beside_it_in_config_py() -> None:
     text = example_yaml("daemon")
     lines = text.splitlines()
