@@ -266,7 +266,9 @@ def test_the_image_is_this_version_of_damselfly() -> None:
     for workload in (o for o in render("default") if o["kind"] in WORKLOADS):
         spec = pod_spec(workload)
         for c in spec.get("initContainers", []) + spec["containers"]:
-            assert c["image"] == f"damselfly:{damselfly.__version__}", c["name"]
+            assert c["image"] == f"damselfly:{damselfly.__version__}", (
+                f"{c['name']}: set newTag in deploy/kubernetes/base/kustomization.yaml to this version"
+            )
 
 
 def test_a_users_kustomization_sets_the_image_of_every_container() -> None:
