@@ -38,7 +38,7 @@ from pydantic.fields import FieldInfo
 from .config import DaemonConfig, SchedulerConfig
 
 Kind = Literal["daemon", "scheduler"]
-KINDS: dict[str, type[BaseModel]] = {"daemon": DaemonConfig, "scheduler": SchedulerConfig}
+KINDS: dict[Kind, type[BaseModel]] = {"daemon": DaemonConfig, "scheduler": SchedulerConfig}
 REGENERATE = "python -m damselfly.config_example --write deploy/config"
 _INDENT = "  "
 
@@ -196,7 +196,7 @@ def write_examples(directory: Path) -> list[Path]:
     paths = []
     for kind in KINDS:
         path = directory / f"{kind}.yaml"
-        path.write_text(example_yaml(kind))  # type: ignore[arg-type]
+        path.write_text(example_yaml(kind))
         paths.append(path)
     return paths
 
@@ -210,7 +210,7 @@ def stale_examples(directory: Path) -> list[Path]:
             current = path.read_text()
         except FileNotFoundError:
             current = None
-        if current != example_yaml(kind):  # type: ignore[arg-type]
+        if current != example_yaml(kind):
             stale.append(path)
     return stale
 

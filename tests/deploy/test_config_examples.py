@@ -16,16 +16,16 @@ from damselfly.config import (
     load_daemon_config,
     load_scheduler_config,
 )
-from damselfly.config_example import REGENERATE, example_yaml, main, render
+from damselfly.config_example import REGENERATE, Kind, example_yaml, main, render
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "deploy" / "config"
 
 
 @pytest.mark.parametrize("kind", ["daemon", "scheduler"])
-def test_the_committed_example_is_what_config_py_generates(kind: str) -> None:
+def test_the_committed_example_is_what_config_py_generates(kind: Kind) -> None:
     committed = (CONFIG_DIR / f"{kind}.yaml").read_text()
-    assert committed == example_yaml(kind), (  # type: ignore[arg-type]
+    assert committed == example_yaml(kind), (
         f"deploy/config/{kind}.yaml is stale: regenerate it with `{REGENERATE}`"
     )
 
