@@ -255,7 +255,7 @@ async def test_metrics_and_healthy(tmp_path: Path) -> None:
             async with http.get(f"http://127.0.0.1:{s.metrics_port}/metrics") as r:
                 text = await r.text()
         assert "damselfly_scheduler_hosts 1.0" in text
-        assert "damselfly_scheduler_announce_host_total 1.0" in text
+        assert "dragonfly_scheduler_announce_host_total 1.0" in text
 
 
 class FakeSeedDaemon(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[misc]
