@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +39,14 @@ def enabled() -> bool:
 
 
 def configure(
-    endpoint: str = "", *, service: str = "damselfly", exporter: SpanExporter | None = None
+    endpoint: str = "",
+    *,
+    service: str = "damselfly",
+    headers: Mapping[str, str] | None = None,
+    exporter: SpanExporter | None = None,
 ) -> bool:
-    """Turn tracing on: spans to the OTLP/HTTP ``endpoint``, or to ``exporter`` (tests,
-    exported synchronously). Neither: tracing stays off. True when on."""
+    """Turn tracing on: spans to the OTLP/HTTP ``endpoint`` (sent with ``headers``), or to
+    ``exporter`` (tests, exported synchronously). Neither: tracing stays off. True when on."""
     global _provider
     if not endpoint and exporter is None:
         return False
@@ -61,10 +66,21 @@ def configure(
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        otlp = OTLPSpanExporter(endpoint=endpoint, headers=dict(headers or {}))
+        provider.add_span_processor(BatchSpanProcessor(otlp))
         log.info("tracing to %s as %s", endpoint, service)
     _provider = provider
     return True
+
+
+def configure_from_env(service: str) -> bool:
+    """Tracing for a short-lived command (dfget): on when OpenTelemetry's standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (a traces URL) or ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    (a base URL, ``/v1/traces`` added) is set. Reads two variables, imports nothing, when off."""
+    url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+    if not url and (base := os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")):
+        url = base.rstrip("/") + "/v1/traces"
+    return configure(url, service=service) if url else False
 
 
 def shutdown() -> None:
@@ -118,6 +134,18 @@ def _span(
     tracer = provider.get_tracer(f"damselfly.{component}")
     with tracer.start_as_current_span(name, context=parent, attributes=attributes) as current:
         yield current
+
+
+def current_ids() -> dict[str, str]:
+    """The current span's trace and span IDs in hex, for log lines ({} outside a span or when off)."""
+    if _provider is None:
+        return {}
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
 
 
 def metadata() -> tuple[tuple[str, str], ...]:
