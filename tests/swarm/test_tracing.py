@@ -90,11 +90,12 @@ async def test_a_download_is_one_trace_from_dfget_to_the_parent(
     assert syncs and all(parent_of(s) == download.context.span_id for s in syncs)
     assert {(s.attributes or {}).get("task.id") for s in syncs} == {task_id_for(DownloadSpec(url=url))}
     # And the pieces it fetched from the seed, one span each.
-    pieces = by_name["piece.Download"]
-    assert sorted((s.attributes or {}).get("piece.number", -1) for s in pieces) == [0, 1]  # 6 MiB, 4 MiB pieces
+    pieces = by_name["piece.Download"]  # 6 MiB: two 4 MiB pieces
+    assert sorted((s.attributes or {}).get("piece.number", -1) for s in pieces) == [0, 1]
     assert all(parent_of(s) == download.context.span_id for s in pieces)
     # Nothing else of this download went astray into another trace.
     assert {component(s) for s in mine} == {"dfget", "daemon", "scheduler"}
+
 
 def test_off_by_default_makes_no_span_objects() -> None:
     assert not tracing.enabled()
