@@ -130,7 +130,13 @@ def run_server(
         return ExitCode.USAGE
     setup_logging(log_level, log_file, fmt=config.log.format)
     try:
-        tracing.configure(config.tracing.url, service=f"damselfly-{command}", headers=config.tracing.headers)
+        # tracing.endpoint, else OpenTelemetry's standard OTEL_EXPORTER_OTLP_*ENDPOINT variables.
+        if config.tracing.url:
+            tracing.configure(
+                config.tracing.url, service=f"damselfly-{command}", headers=config.tracing.headers
+            )
+        else:
+            tracing.configure_from_env(f"damselfly-{command}")
     except RuntimeError as e:
         print(f"damselfly {command}: {e}", file=sys.stderr)
         return ExitCode.USAGE
