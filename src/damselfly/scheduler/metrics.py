@@ -9,12 +9,14 @@ schedulers can run in one process (tests) without clashing names.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Sequence
 from functools import partial
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .. import __version__
 from ..domain import HostType
 from ..process import metrics_app
 from .runtime import GCPauses
@@ -29,6 +31,10 @@ _HOST_TYPE = {
     HostType.WEAK_SEED: "weak",
 }
 PEER_LABELS = ["priority", "task_type", "host_type"]
+# AnnounceHost's labels, from the host's own report (common.v2.Host and its Build).
+HOST_LABELS = ["os", "platform", "platform_family", "platform_version", "kernel_version", "git_version",
+               "git_commit", "go_version", "build_platform"]  # fmt: skip
+_PLATFORM = f"{platform.system().lower()}-{platform.machine()}"
 
 
 def peer_labels(priority: int, host_type: HostType) -> tuple[str, str, str]:
@@ -67,8 +73,32 @@ class SchedulerMetrics:
             registry=r,
         )  # fmt: skip
         self.announce_host = Counter(
-            DRAGONFLY + "announce_host_total", "Counter of the number of the announce host.", registry=r
+            DRAGONFLY + "announce_host_total",
+            "Counter of the number of the announce host.",
+            HOST_LABELS,
+            registry=r,
         )
+        self.peer_started = Counter(
+            DRAGONFLY + "download_peer_started_total",
+            "Counter of the number of the download peer started.",
+            PEER_LABELS,
+            registry=r,
+        )
+        self.peer_back_to_source_started = Counter(
+            DRAGONFLY + "download_peer_back_to_source_started_total",
+            "Counter of the number of the download peer back-to-source started.",
+            PEER_LABELS,
+            registry=r,
+        )
+        version = Gauge(
+            DRAGONFLY + "version",
+            "Version info of the service.",
+            ["major", "minor", "git_version", "git_commit", "platform", "build_time", "go_version", "go_tags",
+             "go_gcflags"],
+            registry=r,
+        )  # fmt: skip
+        major, minor = [*__version__.split("."), ""][:2]
+        version.labels(major, minor, __version__, "", _PLATFORM, "", "", "", "").set(1)
         self.schedule_duration = Histogram(
             DRAGONFLY + "schedule_duration_milliseconds",
             "Time to take one scheduling decision, in milliseconds",

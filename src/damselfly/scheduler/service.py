@@ -391,10 +391,14 @@ class SchedulerService(
         if kind in PIECE_REQUESTS:
             self._piece_report(peer, request, kind, now)
         elif kind == "download_peer_started_request":
+            self.metrics.count_peer(self.metrics.peer_started, peer.spec.priority, peer.host.info.type)
             if peer.state is not PeerState.SUCCEEDED:  # a metadata-only peer holds it all already
                 self.res.set_state(peer, PeerState.RUNNING, now)
             self._wake(task)
         elif kind == "download_peer_back_to_source_started_request":
+            self.metrics.count_peer(
+                self.metrics.peer_back_to_source_started, peer.spec.priority, peer.host.info.type
+            )
             self.res.set_state(peer, PeerState.BACK_TO_SOURCE, now)
             task.source_peers.add(peer.id)
             self._wake(task)
