@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -154,3 +156,38 @@ def test_traffic_is_exported_under_dragonflys_names_without_total() -> None:
     assert samples[("dragonfly_client_download_traffic", "BACK_TO_SOURCE")] == 100
     assert samples[("dragonfly_client_download_traffic", "REMOTE_PEER")] == 75
     assert samples[("dragonfly_client_upload_traffic", "")] == 7
+
+
+def test_server_and_up_flags_set_log_format_and_metrics_ip(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from damselfly.cli import servers, up
+    from damselfly.cli.main import app
+
+    seen: dict[str, Any] = {}
+
+    def fake_server(kind: str, config_file: Path | None, overrides: dict[str, Any], **kw: Any) -> int:
+        seen[kind] = overrides
+        return 0
+
+    def fake_up(data_dir: Path, **kw: Any) -> int:
+        # What up's children (the scheduler and daemons) would read as their flags.
+        seen["up"] = (os.environ.get("DAMSELFLY_METRICS_IP"), os.environ.get("DAMSELFLY_LOG_FORMAT"))
+        return 0
+
+    monkeypatch.setattr(servers, "run_server", fake_server)
+    monkeypatch.setattr(up, "run_up", fake_up)
+    for var in ("DAMSELFLY_METRICS_IP", "DAMSELFLY_LOG_FORMAT"):
+        monkeypatch.setenv(var, "")  # so that what up sets is undone after the test
+        monkeypatch.delenv(var)
+    runner = CliRunner()
+    for command in ("daemon", "scheduler"):
+        result = runner.invoke(app, [command, "--metrics-ip", "0.0.0.0", "--log-format", "json"])
+        assert result.exit_code == 0, result.output
+    assert load_daemon_config(None, seen["daemon"]).metrics.ip == "0.0.0.0"
+    assert load_scheduler_config(None, seen["scheduler"]).log.format == "json"
+    result = runner.invoke(
+        app, ["up", "--data-dir", "/tmp/x", "--metrics-ip", "0.0.0.0", "--log-format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["up"] == ("0.0.0.0", "json")
