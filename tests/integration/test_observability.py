@@ -167,6 +167,7 @@ def _families(pages: dict[str, str]) -> dict[str, str]:
     return out
 
 
+_BY_NAME = re.compile(r'__name__\s*=~?\s*"([^"]*)"')
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _MATCHERS = re.compile(r"\{[^}]*\}")
 _RANGES = re.compile(r"\[[^\]]*\]")
@@ -176,12 +177,14 @@ _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
 
 def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects (functions, labels, ranges left out)."""
+    """The metric names a PromQL expression selects (functions, labels, ranges left out;
+    ``{__name__=~"a|b"}`` selects a and b)."""
+    named = {n for m in _BY_NAME.findall(expr) for n in m.split("|")}
     text = _STRINGS.sub('""', expr)
     text = _MATCHERS.sub("", text)
     text = _RANGES.sub("", text)
     text = _GROUPING.sub("", text)
-    return {n for n in _NAME.findall(text) if n.lower() not in _KEYWORDS}
+    return named | {n for n in _NAME.findall(text) if n.lower() not in _KEYWORDS}
 
 
 def test_the_promql_reader_finds_names_and_only_names() -> None:
@@ -190,6 +193,7 @@ def test_the_promql_reader_finds_names_and_only_names() -> None:
         "/ on (instance) sum(b_total) and c"
     )
     assert metric_names(expr) == {"a_bucket", "b_total", "c"}
+    assert metric_names('count({__name__=~"d_version|e_version", job="x"})') == {"d_version", "e_version"}
 
 
 def _queries() -> list[tuple[str, str]]:
@@ -200,7 +204,7 @@ def _queries() -> list[tuple[str, str]]:
             out.append((panel["title"], target["expr"]))
     for var in dashboard["templating"]["list"]:
         if var["type"] == "query":
-            out.append((f"${var['name']}", var["definition"].removeprefix("label_values(").split(",")[0]))
+            out.append((f"${var['name']}", var["definition"].removeprefix("label_values(").rsplit(",", 1)[0]))
     return out
 
 
