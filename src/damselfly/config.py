@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -42,6 +42,31 @@ class TLSConfig(Section):
     ca_cert: str = ""
     cert: str = ""
     key: str = ""
+
+
+class LogConfig(Section):
+    """How the process logs: ``format`` "text" (one readable line) or "json" (one JSON object a line)."""
+
+    format: Literal["text", "json"] = "text"
+
+
+class TracingConfig(Section):
+    """OpenTelemetry tracing, off while ``endpoint`` is empty (keys as Dragonfly's ``tracing``).
+
+    Spans go over OTLP/HTTP to ``{protocol}://{endpoint}{path}``; ``endpoint`` may also be a
+    whole URL. Needs the ``tracing`` extra (``pip install 'damselfly[tracing]'``)."""
+
+    protocol: Literal["http", "https"] = "http"
+    endpoint: str = ""  # e.g. "otel-collector:4318"
+    path: str = "/v1/traces"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The OTLP/HTTP traces URL ("" when off)."""
+        if not self.endpoint or "://" in self.endpoint:
+            return self.endpoint
+        return f"{self.protocol}://{self.endpoint}{self.path}"
 
 
 # --------------------------------------------------------------------------- scheduler
@@ -102,6 +127,8 @@ class SchedulerConfig(Section):
     seed_peer: SeedPeerTriggerConfig = Field(default_factory=SeedPeerTriggerConfig)
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(port=8000))
     tls: TLSConfig = Field(default_factory=TLSConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
 
 # --------------------------------------------------------------------------- daemon
@@ -320,6 +347,8 @@ class DaemonConfig(Section):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     gc: DaemonGCConfig = Field(default_factory=DaemonGCConfig)
     wire: WireConfig = Field(default_factory=WireConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     # Where this config came from, so SIGHUP can read it again (set by load_daemon_config).
     _source_file: Path | None = PrivateAttr(default=None)
     _source_overrides: dict[str, Any] = PrivateAttr(default_factory=dict)

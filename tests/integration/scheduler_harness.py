@@ -74,6 +74,10 @@ def host_pb(name: str, *, port: int = 4000, seed: bool = False, ip: str = "127.0
         ip=ip,
         port=port,
         download_port=4005,
+        os="linux",
+        platform="debian",
+        platform_family="debian",
+        platform_version="12",
     )
     return h
 

@@ -255,7 +255,9 @@ async def test_metrics_and_healthy(tmp_path: Path) -> None:
             async with http.get(f"http://127.0.0.1:{s.metrics_port}/metrics") as r:
                 text = await r.text()
         assert "damselfly_scheduler_hosts 1.0" in text
-        assert "damselfly_scheduler_announce_host_total 1.0" in text
+        # Dragonfly's name and labels: what the host reports of itself.
+        host = {"os": "linux", "platform": "debian", "platform_family": "debian", "platform_version": "12"}
+        assert await sample(s.metrics_port, "dragonfly_scheduler_announce_host_total", **host) == 1
 
 
 class FakeSeedDaemon(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[misc]

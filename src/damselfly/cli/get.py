@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from .. import tracing
 from ..domain import DownloadSpec
 from ..errors import DaemonUnavailable
 from ..units import human_size
@@ -251,7 +252,12 @@ def execute_sync(p: GetPlan, sink: ProgressSink) -> GetResult:
     deadline = p.timeout_s + DEADLINE_GRACE_S if p.timeout_s else None
     try:
         for raw in h2call.server_stream(
-            str(p.socket), DOWNLOAD_TASK, state.request, timeout=deadline, connect_timeout=CONNECT_TIMEOUT_S
+            str(p.socket),
+            DOWNLOAD_TASK,
+            state.request,
+            timeout=deadline,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            metadata=tracing.metadata(),
         ):
             state.take(raw, sink)
         if state.file is not None:
@@ -372,7 +378,8 @@ def run_plan_sync(p: GetPlan, *, progress: bool, stderr: TextIO) -> ExitCode:
     show = progress and stderr.isatty()
     sink: ProgressSink = RichProgress(p.output.name, stderr) if show else NoProgress()
     try:
-        result = execute_sync(p, sink)
+        with tracing.span("dfget", "dfget", attributes={"url": p.spec.url}):
+            result = execute_sync(p, sink)
     except BaseException as e:
         sink.close()
         remove_new_output(p)
@@ -401,8 +408,15 @@ def run_get(opts: GetOptions) -> int:
         print(f"dfget: error: {f.message}", file=sys.stderr)
         return int(f.code)
     try:
+        tracing.configure_from_env("dfget")
+    except RuntimeError as e:
+        print(f"dfget: error: {e}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    try:
         return int(run_plan_sync(p, progress=opts.progress, stderr=sys.stderr))
     except KeyboardInterrupt:
         remove_new_output(p)
         print("dfget: cancelled", file=sys.stderr)
         return int(ExitCode.CANCELLED)
+    finally:
+        tracing.shutdown()  # exports dfget's span

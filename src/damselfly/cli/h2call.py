@@ -27,7 +27,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from urllib.parse import unquote
 
 import hpack
@@ -96,13 +96,15 @@ def server_stream(
     *,
     timeout: float | None = None,
     connect_timeout: float = 5.0,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> Iterator[bytes]:
     """Call ``method`` (``/package.Service/Method``) on the unix socket ``path`` with one
     request ``message``; yield each response message. Raises :class:`RpcError` (with
     ``UNAVAILABLE`` when nothing answers at ``path``).
 
     ``message`` may be a function of the connected socket: a request that depends on who
-    answers (dfget asks for the content when the daemon cannot see its files)."""
+    answers (dfget asks for the content when the daemon cannot see its files). ``metadata``:
+    more request headers (gRPC metadata, e.g. ``traceparent``)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(connect_timeout)
@@ -116,13 +118,18 @@ def server_stream(
         if len(message) > MAX_REQUEST:
             raise ValueError(f"request of {len(message)} bytes is too large for this client")
         deadline = time.monotonic() + timeout if timeout else None
-        yield from _call(sock, method, message, deadline, timeout)
+        yield from _call(sock, method, message, deadline, timeout, metadata)
     finally:
         sock.close()
 
 
 def _call(
-    sock: socket.socket, method: str, message: bytes, deadline: float | None, timeout: float | None
+    sock: socket.socket,
+    method: str,
+    message: bytes,
+    deadline: float | None,
+    timeout: float | None,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> Iterator[bytes]:
     headers = [
         (":method", "POST"),
@@ -135,6 +142,7 @@ def _call(
     ]
     if timeout:
         headers.append(("grpc-timeout", f"{max(1, int(timeout * 1000))}m"))
+    headers.extend(metadata)
     body = b"\0" + len(message).to_bytes(4, "big") + message
     out = bytearray(PREFACE)
     # No server push; large windows for what the daemon sends us.

@@ -32,6 +32,18 @@ LogLevel = Annotated[
     str, typer.Option("--log-level", envvar="DAMSELFLY_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR")
 ]
 LogFile = Annotated[Path | None, typer.Option("--log-file", help="log here instead of stderr")]
+LogFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format", envvar="DAMSELFLY_LOG_FORMAT", help="text or json, one object a line (log.format)"
+    ),
+]
+MetricsIP = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-ip", envvar="DAMSELFLY_METRICS_IP", help="metrics + /healthy listen IP (metrics.ip)"
+    ),
+]
 ReadyFile = Annotated[
     Path | None, typer.Option("--ready-file", help="write the bound ports here (JSON) once listening")
 ]
@@ -63,11 +75,14 @@ def scheduler(
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     log_file: LogFile = None,
+    log_format: LogFormat = None,
+    metrics_ip: MetricsIP = None,
 ) -> None:
     """Run a scheduler: hosts, tasks, peers, and who downloads from whom."""
-    from .servers import run_server, scheduler_overrides
+    from .servers import observability_overrides, run_server, scheduler_overrides
 
     overrides = scheduler_overrides(ip=ip, port=port, metrics_port=metrics_port, data_dir=data_dir)
+    observability_overrides(overrides, log_format=log_format, metrics_ip=metrics_ip)
     raise typer.Exit(
         run_server(
             "scheduler", config, overrides, ready_file=ready_file, log_level=log_level, log_file=log_file
@@ -99,9 +114,11 @@ def daemon(
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
     log_file: LogFile = None,
+    log_format: LogFormat = None,
+    metrics_ip: MetricsIP = None,
 ) -> None:
     """Run a daemon (peer or --seed): downloads, stores and serves pieces."""
-    from .servers import daemon_overrides, run_server
+    from .servers import daemon_overrides, observability_overrides, run_server
 
     overrides = daemon_overrides(
         seed=seed,
@@ -118,6 +135,7 @@ def daemon(
         socket=socket,
         proxy_port=proxy_port,
     )
+    observability_overrides(overrides, log_format=log_format, metrics_ip=metrics_ip)
     code = run_server(
         "daemon", config, overrides, ready_file=ready_file, log_level=log_level, log_file=log_file
     )
@@ -151,9 +169,18 @@ def up(
     proxy_port: Annotated[int, typer.Option(help="peer daemon's registry mirror / proxy port")] = 4001,
     ready_file: ReadyFile = None,
     log_level: LogLevel = "INFO",
+    log_format: LogFormat = None,
+    metrics_ip: MetricsIP = None,
 ) -> None:
     """Run a scheduler, a seed daemon and a peer daemon here, in the foreground."""
+    import os
+
     from .up import run_up
+
+    # The children read these as their --log-format / --metrics-ip (e.g. 0.0.0.0 for Prometheus).
+    for var, value in (("DAMSELFLY_LOG_FORMAT", log_format), ("DAMSELFLY_METRICS_IP", metrics_ip)):
+        if value:
+            os.environ[var] = value
 
     raise typer.Exit(
         run_up(

@@ -91,6 +91,16 @@ def daemon_overrides(
     )
 
 
+def observability_overrides(
+    overrides: dict[str, Any], *, log_format: str | None = None, metrics_ip: str | None = None
+) -> dict[str, Any]:
+    """Add ``log.format`` and ``metrics.ip`` (flags shared by both servers) to ``overrides``."""
+    for dotted, value in (("log.format", log_format), ("metrics.ip", metrics_ip)):
+        if value is not None:
+            _set(overrides, dotted, value)
+    return overrides
+
+
 # What each server command loads its config with, and the module whose ``run`` serves it.
 _SERVERS = {
     "scheduler": ("load_scheduler_config", "..scheduler.app"),
@@ -109,6 +119,7 @@ def run_server(
 ) -> int:
     """Load the config (a bad one exits 2 before logging is set up), set up logging, serve until a signal."""
     from .. import config as config_module
+    from .. import tracing
     from ..logs import setup_logging
 
     loader, app_module = _SERVERS[command]
@@ -117,6 +128,20 @@ def run_server(
     except ConfigError as e:
         print(f"damselfly {command}: {e}", file=sys.stderr)
         return ExitCode.USAGE
-    setup_logging(log_level, log_file)
-    importlib.import_module(app_module, __package__).run(config, ready_file=ready_file)
+    setup_logging(log_level, log_file, fmt=config.log.format)
+    try:
+        # tracing.endpoint, else OpenTelemetry's standard OTEL_EXPORTER_OTLP_*ENDPOINT variables.
+        if config.tracing.url:
+            tracing.configure(
+                config.tracing.url, service=f"damselfly-{command}", headers=config.tracing.headers
+            )
+        else:
+            tracing.configure_from_env(f"damselfly-{command}")
+    except RuntimeError as e:
+        print(f"damselfly {command}: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        importlib.import_module(app_module, __package__).run(config, ready_file=ready_file)
+    finally:
+        tracing.shutdown()
     return ExitCode.OK

@@ -80,7 +80,7 @@ class Daemon:
         self.is_seed = config.seed_peer.enable
         self.ip = _advertise_ip(config)
         self.host_id = ids.host_id(self.ip, config.host.hostname, seed=self.is_seed)
-        self.metrics = DaemonMetrics()
+        self.metrics = DaemonMetrics(config.storage.dir)
         self.store = PieceStore(Path(config.storage.dir))
         self.limiters = HostLimiters(config)
         self.source = HTTPSource(config.source, limiter=self.limiters.back_to_source)
@@ -187,7 +187,7 @@ class Daemon:
             platform=platform.platform(),
             version=__version__,
         )
-        downloads = Downloads(self.manager, self.store, self.host)
+        downloads = Downloads(self.manager, self.store, self.host, metrics=self.metrics)
         self.upload_service = UploadService(
             downloads,
             self.ip,
@@ -312,6 +312,7 @@ class Daemon:
         tasks = self.store.tasks()
         self.metrics.tasks.set(len(tasks))
         self.metrics.store_bytes.set(self.store.usage())
+        self.metrics.refresh_disk()
         if self.manager is not None:
             self.metrics.running_tasks.set(len(self.manager.running()))
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from .. import ids, logs
+from .. import ids, logs, tracing
 from ..api import common_pb2, dfdaemon_pb2
 from ..api.convert import download_from_pb, local_task_to_pb, piece_to_pb
 from ..domain import DownloadSpec, DownloadStarted, HostInfo, LocalTaskInfo, PieceInfo, TaskInfo
@@ -35,6 +35,7 @@ from .download.local_stream import PieceReader, started_pieces
 from .download.progress import follow_download
 from .download.tasks import TaskManager, task_id_for
 from .grpc_status import status_for
+from .metrics import DaemonMetrics
 from .ratelimit import TASK_LIMITER, ByteLimiter
 from .store.metadata import TaskMeta
 from .store.piece_store import PieceStore
@@ -127,15 +128,36 @@ def task_info(meta: TaskMeta) -> TaskInfo:
 class Downloads:
     """What both services share: start or join a download and stream its progress."""
 
-    def __init__(self, manager: TaskManager, store: PieceStore, host: HostInfo) -> None:
+    def __init__(
+        self, manager: TaskManager, store: PieceStore, host: HostInfo, *, metrics: DaemonMetrics | None = None
+    ) -> None:
         self.manager = manager
         self.store = store
         self.host = host
+        self.metrics = metrics
 
     async def stream(
         self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context, *, remote: bool
     ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
-        """A DownloadTask RPC of either service: progress messages, or the call aborted with a status."""
+        """A DownloadTask RPC of either service: progress messages, or the call aborted with a status.
+
+        Counted (``dragonfly_client_download_task_*``) and, with tracing on, one span that is
+        the caller's ``traceparent``'s child and the parent of what the download does."""
+        d = request.download
+        counted = self.metrics.download_started(d) if self.metrics is not None else None
+        began, size = time.monotonic(), -1
+        remote_md = context.invocation_metadata() if tracing.enabled() else None
+        with tracing.span("daemon", "dfdaemon.DownloadTask", remote=remote_md, attributes={"url": d.url}):
+            async for msg in self._stream(request, context, remote=remote):
+                if size < 0 and msg.HasField("download_task_started_response"):
+                    size = msg.download_task_started_response.content_length
+                yield msg
+            if self.metrics is not None and counted is not None:
+                self.metrics.download_ended(counted, ok=True, size=size, seconds=time.monotonic() - began)
+
+    async def _stream(
+        self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context, *, remote: bool
+    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
         try:
             spec = download_from_pb(request.download)
             if remote:
@@ -152,6 +174,10 @@ class Downloads:
             raise
         except BaseException as e:
             log.info("%sdownload failed: %s", "remote " if remote else "", e)
+            if self.metrics is not None:
+                self.metrics.download_ended(
+                    self.metrics.labels_of(request.download), ok=False, size=0, seconds=0.0
+                )
             await _abort(context, e)
 
     async def progress(

@@ -26,6 +26,7 @@ import grpc
 from google.protobuf import message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .. import tracing
 from ..api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from ..api.convert import answer_from_pb, download_to_pb, duration, host_to_pb, piece_to_pb
 from ..api.health import DAMSELFLY_EXTENSIONS
@@ -129,7 +130,7 @@ class PeerStream:
 
     # The two things a stream of another kind (persistent cache) changes.
     def _open_call(self) -> grpc.aio.StreamStreamCall:
-        return self._stub.AnnouncePeer()
+        return self._stub.AnnouncePeer(metadata=tracing.with_metadata(None))
 
     def _request(self, **request: message.Message) -> StreamRequest:
         return scheduler_pb2.AnnouncePeerRequest(

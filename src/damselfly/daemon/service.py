@@ -21,6 +21,7 @@ from typing import TypeAlias
 import grpc
 from google.protobuf import empty_pb2
 
+from .. import tracing
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..api.convert import local_task_to_pb, task_to_pb
 from ..domain import PieceInfo
@@ -219,6 +220,22 @@ class UploadService(
         return task_to_pb(task_info(meta))
 
     async def SyncPieces(
+        self,
+        request: dfdaemon_pb2.SyncPiecesRequest | dfdaemon_pb2.SyncPersistentCachePiecesRequest,
+        context: Context,
+    ) -> AsyncIterator[dfdaemon_pb2.SyncPiecesResponse]:
+        if not tracing.enabled():
+            async for r in self._sync_pieces(request, context):
+                yield r
+            return
+        attributes = {"task.id": request.task_id}
+        with tracing.span(
+            "daemon", "dfdaemon.SyncPieces", remote=context.invocation_metadata(), attributes=attributes
+        ):
+            async for r in self._sync_pieces(request, context):
+                yield r
+
+    async def _sync_pieces(
         self,
         request: dfdaemon_pb2.SyncPiecesRequest | dfdaemon_pb2.SyncPersistentCachePiecesRequest,
         context: Context,

@@ -1,21 +1,45 @@
 """Prometheus metrics of one scheduler, with ``GET /healthy``.
 
-Each :class:`SchedulerMetrics` has its own ``CollectorRegistry``, so several
+Where a metric means what one of Dragonfly's scheduler (``dragonfly_scheduler_*``)
+means, it carries Dragonfly's name and labels; the others are
+``damselfly_scheduler_*``. docs/METRICS.md lists them all. Each
+:class:`SchedulerMetrics` has its own ``CollectorRegistry``, so several
 schedulers can run in one process (tests) without clashing names.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Sequence
 from functools import partial
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .. import __version__
+from ..domain import HostType
 from ..process import metrics_app
 from .runtime import GCPauses
 
 PREFIX = "damselfly_scheduler_"
+DRAGONFLY = "dragonfly_scheduler_"
+# Dragonfly's label values: HostType.Name() of its Go scheduler, common.v2 enum names.
+_HOST_TYPE = {
+    HostType.NORMAL: "normal",
+    HostType.SUPER_SEED: "super",
+    HostType.STRONG_SEED: "strong",
+    HostType.WEAK_SEED: "weak",
+}
+PEER_LABELS = ["priority", "task_type", "host_type"]
+# AnnounceHost's labels, from the host's own report (common.v2.Host and its Build).
+HOST_LABELS = ["os", "platform", "platform_family", "platform_version", "kernel_version", "git_version",
+               "git_commit", "go_version", "build_platform"]  # fmt: skip
+_PLATFORM = f"{platform.system().lower()}-{platform.machine()}"
+
+
+def peer_labels(priority: int, host_type: HostType) -> tuple[str, str, str]:
+    """Dragonfly's (priority, task_type, host_type) labels of a peer (standard tasks only)."""
+    return (f"LEVEL{priority}", "STANDARD", _HOST_TYPE.get(host_type, "normal"))
 
 
 def _item(values: Sequence[float], index: int) -> float:
@@ -29,16 +53,54 @@ _SCHEDULE_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
 class SchedulerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._children: dict[tuple[int, str], Counter] = {}  # (id of the counter, label) -> child
+        # (id of the counter, labels) -> child
+        self._children: dict[tuple[int, object], Counter] = {}
         self._lag_max = 0.0
         r = self.registry
         self.announce_peer = Counter(
-            PREFIX + "announce_peer_total", "AnnouncePeer requests by type", ["type"], registry=r
+            PREFIX + "announce_peer_request_total", "AnnouncePeer requests by type", ["type"], registry=r
         )
-        self.register_peer = Counter(PREFIX + "register_peer_total", "Peers registered", registry=r)
-        self.announce_host = Counter(PREFIX + "announce_host_total", "AnnounceHost calls", registry=r)
+        self.announce_peer_streams = Counter(
+            DRAGONFLY + "announce_peer_total", "Counter of the number of the announcing peer.", registry=r
+        )
+        self.concurrent_schedule = Gauge(
+            DRAGONFLY + "concurrent_schedule_total",
+            "Gauge of the number of concurrent of the scheduling (open AnnouncePeer streams).",
+            registry=r,
+        )
+        self.register_peer = Counter(
+            DRAGONFLY + "register_peer_total", "Counter of the number of the register peer.", PEER_LABELS,
+            registry=r,
+        )  # fmt: skip
+        self.announce_host = Counter(
+            DRAGONFLY + "announce_host_total",
+            "Counter of the number of the announce host.",
+            HOST_LABELS,
+            registry=r,
+        )
+        self.peer_started = Counter(
+            DRAGONFLY + "download_peer_started_total",
+            "Counter of the number of the download peer started.",
+            PEER_LABELS,
+            registry=r,
+        )
+        self.peer_back_to_source_started = Counter(
+            DRAGONFLY + "download_peer_back_to_source_started_total",
+            "Counter of the number of the download peer back-to-source started.",
+            PEER_LABELS,
+            registry=r,
+        )
+        version = Gauge(
+            DRAGONFLY + "version",
+            "Version info of the service.",
+            ["major", "minor", "git_version", "git_commit", "platform", "build_time", "go_version", "go_tags",
+             "go_gcflags"],
+            registry=r,
+        )  # fmt: skip
+        major, minor = [*__version__.split("."), ""][:2]
+        version.labels(major, minor, __version__, "", _PLATFORM, "", "", "", "").set(1)
         self.schedule_duration = Histogram(
-            PREFIX + "schedule_duration_milliseconds",
+            DRAGONFLY + "schedule_duration_milliseconds",
             "Time to take one scheduling decision, in milliseconds",
             buckets=_SCHEDULE_BUCKETS_MS,
             registry=r,
@@ -51,9 +113,14 @@ class SchedulerMetrics:
             PREFIX + "seed_trigger_total", "Seed peer downloads triggered", ["result"], registry=r
         )
         self.peer_finished = Counter(
-            PREFIX + "download_peer_finished_total", "Peers that finished a task", registry=r
+            DRAGONFLY + "download_peer_finished_total",
+            "Peers that ended their download, succeeded or failed.",
+            PEER_LABELS,
+            registry=r,
         )
-        self.peer_failed = Counter(PREFIX + "download_peer_failed_total", "Peers that failed", registry=r)
+        self.peer_failed = Counter(
+            DRAGONFLY + "download_peer_finished_failure_total", "Peers that failed.", PEER_LABELS, registry=r
+        )
         self.loop_lag = Histogram(
             PREFIX + "event_loop_lag_milliseconds",
             "How late the event loop ran a 50 ms timer, in milliseconds (answers wait behind this)",
@@ -77,6 +144,20 @@ class SchedulerMetrics:
         if child is None:
             child = self._children[key] = counter.labels(label)
         child.inc()
+
+    def count_peer(self, counter: Counter, priority: int, host_type: HostType) -> None:
+        """``counter.labels(*peer_labels(...)).inc()`` with the child looked up once."""
+        key = (id(counter), (priority, int(host_type)))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*peer_labels(priority, host_type))
+        child.inc()
+
+    def peer_done(self, priority: int, host_type: HostType, *, ok: bool) -> None:
+        """A peer ended: Dragonfly counts every end as finished, and the failed ones again."""
+        self.count_peer(self.peer_finished, priority, host_type)
+        if not ok:
+            self.count_peer(self.peer_failed, priority, host_type)
 
     def observe_loop_lag(self, ms: float) -> None:
         self.loop_lag.observe(ms)

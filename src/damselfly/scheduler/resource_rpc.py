@@ -96,7 +96,11 @@ class ResourceRPCs:
             await self._abort(context, e)
         info = convert.host_from_pb(request.host)
         self.res.upsert_host(info, self.clock())
-        self.metrics.announce_host.inc()
+        h = request.host
+        self.metrics.announce_host.labels(
+            h.os, h.platform, h.platform_family, h.platform_version, h.kernel_version,
+            h.build.git_version, h.build.git_commit, h.build.go_version, h.build.platform,
+        ).inc()  # fmt: skip
         return empty_pb2.Empty()
 
     async def ListHosts(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import grpc
 
+from .. import tracing
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..domain import HostInfo
 from ..errors import SchedulerError
@@ -76,7 +77,7 @@ async def download_on(host: HostInfo, download: common_pb2.Download) -> None:
     request = dfdaemon_pb2.DownloadTaskRequest(download=seed_download(download))
     async with grpc.aio.insecure_channel(target(host)) as channel:
         stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
-        async for _ in stub.DownloadTask(request):
+        async for _ in stub.DownloadTask(request, metadata=tracing.with_metadata(None)):
             pass
 
 

@@ -37,6 +37,7 @@ from typing import TypeAlias
 
 import grpc
 
+from .. import tracing
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
 from ..config import SchedulerConfig
 from ..domain import EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
@@ -216,6 +217,14 @@ class SchedulerService(
     # -- scheduling: decide, then do --------------------------------------------
 
     def _decide(self, peer: Peer) -> Decision:
+        if tracing.enabled():
+            outbox = self._streams.get(peer.id)
+            with tracing.span("scheduler", "scheduler.Schedule", remote=outbox.trace if outbox else None,
+                              attributes={"peer.id": peer.id}):  # fmt: skip
+                return self._decide_now(peer)
+        return self._decide_now(peer)
+
+    def _decide_now(self, peer: Peer) -> Decision:
         now = self.clock()
         started = time.perf_counter()
         decision = schedule(
@@ -265,7 +274,7 @@ class SchedulerService(
                     pass
                 case Fail(reason):
                     log.info("peer failed: %s", reason)
-                    self.metrics.peer_failed.inc()
+                    self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=False)
                     if outbox:
                         outbox.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
 
@@ -301,6 +310,10 @@ class SchedulerService(
         # the iterator wraps every read in an async generator of grpc's, measurable
         # per message with thousands of streams (BENCHMARKS.md, scheduler at scale).
         outbox: Outbox = PeerStream()
+        if tracing.enabled():
+            outbox.trace = context.invocation_metadata()  # the daemon's traceparent
+        self.metrics.announce_peer_streams.inc()
+        self.metrics.concurrent_schedule.inc()
         reader = asyncio.get_running_loop().create_task(self._read(context, outbox))
         try:
             while True:
@@ -311,6 +324,7 @@ class SchedulerService(
                     await context.abort(item.code, item.details)
                 await context.write(item)
         finally:
+            self.metrics.concurrent_schedule.dec()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -350,7 +364,7 @@ class SchedulerService(
         with log_context(task_id=peer.task.id, peer_id=peer.id):
             log.info("stream of peer %s closed before the peer finished; marking it failed", peer_id)
         self.res.set_state(peer, PeerState.FAILED, self.clock())
-        self.metrics.peer_failed.inc()
+        self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=False)
         self._wake(peer.task)
 
     def handle(self, request: scheduler_pb2.AnnouncePeerRequest, stream: Outbox) -> bool:
@@ -377,10 +391,14 @@ class SchedulerService(
         if kind in PIECE_REQUESTS:
             self._piece_report(peer, request, kind, now)
         elif kind == "download_peer_started_request":
+            self.metrics.count_peer(self.metrics.peer_started, peer.spec.priority, peer.host.info.type)
             if peer.state is not PeerState.SUCCEEDED:  # a metadata-only peer holds it all already
                 self.res.set_state(peer, PeerState.RUNNING, now)
             self._wake(task)
         elif kind == "download_peer_back_to_source_started_request":
+            self.metrics.count_peer(
+                self.metrics.peer_back_to_source_started, peer.spec.priority, peer.host.info.type
+            )
             self.res.set_state(peer, PeerState.BACK_TO_SOURCE, now)
             task.source_peers.add(peer.id)
             self._wake(task)
@@ -393,7 +411,7 @@ class SchedulerService(
             and peer.state is not PeerState.SUCCEEDED
         ):
             self.res.set_state(peer, PeerState.FAILED, now)
-            self.metrics.peer_failed.inc()
+            self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=False)
             self._wake(task)
         if kind in FINAL_REQUESTS:
             stream.end()
@@ -465,8 +483,16 @@ class SchedulerService(
         peer = self.res.create_peer(request.peer_id, task, host, spec, now)
         self._streams[peer.id] = stream
         stream.peer_id = peer.id
-        self.metrics.register_peer.inc()
-        if download.metadata_only:
+        self.metrics.count_peer(self.metrics.register_peer, spec.priority, host.info.type)
+        if stream.trace is not None:
+            with tracing.span("scheduler", "scheduler.RegisterPeer", remote=stream.trace,
+                              attributes={"peer.id": peer.id, "task.id": task.id}):  # fmt: skip
+                self._first_answer(peer, stream, download.metadata_only, now)
+        else:
+            self._first_answer(peer, stream, download.metadata_only, now)
+
+    def _first_answer(self, peer: Peer, stream: Outbox, metadata_only: bool, now: float) -> None:
+        if metadata_only:
             self._metadata_only(peer, stream, now)
             return
         self._decide(peer)
@@ -490,7 +516,7 @@ class SchedulerService(
                 task.content_length = peer.finished_bytes
                 task.piece_count = len(pieces)
             self.res.set_state(peer, PeerState.SUCCEEDED, now)
-            self.metrics.peer_finished.inc()
+            self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=True)
         self._wake(task)
 
     # -- what the unary RPCs (resource_rpc.py) change ------------------------------

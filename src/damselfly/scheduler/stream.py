@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -38,10 +38,11 @@ class PeerStream(Generic[M]):
     for nothing (BENCHMARKS.md, the scheduler at scale).
     """
 
-    __slots__ = ("_items", "_waiter", "peer_id")
+    __slots__ = ("_items", "_waiter", "peer_id", "trace")
 
     def __init__(self) -> None:
         self.peer_id = ""  # set by the RegisterPeerRequest
+        self.trace: Any = None  # the call's metadata when tracing is on (its traceparent)
         self._items: deque[object] = deque()
         self._waiter: asyncio.Future[None] | None = None
 

@@ -21,15 +21,17 @@ from .procs import process_cpu_s
 from .scenarios import Scenario
 from .wire import DAMSELFLY, WIRES
 
-UPLOAD_METRIC = "damselfly_daemon_upload_traffic_bytes_total"
-DOWNLOAD_METRIC = "damselfly_daemon_download_traffic_bytes_total"
+# Dragonfly's client names (Damselfly's and the Rust dfdaemon's pages alike), counters without _total.
+UPLOAD_METRIC = "dragonfly_client_upload_traffic"
+DOWNLOAD_METRIC = "dragonfly_client_download_traffic"
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def metric_values(text: str, name: str) -> dict[str, float]:
-    """The samples of ``name`` in Prometheus text, keyed by their ``type`` label ("" when unlabelled)."""
+    """The samples of ``name`` in Prometheus text, keyed by their ``type`` label in lower case
+    (``back_to_source``; "" when unlabelled)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("#"):
@@ -39,7 +41,7 @@ def metric_values(text: str, name: str) -> dict[str, float]:
             continue
         labels = dict(_LABEL.findall(m.group(2) or ""))
         try:
-            out[labels.get("type", "")] = float(m.group(3))
+            out[labels.get("type", "").lower()] = float(m.group(3))
         except ValueError:
             continue
     return out

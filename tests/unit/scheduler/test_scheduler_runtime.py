@@ -68,8 +68,8 @@ def test_metrics_count_reuses_one_child_per_label() -> None:
         metrics.count(metrics.announce_peer, "register_peer_request")
     metrics.count(metrics.announce_peer, "download_peer_started_request")
     text = generate_latest(metrics.registry).decode()
-    assert 'damselfly_scheduler_announce_peer_total{type="register_peer_request"} 3.0' in text
-    assert 'damselfly_scheduler_announce_peer_total{type="download_peer_started_request"} 1.0' in text
+    assert 'damselfly_scheduler_announce_peer_request_total{type="register_peer_request"} 3.0' in text
+    assert 'damselfly_scheduler_announce_peer_request_total{type="download_peer_started_request"} 1.0' in text
 
 
 def test_gc_tuning_can_be_switched_off_by_environment() -> None:

@@ -22,12 +22,12 @@ from damselfly.testbed.scenarios import Knobs, build_scenario
 from damselfly.units import MiB
 
 METRICS = """\
-# HELP damselfly_daemon_upload_traffic_bytes_total Piece bytes served to peers.
-# TYPE damselfly_daemon_upload_traffic_bytes_total counter
-damselfly_daemon_upload_traffic_bytes_total 1.6777216e+07
-damselfly_daemon_upload_traffic_bytes_created 1.7e+09
-damselfly_daemon_download_traffic_bytes_total{type="back_to_source"} 4194304.0
-damselfly_daemon_download_traffic_bytes_total{type="remote_peer"} 8.388608e+06
+# HELP dragonfly_client_upload_traffic Counter of the number of the upload traffic.
+# TYPE dragonfly_client_upload_traffic untyped
+dragonfly_client_upload_traffic 1.6777216e+07
+dragonfly_client_upload_traffic_created 1.7e+09
+dragonfly_client_download_traffic{type="BACK_TO_SOURCE"} 4194304.0
+dragonfly_client_download_traffic{type="REMOTE_PEER"} 8.388608e+06
 """
 
 

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ... import tracing
 from ...domain import CandidateParent, PieceInfo, TrafficType
 from ...errors import (
     DamselflyError,
@@ -258,7 +259,8 @@ class PieceLoop:
                             return False
                         case Fetch():
                             span = piece_span(action.number, meta.content_length, meta.piece_length)
-                            t = asyncio.get_running_loop().create_task(self._fetch(fd, span, action))
+                            fetcher = self._fetch_traced if tracing.enabled() else self._fetch
+                            t = asyncio.get_running_loop().create_task(fetcher(fd, span, action))
                             workers.add(t)
                             t.add_done_callback(workers.discard)
                         case Wait():
@@ -275,6 +277,12 @@ class PieceLoop:
             os.close(fd)
 
     # ------------------------------------------------------------- a worker
+
+    async def _fetch_traced(self, fd: int, span: PieceSpan, fetch: Fetch) -> None:
+        """:meth:`_fetch` in a span (only with tracing on: no span object per piece otherwise)."""
+        attributes: dict[str, str | int | bool] = {"piece.number": fetch.number, "parent.id": fetch.parent.id}
+        with tracing.span("daemon", "piece.Download", attributes=attributes):
+            await self._fetch(fd, span, fetch)
 
     async def _fetch(self, fd: int, span: PieceSpan, fetch: Fetch) -> None:
         number, p = fetch.number, fetch.parent

@@ -1,9 +1,15 @@
-"""Prometheus metrics of the proxy, registered on the daemon's registry (``damselfly_daemon_proxy_*``)."""
+"""Prometheus metrics of the proxy, registered on the daemon's registry.
+
+Requests are counted under Dragonfly's client names (``dragonfly_client_proxy_request_*``),
+with Damselfly's ``route`` and ``status`` labels on the total (a ``sum()`` is
+Dragonfly's unlabelled counter); the rest are ``damselfly_daemon_proxy_*``.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
+CLIENT = "dragonfly_client"
 PREFIX = "damselfly_daemon_proxy"
 
 
@@ -11,9 +17,19 @@ class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
         self.request_total = Counter(
-            f"{PREFIX}_request",
-            "Requests to the mirror/proxy, by route (p2p, direct, connect, refused) and status.",
+            f"{CLIENT}_proxy_request_total",
+            "Requests to the mirror/proxy, by route (p2p, direct, connect, tunnel, refused) and status.",
             ["route", "status"],
+            registry=r,
+        )
+        self.request_failure_total = Counter(
+            f"{CLIENT}_proxy_request_failure_total",
+            "Requests to the mirror/proxy that were refused or failed (a 5xx answer).",
+            registry=r,
+        )
+        self.via_dfdaemon_total = Counter(
+            f"{CLIENT}_proxy_request_via_dfdaemon_total",
+            "Requests to the mirror/proxy answered through the swarm (route p2p).",
             registry=r,
         )
         self.p2p_bytes = Counter(
@@ -29,3 +45,7 @@ class ProxyMetrics:
 
     def request(self, route: str, status: int) -> None:
         self.request_total.labels(route, str(status)).inc()
+        if route == "refused" or status >= 500:
+            self.request_failure_total.inc()
+        elif route == "p2p":
+            self.via_dfdaemon_total.inc()

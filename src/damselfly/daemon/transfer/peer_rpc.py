@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from ... import tracing
 from ...api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from ...api.convert import UNKNOWN_CONTENT_LENGTH
 from ...domain import HostInfo
@@ -132,7 +133,7 @@ class PeerRPC:
         Damselfly's wire extensions; each :class:`ParentPiece` says whether the
         parent does too.
         """
-        metadata = ((EXTENSIONS_METADATA, "1"),) if extensions else ()
+        metadata = tracing.with_metadata(((EXTENSIONS_METADATA, "1"),) if extensions else ())
         request = self.SYNC_REQUEST(host_id=host_id, task_id=task_id, interested_piece_numbers=sorted(wanted))
         call = getattr(self._stub(host), self.SYNC_METHOD)(request, metadata=metadata)
         try:

@@ -60,9 +60,9 @@ def scrape_metrics(port: int) -> dict[str, float]:
         if line.startswith("damselfly_scheduler_schedule_decision_total{"):
             kind = line.split('kind="', 1)[1].split('"', 1)[0]
             out[f"decisions_{kind}"] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("damselfly_scheduler_schedule_duration_milliseconds_sum"):
+        elif line.startswith("dragonfly_scheduler_schedule_duration_milliseconds_sum"):
             out["schedule_ms_sum"] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("damselfly_scheduler_schedule_duration_milliseconds_count"):
+        elif line.startswith("dragonfly_scheduler_schedule_duration_milliseconds_count"):
             out["schedule_count"] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("damselfly_scheduler_event_loop_lag_max_milliseconds "):
             out["loop_lag_max_ms"] = round(float(line.rsplit(" ", 1)[1]), 2)
