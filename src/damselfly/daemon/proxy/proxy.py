@@ -3,8 +3,9 @@
 One TCP listener (loopback by default) takes three kinds of requests:
 
 * **mirror** (``GET /v2/...`` with no absolute URI): the registry comes from
-  ``X-Dragonfly-Registry``, containerd's ``?ns=``, or the configured default
-  (:mod:`.mirror`);
+  ``X-Dragonfly-Registry``, containerd's ``?ns=``, the mirror path, or the configured
+  default (:mod:`.mirror`); GET and HEAD only (405 otherwise), and a registry outside
+  ``proxy.registryMirror.allowedRegistries`` is refused (403) before any connection;
 * **proxy** (absolute URI, ``GET http://host/...``): only to hosts that are a
   registry we mirror, an intercepted host, or on the allow-list: never an open proxy;
 * **CONNECT host:port**: TLS-intercepted with a leaf certificate from our CA
@@ -100,6 +101,7 @@ class ProxyServer:
         source = source or SourceConfig()
         self.hijack = [re.compile(h.regx) for h in config.hijack_https.hosts]
         self.allow = [re.compile(h) for h in config.allow_hosts]
+        self.allowed_registries = mirror.compile_allowed(config.registry_mirror.allowed_registries)
         mirror_host = urlsplit(self.default_registry).netloc
         tls_rules = [
             TLSRule(re.compile(re.escape(mirror_host)), config.registry_mirror.insecure,
@@ -185,6 +187,9 @@ class ProxyServer:
         except PermissionError as e:
             self.metrics.request("refused", 403)
             return _error(403, str(e), headers.ERROR_PROXY)
+        except mirror.MethodNotAllowed as e:
+            self.metrics.request("refused", 405)
+            return _error(405, str(e), headers.ERROR_PROXY, {"Allow": ", ".join(mirror.MIRROR_METHODS)})
         if url is None:
             self.metrics.request("refused", 404)
             return _error(404, "not a registry request: the mirror serves /v2/...", headers.ERROR_PROXY)
@@ -218,13 +223,22 @@ class ProxyServer:
             return f"https://{tunnel}{request.rel_url.raw_path_qs}"
         if not request.rel_url.raw_path.startswith("/v2"):
             return None
-        base = mirror.upstream_for(
+        if request.method not in mirror.MIRROR_METHODS:
+            raise mirror.MethodNotAllowed(f"the registry mirror serves GET and HEAD only, not {request.method}")
+        cfg = self.config.registry_mirror
+        target = mirror.route(
             request.headers,
+            request.rel_url.raw_path,
             request.rel_url.raw_query_string,
             self.default_registry,
-            dynamic=self.config.registry_mirror.dynamic,
+            dynamic=cfg.dynamic,
         )
-        return mirror.upstream_url(base, request.rel_url.raw_path, request.rel_url.raw_query_string)
+        # Decided before any connection: a registry not allowed is never contacted.
+        if not mirror.registry_allowed(target.base, self.default_registry, self.allowed_registries):
+            raise PermissionError(
+                f"this mirror does not serve {target.base} (proxy.registryMirror.allowedRegistries)"
+            )
+        return mirror.upstream_url(target.base, target.path, request.rel_url.raw_query_string)
 
     async def _forward(
         self,
