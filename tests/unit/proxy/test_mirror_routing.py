@@ -62,7 +62,11 @@ def test_malformed_mirror_path_is_refused_not_sent_to_the_default(bad: str) -> N
 def test_route_header_path_ns_default() -> None:
     path = f"/v2/damselfly__mirror/http/10.0.0.7_5000/team/app{BLOB}"
     by_path = mirror.route({}, path, "", HUB)
-    assert (by_path.base, by_path.path, by_path.named_by) == ("http://10.0.0.7:5000", f"/v2/team/app{BLOB}", "path")
+    assert (by_path.base, by_path.path, by_path.named_by) == (
+        "http://10.0.0.7:5000",
+        f"/v2/team/app{BLOB}",
+        "path",
+    )
     by_header = mirror.route({"X-Dragonfly-Registry": "http://10.0.0.7:5000"}, "/v2/team/app", "ns=x.io", HUB)
     assert (by_header.base, by_header.named_by) == ("http://10.0.0.7:5000", "header")
     # Header and path agreeing is fine; disagreeing is refused, never settled in favour of one.

@@ -99,9 +99,8 @@ def split_mirror_path(path: str) -> tuple[str | None, str]:
         return None, path
     parts = path[len(_PATH_PREFIX) :].split("/", 2)
     if len(parts) < 2 or parts[0] not in ("http", "https"):
-        raise InvalidArgument(
-            f"mirror path {path[:120]!r}: want /v2/{PATH_MARKER}/<http|https>/<host>[_<port>]/<repository>/..."
-        )
+        want = f"/v2/{PATH_MARKER}/<http|https>/<host>[_<port>]/<repository>/..."
+        raise InvalidArgument(f"mirror path {path[:120]!r}: want {want}")
     m = _PATH_HOST.match(parts[1])
     if m is None or (m.group("port") is not None and not 0 < int(m.group("port")) < 65536):
         raise InvalidArgument(f"mirror path names no valid registry host: {parts[1][:80]!r}")
@@ -171,7 +170,8 @@ def compile_allowed(patterns: Sequence[str]) -> list[re.Pattern[str]]:
     try:
         return [re.compile(p) for p in patterns]
     except re.error as e:
-        raise ConfigError(f"proxy.registryMirror.allowedRegistries: {e.pattern!r} is not a valid regex: {e}") from e
+        key = "proxy.registryMirror.allowedRegistries"
+        raise ConfigError(f"{key}: {e.pattern!r} is not a valid regex: {e}") from e
 
 
 def registry_allowed(base: str, default: str, allowed: Sequence[re.Pattern[str]]) -> bool:

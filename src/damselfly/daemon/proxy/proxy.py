@@ -224,7 +224,7 @@ class ProxyServer:
         if not request.rel_url.raw_path.startswith("/v2"):
             return None
         if request.method not in mirror.MIRROR_METHODS:
-            raise mirror.MethodNotAllowed(f"the registry mirror serves GET and HEAD only, not {request.method}")
+            raise mirror.MethodNotAllowed(f"the registry mirror serves GET and HEAD, not {request.method}")
         cfg = self.config.registry_mirror
         target = mirror.route(
             request.headers,
