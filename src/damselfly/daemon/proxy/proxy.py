@@ -226,7 +226,7 @@ class ProxyServer:
         if request.method not in mirror.MIRROR_METHODS:
             raise mirror.MethodNotAllowed(f"the registry mirror serves GET and HEAD, not {request.method}")
         cfg = self.config.registry_mirror
-        target = mirror.route(
+        routed = mirror.route(
             request.headers,
             request.rel_url.raw_path,
             request.rel_url.raw_query_string,
@@ -234,11 +234,11 @@ class ProxyServer:
             dynamic=cfg.dynamic,
         )
         # Decided before any connection: a registry not allowed is never contacted.
-        if not mirror.registry_allowed(target.base, self.default_registry, self.allowed_registries):
+        if not mirror.registry_allowed(routed.base, self.default_registry, self.allowed_registries):
             raise PermissionError(
-                f"this mirror does not serve {target.base} (proxy.registryMirror.allowedRegistries)"
+                f"this mirror does not serve {routed.base} (proxy.registryMirror.allowedRegistries)"
             )
-        return mirror.upstream_url(target.base, target.path, request.rel_url.raw_query_string)
+        return mirror.upstream_url(routed.base, routed.path, request.rel_url.raw_query_string)
 
     async def _forward(
         self,
