@@ -64,6 +64,7 @@ def registries_conf(
     except TOMLKitError as e:
         raise InvalidArgument(f"registries.conf is not valid TOML: {e}") from e
     entries = doc.get("registry")
+    parsed = entries is not None  # tomlkit separates tables it made itself, not parsed ones
     if entries is None:
         entries = tomlkit.aot()
         doc.append("registry", entries)
@@ -85,7 +86,7 @@ def registries_conf(
                 entry["location"] = host
                 if registry_server(reg).startswith("http://"):
                     entry["insecure"] = True  # so that a fall-back to the registry speaks HTTP too
-            if len(entries) and not tomlkit.dumps(doc).endswith("\n\n"):
+            if parsed and len(entries) and not entries[-1].as_string().endswith("\n\n"):
                 entries[-1].add(tomlkit.nl())  # a blank line between tables, as people write them
             entries.append(entry)
             entry = entries[-1]
