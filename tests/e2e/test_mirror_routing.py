@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from damselfly.cli.main import app
-from damselfly.testbed.registry import Image, Registry, build_image, start_registry
+from damselfly.testbed.registry import Image, Registry, build_image, free_port, start_registry
 
 from .containerd import Containerd
 from .harness import Swarm, assert_dir_image, blob_log, need, skopeo_pull
@@ -166,3 +166,25 @@ def test_containerd_with_a_mirror_path_host_as_k3s_writes_it(
     held = set(containerd.ctr("content", "ls", "-q").stdout.split())
     assert image.manifest.digest in held
     assert_through_the_mirror(swarm, registry, decoy, image, before)
+
+
+def test_skopeo_path_form_with_the_default_registry_out_of_reach(
+    tmp_root: Path, registry: Registry, image: Image
+) -> None:
+    """An air-gapped host whose default registry (Docker Hub under `damselfly up`) cannot be
+    reached: the mirror answers the client's /v2/ probe itself and the named registry is pulled
+    through the swarm (a client whose probe fails skips the mirror and pulls directly)."""
+    gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    swarm = Swarm(tmp_root / "swarm", registry, peers=1, config={"proxy": {"registryMirror": {"url": gone}}})
+    try:
+        conf = init("podman", tmp_root / "host", swarm.proxy(0), f"http://{registry.host}")
+        before = registry.blob_bytes()
+        res = skopeo_pull(
+            f"{registry.host}/team/app:v1", tmp_root / "out", conf / "etc/containers/registries.conf"
+        )
+        assert res.returncode == 0, res.stderr + swarm.logs()
+        assert_dir_image(tmp_root / "out", image)
+        assert all(swarm.holds_blob(0, b.digest) for b in image.blobs), swarm.logs()
+        assert registry.blob_bytes() - before == image.blob_bytes, blob_log(registry) + swarm.logs()
+    finally:
+        swarm.close()

@@ -387,3 +387,27 @@ async def test_registry_not_allowed_is_403_before_any_connection(env: Env, tmp_p
         await target.wait_closed()
         assert other.runner is not None
         await other.runner.cleanup()
+
+
+async def test_probe_is_answered_when_the_default_registry_is_out_of_reach(env: Env, tmp_path: Path) -> None:
+    gone = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = gone.sockets[0].getsockname()[1]
+    gone.close()
+    await gone.wait_closed()  # nothing listens on ``port`` now
+    cfg = env.proxy.config.model_copy(deep=True)
+    cfg.registry_mirror.url = f"http://127.0.0.1:{port}"
+    lost = ProxyServer(cfg, manager=env.proxy.manager, store=env.store, data_dir=tmp_path / "d3")
+    await lost.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{lost.port}/v2/") as r:
+                assert r.status == 200 and await r.json() == {}
+                assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+            # Anything else that fails to reach the registry is still a 502.
+            async with s.get(f"http://127.0.0.1:{lost.port}/v2/a/manifests/1") as r:
+                assert r.status == 502
+    finally:
+        await lost.close()
+    # With the default registry up, the probe is the registry's own answer.
+    async with aiohttp.ClientSession() as s, s.get(f"{env.mirror}/v2/") as r:
+        assert r.status == 404

@@ -205,6 +205,9 @@ class ProxyServer:
                 self._learn_blob_order(decision.url, resp.headers.get("Content-Type", ""), bytes(body))
         else:
             resp = await self._forward(request, decision.url)
+            if resp.status == 502 and mirror.is_probe_of(decision.url, self.default_registry):
+                # Clients probe /v2/ before using a mirror path: answer it ourselves (air-gapped hosts).
+                resp = web.json_response({}, headers=mirror.PROBE_HEADERS)
         self.metrics.request(decision.route.value, resp.status)
         return resp
 
@@ -225,20 +228,17 @@ class ProxyServer:
             return None
         if request.method not in mirror.MIRROR_METHODS:
             raise mirror.MethodNotAllowed(f"the registry mirror serves GET and HEAD, not {request.method}")
-        cfg = self.config.registry_mirror
+        rel = request.rel_url
         routed = mirror.route(
-            request.headers,
-            request.rel_url.raw_path,
-            request.rel_url.raw_query_string,
-            self.default_registry,
-            dynamic=cfg.dynamic,
-        )
+            request.headers, rel.raw_path, rel.raw_query_string, self.default_registry,
+            dynamic=self.config.registry_mirror.dynamic,
+        )  # fmt: skip
         # Decided before any connection: a registry not allowed is never contacted.
         if not mirror.registry_allowed(routed.base, self.default_registry, self.allowed_registries):
             raise PermissionError(
                 f"this mirror does not serve {routed.base} (proxy.registryMirror.allowedRegistries)"
             )
-        return mirror.upstream_url(routed.base, routed.path, request.rel_url.raw_query_string)
+        return mirror.upstream_url(routed.base, routed.path, rel.raw_query_string)
 
     async def _forward(
         self,
