@@ -372,7 +372,7 @@ async def test_registry_not_allowed_is_403_before_any_connection(env: Env, tmp_p
             ]:
                 async with s.get(url, headers=hdrs) as r:
                     assert r.status == 403, url
-                    assert "allowedRegistries" in await r.text()
+                    assert "does not serve" in await r.text()
             # An allowed registry and the default are served.
             named = {"X-Dragonfly-Registry": f"http://127.0.0.1:{other.port}"}
             async with s.get(f"{mirror_url}/v2/a/blobs/{digest}", headers=named) as r:
@@ -408,6 +408,3 @@ async def test_probe_is_answered_when_the_default_registry_is_out_of_reach(env: 
                 assert r.status == 502
     finally:
         await lost.close()
-    # With the default registry up, the probe is the registry's own answer.
-    async with aiohttp.ClientSession() as s, s.get(f"{env.mirror}/v2/") as r:
-        assert r.status == 404

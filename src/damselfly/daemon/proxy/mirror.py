@@ -184,22 +184,6 @@ def registry_allowed(base: str, default: str, allowed: Sequence[re.Pattern[str]]
     return any(p.fullmatch(n) for p in allowed for n in names)
 
 
-# The answer to a client's /v2/ probe when the default registry is out of reach.
-PROBE_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
-
-
-def is_probe_of(url: str, default: str) -> bool:
-    """Whether ``url`` is the API probe (``/v2/``) of the default registry.
-
-    Clients probe the mirror's ``/v2/`` before any mirror-path request; the probe names
-    no registry, so it goes to the default one. When that one cannot be reached (an
-    air-gapped host with Docker Hub as the default) the mirror answers the probe
-    itself, so that the registries named by path still work.
-    """
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" == default and parts.path in ("/v2", "/v2/") and not parts.query
-
-
 def upstream_for(headers: Mapping[str, str], query: str, default: str, *, dynamic: bool = True) -> str:
     """The registry base URL a ``/v2/...`` request without a mirror path goes to."""
     return route(headers, "/v2/", query, default, dynamic=dynamic).base

@@ -49,7 +49,7 @@ from ...errors import DamselflyError, DigestMismatch, InvalidArgument, SourceSta
 from ..download.tasks import TaskManager, task_id_for
 from ..store.piece_store import PieceStore
 from ..threads import cancel_and_wait
-from . import headers, mirror
+from . import headers, mirror, token
 from .ca import CertificateAuthority, ensure_ca
 from .connect import ConnectHandler, Sniffer
 from .metrics import ProxyMetrics
@@ -116,6 +116,7 @@ class ProxyServer:
         cert, key = ensure_ca(data_dir, config.hijack_https.cert, config.hijack_https.key)
         self.ca = CertificateAuthority(cert, key)
         self.ca_cert_path = cert
+        self.tokens = token.TokenService(self.upstream, self.default_registry, self.allowed_registries)
         self._web: web.Server | None = None
         self._server: asyncio.Server | None = None
         self._jobs: set[asyncio.Task[None]] = set()
@@ -190,6 +191,8 @@ class ProxyServer:
         except mirror.MethodNotAllowed as e:
             self.metrics.request("refused", 405)
             return _error(405, str(e), headers.ERROR_PROXY, {"Allow": ", ".join(mirror.MIRROR_METHODS)})
+        if url in (token.PROBE, token.TOKEN_PATH):
+            return await self.tokens.answer(url, request)
         if url is None:
             self.metrics.request("refused", 404)
             return _error(404, "not a registry request: the mirror serves /v2/...", headers.ERROR_PROXY)
@@ -205,9 +208,6 @@ class ProxyServer:
                 self._learn_blob_order(decision.url, resp.headers.get("Content-Type", ""), bytes(body))
         else:
             resp = await self._forward(request, decision.url)
-            if resp.status == 502 and mirror.is_probe_of(decision.url, self.default_registry):
-                # Clients probe /v2/ before using a mirror path: answer it ourselves (air-gapped hosts).
-                resp = web.json_response({}, headers=mirror.PROBE_HEADERS)
         self.metrics.request(decision.route.value, resp.status)
         return resp
 
@@ -224,20 +224,20 @@ class ProxyServer:
         tunnel = self.tunnel_hosts.get(request.transport) if request.transport is not None else None
         if tunnel is not None:  # inside an intercepted CONNECT
             return f"https://{tunnel}{request.rel_url.raw_path_qs}"
-        if not request.rel_url.raw_path.startswith("/v2"):
-            return None
+        rel = request.rel_url
         if request.method not in mirror.MIRROR_METHODS:
             raise mirror.MethodNotAllowed(f"the registry mirror serves GET and HEAD, not {request.method}")
-        rel = request.rel_url
+        if rel.raw_path == token.TOKEN_PATH or not rel.raw_path.startswith("/v2"):
+            return token.TOKEN_PATH if rel.raw_path == token.TOKEN_PATH else None
         routed = mirror.route(
             request.headers, rel.raw_path, rel.raw_query_string, self.default_registry,
             dynamic=self.config.registry_mirror.dynamic,
         )  # fmt: skip
         # Decided before any connection: a registry not allowed is never contacted.
         if not mirror.registry_allowed(routed.base, self.default_registry, self.allowed_registries):
-            raise PermissionError(
-                f"this mirror does not serve {routed.base} (proxy.registryMirror.allowedRegistries)"
-            )
+            raise PermissionError(f"this mirror does not serve {routed.base} (see allowedRegistries)")
+        if routed.named_by == "default" and routed.path in ("/v2", "/v2/"):
+            return token.PROBE  # answered from the default registry's challenge (token.py)
         return mirror.upstream_url(routed.base, routed.path, rel.raw_query_string)
 
     async def _forward(
