@@ -21,6 +21,7 @@ from damselfly.testbed.registry import Image, Registry, build_image, free_port, 
 from .containerd import Containerd
 from .harness import Swarm, assert_dir_image, blob_log, need, skopeo_pull
 from .test_mirror_podman import podman
+from .tokens import TokenServer
 
 
 @pytest.fixture
@@ -188,3 +189,51 @@ def test_skopeo_path_form_with_the_default_registry_out_of_reach(
         assert registry.blob_bytes() - before == image.blob_bytes, blob_log(registry) + swarm.logs()
     finally:
         swarm.close()
+
+
+def test_skopeo_by_path_to_a_token_registry_gets_the_token_for_the_right_repository(
+    tmp_root: Path, decoy: Registry
+) -> None:
+    """A registry with bearer tokens (as Docker Hub and ghcr.io): skopeo's token request goes
+    through the mirror's token service to the named registry's, for ``team/app`` (not the mirror
+    path), and the pull comes through the swarm."""
+    tokens = TokenServer(tmp_root / "tokens")
+    reg = start_registry(tmp_root / "token-registry", token_auth=tokens.registry_auth())
+    swarm = None
+    try:
+        image = build_image(tmp_root / "layout-t", [2 * 1024 * 1024, 1024 * 1024], tag="v1")
+        tokens.requests.clear()
+        _push_with_token(reg, image, tokens)
+        swarm = Swarm(
+            tmp_root / "swarm", reg, peers=1, config={"proxy": {"registryMirror": {"url": decoy.url}}}
+        )
+        conf = init("podman", tmp_root / "host", swarm.proxy(0), f"http://{reg.host}")
+        tokens.requests.clear()
+        before = reg.blob_bytes()
+        res = skopeo_pull(
+            f"{reg.host}/team/app:v1", tmp_root / "out", conf / "etc/containers/registries.conf"
+        )
+        assert res.returncode == 0, res.stderr + swarm.logs()
+        assert_dir_image(tmp_root / "out", image)
+        assert "repository:team/app:pull" in tokens.scopes(), tokens.requests
+        assert all("damselfly__mirror" not in s for s in tokens.scopes()), tokens.requests
+        assert all(swarm.holds_blob(0, b.digest) for b in image.blobs), swarm.logs()
+        assert reg.blob_bytes() - before == image.blob_bytes, blob_log(reg) + swarm.logs()
+        assert repo_requests(decoy) == []
+    finally:
+        if swarm is not None:
+            swarm.close()
+        reg.stop()
+        tokens.close()
+
+
+def _push_with_token(reg: Registry, image: Image, tokens: TokenServer) -> None:
+    """skopeo pushes with a token it asks for itself (the test token service grants push)."""
+    import subprocess
+
+    res = subprocess.run(
+        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{image.layout}:{image.tag}",
+         f"docker://{reg.host}/team/app:{image.tag}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr

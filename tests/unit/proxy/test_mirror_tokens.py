@@ -124,7 +124,7 @@ async def _pull(env: Env, reg: Reg, creds: str = "") -> tuple[int, dict[str, obj
             assert r.status == 401
             scheme, params = parse_challenge(r.headers["WWW-Authenticate"])
         assert scheme == "bearer" and params["realm"] == f"{env.mirror}/damselfly/token"
-        assert params["service"] == "default.example"
+        assert params["service"] == "damselfly"
         query = {"service": params["service"], "scope": f"repository:{repo}:pull"}
         hdrs = {"Authorization": creds} if creds else {}
         async with s.get(params["realm"], params=query, headers=hdrs) as r:
@@ -169,7 +169,7 @@ async def test_basic_and_open_registries_by_path(env: Env, auth: str) -> None:
 
 async def test_default_registry_scopes_go_to_its_token_service(env: Env) -> None:
     async with aiohttp.ClientSession() as s:
-        url = f"{env.mirror}/damselfly/token?service=default.example&scope=repository:library/a:pull,push"
+        url = f"{env.mirror}/damselfly/token?service=damselfly&scope=repository:library/a:pull,push"
         async with s.get(url) as r:
             assert r.status == 200
         bad = f"{env.mirror}/damselfly/token?scope=repository:damselfly__mirror/ftp/x/a:pull"

@@ -400,9 +400,12 @@ async def test_probe_is_answered_when_the_default_registry_is_out_of_reach(env: 
     await lost.start()
     try:
         async with aiohttp.ClientSession() as s:
+            # The probe does not depend on the default registry: clients still use the mirror.
             async with s.get(f"http://127.0.0.1:{lost.port}/v2/") as r:
-                assert r.status == 200 and await r.json() == {}
+                assert r.status == 401
                 assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+                realm = f'realm="http://127.0.0.1:{lost.port}/damselfly/token"'
+                assert r.headers["WWW-Authenticate"].startswith(f"Bearer {realm}")
             # Anything else that fails to reach the registry is still a 502.
             async with s.get(f"http://127.0.0.1:{lost.port}/v2/a/manifests/1") as r:
                 assert r.status == 502

@@ -8,8 +8,9 @@ registry's token service, that name gets a token for no repository, and the pull
 falls back to the registry, past the swarm. So the mirror keeps the token dance in
 step with the registry each request names:
 
-* the probe's ``Bearer`` challenge points its realm at the mirror's own
-  ``/damselfly/token`` (service and everything else kept);
+* the mirror answers the ``/v2/`` probe itself with a ``Bearer`` challenge whose
+  realm is its own ``/damselfly/token`` (the default registry's auth, like any
+  other's, is found there);
 * that endpoint reads the registry from the scope's repository name (the default
   registry when it names none), asks that registry's ``/v2/`` for its own
   challenge, and asks its token service for the repository without the mirror path
@@ -120,20 +121,18 @@ class TokenService:
         return known[1]
 
     async def probe(self, request: web.BaseRequest) -> web.Response:
-        """The ``/v2/`` probe: the default registry's challenge, its realm on this mirror.
+        """The ``/v2/`` probe: "ask this mirror's token service", whatever the registry.
 
-        The default registry out of reach (an air-gapped host with Docker Hub as the
-        default): 200, so that clients still use the registries named by path.
+        The answer does not depend on the default registry (no I/O): the token service
+        finds each registry's own auth when the client comes (bearer, basic or none), and
+        an air-gapped host whose default registry cannot be reached still gets a probe
+        that clients accept.
         """
-        try:
-            challenge = await self._challenge(self.default)
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            challenge = ""
-        if not challenge:
+        challenge = probe_challenge('Bearer realm="",service="damselfly"', request.host)
+        if challenge is None:
             return web.json_response({}, headers=_API_VERSION)
-        ours = probe_challenge(challenge, request.host) or challenge
         body = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required", "detail": None}]}
-        return web.json_response(body, status=401, headers={**_API_VERSION, "WWW-Authenticate": ours})
+        return web.json_response(body, status=401, headers={**_API_VERSION, "WWW-Authenticate": challenge})
 
     async def token(self, request: web.BaseRequest) -> web.Response:
         query = parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True)
