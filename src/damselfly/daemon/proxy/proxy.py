@@ -6,6 +6,7 @@ One TCP listener (loopback by default) takes three kinds of requests:
   ``X-Dragonfly-Registry``, containerd's ``?ns=``, the mirror path, or the configured
   default (:mod:`.mirror`); GET and HEAD only (405 otherwise), and a registry outside
   ``proxy.registryMirror.allowedRegistries`` is refused (403) before any connection;
+  the ``/v2/`` probe and ``/damselfly/token`` are answered by :mod:`.token`;
 * **proxy** (absolute URI, ``GET http://host/...``): only to hosts that are a
   registry we mirror, an intercepted host, or on the allow-list: never an open proxy;
 * **CONNECT host:port**: TLS-intercepted with a leaf certificate from our CA
