@@ -256,7 +256,8 @@ class RegistryMirrorConfig(Section):
     # served and a request naming another registry is refused.
     dynamic: bool = True
     # Registries (regexes, matched whole against host or host:port) a request may name;
-    # empty: any. ``url`` is always allowed. Checked before any connection is made.
+    # empty: any but link-local addresses. ``url`` is always allowed. Checked before any
+    # connection is made.
     allowed_registries: list[str] = Field(default_factory=list)
 
 

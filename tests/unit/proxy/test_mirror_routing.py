@@ -99,6 +99,11 @@ def test_allowed_registries() -> None:
     assert not mirror.registry_allowed("http://169.254.169.254", HUB, allowed)
     assert not mirror.registry_allowed("https://ghcr.io.evil.example", HUB, allowed)  # matched whole
     assert mirror.registry_allowed("https://registry-1.docker.io", HUB, allowed)  # the default always
-    assert mirror.registry_allowed("http://anything:1", HUB, [])  # empty: any
+    assert mirror.registry_allowed("http://anything:1", HUB, [])  # empty: any...
+    assert mirror.registry_allowed("http://10.0.0.7:5000", HUB, [])
+    assert not mirror.registry_allowed("http://169.254.169.254", HUB, [])  # ...but cloud metadata
+    assert not mirror.registry_allowed("http://[fe80::1]:80", HUB, [])
+    named = mirror.compile_allowed([r"169\.254\.169\.254"])
+    assert mirror.registry_allowed("http://169.254.169.254", HUB, named)
     with pytest.raises(ConfigError, match="allowedRegistries"):
         mirror.compile_allowed(["("])

@@ -26,6 +26,7 @@ path naming two registries) are refused, never resolved in favour of one.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -175,13 +176,19 @@ def compile_allowed(patterns: Sequence[str]) -> list[re.Pattern[str]]:
 
 
 def registry_allowed(base: str, default: str, allowed: Sequence[re.Pattern[str]]) -> bool:
-    """Whether a mirror request may go to ``base``: the default always; others when ``allowed``
-    is empty or one of its patterns matches the host or ``host:port`` whole."""
-    if same_registry(base, default) or not allowed:
-        return True
+    """Whether a mirror request may go to ``base``: the default always; others when one of
+    ``allowed`` matches the host or ``host:port`` whole, or when ``allowed`` is empty and the
+    host is not a link-local address (cloud metadata services live there: only named ones)."""
     parts = urlsplit(base)
     names = {parts.hostname or "", parts.netloc}
-    return any(p.fullmatch(n) for p in allowed for n in names)
+    if same_registry(base, default) or any(p.fullmatch(n) for p in allowed for n in names):
+        return True
+    if allowed:
+        return False
+    try:
+        return not ipaddress.ip_address(parts.hostname or "").is_link_local
+    except ValueError:
+        return True  # a name
 
 
 def upstream_for(headers: Mapping[str, str], query: str, default: str, *, dynamic: bool = True) -> str:

@@ -44,6 +44,7 @@ TOKEN_PATH = "/damselfly/token"
 PROBE = "/v2/"  # what the proxy routes a client's registry-form /v2/ probe as
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 CHALLENGE_TTL_S = 600.0
+BODY_MAX = 1024 * 1024  # a token answer is a few KiB
 CHALLENGES_MAX = 256
 
 _PARAM = re.compile(r'([A-Za-z_]+)="([^"]*)"')
@@ -103,10 +104,12 @@ class TokenService:
         return await (self.probe(request) if kind == PROBE else self.token(request))
 
     async def _get(self, url: str, headers: dict[str, str] | None = None) -> tuple[int, str, bytes, str]:
-        """GET ``url``: status, its challenge, body and content type."""
+        """GET ``url``: status, its challenge, body (at most :data:`BODY_MAX`) and content type."""
         ssl = self.upstream.tls.for_url(url)
         async with self.upstream.session().get(url, headers=headers, allow_redirects=False, ssl=ssl) as r:
-            body = await r.read()
+            body = await r.content.read(BODY_MAX + 1)
+            if len(body) > BODY_MAX:
+                raise aiohttp.ClientPayloadError(f"answer over {BODY_MAX} bytes")
             return r.status, r.headers.get("WWW-Authenticate", ""), body, r.headers.get("Content-Type", "")
 
     async def _challenge(self, registry: str) -> str:
