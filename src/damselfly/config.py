@@ -271,13 +271,23 @@ class ProxyRuleConfig(Section):
 
 
 class RegistryMirrorConfig(Section):
-    """The registry that mirror requests go to when they do not name one."""
+    """The registry mirror: where requests that name no registry go, and which may be named.
+
+    A mirror request names its registry by ``X-Dragonfly-Registry``, containerd's
+    ``?ns=``, or the mirror path (``/v2/damselfly__mirror/<scheme>/<host>[_<port>]/...``,
+    daemon/proxy/mirror.py); it is served with GET and HEAD only.
+    """
 
     url: str = "https://index.docker.io"
     insecure: bool = False  # skip upstream TLS verification for this registry
     certs: list[str] = Field(default_factory=list)  # extra CA bundles (PEM files) for it
-    # Honour X-Dragonfly-Registry and containerd's ?ns= to pick the upstream per request.
+    # Honour a registry a request names (header, ?ns=, mirror path); off: only ``url`` is
+    # served and a request naming another registry is refused.
     dynamic: bool = True
+    # Registries (regexes, matched whole against host or host:port) a request may name;
+    # empty: any but link-local addresses. ``url`` is always allowed. Checked before any
+    # connection is made.
+    allowed_registries: list[str] = Field(default_factory=list)
 
 
 class HijackHostConfig(Section):

@@ -1,16 +1,29 @@
-"""``damselfly init containerd|docker|podman``: point a container engine at the daemon's mirror.
+"""``damselfly init containerd|docker|podman|crio|k3s``: point a container engine at the daemon's mirror.
 
-Writes the engine's own configuration, merged with what is there, and prints
-a diff of every file it changed:
+Writes the engine's own configuration, merged with what is there (comments,
+order and keys it does not know kept: :mod:`.engines`), and prints a diff of
+every file it changed. Each registry named with ``--registry`` (default
+``docker.io``; ``host:port`` for HTTPS, ``http://host:port`` for plain HTTP)
+reaches that registry and only it through the mirror:
 
 * containerd: ``/etc/containerd/certs.d/<registry>/hosts.toml`` (and
-  ``_default``), with the mirror as the first host and ``X-Dragonfly-Registry``
-  naming the registry; ``config_path`` in ``/etc/containerd/config.toml``.
-* docker: ``registry-mirrors`` in ``/etc/docker/daemon.json`` (Docker uses
-  mirrors for Docker Hub only).
-* podman: a ``[[registry.mirror]]`` in ``/etc/containers/registries.conf``.
-  Podman sends no registry header, so its mirror requests go to the daemon's
-  default registry (``proxy.registryMirror.url``).
+  ``_default``), the mirror as the first host and ``X-Dragonfly-Registry``
+  naming the registry (``_default``: containerd's ``?ns=`` names it);
+  ``config_path`` in ``/etc/containerd/config.toml`` where its ``version`` reads
+  it (2: containerd 1.x, 3: containerd 2.x; a new file gets the installed one's).
+* podman (and skopeo, buildah): ``[[registry.mirror]]`` in
+  ``/etc/containers/registries.conf``; CRI-O: the same in the drop-in
+  ``/etc/containers/registries.conf.d/damselfly.conf``. These clients send no
+  header, so the mirror location carries the registry in its path:
+  ``127.0.0.1:4001/damselfly__mirror/<scheme>/<host>[_<port>]`` (``:`` written
+  ``_``; the daemon asks ``<scheme>://<host>[:<port>]`` for ``/v2/<repository>/...``;
+  ``damselfly__mirror`` is reserved, see docs/PROTOCOL.md).
+* k3s: ``/etc/rancher/k3s/registries.yaml``, an endpoint with the same path
+  (``http://127.0.0.1:4001/v2/damselfly__mirror/...``).
+* docker: ``registry-mirrors`` in ``/etc/docker/daemon.json``. Docker uses mirrors
+  for Docker Hub only and names no registry: its requests go to the daemon's
+  ``proxy.registryMirror.url`` (Docker Hub by default); other registries are not
+  mirrored for Docker, and ``init`` says so.
 
 ``--root`` writes under another root (tests, images being built). The file
 contents are made by pure functions (text in, text out), tested without a disk.
@@ -21,15 +34,41 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import tomllib
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from .engines import registry_host, registry_server
+from .engines.containerd import CERTS_D, containerd_certs_dir, containerd_config_toml, containerd_hosts_toml
+from .engines.containers import registries_conf
+from .engines.k3s import registries_yaml
 
-KINDS = ("containerd", "docker", "podman")
-CERTS_D = "/etc/containerd/certs.d"
-_CRI_REGISTRY = '[plugins."io.containerd.grpc.v1.cri".registry]'
+__all__ = [
+    "CERTS_D",
+    "KINDS",
+    "FileChange",
+    "apply",
+    "containerd_certs_dir",
+    "containerd_config_toml",
+    "containerd_hosts_toml",
+    "docker_daemon_json",
+    "plan",
+    "podman_registries_conf",
+    "registries_conf",
+    "registries_yaml",
+    "registry_host",
+    "registry_server",
+    "run_init",
+]
+
+KINDS = ("containerd", "docker", "podman", "crio", "k3s")
+REGISTRIES_CONF = "/etc/containers/registries.conf"
+CRIO_DROP_IN = "/etc/containers/registries.conf.d/damselfly.conf"
+K3S_REGISTRIES = "/etc/rancher/k3s/registries.yaml"
+DOCKER_HUB = "docker.io"
 
 
 @dataclass
@@ -53,89 +92,15 @@ class FileChange:
         )
 
 
-def registry_server(registry: str) -> str:
-    """``docker.io`` -> ``https://registry-1.docker.io``; ``host`` -> ``https://host``; URLs kept."""
-    registry = registry.strip().rstrip("/")
-    if "://" in registry:
-        return registry
-    if registry in ("docker.io", "index.docker.io", "registry-1.docker.io"):
-        return "https://registry-1.docker.io"
-    return f"https://{registry}"
-
-
-def registry_host(registry: str) -> str:
-    """The name containerd and podman use for a registry (``docker.io``, ``host:port``)."""
-    host = registry.split("://", 1)[-1].rstrip("/")
-    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
-
-
 def _check_mirror(mirror: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}", mirror):
         raise InvalidArgument(f"--proxy wants host:port, got {mirror!r}")
     return mirror
 
 
-# --------------------------------------------------------------------------- containerd
-
-
-def _host_block(mirror: str, registry_url: str | None) -> str:
-    lines = [f'[host."http://{mirror}"]', '  capabilities = ["pull", "resolve"]']
-    if registry_url:
-        lines += [f'  [host."http://{mirror}".header]', f'    X-Dragonfly-Registry = ["{registry_url}"]']
-    return "\n".join(lines) + "\n"
-
-
-def containerd_hosts_toml(existing: str | None, mirror: str, registry_url: str | None) -> str:
-    """hosts.toml with the mirror as the first host; other hosts and ``server`` kept."""
-    block = _host_block(mirror, registry_url)
-    if existing is None or not existing.strip():
-        head = f'server = "{registry_url}"\n\n' if registry_url else ""
-        return head + block
-    if f'[host."http://{mirror}"]' in existing:
-        return existing
-    lines = existing.splitlines(keepends=True)
-    first = next((i for i, line in enumerate(lines) if line.lstrip().startswith("[host.")), None)
-    if first is None:
-        text = existing if existing.endswith("\n") else existing + "\n"
-        return text + "\n" + block
-    return "".join(lines[:first]) + block + "\n" + "".join(lines[first:])
-
-
-def containerd_config_toml(existing: str | None, certs_dir: str = CERTS_D) -> str:
-    """config.toml with the CRI registry ``config_path`` set (kept if already set)."""
-    if existing is None or not existing.strip():
-        return f'version = 2\n\n{_CRI_REGISTRY}\n  config_path = "{certs_dir}"\n'
-    try:
-        data = tomllib.loads(existing)
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidArgument(f"containerd config.toml is not valid TOML: {e}") from e
-    registry = data.get("plugins", {}).get("io.containerd.grpc.v1.cri", {}).get("registry")
-    if isinstance(registry, dict) and registry.get("config_path"):
-        return existing
-    if isinstance(registry, dict):
-        lines = existing.splitlines(keepends=True)
-        for i, line in enumerate(lines):
-            if line.strip() == _CRI_REGISTRY:
-                lines.insert(i + 1, f'  config_path = "{certs_dir}"\n')
-                return "".join(lines)
-        raise InvalidArgument(
-            "containerd config.toml sets the CRI registry in a form this tool cannot edit; "
-            f'add config_path = "{certs_dir}" under {_CRI_REGISTRY} yourself'
-        )
-    text = existing if existing.endswith("\n") else existing + "\n"
-    return text + f'\n{_CRI_REGISTRY}\n  config_path = "{certs_dir}"\n'
-
-
-def containerd_certs_dir(config_text: str | None) -> str:
-    if config_text:
-        try:
-            data = tomllib.loads(config_text)
-        except tomllib.TOMLDecodeError:
-            return CERTS_D
-        reg = data.get("plugins", {}).get("io.containerd.grpc.v1.cri", {}).get("registry", {})
-        if isinstance(reg, dict) and isinstance(reg.get("config_path"), str) and reg["config_path"]:
-            return str(reg["config_path"]).split(":")[0]
-    return CERTS_D
+def podman_registries_conf(existing: str | None, registries: list[str], mirror: str) -> str:
+    """registries.conf with the daemon's mirror first for each registry (see :mod:`.engines.containers`)."""
+    return registries_conf(existing, registries, mirror)
 
 
 # --------------------------------------------------------------------------- docker
@@ -162,63 +127,19 @@ def docker_daemon_json(existing: str | None, mirror: str) -> str:
     return json.dumps(data, indent=2) + "\n"
 
 
-# --------------------------------------------------------------------------- podman
-
-
-def _mirror_block(mirror: str) -> str:
-    return f'[[registry.mirror]]\nlocation = "{mirror}"\ninsecure = true\n'
-
-
-def podman_registries_conf(existing: str | None, registries: list[str], mirror: str) -> str:
-    """registries.conf (v2) with the mirror first for each registry; everything else kept."""
-    text = existing or ""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidArgument(f"registries.conf is not valid TOML: {e}") from e
+def docker_notes(registries: list[str]) -> list[str]:
+    """What ``init docker`` cannot do for these registries, one line each."""
+    notes = [
+        "Docker sends mirror requests for Docker Hub only and names no registry: they go to the "
+        "daemon's proxy.registryMirror.url, which must be Docker Hub (the default, https://index.docker.io)."
+    ]
     for reg in registries:
-        host = registry_host(reg)
-        entries = data.get("registry", [])
-        match = next(
-            (e for e in entries if e.get("prefix", e.get("location")) == host or e.get("location") == host),
-            None,
-        )
-        if match is not None and any(m.get("location") == mirror for m in match.get("mirror", [])):
-            continue
-        if match is None:
-            if text and not text.endswith("\n"):
-                text += "\n"
-            text += (
-                ("\n" if text else "")
-                + f'[[registry]]\nprefix = "{host}"\nlocation = "{host}"\n\n'
-                + _mirror_block(mirror)
+        if registry_host(reg) != DOCKER_HUB:
+            notes.append(
+                f"{registry_host(reg)}: not mirrored for Docker (Docker pulls it directly); "
+                "use containerd, podman or CRI-O with `damselfly init`, or the HTTPS proxy."
             )
-        else:
-            text = _insert_podman_mirror(text, host, mirror)
-        data = tomllib.loads(text)
-    return text
-
-
-def _insert_podman_mirror(text: str, host: str, mirror: str) -> str:
-    lines = text.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.strip() == "[[registry]]"]
-    for n, start in enumerate(starts):
-        end = starts[n + 1] if n + 1 < len(starts) else len(lines)
-        for j in range(start + 1, end):
-            s = lines[j].strip()
-            if s.startswith("[") and s != "[[registry.mirror]]":
-                end = j
-                break
-        block = "".join(lines[start:end])
-        if not re.search(rf'^\s*(prefix|location)\s*=\s*"{re.escape(host)}"', block, re.M):
-            continue
-        first_mirror = next((j for j in range(start, end) if lines[j].strip() == "[[registry.mirror]]"), end)
-        ours = _mirror_block(mirror) + "\n"
-        if first_mirror == end and lines[end - 1 : end] and not lines[end - 1].endswith("\n"):
-            lines[end - 1] += "\n"
-        lines.insert(first_mirror, ours)
-        return "".join(lines)
-    raise InvalidArgument(f"cannot find the [[registry]] table of {host} in registries.conf")
+    return notes
 
 
 # --------------------------------------------------------------------------- plan and apply
@@ -235,13 +156,36 @@ def _under(root: Path, absolute: str) -> Path:
     return root / absolute.lstrip("/")
 
 
-def plan(kind: str, *, root: Path, mirror: str, registries: list[str]) -> list[FileChange]:
-    """The files ``init kind`` writes, with their old and new contents."""
+def installed_containerd_major() -> int | None:
+    """The major version of the ``containerd`` on PATH, None when there is none or it will not say."""
+    exe = shutil.which("containerd")
+    if exe is None:
+        return None
+    try:
+        res = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10, check=False)
+        out = res.stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"\sv?(\d+)\.\d+", out)
+    return int(m.group(1)) if m else None
+
+
+def plan(
+    kind: str, *, root: Path, mirror: str, registries: list[str], containerd_major: int | None = None
+) -> list[FileChange]:
+    """The files ``init kind`` writes, with their old and new contents.
+
+    ``containerd_major``: the containerd a new config.toml is written for (default: the
+    installed one, else 1.x).
+    """
     mirror = _check_mirror(mirror)
+    for reg in registries:
+        registry_server(reg)
     if kind == "containerd":
         cfg_path = _under(root, "/etc/containerd/config.toml")
         cfg_old = _read(cfg_path)
-        cfg_new = containerd_config_toml(cfg_old)
+        major = containerd_major if containerd_major is not None else installed_containerd_major()
+        cfg_new = containerd_config_toml(cfg_old, new_version=3 if (major or 1) >= 2 else 2)
         certs = containerd_certs_dir(cfg_new)
         changes = [FileChange(cfg_path, cfg_old, cfg_new)]
         for reg in registries:
@@ -257,9 +201,18 @@ def plan(kind: str, *, root: Path, mirror: str, registries: list[str]) -> list[F
         old = _read(p)
         return [FileChange(p, old, docker_daemon_json(old, mirror))]
     if kind == "podman":
-        p = _under(root, "/etc/containers/registries.conf")
+        p = _under(root, REGISTRIES_CONF)
         old = _read(p)
-        return [FileChange(p, old, podman_registries_conf(old, registries, mirror))]
+        return [FileChange(p, old, registries_conf(old, registries, mirror))]
+    if kind == "crio":
+        p = _under(root, CRIO_DROP_IN)
+        old = _read(p)
+        base = _read(_under(root, REGISTRIES_CONF))
+        return [FileChange(p, old, registries_conf(old, registries, mirror, base=base))]
+    if kind == "k3s":
+        p = _under(root, K3S_REGISTRIES)
+        old = _read(p)
+        return [FileChange(p, old, registries_yaml(old, registries, mirror))]
     raise InvalidArgument(f"unknown engine {kind!r}: use one of {', '.join(KINDS)}")
 
 
@@ -276,15 +229,14 @@ def next_steps(kind: str) -> str:
     return {
         "containerd": "Restart containerd (systemctl restart containerd); ctr needs --hosts-dir "
         "/etc/containerd/certs.d.",
-        "docker": "Restart Docker (systemctl restart docker). Docker mirrors Docker Hub only; "
-        "for other registries use containerd or the HTTPS proxy.",
-        "podman": "Podman reads registries.conf on every run; nothing to restart.",
+        "docker": "Restart Docker (systemctl restart docker).",
+        "podman": "Podman, skopeo and buildah read registries.conf on every run; nothing to restart.",
+        "crio": "Reload CRI-O (systemctl reload crio) so that it reads registries.conf.d again.",
+        "k3s": "Restart k3s (systemctl restart k3s, or k3s-agent): it writes containerd's hosts on start.",
     }[kind]
 
 
 def run_init(kind: str, *, root: Path, mirror: str, registries: list[str], dry_run: bool = False) -> int:
-    import sys
-
     try:
         changes = plan(kind, root=root, mirror=mirror, registries=registries)
         if not dry_run:
@@ -298,6 +250,9 @@ def run_init(kind: str, *, root: Path, mirror: str, registries: list[str], dry_r
             continue
         print(f"{'would write' if dry_run else 'wrote'} {c.path}")
         print(c.diff(), end="")
+    if kind == "docker":
+        for note in docker_notes(registries):
+            print(f"note: {note}")
     if not dry_run and any(c.changed for c in changes):
         print(next_steps(kind))
     return 0

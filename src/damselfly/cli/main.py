@@ -241,12 +241,15 @@ def demo(keep: Annotated[bool, typer.Option(help="keep the temp dir (logs, data)
 
 @app.command("init")
 def init_engine(
-    engine: Annotated[str, typer.Argument(help="containerd, docker or podman")],
+    engine: Annotated[str, typer.Argument(help="containerd, docker, podman, crio or k3s")],
     root: Annotated[Path, typer.Option(help="write under this root instead of /")] = Path("/"),
     proxy: Annotated[str, typer.Option(help="the daemon's mirror/proxy address")] = "127.0.0.1:4001",
     registry: Annotated[
         list[str] | None,
-        typer.Option("--registry", help="registry to mirror, repeatable (default docker.io)"),
+        typer.Option(
+            "--registry",
+            help="registry to mirror, repeatable (default docker.io): host[:port], or http://host:port",
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the changes, write nothing")] = False,
 ) -> None:

@@ -265,9 +265,19 @@ def htpasswd_line(user: str, password: str) -> str:
 
 
 def start_registry(
-    root: Path, *, tls: bool = False, user: str = "", password: str = "", timeout: float = 30.0
+    root: Path,
+    *,
+    tls: bool = False,
+    user: str = "",
+    password: str = "",
+    token_auth: dict[str, str] | None = None,
+    timeout: float = 30.0,
 ) -> Registry:
-    """Start ``docker-registry serve`` on a free loopback port with its data and log under ``root``."""
+    """Start ``docker-registry serve`` on a free loopback port with its data and log under ``root``.
+
+    ``token_auth``: distribution's ``auth.token`` settings (realm, service, issuer,
+    rootcertbundle): the registry then wants bearer tokens from that token service.
+    """
     if shutil.which("docker-registry") is None:
         raise DamselflyError("docker-registry is not installed (apt-get install docker-registry)")
     root.mkdir(parents=True, exist_ok=True)
@@ -293,6 +303,8 @@ def start_registry(
     if user:
         (root / "htpasswd").write_text(htpasswd_line(user, password))
         lines += ["auth:", "  htpasswd:", "    realm: damselfly-test", f"    path: {root / 'htpasswd'}"]
+    elif token_auth:
+        lines += ["auth:", "  token:", *(f"    {k}: {v}" for k, v in token_auth.items())]
     (root / "config.yml").write_text("\n".join(lines) + "\n")
     child = spawn(
         "registry", ["docker-registry", "serve", str(root / "config.yml")], log_path=root / "registry.log"

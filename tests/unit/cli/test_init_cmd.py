@@ -65,10 +65,12 @@ def test_podman_registries_conf_merges() -> None:
     data = tomllib.loads(out)
     assert data["unqualified-search-registries"] == ["docker.io"]
     by_loc = {r["location"]: r for r in data["registry"]}
-    assert [m["location"] for m in by_loc["docker.io"]["mirror"]] == [MIRROR, "other:5000"]
+    hub = f"{MIRROR}/damselfly__mirror/https/registry-1.docker.io"
+    assert [m["location"] for m in by_loc["docker.io"]["mirror"]] == [hub, "other:5000"]
     assert by_loc["docker.io"]["mirror"][0]["insecure"] is True
     assert "mirror" not in by_loc["quay.io"]
-    assert [m["location"] for m in by_loc["ghcr.io"]["mirror"]] == [MIRROR]
+    ghcr = f"{MIRROR}/damselfly__mirror/https/ghcr.io"
+    assert [m["location"] for m in by_loc["ghcr.io"]["mirror"]] == [ghcr]
     assert ic.podman_registries_conf(out, ["docker.io", "ghcr.io"], MIRROR) == out
 
 

@@ -68,7 +68,10 @@ def test_upstream_header_then_ns_then_default() -> None:
     assert mirror.upstream_for({}, "", default) == default
     # ns= names the default registry: its configured scheme is kept (a plain-HTTP registry works).
     assert mirror.upstream_for({}, "ns=127.0.0.1:5000", "http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert mirror.upstream_for({"X-Dragonfly-Registry": "http://a:1"}, "", default, dynamic=False) == default
+    # dynamic off: containerd's ns= hint is ignored, an explicit other registry is refused.
+    assert mirror.upstream_for({}, "ns=ghcr.io", default, dynamic=False) == default
+    with pytest.raises(PermissionError):
+        mirror.upstream_for({"X-Dragonfly-Registry": "http://a:1"}, "", default, dynamic=False)
 
 
 @pytest.mark.parametrize(

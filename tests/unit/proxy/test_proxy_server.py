@@ -291,3 +291,123 @@ async def test_client_gone_mid_blob_the_download_still_finishes(env: Env) -> Non
         assert r.status == 206
         assert await r.read() == data[-5:]
     assert env.origin.gets[digest] == 1
+
+
+# --------------------------------------------------------------------------- mirror routing
+
+
+async def _other_origin() -> Origin:
+    other = Origin()
+    await other.start()
+    return other
+
+
+async def test_mirror_path_reaches_the_registry_it_names(env: Env) -> None:
+    """podman/skopeo name the registry in the path: it is reached, never the default registry."""
+    other = await _other_origin()
+    try:
+        data = os.urandom(200_000)
+        digest = other.add(data)
+        env.origin.add(b"the default registry's blob of another name")
+        base = f"{env.mirror}/v2/damselfly__mirror/http/127.0.0.1_{other.port}/team/app"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/blobs/{digest}") as r:
+                assert r.status == 200
+                assert await r.read() == data
+            async with s.get(f"{base}/manifests/v1", headers={"Accept": "application/x-one"}) as r:
+                assert r.status == 200
+                assert (await r.json())["accept"] == ["application/x-one"]
+            # A malformed marked path is refused, not handed to the default registry.
+            async with s.get(f"{env.mirror}/v2/damselfly__mirror/http/Bad:1/team/app/manifests/v1") as r:
+                assert r.status == 400
+        assert other.gets == {digest: 1}
+        assert env.origin.auth_seen == []  # the default registry saw nothing
+        assert env.store.get(blob_task_id(digest)) is not None  # the blob went through the store
+    finally:
+        assert other.runner is not None
+        await other.runner.cleanup()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_mirror_refuses_writes(env: Env, method: str) -> None:
+    digest = env.origin.add(b"keep me")
+    async with aiohttp.ClientSession() as s:
+        named = {"X-Dragonfly-Registry": f"http://127.0.0.1:{env.origin.port}"}
+        marked = f"{env.mirror}/v2/damselfly__mirror/http/127.0.0.1_{env.origin.port}"
+        for url, hdrs in [
+            (f"{env.mirror}/v2/team/app/blobs/{digest}", {}),
+            (f"{env.mirror}/v2/team/app/blobs/{digest}", named),
+            (f"{marked}/team/app/blobs/{digest}", {}),
+        ]:
+            async with s.request(method, url, headers=hdrs, data=b"x") as r:
+                assert r.status == 405
+                assert r.headers["Allow"] == "GET, HEAD"
+    assert env.origin.auth_seen == []  # nothing reached the registry
+    assert env.proxy.metrics.request_total.labels("refused", "405")._value.get() == 3
+
+
+async def test_registry_not_allowed_is_403_before_any_connection(env: Env, tmp_path: Path) -> None:
+    accepted: list[object] = []
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    target = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = target.sockets[0].getsockname()[1]
+    other = await _other_origin()
+    cfg = env.proxy.config.model_copy(deep=True)
+    cfg.registry_mirror.allowed_registries = [rf"127\.0\.0\.1:{other.port}"]
+    narrowed = ProxyServer(cfg, manager=env.proxy.manager, store=env.store, data_dir=tmp_path / "d2")
+    await narrowed.start()
+    try:
+        mirror_url = f"http://127.0.0.1:{narrowed.port}"
+        digest = other.add(b"allowed bytes")
+        async with aiohttp.ClientSession() as s:
+            for url, hdrs in [
+                (f"{mirror_url}/v2/a/manifests/1", {"X-Dragonfly-Registry": f"http://127.0.0.1:{port}"}),
+                (f"{mirror_url}/v2/damselfly__mirror/http/127.0.0.1_{port}/a/manifests/1", {}),
+                (f"{mirror_url}/v2/a/manifests/1?ns=127.0.0.1:{port}", {}),
+                (f"{mirror_url}/v2/a/blobs/{digest}", {"X-Dragonfly-Registry": "http://169.254.169.254"}),
+            ]:
+                async with s.get(url, headers=hdrs) as r:
+                    assert r.status == 403, url
+                    assert "does not serve" in await r.text()
+            # An allowed registry and the default are served.
+            named = {"X-Dragonfly-Registry": f"http://127.0.0.1:{other.port}"}
+            async with s.get(f"{mirror_url}/v2/a/blobs/{digest}", headers=named) as r:
+                assert r.status == 200 and await r.read() == b"allowed bytes"
+            async with s.get(f"{mirror_url}/v2/a/manifests/1") as r:
+                assert r.status == 200
+        # Had the proxy connected, the connection would have been accepted before it answered.
+        assert accepted == []
+    finally:
+        await narrowed.close()
+        target.close()
+        await target.wait_closed()
+        assert other.runner is not None
+        await other.runner.cleanup()
+
+
+async def test_probe_is_answered_when_the_default_registry_is_out_of_reach(env: Env, tmp_path: Path) -> None:
+    gone = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = gone.sockets[0].getsockname()[1]
+    gone.close()
+    await gone.wait_closed()  # nothing listens on ``port`` now
+    cfg = env.proxy.config.model_copy(deep=True)
+    cfg.registry_mirror.url = f"http://127.0.0.1:{port}"
+    lost = ProxyServer(cfg, manager=env.proxy.manager, store=env.store, data_dir=tmp_path / "d3")
+    await lost.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            # The probe does not depend on the default registry: clients still use the mirror.
+            async with s.get(f"http://127.0.0.1:{lost.port}/v2/") as r:
+                assert r.status == 401
+                assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+                realm = f'realm="http://127.0.0.1:{lost.port}/damselfly/token"'
+                assert r.headers["WWW-Authenticate"].startswith(f"Bearer {realm}")
+            # Anything else that fails to reach the registry is still a 502.
+            async with s.get(f"http://127.0.0.1:{lost.port}/v2/a/manifests/1") as r:
+                assert r.status == 502
+    finally:
+        await lost.close()

@@ -1,24 +1,45 @@
 """Registry-mirror requests: which registry a ``/v2/...`` request is for, and what it asks.
 
 Pure functions, no I/O. A request in registry form (no absolute URI) names its
-upstream by the ``X-Dragonfly-Registry`` header (``https://host[:port]``), or
-by containerd's ``?ns=<host>`` query parameter (https, unless it names the
-default registry, whose scheme is used), or else goes to the configured
-default mirror. The ``ns`` parameter is containerd's, not the registry's: it is
-dropped from the upstream URL.
+upstream in one of three ways:
+
+* the ``X-Dragonfly-Registry`` header (``scheme://host[:port]``), as Dragonfly's
+  containerd ``hosts.toml`` sends it;
+* containerd's ``?ns=<host>`` query parameter (https, unless it names the
+  default registry, whose scheme is used); ``ns`` is containerd's, not the
+  registry's: it is dropped from the upstream URL;
+* the **mirror path**, for clients that cannot send a header (podman, skopeo,
+  CRI-O read ``registries.conf``, whose mirror ``location`` may carry a
+  namespace): ``/v2/damselfly__mirror/<scheme>/<host>[_<port>]/<repository>/...``
+  is a request for ``<scheme>://<host>[:<port>]/v2/<repository>/...``. The
+  marker holds ``__``, which no Docker Hub namespace can, and is reserved: a
+  registry's own repository named ``damselfly__mirror/...`` cannot be pulled
+  through the mirror. The host is lowercase, its ``:`` written ``_`` (a
+  repository path component admits ``[a-z0-9]`` with ``.``, ``_``, ``__`` or
+  ``-`` between; ``:`` would end the name), so the location stays a valid image
+  reference: ``127.0.0.1:4001/damselfly__mirror/http/127.0.0.1_5000``.
+
+A request that names none goes to the configured default registry
+(``proxy.registryMirror.url``). Names that disagree (a header and a mirror
+path naming two registries) are refused, never resolved in favour of one.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from ...errors import InvalidArgument
+from ...errors import ConfigError, InvalidArgument
 
 REGISTRY_HEADER = "X-Dragonfly-Registry"
 NS_PARAM = "ns"
+PATH_MARKER = "damselfly__mirror"
+# Methods a mirror request may use: a mirror reads, it never pushes or deletes.
+MIRROR_METHODS = ("GET", "HEAD")
 
 # Docker Hub's canonical name for containerd's ns= and what actually serves /v2/.
 _ALIASES = {"docker.io": "https://registry-1.docker.io", "index.docker.io": "https://index.docker.io"}
@@ -47,21 +68,132 @@ def normalize_registry(value: str, *, default_scheme: str = "https") -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def upstream_for(headers: Mapping[str, str], query: str, default: str, *, dynamic: bool = True) -> str:
-    """The registry base URL this mirror request goes to."""
-    if dynamic:
-        named = headers.get(REGISTRY_HEADER)
-        if named:
-            return normalize_registry(named)
+_PATH_PREFIX = f"/v2/{PATH_MARKER}/"
+_PATH_HOST = re.compile(r"^(?P<host>[a-z0-9](?:[a-z0-9.\-]*[a-z0-9])?)(?:_(?P<port>[0-9]{1,5}))?$")
+
+
+def mirror_path(registry: str) -> str:
+    """The mirror path naming ``registry`` (``scheme://host[:port]`` or ``host[:port]``, https).
+
+    ``http://127.0.0.1:5000`` -> ``damselfly__mirror/http/127.0.0.1_5000``: what follows the
+    mirror's ``host:port`` in a ``registries.conf`` location. Raises InvalidArgument for an
+    address it cannot carry (IPv6 literals).
+    """
+    base = normalize_registry(registry)
+    parts = urlsplit(base)
+    host = (parts.hostname or "").lower()
+    segment = host if parts.port is None else f"{host}_{parts.port}"
+    if not _PATH_HOST.match(segment):
+        raise InvalidArgument(f"{registry!r} cannot be named in a mirror path (use a host name)")
+    return f"{PATH_MARKER}/{parts.scheme}/{segment}"
+
+
+def split_mirror_path(path: str) -> tuple[str | None, str]:
+    """``(registry, path)``: the registry a mirror path names and the path to ask it for.
+
+    ``/v2/damselfly__mirror/http/reg_5000/team/app/blobs/x`` ->
+    ``("http://reg:5000", "/v2/team/app/blobs/x")``; a path without the marker ->
+    ``(None, path)``. A marked path that is malformed raises InvalidArgument: it never
+    falls through to the default registry.
+    """
+    if not (path.startswith(_PATH_PREFIX) or path == _PATH_PREFIX.rstrip("/")):
+        return None, path
+    parts = path[len(_PATH_PREFIX) :].split("/", 2)
+    if len(parts) < 2 or parts[0] not in ("http", "https"):
+        want = f"/v2/{PATH_MARKER}/<http|https>/<host>[_<port>]/<repository>/..."
+        raise InvalidArgument(f"mirror path {path[:120]!r}: want {want}")
+    m = _PATH_HOST.match(parts[1])
+    if m is None or (m.group("port") is not None and not 0 < int(m.group("port")) < 65536):
+        raise InvalidArgument(f"mirror path names no valid registry host: {parts[1][:80]!r}")
+    port = f":{m.group('port')}" if m.group("port") else ""
+    rest = parts[2] if len(parts) > 2 else ""
+    if rest.split("/", 1)[0] == PATH_MARKER:
+        raise InvalidArgument("mirror path names a registry twice")
+    return f"{parts[0]}://{m.group('host')}{port}", "/v2/" + rest
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorTarget:
+    """Where one mirror request goes: the registry, the path to ask it for, and how it was named."""
+
+    base: str
+    path: str
+    named_by: str  # "header", "path", "ns" or "default"
+
+
+def same_registry(a: str, b: str) -> bool:
+    """Whether two normalized registry URLs are the same server (Docker Hub's names are one)."""
+    hub = ("registry-1.docker.io", "index.docker.io")
+    pa, pb = urlsplit(a), urlsplit(b)
+    if pa.netloc in hub and pb.netloc in hub:
+        return pa.scheme == pb.scheme
+    return pa.scheme == pb.scheme and pa.netloc == pb.netloc
+
+
+def route(
+    headers: Mapping[str, str], path: str, query: str, default: str, *, dynamic: bool = True
+) -> MirrorTarget:
+    """The registry and path this mirror request goes to.
+
+    The header and the mirror path name a registry explicitly: when both are there they
+    must agree. containerd's ``ns=`` is a hint it adds to every request: it decides only
+    when nothing explicit does. With ``dynamic`` off, only the default registry is served:
+    a request that explicitly names another is refused (PermissionError), ``ns=`` ignored.
+    """
+    base = normalize_registry(default)
+    from_path, path = split_mirror_path(path)
+    header = headers.get(REGISTRY_HEADER)
+    from_header = normalize_registry(header) if header else None
+    if from_path and from_header and not same_registry(from_path, from_header):
+        raise InvalidArgument(f"{REGISTRY_HEADER} ({from_header}) and the mirror path ({from_path}) disagree")
+    named, how = (from_header, "header") if from_header else (from_path, "path")
+    if named is None and dynamic:
         for key, value in parse_qsl(query, keep_blank_values=True):
             if key == NS_PARAM and value:
-                named = normalize_registry(value)
-                base = normalize_registry(default)
+                named, how = normalize_registry(value), "ns"
                 # ns= carries no scheme: the configured default's wins for its own host.
                 if urlsplit(named).netloc == urlsplit(base).netloc:
-                    return base
-                return named
-    return normalize_registry(default)
+                    named = base
+                break
+    if named is None:
+        return MirrorTarget(base, path, "default")
+    if not dynamic and not same_registry(named, base):
+        raise PermissionError(f"this mirror serves {base} only (proxy.registryMirror.dynamic is off)")
+    return MirrorTarget(named, path, how)
+
+
+class MethodNotAllowed(Exception):
+    """A mirror request with a method other than GET or HEAD (the proxy answers 405)."""
+
+
+def compile_allowed(patterns: Sequence[str]) -> list[re.Pattern[str]]:
+    """``proxy.registryMirror.allowedRegistries`` compiled; a bad regex is a ConfigError naming it."""
+    try:
+        return [re.compile(p) for p in patterns]
+    except re.error as e:
+        key = "proxy.registryMirror.allowedRegistries"
+        raise ConfigError(f"{key}: {e.pattern!r} is not a valid regex: {e}") from e
+
+
+def registry_allowed(base: str, default: str, allowed: Sequence[re.Pattern[str]]) -> bool:
+    """Whether a mirror request may go to ``base``: the default always; others when one of
+    ``allowed`` matches the host or ``host:port`` whole, or when ``allowed`` is empty and the
+    host is not a link-local address (cloud metadata services live there: only named ones)."""
+    parts = urlsplit(base)
+    names = {parts.hostname or "", parts.netloc}
+    if same_registry(base, default) or any(p.fullmatch(n) for p in allowed for n in names):
+        return True
+    if allowed:
+        return False
+    try:
+        return not ipaddress.ip_address(parts.hostname or "").is_link_local
+    except ValueError:
+        return True  # a name
+
+
+def upstream_for(headers: Mapping[str, str], query: str, default: str, *, dynamic: bool = True) -> str:
+    """The registry base URL a ``/v2/...`` request without a mirror path goes to."""
+    return route(headers, "/v2/", query, default, dynamic=dynamic).base
 
 
 def strip_ns(query: str) -> str:

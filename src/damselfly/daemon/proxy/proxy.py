@@ -3,8 +3,10 @@
 One TCP listener (loopback by default) takes three kinds of requests:
 
 * **mirror** (``GET /v2/...`` with no absolute URI): the registry comes from
-  ``X-Dragonfly-Registry``, containerd's ``?ns=``, or the configured default
-  (:mod:`.mirror`);
+  ``X-Dragonfly-Registry``, containerd's ``?ns=``, the mirror path, or the configured
+  default (:mod:`.mirror`); GET and HEAD only (405 otherwise), and a registry outside
+  ``proxy.registryMirror.allowedRegistries`` is refused (403) before any connection;
+  the ``/v2/`` probe and ``/damselfly/token`` are answered by :mod:`.token`;
 * **proxy** (absolute URI, ``GET http://host/...``): only to hosts that are a
   registry we mirror, an intercepted host, or on the allow-list: never an open proxy;
 * **CONNECT host:port**: TLS-intercepted with a leaf certificate from our CA
@@ -48,7 +50,7 @@ from ...errors import DamselflyError, DigestMismatch, InvalidArgument, SourceSta
 from ..download.tasks import TaskManager, task_id_for
 from ..store.piece_store import PieceStore
 from ..threads import cancel_and_wait
-from . import headers, mirror
+from . import headers, mirror, token
 from .ca import CertificateAuthority, ensure_ca
 from .connect import ConnectHandler, Sniffer
 from .metrics import ProxyMetrics
@@ -100,6 +102,7 @@ class ProxyServer:
         source = source or SourceConfig()
         self.hijack = [re.compile(h.regx) for h in config.hijack_https.hosts]
         self.allow = [re.compile(h) for h in config.allow_hosts]
+        self.allowed_registries = mirror.compile_allowed(config.registry_mirror.allowed_registries)
         mirror_host = urlsplit(self.default_registry).netloc
         tls_rules = [
             TLSRule(re.compile(re.escape(mirror_host)), config.registry_mirror.insecure,
@@ -114,6 +117,7 @@ class ProxyServer:
         cert, key = ensure_ca(data_dir, config.hijack_https.cert, config.hijack_https.key)
         self.ca = CertificateAuthority(cert, key)
         self.ca_cert_path = cert
+        self.tokens = token.TokenService(self.upstream, self.default_registry, self.allowed_registries)
         self._web: web.Server | None = None
         self._server: asyncio.Server | None = None
         self._jobs: set[asyncio.Task[None]] = set()
@@ -185,6 +189,11 @@ class ProxyServer:
         except PermissionError as e:
             self.metrics.request("refused", 403)
             return _error(403, str(e), headers.ERROR_PROXY)
+        except mirror.MethodNotAllowed as e:
+            self.metrics.request("refused", 405)
+            return _error(405, str(e), headers.ERROR_PROXY, {"Allow": ", ".join(mirror.MIRROR_METHODS)})
+        if url in (token.PROBE, token.TOKEN_PATH):
+            return await self.tokens.answer(url, request)
         if url is None:
             self.metrics.request("refused", 404)
             return _error(404, "not a registry request: the mirror serves /v2/...", headers.ERROR_PROXY)
@@ -216,15 +225,21 @@ class ProxyServer:
         tunnel = self.tunnel_hosts.get(request.transport) if request.transport is not None else None
         if tunnel is not None:  # inside an intercepted CONNECT
             return f"https://{tunnel}{request.rel_url.raw_path_qs}"
-        if not request.rel_url.raw_path.startswith("/v2"):
-            return None
-        base = mirror.upstream_for(
-            request.headers,
-            request.rel_url.raw_query_string,
-            self.default_registry,
+        rel = request.rel_url
+        if request.method not in mirror.MIRROR_METHODS:
+            raise mirror.MethodNotAllowed(f"the registry mirror serves GET and HEAD, not {request.method}")
+        if rel.raw_path == token.TOKEN_PATH or not rel.raw_path.startswith("/v2"):
+            return token.TOKEN_PATH if rel.raw_path == token.TOKEN_PATH else None
+        routed = mirror.route(
+            request.headers, rel.raw_path, rel.raw_query_string, self.default_registry,
             dynamic=self.config.registry_mirror.dynamic,
-        )
-        return mirror.upstream_url(base, request.rel_url.raw_path, request.rel_url.raw_query_string)
+        )  # fmt: skip
+        # Decided before any connection: a registry not allowed is never contacted.
+        if not mirror.registry_allowed(routed.base, self.default_registry, self.allowed_registries):
+            raise PermissionError(f"this mirror does not serve {routed.base} (see allowedRegistries)")
+        if routed.named_by == "default" and routed.path in ("/v2", "/v2/"):
+            return token.PROBE  # answered from the default registry's challenge (token.py)
+        return mirror.upstream_url(routed.base, routed.path, rel.raw_query_string)
 
     async def _forward(
         self,

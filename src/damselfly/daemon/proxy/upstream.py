@@ -45,11 +45,30 @@ HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = HOP_BY_HOP | {"host", REGISTRY_HEADER.lower()}
 
 
+# The "tokens" the mirror's token service hands out for registries that want no token
+# (:mod:`.token`); turned back into what the registry wants here, never sent as they are.
+ANONYMOUS = "damselfly-anonymous"
+BASIC_PREFIX = "damselfly-basic."
+
+
+def upstream_authorization(value: str) -> str | None:
+    """What goes to the registry for a client's ``Authorization`` (None: nothing)."""
+    if value == f"Bearer {ANONYMOUS}":
+        return None
+    if value.startswith(f"Bearer {BASIC_PREFIX}"):
+        return "Basic " + value.removeprefix(f"Bearer {BASIC_PREFIX}")
+    return value
+
+
 def forward_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     """Request headers for the upstream: every one kept in order (repeats too), minus hop-by-hop."""
     out: CIMultiDict[str] = CIMultiDict()
     for k, v in headers:
         if k.lower() not in _NOT_FORWARDED and not k.lower().startswith("x-dragonfly-"):
+            if k.lower() == "authorization":
+                v = upstream_authorization(v) or ""
+                if not v:
+                    continue
             out.add(k, v)
     return out
 
