@@ -126,6 +126,15 @@ class SchedulerClientConfig(Section):
     # Schedule answers a download takes before it fetches the rest from the origin (as
     # Dragonfly's client; "more parents" refreshes do not count).
     max_schedule_count: int = 5
+    # Every scheduler is checked (grpc.health.v1) this often; a task goes to its scheduler on a
+    # consistent-hash ring of those serving (daemon/scheduler_fleet.py).
+    health_interval: float = 1 * SECONDS
+    # Scheduler addresses given by name are resolved again this often (a name may give several).
+    resolve_interval: float = 30 * SECONDS
+    # A download that needs a scheduler and has none (all down, or restarting) waits this long
+    # for one before it goes to the origin: a scheduler blink must not send the swarm there.
+    # A download whose bytes are arriving never waits: it goes on and registers again later.
+    wait_for_scheduler: float = 10 * SECONDS
 
 
 class DownloadServerConfig(Section):

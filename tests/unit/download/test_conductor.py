@@ -66,6 +66,8 @@ class FakeStream:
     answers: list[ScheduleAnswer]
     said: list[tuple[Any, ...]] = field(default_factory=list)
     closed: bool = False
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    addr: str = "scheduler"
 
     def register(
         self, spec: DownloadSpec, *, content_length: int | None = None, piece_length: int = 0
@@ -105,6 +107,9 @@ class FakeStream:
             raise SchedulerError("the script has no more answers")
         return self.answers.pop(0)
 
+    async def flush(self, timeout: float = 10) -> None:
+        pass
+
     async def close(self) -> None:
         self.closed = True
 
@@ -122,6 +127,9 @@ class FakeScheduler:
 
     async def speaks_extensions(self) -> bool:
         return self.extensions
+
+    async def link_for(self, task_id: str, wait: float | None) -> FakeScheduler:
+        return self
 
     def peer_stream(self, host_id: str, task_id: str, peer_id: str) -> FakeStream:
         return self.stream
@@ -451,7 +459,8 @@ async def test_toward_dragonfly_no_more_parents_are_asked_for(store: PieceStore)
     stream = FakeStream([])
     conductor = Conductor(plain_deps(store, stream, FakeSource(), refresh_interval=0.0), TASK, SPEC)
     conductor._extensions = False
-    await conductor._refresh_parents(stream)  # type: ignore[arg-type]  # returns at once
+    conductor._stream = stream  # type: ignore[assignment]
+    await conductor._refresh_parents()  # returns at once
     assert stream.said == []
 
 
