@@ -77,6 +77,11 @@ class SchedulingConfig(Section):
     # How long a peer may wait for a parent (e.g. a seed that was just triggered)
     # before the scheduler sends it to the origin.
     back_to_source_after: float = 10 * SECONDS
+    # For this long after it starts, the scheduler neither triggers a seed for a task nobody
+    # holds nor sends its first peer to the origin: after a restart the daemons register what
+    # they hold and fetch again (within a health interval or two), and a task a seed or peer
+    # still holds must find it, not the origin. Costs a fresh cluster's first download at most this.
+    startup_grace: float = 2 * SECONDS
     peer_upload_limit: int = 200  # children per normal host
     seed_upload_limit: int = 2000  # children per seed host
 
