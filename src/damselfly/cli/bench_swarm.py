@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 SCENARIO_HELP = (
-    "flash-crowd, staggered, mixed-rates, large-file-few-peers or small-file-many-peers "
-    "(ignored with --rates-file)"
+    "flash-crowd, staggered, mixed-rates, large-file-few-peers, small-file-many-peers, "
+    "scheduler-restart or scheduler-failover (ignored with --rates-file)"
 )
 
 
