@@ -60,7 +60,21 @@ class Announcer:
         self.on_first = on_first
         # addr -> (link generation, task IDs registered there in that generation)
         self._known: dict[str, tuple[int, set[str]]] = {}
+        self._cache_generation = -1  # the cache link's generation its dfcache tasks were restored in
         self.restored_total = 0
+
+    def _known_at(self, link: SchedulerLink) -> set[str]:
+        gen, known = self._known.get(link.addr, (-1, set()))
+        if gen != link.generation:
+            known = set()
+            self._known[link.addr] = (link.generation, known)
+        return known
+
+    def reported(self, task_id: str, addr: str) -> None:
+        """A download told scheduler ``addr`` its end: that scheduler knows this host holds it."""
+        link = self.fleet.links.get(addr)
+        if link is not None:
+            self._known_at(link).add(task_id)
 
     def unreported(self, task_id: str) -> None:
         """A download finished but its scheduler may not have heard: register it again."""
@@ -74,8 +88,10 @@ class Announcer:
         if announce:
             self.host.tx_bandwidth = 0
             await link.announce_host(self.host, self.fleet.announce_interval)
-            if self.persistent_cache is not None and link.addr == self.cache_addr:
+            fresh = link.generation != self._cache_generation
+            if self.persistent_cache is not None and link.addr == self.cache_addr and fresh:
                 await self.persistent_cache.restore()
+                self._cache_generation = link.generation
             return
         count = await self._restore(link)
         if count:
@@ -86,10 +102,7 @@ class Announcer:
 
     async def _restore(self, link: SchedulerLink) -> int:
         generation = link.generation
-        gen, known = self._known.get(link.addr, (-1, set()))
-        if gen != generation:
-            known = set()
-            self._known[link.addr] = (generation, known)
+        known = self._known_at(link)
         answer_timeout = None if await link.speaks_extensions() else self.schedule_timeout
         count = 0
         for meta in self.store.tasks():

@@ -177,6 +177,7 @@ class Daemon:
             on_piece=self.metrics.on_piece,
             on_success=self._flush_later,
             on_unreported=self._unreported,
+            on_reported=self._reported,
         )
         self.manager = TaskManager(deps)
         self.persistent_cache = PersistentCache(
@@ -360,6 +361,10 @@ class Daemon:
     def _unreported(self, task_id: str) -> None:
         if self.announcer is not None:
             self.announcer.unreported(task_id)
+
+    def _reported(self, task_id: str, addr: str) -> None:
+        if self.announcer is not None:
+            self.announcer.reported(task_id, addr)
 
     # ------------------------------------------------------------------ stop
 

@@ -213,21 +213,17 @@ class SchedulerFleet:
                 await asyncio.wait_for(kick.wait(), self.health_interval)
 
     async def _sync(self, link: SchedulerLink, *, announce: bool) -> None:
-        if announce:
-            link.ready = False
-        if self.sync is not None:
-            generation = link.generation
-            if announce:
-                await self.sync(link, True)  # the host first: nothing registers on a scheduler without it
-                if link.generation == generation and link.up:
-                    link.ready = True
-                    self._notify()
-                await self.sync(link, False)
-            else:
-                await self.sync(link, False)
-        elif announce:
+        """Announce (the periodic one), or after a loss announce, mark ready and register the
+        held tasks; or (``announce`` false) only register what the ring gave the link."""
+        fresh = announce and not link.ready
+        generation = link.generation
+        if announce and self.sync is not None:
+            await self.sync(link, True)  # the host first: nothing registers on a scheduler without it
+        if fresh and link.generation == generation and link.up:
             link.ready = True
             self._notify()
+        if (fresh or not announce) and self.sync is not None:
+            await self.sync(link, False)
 
     def kick(self, addr: str) -> None:
         """Have ``addr``'s keeper sync now (a task to register there)."""

@@ -111,6 +111,8 @@ class ConductorDeps:
     on_success: Callable[[str], None] | None = None  # given: the owner makes the content durable later
     # A download that succeeded but whose end the scheduler may not have heard (its stream broke).
     on_unreported: Callable[[str], None] | None = None
+    # A download whose end scheduler ``addr`` heard: (task ID, addr).
+    on_reported: Callable[[str, str], None] | None = None
 
 
 class Conductor:
@@ -255,6 +257,8 @@ class Conductor:
         try:
             what(stream)
             await stream.flush(timeout=5)
+            if self.deps.on_reported is not None:
+                self.deps.on_reported(self.task_id, stream.addr)
         except SchedulerError as e:
             log.warning("the scheduler may not have heard this download end (%s); registering it again", e)
             self._unreported = True
