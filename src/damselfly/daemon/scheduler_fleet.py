@@ -143,14 +143,15 @@ class SchedulerFleet:
 
     async def _resolve_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.resolve_interval)
+            # Nothing resolved yet (a name not in DNS yet): ask again soon.
+            await asyncio.sleep(self.resolve_interval if self.links else self.health_interval)
             self._set_addrs(await self._resolve())
 
     async def start(self) -> None:
         """Resolve the names, then keep every link (health, announce) and re-resolve now and then."""
         self._set_addrs(await self._resolve())
         if not self.links:
-            raise SchedulerError("no scheduler address resolves")
+            log.warning("no scheduler address resolves yet; asking DNS again every %gs", self.health_interval)
         loop = asyncio.get_running_loop()
         self._resolver = loop.create_task(self._resolve_loop(), name="scheduler-resolve")
         for link in self.links.values():

@@ -288,14 +288,19 @@ class Conductor:
             await stream.lost.wait()
             log.info("stream to scheduler %s broke; the transfer goes on, registering again", stream.addr)
             self._reopening = True
+            answer: ScheduleAnswer | None = None
             try:
-                answer = await self._reopen(None, answer=not back_to_source)
+                await self._reopen(None, answer=False)
+                # What this peer does and holds goes out at once: after a restart it may be the
+                # holder other peers are waiting for, before the scheduler has an answer for it.
+                self._tell(back_to_source=back_to_source, description="registered again")
+                fresh = self._stream
+                if not back_to_source and fresh is not None:
+                    answer = await fresh.next_answer(self.deps.schedule_timeout)
             except SchedulerError as e:  # no answer in time: the parents we have go on
                 log.info("no answer from the scheduler after registering again: %s", e)
-                answer = None
             finally:
                 self._reopening = False
-            self._tell(back_to_source=back_to_source, description="registered again")
             if isinstance(answer, NormalTask):
                 self._pieces.more_parents(answer.parents)
             elif answer is not None and not back_to_source:
