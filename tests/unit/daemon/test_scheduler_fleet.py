@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from damselfly.api import scheduler_pb2_grpc
+from damselfly.config import load_daemon_config, load_scheduler_config
 from damselfly.daemon.scheduler_client import SchedulerLink
 from damselfly.daemon.scheduler_fleet import SchedulerFleet, split_addr
 from damselfly.daemon.scheduler_ring import HashRing
@@ -177,3 +179,21 @@ def test_addresses_are_checked() -> None:
         split_addr("scheduler")
     with pytest.raises(SchedulerError):
         SchedulerFleet([])
+
+
+async def test_the_keys_in_a_config_file(tmp_path: Path) -> None:
+    f = tmp_path / "d.yaml"
+    f.write_text(
+        "scheduler:\n  addrs: ['10.0.0.1:8002', '10.0.0.2:8002']\n  healthInterval: 0.5\n"
+        "  resolveInterval: 10\n  waitForScheduler: 3\n"
+    )
+    sc = load_daemon_config(f, {"storage": {"dir": str(tmp_path)}}).scheduler
+    assert (sc.health_interval, sc.resolve_interval, sc.wait_for_scheduler) == (0.5, 10, 3)
+    fleet = SchedulerFleet(sc.addrs, health_interval=sc.health_interval)
+    try:
+        assert fleet.ring.nodes == {"10.0.0.1:8002", "10.0.0.2:8002"}  # every one, not the first only
+    finally:
+        await fleet.close()
+    s = tmp_path / "s.yaml"
+    s.write_text("scheduler:\n  startupGrace: 0.5\n")
+    assert load_scheduler_config(s).scheduler.startup_grace == 0.5
