@@ -105,6 +105,7 @@ class Knobs:
     rate_bits: int | None = None
     origin_bits: int | None = None
     seeds: int = 1
+    schedulers: int | None = None
     seed_bits: int | None = None
     stagger_s: float = 2.0
     slow_fraction: float = 0.25
@@ -132,6 +133,7 @@ def _uniform(name: str, k: Knobs, *, peers: int, size: int) -> Scenario:
         origin_bits=k.origin_bits or rate,
         seeds=seeds,
         peers=peer_hosts,
+        schedulers=k.schedulers or 1,
     )
 
 
@@ -179,7 +181,9 @@ def scheduler_restart(k: Knobs) -> Scenario:
 
 def scheduler_failover(k: Knobs) -> Scenario:
     s = _uniform("scheduler-failover", k, peers=8, size=256 * MiB)
-    return replace(s, schedulers=3, fault="scheduler-failover")
+    if k.schedulers == 1:
+        raise InvalidArgument("scheduler-failover needs at least two schedulers")
+    return replace(s, schedulers=k.schedulers or 3, fault="scheduler-failover")
 
 
 PRESETS: dict[str, Callable[[Knobs], Scenario]] = {

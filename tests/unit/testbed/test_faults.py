@@ -23,6 +23,11 @@ def test_the_presets() -> None:
     assert (failover.fault, failover.schedulers, failover.file_size) == ("scheduler-failover", 3, 64 * MiB)
     assert len(failover.peers) == 8 and failover.to_json()["schedulers"] == 3
     assert build_scenario("flash-crowd", Knobs()).fault == ""
+    # The same crowd with three schedulers and no fault: the failover's baseline.
+    assert build_scenario("flash-crowd", Knobs(schedulers=3)).schedulers == 3
+    assert build_scenario("scheduler-failover", Knobs(schedulers=2)).schedulers == 2
+    with pytest.raises(InvalidArgument, match="at least two"):
+        build_scenario("scheduler-failover", Knobs(schedulers=1))
 
 
 def test_the_victim_is_the_schedulers_the_daemons_use_for_the_task() -> None:

@@ -9,8 +9,8 @@ cannot finish, the conductor asks for a reschedule, naming the parents that
 failed; it asks for more parents now and then while a round runs, and falls
 back to the origin when told to.
 
-A scheduler may die or restart under a download (docs/PROTOCOL.md, "scheduler
-loss"). Bytes that are arriving keep arriving: the parents and the origin do
+A scheduler may die or restart under a download (docs/PROTOCOL.md, "Several
+schedulers, and losing one"). Bytes that are arriving keep arriving: the parents and the origin do
 not need the scheduler. A keeper beside the transfer waits for the stream to
 break, then registers the peer again with the task's scheduler on the ring
 (the same one once it answers again, or the next one) and tells it what this
