@@ -95,6 +95,7 @@ class SchedulerFleet:
         self._keepers: dict[str, asyncio.Task[None]] = {}
         self._kicks: dict[str, asyncio.Event] = {}
         self._resolver: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # links that no longer resolve, closing
         # Set (and replaced) whenever a link goes up, down or ready: downloads waiting for one wake.
         self._changed = asyncio.Event()
         self._set_addrs([join_addr(h, p) for h, p in self._targets if _is_ip(h)])
@@ -120,7 +121,9 @@ class SchedulerFleet:
             if keeper is not None:
                 keeper.cancel()
             self._kicks.pop(addr, None)
-            asyncio.get_running_loop().create_task(link.close())
+            closing = asyncio.get_running_loop().create_task(link.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         if wanted != self.ring.nodes:
             self.ring.set_nodes(wanted)
             self._ring_changed()
@@ -200,16 +203,19 @@ class SchedulerFleet:
         while True:
             kick.clear()
             self._set_up(link, await link.check(timeout=max(1.0, 2 * self.health_interval)))
-            if link.up and (not link.ready or time.monotonic() >= next_announce):
-                try:
-                    await self._sync(link, announce=True)
-                    next_announce = time.monotonic() + self.announce_interval
-                except SchedulerError as e:
-                    log.warning("%s", e)
-                    self._set_up(link, False)
-            elif link.up:
-                with contextlib.suppress(SchedulerError):
-                    await self._sync(link, announce=False)  # the ring changed: take what it gained
+            try:
+                if link.up and (not link.ready or time.monotonic() >= next_announce):
+                    try:
+                        await self._sync(link, announce=True)
+                        next_announce = time.monotonic() + self.announce_interval
+                    except SchedulerError as e:
+                        log.warning("%s", e)
+                        self._set_up(link, False)
+                elif link.up:
+                    with contextlib.suppress(SchedulerError):
+                        await self._sync(link, announce=False)  # the ring changed: take what it gained
+            except Exception:  # a bug in one round must not stop this scheduler being kept
+                log.exception("keeping scheduler %s failed; trying again", link.addr)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(kick.wait(), self.health_interval)
 
@@ -276,7 +282,7 @@ class SchedulerFleet:
             await link.delete_task(host_id, task_id)
 
     async def close(self) -> None:
-        tasks = [*self._keepers.values(), *([self._resolver] if self._resolver else [])]
+        tasks = [*self._keepers.values(), *([self._resolver] if self._resolver else []), *self._closing]
         await cancel_and_wait(tasks)
         self._keepers.clear()
         for link in self.links.values():
