@@ -34,6 +34,9 @@ Owner: :class:`damselfly.daemon.download.tasks.TaskManager`, one conductor per t
 time. Mutable state: the dialogue's (this object), the parent table
 (:class:`~.parents.ParentTable`, changed by the piece loop and this object's
 requests for more parents), the task's pieces (the :class:`PieceStore`).
+
+Long because: the dialogue, and what it does when the scheduler is lost mid-way, are one
+state machine; the piece loop, the parent table and the origin fetch already live apart.
 """
 
 from __future__ import annotations
