@@ -102,6 +102,11 @@ class SchedulingConfig(Section):
     # How long a peer may wait for a parent (e.g. a seed that was just triggered)
     # before the scheduler sends it to the origin.
     back_to_source_after: float = 10 * SECONDS
+    # For this long after it starts, the scheduler neither triggers a seed for a task nobody
+    # holds nor sends its first peer to the origin: after a restart the daemons register what
+    # they hold and fetch again (within a health interval or two), and a task a seed or peer
+    # still holds must find it, not the origin. Costs a fresh cluster's first download at most this.
+    startup_grace: float = 2 * SECONDS
     peer_upload_limit: int = 200  # children per normal host
     seed_upload_limit: int = 2000  # children per seed host
 
@@ -155,6 +160,15 @@ class SchedulerClientConfig(Section):
     # Schedule answers a download takes before it fetches the rest from the origin (as
     # Dragonfly's client; "more parents" refreshes do not count).
     max_schedule_count: int = 5
+    # Every scheduler is checked (grpc.health.v1) this often; a task goes to its scheduler on a
+    # consistent-hash ring of those serving (daemon/scheduler_fleet.py).
+    health_interval: float = 1 * SECONDS
+    # Scheduler addresses given by name are resolved again this often (a name may give several).
+    resolve_interval: float = 30 * SECONDS
+    # A download that needs a scheduler and has none (all down, or restarting) waits this long
+    # for one before it goes to the origin: a scheduler blink must not send the swarm there.
+    # A download whose bytes are arriving never waits: it goes on and registers again later.
+    wait_for_scheduler: float = 10 * SECONDS
 
 
 class DownloadServerConfig(Section):

@@ -75,6 +75,22 @@ def test_small_flash_crowd_across_namespaces() -> None:
     assert not os.path.exists(result.workdir)
 
 
+@pytest.mark.parametrize("scenario", ["scheduler-restart", "scheduler-failover"])
+def test_a_scheduler_killed_at_30_percent_loses_no_download(scenario: str) -> None:
+    """The fault scenarios, small: the task's scheduler SIGKILLed at ~30 %, restarted or gone for good.
+    Every download succeeds and the origin sends the file once, plus at most a piece in flight."""
+    sc = build_scenario(scenario, Knobs(peers=3, size=64 * MiB, rate_bits=200_000_000))
+    lines: list[str] = []
+    result = run_swarm(sc, SwarmOptions(timeout_s=90, log_level="INFO"), say=lines.append)
+    data = result.to_json()
+    assert result.error == "", "\n".join(lines)
+    assert data["fault"]["kind"] == scenario and data["fault"]["progress"] >= 0.3, "\n".join(lines)
+    assert data["fault"]["restarted"] is (scenario == "scheduler-restart")
+    assert data["failed_downloads"] == 0 and data["ok"] is True, "\n".join(lines)
+    assert data["origin"]["bytes"] <= sc.file_size + 4 * MiB  # 64 MiB: 4 MiB pieces
+    assert _namespaces_with(result.prefix) == []
+
+
 def test_mixed_wire_swarm_with_plain_peers_and_seed(tmp_path: Path) -> None:
     """Half the peers and the seed on Dragonfly's wire only (``--plain-peers 2 --plain-seed``), the
     key merged into a user's daemon config: every digest right, and the origin sends F once plus

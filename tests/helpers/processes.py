@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,8 @@ class Procs:
         self.root = root
         self.children: list[ChildProcess] = []
 
-    def scheduler(self, name: str = "scheduler") -> ChildProcess:
-        child = start_scheduler(self.root, name=name)
+    def scheduler(self, name: str = "scheduler", *, port: int = 0) -> ChildProcess:
+        child = start_scheduler(self.root, name=name, port=port)
         self.children.append(child)
         child.wait_ready(READY_TIMEOUT)
         return child
@@ -86,7 +87,7 @@ class Procs:
         self,
         name: str,
         *,
-        scheduler_port: int,
+        scheduler_port: int | Sequence[int],
         seed: bool = False,
         hostname: str | None = None,
         socket_path: Path | None = None,

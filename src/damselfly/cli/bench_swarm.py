@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 SCENARIO_HELP = (
-    "flash-crowd, staggered, mixed-rates, large-file-few-peers or small-file-many-peers "
-    "(ignored with --rates-file)"
+    "flash-crowd, staggered, mixed-rates, large-file-few-peers, small-file-many-peers, "
+    "scheduler-restart or scheduler-failover (ignored with --rates-file)"
 )
 
 
@@ -25,6 +25,9 @@ def swarm(
     rate: Annotated[str, typer.Option(help="each host's upload and download rate")] = "100mbit",
     origin_rate: Annotated[str | None, typer.Option(help="the origin's rate (default: --rate)")] = None,
     seeds: Annotated[int, typer.Option(min=0, max=8, help="seed peer hosts")] = 1,
+    schedulers: Annotated[
+        int | None, typer.Option(min=1, max=8, help="schedulers, every daemon given all (scenario default)")
+    ] = None,
     seed_rate: Annotated[str | None, typer.Option(help="seed hosts' rate (default: --rate)")] = None,
     stagger: Annotated[str, typer.Option(help="staggered: time between arrivals")] = "2s",
     slow_fraction: Annotated[float, typer.Option(help="mixed-rates: share of slow peers")] = 0.25,
@@ -102,6 +105,7 @@ def swarm(
             rate_bits=rate_bits,
             origin_bits=parse_rate(origin_rate) if origin_rate else None,
             seeds=seeds,
+            schedulers=schedulers,
             seed_bits=parse_rate(seed_rate) if seed_rate else None,
             stagger_s=parse_duration(stagger),
             slow_fraction=slow_fraction,

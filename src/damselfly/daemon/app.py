@@ -3,7 +3,8 @@
 Listeners (docs/PROTOCOL.md): DfdaemonUpload gRPC (peers, the scheduler),
 the piece server (Vortex over TCP), DfdaemonDownload gRPC on a unix socket
 (dfget), and ``/metrics`` + ``/healthy`` over HTTP. Background jobs: the host
-announce loop. Owner of everything here: :class:`Daemon`; :meth:`Daemon.stop`
+scheduler fleet (health checks, host announces, held tasks registered again:
+:mod:`.scheduler_fleet`, :mod:`.announcer`). Owner of everything here: :class:`Daemon`; :meth:`Daemon.stop`
 closes it all.
 """
 
@@ -29,9 +30,10 @@ from .. import __version__, ids
 from ..api import dfdaemon_pb2_grpc
 from ..api.health import DFDAEMON_DOWNLOAD, DFDAEMON_UPLOAD, Health
 from ..config import DaemonConfig
-from ..domain import DownloadSpec, HostInfo, HostType
+from ..domain import HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
 from ..process import metrics_app, run_until_signal, write_ready_file
+from .announcer import Announcer
 from .download.conductor import ConductorDeps
 from .download.tasks import TaskManager
 from .download_rpc import Downloads
@@ -40,7 +42,7 @@ from .metrics import DaemonMetrics
 from .origin.source import HTTPSource
 from .persistent_cache import PersistentCache, local_delete_handler
 from .ratelimit import HostLimiters
-from .scheduler_client import SchedulerClient
+from .scheduler_fleet import SchedulerFleet
 from .service import DownloadService, UploadService, socket_path_ok
 from .store.piece_store import PieceStore
 from .threads import cancel_and_wait, to_thread_to_the_end
@@ -92,11 +94,19 @@ class Daemon:
             extensions=config.wire.extensions,
         )
         self.peer_rpc = PeerRPC()
-        self.scheduler: SchedulerClient | None = (
-            SchedulerClient(config.scheduler.addrs, extensions=config.wire.extensions)
-            if config.scheduler.addrs
+        sc = config.scheduler
+        self.scheduler: SchedulerFleet | None = (
+            SchedulerFleet(
+                sc.addrs,
+                extensions=config.wire.extensions,
+                health_interval=sc.health_interval,
+                resolve_interval=sc.resolve_interval,
+                announce_interval=sc.announce_interval,
+            )
+            if sc.addrs
             else None
         )
+        self.announcer: Announcer | None = None
         self.uploaded: Counter[str] = Counter()  # pieces served per task
         self.piece_server = PieceServer(
             self.store,
@@ -163,8 +173,11 @@ class Daemon:
             piece_timeout=cfg.download.piece_timeout,
             schedule_timeout=cfg.scheduler.schedule_timeout,
             max_schedule_count=cfg.scheduler.max_schedule_count,
+            wait_for_scheduler=cfg.scheduler.wait_for_scheduler,
             on_piece=self.metrics.on_piece,
             on_success=self._flush_later,
+            on_unreported=self._unreported,
+            on_reported=self._reported,
         )
         self.manager = TaskManager(deps)
         self.persistent_cache = PersistentCache(
@@ -242,7 +255,15 @@ class Daemon:
         self._jobs.append(asyncio.get_running_loop().create_task(self._durable_loop()))
         self._jobs.append(asyncio.get_running_loop().create_task(self.gc.run()))
         if self.scheduler is not None:
-            self._jobs.append(asyncio.get_running_loop().create_task(self._announce_loop()))
+            self.announcer = Announcer(
+                self.scheduler, self.host, self.store, self.manager,
+                hostname=cfg.host.hostname, is_seed=self.is_seed,
+                schedule_timeout=cfg.scheduler.schedule_timeout,
+                persistent_cache=self.persistent_cache,
+                cache_addr=cfg.scheduler.addrs[0], on_first=self.announced.set,
+            )  # fmt: skip
+            self.scheduler.sync = self.announcer.sync
+            await self.scheduler.start()
         log.info(
             "daemon %s up: upload %s:%d, pieces %s:%d, socket %s, metrics %d, proxy %d%s",
             self.host_id, cfg.upload.server.ip, upload_port, cfg.storage.server.ip, piece_port, sock,
@@ -338,62 +359,13 @@ class Daemon:
             except DamselflyError as e:
                 log.warning("could not flush task %s to disk: %s", task_id[:12], e)
 
-    async def _announce_loop(self) -> None:
-        """Announce the host now and every interval; restore held tasks after each (re)connect."""
-        assert self.scheduler is not None and self.host is not None
-        interval = self.config.scheduler.announce_interval
-        restored = False
-        while True:
-            try:
-                self.host.tx_bandwidth = 0
-                await self.scheduler.announce_host(self.host, interval)
-                if not restored:
-                    await self._restore_tasks()
-                    restored = True
-                self.announced.set()
-                wait = interval
-            except SchedulerError as e:
-                log.warning("%s; retrying", e)
-                restored = False
-                wait = min(interval, 2.0)
-            await asyncio.sleep(wait)
+    def _unreported(self, task_id: str) -> None:
+        if self.announcer is not None:
+            self.announcer.unreported(task_id)
 
-    async def _restore_tasks(self) -> None:
-        """Tell the scheduler about complete tasks this host holds (after a restart).
-
-        Each as Dragonfly reports a task held complete: a metadata-only register,
-        Started, Finished (``PeerStream.restore``); toward a scheduler without
-        Damselfly's extensions, Started waits for its ``MetadataOnlyResponse``.
-        """
-        assert self.scheduler is not None and self.manager is not None
-        answer_timeout = (
-            None if await self.scheduler.speaks_extensions() else self.config.scheduler.schedule_timeout
-        )
-        count = 0
-        for meta in self.store.tasks():
-            if meta.state != "succeeded" or not meta.is_complete or self.manager.is_running(meta.task_id):
-                continue
-            if meta.persistent_cache:  # announced below, through the persistent-cache RPCs
-                continue
-            assert meta.content_length is not None and meta.piece_length is not None
-            stream = self.scheduler.peer_stream(
-                self.host_id, meta.task_id, ids.peer_id(self.ip, self.config.host.hostname, seed=self.is_seed)
-            )
-            spec = DownloadSpec(url=meta.url, tag=meta.tag, application=meta.application)
-            try:
-                await stream.restore(
-                    spec, meta.content_length, meta.piece_length, meta.piece_count or 0,
-                    answer_timeout=answer_timeout,
-                )  # fmt: skip
-            except SchedulerError as e:
-                log.warning("could not restore task %s: %s", meta.task_id[:12], e)
-            finally:
-                await stream.close()
-            count += 1
-        if self.persistent_cache is not None:
-            count += await self.persistent_cache.restore()
-        if count:
-            log.info("announced %d stored task(s) to the scheduler", count)
+    def _reported(self, task_id: str, addr: str) -> None:
+        if self.announcer is not None:
+            self.announcer.reported(task_id, addr)
 
     # ------------------------------------------------------------------ stop
 

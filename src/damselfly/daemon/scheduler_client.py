@@ -1,10 +1,12 @@
 """The daemon's side of ``scheduler.v2.Scheduler``: host announces and peer streams.
 
-Protobuf stays in this module (and :mod:`damselfly.api.convert`); the
-conductor talks to a :class:`PeerStream` in domain types.
+One :class:`SchedulerLink` per scheduler address (its channel, health check and
+RPCs); which link a task uses is :mod:`.scheduler_fleet`'s business. Protobuf
+stays in this module (and :mod:`damselfly.api.convert`); the conductor talks
+to a :class:`PeerStream` in domain types.
 
 The same dialogue serves Damselfly's scheduler and Dragonfly's Go scheduler
-(docs/INTEROP.md §2.2, §3.5). Where they differ, :meth:`SchedulerClient.speaks_extensions`
+(docs/INTEROP.md §2.2, §3.5). Where they differ, :meth:`SchedulerLink.speaks_extensions`
 tells which one is there: Damselfly's learns a new task's size from its seed peer,
 so a register carries no size, and it takes a restored task's three requests at
 once; toward any other scheduler (or with ``wire.extensions`` off) the daemon
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import cast
 
 import grpc
@@ -71,6 +74,18 @@ class PeerStream:
         self._writer: asyncio.Task[None] | None = None
         self._write_error: SchedulerError | None = None
         self._closed = False
+        # Set when the call broke under us (read or write failed): the scheduler may be gone, or
+        # may have restarted and forgotten this peer. ``on_lost`` (the link's) hears of it too.
+        self.lost = asyncio.Event()
+        self.on_lost: Callable[[grpc.StatusCode | None], None] | None = None
+        self.addr = ""  # the scheduler's, set by the link that opened it
+
+    def _mark_lost(self, code: grpc.StatusCode | None) -> None:
+        if self._closed or self.lost.is_set():
+            return
+        self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost(code)
 
     # What the read loop makes of the stream; the persistent-cache stream overrides these three.
     def _answer(self, msg: StreamResponse) -> ScheduleAnswer:
@@ -97,6 +112,7 @@ class PeerStream:
                     log.warning("ignoring scheduler message: %s", e)
         except grpc.aio.AioRpcError as e:
             self._answers.put_nowait(self._read_failed(e))
+            self._mark_lost(e.code())
             return
         self._answers.put_nowait(self._at_eof())
 
@@ -112,6 +128,7 @@ class PeerStream:
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
                 self._write_error = SchedulerError(f"cannot write to the scheduler stream: {e!r}")
                 self._answers.put_nowait(self._write_error)
+                self._mark_lost(e.code() if isinstance(e, grpc.aio.AioRpcError) else None)
                 return
             finally:
                 self._outbox.task_done()
@@ -318,34 +335,75 @@ def _as_offered(parent: CandidateParent) -> common_pb2.Peer:
     return pb
 
 
-class SchedulerClient:
-    """A channel to the scheduler (the first address; more come with consistent hashing).
+def open_channel(addr: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """The one place a channel to a scheduler is made (TLS settings plug in here)."""
+    options = [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        # A scheduler that restarts must be seen again within a health interval or two, not after
+        # grpc's default reconnect backoff (up to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.min_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+    if credentials is not None:
+        return grpc.aio.secure_channel(addr, credentials, options=options)
+    return grpc.aio.insecure_channel(addr, options=options)
+
+
+# A stream that breaks with one of these says the scheduler is gone or has forgotten this host
+# (a restart): the link is resynced (host announced, held tasks registered again).
+LOST_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.CANCELLED, None}
+)
+
+
+class SchedulerLink:
+    """A channel to one scheduler address and what this daemon knows of it.
 
     ``extensions`` (the daemon's ``wire.extensions``): whether this daemon may use
     Damselfly's extensions with a scheduler that speaks them. Owner of the task that
     asks the scheduler which it is (:meth:`speaks_extensions`); :meth:`close` ends it.
+    The liveness fields are the fleet's (:class:`~.scheduler_fleet.SchedulerFleet`).
     """
 
     def __init__(
         self,
-        addrs: list[str],
+        addr: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
         extensions: bool = True,
     ) -> None:
-        if not addrs:
-            raise SchedulerError("no scheduler address configured")
-        self.addr = addrs[0]
+        self.addr = addr
         self.extensions = extensions
         # Whether the scheduler there speaks Damselfly's extensions: asked once per
         # connection (None: not asked yet, or to ask again).
         self._speaks: asyncio.Future[bool] | None = None
-        options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        if credentials is not None:
-            self._channel = grpc.aio.secure_channel(self.addr, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(self.addr, options=options)
+        self._channel = open_channel(addr, credentials)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
+        # Kept by the fleet: whether the health check says SERVING, whether this host was
+        # announced there since it last came up or lost state, and a count of such losses.
+        self.up = False
+        self.ready = False
+        self.generation = 0
+        self.on_lost: Callable[[SchedulerLink, grpc.StatusCode | None], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"SchedulerLink({self.addr}, up={self.up}, ready={self.ready})"
+
+    async def check(self, *, timeout: float = 2.0) -> bool:
+        """Whether the scheduler answers its health check with SERVING (``grpc.health.v1``,
+        the overall service ``""``, as Dragonfly's client checks); one without a health
+        service counts as up when it answers at all."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() is grpc.StatusCode.UNIMPLEMENTED:
+                return True
+            self._speaks = None
+            return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def announce_host(self, host: HostInfo, interval_s: float, *, timeout: float = 10) -> None:
         try:
@@ -391,7 +449,7 @@ class SchedulerClient:
         try:
             await self._stub.DeleteHost(scheduler_pb2.DeleteHostRequest(host_id=host_id), timeout=timeout)
         except grpc.aio.AioRpcError as e:
-            raise SchedulerError(f"DeleteHost failed: {e.code().name} {e.details()}") from e
+            raise SchedulerError(f"DeleteHost at {self.addr} failed: {e.code().name} {e.details()}") from e
 
     async def delete_peer(self, host_id: str, task_id: str, peer_id: str) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):
@@ -406,7 +464,14 @@ class SchedulerClient:
             )
 
     def peer_stream(self, host_id: str, task_id: str, peer_id: str) -> PeerStream:
-        return PeerStream(self._stub, host_id, task_id, peer_id)
+        stream = PeerStream(self._stub, host_id, task_id, peer_id)
+        stream.addr = self.addr
+        stream.on_lost = self._stream_lost
+        return stream
+
+    def _stream_lost(self, code: grpc.StatusCode | None) -> None:
+        if code in LOST_CODES and self.on_lost is not None:
+            self.on_lost(self, code)
 
     async def close(self) -> None:
         if self._speaks is not None and not self._speaks.done():  # a question still under way

@@ -18,6 +18,7 @@ scheduler sees distinct hosts although they share one IP.
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def daemon_command(
     root: Path,
     name: str,
     *,
-    scheduler_port: int,
+    scheduler_port: int | Sequence[int],
     hostname: str,
     seed: bool = False,
     socket_path: Path | None = None,
@@ -75,10 +76,11 @@ def daemon_command(
     log_level: str = "INFO",
     config: Path | None = None,
 ) -> list[str]:
+    ports_of_schedulers = [scheduler_port] if isinstance(scheduler_port, int) else list(scheduler_port)
     args = [
         "daemon",
         "--data-dir", str(root / name),
-        "--scheduler", f"127.0.0.1:{scheduler_port}",
+        *[a for p in ports_of_schedulers for a in ("--scheduler", f"127.0.0.1:{p}")],
         "--hostname", hostname,
         "--ip", "127.0.0.1",
         "--listen-ip", "127.0.0.1",
@@ -113,7 +115,7 @@ def start_daemon(
     root: Path,
     name: str,
     *,
-    scheduler_port: int,
+    scheduler_port: int | Sequence[int],
     hostname: str | None = None,
     seed: bool = False,
     socket_path: Path | None = None,

@@ -14,8 +14,9 @@ docs/PROTOCOL.md, step 1 and 4:
 5. No candidate: after ``back_to_source_after`` seconds of waiting -> back to
    source (fail when back-to-source is disabled).
    Else, if nobody is fetching the task yet: trigger a seed peer when a seed
-   host exists (once per task), otherwise send this peer to the origin. Else
-   wait for a candidate to appear.
+   host exists (once per task), otherwise send this peer to the origin (but
+   in the scheduler's ``startup_grace`` wait instead: after a restart the
+   task's holders are registering again). Else wait for a candidate to appear.
 
 As in Dragonfly's scheduler, reschedules are not counted: each is a fresh
 scheduling (with the failed parents blocked), whose only limit is how long the
@@ -256,6 +257,7 @@ def schedule(
     *,
     seed_trigger: bool = True,
     rng: random.Random | None = None,
+    starting: bool = False,
 ) -> Decision:
     """Decide what to answer ``peer`` now (see the module docstring for the rules)."""
     task = peer.task
@@ -279,6 +281,8 @@ def schedule(
         return _give_up(peer, f"no parent within {cfg.back_to_source_after:g}s")
 
     if not someone_fetches_for(peer, res):
+        if starting:
+            return Wait("scheduler starting: holders of the task may still register")
         if seed_trigger and task.seed_state is SeedState.NONE:
             seed = pick_seed_host(res, exclude=peer.host)
             if seed is not None:

@@ -145,12 +145,15 @@ class SchedulerService(
         # Task ID -> the first register's Download, for the seed: as sent, every field kept.
         self._downloads: dict[str, common_pb2.Download] = {}
         self._loops: list[asyncio.Task[None]] = []
+        # When start() ran: the startup grace counts from there (SchedulingConfig.startup_grace).
+        self.started_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
         """Start the retry, GC and loop-lag loops (call from the running event loop)."""
         loop = asyncio.get_running_loop()
+        self.started_at = self.clock()
         self._loops = [
             loop.create_task(self._retry_loop(), name="scheduler-retry"),
             loop.create_task(self._gc_loop(), name="scheduler-gc"),
@@ -235,6 +238,7 @@ class SchedulerService(
             now,
             seed_trigger=self.config.seed_peer.enable,
             rng=self.rng,
+            starting=self.started_at is not None and now - self.started_at < self.cfg.startup_grace,
         )
         apply_decision(peer, decision, self.res, now)
         self.metrics.schedule_duration.observe((time.perf_counter() - started) * 1000.0)

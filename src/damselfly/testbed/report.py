@@ -146,6 +146,7 @@ class SwarmResult:
     plot: str = ""
     link_queue: str = ""  # shaping.QUEUES: how the links were queued
     piece_length: int | None = None  # the dfgets' --piece-length (None: the task's default)
+    fault: dict[str, Any] = field(default_factory=dict)  # what a fault scenario did (testbed/faults.py)
 
     @property
     def peers(self) -> list[HostResult]:
@@ -219,6 +220,8 @@ class SwarmResult:
                 "size_probes": self.origin_size_probes,
             },
             "back_to_source_count": self.back_to_source_count,
+            "fault": dict(self.fault),
+            "failed_downloads": sum(1 for p in self.peers if p.exit_code != 0 or not p.digest_ok),
             "uploaded_bytes": {h.name: h.uploaded_bytes for h in self.hosts},
             "cpu_busy_fraction": None if self.cpu_busy_fraction is None else round(self.cpu_busy_fraction, 4),
             "testbed_cpu_s": {k: round(v, 2) for k, v in self.testbed_cpu_s.items()},
@@ -281,6 +284,15 @@ def human_summary(data: dict[str, Any]) -> str:
         + (f" ({probes} one-byte size probes)" if probes else "")
         + f"; back-to-source hosts: {data['back_to_source_count']}"
     )
+    fault = data.get("fault") or {}
+    if fault:
+        lines.append(
+            f"  fault: {fault['kind']} at {fault['at_s']:.1f} s ({fault['progress']:.0%}): scheduler "
+            f"{fault['killed']} killed" + (", restarted" if fault["restarted"] else " for good")
+            + f"; failed downloads: {data.get('failed_downloads', 0)}"
+        )  # fmt: skip
+    elif data["scenario"].get("fault"):
+        lines.append(f"  fault: {data['scenario']['fault']} never injected (the peers finished first?)")
     lines.append(
         f"  CPU busy {num(data['cpu_busy_fraction'], '{:.0%}')} of all {data['cpu_count']} cores during the "
         f"transfer, of which the testbed's own processes {num(data['testbed_cpu_fraction'], '{:.0%}')}"

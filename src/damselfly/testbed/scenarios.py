@@ -11,6 +11,8 @@ are shaped with. Named presets::
     mixed-rates            a quarter of the peers (every 4th) at a quarter of the rate
     large-file-few-peers   1 GiB to 3 peers
     small-file-many-peers  16 MiB to 16 peers
+    scheduler-restart      flash-crowd; the scheduler SIGKILLed at ~30 % progress, restarted at once
+    scheduler-failover     flash-crowd with three schedulers; the task's one SIGKILLed at ~30 %, for good
 
 A rates file (YAML or JSON) describes any other topology::
 
@@ -61,6 +63,10 @@ class Scenario:
     seeds: tuple[HostSpec, ...]
     peers: tuple[HostSpec, ...]
     params: dict[str, Any] = field(default_factory=dict)
+    schedulers: int = 1
+    # A fault injected when the peers' mean progress reaches ``fault_at`` (testbed/faults.py).
+    fault: str = ""
+    fault_at: float = 0.3
 
     def bound(self) -> FluidBound:
         """``T_min`` over the seeds and peers (all N download and upload), the origin as server."""
@@ -84,6 +90,9 @@ class Scenario:
             "seeds": [host(h) for h in self.seeds],
             "peers": [host(h) for h in self.peers],
             "params": dict(self.params),
+            "schedulers": self.schedulers,
+            "fault": self.fault,
+            "fault_at": self.fault_at,
         }
 
 
@@ -96,6 +105,7 @@ class Knobs:
     rate_bits: int | None = None
     origin_bits: int | None = None
     seeds: int = 1
+    schedulers: int | None = None
     seed_bits: int | None = None
     stagger_s: float = 2.0
     slow_fraction: float = 0.25
@@ -123,6 +133,7 @@ def _uniform(name: str, k: Knobs, *, peers: int, size: int) -> Scenario:
         origin_bits=k.origin_bits or rate,
         seeds=seeds,
         peers=peer_hosts,
+        schedulers=k.schedulers or 1,
     )
 
 
@@ -164,12 +175,25 @@ def small_file_many_peers(k: Knobs) -> Scenario:
     return _uniform("small-file-many-peers", k, peers=16, size=16 * MiB)
 
 
+def scheduler_restart(k: Knobs) -> Scenario:
+    return replace(_uniform("scheduler-restart", k, peers=8, size=256 * MiB), fault="scheduler-restart")
+
+
+def scheduler_failover(k: Knobs) -> Scenario:
+    s = _uniform("scheduler-failover", k, peers=8, size=256 * MiB)
+    if k.schedulers == 1:
+        raise InvalidArgument("scheduler-failover needs at least two schedulers")
+    return replace(s, schedulers=k.schedulers or 3, fault="scheduler-failover")
+
+
 PRESETS: dict[str, Callable[[Knobs], Scenario]] = {
     "flash-crowd": flash_crowd,
     "staggered": staggered,
     "mixed-rates": mixed_rates,
     "large-file-few-peers": large_file_few_peers,
     "small-file-many-peers": small_file_many_peers,
+    "scheduler-restart": scheduler_restart,
+    "scheduler-failover": scheduler_failover,
 }
 
 

@@ -6,7 +6,7 @@ included. Layout of a run (``<prefix>`` from :func:`~damselfly.testbed.netns.new
 
     namespace <prefix>-br          the bridge br0
     namespace <prefix>-origin      the origin (python -m damselfly.testbed.origin), shaped at the origin rate
-    namespace <prefix>-scheduler   the scheduler, unshaped (control plane)
+    namespace <prefix>-scheduler   the scheduler, unshaped (control plane); <prefix>-scheduler1... more
     namespace <prefix>-seed...     seed daemons
     namespace <prefix>-peer<i>     peer daemons; dfget runs here at the peer's arrival time
 
@@ -42,6 +42,7 @@ from typing import Any
 from ..runtime.children import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
 from ..runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
 from ..units import MiB
+from .faults import fault_for
 from .netns import (
     HostNet,
     Network,
@@ -175,10 +176,11 @@ class SwarmRun:
         self.dfgets: list[ChildProcess] = []
         downloaders = [*(("seed", h) for h in scenario.seeds), *(("peer", h) for h in scenario.peers)]
         self.host_nets: dict[str, HostNet] = {}
-        names = ["origin", "scheduler", *(h.name for _, h in downloaders)]
+        self.scheduler_names = ["scheduler", *(f"scheduler{i}" for i in range(1, scenario.schedulers))]
+        names = ["origin", *self.scheduler_names, *(h.name for _, h in downloaders)]
         rates: dict[str, tuple[int | None, int | None]] = {
             "origin": (scenario.origin_bits, scenario.origin_bits),
-            "scheduler": (None, None),
+            **{name: (None, None) for name in self.scheduler_names},
             **{h.name: (h.up_bits, h.down_bits) for _, h in downloaders},
         }
         for index, name in enumerate(names):
@@ -208,24 +210,32 @@ class SwarmRun:
         self.children.append(child)
         child.wait_ready(READY_TIMEOUT)
 
-    def _start_scheduler(self) -> None:
-        ip = self.host_nets["scheduler"].ip
+    def scheduler_addr(self, name: str) -> str:
+        return f"{self.host_nets[name].ip}:{SCHEDULER_PORT}"
+
+    def spawn_scheduler(self, name: str) -> ChildProcess:
+        """Start scheduler ``name`` in its namespace (not waiting for it to be ready)."""
+        ip = self.host_nets[name].ip
         argv = python_module_command(
             "damselfly", "scheduler", "--ip", ip, "--port", str(SCHEDULER_PORT),
-            "--metrics-port", str(SCHEDULER_METRICS_PORT), "--data-dir", str(self.root / "scheduler"),
-            "--ready-file", str(self.root / "run" / "scheduler.ready.json"),
-            "--log-file", str(self.root / "logs" / "scheduler.log"), "--log-level", self.options.log_level,
+            "--metrics-port", str(SCHEDULER_METRICS_PORT), "--data-dir", str(self.root / name),
+            "--ready-file", str(self.root / "run" / f"{name}.ready.json"),
+            "--log-file", str(self.root / "logs" / f"{name}.log"), "--log-level", self.options.log_level,
             *(["--config", str(self.options.scheduler_config)] if self.options.scheduler_config else []),
         )  # fmt: skip
-        child = self._spawn("scheduler", "scheduler", argv)
-        self.children.append(child)
-        child.wait_ready(READY_TIMEOUT)
+        return self._spawn(name, name, argv)
+
+    def _start_schedulers(self) -> None:
+        started = [self.spawn_scheduler(name) for name in self.scheduler_names]
+        self.children.extend(started)
+        for child in started:
+            child.wait_ready(READY_TIMEOUT)
 
     def _daemon_argv(self, spec: HostSpec, *, seed: bool) -> list[str]:
         net = self.host_nets[spec.name]
-        sched = f"{self.host_nets['scheduler'].ip}:{SCHEDULER_PORT}"
+        schedulers = [a for name in self.scheduler_names for a in ("--scheduler", self.scheduler_addr(name))]
         argv = [
-            "daemon", "--data-dir", str(self.root / spec.name), "--scheduler", sched,
+            "daemon", "--data-dir", str(self.root / spec.name), *schedulers,
             "--hostname", f"{self.prefix}-{spec.name}", "--ip", net.ip, "--listen-ip", net.ip,
             "--upload-port", str(UPLOAD_PORT), "--piece-port", str(PIECE_PORT),
             "--metrics-port", str(METRICS_PORT), "--socket", str(self.socket_of(spec.name)),
@@ -276,6 +286,14 @@ class SwarmRun:
 
     # -- the run ---------------------------------------------------------------
 
+    def _progress(self, pollers: dict[str, MetricsPoller]) -> float:
+        """The peers' mean progress, 0..1 (a finished peer counts whole)."""
+        f, done = self.scenario.file_size or 1, {h.name for h in self.result.peers if h.exit_code == 0}
+        shares = [
+            1.0 if p.name in done else min(1.0, pollers[p.name].latest / f) for p in self.scenario.peers
+        ]
+        return sum(shares) / max(1, len(shares))
+
     def _distribute(self, url: str) -> None:
         """Start each peer's dfget at its arrival time; wait for all; record times and progress."""
         sc, opts = self.scenario, self.options
@@ -303,6 +321,7 @@ class SwarmRun:
         started: dict[str, ChildProcess] = {}
         deadline = t0 + (peers[-1].arrival_s if peers else 0) + opts.timeout_s + 30
         next_report = t0
+        fault = fault_for(self.scenario, url, self.options.piece_length)
         try:
             while True:
                 now = time.monotonic()
@@ -325,6 +344,9 @@ class SwarmRun:
                     next_report = now + opts.report_every_s
                 if finished == len(peers):
                     break
+                if fault is not None and not fault.done:
+                    fault.poll(self, now - t0, self._progress(pollers))
+                    self.result.fault = fault.record
                 if now > deadline:
                     raise TestbedError(f"peers still downloading {opts.timeout_s:.0f} s after their start")
                 dead = next((c for c in self.children if not c.alive()), None)
@@ -419,7 +441,7 @@ class SwarmRun:
                 ]
                 self.say("swarm: starting the origin, the scheduler and the daemons")
                 self._start_origin()
-                self._start_scheduler()
+                self._start_schedulers()
                 self._start_daemons()
                 url = f"http://{self.host_nets['origin'].ip}:{ORIGIN_PORT}/{FILE_NAME}"
                 bound = sc.bound()

@@ -15,7 +15,7 @@ from grpc_health.v1._async import HealthServicer
 from damselfly.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from damselfly.api.convert import answer_from_pb, candidate_from_pb, piece_to_pb
 from damselfly.api.health import DAMSELFLY_EXTENSIONS
-from damselfly.daemon.scheduler_client import SchedulerClient
+from damselfly.daemon.scheduler_client import SchedulerLink
 from damselfly.domain import DownloadSpec, MetadataOnly, PieceInfo
 from damselfly.errors import SchedulerError
 
@@ -117,8 +117,8 @@ async def server() -> AsyncIterator[Server]:
 
 
 @pytest.fixture
-async def client(server: Server) -> AsyncIterator[SchedulerClient]:
-    c = SchedulerClient([f"127.0.0.1:{server.port}"])
+async def client(server: Server) -> AsyncIterator[SchedulerLink]:
+    c = SchedulerLink(f"127.0.0.1:{server.port}")
     try:
         yield c
     finally:
@@ -143,7 +143,7 @@ async def test_a_scheduler_that_does_not_know_the_name_is_dragonflys(server: Ser
 
 async def test_with_extensions_off_nothing_is_asked(server: Server) -> None:
     await server.health.set(DAMSELFLY_EXTENSIONS, health_pb2.HealthCheckResponse.SERVING)
-    c = SchedulerClient([f"127.0.0.1:{server.port}"], extensions=False)
+    c = SchedulerLink(f"127.0.0.1:{server.port}", extensions=False)
     try:
         assert not await c.speaks_extensions()
     finally:
@@ -152,7 +152,7 @@ async def test_with_extensions_off_nothing_is_asked(server: Server) -> None:
 
 
 async def test_a_scheduler_that_cannot_be_asked_is_asked_again_later() -> None:
-    c = SchedulerClient(["127.0.0.1:9"])  # nothing listens there
+    c = SchedulerLink("127.0.0.1:9")  # nothing listens there
     try:
         assert not await c.speaks_extensions()
         assert c._speaks is None  # not remembered: the next download asks again
@@ -173,7 +173,7 @@ def _metadata_only(req: scheduler_pb2.AnnouncePeerRequest) -> scheduler_pb2.Anno
     return METADATA_ONLY if req.WhichOneof("request") == "register_peer_request" else None
 
 
-async def _restore(client: SchedulerClient, answer_timeout: float | None) -> None:
+async def _restore(client: SchedulerLink, answer_timeout: float | None) -> None:
     stream = client.peer_stream("h", "t" * 64, "p")
     try:
         await stream.restore(SPEC, 10 << 20, 4 << 20, 3, answer_timeout=answer_timeout)

@@ -66,6 +66,8 @@ class FakeStream:
     answers: list[ScheduleAnswer]
     said: list[tuple[Any, ...]] = field(default_factory=list)
     closed: bool = False
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    addr: str = "scheduler"
 
     def register(
         self, spec: DownloadSpec, *, content_length: int | None = None, piece_length: int = 0
@@ -105,6 +107,9 @@ class FakeStream:
             raise SchedulerError("the script has no more answers")
         return self.answers.pop(0)
 
+    async def flush(self, timeout: float = 10) -> None:
+        pass
+
     async def close(self) -> None:
         self.closed = True
 
@@ -122,6 +127,9 @@ class FakeScheduler:
 
     async def speaks_extensions(self) -> bool:
         return self.extensions
+
+    async def link_for(self, task_id: str, wait: float | None) -> FakeScheduler:
+        return self
 
     def peer_stream(self, host_id: str, task_id: str, peer_id: str) -> FakeStream:
         return self.stream
@@ -451,7 +459,8 @@ async def test_toward_dragonfly_no_more_parents_are_asked_for(store: PieceStore)
     stream = FakeStream([])
     conductor = Conductor(plain_deps(store, stream, FakeSource(), refresh_interval=0.0), TASK, SPEC)
     conductor._extensions = False
-    await conductor._refresh_parents(stream)  # type: ignore[arg-type]  # returns at once
+    conductor._stream = stream  # type: ignore[assignment]
+    await conductor._refresh_parents()  # returns at once
     assert stream.said == []
 
 
@@ -489,3 +498,85 @@ async def test_a_download_answered_as_metadata_only_goes_to_the_origin(store: Pi
 
     assert content(store) == DATA and source.fetched == 1
     assert stream.kinds() == ["register", "failed"]
+
+
+# ---------------------------------------------------------------- the scheduler lost mid-download
+
+
+class EndLost(FakeStream):
+    """A stream that breaks as the download reports its end (the scheduler was SIGKILLed)."""
+
+    async def flush(self, timeout: float = 10) -> None:
+        if self.said and self.said[-1][0] in ("finished", "back_to_source_finished"):
+            self.lost.set()
+            raise SchedulerError(
+                "cannot write to the scheduler stream: InvalidStateError('RPC already finished.')"
+            )
+
+
+@pytest.mark.parametrize("answer", [NormalTask([GOOD]), NeedBackToSource("first peer")])
+async def test_a_stream_lost_as_the_download_ends_does_not_fail_it(store: PieceStore, answer: Any) -> None:
+    stream = EndLost([answer])
+    unreported: list[str] = []
+    d = deps(store, stream, FakePool({}), FakePeerRPC(), FakeSource(), on_unreported=unreported.append)
+    await Conductor(d, TASK, SPEC).run()
+    assert content(store) == DATA
+    meta = store.get(TASK)
+    assert meta is not None and meta.state == "succeeded"
+    assert unreported == [TASK]  # the daemon registers the task again
+
+
+class Streams:
+    """A scheduler whose streams are handed out in order (each re-register opens the next)."""
+
+    def __init__(self, *streams: FakeStream) -> None:
+        self.streams = list(streams)
+
+    async def speaks_extensions(self) -> bool:
+        return True
+
+    async def link_for(self, task_id: str, wait: float | None) -> Streams:
+        return self
+
+    def peer_stream(self, host_id: str, task_id: str, peer_id: str) -> FakeStream:
+        return self.streams.pop(0)
+
+
+class GatedPool(FakePool):
+    """The first ``passing`` pieces asked for come at once; the others wait for ``gate``."""
+
+    def __init__(self, passing: int) -> None:
+        super().__init__({})
+        self.passing = passing
+        self.gate = asyncio.Event()
+
+    async def download_piece(
+        self, ip: str, port: int, task_id: str, number: int, *a: Any, **kw: Any
+    ) -> PieceInfo:
+        self.passing -= 1
+        if self.passing < 0:
+            await self.gate.wait()
+        return await super().download_piece(ip, port, task_id, number, *a, **kw)
+
+
+async def test_a_stream_lost_mid_download_registers_again_and_the_transfer_goes_on(store: PieceStore) -> None:
+    first, second = FakeStream([NormalTask([GOOD])]), FakeStream([NormalTask([GOOD])])
+    pool = GatedPool(passing=4)
+    d = dataclasses.replace(deps(store, first, pool, FakePeerRPC()), scheduler=Streams(first, second))
+    conductor = Conductor(d, TASK, dataclasses.replace(SPEC, piece_length=PL))
+    job = asyncio.ensure_future(conductor.run())
+    while len(first.of("piece_finished")) < 4:  # noqa: ASYNC110  # polling a fake's record
+        await asyncio.sleep(0.01)
+    first.lost.set()  # the scheduler died: the parents still serve
+    while "started" not in second.kinds():  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    pool.gate.set()
+    await asyncio.wait_for(job, 10)
+
+    assert content(store) == DATA and not conductor.back_to_source
+    # The new scheduler heard the peer register, start, and every piece it held, then the rest.
+    kinds = second.kinds()
+    assert kinds[:2] == ["register", "started"] and kinds[-1] == "finished"
+    assert {n for _, n, _ in second.of("piece_finished")} == set(range(PIECES))
+    assert len(first.of("piece_finished")) == 4
+    assert first.closed

@@ -70,7 +70,7 @@ class World:
             self.res.set_state(p, state, self.clock())
         return p
 
-    def decide(self, peer: Peer) -> Decision:
+    def decide(self, peer: Peer, *, starting: bool = False) -> Decision:
         d = schedule(
             peer,
             self.res,
@@ -79,6 +79,7 @@ class World:
             self.clock(),
             seed_trigger=self.seed_trigger,
             rng=self.rng,
+            starting=starting,
         )
         apply_decision(peer, d, self.res, self.clock())
         return d

@@ -44,6 +44,23 @@ def test_seed_is_triggered_once_and_peers_wait_for_it() -> None:
     assert w.task().seed_state is SeedState.TRIGGERED
 
 
+def test_a_starting_scheduler_waits_for_holders_before_it_triggers_a_seed() -> None:
+    # Just after a (re)start nobody is known to hold the task: the peer waits, neither the seed
+    # nor the origin is asked; a seed that registers what it holds then is the parent.
+    w = World()
+    seed_host = w.host("s", seed=True)
+    a = w.peer("a", "ha")
+    assert isinstance(w.decide(a, starting=True), Wait)
+    assert w.task().seed_state is SeedState.NONE
+    held = w.peer("held", seed_host, state=PeerState.SUCCEEDED)
+    assert parent_ids(w.decide(a, starting=True)) == [held.id]
+    # Without a seed host, the first peer is not sent to the origin while starting either.
+    w2 = World()
+    b = w2.peer("b", "hb")
+    assert isinstance(w2.decide(b, starting=True), Wait)
+    assert isinstance(w2.decide(b), BackToSource)  # once the grace is over
+
+
 def test_seed_host_peer_goes_to_source_unless_another_seed_started() -> None:
     w = World()
     s1 = w.peer("s1", w.host("seed1", seed=True))

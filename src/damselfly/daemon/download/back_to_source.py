@@ -9,14 +9,13 @@ on to children while it lands (cut-through), and the scheduler hears of each.
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...domain import DownloadSpec, PieceInfo, TrafficType
-from ...errors import ProtocolError, SchedulerError
+from ...errors import ProtocolError
 from ...pieces import piece_length_for
-from ..scheduler_client import PeerStream
 from ..store.digesting import InOrderDigest
 from ..store.receiving import Receiving
 
@@ -31,9 +30,10 @@ async def fetch_from_origin(
     task_id: str,
     spec: DownloadSpec,
     digester: InOrderDigest | None,
-    stream: PeerStream | None,
+    report: Callable[[PieceInfo], None] | None,
 ) -> None:
-    """Fetch what the store lacks of ``task_id`` from the origin, reporting each piece on ``stream``."""
+    """Fetch what the store lacks of ``task_id`` from the origin, telling ``report`` of each piece
+    (the conductor reports it to the scheduler; it never raises)."""
     store = deps.store
     meta = store.get(task_id)
     assert meta is not None
@@ -77,9 +77,8 @@ async def fetch_from_origin(
         log.debug("piece %d (%d bytes) from the origin", info.number, info.length)
         if deps.on_piece is not None:
             deps.on_piece(info)
-        if stream is not None:
-            with contextlib.suppress(SchedulerError):
-                stream.piece_back_to_source_finished(info)
+        if report is not None:
+            report(info)
 
     try:
         content_length = await deps.source.fetch_into(

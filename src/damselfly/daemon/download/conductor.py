@@ -9,6 +9,18 @@ cannot finish, the conductor asks for a reschedule, naming the parents that
 failed; it asks for more parents now and then while a round runs, and falls
 back to the origin when told to.
 
+A scheduler may die or restart under a download (docs/PROTOCOL.md, "Several
+schedulers, and losing one"). Bytes that are arriving keep arriving: the parents and the origin do
+not need the scheduler. A keeper beside the transfer waits for the stream to
+break, then registers the peer again with the task's scheduler on the ring
+(the same one once it answers again, or the next one) and tells it what this
+peer does and holds (Started or BackToSourceStarted, every piece it has), and
+takes the parents it offers. Where the download cannot go on without an
+answer (the first one, or a reschedule), it waits ``wait_for_scheduler`` for
+a scheduler before it goes to the origin. The end is reported as usual; if the
+stream is gone by then, the download still succeeds and the daemon registers
+the task again (``on_unreported``).
+
 Toward a scheduler that does not speak Damselfly's extensions (Dragonfly's Go
 scheduler, or any with ``wire.extensions`` off) the conductor talks as
 Dragonfly's Rust client does (docs/INTEROP.md §3.4-3.5): it learns the content
@@ -22,6 +34,9 @@ Owner: :class:`damselfly.daemon.download.tasks.TaskManager`, one conductor per t
 time. Mutable state: the dialogue's (this object), the parent table
 (:class:`~.parents.ParentTable`, changed by the piece loop and this object's
 requests for more parents), the task's pieces (the :class:`PieceStore`).
+
+Long because: the dialogue, and what it does when the scheduler is lost mid-way, are one
+state machine; the piece loop, the parent table and the origin fetch already live apart.
 """
 
 from __future__ import annotations
@@ -29,6 +44,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,7 +62,8 @@ from ...domain import (
 from ...errors import DamselflyError, DigestMismatch, NoCandidateParents, SchedulerError
 from ...pieces import Digest, piece_length_for
 from ..origin.source import HTTPSource
-from ..scheduler_client import PeerStream, SchedulerClient
+from ..scheduler_client import PeerStream
+from ..scheduler_fleet import SchedulerFleet
 from ..store.digesting import InOrderDigest
 from ..store.piece_store import PieceStore
 from ..transfer.peer_rpc import PeerRPC
@@ -66,7 +84,7 @@ class ConductorDeps:
     pool: PieceConnectionPool
     source: HTTPSource
     peer_rpc: PeerRPC
-    scheduler: SchedulerClient | None
+    scheduler: SchedulerFleet | None
     host_id: str
     host_ip: str
     hostname: str
@@ -78,6 +96,9 @@ class ConductorDeps:
     # takes before it stops asking and fetches the rest from the origin (Dragonfly's client:
     # scheduler.maxScheduleCount, 5).
     max_schedule_count: int = 5
+    # How long a download that needs an answer waits for a scheduler (all down, or one
+    # restarting) before it goes to the origin (scheduler.waitForScheduler).
+    wait_for_scheduler: float = 10.0
     picker: str = "rarest-first"
     # Pieces in flight per parent when there are several parents (one parent gets
     # all of concurrent_piece_count): few, so each piece finishes soon and can be
@@ -91,6 +112,10 @@ class ConductorDeps:
     cut_through: bool = True
     on_piece: Callable[[PieceInfo], None] | None = None  # metrics
     on_success: Callable[[str], None] | None = None  # given: the owner makes the content durable later
+    # A download that succeeded but whose end the scheduler may not have heard (its stream broke).
+    on_unreported: Callable[[str], None] | None = None
+    # A download whose end scheduler ``addr`` heard: (task ID, addr).
+    on_reported: Callable[[str, str], None] | None = None
 
 
 class Conductor:
@@ -114,8 +139,11 @@ class Conductor:
         self.verified_digest = ""
         # The whole-content digest, hashed in order as pieces land (when the spec has one).
         self.digester: InOrderDigest | None = None
-        self._reported_held = False
+        # The stream on which this peer's Started (or BackToSourceStarted) and held pieces were told.
+        self._told: tuple[PeerStream, bool] | None = None
         self._pending_answer: ScheduleAnswer | None = None
+        self._reopening = False  # the keeper is registering again: the refresh loop holds off
+        self._unreported = False  # the end was not heard: the daemon registers the task again
         # Whether the scheduler speaks Damselfly's extensions (asked before registering).
         self._extensions = True
         self.error: BaseException | None = None
@@ -154,33 +182,135 @@ class Conductor:
         await asyncio.to_thread(store.mark_succeeded, self.task_id, durable=self.deps.on_success is None)
         if self.deps.on_success is not None:
             self.deps.on_success(self.task_id)
+        if self._unreported and self.deps.on_unreported is not None:
+            self.deps.on_unreported(self.task_id)
         log.info("download finished (%s)", "origin" if self.back_to_source else "peers")
 
     async def _run(self) -> None:
         if self.deps.scheduler is None:
             await self._origin_only("no scheduler configured")
             return
-        self._extensions = await self.deps.scheduler.speaks_extensions()
-        # Toward Dragonfly's scheduler the size goes in the register; an origin that cannot
-        # say it fails the download, as it does in Dragonfly's client (task.rs:153-304).
-        size = None if self._extensions else await self._content_size()
-        self._stream = self.deps.scheduler.peer_stream(self.deps.host_id, self.task_id, self.peer_id)
         try:
             try:
-                if size is None:
-                    self._stream.register(self.spec)
-                else:
-                    self._stream.register(self.spec, content_length=size[0], piece_length=size[1])
-                answer = await self._stream.next_answer(self.deps.schedule_timeout)
+                answer = await self._open(self.deps.wait_for_scheduler)
             except SchedulerError as e:
                 log.warning("scheduler unavailable (%s)", e)
                 await self._origin_only(f"scheduler unavailable: {e}")
                 return
             await self._follow(answer)
         finally:
-            with contextlib.suppress(Exception):
-                await self._stream.close()
+            if self._stream is not None:
+                with contextlib.suppress(Exception):
+                    await self._stream.close()
             self._stop_syncs()
+
+    async def _open(self, wait: float | None) -> ScheduleAnswer:
+        """Register with the task's scheduler (waiting at most ``wait`` for one); its answer."""
+        answer = await self._reopen(wait)
+        assert answer is not None
+        return answer
+
+    async def _reopen(self, wait: float | None, *, answer: bool = True) -> ScheduleAnswer | None:
+        """Register this peer (again) with the task's scheduler and return its answer.
+
+        Waits at most ``wait`` seconds (None: as long as it takes) for a scheduler
+        that is ready, and tries again while streams break; raises
+        :class:`SchedulerError` when the time is up. ``answer`` false: return once the
+        register is queued (a transfer under way needs no answer to go on).
+        """
+        assert self.deps.scheduler is not None
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            link = await self.deps.scheduler.link_for(self.task_id, left)
+            self._extensions = await link.speaks_extensions()
+            # Toward Dragonfly's scheduler the size goes in the register; an origin that cannot
+            # say it fails the download, as it does in Dragonfly's client (task.rs:153-304).
+            size = None if self._extensions else await self._content_size()
+            old, self._stream = self._stream, link.peer_stream(self.deps.host_id, self.task_id, self.peer_id)
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.close()
+            self._pieces.use_stream(self._stream)
+            if size is None:
+                self._stream.register(self.spec)
+            else:
+                self._stream.register(self.spec, content_length=size[0], piece_length=size[1])
+            if not answer:
+                return None
+            try:
+                return await self._stream.next_answer(self.deps.schedule_timeout)
+            except SchedulerError as e:
+                if not self._stream.lost.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                    raise
+                log.info("scheduler %s lost while registering (%s); trying again", self._stream.addr, e)
+                await asyncio.sleep(0.2)
+
+    def _say(self, what: Callable[[PeerStream], None]) -> None:
+        """Tell the scheduler something; a broken stream loses it (the keeper registers again)."""
+        if self._stream is not None:
+            with contextlib.suppress(SchedulerError):
+                what(self._stream)
+
+    async def _report_end(self, what: Callable[[PeerStream], None]) -> None:
+        """Report the download's end and wait until it is written; if the stream is gone, the
+        download still counts and the daemon registers the task again once it succeeded."""
+        stream = self._stream
+        assert stream is not None
+        try:
+            what(stream)
+            await stream.flush(timeout=5)
+            if self.deps.on_reported is not None:
+                self.deps.on_reported(self.task_id, stream.addr)
+        except SchedulerError as e:
+            log.warning("the scheduler may not have heard this download end (%s); registering it again", e)
+            self._unreported = True
+
+    def _tell(self, *, back_to_source: bool, description: str = "") -> None:
+        """Started (or BackToSourceStarted) once per stream and way of fetching; on a new
+        stream, every piece already held too."""
+        stream = self._stream
+        if stream is None or self._told == (stream, back_to_source):
+            return
+        new_stream = self._told is None or self._told[0] is not stream
+        self._told = (stream, back_to_source)
+        with contextlib.suppress(SchedulerError):
+            if back_to_source:
+                stream.back_to_source_started(description)
+            else:
+                stream.started()
+            if new_stream:
+                self._report_held(stream, back_to_source=back_to_source)
+
+    async def _keep_stream(self, *, back_to_source: bool) -> None:
+        """Beside a transfer: when the stream breaks, register again and tell what we hold;
+        the parents a scheduler then offers join the round."""
+        while True:
+            stream = self._stream
+            assert stream is not None
+            await stream.lost.wait()
+            log.info("stream to scheduler %s broke; the transfer goes on, registering again", stream.addr)
+            self._reopening = True
+            answer: ScheduleAnswer | None = None
+            try:
+                await self._reopen(None, answer=False)
+                # What this peer does and holds goes out at once: after a restart it may be the
+                # holder other peers are waiting for, before the scheduler has an answer for it.
+                self._tell(back_to_source=back_to_source, description="registered again")
+                fresh = self._stream
+                if not back_to_source and fresh is not None:
+                    answer = await fresh.next_answer(self.deps.schedule_timeout)
+            except SchedulerError as e:  # no answer in time: the parents we have go on
+                log.info("no answer from the scheduler after registering again: %s", e)
+            finally:
+                self._reopening = False
+            if isinstance(answer, NormalTask):
+                self._pieces.more_parents(answer.parents)
+            elif answer is not None and not back_to_source:
+                self._pending_answer = answer
+                self._pieces.interrupt()
+                return
+            await asyncio.sleep(0.5)  # a scheduler that ends every stream at once is not hammered
 
     async def _content_size(self) -> tuple[int, int]:
         """The content length and piece length, from the store if it knows them (a resumed
@@ -197,21 +327,18 @@ class Conductor:
     async def _origin_only(self, why: str) -> None:
         if self.spec.disable_back_to_source:
             raise NoCandidateParents(f"{why}, and back-to-source is disabled")
-        await self._fetch_from_origin(None)
+        await self._fetch_from_origin(report=False)
         await self._verify()
 
     # ---------------------------------------------------------- the dialogue
 
     async def _follow(self, answer: ScheduleAnswer) -> None:
-        stream = self._stream
-        assert stream is not None
-        started = False
         reschedules = 0  # answers to "parents cannot finish" (not to "more parents")
         while True:
             if isinstance(answer, MetadataOnly):
                 # Only a metadata-only register is answered so; Dragonfly's client fails
                 # on it too (task.rs:1080-1085). The scheduler is of no use here.
-                stream.failed("unexpected MetadataOnlyResponse to a download")
+                self._say(lambda s: s.failed("unexpected MetadataOnlyResponse to a download"))
                 await self._origin_only("the scheduler answered a download as a metadata-only report")
                 return
             if isinstance(answer, EmptyTask):
@@ -227,41 +354,40 @@ class Conductor:
                     self.task_id, 0, piece_length_for(0, self.spec.piece_length)
                 )
                 await self._verify()
-                stream.finished()
+                await self._report_end(lambda s: s.finished())
                 return
             if isinstance(answer, NeedBackToSource):
                 if self.spec.disable_back_to_source:
-                    stream.failed("back-to-source disabled")
+                    self._say(lambda s: s.failed("back-to-source disabled"))
                     raise NoCandidateParents(
                         f"no peer can serve this task ({answer.description or 'no parent'}), "
                         "and back-to-source is disabled"
                     )
                 log.info("going back to source: %s", answer.description)
-                stream.back_to_source_started(answer.description)
-                self._report_held(stream, back_to_source=True)
+                self._tell(back_to_source=True, description=answer.description)
+                keeper = asyncio.get_running_loop().create_task(self._keep_stream(back_to_source=True))
                 try:
-                    await self._fetch_from_origin(stream)
+                    await self._fetch_from_origin(report=True)
                     await self._verify()
                 except BaseException as e:
-                    with contextlib.suppress(Exception):
-                        stream.back_to_source_failed(str(e))
+                    self._say(operator.methodcaller("back_to_source_failed", str(e)))
                     raise
-                stream.back_to_source_finished()
+                finally:
+                    keeper.cancel()
+                    await asyncio.gather(keeper, return_exceptions=True)
+                await self._report_end(lambda s: s.back_to_source_finished())
                 return
             assert isinstance(answer, NormalTask)
-            if not started:
-                stream.started()
-                self._report_held(stream, back_to_source=False)
-                started = True
+            self._tell(back_to_source=False)
             self._pieces.add_parents(answer.parents)
-            done = await self._from_parents(stream)
+            done = await self._from_parents()
             if done:
                 try:
                     await self._verify()
                 except DigestMismatch as e:
-                    stream.failed(str(e))
+                    self._say(operator.methodcaller("failed", str(e)))
                     raise
-                stream.finished()
+                await self._report_end(lambda s: s.finished())
                 return
             if self._pending_answer is not None:  # the scheduler changed its mind during a refresh
                 answer, self._pending_answer = self._pending_answer, None
@@ -271,17 +397,25 @@ class Conductor:
                 # As Dragonfly's client: the scheduler's answers did not get the task done;
                 # stop asking, tell it so, and fetch what is missing from the origin.
                 log.info("rescheduled %d times without finishing; going to the origin", reschedules)
-                stream.failed("max schedule count exceeded")
+                self._say(lambda s: s.failed("max schedule count exceeded"))
                 await self._origin_only(f"max schedule count ({self.deps.max_schedule_count}) exceeded")
                 return
             failed = [self._parents.parents[pid].candidate for pid in self._parents.reschedule()]
             log.info("parents cannot finish the task; rescheduling (failed: %s)", [p.peer_id for p in failed])
-            stream.reschedule(failed, "parents cannot finish the task")
+            self._say(operator.methodcaller("reschedule", failed, "parents cannot finish the task"))
+            stream = self._stream
+            assert stream is not None
             try:
                 answer = await stream.next_answer(self.deps.schedule_timeout)
             except SchedulerError as e:
-                await self._origin_only(f"scheduler lost during reschedule: {e}")
-                return
+                if not stream.lost.is_set():
+                    await self._origin_only(f"scheduler lost during reschedule: {e}")
+                    return
+                try:  # the scheduler went away: its successor (or itself, back) answers instead
+                    answer = await self._open(self.deps.wait_for_scheduler)
+                except SchedulerError as e2:
+                    await self._origin_only(f"scheduler lost during reschedule: {e2}")
+                    return
 
     async def _verify(self) -> None:
         """Check content addressed by digest (a registry blob, dfget --digest) before it counts.
@@ -304,11 +438,8 @@ class Conductor:
             self.verified_digest = self.spec.digest
 
     def _report_held(self, stream: PeerStream, *, back_to_source: bool) -> None:
-        """Report pieces already in the store when the dialogue began (a resumed download), so
-        the scheduler sees them all; once, so pieces this download brought are not told twice."""
-        if self._reported_held:
-            return
-        self._reported_held = True
+        """Report the pieces in the store (a resumed download's, or what this one brought before
+        its stream broke), so the scheduler of this stream sees them all."""
         meta = self.deps.store.get(self.task_id)
         if meta is None:
             return
@@ -320,11 +451,15 @@ class Conductor:
 
     # ---------------------------------------------------------- from parents
 
-    async def _from_parents(self, stream: PeerStream) -> bool:
+    async def _from_parents(self) -> bool:
         """One round of fetching from the parents: True when complete, False when stalled."""
-        return await self._pieces.run(stream, self.digester, beside=lambda: self._refresh_parents(stream))
+        assert self._stream is not None
+        return await self._pieces.run(self._stream, self.digester, beside=self._beside_round)
 
-    async def _refresh_parents(self, stream: PeerStream) -> None:
+    async def _beside_round(self) -> None:
+        await asyncio.gather(self._refresh_parents(), self._keep_stream(back_to_source=False))
+
+    async def _refresh_parents(self) -> None:
         """Ask for more parents now and then: peers that started with us hold pieces by now.
 
         Not toward a scheduler without Damselfly's extensions: Dragonfly's client never
@@ -336,13 +471,14 @@ class Conductor:
         table = self._parents
         while True:
             await asyncio.sleep(table.refresh_delay())
-            if not table.wants_more_parents():
+            stream = self._stream
+            if not table.wants_more_parents() or self._reopening or stream is None or stream.lost.is_set():
                 continue
-            stream.reschedule([], "more parents")
             try:
+                stream.reschedule([], "more parents")
                 answer = await stream.next_answer(self.deps.schedule_timeout)
             except SchedulerError:
-                return
+                continue  # a broken stream: the keeper registers again
             if not isinstance(answer, NormalTask):
                 self._pending_answer = answer
                 self._pieces.interrupt()
@@ -354,7 +490,14 @@ class Conductor:
 
     # ---------------------------------------------------------- from origin
 
-    async def _fetch_from_origin(self, stream: PeerStream | None) -> None:
-        """Fetch what the store lacks from the origin, reporting each piece."""
+    async def _fetch_from_origin(self, *, report: bool) -> None:
+        """Fetch what the store lacks from the origin, reporting each piece (on whichever
+        stream is current when it lands)."""
         self.back_to_source = True
-        await fetch_from_origin(self.deps, self.task_id, self.spec, self.digester, stream)
+
+        def on_piece(info: PieceInfo) -> None:
+            self._say(lambda s: s.piece_back_to_source_finished(info))
+
+        await fetch_from_origin(
+            self.deps, self.task_id, self.spec, self.digester, on_piece if report else None
+        )

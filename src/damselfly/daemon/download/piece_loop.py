@@ -125,6 +125,10 @@ class PieceLoop:
             self._syncs.add(task)
             task.add_done_callback(self._syncs.discard)
 
+    def use_stream(self, stream: PeerStream) -> None:
+        """Report pieces on ``stream`` from now on (the peer registered again elsewhere)."""
+        self._stream = stream
+
     def interrupt(self) -> None:
         """End the running round at once: the scheduler changed its mind."""
         self._interrupted = True

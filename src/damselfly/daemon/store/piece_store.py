@@ -483,4 +483,3 @@ class PieceStore:
         Make it before the first look: a change after that is never missed.
         """
         return TaskChanges(self.get, self._waiters, task_id, until=until)
-
