@@ -33,6 +33,7 @@ from ..credentials import without_credentials
 from ..domain import CandidateParent, DownloadSpec, HostInfo, MetadataOnly, PieceInfo, ScheduleAnswer
 from ..errors import DamselflyError, SchedulerError
 from ..pieces import piece_count
+from ..tls import TLSFiles, make_channel
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ class SchedulerClient:
         self,
         addrs: list[str],
         *,
-        credentials: grpc.ChannelCredentials | None = None,
+        tls: TLSFiles | None = None,
         extensions: bool = True,
     ) -> None:
         if not addrs:
@@ -340,10 +341,7 @@ class SchedulerClient:
         # connection (None: not asked yet, or to ask again).
         self._speaks: asyncio.Future[bool] | None = None
         options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        if credentials is not None:
-            self._channel = grpc.aio.secure_channel(self.addr, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(self.addr, options=options)
+        self._channel = make_channel(self.addr, tls, options=options)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
     async def announce_host(self, host: HostInfo, interval_s: float, *, timeout: float = 10) -> None:

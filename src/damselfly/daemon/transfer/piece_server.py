@@ -46,6 +46,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sized
 from dataclasses import dataclass
+from ssl import SSLContext
 
 from ...errors import DamselflyError, ProtocolError
 from ...units import MINUTES
@@ -69,6 +70,7 @@ FIRST_SEND_FACTOR = 4
 STREAM_POLL_S = 0.005
 STREAM_POLL_MAX_S = 0.04
 HOLD_BYTES = 64 * 1024
+TLS_HANDSHAKE_S = 10.0  # a TLS client that does not finish its handshake in time is dropped
 
 
 class PieceServer:
@@ -139,9 +141,16 @@ class PieceServer:
         self.pieces_sent = 0
         self.active_connections = 0
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0: a free port) and return the bound port."""
-        self._server = await asyncio.start_server(self._on_connect, host, port, reuse_address=True)
+    async def start(self, host: str, port: int, *, ssl: SSLContext | None = None) -> int:
+        """Listen on ``host:port`` (0: a free port) and return the bound port.
+
+        With ``ssl`` (:func:`damselfly.tls.server_ssl_context`) every connection is
+        TLS with a client certificate from the fleet's CA; ``loop.sendfile`` then
+        reads the file and writes it through TLS (no kernel TLS).
+        """
+        self._server = await asyncio.start_server(
+            self._on_connect, host, port, reuse_address=True, ssl=ssl, ssl_handshake_timeout=TLS_HANDSHAKE_S
+        )
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
 
