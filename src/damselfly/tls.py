@@ -27,7 +27,7 @@ import functools
 import hashlib
 import ipaddress
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,20 +63,20 @@ class TLSFiles:
         )
 
 
-def _read(section: str, key: str, path: str) -> bytes:
+def _read(key: str, path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise ConfigError(f"{section}.{key}: cannot read {path}: {e.strerror}") from None
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None
 
 
-def _certificates(section: str, key: str, path: str, pem: bytes) -> list[x509.Certificate]:
+def _certificates(key: str, path: str, pem: bytes) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError:
         certs = []
     if not certs:
-        raise ConfigError(f"{section}.{key}: {path} holds no PEM certificate")
+        raise ConfigError(f"{key}: {path} holds no PEM certificate")
     return certs
 
 
@@ -97,29 +97,33 @@ def _issued_by(chain: list[x509.Certificate], cas: list[x509.Certificate]) -> bo
     return False
 
 
-def load_tls(config: TLSConfig, section: str = "tls") -> TLSFiles | None:
+def load_tls(config: TLSConfig, names: Mapping[str, str] | None = None) -> TLSFiles | None:
     """The checked mTLS files of ``config`` (None: all three unset, plaintext).
 
     Raises :class:`ConfigError` naming the key and the file for anything that
     would make the process fail later: a key not set while the others are, a
     file missing or unreadable, no PEM in it, a key that is not the
     certificate's, a certificate the CA did not issue or that has expired.
+    ``names``: how the user set each of ``caCert``, ``cert``, ``key``
+    (default ``tls.caCert``...; a command's flags, say).
     """
+    label = {k: (names or {}).get(k, f"tls.{k}") for k, _ in _KEYS}
     values = {name: str(getattr(config, attr)) for name, attr in _KEYS}
     if not any(values.values()):
         return None
     missing = [name for name, value in values.items() if not value]
     if missing:
-        given = ", ".join(f"{section}.{n}" for n, v in values.items() if v)
+        given = ", ".join(label[n] for n, v in values.items() if v)
         raise ConfigError(
-            f"{section}.{missing[0]} is not set but {given} is: "
-            f"mTLS needs {section}.caCert, {section}.cert and {section}.key together (or none of them)"
+            f"{label[missing[0]]} is not set but {given} is: mTLS needs "
+            f"{label['caCert']}, {label['cert']} and {label['key']} together (or none of them)"
         )
-    ca_pem = _read(section, "caCert", values["caCert"])
-    cert_pem = _read(section, "cert", values["cert"])
-    key_pem = _read(section, "key", values["key"])
-    cas = _certificates(section, "caCert", values["caCert"], ca_pem)
-    chain = _certificates(section, "cert", values["cert"], cert_pem)
+    ca_path, cert_path, key_path = values["caCert"], values["cert"], values["key"]
+    ca_pem = _read(label["caCert"], ca_path)
+    cert_pem = _read(label["cert"], cert_path)
+    key_pem = _read(label["key"], key_path)
+    cas = _certificates(label["caCert"], ca_path, ca_pem)
+    chain = _certificates(label["cert"], cert_path, cert_pem)
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as e:
@@ -128,21 +132,17 @@ def load_tls(config: TLSConfig, section: str = "tls") -> TLSFiles | None:
             if isinstance(e, TypeError)
             else "holds no PEM private key"
         )
-        raise ConfigError(f"{section}.key: {values['key']} {why}") from None
+        raise ConfigError(f"{label['key']}: {key_path} {why}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise ConfigError(f"{section}.key: {values['key']} is neither an EC nor an RSA key")
+        raise ConfigError(f"{label['key']}: {key_path} is neither an EC nor an RSA key")
     if _public(key.public_key()) != _public(chain[0].public_key()):
-        raise ConfigError(
-            f"{section}.key: {values['key']} is not the key of the certificate in {values['cert']}"
-        )
+        raise ConfigError(f"{label['key']}: {key_path} is not the key of the certificate in {cert_path}")
     if not _issued_by(chain, cas):
-        raise ConfigError(f"{section}.cert: {values['cert']} is not issued by the CA in {values['caCert']}")
+        raise ConfigError(f"{label['cert']}: {cert_path} is not issued by the CA in {ca_path}")
     expires = chain[0].not_valid_after_utc
     if expires < datetime.datetime.now(datetime.UTC):
-        raise ConfigError(f"{section}.cert: {values['cert']} expired on {expires:%Y-%m-%d %H:%M} UTC")
-    return TLSFiles(
-        Path(values["caCert"]), Path(values["cert"]), Path(values["key"]), ca_pem, cert_pem, key_pem
-    )
+        raise ConfigError(f"{label['cert']}: {cert_path} expired on {expires:%Y-%m-%d %H:%M} UTC")
+    return TLSFiles(Path(ca_path), Path(cert_path), Path(key_path), ca_pem, cert_pem, key_pem)
 
 
 # -- gRPC ------------------------------------------------------------------------------
