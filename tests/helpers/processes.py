@@ -76,8 +76,8 @@ class Procs:
         self.root = root
         self.children: list[ChildProcess] = []
 
-    def scheduler(self, name: str = "scheduler") -> ChildProcess:
-        child = start_scheduler(self.root, name=name)
+    def scheduler(self, name: str = "scheduler", *, config: Path | None = None) -> ChildProcess:
+        child = start_scheduler(self.root, name=name, config=config)
         self.children.append(child)
         child.wait_ready(READY_TIMEOUT)
         return child
@@ -90,6 +90,7 @@ class Procs:
         seed: bool = False,
         hostname: str | None = None,
         socket_path: Path | None = None,
+        config: Path | None = None,
     ) -> ChildProcess:
         child = start_daemon(
             self.root,
@@ -99,6 +100,7 @@ class Procs:
             hostname=hostname or f"{socket.gethostname()}-{name}",
             socket_path=socket_path,
             ports=DaemonPorts(),
+            config=config,
         )
         self.children.append(child)
         child.wait_ready(READY_TIMEOUT)
