@@ -149,7 +149,12 @@ class PieceServer:
         reads the file and writes it through TLS (no kernel TLS).
         """
         self._server = await asyncio.start_server(
-            self._on_connect, host, port, reuse_address=True, ssl=ssl, ssl_handshake_timeout=TLS_HANDSHAKE_S
+            self._on_connect,
+            host,
+            port,
+            reuse_address=True,
+            ssl=ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_S if ssl is not None else None,
         )
         sockets = self._server.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
