@@ -144,6 +144,7 @@ class SwarmResult:
     plot: str = ""
     link_queue: str = ""  # shaping.QUEUES: how the links were queued
     piece_length: int | None = None  # the dfgets' --piece-length (None: the task's default)
+    tls: bool = False  # mTLS on every link
 
     @property
     def peers(self) -> list[HostResult]:
@@ -195,6 +196,7 @@ class SwarmResult:
             "prefix": self.prefix,
             "link_queue": self.link_queue,
             "piece_length": self.piece_length,
+            "tls": self.tls,
             "file_size": f,
             "t_min_s": round(bound.t_min, 4),
             "bound": {
@@ -242,7 +244,7 @@ def human_summary(data: dict[str, Any]) -> str:
     lines = [
         f"{sc['name']}: {len(sc['peers'])} peers + {len(sc['seeds'])} seed(s), "
         f"{human_size(data['file_size'])}; T_min {data['t_min_s']:.2f} s ({data['bound']['binding']} bound); "
-        f"link queue {data.get('link_queue') or '-'}",
+        f"link queue {data.get('link_queue') or '-'}" + ("; mTLS" if data.get("tls") else ""),
     ]
     if data["error"]:
         lines.append(f"  error: {data['error']}")

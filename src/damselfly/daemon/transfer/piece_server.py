@@ -71,6 +71,7 @@ STREAM_POLL_S = 0.005
 STREAM_POLL_MAX_S = 0.04
 HOLD_BYTES = 64 * 1024
 TLS_HANDSHAKE_S = 10.0  # a TLS client that does not finish its handshake in time is dropped
+TLS_CHUNK = 1024 * 1024  # bytes read and encrypted at a time on a TLS piece connection
 
 
 class PieceServer:
@@ -462,17 +463,41 @@ class PieceServer:
     ) -> int:
         loop = asyncio.get_running_loop()
         limiter = self.limiter
+        send = _send_through_tls if writer.get_extra_info("ssl_object") is not None else _sendfile
         if limiter is None or limiter.unlimited:
-            return await loop.sendfile(writer.transport, file, offset, length)
+            return await send(loop, writer, file, offset, length)
         sent = 0
         while sent < length:
             n = await limiter.acquire(length - sent, task_id)  # turns are fair per task
-            got = await loop.sendfile(writer.transport, file, offset + sent, n)
+            got = await send(loop, writer, file, offset + sent, n)
             sent += got
             if got < n:
                 limiter.refund(n - got)
                 break
         return sent
+
+
+async def _sendfile(
+    loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int
+) -> int:
+    return await loop.sendfile(writer.transport, file, offset, length)
+
+
+async def _send_through_tls(
+    loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int
+) -> int:
+    """``length`` bytes of ``file`` at ``offset`` through a TLS transport: read in large chunks
+    off the loop, written and drained (``loop.sendfile``'s own fallback reads 16 KiB per
+    executor round trip, a sixth of this path's throughput)."""
+    sent = 0
+    while sent < length:
+        chunk = await asyncio.to_thread(os.pread, file.fileno(), min(TLS_CHUNK, length - sent), offset + sent)
+        if not chunk:
+            break
+        writer.write(chunk)
+        await writer.drain()
+        sent += len(chunk)
+    return sent
 
 
 @dataclass(slots=True)
