@@ -28,6 +28,7 @@ from aiohttp import web
 from .. import __version__, ids
 from ..api import dfdaemon_pb2_grpc
 from ..api.health import DFDAEMON_DOWNLOAD, DFDAEMON_UPLOAD, Health
+from ..authz import SchedulerGate
 from ..config import DaemonConfig
 from ..domain import DownloadSpec, HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
@@ -210,6 +211,9 @@ class Daemon:
             persistent_cache=self.persistent_cache,
             request_limiter=self.limiters.upload_requests,
             extensions=cfg.wire.extensions,
+            scheduler_gate=SchedulerGate(
+                lambda: cfg.scheduler.addrs, certificate_name=cfg.scheduler.certificate_name
+            ),
         )
         dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(self.upload_service, upload_server)
         upload_health = Health(upload_server, [DFDAEMON_UPLOAD], extensions=cfg.wire.extensions)

@@ -38,6 +38,7 @@ from typing import TypeAlias
 import grpc
 
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
+from ..authz import Caller, HostAuthority, caller_of
 from ..config import SchedulerConfig
 from ..domain import EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
 from ..errors import ConfigError, DamselflyError, NotFound
@@ -134,6 +135,8 @@ class SchedulerService(
             allow_cycles=self.cfg.topology != "dag",
         )
         self.evaluator = get_evaluator(self.cfg.algorithm)
+        # Who may announce, delete and administer (docs/SECURITY.md).
+        self.authority = HostAuthority(config.security, tls, live=self.res.hosts.__contains__)
         self.metrics = metrics or SchedulerMetrics()
         self.metrics.bind_sizes(
             lambda: len(self.res.hosts), lambda: len(self.res.peers), lambda: len(self.res.tasks)
@@ -321,6 +324,7 @@ class SchedulerService(
                 self._stream_closed(outbox.peer_id, outbox)
 
     async def _read(self, context: Context, outbox: Outbox) -> None:
+        caller: Caller | None = None
         while True:
             try:
                 request = await context.read()
@@ -331,6 +335,10 @@ class SchedulerService(
             if request is grpc.aio.EOF:
                 break
             try:
+                if request.HasField("register_peer_request"):
+                    # Peers only of the caller's own hosts (an admin's too): one check per stream.
+                    caller = caller or caller_of(context)
+                    self.authority.check_host(caller, request.host_id, "register peers")
                 if self.handle(request, outbox):
                     return  # the handler queued the end of the call
             except DamselflyError as e:
