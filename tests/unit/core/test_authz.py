@@ -1,4 +1,4 @@
-"""The rules of :mod:`damselfly.authz` over plain callers (the real calls: tests/integration/test_authz.py)."""
+"""The rules of :mod:`damselfly.authz` over plain callers (real calls: tests/integration/test_authz*.py)."""
 
 from __future__ import annotations
 
