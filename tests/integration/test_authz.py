@@ -175,6 +175,21 @@ def test_a_host_id_belongs_to_its_first_address_which_alone_deletes_it(plain: Pl
     assert call_from("127.0.0.3", plain.port, SCHED + "DeletePersistentCacheTask", delete_pc)[0] == (
         "PERMISSION_DENIED"
     )
+    # Nor register peers or persistent cache uploads under it.
+    register = scheduler_pb2.AnnouncePeerRequest(
+        host_id=mine.id,
+        task_id="a" * 64,
+        peer_id=f"{mine.id}-p",
+        register_peer_request=scheduler_pb2.RegisterPeerRequest(
+            download=common_pb2.Download(url="http://x/y")
+        ),
+    )
+    assert call_from("127.0.0.3", plain.port, SCHED + "AnnouncePeer", register)[0] == "PERMISSION_DENIED"
+    upload = scheduler_pb2.UploadPersistentCacheTaskStartedRequest(
+        host_id=mine.id, task_id="b" * 64, peer_id=f"{mine.id}-c", persistent_replica_count=1
+    )
+    status, _ = call_from("127.0.0.3", plain.port, SCHED + "UploadPersistentCacheTaskStarted", upload)
+    assert status == "PERMISSION_DENIED"
     assert mine.id in host_ids(plain)
     # The host itself may.
     assert call_from("127.0.0.2", plain.port, SCHED + "DeleteHost", delete)[0] == "OK"
