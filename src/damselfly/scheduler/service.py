@@ -335,10 +335,13 @@ class SchedulerService(
             if request is grpc.aio.EOF:
                 break
             try:
-                if request.HasField("register_peer_request"):
-                    # Peers only of the caller's own hosts (an admin's too): one check per stream.
+                if request.peer_id != outbox.peer_id:
+                    # The register, or a report on another stream's peer: only for the caller's
+                    # own hosts (or an admin's). A stream's own peer costs no check.
                     caller = caller or caller_of(context)
-                    self.authority.check_host(caller, request.host_id, "register peers")
+                    known = self.res.peers.get(request.peer_id)
+                    owner = known.host.id if known is not None else request.host_id
+                    self.authority.check_host(caller, owner, "announce peers")
                 if self.handle(request, outbox):
                     return  # the handler queued the end of the call
             except DamselflyError as e:
