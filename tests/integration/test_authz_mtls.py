@@ -171,13 +171,18 @@ def test_a_host_id_is_its_first_certificates_and_only_it_or_an_admin_deletes(fle
             code(scheduler_pb2_grpc.SchedulerStub(ch).AnnounceHost, announce("127.0.0.1-rogue3", "127.0.0.1"))
             == grpc.StatusCode.OK
         )
-    # An admin may delete another's host.
-    with fleet.channel("ops") as ch:
-        stub = scheduler_pb2_grpc.SchedulerStub(ch)
-        assert code(stub.DeleteHost, scheduler_pb2.DeleteHostRequest(host_id="127.0.0.1-rogue3")) == (
-            grpc.StatusCode.OK
+        assert (
+            code(scheduler_pb2_grpc.SchedulerStub(ch).AnnounceHost, announce("127.0.0.1-rogue4", "127.0.0.1"))
+            == grpc.StatusCode.OK
         )
-    assert "127.0.0.1-rogue3" not in hosts(fleet)
+    # An admin may delete another's host: one named in security.admins, and the scheduler's own certificate.
+    for admin, victim in (("ops", "127.0.0.1-rogue3"), ("scheduler", "127.0.0.1-rogue4")):
+        with fleet.channel(admin) as ch:
+            stub = scheduler_pb2_grpc.SchedulerStub(ch)
+            assert (
+                code(stub.DeleteHost, scheduler_pb2.DeleteHostRequest(host_id=victim)) == grpc.StatusCode.OK
+            )
+        assert victim not in hosts(fleet)
 
 
 ACTING = {
