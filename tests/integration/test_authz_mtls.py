@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from helpers.processes import OriginProcess, Procs, random_file, run_dfget, sha2
 pytestmark = pytest.mark.integration
 
 SIZE = 9 * MiB
+SECRET = "Bearer s3cret-registry-token"
 NAMES = {
     "scheduler": (["127.0.0.1"], ["sched.test"]),
     "seed": (["127.0.0.1"], []),
@@ -106,6 +108,37 @@ def fleet() -> Iterator[Fleet]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+class RecordingUpload(dfdaemon_pb2_grpc.DfdaemonUploadServicer):  # type: ignore[misc]
+    """A rogue daemon's upload port (over mTLS, its own certificate): records DownloadTask headers."""
+
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+
+    def DownloadTask(self, request: Any, context: Any) -> Iterator[Any]:
+        self.headers.append(dict(request.download.request_header))
+        context.abort(grpc.StatusCode.INTERNAL, "rogue")
+        yield from ()
+
+
+@pytest.fixture(scope="module")
+def rogue_upload(fleet: Fleet) -> Iterator[tuple[RecordingUpload, int]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    recorder = RecordingUpload()
+    dfdaemon_pb2_grpc.add_DfdaemonUploadServicer_to_server(recorder, server)
+    rogue = fleet.certs / "rogue"
+    credentials = grpc.ssl_server_credentials(
+        [((rogue / "rogue.key").read_bytes(), (rogue / "rogue.crt").read_bytes())],
+        root_certificates=(fleet.certs / "ca" / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield recorder, port
+    finally:
+        server.stop(None)
+
+
 def code(fn: Any, request: Any) -> grpc.StatusCode:
     try:
         result = fn(request, timeout=30)
@@ -116,10 +149,10 @@ def code(fn: Any, request: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def announce(host_id: str, ip: str, *, seed: bool = False) -> Any:
+def announce(host_id: str, ip: str, *, seed: bool = False, port: int = 4000) -> Any:
     return scheduler_pb2.AnnounceHostRequest(
         host=common_pb2.Host(
-            id=host_id, type=1 if seed else 0, hostname=host_id, ip=ip, port=4000, download_port=4000
+            id=host_id, type=1 if seed else 0, hostname=host_id, ip=ip, port=port, download_port=port
         )
     )
 
@@ -130,17 +163,20 @@ def hosts(fleet: Fleet) -> dict[str, Any]:
     return {h.id: h for h in listed.hosts}
 
 
-def test_announces_are_bound_to_the_certificate(fleet: Fleet) -> None:
+def test_announces_are_bound_to_the_certificate(
+    fleet: Fleet, rogue_upload: tuple[RecordingUpload, int]
+) -> None:
     denied = grpc.StatusCode.PERMISSION_DENIED
+    _, rogue_port = rogue_upload
     with fleet.channel("far") as ch:
         # Its certificate says 10.9.9.9: it may not claim 127.0.0.1 (the seed's address).
-        assert (
-            code(scheduler_pb2_grpc.SchedulerStub(ch).AnnounceHost, announce("0-far", "127.0.0.1")) == denied
-        )
+        far = announce("0-far", "127.0.0.1", seed=True, port=rogue_port)
+        assert code(scheduler_pb2_grpc.SchedulerStub(ch).AnnounceHost, far) == denied
     with fleet.channel("rogue") as ch:
         stub = scheduler_pb2_grpc.SchedulerStub(ch)
-        # Not in security.seedPeers: no seed, whatever the ID.
-        assert code(stub.AnnounceHost, announce("0-rogue-seed", "127.0.0.1", seed=True)) == denied
+        # Not in security.seedPeers: no seed, whatever the ID (one that sorts first, its own address).
+        rogue = announce("0-rogue-seed", "127.0.0.1", seed=True, port=rogue_port)
+        assert code(stub.AnnounceHost, rogue) == denied
         assert code(stub.AnnounceHost, announce("127.0.0.1-rogue", "127.0.0.1")) == grpc.StatusCode.OK
     listed = hosts(fleet)
     assert "0-far" not in listed and "0-rogue-seed" not in listed and "127.0.0.1-rogue" in listed
@@ -220,7 +256,7 @@ def test_a_daemon_obeys_only_its_schedulers_certificate(fleet: Fleet, method: st
 
 
 def test_the_scheduler_still_commands_the_seed_and_an_admins_preheat_reaches_it(
-    fleet: Fleet, tmp_path: Path
+    fleet: Fleet, rogue_upload: tuple[RecordingUpload, int], tmp_path: Path
 ) -> None:
     digest = random_file(fleet.origin_dir / "blob.bin", SIZE)
     out = tmp_path / "out.bin"
@@ -234,7 +270,11 @@ def test_the_scheduler_still_commands_the_seed_and_an_admins_preheat_reaches_it(
     random_file(fleet.origin_dir / "preheat.bin", 2 * MiB)
     with fleet.channel("ops") as ch:
         scheduler_pb2_grpc.SchedulerStub(ch).PreheatFile(
-            scheduler_pb2.PreheatFileRequest(url=fleet.origin.url("preheat.bin"), scope="all_seed_peers"),
+            scheduler_pb2.PreheatFileRequest(
+                url=fleet.origin.url("preheat.bin"), scope="all_seed_peers", header={"Authorization": SECRET}
+            ),
             timeout=60,
         )
     assert fleet.origin.bytes_for("/preheat.bin") == 2 * MiB
+    # The refused "seeds" never got it, nor the credentials.
+    assert rogue_upload[0].headers == []
