@@ -135,6 +135,14 @@ class Names:
         return any(in_networks(ip, self.networks) for ip in ident.ips)
 
 
+_LOOPBACKS = frozenset({"127.0.0.1", "::1"})
+
+
+def _same_address(announced: str, source: str | None) -> bool:
+    """``announced`` is the caller's address (``localhost`` may be dialed over either loopback)."""
+    return announced == source or (announced in _LOOPBACKS and source in _LOOPBACKS)
+
+
 def identity_key(caller: Caller) -> str:
     """What a host ID is bound to: the certificate's subject and SANs (a renewed certificate with
     the same names keeps its hosts), or with TLS off the source address."""
@@ -187,7 +195,7 @@ class HostAuthority:
                 )
         elif self.tls:
             raise PermissionDenied(f"host {host_id}: no client certificate")
-        elif announced != caller.ip and not in_networks(caller.ip, self.trusted_networks):
+        elif not _same_address(announced, caller.ip) and not in_networks(caller.ip, self.trusted_networks):
             raise PermissionDenied(
                 f"host {host_id}: announced IP {announced} is not the address it calls from "
                 f"({caller.ip}); a NAT'd network goes in security.trustedNetworks"

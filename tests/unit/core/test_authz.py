@@ -49,6 +49,9 @@ def test_plaintext_announce_must_come_from_the_announced_ip_unless_from_a_truste
     a.admit_host(plain("1.2.3.4"), "h2", "::ffff:1.2.3.4", seed=True)  # same address, v4-mapped
     with pytest.raises(PermissionDenied, match="not the address it calls from"):
         a.admit_host(plain("10.0.0.6"), "h3", "10.0.0.5", seed=False)
+    a.admit_host(plain("::1"), "h4", "127.0.0.1", seed=False)  # "localhost" over either loopback
+    with pytest.raises(PermissionDenied):
+        a.admit_host(plain("127.0.0.1"), "h5", "127.0.0.2", seed=False)
     nat = authority(trusted_networks=["192.168.0.0/16"])
     nat.admit_host(plain("192.168.7.1"), "h3", "10.0.0.5", seed=False)
 
