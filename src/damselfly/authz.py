@@ -39,7 +39,6 @@ from .config import SecurityConfig
 from .errors import ConfigError, PermissionDenied
 from .tls import PeerIdentity, TLSFiles, grpc_peer_identity, identity_from_der
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_BINDINGS = 65536  # host IDs remembered; past it the oldest of hosts no longer known are dropped
@@ -220,9 +219,6 @@ class HostAuthority:
     def release(self, host_id: str) -> None:
         """Forget ``host_id``'s binding (an admin deleted the host: anyone may announce it again)."""
         self._bindings.pop(host_id, None)
-
-    def bound(self, host_id: str) -> bool:
-        return host_id in self._bindings
 
     # -- acting -------------------------------------------------------------------------
 
