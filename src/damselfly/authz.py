@@ -155,6 +155,14 @@ def identity_key(caller: Caller) -> str:
     return f"cert:{h.hexdigest()}"
 
 
+def check_security(config: SecurityConfig) -> None:
+    """Raise :class:`ConfigError` (one line naming the key) for an entry ``security.*`` cannot use."""
+    Names("security.seedPeers", config.seed_peers)
+    Names("security.admins", config.admins)
+    parse_networks("security.adminAddresses", config.admin_addresses)
+    parse_networks("security.trustedNetworks", config.trusted_networks)
+
+
 class HostAuthority:
     """The scheduler's rules on who announces, deletes and administers (docs/SECURITY.md).
 

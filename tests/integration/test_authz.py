@@ -18,6 +18,7 @@ mTLS: tests/integration/test_authz_mtls.py.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import pytest
 from scheduler_harness import running_scheduler
 
 from damselfly.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from damselfly.runtime.children import ChildProcess
+from damselfly.runtime.children import ChildProcess, python_module_command
 from damselfly.units import MiB
 from helpers.grpc_from import acall_from, call_from
 from helpers.metrics import sample_now
@@ -272,3 +273,13 @@ async def test_a_dual_stack_scheduler_compares_v4_mapped_callers_as_ipv4(tmp_pat
         assert status == "OK"
         hosts = (await s.stub.ListHosts(scheduler_pb2.ListHostsRequest(), timeout=10)).hosts
         assert {h.id for h in hosts} == {"127.0.0.1-h", "y"}
+
+
+def test_a_bad_security_entry_refuses_the_start_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "scheduler.yaml"
+    config.write_text("security:\n  trustedNetworks: [10.0.0.0/33]\n")
+    argv = python_module_command("damselfly", "scheduler", "--config", str(config), "--port", "0")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2
+    why = "security.trustedNetworks: '10.0.0.0/33' is neither an IP address nor a CIDR network"
+    assert r.stderr.strip().splitlines() == [f"damselfly scheduler: {why}"]
