@@ -128,10 +128,10 @@ class ResourceRPCs:
             check_ids(request, "DeleteHostRequest", "host_id")
             caller = caller_of(context)
             self.authority.check_host(caller, request.host_id, "delete the host")
+            if not self.authority.owns(caller, request.host_id):
+                self.authority.release(request.host_id)  # an admin's delete frees the ID, even of a host gone
             host = self.res.host(request.host_id)
         except DamselflyError as e:
             await self._abort(context, e)
-        if not self.authority.owns(caller, host.id):
-            self.authority.release(host.id)  # an admin's delete frees the ID
         self._delete_host(host)
         return empty_pb2.Empty()

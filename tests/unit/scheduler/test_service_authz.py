@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import pytest
 from sched_world import FakeClock
 
 from damselfly.api import common_pb2, scheduler_pb2
 from damselfly.authz import Caller
 from damselfly.config import SchedulerConfig
 from damselfly.domain import HostInfo
+from damselfly.errors import PermissionDenied
 from damselfly.scheduler.resources import PeerState
 from damselfly.scheduler.service import SchedulerService
 from damselfly.scheduler.stream import Abort, PeerStream
@@ -55,9 +57,9 @@ def failed(host: str, peer: str) -> Any:
     )
 
 
-def service() -> SchedulerService:
+def service(admin_addresses: tuple[str, ...] = ()) -> SchedulerService:
     cfg = SchedulerConfig()
-    cfg.security.admin_addresses = []
+    cfg.security.admin_addresses = list(admin_addresses)
     clock = FakeClock()
     svc = SchedulerService(cfg, clock=clock)
     for name, ip in (("a", "10.0.0.1"), ("b", "10.0.0.2")):
@@ -93,3 +95,29 @@ async def test_a_stream_may_not_report_on_another_hosts_peer() -> None:
     # a's own report goes through.
     await svc._read(Call("10.0.0.1", failed("a", "pa")), PeerStream[Any]())
     assert svc.res.peer("pa").state is PeerState.FAILED
+
+
+class Aborted(Exception):
+    pass
+
+
+class Unary(Call):
+    """A unary call's context: ``abort`` raises, as grpc's does."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+async def test_a_host_id_outlives_its_host_until_an_admin_deletes_it() -> None:
+    svc = service(admin_addresses=("10.9.0.0/16",))
+    svc.res.delete_host("a")  # expired (its ID stays 10.0.0.1's)
+    with pytest.raises(PermissionDenied, match="belongs to another caller"):
+        svc.authority.admit_host(Caller("10.0.0.3", None), "a", "10.0.0.3", seed=False)
+    delete = scheduler_pb2.DeleteHostRequest(host_id="a")
+    with pytest.raises(Aborted) as refused:
+        await svc.DeleteHost(delete, Unary("10.0.0.3"))
+    assert refused.value.args[0] is grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(Aborted) as gone:
+        await svc.DeleteHost(delete, Unary("10.9.0.1"))
+    assert gone.value.args[0] is grpc.StatusCode.NOT_FOUND  # as before: the host is gone...
+    svc.authority.admit_host(Caller("10.0.0.3", None), "a", "10.0.0.3", seed=False)  # ... and its ID free
