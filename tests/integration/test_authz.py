@@ -11,7 +11,8 @@ played from 127.0.0.2 and 127.0.0.3 (:mod:`helpers.grpc_from` binds the source a
 - a daemon acts (downloads, deletes) only for the address of its configured scheduler: from
   elsewhere PERMISSION_DENIED, before the request is looked at (no NOT_FOUND for an unknown
   task), while peers' calls stay open; the real scheduler still has the seed fetch a task;
-- a dual-stack scheduler sees IPv4 callers as ``::ffff:a.b.c.d`` and compares them as IPv4.
+- a dual-stack scheduler sees IPv4 callers as ``::ffff:a.b.c.d`` and compares them as IPv4;
+- a bad ``security.*`` entry refuses the start with one line naming the key.
 mTLS: tests/integration/test_authz_mtls.py.
 """
 
