@@ -125,7 +125,25 @@ class SeedPeerTriggerConfig(Section):
     enable: bool = True
 
 
+class SecurityConfig(Section):
+    """Who may do what on the scheduler (docs/SECURITY.md). Entries are certificate names (CN or
+    DNS SAN), IPs or CIDR networks."""
+
+    # Who may announce a seed peer: under mTLS its certificate, with TLS off its source
+    # address. Empty: any host that may announce.
+    seed_peers: list[str] = Field(default_factory=list)
+    # Under mTLS, the certificates that may administer (preheat, delete any host or cache
+    # task); the scheduler's own certificate always may.
+    admins: list[str] = Field(default_factory=list)
+    # With TLS off, the source addresses that may administer: the scheduler's own machine.
+    admin_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1"])
+    # With TLS off, networks behind NAT whose hosts may announce an IP other than the
+    # address they call from.
+    trusted_networks: list[str] = Field(default_factory=list)
+
+
 class SchedulerConfig(Section):
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     server: SchedulerServerConfig = Field(default_factory=SchedulerServerConfig)
     scheduler: SchedulingConfig = Field(default_factory=SchedulingConfig)
     gc: GCConfig = Field(default_factory=GCConfig)
@@ -155,6 +173,10 @@ class SeedPeerConfig(Section):
 
 class SchedulerClientConfig(Section):
     addrs: list[str] = Field(default_factory=lambda: ["127.0.0.1:8002"])
+    # Under mTLS, the name (CN or DNS SAN) the schedulers' certificate carries; empty: the
+    # host part of an address in ``addrs`` (an IP SAN for an IP). Only a scheduler may make
+    # this daemon download or delete (docs/SECURITY.md).
+    certificate_name: str = ""
     announce_interval: float = 30 * SECONDS
     schedule_timeout: float = 30 * SECONDS
     # Schedule answers a download takes before it fetches the rest from the origin (as

@@ -18,7 +18,8 @@ The tree::
     │   └── NoCandidateParents      nothing to download from and back-to-source is disabled
     ├── DaemonUnavailable           the local daemon is not running (dfget)
     ├── DownloadTimeout (TimeoutError)
-    └── ResourceExhausted           a limit was hit; try again later
+    ├── ResourceExhausted           a limit was hit; try again later
+    └── PermissionDenied            the caller may not do this (authz.py)
 
 Foreign exceptions (grpc, aiohttp, OSError) are translated at the boundary that
 catches them, so code above the boundary handles only these.
@@ -101,3 +102,7 @@ class DownloadTimeout(DamselflyError, TimeoutError):
 
 class ResourceExhausted(DamselflyError):
     pass
+
+
+class PermissionDenied(DamselflyError):
+    """The caller may not do this (gRPC ``PERMISSION_DENIED``; who may what: docs/SECURITY.md)."""

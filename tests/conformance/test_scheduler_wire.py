@@ -46,10 +46,12 @@ class Scheduler:
 @contextlib.asynccontextmanager
 async def scheduler(topology: str = "chain") -> AsyncIterator[Scheduler]:
     """``SchedulerService`` on a grpc.aio server on a free loopback port (no seed trigger:
-    the tests play every host themselves)."""
+    the tests play every host themselves, each announcing its own 10.x address)."""
     config = SchedulerConfig()
     config.scheduler.topology = topology
     config.seed_peer.enable = False
+    # The tests play hosts of 10.0.0.0/8 from loopback, as hosts behind a NAT would call.
+    config.security.trusted_networks = ["127.0.0.0/8"]
     service = SchedulerService(config)
     server = grpc.aio.server()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server)

@@ -24,6 +24,7 @@ from google.protobuf import empty_pb2
 from .. import tracing
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..api.convert import local_task_to_pb, task_to_pb
+from ..authz import SchedulerGate, require_scheduler
 from ..domain import PieceInfo
 from ..errors import (
     DamselflyError,
@@ -162,7 +163,11 @@ class UploadService(
     PersistentCacheUploadRPCs,
     dfdaemon_pb2_grpc.DfdaemonUploadServicer,  # type: ignore[misc]
 ):
-    """``dfdaemon.v2.DfdaemonUpload`` for other peers and the scheduler's seed trigger."""
+    """``dfdaemon.v2.DfdaemonUpload`` for other peers and the scheduler's seed trigger.
+
+    What makes the daemon act (DownloadTask, DeleteTask, the persistent cache's download,
+    delete and update) is for its schedulers only (``scheduler_gate``); what peers call on
+    each other (SyncPieces, SyncHost, the Stat and List calls) stays open to them."""
 
     def __init__(
         self,
@@ -174,8 +179,11 @@ class UploadService(
         request_limiter: RequestLimiter | None = None,
         extensions: bool = True,
         network: NetworkMonitor | None = None,
+        scheduler_gate: SchedulerGate | None = None,
     ) -> None:
         self.downloads = downloads
+        # Who may make this daemon act (download, delete): its schedulers (docs/SECURITY.md).
+        self.scheduler_gate = scheduler_gate
         self.network = network  # made on the first SyncHost
         self.persistent_cache = persistent_cache
         self.store = downloads.store
@@ -196,6 +204,7 @@ class UploadService(
     async def DownloadTask(
         self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context
     ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+        await require_scheduler(self.scheduler_gate, context)
         await self._admit("DownloadTask", context)
         async for msg in self.downloads.stream(request, context, remote=True):
             yield msg
@@ -312,7 +321,8 @@ class UploadService(
 
     async def DeleteTask(self, request: dfdaemon_pb2.DeleteTaskRequest, context: Context) -> empty_pb2.Empty:
         # An unknown task is answered as Dragonfly answers it (upload.rs:873-922); a held one may
-        # not be deleted by peers: only the local API can.
+        # not be deleted by peers: only the local API can. A stranger learns neither.
+        await require_scheduler(self.scheduler_gate, context)
         await self.downloads.require_held(request.task_id, context)
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "delete tasks through the local API")
 

@@ -21,8 +21,10 @@ import grpc
 from google.protobuf import empty_pb2
 
 from ..api import cache_convert, common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
+from ..authz import HostAuthority, caller_of
 from ..domain import PersistentCachePeerInfo, PersistentCacheTaskInfo
-from ..errors import DamselflyError, InvalidArgument, NotFound, SchedulerError
+from ..errors import DamselflyError, InvalidArgument, NotFound, PermissionDenied, SchedulerError
+from ..tls import TLSFiles
 from .persistent_cache import (
     FAILED,
     PENDING,
@@ -37,7 +39,7 @@ from .persistent_cache import (
     replica_hosts,
 )
 from .resources import Host, Resources
-from .seed_client import target
+from .seed_client import daemon_channel
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,12 @@ Clock = Callable[[], float]
 # grpc ships no type information: to mypy this is Any, to the reader the servicer's context.
 Context: TypeAlias = grpc.aio.ServicerContext
 Req = TypeVar("Req")
+PeerRequest = (
+    scheduler_pb2.UploadPersistentCacheTaskStartedRequest
+    | scheduler_pb2.UploadPersistentCacheTaskFinishedRequest
+    | scheduler_pb2.UploadPersistentCacheTaskFailedRequest
+    | scheduler_pb2.DeletePersistentCachePeerRequest
+)
 Resp = TypeVar("Resp")
 
 REPLICATE_TIMEOUT = 3600.0  # seconds a replica download may take
@@ -68,8 +76,10 @@ class PersistentCacheService:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         interval: float = 5.0,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.res = res
+        self.tls = tls  # the scheduler's mTLS files, for its calls to daemons
         self.clock = clock
         self.wall_clock = wall_clock
         self.interval = interval
@@ -141,7 +151,7 @@ class PersistentCacheService:
             task_id=task.id, persistent=True, tag=task.tag or None, application=task.application or None
         )
         try:
-            async with grpc.aio.insecure_channel(target(host.info)) as channel:
+            async with daemon_channel(host.info, self.tls) as channel:
                 stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
                 async for _ in stub.DownloadPersistentCacheTask(request, timeout=REPLICATE_TIMEOUT):
                     pass
@@ -169,7 +179,7 @@ class PersistentCacheService:
 
     async def _delete_on(self, host: Host, task_id: str) -> None:
         try:
-            async with grpc.aio.insecure_channel(target(host.info)) as channel:
+            async with daemon_channel(host.info, self.tls) as channel:
                 stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
                 await stub.DeletePersistentCacheTask(
                     dfdaemon_pb2.DeletePersistentCacheTaskRequest(task_id=task_id), timeout=DELETE_TIMEOUT
@@ -323,13 +333,23 @@ class PersistentCacheService:
             )
         return cache_convert.cache_answer_to_pb([self.peer_info(task, p) for p in parents])
 
-    async def announce_peer(self, context: Context) -> None:
+    def host_of(self, peer_id: str, host_id: str) -> str:
+        """The host a known peer belongs to (whatever a request says), else ``host_id``."""
+        task = self.registry.peer_index.get(peer_id)
+        peer = task.peers.get(peer_id) if task is not None else None
+        return peer.host_id if peer is not None else host_id
+
+    async def announce_peer(self, context: Context, admit: Callable[[str], None] | None = None) -> None:
+        """One AnnouncePersistentCachePeer stream; ``admit(host_id)`` raises when the caller may not
+        speak for the host of a request (authz.HostAuthority.check_host)."""
         peer_id = ""
         try:
             while True:
                 request = await context.read()
                 if request is grpc.aio.EOF:
                     break
+                if admit is not None:
+                    admit(self.host_of(request.peer_id, request.host_id))
                 peer_id = request.peer_id
                 answer = self.handle(request)
                 if answer is not None:
@@ -358,42 +378,68 @@ def _status(error: DamselflyError) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, SchedulerError):
         return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(error, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED
     return grpc.StatusCode.INTERNAL
 
 
 class PersistentCacheRPCs:
-    """The ``scheduler.v2.Scheduler`` persistent-cache methods; mixed into the scheduler's servicer."""
+    """The ``scheduler.v2.Scheduler`` persistent-cache methods; mixed into the scheduler's servicer.
+
+    What changes a host's copies is the host's own call or an admin's (docs/SECURITY.md):
+    a request's ``host_id``, or the host of the peer it names, must be the caller's."""
 
     persistent_cache: PersistentCacheService
+    authority: HostAuthority
 
-    async def _pc_call(self, context: Context, fn: Callable[[Req], Resp], request: Req) -> Resp:
+    async def _pc_call(
+        self, context: Context, fn: Callable[[Req], Resp], request: Req, *, acts_for: str | None = None
+    ) -> Resp:
         try:
+            if acts_for is not None:
+                self.authority.check_host(caller_of(context), acts_for, "change persistent cache tasks")
             return fn(request)
         except DamselflyError as e:
             await context.abort(_status(e), str(e))
             raise AssertionError("unreachable") from e
+
+    def _acts_for(self, request: PeerRequest) -> str:
+        return self.persistent_cache.host_of(request.peer_id, request.host_id)
 
     async def AnnouncePersistentCachePeer(
         self,
         request_iterator: AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerRequest],
         context: Context,
     ) -> None:
-        await self.persistent_cache.announce_peer(context)
+        caller = caller_of(context)
+
+        def admit(host_id: str) -> None:
+            self.authority.check_host(caller, host_id, "announce persistent cache peers")
+
+        await self.persistent_cache.announce_peer(context, admit)
 
     async def UploadPersistentCacheTaskStarted(
         self, request: scheduler_pb2.UploadPersistentCacheTaskStartedRequest, context: Context
     ) -> empty_pb2.Empty:
-        await self._pc_call(context, self.persistent_cache.upload_started, request)
+        await self._pc_call(
+            context, self.persistent_cache.upload_started, request, acts_for=self._acts_for(request)
+        )
         return empty_pb2.Empty()
 
     async def UploadPersistentCacheTaskFinished(
         self, request: scheduler_pb2.UploadPersistentCacheTaskFinishedRequest, context: Context
     ) -> common_pb2.PersistentCacheTask:
-        return await self._pc_call(context, self.persistent_cache.upload_finished, request)
+        return await self._pc_call(
+            context, self.persistent_cache.upload_finished, request, acts_for=self._acts_for(request)
+        )
 
     async def UploadPersistentCacheTaskFailed(
         self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest, context: Context
     ) -> empty_pb2.Empty:
+        try:
+            self.authority.check_host(caller_of(context), self._acts_for(request), "fail uploads")
+        except DamselflyError as e:
+            await context.abort(_status(e), str(e))
         with contextlib.suppress(NotFound):
             self.persistent_cache.upload_failed(request)
         return empty_pb2.Empty()
@@ -411,13 +457,22 @@ class PersistentCacheRPCs:
     async def DeletePersistentCachePeer(
         self, request: scheduler_pb2.DeletePersistentCachePeerRequest, context: Context
     ) -> empty_pb2.Empty:
-        self.persistent_cache.delete_peer(request)
+        await self._pc_call(
+            context, self.persistent_cache.delete_peer, request, acts_for=self._acts_for(request)
+        )
         return empty_pb2.Empty()
 
     async def DeletePersistentCacheTask(
         self, request: scheduler_pb2.DeletePersistentCacheTaskRequest, context: Context
     ) -> empty_pb2.Empty:
+        """Every copy goes: asked by a host that announced itself (``host_id`` is the caller's,
+        as dfcache on any host of the cluster may), or by an admin."""
         try:
+            caller = caller_of(context)
+            if not (self.authority.owns(caller, request.host_id) or self.authority.is_admin(caller)):
+                raise PermissionDenied(
+                    f"{caller.describe()} may not delete persistent cache tasks as host {request.host_id}"
+                )
             await self.persistent_cache.delete_everywhere(request.task_id)
         except DamselflyError as e:
             await context.abort(_status(e), str(e))

@@ -22,6 +22,9 @@ Progress: while the RPC runs, ``StatImage`` / ``StatFile`` say which hosts hold
 (``is_finished``) or are downloading which item, from the scheduler's own
 peers; ``damselfly preheat`` polls them.
 
+Who: only an admin may preheat (docs/SECURITY.md), and only hosts that passed the
+announce checks (:class:`damselfly.authz.HostAuthority`) are targets.
+
 Credentials: ``username``/``password`` open the registry for the scheduler;
 the ``Authorization`` that worked (a bearer token or basic auth) is put in
 the request header of each blob download, for the daemon to present to the
@@ -34,6 +37,7 @@ Owner of the jobs and of the registry client: :class:`PreheatRunner`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -47,6 +51,7 @@ from google.protobuf import empty_pb2
 
 from .. import registry_client
 from ..api import convert, scheduler_pb2
+from ..authz import HostAuthority, caller_of
 from ..domain import DownloadSpec, HostInfo
 from ..errors import (
     DamselflyError,
@@ -56,6 +61,7 @@ from ..errors import (
     SourceStatusError,
     SourceUnreachable,
 )
+from ..tls import TLSFiles
 from ..units import MINUTES
 from .preheat import (
     HostLoad,
@@ -88,10 +94,10 @@ RESOLVED_TTL = 10 * MINUTES
 RESOLVED_MAX = 256
 
 
-async def grpc_download(host: HostInfo, spec: DownloadSpec) -> None:
+async def grpc_download(host: HostInfo, spec: DownloadSpec, *, tls: TLSFiles | None = None) -> None:
     """Have ``host``'s daemon download ``spec`` (DfdaemonUpload.DownloadTask) and wait till it is done."""
     try:
-        await download_on(host, convert.download_to_pb(spec))
+        await download_on(host, convert.download_to_pb(spec), tls=tls)
     except grpc.aio.AioRpcError as e:
         raise SchedulerError(f"{e.code().name} {e.details()}") from e
 
@@ -181,8 +187,10 @@ class PreheatRunner:
         downloader: Downloader = grpc_download,
         registry: registry_client.RegistryClient | None = None,
         clock: Callable[[], float] = time.monotonic,
+        vetted: Callable[[str], bool] = lambda host_id: True,
     ) -> None:
         self.res = res
+        self.vetted = vetted  # hosts that passed the announce checks: only they get a preheat
         self.downloader = downloader
         self.registry = registry or registry_client.RegistryClient()
         self.clock = clock
@@ -273,6 +281,7 @@ class PreheatRunner:
         hosts = [
             HostLoad(h.info, h.children / h.upload_limit if h.upload_limit else 1.0)
             for h in self.res.hosts.values()
+            if self.vetted(h.id)  # its downloads carry the request's headers (credentials)
         ]
         targets = select_hosts(
             hosts,
@@ -437,13 +446,25 @@ class PreheatRPCs:
     """
 
     res: Resources
+    authority: HostAuthority
+    tls: TLSFiles | None = None  # the scheduler's mTLS files, for its calls to daemons
     _preheat_runner: PreheatRunner | None = None
 
     @property
     def preheat(self) -> PreheatRunner:
         if self._preheat_runner is None:
-            self._preheat_runner = PreheatRunner(self.res)
+            downloader = functools.partial(grpc_download, tls=self.tls)
+            self._preheat_runner = PreheatRunner(
+                self.res, downloader=downloader, vetted=self.authority.vetted
+            )
         return self._preheat_runner
+
+    async def _admin_only(self, context: Context) -> None:
+        """A preheat makes hosts download (with the caller's credentials): an admin's call only."""
+        try:
+            self.authority.check_admin(caller_of(context), "preheat")
+        except DamselflyError as e:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
 
     async def close_preheat(self) -> None:
         runner, self._preheat_runner = self._preheat_runner, None
@@ -453,11 +474,13 @@ class PreheatRPCs:
     async def PreheatFile(
         self, request: scheduler_pb2.PreheatFileRequest, context: Context
     ) -> empty_pb2.Empty:
+        await self._admin_only(context)
         return await self.preheat.preheat_file(request, context)
 
     async def PreheatImage(
         self, request: scheduler_pb2.PreheatImageRequest, context: Context
     ) -> empty_pb2.Empty:
+        await self._admin_only(context)
         return await self.preheat.preheat_image(request, context)
 
     async def StatFile(

@@ -2,7 +2,8 @@
 
 ``StatPeer``, ``DeletePeer``, ``StatTask``, ``DeleteTask``, ``AnnounceHost``,
 ``ListHosts``, ``DeleteHost`` (docs/INTEROP.md §2.1, §2.4): the request checks
-first (:mod:`.validate_rpc`), then the answer or the error in Dragonfly's words
+first (:mod:`.validate_rpc`), who may (:mod:`damselfly.authz`: a host's own
+deletes, or an admin's; docs/SECURITY.md), then the answer or the error in Dragonfly's words
 (G:scheduler/service/service_v2.go at 66db4564). Mixed into
 :class:`~.service.SchedulerService`, which owns the state they read and whose
 ``_delete_peers`` / ``_delete_host`` drop what they delete (streams, waiting peers).
@@ -17,6 +18,8 @@ import grpc
 from google.protobuf import empty_pb2
 
 from ..api import common_pb2, convert, scheduler_pb2
+from ..authz import HostAuthority, caller_of
+from ..domain import HostType
 from ..errors import DamselflyError
 from .metrics import SchedulerMetrics
 from .resources import Host, Resources, Task
@@ -32,6 +35,7 @@ class ResourceRPCs:
     res: Resources
     metrics: SchedulerMetrics
     clock: Callable[[], float]
+    authority: HostAuthority
 
     def _delete_peers(self, peer_ids: list[str]) -> None:
         raise NotImplementedError  # the service's: it owns the streams and wakes waiting peers
@@ -63,6 +67,10 @@ class ResourceRPCs:
         """Unknown IDs included, always OK, as Dragonfly's (G:scheduler/service/service_v2.go:446-452)."""
         try:
             check_ids(request, "DeletePeerRequest", "host_id", "task_id", "peer_id")
+            # The peer's own host decides, whatever host the request names.
+            peer = self.res.peers.get(request.peer_id)
+            owner = peer.host.id if peer is not None else request.host_id
+            self.authority.check_host(caller_of(context), owner, "delete peers")
         except DamselflyError as e:
             await self._abort(context, e)
         self._delete_peers([request.peer_id])
@@ -81,6 +89,7 @@ class ResourceRPCs:
         (G:scheduler/service/service_v2.go:519-545)."""
         try:
             check_ids(request, "DeleteTaskRequest", "host_id", "task_id")
+            self.authority.check_host(caller_of(context), request.host_id, "delete tasks")
             host = self.res.host(request.host_id)
         except DamselflyError as e:
             await self._abort(context, e)
@@ -90,11 +99,16 @@ class ResourceRPCs:
     async def AnnounceHost(
         self, request: scheduler_pb2.AnnounceHostRequest, context: Context
     ) -> empty_pb2.Empty:
+        """A host's announce is checked against its caller first (authz.HostAuthority: the
+        certificate's IP SANs, or the source address; the host ID's first announcer; seeds)."""
         try:
             check_announce_host(request)
+            info = convert.host_from_pb(request.host)
+            self.authority.admit_host(
+                caller_of(context), info.id, info.ip, seed=info.type is not HostType.NORMAL
+            )
         except DamselflyError as e:
             await self._abort(context, e)
-        info = convert.host_from_pb(request.host)
         self.res.upsert_host(info, self.clock())
         h = request.host
         self.metrics.announce_host.labels(
@@ -116,6 +130,10 @@ class ResourceRPCs:
         (G:scheduler/service/service_v2.go:1210-1221)."""
         try:
             check_ids(request, "DeleteHostRequest", "host_id")
+            caller = caller_of(context)
+            self.authority.check_host(caller, request.host_id, "delete the host")
+            if not self.authority.owns(caller, request.host_id):
+                self.authority.release(request.host_id)  # an admin's delete frees the ID, even of a host gone
             host = self.res.host(request.host_id)
         except DamselflyError as e:
             await self._abort(context, e)

@@ -39,10 +39,12 @@ import grpc
 
 from .. import tracing
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
+from ..authz import Caller, HostAuthority, caller_of
 from ..config import SchedulerConfig
 from ..domain import EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
 from ..errors import ConfigError, DamselflyError, NotFound
 from ..logs import log_context
+from ..tls import TLSFiles
 from . import gc
 from .absent_rpc import CacheTaskStubs, PersistentTaskAbsent
 from .evaluator import get_evaluator
@@ -117,8 +119,10 @@ class SchedulerService(
         clock: Clock = time.monotonic,
         metrics: SchedulerMetrics | None = None,
         rng: random.Random | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.config = config
+        self.tls = tls  # mTLS for the scheduler's calls to daemons (seed trigger, preheat, replicas)
         self.cfg = config.scheduler
         self.clock = clock
         self.rng = rng or random.Random()
@@ -132,14 +136,16 @@ class SchedulerService(
             allow_cycles=self.cfg.topology != "dag",
         )
         self.evaluator = get_evaluator(self.cfg.algorithm)
+        # Who may announce, delete and administer (docs/SECURITY.md).
+        self.authority = HostAuthority(config.security, tls, live=self.res.hosts.__contains__)
         self.metrics = metrics or SchedulerMetrics()
         self.metrics.bind_sizes(
             lambda: len(self.res.hosts), lambda: len(self.res.peers), lambda: len(self.res.tasks)
         )
-        self.seeds = SeedTrigger(self._seed_done)
+        self.seeds = SeedTrigger(self._seed_done, tls=tls)
         # dfcache: persistent cache tasks (scheduler/persistent_cache.py; RPCs via PersistentCacheRPCs).
         self.persistent_cache = PersistentCacheService(
-            self.res, clock=self.clock, interval=config.gc.interval
+            self.res, clock=self.clock, interval=config.gc.interval, tls=tls
         )
         self._streams: dict[str, Outbox] = {}
         # Task ID -> the first register's Download, for the seed: as sent, every field kept.
@@ -336,6 +342,7 @@ class SchedulerService(
                 self._stream_closed(outbox.peer_id, outbox)
 
     async def _read(self, context: Context, outbox: Outbox) -> None:
+        caller: Caller | None = None
         while True:
             try:
                 request = await context.read()
@@ -346,6 +353,13 @@ class SchedulerService(
             if request is grpc.aio.EOF:
                 break
             try:
+                if request.peer_id != outbox.peer_id:
+                    # The register, or a report on another stream's peer: only for the caller's
+                    # own hosts (or an admin's). A stream's own peer costs no check.
+                    caller = caller or caller_of(context)
+                    known = self.res.peers.get(request.peer_id)
+                    owner = known.host.id if known is not None else request.host_id
+                    self.authority.check_host(caller, owner, "announce peers")
                 if self.handle(request, outbox):
                     return  # the handler queued the end of the call
             except DamselflyError as e:

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from ..errors import DamselflyError, InvalidArgument, NotFound
+from ..errors import DamselflyError, InvalidArgument, NotFound, PermissionDenied
 
 M = TypeVar("M")  # the messages the stream's handler writes
 
@@ -83,4 +83,6 @@ def status_of(error: DamselflyError) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(error, InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED
     return grpc.StatusCode.INTERNAL

@@ -178,13 +178,24 @@ async def test_gc_of_a_silent_source_host_sends_a_waiting_peer_to_source_at_once
     assert kinds(sb) == ["need_back_to_source_response"]
 
 
+class FromLoopback:
+    """A servicer context of a plaintext call from 127.0.0.1 (an admin by default)."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+
 async def test_delete_task_removes_only_that_hosts_peer() -> None:
     svc, _ = make_service()
     svc.handle(register("a", "pa"), PeerStream())
     svc.handle(register("b", "pb"), PeerStream())
-    await svc.DeleteTask(scheduler_pb2.DeleteTaskRequest(host_id="a", task_id=TASK), None)
+    await svc.DeleteTask(scheduler_pb2.DeleteTaskRequest(host_id="a", task_id=TASK), FromLoopback())
     assert set(svc.res.task(TASK).peers) == {"pb"}
-    await svc.DeletePeer(scheduler_pb2.DeletePeerRequest(host_id="b", task_id=TASK, peer_id="pb"), None)
+    req = scheduler_pb2.DeletePeerRequest(host_id="b", task_id=TASK, peer_id="pb")
+    await svc.DeletePeer(req, FromLoopback())
     assert svc.res.task(TASK).peers == {}
 
 

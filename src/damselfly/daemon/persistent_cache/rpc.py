@@ -30,6 +30,7 @@ from ...api.cache_convert import (
     cache_task_to_pb,
 )
 from ...api.convert import duration, timestamp
+from ...authz import SchedulerGate, require_scheduler
 from ...errors import (
     NotFound,
     SchedulerError,
@@ -169,11 +170,15 @@ class PersistentCacheDownloadRPCs(_PersistentCacheRPCBase):
 
 
 class PersistentCacheUploadRPCs(_PersistentCacheRPCBase):
-    """``DfdaemonUpload`` persistent-cache methods (the scheduler's replication and delete)."""
+    """``DfdaemonUpload`` persistent-cache methods (the scheduler's replication and delete:
+    the download, delete and update are for this daemon's schedulers only)."""
+
+    scheduler_gate: SchedulerGate | None = None
 
     async def DownloadPersistentCacheTask(
         self, request: dfdaemon_pb2.DownloadPersistentCacheTaskRequest, context: Context
     ) -> AsyncIterator[dfdaemon_pb2.DownloadPersistentCacheTaskResponse]:
+        await require_scheduler(self.scheduler_gate, context)
         async for msg in self._pc_download(request, context, remote=True):
             yield msg
 
@@ -181,6 +186,7 @@ class PersistentCacheUploadRPCs(_PersistentCacheRPCBase):
         self, request: dfdaemon_pb2.DeletePersistentCacheTaskRequest, context: Context
     ) -> empty_pb2.Empty:
         # OK whether this host held a copy or not, as Dragonfly's (its scheduler asks every holder).
+        await require_scheduler(self.scheduler_gate, context)
         await self._pc_unary(context, lambda pc: pc.delete_local(request.task_id))
         return empty_pb2.Empty()
 
@@ -188,6 +194,7 @@ class PersistentCacheUploadRPCs(_PersistentCacheRPCBase):
         self, request: dfdaemon_pb2.UpdatePersistentCacheTaskRequest, context: Context
     ) -> empty_pb2.Empty:
         """``persistent``: keep this host's copy from eviction until it expires (upload.rs:2170-2215)."""
+        await require_scheduler(self.scheduler_gate, context)
         if request.persistent:
             pc = await self._pc(context)
             meta = pc.store.get(request.task_id)

@@ -113,6 +113,9 @@ def start_scheduler(root: Path, plan: LoadPlan, log_level: str, src: Path | None
         "metrics": {"ip": "127.0.0.1", "port": 0},
         "seedPeer": {"enable": plan.seeds > 0},
     }
+    if src is None:
+        # The simulated hosts announce 10.x addresses from loopback (docs/SECURITY.md).
+        config["security"] = {"trustedNetworks": ["127.0.0.0/8"]}
     cfg = root / "scheduler.yaml"
     cfg.write_text(yaml.safe_dump(config))
     ready = root / "run" / "scheduler.json"
