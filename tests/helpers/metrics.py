@@ -14,12 +14,23 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 
+_SUFFIXES = ("", "_total", "_bucket", "_count", "_sum", "_created", "_info")
+
+
 def _value(page: str, name: str, labels: dict[str, str]) -> float:
+    exported = False
     for family in text_string_to_metric_families(page):
+        if any(name == family.name + suffix for suffix in _SUFFIXES):
+            exported = True
         for s in family.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
-    return 0.0  # a labelled counter that was never incremented is absent
+    # A labelled counter that was never incremented has no sample, but its family is on the
+    # page; a name that is not on the page at all is a test asking for a metric that no longer
+    # exists (renamed), which would otherwise read as a silent 0.
+    if not exported:
+        raise AssertionError(f"metric {name!r} is not exported by this process")
+    return 0.0
 
 
 async def sample(port: int, name: str, **labels: str) -> float:

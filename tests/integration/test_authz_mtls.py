@@ -264,7 +264,7 @@ def test_the_scheduler_still_commands_the_seed_and_an_admins_preheat_reaches_it(
     assert r.returncode == 0, r.stderr + fleet.logs()
     assert sha256_of(out) == digest
     peer_metrics = int(fleet.peer.ready["metrics_port"])
-    from_peers = sample_now(peer_metrics, "damselfly_daemon_download_traffic_bytes_total", type="remote_peer")
+    from_peers = sample_now(peer_metrics, "dragonfly_client_download_traffic", type="REMOTE_PEER")
     assert from_peers == SIZE, fleet.logs()
     assert fleet.origin.bytes_for("/blob.bin") == SIZE  # once, by the seed
     random_file(fleet.origin_dir / "preheat.bin", 2 * MiB)
