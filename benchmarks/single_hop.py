@@ -16,8 +16,15 @@ the two alternates between runs, outputs are deleted between runs, and
 caches are not dropped (that would need root and would slow the source side
 of both equally). Prints JSON: both throughputs, the ratio (target >= 0.8).
 
-Usage: ``python benchmarks/single_hop.py --size 1GiB`` (needs ``nginx`` and
-``curl``: ``apt-get install -y nginx-light curl``).
+With ``--tls`` a third contender runs in the same alternation:
+
+* **damselfly over mTLS**: the same pull from a second parent process whose
+  piece server speaks Vortex over TLS (certificates made in the temp dir with
+  ``damselfly.certs``, both sides verified); reported as ``tls_MBps`` and
+  ``tls_ratio`` (over mTLS / plain TCP, target >= 0.6).
+
+Usage: ``python benchmarks/single_hop.py --size 1GiB [--tls]`` (needs ``nginx``
+and ``curl``: ``apt-get install -y nginx-light curl``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -37,12 +45,15 @@ import time
 import zlib
 from pathlib import Path
 
+from damselfly.certs import issue, make_ca
+from damselfly.config import TLSConfig
+from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.transfer.piece_client import PieceConnectionPool
 from damselfly.daemon.transfer.piece_server import PieceServer
-from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.domain import PieceInfo
 from damselfly.ids import task_id
 from damselfly.pieces import piece_count, piece_length_for, piece_span
+from damselfly.tls import TLSFiles, client_ssl_context, load_tls, server_ssl_context
 from damselfly.units import MiB, parse_size
 
 TID = task_id("http://bench/single_hop")
@@ -86,10 +97,26 @@ def warm(path: Path) -> None:
 # ------------------------------------------------------------------ parent process
 
 
-async def serve(root: Path, port: int, ready: Path) -> None:
+def make_tls(tmp: Path) -> TLSFiles:
+    """A CA and a certificate for 127.0.0.1 in ``tmp/tls``, loaded (the parent and the child share it)."""
+    make_ca(tmp / "tls" / "ca")
+    host = issue(tmp / "tls" / "ca", "loopback", ips=["127.0.0.1"], out=tmp / "tls" / "host")
+    files = load_tls(TLSConfig(ca_cert=str(host.ca_cert), cert=str(host.cert), key=str(host.key)))
+    assert files is not None
+    return files
+
+
+async def serve(root: Path, port: int, ready: Path, tls_dir: str) -> None:
     store = PieceStore(root)
     server = PieceServer(store)
-    await server.start("127.0.0.1", port)
+    context = None
+    if tls_dir:
+        d = Path(tls_dir)
+        files = load_tls(
+            TLSConfig(ca_cert=str(d / "ca.crt"), cert=str(d / "loopback.crt"), key=str(d / "loopback.key"))
+        )
+        context = server_ssl_context(files) if files else None
+    await server.start("127.0.0.1", port, ssl=context)
     fd = os.open(ready, os.O_WRONLY | os.O_CREAT, 0o644)
     os.close(fd)
     stop = asyncio.Event()
@@ -98,12 +125,13 @@ async def serve(root: Path, port: int, ready: Path) -> None:
     await server.close()
 
 
-def start_parent(root: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_parent(root: Path, tmp: Path, tls: TLSFiles | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    ready = tmp / "parent.ready"
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(root), "--port", str(port), "--ready", str(ready)]
-    )
+    ready = tmp / ("parent-tls.ready" if tls else "parent.ready")
+    argv = [sys.executable, __file__, "--serve", str(root), "--port", str(port), "--ready", str(ready)]
+    if tls is not None:
+        argv += ["--tls-dir", str(tls.cert.parent)]
+    proc = subprocess.Popen(argv)
     deadline = time.monotonic() + 20
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -125,10 +153,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 # ------------------------------------------------------------------ the two contenders
 
 
-async def pull(port: int, root: Path, size: int, piece_length: int, concurrency: int) -> float:
+async def pull(
+    port: int, root: Path, size: int, piece_length: int, concurrency: int, tls: ssl.SSLContext | None = None
+) -> float:
     """Seconds for the child to pull, store, record and fsync the whole task."""
     store = PieceStore(root)
-    pool = PieceConnectionPool(max_idle_per_parent=concurrency)
+    pool = PieceConnectionPool(max_idle_per_parent=concurrency, tls=tls)
     start = time.perf_counter()
     store.create_task(TID)
     store.set_content_length(TID, size, piece_length)
@@ -226,9 +256,11 @@ def main() -> None:
     parser.add_argument("--serve", default="", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--ready", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tls-dir", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tls", action="store_true", help="also pull over mTLS (Vortex over TLS)")
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve(Path(args.serve), args.port, Path(args.ready)))
+        asyncio.run(serve(Path(args.serve), args.port, Path(args.ready), args.tls_dir))
         return
     for tool in ("nginx", "curl"):
         if shutil.which(tool) is None:
@@ -245,20 +277,43 @@ def main() -> None:
         procs.append(parent)
         nginx, nginx_port = start_nginx(tmp, content)
         procs.append(nginx)
+        tls_files = make_tls(tmp) if args.tls else None
+        tls_port = 0
+        if tls_files is not None:
+            tls_parent, tls_port = start_parent(tmp / "parent", tmp, tls_files)
+            procs.append(tls_parent)
         ours: list[float] = []
         theirs: list[float] = []
+        over_tls: list[float] = []
+        contenders = ["damselfly", "nginx"] + (["damselfly-tls"] if tls_files else [])
         for run in range(args.runs):
-            order = ("damselfly", "nginx") if run % 2 == 0 else ("nginx", "damselfly")
+            order = contenders if run % 2 == 0 else contenders[::-1]
             for who in order:
                 os.sync()  # the previous contender's writeback is not charged to this one
                 if who == "damselfly":
                     ours.append(
                         asyncio.run(pull(parent_port, tmp / "child", size, piece_length, args.concurrency))
                     )
+                elif who == "damselfly-tls" and tls_files is not None:
+                    context = client_ssl_context(tls_files)
+                    over_tls.append(
+                        asyncio.run(
+                            pull(tls_port, tmp / "child", size, piece_length, args.concurrency, context)
+                        )
+                    )
                 else:
                     theirs.append(curl(nginx_port, tmp / "curl.out"))
         ours_bps = size / statistics.median(ours)
         theirs_bps = size / statistics.median(theirs)
+        tls_result = {}
+        if over_tls:
+            tls_bps = size / statistics.median(over_tls)
+            tls_result = {
+                "tls_seconds": [round(x, 3) for x in over_tls],
+                "tls_MBps": round(tls_bps / 1e6, 1),
+                "tls_ratio": round(tls_bps / ours_bps, 3),
+                "tls_target_ratio": 0.6,
+            }
         print(
             json.dumps(
                 {
@@ -273,6 +328,7 @@ def main() -> None:
                     "nginx_curl_MBps": round(theirs_bps / 1e6, 1),
                     "ratio": round(ours_bps / theirs_bps, 3),
                     "target_ratio": 0.8,
+                    **tls_result,
                 },
                 indent=2,
             )

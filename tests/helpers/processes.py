@@ -77,8 +77,10 @@ class Procs:
         self.root = root
         self.children: list[ChildProcess] = []
 
-    def scheduler(self, name: str = "scheduler", *, port: int = 0) -> ChildProcess:
-        child = start_scheduler(self.root, name=name, port=port)
+    def scheduler(
+        self, name: str = "scheduler", *, port: int = 0, config: Path | None = None
+    ) -> ChildProcess:
+        child = start_scheduler(self.root, name=name, port=port, config=config)
         self.children.append(child)
         child.wait_ready(READY_TIMEOUT)
         return child
@@ -91,6 +93,7 @@ class Procs:
         seed: bool = False,
         hostname: str | None = None,
         socket_path: Path | None = None,
+        config: Path | None = None,
     ) -> ChildProcess:
         child = start_daemon(
             self.root,
@@ -100,6 +103,7 @@ class Procs:
             hostname=hostname or f"{socket.gethostname()}-{name}",
             socket_path=socket_path,
             ports=DaemonPorts(),
+            config=config,
         )
         self.children.append(child)
         child.wait_ready(READY_TIMEOUT)

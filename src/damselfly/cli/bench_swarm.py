@@ -71,6 +71,9 @@ def swarm(
     piece_length: Annotated[
         str | None, typer.Option(help="every dfget's --piece-length (default: the task's own, e.g. 4MiB)")
     ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="mTLS on every link (a CA and certificates made for the run)")
+    ] = False,
     cleanup: Annotated[
         str | None,
         typer.Option("--cleanup", metavar="PREFIX", help="remove the namespaces PREFIX-* and exit"),
@@ -131,6 +134,7 @@ def swarm(
             scheduler_config=scheduler_config.resolve() if scheduler_config else None,
             link_queue=link_queue,
             piece_length=parse_size(piece_length) if piece_length else None,
+            tls=tls,
         )
         if link_queue not in QUEUES:
             raise InvalidArgument(f"--link-queue {link_queue!r}: choose one of {', '.join(QUEUES)}")

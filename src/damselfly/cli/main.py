@@ -282,6 +282,57 @@ def proxy_ca(
         raise typer.Exit(2) from None
 
 
+certs_app = typer.Typer(
+    help="A CA and host certificates for mTLS between daemons and schedulers (docs/TLS.md).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("ca")
+def certs_ca(
+    out: Annotated[Path, typer.Option("--out", help="directory for ca.crt and ca.key")],
+    name: Annotated[str, typer.Option(help="the CA's common name")] = "Damselfly fleet CA",
+    force: Annotated[bool, typer.Option(help="replace a CA already in --out")] = False,
+) -> None:
+    """Make a CA (ECDSA P-256) that issues the fleet's host certificates."""
+    from ..certs import make_ca
+    from ..errors import ConfigError
+
+    try:
+        cert, key = make_ca(out, name=name, force=force)
+    except (ConfigError, OSError) as e:
+        typer.echo(f"damselfly certs ca: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"CA certificate {cert}, key {key} (keep the key off the hosts)")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    ca: Annotated[Path, typer.Option("--ca", help="the CA's directory (from `certs ca`)")],
+    name: Annotated[str, typer.Option("--name", help="the host's name: subject CN and file names")],
+    out: Annotated[Path, typer.Option("--out", help="directory for NAME.crt, NAME.key and ca.crt")],
+    ip: Annotated[
+        list[str] | None, typer.Option("--ip", help="an IP of the host (IP SAN), repeatable")
+    ] = None,
+    dns: Annotated[
+        list[str] | None, typer.Option("--dns", help="a DNS name of the host (DNS SAN), repeatable")
+    ] = None,
+    days: Annotated[int, typer.Option(help="validity in days")] = 825,
+) -> None:
+    """Issue a host certificate (server and client use) with the host's IPs and names as SANs."""
+    from ..certs import issue
+    from ..errors import ConfigError
+
+    try:
+        issued = issue(ca, name, ips=ip or [], dns=dns or [], out=out, days=days)
+    except (ConfigError, OSError) as e:
+        typer.echo(f"damselfly certs issue: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"tls.caCert: {issued.ca_cert}\ntls.cert: {issued.cert}\ntls.key: {issued.key}")
+
+
 def main() -> None:
     app(prog_name="damselfly")
 

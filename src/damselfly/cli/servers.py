@@ -123,8 +123,11 @@ def run_server(
     from ..logs import setup_logging
 
     loader, app_module = _SERVERS[command]
+    from ..tls import load_tls
+
     try:
         config = getattr(config_module, loader)(config_file, overrides)
+        load_tls(config.tls)  # unreadable or mismatched TLS files: one line, before anything starts
     except ConfigError as e:
         print(f"damselfly {command}: {e}", file=sys.stderr)
         return ExitCode.USAGE

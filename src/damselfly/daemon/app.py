@@ -33,6 +33,7 @@ from ..config import DaemonConfig
 from ..domain import HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
 from ..process import metrics_app, run_until_signal, write_ready_file
+from ..tls import client_ssl_context, load_tls, server_credentials, server_ssl_context
 from .announcer import Announcer
 from .download.conductor import ConductorDeps
 from .download.tasks import TaskManager
@@ -79,6 +80,8 @@ class Daemon:
 
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
+        # mTLS on every TCP link (docs/TLS.md); checked first: bad TLS files refuse the start.
+        self.tls = load_tls(config.tls)
         self.is_seed = config.seed_peer.enable
         self.ip = _advertise_ip(config)
         self.host_id = ids.host_id(self.ip, config.host.hostname, seed=self.is_seed)
@@ -92,12 +95,14 @@ class Daemon:
             trailer=config.download.trailer_digest,
             local=LocalPieces() if config.storage.local_share else None,
             extensions=config.wire.extensions,
+            tls=client_ssl_context(self.tls) if self.tls else None,
         )
-        self.peer_rpc = PeerRPC()
+        self.peer_rpc = PeerRPC(tls=self.tls)
         sc = config.scheduler
         self.scheduler: SchedulerFleet | None = (
             SchedulerFleet(
                 sc.addrs,
+                credentials=self.tls.channel_credentials if self.tls else None,
                 extensions=config.wire.extensions,
                 health_interval=sc.health_interval,
                 resolve_interval=sc.resolve_interval,
@@ -143,12 +148,20 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
-        piece_port = await self.piece_server.start(cfg.storage.server.ip, cfg.storage.server.tcp_port)
+        piece_port = await self.piece_server.start(
+            cfg.storage.server.ip,
+            cfg.storage.server.tcp_port,
+            ssl=server_ssl_context(self.tls) if self.tls else None,
+        )
         if self.local_server is not None:
             await self.local_server.start(self.ip, piece_port)  # named by the address children dial
 
         upload_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        upload_port = upload_server.add_insecure_port(f"{cfg.upload.server.ip}:{cfg.upload.server.port}")
+        upload_addr = f"{cfg.upload.server.ip}:{cfg.upload.server.port}"
+        if self.tls is None:
+            upload_port = upload_server.add_insecure_port(upload_addr)
+        else:  # a client certificate from tls.caCert required
+            upload_port = upload_server.add_secure_port(upload_addr, server_credentials(self.tls))
         if upload_port == 0:
             raise DamselflyError(f"cannot listen on {cfg.upload.server.ip}:{cfg.upload.server.port}")
 
@@ -181,7 +194,10 @@ class Daemon:
         )
         self.manager = TaskManager(deps)
         self.persistent_cache = PersistentCache(
-            self.store, deps, scheduler_addr=cfg.scheduler.addrs[0] if cfg.scheduler.addrs else None
+            self.store,
+            deps,
+            scheduler_addr=cfg.scheduler.addrs[0] if cfg.scheduler.addrs else None,
+            tls=self.tls,
         )
         proxy_port = await self._start_proxy()
         self.host = HostInfo(
@@ -265,9 +281,10 @@ class Daemon:
             self.scheduler.sync = self.announcer.sync
             await self.scheduler.start()
         log.info(
-            "daemon %s up: upload %s:%d, pieces %s:%d, socket %s, metrics %d, proxy %d%s",
-            self.host_id, cfg.upload.server.ip, upload_port, cfg.storage.server.ip, piece_port, sock,
-            metrics_port, proxy_port, " (seed peer)" if self.is_seed else "",
+            "daemon %s up: upload %s:%d, pieces %s:%d%s, socket %s, metrics %d, proxy %d%s",
+            self.host_id, cfg.upload.server.ip, upload_port, cfg.storage.server.ip, piece_port,
+            " (mTLS)" if self.tls else "", sock, metrics_port, proxy_port,
+            " (seed peer)" if self.is_seed else "",
         )  # fmt: skip
 
     async def _start_proxy(self) -> int:

@@ -49,11 +49,19 @@ class PeerSpec:
 
 
 def scheduler_command(
-    root: Path, *, port: int = 0, metrics_port: int = 0, log_level: str = "INFO", name: str = "scheduler"
+    root: Path,
+    *,
+    port: int = 0,
+    metrics_port: int = 0,
+    log_level: str = "INFO",
+    name: str = "scheduler",
+    config: Path | None = None,
 ) -> list[str]:
+    extra = ["--config", str(config)] if config is not None else []
     return python_module_command(
         "damselfly",
         "scheduler",
+        *extra,
         "--ip", "127.0.0.1",
         "--port", str(port),
         "--metrics-port", str(metrics_port),
@@ -102,10 +110,18 @@ def daemon_command(
 
 
 def start_scheduler(
-    root: Path, *, port: int = 0, metrics_port: int = 0, log_level: str = "INFO", name: str = "scheduler"
+    root: Path,
+    *,
+    port: int = 0,
+    metrics_port: int = 0,
+    log_level: str = "INFO",
+    name: str = "scheduler",
+    config: Path | None = None,
 ) -> ChildProcess:
     """Start a scheduler under ``root`` (not waiting for it: call ``wait_ready``)."""
-    argv = scheduler_command(root, port=port, metrics_port=metrics_port, log_level=log_level, name=name)
+    argv = scheduler_command(
+        root, port=port, metrics_port=metrics_port, log_level=log_level, name=name, config=config
+    )
     return spawn(
         name, argv, log_path=root / "logs" / f"{name}.log", ready_file=root / "run" / f"{name}.ready.json"
     )
@@ -166,9 +182,11 @@ class LocalCluster:
         log_level: str = "INFO",
         ready_timeout: float = 60.0,
         daemon_config: Path | None = None,
+        scheduler_config: Path | None = None,
     ) -> None:
         self.root = root
         self.daemon_config = daemon_config  # YAML for the seed and every peer
+        self.scheduler_config = scheduler_config
         self.peer_specs = peers
         self.scheduler_port = scheduler_port
         self.scheduler_metrics_port = scheduler_metrics_port
@@ -197,6 +215,7 @@ class LocalCluster:
                 port=self.scheduler_port,
                 metrics_port=self.scheduler_metrics_port,
                 log_level=self.log_level,
+                config=self.scheduler_config,
             )
             port = int(self.scheduler.wait_ready(self.ready_timeout)["grpc_port"])
             self.seed = start_daemon(

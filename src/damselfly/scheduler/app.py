@@ -16,9 +16,10 @@ from aiohttp import web
 
 from ..api import scheduler_pb2_grpc
 from ..api.health import SCHEDULER, Health
-from ..config import SchedulerConfig, TLSConfig
+from ..config import SchedulerConfig
 from ..errors import ConfigError
 from ..process import run_until_signal, write_ready_file
+from ..tls import load_tls, server_credentials
 from .metrics import SchedulerMetrics
 from .runtime import GCPauses, gc_tuning_wanted, tune_gc
 from .service import SchedulerService
@@ -26,22 +27,6 @@ from .service import SchedulerService
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 2.0  # seconds open RPCs get to finish on stop
-
-
-def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials | None:
-    if not (tls.cert or tls.key or tls.ca_cert):
-        return None
-    if not (tls.cert and tls.key):
-        raise ConfigError("tls needs both cert and key (and caCert to require client certificates)")
-    try:
-        key = Path(tls.key).read_bytes()
-        cert = Path(tls.cert).read_bytes()
-        ca = Path(tls.ca_cert).read_bytes() if tls.ca_cert else None
-    except OSError as e:
-        raise ConfigError(f"cannot read TLS file {e.filename}: {e.strerror}") from e
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-    )
 
 
 def _address(ip: str, port: int) -> str:
@@ -61,18 +46,18 @@ async def serve(
     the command line sets it; tests that serve inside the test process do not.
     """
     stop = stop or asyncio.Event()
+    tls = load_tls(config.tls)  # before anything listens: bad TLS files refuse the start
     metrics = SchedulerMetrics()
-    service = SchedulerService(config, metrics=metrics)
+    service = SchedulerService(config, metrics=metrics, tls=tls)
     server = grpc.aio.server()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server)
     health = Health(server, [SCHEDULER])
     address = _address(config.server.ip, config.server.port)
-    credentials = _server_credentials(config.tls)
     try:
-        if credentials is None:
+        if tls is None:
             grpc_port = server.add_insecure_port(address)
         else:
-            grpc_port = server.add_secure_port(address, credentials)
+            grpc_port = server.add_secure_port(address, server_credentials(tls))
     except RuntimeError as e:
         raise ConfigError(f"cannot listen on {address} for gRPC: {e}") from e
     if grpc_port == 0:
@@ -100,7 +85,13 @@ async def serve(
                     f"cannot listen on {config.metrics.ip}:{config.metrics.port} for metrics: {e.strerror}"
                 ) from e
             metrics_port = int(runner.addresses[0][1])
-        log.info("scheduler listening: grpc %s (port %d), metrics port %d", address, grpc_port, metrics_port)
+        log.info(
+            "scheduler listening: grpc %s (port %d, %s), metrics port %d",
+            address,
+            grpc_port,
+            "mTLS" if tls else "plaintext",
+            metrics_port,
+        )
         if ready_file is not None:
             write_ready_file(
                 Path(ready_file), {"pid": os.getpid(), "grpc_port": grpc_port, "metrics_port": metrics_port}

@@ -23,6 +23,7 @@ from google.protobuf import empty_pb2
 from ..api import cache_convert, common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
 from ..domain import PersistentCachePeerInfo, PersistentCacheTaskInfo
 from ..errors import DamselflyError, InvalidArgument, NotFound, SchedulerError
+from ..tls import TLSFiles
 from .persistent_cache import (
     FAILED,
     PENDING,
@@ -37,7 +38,7 @@ from .persistent_cache import (
     replica_hosts,
 )
 from .resources import Host, Resources
-from .seed_client import target
+from .seed_client import daemon_channel
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,10 @@ class PersistentCacheService:
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
         interval: float = 5.0,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.res = res
+        self.tls = tls  # the scheduler's mTLS files, for its calls to daemons
         self.clock = clock
         self.wall_clock = wall_clock
         self.interval = interval
@@ -141,7 +144,7 @@ class PersistentCacheService:
             task_id=task.id, persistent=True, tag=task.tag or None, application=task.application or None
         )
         try:
-            async with grpc.aio.insecure_channel(target(host.info)) as channel:
+            async with daemon_channel(host.info, self.tls) as channel:
                 stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
                 async for _ in stub.DownloadPersistentCacheTask(request, timeout=REPLICATE_TIMEOUT):
                     pass
@@ -169,7 +172,7 @@ class PersistentCacheService:
 
     async def _delete_on(self, host: Host, task_id: str) -> None:
         try:
-            async with grpc.aio.insecure_channel(target(host.info)) as channel:
+            async with daemon_channel(host.info, self.tls) as channel:
                 stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
                 await stub.DeletePersistentCacheTask(
                     dfdaemon_pb2.DeletePersistentCacheTaskRequest(task_id=task_id), timeout=DELETE_TIMEOUT

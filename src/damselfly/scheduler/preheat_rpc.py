@@ -34,6 +34,7 @@ Owner of the jobs and of the registry client: :class:`PreheatRunner`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -56,6 +57,7 @@ from ..errors import (
     SourceStatusError,
     SourceUnreachable,
 )
+from ..tls import TLSFiles
 from ..units import MINUTES
 from .preheat import (
     HostLoad,
@@ -88,10 +90,10 @@ RESOLVED_TTL = 10 * MINUTES
 RESOLVED_MAX = 256
 
 
-async def grpc_download(host: HostInfo, spec: DownloadSpec) -> None:
+async def grpc_download(host: HostInfo, spec: DownloadSpec, *, tls: TLSFiles | None = None) -> None:
     """Have ``host``'s daemon download ``spec`` (DfdaemonUpload.DownloadTask) and wait till it is done."""
     try:
-        await download_on(host, convert.download_to_pb(spec))
+        await download_on(host, convert.download_to_pb(spec), tls=tls)
     except grpc.aio.AioRpcError as e:
         raise SchedulerError(f"{e.code().name} {e.details()}") from e
 
@@ -437,12 +439,14 @@ class PreheatRPCs:
     """
 
     res: Resources
+    tls: TLSFiles | None = None  # the scheduler's mTLS files, for its calls to daemons
     _preheat_runner: PreheatRunner | None = None
 
     @property
     def preheat(self) -> PreheatRunner:
         if self._preheat_runner is None:
-            self._preheat_runner = PreheatRunner(self.res)
+            downloader = functools.partial(grpc_download, tls=self.tls)
+            self._preheat_runner = PreheatRunner(self.res, downloader=downloader)
         return self._preheat_runner
 
     async def close_preheat(self) -> None:

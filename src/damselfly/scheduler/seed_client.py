@@ -26,6 +26,7 @@ from .. import tracing
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..domain import HostInfo
 from ..errors import SchedulerError
+from ..tls import TLSFiles, make_channel
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,18 @@ def target(host: HostInfo) -> str:
     return f"{ip}:{host.port}"
 
 
-async def download_on(host: HostInfo, download: common_pb2.Download) -> None:
+def daemon_channel(host: HostInfo, tls: TLSFiles | None) -> grpc.aio.Channel:
+    """A channel to ``host``'s upload gRPC, dialed by IP (under mTLS its certificate needs that IP SAN)."""
+    return make_channel(target(host), tls)
+
+
+async def download_on(host: HostInfo, download: common_pb2.Download, *, tls: TLSFiles | None = None) -> None:
     """Have ``host``'s daemon download ``download`` (as a seed would) and wait till it is done.
 
     Raises :class:`grpc.aio.AioRpcError` when the daemon fails it.
     """
     request = dfdaemon_pb2.DownloadTaskRequest(download=seed_download(download))
-    async with grpc.aio.insecure_channel(target(host)) as channel:
+    async with daemon_channel(host, tls) as channel:
         stub = dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
         async for _ in stub.DownloadTask(request, metadata=tracing.with_metadata(None)):
             pass
@@ -84,8 +90,9 @@ async def download_on(host: HostInfo, download: common_pb2.Download) -> None:
 class SeedTrigger:
     """Runs seed downloads in the background; one task per triggered task ID."""
 
-    def __init__(self, on_done: OnDone) -> None:
+    def __init__(self, on_done: OnDone, *, tls: TLSFiles | None = None) -> None:
         self._on_done = on_done
+        self._tls = tls
         self._running: dict[str, asyncio.Task[None]] = {}
 
     @property
@@ -103,7 +110,7 @@ class SeedTrigger:
     async def _run(self, task_id: str, host: HostInfo, download: common_pb2.Download) -> None:
         error: SchedulerError | None = None
         try:
-            await download_on(host, download)
+            await download_on(host, download, tls=self._tls)
             log.info("seed host %s downloaded task %s", host.id, task_id[:12])
         except grpc.aio.AioRpcError as e:
             error = SchedulerError(

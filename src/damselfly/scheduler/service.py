@@ -43,6 +43,7 @@ from ..config import SchedulerConfig
 from ..domain import EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
 from ..errors import ConfigError, DamselflyError, NotFound
 from ..logs import log_context
+from ..tls import TLSFiles
 from . import gc
 from .absent_rpc import CacheTaskStubs, PersistentTaskAbsent
 from .evaluator import get_evaluator
@@ -117,8 +118,10 @@ class SchedulerService(
         clock: Clock = time.monotonic,
         metrics: SchedulerMetrics | None = None,
         rng: random.Random | None = None,
+        tls: TLSFiles | None = None,
     ) -> None:
         self.config = config
+        self.tls = tls  # mTLS for the scheduler's calls to daemons (seed trigger, preheat, replicas)
         self.cfg = config.scheduler
         self.clock = clock
         self.rng = rng or random.Random()
@@ -136,10 +139,10 @@ class SchedulerService(
         self.metrics.bind_sizes(
             lambda: len(self.res.hosts), lambda: len(self.res.peers), lambda: len(self.res.tasks)
         )
-        self.seeds = SeedTrigger(self._seed_done)
+        self.seeds = SeedTrigger(self._seed_done, tls=tls)
         # dfcache: persistent cache tasks (scheduler/persistent_cache.py; RPCs via PersistentCacheRPCs).
         self.persistent_cache = PersistentCacheService(
-            self.res, clock=self.clock, interval=config.gc.interval
+            self.res, clock=self.clock, interval=config.gc.interval, tls=tls
         )
         self._streams: dict[str, Outbox] = {}
         # Task ID -> the first register's Download, for the seed: as sent, every field kept.

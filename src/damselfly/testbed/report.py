@@ -147,6 +147,7 @@ class SwarmResult:
     link_queue: str = ""  # shaping.QUEUES: how the links were queued
     piece_length: int | None = None  # the dfgets' --piece-length (None: the task's default)
     fault: dict[str, Any] = field(default_factory=dict)  # what a fault scenario did (testbed/faults.py)
+    tls: bool = False  # mTLS on every link
 
     @property
     def peers(self) -> list[HostResult]:
@@ -198,6 +199,7 @@ class SwarmResult:
             "prefix": self.prefix,
             "link_queue": self.link_queue,
             "piece_length": self.piece_length,
+            "tls": self.tls,
             "file_size": f,
             "t_min_s": round(bound.t_min, 4),
             "bound": {
@@ -247,7 +249,7 @@ def human_summary(data: dict[str, Any]) -> str:
     lines = [
         f"{sc['name']}: {len(sc['peers'])} peers + {len(sc['seeds'])} seed(s), "
         f"{human_size(data['file_size'])}; T_min {data['t_min_s']:.2f} s ({data['bound']['binding']} bound); "
-        f"link queue {data.get('link_queue') or '-'}",
+        f"link queue {data.get('link_queue') or '-'}" + ("; mTLS" if data.get("tls") else ""),
     ]
     if data["error"]:
         lines.append(f"  error: {data['error']}")

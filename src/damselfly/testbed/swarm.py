@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ from .report import (
 )
 from .scenarios import HostSpec, Scenario
 from .shaping import ACK_FIRST
-from .wire import DRAGONFLY, config_wire, write_plain_config
+from .wire import DRAGONFLY, config_wire, write_plain_config, write_tls_configs
 
 ORIGIN_PORT = 8080
 SCHEDULER_PORT = 8002
@@ -93,6 +93,7 @@ class SwarmOptions:
     scheduler_config: Path | None = None
     link_queue: str = ACK_FIRST  # shaping.QUEUES
     piece_length: int | None = None  # dfget --piece-length; None: the task's default
+    tls: bool = False  # mTLS on every link, with certificates made for the run (wire.py)
 
 
 Say = Callable[[str], None]
@@ -170,6 +171,7 @@ class SwarmRun:
             prefix=self.prefix,
             workdir=str(self.root),
             link_queue=options.link_queue,
+            tls=options.tls,
             piece_length=options.piece_length,
         )
         self.children: list[ChildProcess] = []  # servers: origin, scheduler, daemons
@@ -420,6 +422,13 @@ class SwarmRun:
                     f"swarm: {sc.name}, writing a {sc.file_size / MiB:.0f} MiB random file in {self.root}"
                 )
                 expected = write_random_file(self.root / "origin" / FILE_NAME, sc.file_size)
+                if self.options.tls:
+                    ips = [net.ip for net in self.host_nets.values()]
+                    daemon, scheduler = write_tls_configs(
+                        self.root, ips, self.options.daemon_config, self.options.scheduler_config
+                    )
+                    self.options = replace(self.options, daemon_config=daemon, scheduler_config=scheduler)
+                    self.say("swarm: mTLS on every link (certificates in tls/)")
                 plain = [spec.name for _, spec in self.downloaders if self.wire_of(spec) == DRAGONFLY]
                 if any(spec.wire == DRAGONFLY for _, spec in self.downloaders):
                     write_plain_config(self.options.daemon_config, self.plain_config)

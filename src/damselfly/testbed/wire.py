@@ -15,6 +15,10 @@ apart from the runner so that unit tests pin them down:
 * **Which config.** A plain daemon gets the user's ``--daemon-config`` with
   only ``wire.extensions`` set to false (:func:`plain_config`), written beside
   the run; the user's file itself is never changed or replaced.
+* **mTLS** (``--tls``): a CA and one certificate carrying every host's IP are
+  made in the run's directory, and every daemon and the scheduler get the
+  user's config with ``tls.*`` pointing at them (:func:`write_tls_configs`),
+  so every link of the run (gRPC and the piece port) is mutual TLS.
 """
 
 from __future__ import annotations
@@ -68,6 +72,27 @@ def write_plain_config(user_config: Path | None, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(plain_config(user_config), sort_keys=False))
     return path
+
+
+def write_tls_configs(
+    root: Path, ips: list[str], daemon_config: Path | None, scheduler_config: Path | None
+) -> tuple[Path, Path]:
+    """A CA and a certificate for ``ips`` under ``root/tls``, and the daemon and scheduler
+    configs (the user's, with ``tls.*`` set) under ``root/run``: their paths."""
+    from ..certs import issue, make_ca  # cryptography: only for a TLS run
+
+    make_ca(root / "tls" / "ca", force=True)
+    host = issue(root / "tls" / "ca", "swarm", ips=ips, out=root / "tls" / "hosts")
+    tls = {"caCert": str(host.ca_cert), "cert": str(host.cert), "key": str(host.key)}
+    out = []
+    for name, user in (("daemon", daemon_config), ("scheduler", scheduler_config)):
+        data = {} if user is None else _read_yaml(user)
+        data["tls"] = tls
+        path = root / "run" / f"{name}-tls.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        out.append(path)
+    return out[0], out[1]
 
 
 def config_wire(user_config: Path | None) -> str:

@@ -16,12 +16,16 @@ import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ...errors import InvalidArgument
 from ..exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    from ...tls import TLSFiles
 
 SCHEDULER_ENV = "DAMSELFLY_SCHEDULER"
 DEFAULT_SCHEDULER = "127.0.0.1:8002"
@@ -46,6 +50,7 @@ class PreheatOptions:
     concurrent_peers: int | None = None
     interval_s: float = 0.5
     json_out: bool = False
+    tls: TLSFiles | None = None  # mTLS toward the scheduler (--tls-ca-cert, --tls-cert, --tls-key)
 
 
 Scheduler = Annotated[
@@ -75,6 +80,20 @@ ConcTasks = Annotated[int | None, typer.Option("--concurrent-tasks", help="tasks
 ConcPeers = Annotated[int | None, typer.Option("--concurrent-peers", help="hosts per task at a time (50)")]
 Interval = Annotated[float, typer.Option("--interval", help="seconds between progress polls")]
 JsonOut = Annotated[bool, typer.Option("--json", help="print the per-task results as JSON")]
+TLSCaCert = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-ca-cert", envvar="DAMSELFLY_TLS_CA_CERT", help="mTLS to the scheduler: the fleet's CA"
+    ),
+]
+TLSCert = Annotated[
+    Path | None,
+    typer.Option("--tls-cert", envvar="DAMSELFLY_TLS_CERT", help="mTLS: this client's certificate"),
+]
+TLSKey = Annotated[
+    Path | None, typer.Option("--tls-key", envvar="DAMSELFLY_TLS_KEY", help="mTLS: this client's key")
+]
+_TLS_FLAGS = {"caCert": "--tls-ca-cert", "cert": "--tls-cert", "key": "--tls-key"}
 
 
 def shared_flags(
@@ -93,11 +112,22 @@ def shared_flags(
     concurrent_peers: ConcPeers = None,
     interval: Interval = 0.5,
     json_out: JsonOut = False,
+    tls_ca_cert: TLSCaCert = None,
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
 ) -> PreheatOptions:
     """The shared flags as typer passes them -> :class:`PreheatOptions`; raises InvalidArgument."""
+    from ...config import TLSConfig
+    from ...errors import ConfigError
     from ...scheduler.preheat import Scope
+    from ...tls import load_tls
     from ..parsing import parse_duration, parse_headers, parse_piece_length
 
+    files = {"ca_cert": tls_ca_cert, "cert": tls_cert, "key": tls_key}
+    try:
+        tls = load_tls(TLSConfig(**{k: str(v) if v else "" for k, v in files.items()}), _TLS_FLAGS)
+    except ConfigError as e:
+        raise InvalidArgument(str(e)) from None
     return PreheatOptions(
         scheduler=scheduler,
         scope=Scope.parse(scope).value,
@@ -114,6 +144,7 @@ def shared_flags(
         concurrent_peers=concurrent_peers,
         interval_s=max(0.05, interval),
         json_out=json_out,
+        tls=tls,
     )
 
 

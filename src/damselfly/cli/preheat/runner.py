@@ -177,11 +177,11 @@ async def run_image(
     err: TextIO = sys.stderr,
 ) -> Outcome:
     """Preheat ``image`` through the scheduler at ``c.scheduler``; follow it with StatImage."""
-    import grpc
 
     from ... import registry_client
     from ...api import scheduler_pb2, scheduler_pb2_grpc
     from ...errors import InvalidArgument
+    from ...tls import make_channel
 
     try:
         ref = registry_client.parse_reference(image, scheme="http" if plain_http else "https")
@@ -205,7 +205,7 @@ async def run_image(
         file=err,
         flush=True,
     )
-    async with grpc.aio.insecure_channel(c.scheduler) as channel:
+    async with make_channel(c.scheduler, c.tls) as channel:
         stub: Any = scheduler_pb2_grpc.SchedulerStub(channel)
 
         async def stat() -> tuple[Any, Layers]:
@@ -229,10 +229,10 @@ async def run_image(
 
 async def run_files(c: PreheatOptions, urls: list[str], *, err: TextIO = sys.stderr) -> Outcome:
     """Preheat each URL (one PreheatFile each, concurrently); follow them with StatFile."""
-    import grpc
 
     from ...api import scheduler_pb2, scheduler_pb2_grpc
     from ...errors import InvalidArgument
+    from ...tls import make_channel
     from ..parsing import check_url
 
     try:
@@ -243,7 +243,7 @@ async def run_files(c: PreheatOptions, urls: list[str], *, err: TextIO = sys.std
     fields = request_fields(c)
     stat_fields = _stat_fields(c, fields)
     print(f"preheat: {len(urls)} file(s) via scheduler {c.scheduler}, scope {c.scope}", file=err, flush=True)
-    async with grpc.aio.insecure_channel(c.scheduler) as channel:
+    async with make_channel(c.scheduler, c.tls) as channel:
         stub: Any = scheduler_pb2_grpc.SchedulerStub(channel)
 
         async def stat() -> tuple[Any, Layers]:

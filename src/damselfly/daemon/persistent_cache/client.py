@@ -25,6 +25,7 @@ from ...errors import (
     NotFound,
     SchedulerError,
 )
+from ...tls import TLSFiles, make_channel
 from ..scheduler_client import PeerStream, StreamRequest, StreamResponse
 from ..transfer.peer_rpc import PeerRPC
 
@@ -132,9 +133,9 @@ class CachePeerStream(PeerStream):
 class CacheSchedulerClient:
     """The persistent-cache RPCs of ``scheduler.v2.Scheduler``, on a channel of its own."""
 
-    def __init__(self, addr: str) -> None:
+    def __init__(self, addr: str, *, tls: TLSFiles | None = None) -> None:
         self.addr = addr
-        self._channel = grpc.aio.insecure_channel(addr)
+        self._channel = make_channel(addr, tls)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
 
     async def _call(

@@ -35,6 +35,7 @@ from ...errors import (
     SchedulerError,
 )
 from ...pieces import piece_length_for
+from ...tls import TLSFiles
 from ...units import HOURS
 from ..download import output
 from ..download.conductor import Conductor, ConductorDeps
@@ -115,12 +116,13 @@ class PersistentCache:
         deps: ConductorDeps,
         *,
         scheduler_addr: str | None,
+        tls: TLSFiles | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.clock = clock
-        self.client = CacheSchedulerClient(scheduler_addr) if scheduler_addr else None
-        self.peer_rpc = CachePeerRPC()
+        self.client = CacheSchedulerClient(scheduler_addr, tls=tls) if scheduler_addr else None
+        self.peer_rpc = CachePeerRPC(tls=tls)
         # Content fsynced before the task counts as held (on_success=None): no origin to refetch it from.
         self.deps = dataclasses.replace(deps, peer_rpc=self.peer_rpc, on_success=None)
         self.staging = store.root / _STAGING

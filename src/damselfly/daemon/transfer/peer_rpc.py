@@ -27,6 +27,7 @@ from ...api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from ...api.convert import UNKNOWN_CONTENT_LENGTH
 from ...domain import HostInfo
 from ...errors import PeerError
+from ...tls import TLSFiles, make_channel
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,15 @@ class PeerRPC:
     SYNC_METHOD = "SyncPieces"
     SYNC_REQUEST: Any = dfdaemon_pb2.SyncPiecesRequest
 
-    def __init__(self, *, credentials: grpc.ChannelCredentials | None = None) -> None:
-        self._credentials = credentials
+    def __init__(self, *, tls: TLSFiles | None = None) -> None:
+        self._tls = tls  # the daemon's mTLS files: parents are dialed by IP, their certificate names it
         self._channels: dict[str, Any] = {}
 
     def _stub(self, host: HostInfo) -> Any:
         addr = f"{host.ip}:{host.port}"
         channel = self._channels.get(addr)
         if channel is None:
-            if self._credentials is not None:
-                channel = grpc.aio.secure_channel(addr, self._credentials)
-            else:
-                channel = grpc.aio.insecure_channel(addr)
+            channel = make_channel(addr, self._tls)
             self._channels[addr] = channel
         return dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
 

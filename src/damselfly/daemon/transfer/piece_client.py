@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from ..store.files import pwrite_all
 from ..store.receiving import Receiving
 from . import vortex
 from .local_pieces import LocalPieces
+from .piece_tls import TLSSession
 
 Limiter = ByteLimiter | LimiterChain
 # Called with the piece's digest once its header arrived; may return where to count its bytes.
@@ -127,10 +129,12 @@ class PieceClient:
         sock: socket.socket,
         address: tuple[str, int],
         *,
+        tls: TLSSession | None = None,
         buffer_size: int = RECV_BUFFER_SIZE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sock = sock
+        self._tls = tls  # Vortex over TLS (piece_tls.py); None: plain TCP
         self.address = address
         self._where = f"{address[0]}:{address[1]}"
         self._loop = asyncio.get_running_loop()
@@ -154,17 +158,29 @@ class PieceClient:
         self.spent = False
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, timeout: float = 10.0) -> PieceClient:
+    async def connect(
+        cls, host: str, port: int, *, timeout: float = 10.0, tls: ssl.SSLContext | None = None
+    ) -> PieceClient:
+        """Connect (and with ``tls``, finish a TLS handshake that checks the parent's
+        certificate names ``host``) within ``timeout`` seconds."""
+        sock: socket.socket | None = None
         try:
-            async with asyncio.timeout(timeout):  # the look-up and every address together
+            async with asyncio.timeout(timeout):  # the look-up, every address and the handshake
                 addresses = await net.resolve(host, port, timeout=timeout)
                 sock = await net.connect_first(addresses, timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                session = TLSSession(sock, tls, host) if tls is not None else None
+                if session is not None:
+                    await session.handshake()
         except TimeoutError:
+            if sock is not None:
+                sock.close()
             raise PeerError(f"connecting to parent {host}:{port} timed out after {timeout:g}s") from None
-        except OSError as e:
+        except OSError as e:  # ssl.SSLError included: a certificate refused
+            if sock is not None:
+                sock.close()
             raise PeerError(f"cannot connect to parent {host}:{port}: {e}") from e
-        return cls(sock, (host, port))
+        return cls(sock, (host, port), tls=session)
 
     async def close(self) -> None:
         if self.closed:
@@ -172,8 +188,23 @@ class PieceClient:
         self.closed = True
         if self.damselfly and not self.spent and not self.broken and not self._busy:
             with contextlib.suppress(OSError):
-                self._sock.send(vortex.encode_close(self._next_packet_id()))
+                close = vortex.encode_close(self._next_packet_id())
+                if self._tls is not None:
+                    self._tls.send_nowait(close)
+                else:
+                    self._sock.send(close)
         self._sock.close()
+
+    async def _recv_into(self, view: memoryview) -> int:
+        if self._tls is not None:
+            return await self._tls.recv_into(view)
+        return await self._loop.sock_recv_into(self._sock, view)
+
+    async def _sendall(self, data: bytes) -> None:
+        if self._tls is not None:
+            await self._tls.sendall(data)
+        else:
+            await self._loop.sock_sendall(self._sock, data)
 
     def _next_packet_id(self) -> int:
         self._packet_id = (self._packet_id + 1) & 0xFF
@@ -191,11 +222,12 @@ class PieceClient:
         release the GIL, so bodies from several parents land in parallel on several
         cores, with no event-loop round trip per socket read."""
         sock = self._sock
+        recv_into = self._tls.recv_into_blocking if self._tls is not None else sock.recv_into
         sock.settimeout(idle or None)
         try:
             while body.pos < body.end:
                 try:
-                    n = sock.recv_into(body.room())
+                    n = recv_into(body.room())
                 except TimeoutError:
                     self.timed_out = True
                     raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
@@ -222,7 +254,7 @@ class PieceClient:
                     if credit <= 0:
                         credit = await self._grant(limiter, len(room), task_id, deadline)
                     room = room[:credit]
-                n = self._got(await self._loop.sock_recv_into(self._sock, room))
+                n = self._got(await self._recv_into(room))
                 if idle:
                     deadline.reschedule(self._loop.time() + idle)  # progress: the parent is alive
                 credit -= n
@@ -312,7 +344,7 @@ class PieceClient:
         packet_id = self._next_packet_id()
         tag = vortex.Tag.DOWNLOAD_PIECE_TRAILER if self.damselfly else vortex.Tag.DOWNLOAD_PIECE
         request = vortex.encode_download_piece(packet_id, task_id, number, tag)
-        await self._loop.sock_sendall(self._sock, request)
+        await self._sendall(request)
         event = self._expect_header(await self._next_frame(), packet_id, number, offset, length)
         progress = on_header(event.digest) if on_header is not None else None
         feed = whole.claim(offset) if whole is not None else None
@@ -373,7 +405,7 @@ class PieceClient:
             if event is not None:
                 return event
             need = min(parser.bytes_needed(), len(self._view))
-            n = self._got(await self._loop.sock_recv_into(self._sock, self._view[:need]))
+            n = self._got(await self._recv_into(self._view[:need]))
             parser.feed(self._view[:n])
 
     async def _trailer(self, packet_id: int, number: int, progress: Receiving | None) -> str:
@@ -434,7 +466,10 @@ class PieceConnectionPool:
         trailer: bool = True,
         local: LocalPieces | None = None,
         extensions: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        # Vortex over TLS toward every parent (the daemon's tls.*: all or nothing per fleet).
+        self.tls = tls
         # The host's download limit; a download's own limit (TASK_LIMITER) is taken under it.
         self.limiter = limiter
         # Parents on this machine hand over their file instead (local_pieces.py); only when no
@@ -460,7 +495,7 @@ class PieceConnectionPool:
             client = idle.pop()
             if not client.closed and not client.broken:
                 return client, True
-        return await PieceClient.connect(key[0], key[1], timeout=self._connect_timeout), False
+        return await PieceClient.connect(key[0], key[1], timeout=self._connect_timeout, tls=self.tls), False
 
     async def _release(self, key: tuple[str, int], client: PieceClient) -> None:
         idle = self._idle.setdefault(key, [])
