@@ -107,12 +107,10 @@ def test_a_download_goes_through_the_swarm_over_mtls(cluster: TLSCluster, tmp_pa
     # byte from the seed's piece port over TLS, none from the origin.
     peer_metrics = int(cluster.peer.ready["metrics_port"])
     seed_metrics = int(cluster.seed.ready["metrics_port"])
-    from_peers = sample_now(peer_metrics, "damselfly_daemon_download_traffic_bytes_total", type="remote_peer")
-    from_origin = sample_now(
-        peer_metrics, "damselfly_daemon_download_traffic_bytes_total", type="back_to_source"
-    )
+    from_peers = sample_now(peer_metrics, "dragonfly_client_download_traffic", type="REMOTE_PEER")
+    from_origin = sample_now(peer_metrics, "dragonfly_client_download_traffic", type="BACK_TO_SOURCE")
     assert (from_peers, from_origin) == (SIZE, 0), cluster.logs()
-    assert sample_now(seed_metrics, "damselfly_daemon_upload_traffic_bytes_total") >= SIZE
+    assert sample_now(seed_metrics, "dragonfly_client_upload_traffic") >= SIZE
 
 
 # -- every TCP port refuses strangers ---------------------------------------------------------
