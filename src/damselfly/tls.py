@@ -254,8 +254,12 @@ def grpc_peer_identity(context: Any) -> PeerIdentity | None:
     if not pems:
         return None
     pem = pems[0]
-    cert = x509.load_pem_x509_certificate(pem if isinstance(pem, bytes) else str(pem).encode())
-    return identity_from_der(cert.public_bytes(serialization.Encoding.DER))
+    return _identity_from_pem(pem if isinstance(pem, bytes) else str(pem).encode())
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity_from_pem(pem: bytes) -> PeerIdentity:
+    return identity_from_der(x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER))
 
 
 def ssl_peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerIdentity | None:

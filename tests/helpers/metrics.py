@@ -13,7 +13,6 @@ import urllib.request
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-
 _SUFFIXES = ("", "_total", "_bucket", "_count", "_sum", "_created", "_info")
 
 

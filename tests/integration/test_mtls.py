@@ -12,6 +12,8 @@ one line naming the key and the file.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import ssl
@@ -106,9 +108,7 @@ def test_a_download_goes_through_the_swarm_over_mtls(cluster: TLSCluster, tmp_pa
     peer_metrics = int(cluster.peer.ready["metrics_port"])
     seed_metrics = int(cluster.seed.ready["metrics_port"])
     from_peers = sample_now(peer_metrics, "dragonfly_client_download_traffic", type="REMOTE_PEER")
-    from_origin = sample_now(
-        peer_metrics, "dragonfly_client_download_traffic", type="BACK_TO_SOURCE"
-    )
+    from_origin = sample_now(peer_metrics, "dragonfly_client_download_traffic", type="BACK_TO_SOURCE")
     assert (from_peers, from_origin) == (SIZE, 0), cluster.logs()
     assert sample_now(seed_metrics, "dragonfly_client_upload_traffic") >= SIZE
 
@@ -261,3 +261,55 @@ def test_bad_tls_files_refuse_the_start_with_one_line(command: str, tmp_path: Pa
         assert r.returncode == 2, (tls, r.stderr)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"damselfly {command}: {want}"), (tls, r.stderr)
+
+
+# -- the scheduler's own calls to daemons -------------------------------------------------------
+
+
+def test_persistent_cache_replicas_and_deletes_travel_over_mtls(cluster: TLSCluster, tmp_path: Path) -> None:
+    """The peer imports with two replicas: the scheduler asks the seed for the second copy
+    (DownloadPersistentCacheTask over mTLS), the seed pulls it from the peer over TLS; a
+    delete then reaches both (DeletePersistentCacheTask over mTLS)."""
+    src = tmp_path / "model.bin"
+    random_file(src, SIZE)
+    r = _cache(cluster.peer, "import", str(src), "--replicas", "2", "--json")
+    assert r.returncode == 0, r.stderr + cluster.logs()
+    imported = json.loads(r.stdout)
+    assert imported["persistent_replicas"] == 2, imported
+    task_id = imported["id"]
+    assert [_holds(d, task_id) for d in (cluster.peer, cluster.seed)] == [True, True]
+    r = _cache(cluster.peer, "delete", task_id)
+    assert r.returncode == 0, r.stderr
+    assert [_holds(d, task_id) for d in (cluster.peer, cluster.seed)] == [False, False]
+
+
+def _cache(daemon: ChildProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = python_module_command("damselfly", "cache", *args, "-e", daemon.ready["socket"])
+    env = {k: v for k, v in os.environ.items() if k != "DAMSELFLY_ENDPOINT"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL, env=env)
+
+
+def _holds(daemon: ChildProcess, task_id: str) -> bool:
+    data_dir = Path(daemon.ready["socket"]).parent
+    return (data_dir / "tasks" / task_id[:3] / task_id / "content").exists()
+
+
+def test_preheat_reaches_a_tls_scheduler_only_with_a_client_certificate(
+    cluster: TLSCluster, tmp_path: Path
+) -> None:
+    random_file(cluster.origin_dir / "warm.bin", 1 * MiB)
+    url = f"http://127.0.0.1:{cluster.origin_port}/warm.bin"
+    scheduler = f"127.0.0.1:{cluster.scheduler.ready['grpc_port']}"
+    certs = cluster.certs
+    flags = ["--tls-ca-cert", str(certs.ca), "--tls-cert", str(certs.cert), "--tls-key", str(certs.key)]
+
+    def preheat(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = python_module_command("damselfly", "preheat", "file", url, "--scheduler", scheduler, *extra)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+
+    refused = preheat("--timeout", "10s")
+    assert refused.returncode != 0 and "UNAVAILABLE" in refused.stderr, refused.stderr
+    partial = preheat(*flags[:4])
+    assert partial.returncode == 2 and "--tls-key is not set" in partial.stderr, partial.stderr
+    done = preheat(*flags)
+    assert done.returncode == 0, done.stderr + cluster.logs()

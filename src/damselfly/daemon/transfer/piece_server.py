@@ -486,12 +486,14 @@ async def _sendfile(
 async def _send_through_tls(
     loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int
 ) -> int:
-    """``length`` bytes of ``file`` at ``offset`` through a TLS transport: read in large chunks
-    off the loop, written and drained (``loop.sendfile``'s own fallback reads 16 KiB per
-    executor round trip, a sixth of this path's throughput)."""
+    """``length`` bytes of ``file`` at ``offset`` through a TLS transport, in large chunks, each
+    written and drained (``loop.sendfile``'s own fallback reads 16 KiB per executor round trip,
+    a sixth of this path's throughput). The read is on the loop, as ``sendfile``'s is in the
+    kernel: not in the default executor, whose few threads the piece client's receives hold
+    (a parent's sends queued behind its own receives stalled whole swarms)."""
     sent = 0
     while sent < length:
-        chunk = await asyncio.to_thread(os.pread, file.fileno(), min(TLS_CHUNK, length - sent), offset + sent)
+        chunk = os.pread(file.fileno(), min(TLS_CHUNK, length - sent), offset + sent)
         if not chunk:
             break
         writer.write(chunk)
