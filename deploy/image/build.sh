@@ -113,6 +113,11 @@ mmdebstrap --quiet --mode=root --variant=essential --format=directory \
   "deb $DEBIAN_MIRROR $SUITE-updates main" \
   "deb $DEBIAN_SECURITY_MIRROR $SUITE-security main"
 
+# apt is not in the image (variant essential), so its state from the build goes too.
+rm -rf "$ROOTFS/etc/apt" "$ROOTFS/var/lib/apt" "$ROOTFS/var/cache/apt" "$ROOTFS/var/log/apt"
+# dpkg's and debconf's backups of their databases.
+find "$ROOTFS/var" -xdev -name '*-old' -type f -delete
+
 # 3. One layer: a reproducible tar of the rootfs (sorted, owners as numbers,
 #    times clamped to SOURCE_DATE_EPOCH); /dev, /proc, /sys, /run, /tmp empty.
 step "layer"
