@@ -54,8 +54,16 @@ case "$DEB_ARCH" in
 esac
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/damselfly-image.XXXXXX")
-cleanup() { rm -rf "$WORK"; }
+cleanup() {
+  # Never delete through a mount left behind by an interrupted mmdebstrap.
+  if grep -q " $WORK/" /proc/self/mounts; then
+    echo "build.sh: something is still mounted under $WORK; unmount it, then remove $WORK" >&2
+    return
+  fi
+  rm -rf --one-file-system "$WORK"
+}
 trap cleanup EXIT
+trap "exit 130" INT TERM HUP
 started=$(date +%s)
 step() { echo "== [$(( $(date +%s) - started ))s] $*" >&2; }
 
@@ -128,13 +136,14 @@ tar --create --file "$WORK/layer.tar" --directory "$ROOTFS" \
   .
 
 # 4. The OCI layout: the layer, then the config (entrypoint, user, labels).
-step "OCI layout in $OUT"
-mkdir -p "$OUT"
-rmdir "$OUT"
-umoci init --layout "$OUT"
-umoci new --image "$OUT:$TAG"
+# Written in the work directory and moved to DIR once whole: a failed build
+# leaves nothing at DIR.
+step "OCI layout"
+LAYOUT=$WORK/layout
+umoci init --layout "$LAYOUT"
+umoci new --image "$LAYOUT:$TAG"
 history=(--history.created "$CREATED" --history.author "Damselfly")
-umoci raw add-layer --image "$OUT:$TAG" "${history[@]}" \
+umoci raw add-layer --image "$LAYOUT:$TAG" "${history[@]}" \
   --history.created_by "deploy/image/build.sh: mmdebstrap $SUITE + damselfly $VERSION" "$WORK/layer.tar"
 labels=(
   "org.opencontainers.image.title=damselfly"
@@ -159,9 +168,12 @@ config=(
   --config.exposedports 4005/tcp --config.exposedports 8002/tcp
 )
 for l in "${labels[@]}"; do config+=(--config.label "$l" --manifest.annotation "$l"); done
-umoci config --image "$OUT:$TAG" "${config[@]}" --no-history
-umoci gc --layout "$OUT"
+umoci config --image "$LAYOUT:$TAG" "${config[@]}" --no-history
+umoci gc --layout "$LAYOUT"
+size=$(du -sb "$LAYOUT/blobs" | cut -f1)
 
-size=$(du -sb "$OUT/blobs" | cut -f1)
+mkdir -p "$OUT"
+rmdir "$OUT"
+mv "$LAYOUT" "$OUT"
 step "done: $OUT:$TAG (damselfly $VERSION, $(( size / 1024 / 1024 )) MiB compressed)"
 echo "$OUT:$TAG"
