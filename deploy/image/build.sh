@@ -7,7 +7,7 @@
 #   deploy/image/build.sh DIR          # then: skopeo copy oci:DIR:TAG docker://...
 #
 # Environment (all optional):
-#   TAG                     image tag (default: the project's version)
+#   IMAGE_TAG               the tag in the layout (default: the project's version)
 #   SUITE                   Debian suite (default: bookworm); PYTHON_VERSION must match its python3
 #   PYTHON_VERSION          the suite's python3 as X.Y (default: 3.11, bookworm's)
 #   DEBIAN_MIRROR           default http://deb.debian.org/debian
@@ -41,10 +41,12 @@ DEBIAN_SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-se
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
   SOURCE_DATE_EPOCH=$(git -C "$SRC" log -1 --format=%ct 2>/dev/null || date +%s)
 fi
+[[ $SOURCE_DATE_EPOCH =~ ^[0-9]+$ ]] || die "SOURCE_DATE_EPOCH must be seconds since 1970, not '$SOURCE_DATE_EPOCH'"
 export SOURCE_DATE_EPOCH
 CREATED=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 REVISION=$(git -C "$SRC" rev-parse HEAD 2>/dev/null || true)
 IMAGE_SOURCE=${IMAGE_SOURCE:-$(git -C "$SRC" remote get-url origin 2>/dev/null || true)}
+IMAGE_SOURCE=$(printf '%s' "$IMAGE_SOURCE" | sed -E 's#^([a-z+]+://)[^/@]*@#\1#')  # no credentials in a label
 
 DEB_ARCH=$(dpkg --print-architecture)
 case "$DEB_ARCH" in
@@ -88,17 +90,19 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 print(meta["Version"], meta.get("License-Expression") or meta.get("License") or "NOASSERTION")
 PY
 )
-TAG=${TAG:-$VERSION}
+TAG=${IMAGE_TAG:-$VERSION}
 platforms=()
 for minor in $(seq 40 -1 17); do platforms+=(--platform "manylinux_2_${minor}_${PY_ARCH}"); done
 platforms+=(--platform "manylinux2014_${PY_ARCH}")
 if [ "$PY_ARCH" = x86_64 ]; then
   platforms+=(--platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 fi
-"$PYTHON" -m pip download --quiet --dest "$WHEELS" --only-binary=:all: \
+if ! "$PYTHON" -m pip download --quiet --dest "$WHEELS" --only-binary=:all: \
   --implementation cp --python-version "$PYTHON_VERSION" --abi "cp${PYTHON_VERSION/./}" \
-  "${platforms[@]}" "$WHEEL" pip 2>&1 | grep -v "is ignored: it is neither" >&2 || true
-ls "$WHEELS"/pip-*.whl >/dev/null 2>&1 || die "pip download failed (see above)"
+  "${platforms[@]}" "$WHEEL" pip >"$WORK/pip.log" 2>&1; then
+  grep -v "is ignored: it is neither" "$WORK/pip.log" >&2
+  die "could not get binary wheels of the dependencies for python $PYTHON_VERSION ($PY_ARCH); see above"
+fi
 
 # 2. The rootfs: Essential packages plus python3, CA certificates and the C++
 #    runtime (grpcio's wheel links it), merged /usr, no recommends, no docs,

@@ -48,6 +48,7 @@ BUILD = REPO / "deploy" / "image" / "build.sh"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 TAG = "e2e"
 SOURCE = "https://git.example.invalid/damselfly"
+SOURCE_WITH_TOKEN = "https://ci:s3cret@git.example.invalid/damselfly"
 EPOCH = 1767225600  # 2026-01-01T00:00:00Z
 UID = 65532
 
@@ -71,7 +72,7 @@ class Built:
 
 
 def build(layout: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, TAG=TAG, IMAGE_SOURCE=SOURCE, SOURCE_DATE_EPOCH=str(EPOCH))
+    env = dict(os.environ, IMAGE_TAG=TAG, IMAGE_SOURCE=SOURCE_WITH_TOKEN, SOURCE_DATE_EPOCH=str(EPOCH))
     return subprocess.run(
         [str(BUILD), str(layout)], capture_output=True, text=True, timeout=600, env=env, check=False
     )
@@ -132,7 +133,8 @@ def test_layout_is_tagged_labelled_and_runs_damselfly_as_a_user(built: Built) ->
     assert labels["org.opencontainers.image.title"] == "damselfly"
     assert labels["org.opencontainers.image.version"] == VERSION
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
-    assert labels["org.opencontainers.image.source"] == SOURCE
+    assert labels["org.opencontainers.image.source"] == SOURCE  # the credentials in the URL are dropped
+    assert "s3cret" not in json.dumps([built.config, built.manifest, built.index])
     assert labels["org.opencontainers.image.created"] == created
     assert built.config["created"] == created  # SOURCE_DATE_EPOCH, not the build's clock
     assert built.manifest["annotations"]["org.opencontainers.image.version"] == VERSION
