@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from damselfly.testbed.registry import Image, Registry
 
 from .containerd import Containerd, hosts_dir
-from .harness import Swarm, blob_log, need
-
-
-@pytest.fixture
-def containerd(tmp_root: Path) -> Iterator[Containerd]:
-    need("containerd", "ctr")
-    c = Containerd(tmp_root / "ctd")
-    try:
-        why = c.wait()
-        if why is not None:
-            pytest.skip(f"containerd cannot run in this sandbox: {why}")
-        yield c
-    finally:
-        c.stop()
+from .harness import Swarm, blob_log
 
 
 def test_containerd_pull_through_mirror(
