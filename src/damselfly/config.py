@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic.alias_generators import to_camel
 
 from .errors import ConfigError
-from .units import MINUTES, SECONDS, MiB
+from .units import MINUTES, SECONDS, KiB, MiB
 
 
 class Section(BaseModel):
@@ -172,6 +172,14 @@ class UploadConfig(Section):
     # 4 -> 1.32-1.34, 8 -> 1.32, unlimited -> 1.39; 16 x 25 mbit, 2 -> 1.69, 4 -> 1.36. (With
     # fifo links, where a busy uplink delayed its own ACKs, 2 had measured best.)
     concurrent_piece_count: int = 4
+    # Bounds on the piece port (daemon/transfer/send_guard.py): a piece send that makes no
+    # progress for sendIdleTimeout ends its connection and frees its slot; a piece must go out
+    # at sendMinRate bytes/s on average (64 MiB in 17 min: a 5 mbit link shared by eight pieces
+    # still finishes); at most connectionsPerAddress connections from one address (0: no cap),
+    # a stalled one evicted first when a new one comes.
+    send_idle_timeout: float = Field(default=5 * SECONDS, gt=0)
+    send_min_rate: int = Field(default=64 * KiB, gt=0)
+    connections_per_address: int = Field(default=64, ge=0)
 
 
 class StorageServerConfig(Section):
@@ -225,6 +233,9 @@ class ProxyServerConfig(Section):
 
     ip: str = "127.0.0.1"
     port: int = 4001  # 0: pick a free port
+    # A connection whose request head (the first, a CONNECT's, or one inside an intercepted
+    # tunnel) is not complete this long after it began is closed.
+    head_timeout: float = Field(default=10 * SECONDS, gt=0)
 
 
 class ProxyRuleConfig(Section):
