@@ -132,7 +132,14 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         # No aiohttp access log: request lines of proxied URLs may carry signed
         # query strings; blobs get one line of our own (digest, status, bytes, time).
-        self._web = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        # A kept-alive connection's next head is bounded by aiohttp's keep-alive timeout (the
+        # first head of each connection by the Sniffer): the same head timeout.
+        self._web = web.Server(
+            self._handle,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=self.config.server.head_timeout,
+        )
         cfg = self.config.server
         self._server = await loop.create_server(lambda: Sniffer(self), cfg.ip, cfg.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
