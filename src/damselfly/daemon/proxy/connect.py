@@ -66,7 +66,8 @@ class ConnectHandler:
     async def intercept(self, transport: asyncio.Transport, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            ctx = await asyncio.to_thread(self.server.ca.server_context, host)
+            # The CA too may be made here (first interception): off the event loop.
+            ctx = await asyncio.to_thread(lambda: self.server.ca.server_context(host))
             holder = _Holder()
             transport.set_protocol(holder)
             transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
