@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic.alias_generators import to_camel
 
+from .config_errors import validation_problem, yaml_problem
 from .errors import ConfigError
 from .units import MINUTES, SECONDS, KiB, MiB
 
@@ -362,22 +363,32 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load(model: type[M], path: str | Path | None, overrides: dict[str, Any] | None) -> M:
+    """``model`` from the YAML file at ``path`` with ``overrides`` on top; any problem is a
+    :class:`ConfigError` of one line naming the file and each offending key."""
     data: dict[str, Any] = {}
+    where = f"config {path}" if path else "configuration"
     if path:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+            raise ConfigError(f"{where} is not valid YAML: {yaml_problem(e)}") from e
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"{where} is not valid YAML: {e}") from e
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a mapping at the top level")
+            raise ConfigError(f"{where} must be a mapping at the top level")
         data = loaded
-    data = _merge(data, overrides or {})
     try:
+        data = _merge(data, overrides or {})
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}:\n{e}") from e
+        problems = "; ".join(validation_problem(model, err) for err in e.errors())
+        raise ConfigError(f"invalid {where}: {problems}") from None
+    except (TypeError, ValueError, RecursionError) as e:  # keys that are not strings, and the like
+        raise ConfigError(
+            f"invalid {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
 
 
 def load_daemon_config(
