@@ -384,11 +384,10 @@ def _load(model: type[M], path: str | Path | None, overrides: dict[str, Any] | N
         return model.model_validate(data)
     except ValidationError as e:
         problems = "; ".join(validation_problem(model, err) for err in e.errors())
-        raise ConfigError(f"invalid {where}: {problems}") from None
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None
     except (TypeError, ValueError, RecursionError) as e:  # keys that are not strings, and the like
-        raise ConfigError(
-            f"invalid {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {first}") from None
 
 
 def load_daemon_config(

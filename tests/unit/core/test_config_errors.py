@@ -71,5 +71,5 @@ def test_the_daemon_command_exits_2_with_the_line(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert lines == [f"damselfly daemon: invalid config {path}: upload.bogusKey: unknown key"], res.stderr
+    expected = f"damselfly daemon: invalid configuration in {path}: upload.bogusKey: unknown key"
+    assert res.stderr.strip().splitlines() == [expected], res.stderr
