@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..errors import (
     NotFound,
     SourceStatusError,
     SourceUnreachable,
+    StorageError,
 )
 
 
@@ -36,6 +38,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, StorageError):
+        # The daemon's own disk; out of space is what RESOURCE_EXHAUSTED is for.
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL
+        return code, f"the daemon's store failed: {exc}"
     if isinstance(exc, DamselflyError):
         return grpc.StatusCode.INTERNAL, str(exc)
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
