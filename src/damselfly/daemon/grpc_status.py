@@ -42,7 +42,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         # The daemon's own disk; out of space is what RESOURCE_EXHAUSTED is for.
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL
-        return code, f"the daemon's store failed: {exc}"
+        return code, str(exc)
     if isinstance(exc, DamselflyError):
         return grpc.StatusCode.INTERNAL, str(exc)
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"

@@ -1,10 +1,12 @@
+import errno
 import hashlib
 import os
+import subprocess
 
 import pytest
 
 from damselfly.daemon.download.output import check_output_path, export, verify_content
-from damselfly.errors import DigestMismatch, InvalidArgument
+from damselfly.errors import DigestMismatch, InvalidArgument, StorageError
 
 
 def test_check_output_path_errors(tmp_path):
@@ -64,3 +66,19 @@ def test_verify_content(tmp_path):
     verify_content(content, "sha256:" + hashlib.sha256(b"hello").hexdigest())
     with pytest.raises(DigestMismatch):
         verify_content(content, "sha256:" + hashlib.sha256(b"other").hexdigest())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_output_disk_is_a_clear_storage_error_and_leaves_nothing(tmp_path):
+    content = tmp_path / "content"
+    content.write_bytes(os.urandom(2 * 1024 * 1024))
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        with pytest.raises(StorageError, match=r"cannot write the output .*No space left on device") as info:
+            export(content, disk / "out")
+        assert info.value.errno == errno.ENOSPC
+        assert list(disk.iterdir()) == []  # no temp file, no partial output
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -145,9 +145,11 @@ def export(content: Path, output: Path, *, force_hard_link: bool = False, overwr
             finally:
                 os.close(fd)
         place(tmp, output, overwrite=overwrite)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, StorageError):
+            raise StorageError(e.errno, f"cannot write the output {output}: {e.strerror}") from e
         raise
     sync_dir(output.parent)
     return how
