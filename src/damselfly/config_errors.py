@@ -18,7 +18,9 @@ def yaml_problem(e: yaml.YAMLError) -> str:
 def validation_problem(model: type[BaseModel], err: Any) -> str:
     """One pydantic error as ``section.key: what is wrong`` (an unknown key with the nearest known)."""
     loc = tuple(err.get("loc", ()))
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+    key = (
+        "".join(f"[{p}]" if isinstance(p, int) else f".{_name(p)}" for p in loc).lstrip(".") or "(top level)"
+    )
     if err.get("type") == "extra_forbidden":
         known = _known_keys(model, loc[:-1])
         near = difflib.get_close_matches(str(loc[-1]), known, n=1) if loc else []
@@ -26,7 +28,14 @@ def validation_problem(model: type[BaseModel], err: Any) -> str:
     given = err.get("input")
     shown = repr(given) if len(repr(given)) <= 60 else repr(given)[:57] + "..."
     got = "" if err.get("type") == "missing" else f", got {shown}"
-    return f"{key}: {str(err.get('msg', 'invalid')).lower()}{got}"
+    what = " ".join(str(err.get("msg", "invalid")).lower().split())
+    return f"{key}: {what}{got}"
+
+
+def _name(part: Any) -> str:
+    """A key as written, or quoted when it has characters that would make the line ambiguous."""
+    text = str(part)
+    return text if text and all(c.isalnum() or c in "_-" for c in text) else repr(text)
 
 
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

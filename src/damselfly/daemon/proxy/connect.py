@@ -31,10 +31,14 @@ MAX_HEAD = 64 * 1024
 
 
 def _split_hostport(authority: str, default_port: int) -> tuple[str, int]:
-    parts = urlsplit(f"//{authority}")
-    if not parts.hostname:
+    try:
+        parts = urlsplit(f"//{authority}")
+        host, port = parts.hostname, parts.port  # port: ValueError when not a number in range
+    except ValueError:
+        host = None
+    if not host:
         raise InvalidArgument(f"bad authority {authority!r}")
-    return parts.hostname, parts.port or default_port
+    return host, port or default_port
 
 
 class ConnectHandler:
