@@ -110,3 +110,15 @@ async def test_a_whole_head_is_answered(proxy: ProxyServer) -> None:
         assert timeouts(proxy) == 0
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("authority", [b"127.0.0.1:abc", b"[", b"host:99999"])
+async def test_a_connect_to_a_bad_authority_is_refused(proxy: ProxyServer, authority: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(b"CONNECT " + authority + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await closed(reader)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+        assert timeouts(proxy) == 0  # answered, not left to time out
+    finally:
+        writer.close()
