@@ -125,3 +125,25 @@ async def test_a_full_disk_is_the_daemons_own_failure(swarm: Swarm, tmp_path: Pa
     assert result.ok, result.details
     assert hashlib.sha256(out.read_bytes()).hexdigest() == sha256_file(swarm.root / "origin" / "big.bin")
     assert swarm.origin_bytes() == from_origin
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+async def test_a_full_disk_while_fetching_from_the_origin_fails_clearly_and_frees_the_task(
+    swarm: Swarm, tmp_path: Path
+) -> None:
+    swarm.file("big.bin", SIZE)
+    url = swarm.url("big.bin")
+    with small_disk(tmp_path / "full") as disk:
+        alone = await swarm.add_daemon(
+            "alone",
+            storage={"dir": str(disk), "server": {"ip": "127.0.0.1", "tcp_port": 0}, "local_share": False},
+        )
+        result = await swarm.download("alone", url, tmp_path / "out")
+        assert result.code == grpc.StatusCode.RESOURCE_EXHAUSTED, (result.code, result.details)
+        assert "No space left on device" in result.details, result.details
+        assert [m.task_id for m in alone.store.tasks()] == []
+        assert not (tmp_path / "out").exists()
+        # The space is free again: a file that fits downloads.
+        swarm.file("small.bin", 2 * MiB)
+        assert (await swarm.download("alone", swarm.url("small.bin"), tmp_path / "small")).ok
+        await swarm.stop_daemon("alone")
