@@ -55,7 +55,7 @@ from ..store.piece_store import PieceStore
 from ..store.receiving import Receiving
 from . import vortex
 from .open_files import OpenFiles
-from .send_guard import Connection, SendLimits, to_evict
+from .send_guard import Connection, SendLimits, acked_bytes, to_evict, watch
 
 log = logging.getLogger(__name__)
 _Code = vortex.ErrorCode
@@ -509,26 +509,26 @@ class PieceServer:
         task_id: str,
         conn: Connection,
     ) -> int:
-        """Send ``length`` bytes of ``file`` in chunks, each taken from the host's limiter
-        first; a chunk the socket does not take within the idle timeout, or the whole taking
-        longer than the rate allows (limiter waits not counted), raises TimeoutError."""
+        """Send ``length`` bytes of ``file``, in chunks of the host limiter's grants when it
+        limits; a send the child stops acknowledging for the idle timeout, or slower than the
+        minimum rate (limiter waits not counted), raises TimeoutError (:func:`.send_guard.watch`)."""
         loop = asyncio.get_running_loop()
         limiter = self.limiter
         limited = limiter is not None and not limiter.unlimited
-        limits = self.limits
-        budget = limits.budget(length)
+        sock = writer.get_extra_info("socket")
+        budget = self.limits.budget(length)
         sent = 0
         while sent < length:
-            n = min(length - sent, limits.chunk)
+            n = length - sent
             if limiter is not None and limited:
                 n = await limiter.acquire(n, task_id)  # turns are fair per task
             began = loop.time()
+            send = loop.sendfile(writer.transport, file, offset + sent, n)
+            moved = lambda: conn.moved(self._clock())  # noqa: E731
             try:
-                async with asyncio.timeout(min(limits.idle_timeout, budget)):
-                    got = await loop.sendfile(writer.transport, file, offset + sent, n)
-            except TimeoutError:
-                why = "no send progress" if budget > limits.idle_timeout else "sending below the minimum rate"
-                raise TimeoutError(f"{why} ({sent} of {length} bytes sent)") from None
+                got = await watch(send, lambda: acked_bytes(sock), self.limits, budget, moved)
+            except TimeoutError as e:
+                raise TimeoutError(f"{e} ({sent} of {length} bytes sent)") from None
             budget -= loop.time() - began
             conn.moved(self._clock())
             sent += got
@@ -536,8 +536,6 @@ class PieceServer:
                 if limiter is not None and limited:
                     limiter.refund(n - got)
                 break
-            if budget <= 0 and sent < length:
-                raise TimeoutError(f"sending below the minimum rate ({sent} of {length} bytes sent)")
         return sent
 
     async def _refuse(
