@@ -55,7 +55,7 @@ from ..store.piece_store import PieceStore
 from ..store.receiving import Receiving
 from . import vortex
 from .open_files import OpenFiles
-from .send_guard import Connection, SendLimits, acked_bytes, to_evict, watch
+from .send_guard import Connection, SendLimits, acked_bytes, to_evict, watched
 
 log = logging.getLogger(__name__)
 _Code = vortex.ErrorCode
@@ -511,7 +511,7 @@ class PieceServer:
     ) -> int:
         """Send ``length`` bytes of ``file``, in chunks of the host limiter's grants when it
         limits; a send the child stops acknowledging for the idle timeout, or slower than the
-        minimum rate (limiter waits not counted), raises TimeoutError (:func:`.send_guard.watch`)."""
+        minimum rate (limiter waits not counted), raises TimeoutError (:func:`.send_guard.watched`)."""
         loop = asyncio.get_running_loop()
         limiter = self.limiter
         limited = limiter is not None and not limiter.unlimited
@@ -523,10 +523,10 @@ class PieceServer:
             if limiter is not None and limited:
                 n = await limiter.acquire(n, task_id)  # turns are fair per task
             began = loop.time()
-            send = loop.sendfile(writer.transport, file, offset + sent, n)
             moved = lambda: conn.moved(self._clock())  # noqa: E731
             try:
-                got = await watch(send, lambda: acked_bytes(sock), self.limits, budget, moved)
+                async with watched(lambda: acked_bytes(sock), self.limits, budget, moved):
+                    got = await loop.sendfile(writer.transport, file, offset + sent, n)
             except TimeoutError as e:
                 raise TimeoutError(f"{e} ({sent} of {length} bytes sent)") from None
             budget -= loop.time() - began

@@ -5,7 +5,7 @@ long as it stays; hundreds of idle connections from one address hold file
 descriptors and memory. The piece server keeps to :class:`SendLimits`:
 
 - **idle**: a send that makes no progress (no byte of it acknowledged by the child's
-  TCP, ``TCP_INFO``'s ``tcpi_bytes_acked``, looked at four times per idle timeout)
+  TCP, ``TCP_INFO``'s ``tcpi_bytes_acked``, looked at by a timer four times per idle timeout)
   for ``idle_timeout`` ends the connection, and with it its upload slot; the piece
   still goes out in one ``sendfile`` (tried: sending in 160 KiB chunks, each under
   the idle timeout, halved the piece server's loopback throughput, 1.5 -> 0.8 GB/s);
@@ -18,7 +18,7 @@ descriptors and memory. The piece server keeps to :class:`SendLimits`:
   a new one beyond that evicts a stalled one (:func:`to_evict`), else an idle one,
   else it is refused.
 
-:func:`to_evict` decides, :func:`watch` keeps one send to the limits;
+:func:`to_evict` decides, :func:`watched` keeps one send to the limits;
 :class:`~damselfly.daemon.transfer.piece_server.PieceServer` does the rest of the
 I/O. The clock for eviction is the caller's.
 """
@@ -26,9 +26,10 @@ I/O. The clock for eviction is the caller's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,35 +105,47 @@ def acked_bytes(sock: Any) -> int | None:
     return int(_BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0])
 
 
-async def watch(
-    send: Coroutine[Any, Any, int],
+@contextlib.asynccontextmanager
+async def watched(
     acked: Callable[[], int | None],
     limits: SendLimits,
     budget: float,
     on_progress: Callable[[], None],
-) -> int:
-    """What ``send`` returns, unless the peer acknowledges nothing new for the idle timeout or
-    ``send`` takes more than ``budget`` seconds: then it is cancelled and TimeoutError raised.
-    ``acked`` says how far the peer has acknowledged (None: unknown, taken as progress)."""
+) -> AsyncIterator[None]:
+    """Keep the send in the ``async with`` block to the limits: when the peer acknowledges
+    nothing new for the idle timeout, or the block lasts more than ``budget`` seconds, the
+    block is cancelled and TimeoutError raised (as :func:`asyncio.timeout` does). ``acked``
+    says how far the peer has acknowledged (None: unknown, taken as progress). A timer looks
+    four times per idle timeout; the send itself runs in the caller's task, untouched."""
     loop = asyncio.get_running_loop()
-    task = loop.create_task(send)
+    task = asyncio.current_task()
+    assert task is not None
     start = last = loop.time()
     seen = acked()
+    why = ""
+    handle: asyncio.TimerHandle | None = None
+
+    def look() -> None:
+        nonlocal handle, seen, last, why
+        now, current = loop.time(), acked()
+        if current is None or current != seen:
+            seen, last = current, now
+            on_progress()
+        if now - start >= budget:
+            why = f"sending below the minimum rate ({limits.min_rate} bytes/s)"
+        elif now - last >= limits.idle_timeout:
+            why = f"no send progress for {limits.idle_timeout:g}s"
+        else:
+            handle = loop.call_later(min(limits.idle_timeout / 4, budget - (now - start)), look)
+            return
+        task.cancel()
+
+    handle = loop.call_later(min(limits.idle_timeout / 4, budget), look)
     try:
-        while True:
-            left = budget - (loop.time() - start)
-            if left <= 0:
-                raise TimeoutError(f"sending below the minimum rate ({limits.min_rate} bytes/s)")
-            done, _ = await asyncio.wait({task}, timeout=min(limits.idle_timeout / 4, left))
-            if done:
-                return task.result()
-            now, current = loop.time(), acked()
-            if current is None or current != seen:
-                seen, last = current, now
-                on_progress()
-            elif now - last >= limits.idle_timeout:
-                raise TimeoutError(f"no send progress for {limits.idle_timeout:g}s")
+        yield
+    except asyncio.CancelledError:
+        if why and task.uncancel() == 0:
+            raise TimeoutError(why) from None
+        raise
     finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        handle.cancel()
