@@ -17,8 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic.alias_generators import to_camel
 
+from .config_errors import validation_problem, yaml_problem
 from .errors import ConfigError
-from .units import MINUTES, SECONDS, MiB
+from .units import MINUTES, SECONDS, KiB, MiB
 
 
 class Section(BaseModel):
@@ -237,6 +238,14 @@ class UploadConfig(Section):
     # 4 -> 1.32-1.34, 8 -> 1.32, unlimited -> 1.39; 16 x 25 mbit, 2 -> 1.69, 4 -> 1.36. (With
     # fifo links, where a busy uplink delayed its own ACKs, 2 had measured best.)
     concurrent_piece_count: int = 4
+    # Bounds on the piece port (daemon/transfer/send_guard.py): a piece send that makes no
+    # progress for sendIdleTimeout ends its connection and frees its slot; a piece must go out
+    # at sendMinRate bytes/s on average (64 MiB in 17 min: a 5 mbit link shared by eight pieces
+    # still finishes); at most connectionsPerAddress connections from one address (0: no cap),
+    # a stalled one evicted first when a new one comes.
+    send_idle_timeout: float = Field(default=5 * SECONDS, gt=0)
+    send_min_rate: int = Field(default=64 * KiB, gt=0)
+    connections_per_address: int = Field(default=64, ge=0)
 
 
 class StorageServerConfig(Section):
@@ -290,6 +299,9 @@ class ProxyServerConfig(Section):
 
     ip: str = "127.0.0.1"
     port: int = 4001  # 0: pick a free port
+    # A connection whose request head (the first, a CONNECT's, or one inside an intercepted
+    # tunnel) is not complete this long after it began is closed.
+    head_timeout: float = Field(default=10 * SECONDS, gt=0)
 
 
 class ProxyRuleConfig(Section):
@@ -428,22 +440,31 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load(model: type[M], path: str | Path | None, overrides: dict[str, Any] | None) -> M:
+    """``model`` from the YAML file at ``path`` with ``overrides`` on top; any problem is a
+    :class:`ConfigError` of one line naming the file and each offending key."""
     data: dict[str, Any] = {}
+    where = f"config {path}" if path else "configuration"
     if path:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
         except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+            raise ConfigError(f"{where} is not valid YAML: {yaml_problem(e)}") from e
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"{where} is not valid YAML: {e}") from e
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a mapping at the top level")
+            raise ConfigError(f"{where} must be a mapping at the top level")
         data = loaded
-    data = _merge(data, overrides or {})
     try:
+        data = _merge(data, overrides or {})
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}:\n{e}") from e
+        problems = "; ".join(validation_problem(model, err) for err in e.errors())
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None
+    except (TypeError, ValueError, RecursionError) as e:  # keys that are not strings, and the like
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {first}") from None
 
 
 def load_daemon_config(

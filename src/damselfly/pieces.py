@@ -22,8 +22,23 @@ TARGET_PIECE_COUNT = 500
 TINY_LIMIT = 128  # bytes: Dragonfly's "tiny" size scope
 
 
+def check_piece_length(length: int) -> int:
+    """``length`` if it is within Dragonfly's range, else :class:`InvalidArgument` naming the range.
+
+    Every side holds to it (dfget, the proxy's header, both daemon services, the scheduler):
+    a tiny piece length makes a task of millions of pieces (each with its own metadata and
+    request), a huge one a piece no link sends within its deadline."""
+    if not MIN_PIECE_LENGTH <= length <= MAX_PIECE_LENGTH:
+        raise InvalidArgument(
+            f"piece length {length} is out of range: it must be from {MIN_PIECE_LENGTH} (4 MiB) "
+            f"to {MAX_PIECE_LENGTH} (64 MiB) bytes"
+        )
+    return length
+
+
 def piece_length_for(content_length: int, requested: int | None = None) -> int:
-    """The piece length a task of ``content_length`` bytes uses."""
+    """The piece length a task of ``content_length`` bytes uses (``requested`` as it is: the
+    edges that take one from a caller hold it to :func:`check_piece_length` first)."""
     if requested:
         if requested <= 0:
             raise InvalidArgument("piece length must be positive")

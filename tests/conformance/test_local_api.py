@@ -155,6 +155,10 @@ async def test_an_existing_output_is_refused_unless_overwrite(env: Env, tmp_path
 
     await _answers(env, rust_dfget_request(url, output=out, overwrite=True))
     assert out.read_bytes() == content
-    # The output now is the task's content (a hard link): asked again without overwrite, D keeps it.
-    await _answers(env, rust_dfget_request(url, output=out))
+    # The output is a copy of the task's content (never the store's own file, so a user's edit
+    # cannot change what the daemon serves): asked again without overwrite, it is refused as any
+    # existing file, as D refuses an output it copied (not linked), and kept.
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await _answers(env, rust_dfget_request(url, output=out))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert out.read_bytes() == content

@@ -32,7 +32,7 @@ from typing import Protocol, TextIO
 
 from .. import tracing
 from ..domain import DownloadSpec
-from ..errors import DaemonUnavailable
+from ..errors import DaemonUnavailable, InvalidArgument
 from ..units import human_size
 from .exitcodes import DAEMON_HINT, DfgetFailure, ExitCode, failure_from_error, failure_from_status
 from .parsing import (
@@ -171,9 +171,9 @@ def parse_rate(text: str) -> int:
     try:
         rate = parse_size(text.strip().removesuffix("/s").removesuffix("ps"))
     except ValueError:
-        raise ValueError(f"not a rate: {text!r} (try 10MB/s or 50MiB)") from None
+        raise InvalidArgument(f"--rate-limit: not a rate: {text!r} (try 10MB/s or 50MiB)") from None
     if rate <= 0:
-        raise ValueError(f"--rate-limit must be above 0, not {text!r}")
+        raise InvalidArgument(f"--rate-limit must be above 0, not {text!r}")
     return rate
 
 

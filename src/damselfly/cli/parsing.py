@@ -90,7 +90,11 @@ def parse_digest(text: str | None) -> str:
 
 
 def check_url(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port that is not a number in range raises ValueError)
+    except ValueError as e:
+        raise InvalidArgument(f"URL {url!r} is not valid: {e}") from None
     if parts.scheme.lower() not in ("http", "https"):
         if not parts.scheme:
             raise InvalidArgument(f"URL {url!r} has no scheme; use http://... or https://...")

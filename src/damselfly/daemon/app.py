@@ -52,6 +52,7 @@ from .transfer.local_pieces import LocalPieces, LocalPieceServer
 from .transfer.peer_rpc import PeerRPC
 from .transfer.piece_client import PieceConnectionPool
 from .transfer.piece_server import PieceServer
+from .transfer.send_guard import SendLimits
 
 if TYPE_CHECKING:
     from .proxy import ProxyServer
@@ -122,6 +123,11 @@ class Daemon:
             upload_slots=config.upload.concurrent_piece_count,
             super_seed=self.is_seed and config.seed_peer.super_seed,
             extensions=config.wire.extensions,
+            limits=SendLimits(
+                idle_timeout=config.upload.send_idle_timeout,
+                min_rate=config.upload.send_min_rate,
+                per_address=config.upload.connections_per_address,
+            ),
         )
         self.local_server = (
             LocalPieceServer(self.store, on_upload=self._on_upload, limiter=self.limiters.upload)

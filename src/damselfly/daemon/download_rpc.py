@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import NoReturn, TypeAlias
 from urllib.parse import urlsplit
@@ -29,6 +29,7 @@ from ..errors import (
     DamselflyError,
     InvalidArgument,
 )
+from ..pieces import check_piece_length
 from ..units import parse_size
 from .download import output
 from .download.local_stream import PieceReader, started_pieces
@@ -138,7 +139,7 @@ class Downloads:
 
     async def stream(
         self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context, *, remote: bool
-    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+    ) -> AsyncGenerator[dfdaemon_pb2.DownloadTaskResponse, None]:
         """A DownloadTask RPC of either service: progress messages, or the call aborted with a status.
 
         Counted (``dragonfly_client_download_task_*``) and, with tracing on, one span that is
@@ -148,31 +149,34 @@ class Downloads:
         began, size = time.monotonic(), -1
         remote_md = context.invocation_metadata() if tracing.enabled() else None
         with tracing.span("daemon", "dfdaemon.DownloadTask", remote=remote_md, attributes={"url": d.url}):
-            async for msg in self._stream(request, context, remote=remote):
-                if size < 0 and msg.HasField("download_task_started_response"):
-                    size = msg.download_task_started_response.content_length
-                yield msg
+            async with contextlib.aclosing(self._stream(request, context, remote=remote)) as messages:
+                async for msg in messages:
+                    if size < 0 and msg.HasField("download_task_started_response"):
+                        size = msg.download_task_started_response.content_length
+                    yield msg
             if self.metrics is not None and counted is not None:
                 self.metrics.download_ended(counted, ok=True, size=size, seconds=time.monotonic() - began)
 
     async def _stream(
         self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context, *, remote: bool
-    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+    ) -> AsyncGenerator[dfdaemon_pb2.DownloadTaskResponse, None]:
         try:
             spec = download_from_pb(request.download)
+            if spec.piece_length is not None:
+                check_piece_length(spec.piece_length)  # before any task exists
             if remote:
                 spec.output_path = ""  # a remote caller never writes files on this host
             # Two Download fields only this edge reads (DownloadSpec has no place for them):
             # the content in each piece message (dfget --transfer-from-dfdaemon), and whether
             # an existing output may be replaced (dfget --overwrite).
             with_content = request.download.need_piece_content
-            async for msg in self.progress(
-                spec, with_content=with_content, overwrite=request.download.overwrite
-            ):
-                yield msg
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
+            progress = self.progress(spec, with_content=with_content, overwrite=request.download.overwrite)
+            async with contextlib.aclosing(progress) as messages:
+                async for msg in messages:
+                    yield msg
+        except Exception as e:
+            # Only errors: a caller gone (its deadline passed, it hung up) closes this generator
+            # with GeneratorExit or cancels it, and neither may be answered with a status.
             log.info("%sdownload failed: %s", "remote " if remote else "", e)
             if self.metrics is not None:
                 self.metrics.download_ended(
@@ -187,7 +191,7 @@ class Downloads:
         check_url: bool = True,
         with_content: bool = False,
         overwrite: bool = True,
-    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+    ) -> AsyncGenerator[dfdaemon_pb2.DownloadTaskResponse, None]:
         """Yield DownloadTaskResponse messages until the task is complete; raise on failure.
 
         The task is held in use (the cache GC skips it) until the caller is done,
@@ -219,11 +223,11 @@ class Downloads:
             task_id, job = self.manager.ensure(spec)
         finally:
             TASK_LIMITER.reset(token)
+        follow = self._follow(spec, task_id, job, out, with_content=with_content, overwrite=overwrite)
         with self.store.using(task_id):
-            async for msg in self._follow(
-                spec, task_id, job, out, with_content=with_content, overwrite=overwrite
-            ):
-                yield msg
+            async with contextlib.aclosing(follow) as messages:
+                async for msg in messages:
+                    yield msg
 
     async def _follow(
         self,
@@ -234,16 +238,20 @@ class Downloads:
         *,
         with_content: bool = False,
         overwrite: bool = True,
-    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+    ) -> AsyncGenerator[dfdaemon_pb2.DownloadTaskResponse, None]:
         conductor = self.manager.running().get(task_id)
         peer_id = conductor.peer_id if conductor is not None else ""
         reader = PieceReader(self.store, task_id) if with_content else None
-        with logs.log_context(task_id=task_id, peer_id=peer_id), contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(logs.log_context(task_id=task_id, peer_id=peer_id))
             if reader is not None:
                 stack.callback(reader.close)
             deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
             late = f"download did not finish within {spec.timeout_s or 0:.0f}s"
-            async for event in follow_download(self.store, task_id, job, deadline=deadline, late=late):
+            events = await stack.enter_async_context(
+                contextlib.aclosing(follow_download(self.store, task_id, job, deadline=deadline, late=late))
+            )
+            async for event in events:
                 if isinstance(event, DownloadStarted):
                     meta = self.store.get(task_id)
                     listed = [_listed(p, held) for p, held in started_pieces(meta, spec.range)]

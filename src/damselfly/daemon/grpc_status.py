@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import AsyncGenerator
+from typing import Any
+
 import grpc
 
 from ..errors import (
@@ -13,6 +18,7 @@ from ..errors import (
     NotFound,
     SourceStatusError,
     SourceUnreachable,
+    StorageError,
 )
 
 
@@ -32,6 +38,31 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, StorageError):
+        # The daemon's own disk; out of space is what RESOURCE_EXHAUSTED is for.
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL
+        return code, str(exc)
     if isinstance(exc, DamselflyError):
         return grpc.StatusCode.INTERNAL, str(exc)
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+async def write_stream(context: Any, messages: AsyncGenerator[Any, None]) -> None:
+    """Send ``messages`` on a server-streaming call with ``context.write``, closing them here.
+
+    A servicer written as an async generator is left suspended at a message when its
+    caller goes (deadline, hang-up): grpc cancels the send, not the generator, which the
+    garbage collector closes later in another task and context ("Task exception was never
+    retrieved", a context variable reset in the wrong context). Written this way the
+    cancel arrives in the call's own task and the messages' generator is closed at once,
+    its ``finally`` blocks run where they began (generators it iterates must close theirs
+    the same way). A write to a caller already gone ends the call quietly."""
+    async with contextlib.aclosing(messages) as stream:
+        async for msg in stream:
+            try:
+                await context.write(msg)
+            except Exception:
+                if context.cancelled() or context.done():
+                    return  # the caller is gone: nobody to tell
+                raise

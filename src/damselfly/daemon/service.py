@@ -36,6 +36,7 @@ from .download_rpc import (
     store_report,
     task_info,
 )
+from .grpc_status import write_stream
 from .host_network import NetworkMonitor
 from .persistent_cache import PersistentCache, PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
 from .ratelimit import RequestLimiter
@@ -105,11 +106,8 @@ class DownloadService(
         self._trailer(context, [m.task_id for m in metas])
         return dfdaemon_pb2.ListLocalTasksResponse(tasks=[self._local(m) for m in metas])
 
-    async def DownloadTask(
-        self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context
-    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
-        async for msg in self.downloads.stream(request, context, remote=False):
-            yield msg
+    async def DownloadTask(self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context) -> None:
+        await write_stream(context, self.downloads.stream(request, context, remote=False))
 
     async def StatTask(self, request: dfdaemon_pb2.StatTaskRequest, context: Context) -> common_pb2.Task:
         meta = self.downloads.store.get(request.task_id)
@@ -201,13 +199,10 @@ class UploadService(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests to this peer; retry later"
             )
 
-    async def DownloadTask(
-        self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context
-    ) -> AsyncIterator[dfdaemon_pb2.DownloadTaskResponse]:
+    async def DownloadTask(self, request: dfdaemon_pb2.DownloadTaskRequest, context: Context) -> None:
         await require_scheduler(self.scheduler_gate, context)
         await self._admit("DownloadTask", context)
-        async for msg in self.downloads.stream(request, context, remote=True):
-            yield msg
+        await write_stream(context, self.downloads.stream(request, context, remote=True))
 
     async def StatTask(self, request: dfdaemon_pb2.StatTaskRequest, context: Context) -> common_pb2.Task:
         await self._admit("StatTask", context)

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from damselfly.daemon.store.piece_store import PieceStore
-from damselfly.daemon.transfer.piece_server import _OpenFiles
+from damselfly.daemon.transfer.open_files import OpenFiles
 from helpers.wait import until
 
 
@@ -27,7 +27,7 @@ async def test_a_file_switched_away_from_is_closed_in_a_worker_thread(tmp_path: 
     tid = "b" * 64
     store.create_task(tid)
     store.set_content_length(tid, 10, 4)
-    files = _OpenFiles(store)
+    files = OpenFiles(store)
     old = _Recorder()
     files._file = old  # type: ignore[assignment]
     files._task_id = "a" * 64
@@ -39,7 +39,7 @@ async def test_a_file_switched_away_from_is_closed_in_a_worker_thread(tmp_path: 
 
 
 def test_without_a_running_loop_the_file_is_closed_at_once(tmp_path: Path) -> None:
-    files = _OpenFiles(PieceStore(tmp_path))
+    files = OpenFiles(PieceStore(tmp_path))
     rec = _Recorder()
     files._file = rec  # type: ignore[assignment]
     files.close()

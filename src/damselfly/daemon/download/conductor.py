@@ -59,7 +59,7 @@ from ...domain import (
     PieceInfo,
     ScheduleAnswer,
 )
-from ...errors import DamselflyError, DigestMismatch, NoCandidateParents, SchedulerError
+from ...errors import DamselflyError, DigestMismatch, NoCandidateParents, SchedulerError, StorageError
 from ...pieces import Digest, piece_length_for
 from ..origin.source import HTTPSource
 from ..scheduler_client import PeerStream
@@ -167,8 +167,9 @@ class Conductor:
             await self._run()
         except BaseException as e:
             self.error = e
-            if isinstance(e, DigestMismatch) and self.verified_digest == "":
-                # Every piece passed its crc32 yet the whole is wrong: none of it is kept.
+            if (isinstance(e, DigestMismatch) and self.verified_digest == "") or isinstance(e, StorageError):
+                # Every piece passed its crc32 yet the whole is wrong: none of it is kept. Our
+                # own disk failed (full, I/O error): the partial task is freed at once.
                 with contextlib.suppress(DamselflyError, OSError):
                     store.delete_task(self.task_id)
             else:
@@ -197,7 +198,15 @@ class Conductor:
                 log.warning("scheduler unavailable (%s)", e)
                 await self._origin_only(f"scheduler unavailable: {e}")
                 return
-            await self._follow(answer)
+            try:
+                await self._follow(answer)
+            except StorageError as e:
+                # Our own disk: this peer failed, no parent did (none was reported), and the
+                # origin would not do better.
+                if self._stream is not None:
+                    with contextlib.suppress(Exception):
+                        self._stream.failed(f"local storage error: {e}")
+                raise
         finally:
             if self._stream is not None:
                 with contextlib.suppress(Exception):

@@ -33,6 +33,7 @@ from ...errors import (
     ProtocolError,
     ResourceExhausted,
     SchedulerError,
+    StorageError,
 )
 from ...pieces import PieceSpan, piece_count, piece_length_for, piece_span
 from ..scheduler_client import PeerStream
@@ -94,6 +95,8 @@ class PieceLoop:
         self._servers: dict[str, tuple[str, int, bool]] = {}
         # The content length the scheduler gave with a parent, in any of its answers.
         self._said_length: int | None = None
+        # Our own store failed (disk full, I/O error): the download ends; no parent is blamed.
+        self._local_error: StorageError | None = None
 
     # ------------------------------------------------------------- parents
 
@@ -247,6 +250,8 @@ class PieceLoop:
         companion = asyncio.get_running_loop().create_task(beside())
         try:
             while True:
+                if self._local_error is not None:
+                    raise self._local_error
                 if self._interrupted:
                     return False
                 have = store.get(self.task_id)
@@ -320,6 +325,9 @@ class PieceLoop:
                 digest=self._digester,
                 damselfly=extensions,
             )
+        except StorageError as e:  # before FETCH_ERRORS: it is an OSError too
+            self._local_error = e
+            log.warning("piece %d: %s; the download fails (parent %s is not blamed)", number, e, p.id)
         except FETCH_ERRORS as e:
             failure, error = classify(e), e
         finally:
@@ -330,8 +338,8 @@ class PieceLoop:
                     self.table.piece_abandoned(fetch)
             self._wake.set()
         if info is None:
-            assert failure is not None
-            self._failed(fetch, failure, error)
+            if failure is not None:
+                self._failed(fetch, failure, error)
             return
         self.table.piece_done(fetch, info.cost_s)
         info.parent_id = p.id
@@ -340,6 +348,10 @@ class PieceLoop:
         try:
             store.finish_piece(self.task_id, info)
             recorded = True
+        except StorageError as e:
+            self._local_error = e
+            self._wake.set()
+            return
         finally:
             for entry in receiving:
                 store.receiving.end(entry, ok=recorded)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from ...domain import DownloadProgress, DownloadStarted, PieceDownloaded
@@ -29,7 +29,7 @@ async def follow_download(
     *,
     deadline: float | None = None,
     late: str = "the download did not finish in time",
-) -> AsyncIterator[DownloadProgress]:
+) -> AsyncGenerator[DownloadProgress, None]:
     """Report ``task_id``'s start and pieces until ``job`` ends (None: the store holds it already).
 
     Raises the job's error if it failed, :class:`DownloadTimeout` (``late``) when

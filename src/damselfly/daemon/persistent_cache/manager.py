@@ -15,7 +15,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 
 from ... import ids
@@ -236,7 +236,7 @@ class PersistentCache:
             with contextlib.suppress(DamselflyError, OSError):
                 self.store.delete_task(task_id)
 
-    async def download(self, req: CacheExport, *, remote: bool) -> AsyncIterator[DownloadProgress]:
+    async def download(self, req: CacheExport, *, remote: bool) -> AsyncGenerator[DownloadProgress, None]:
         """``DownloadPersistentCacheTask``: progress as it goes; the output (local callers only) last."""
         task_id = resolve_task_id(req.task_id)
         out = None

@@ -15,8 +15,9 @@ upload service's ``DeletePersistentCacheTask`` is always OK (upload.rs:2264-2296
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import NoReturn, TypeAlias, TypeVar
 
 import grpc
@@ -36,7 +37,7 @@ from ...errors import (
     SchedulerError,
     StorageError,
 )
-from ..grpc_status import status_for
+from ..grpc_status import status_for, write_stream
 from ..store.metadata import TaskMeta
 from .manager import PersistentCache
 
@@ -77,14 +78,14 @@ class _PersistentCacheRPCBase:
 
     async def _pc_download(
         self, request: dfdaemon_pb2.DownloadPersistentCacheTaskRequest, context: Context, *, remote: bool
-    ) -> AsyncIterator[dfdaemon_pb2.DownloadPersistentCacheTaskResponse]:
+    ) -> AsyncGenerator[dfdaemon_pb2.DownloadPersistentCacheTaskResponse, None]:
         pc = await self._pc(context)
         try:
-            async for event in pc.download(cache_export_from_pb(request), remote=remote):
-                yield cache_progress_to_pb(pc.host_id, event)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as e:
+            download = pc.download(cache_export_from_pb(request), remote=remote)
+            async with contextlib.aclosing(download) as events:
+                async for event in events:
+                    yield cache_progress_to_pb(pc.host_id, event)
+        except Exception as e:  # not a caller gone (GeneratorExit, cancel): nobody to answer then
             log.info("persistent cache download failed: %s", e)
             await context.abort(*_status(e))
 
@@ -135,9 +136,8 @@ class PersistentCacheDownloadRPCs(_PersistentCacheRPCBase):
 
     async def DownloadPersistentCacheTask(
         self, request: dfdaemon_pb2.DownloadPersistentCacheTaskRequest, context: Context
-    ) -> AsyncIterator[dfdaemon_pb2.DownloadPersistentCacheTaskResponse]:
-        async for msg in self._pc_download(request, context, remote=False):
-            yield msg
+    ) -> None:
+        await write_stream(context, self._pc_download(request, context, remote=False))
 
     async def StatPersistentCacheTask(
         self, request: dfdaemon_pb2.StatPersistentCacheTaskRequest, context: Context
@@ -177,10 +177,9 @@ class PersistentCacheUploadRPCs(_PersistentCacheRPCBase):
 
     async def DownloadPersistentCacheTask(
         self, request: dfdaemon_pb2.DownloadPersistentCacheTaskRequest, context: Context
-    ) -> AsyncIterator[dfdaemon_pb2.DownloadPersistentCacheTaskResponse]:
+    ) -> None:
         await require_scheduler(self.scheduler_gate, context)
-        async for msg in self._pc_download(request, context, remote=True):
-            yield msg
+        await write_stream(context, self._pc_download(request, context, remote=True))
 
     async def DeletePersistentCacheTask(
         self, request: dfdaemon_pb2.DeletePersistentCacheTaskRequest, context: Context

@@ -4,8 +4,11 @@ The listener's first request head on a connection is sniffed (:class:`Sniffer`):
 a CONNECT is handled here on the raw transport, anything else hands the
 connection to aiohttp's HTTP protocol. Interception answers ``200``, runs the
 TLS handshake with a leaf certificate for the host (signed by the proxy's CA),
-then hands the decrypted connection to the same HTTP protocol, remembering the
-host so requests inside go to ``https://host``. Owner of the spawned handlers:
+then hands the decrypted connection to the same HTTP protocol (through another
+Sniffer), remembering the host so requests inside go to ``https://host``. A head
+not complete within ``proxy.server.headTimeout`` closes the connection; later
+heads on a kept-alive connection are bounded by aiohttp's keep-alive timeout,
+set to the same. Owner of the spawned handlers:
 the :class:`~damselfly.daemon.proxy.proxy.ProxyServer`.
 """
 
@@ -28,10 +31,14 @@ MAX_HEAD = 64 * 1024
 
 
 def _split_hostport(authority: str, default_port: int) -> tuple[str, int]:
-    parts = urlsplit(f"//{authority}")
-    if not parts.hostname:
+    try:
+        parts = urlsplit(f"//{authority}")
+        host, port = parts.hostname, parts.port  # port: ValueError when not a number in range
+    except ValueError:
+        host = None
+    if not host:
         raise InvalidArgument(f"bad authority {authority!r}")
-    return parts.hostname, parts.port or default_port
+    return host, port or default_port
 
 
 class ConnectHandler:
@@ -63,7 +70,8 @@ class ConnectHandler:
     async def intercept(self, transport: asyncio.Transport, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            ctx = await asyncio.to_thread(self.server.ca.server_context, host)
+            # The CA too may be made here (first interception): off the event loop.
+            ctx = await asyncio.to_thread(lambda: self.server.ca.server_context(host))
             holder = _Holder()
             transport.set_protocol(holder)
             transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -76,10 +84,11 @@ class ConnectHandler:
             transport.abort()
             return
         self.server.tunnel_hosts[tls] = host if port == 443 else f"{host}:{port}"
-        proto = self.server.http_protocol()
-        tls.set_protocol(proto)
-        proto.connection_made(tls)
-        holder.hand_over(proto)
+        # The first request inside the tunnel is sniffed too: its head has the same deadline.
+        sniffer = Sniffer(self.server, tunnel=True)
+        tls.set_protocol(sniffer)
+        sniffer.connection_made(tls)
+        holder.hand_over(sniffer)
 
     async def tunnel(self, transport: asyncio.Transport, host: str, port: int, early: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -116,16 +125,42 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class Sniffer(asyncio.Protocol):
-    """Reads a connection's first request head, then hands the connection on."""
+    """Reads a connection's first request head, then hands the connection on.
 
-    def __init__(self, owner: ProxyServer) -> None:
+    ``tunnel``: the decrypted connection of an intercepted CONNECT, where another CONNECT
+    is refused. A head not complete within the proxy's head timeout closes the connection.
+    """
+
+    def __init__(self, owner: ProxyServer, *, tunnel: bool = False) -> None:
         self.owner = owner
+        self.tunnel = tunnel
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self.timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        timeout = self.owner.config.server.head_timeout
+        self._deadline = asyncio.get_running_loop().call_later(timeout, self._too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+
+    def _head_done(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.timed_out = True
+        self.owner.metrics.request("head-timeout", 408)
+        log.info("closing a proxy connection: no complete request head within %gs (%d bytes)",
+                 self.owner.config.server.head_timeout, len(self.buf))  # fmt: skip
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
@@ -134,14 +169,20 @@ class Sniffer(asyncio.Protocol):
         if not self.buf[:1].isalpha():
             # A TLS ClientHello (clients that try https first, like skopeo with an
             # insecure mirror) or garbage: close at once so the client falls back.
+            self._head_done()
             transport.abort()
             return
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
             if len(self.buf) > MAX_HEAD:
+                self._head_done()
                 refuse(transport, 431, "request head too large")
             return
+        self._head_done()
         line = bytes(self.buf[: self.buf.find(b"\r\n")]).split(b" ")
+        if line[0] == b"CONNECT" and self.tunnel:
+            refuse(transport, 400, "CONNECT inside a tunnel")
+            return
         if line[0] == b"CONNECT" and len(line) == 3:
             transport.pause_reading()
             early = bytes(self.buf[end + 4 :])
@@ -184,4 +225,10 @@ def refuse(transport: asyncio.Transport, status: int, reason: str) -> None:
     transport.close()
 
 
-_REASONS = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+}

@@ -60,7 +60,10 @@ def normalize_registry(value: str, *, default_scheme: str = "https") -> str:
         if alias:
             return alias
         value = f"{default_scheme}://{value}"
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "Invalid IPv6 URL"
+        raise InvalidArgument(f"not a registry address: {value!r} (want scheme://host[:port])") from None
     if parts.scheme not in ("http", "https") or not _HOSTPORT.match(parts.netloc) or parts.path:
         raise InvalidArgument(f"not a registry address: {value!r} (want scheme://host[:port])")
     if parts.query or parts.fragment:

@@ -23,6 +23,9 @@ download as in Dragonfly (:mod:`.headers`), and the answers carry its response
 headers. Credentials (``Authorization``...) go only to the
 registry, never into logs. Owner of the listener, the aiohttp server, the
 upstream session and the CONNECT tasks: :class:`ProxyServer` (:meth:`close`).
+
+Long because: the three kinds of request share one listener, one set of routing rules
+and one lifetime, and each kind's entry point stays beside the others'.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from ..download.tasks import TaskManager, task_id_for
 from ..store.piece_store import PieceStore
 from ..threads import cancel_and_wait
 from . import headers, mirror, token
-from .ca import CertificateAuthority, ensure_ca
+from .ca import CertificateAuthority, LazyCA
 from .connect import ConnectHandler, Sniffer
 from .metrics import ProxyMetrics
 from .rules import Route, compile_rules, decide
@@ -114,9 +117,10 @@ class ProxyServer:
             connect_timeout=source.connect_timeout,
             read_timeout=source.read_timeout,
         )
-        cert, key = ensure_ca(data_dir, config.hijack_https.cert, config.hijack_https.key)
-        self.ca = CertificateAuthority(cert, key)
-        self.ca_cert_path = cert
+        hijack = config.hijack_https
+        self._ca = LazyCA(data_dir, hijack.cert, hijack.key, [h.regx for h in hijack.hosts])
+        if hijack.hosts:
+            self._ca.get()  # now, so a bad CA file is an error at start
         self.tokens = token.TokenService(self.upstream, self.default_registry, self.allowed_registries)
         self._web: web.Server | None = None
         self._server: asyncio.Server | None = None
@@ -136,7 +140,9 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         # No aiohttp access log: request lines of proxied URLs may carry signed
         # query strings; blobs get one line of our own (digest, status, bytes, time).
-        self._web = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        # A kept-alive connection's next head: the keep-alive timeout (its first: the Sniffer's).
+        kw: dict[str, Any] = {"access_log": None, "keepalive_timeout": self.config.server.head_timeout}
+        self._web = web.Server(self._handle, handler_cancellation=True, **kw)
         cfg = self.config.server
         self._server = await loop.create_server(lambda: Sniffer(self), cfg.ip, cfg.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -162,6 +168,14 @@ class ProxyServer:
         assert self._web is not None
         proto: asyncio.Protocol = self._web()
         return proto
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        return self._ca.get()
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self._ca.get().cert_path
 
     # ------------------------------------------------------------ policy
 

@@ -52,6 +52,7 @@ from ...errors import (
     PieceElsewhere,
     ProtocolError,
     ResourceExhausted,
+    StorageError,
 )
 from ...units import MiB
 from .. import net
@@ -106,7 +107,10 @@ class _Landing:
     def land(self, n: int) -> None:
         """The first ``n`` bytes of the buffer arrived: write them where they go."""
         chunk = self.view[:n]
-        pwrite_all(self.fd, chunk, self.pos)
+        try:
+            pwrite_all(self.fd, chunk, self.pos)
+        except OSError as e:  # our own disk (full, failing, read-only): never the parent's doing
+            raise StorageError(e.errno, f"cannot write a piece into the store: {e.strerror}") from e
         self.pos += n
         self.crc = crc32(chunk, self.crc)
         if self.feed is not None:
@@ -315,6 +319,8 @@ class PieceClient:
         except (NotFound, DigestMismatch, PeerError, ResourceExhausted, PieceElsewhere):
             ok = self._frame_done  # the whole answer was read: the connection is still in sync
             raise
+        except StorageError:
+            raise  # ours, not the parent's: not a PeerError (the connection is dropped all the same)
         except TimeoutError:
             self.timed_out = True
             raise PeerError(

@@ -42,7 +42,8 @@ import asyncio
 import contextlib
 import io
 import logging
-import os
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Sized
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ from ..ratelimit import ByteLimiter, RequestLimiter
 from ..store.piece_store import PieceStore
 from ..store.receiving import Receiving
 from . import vortex
+from .open_files import OpenFiles
+from .send_guard import Connection, SendLimits, acked_bytes, send_plain, send_through_tls, to_evict, watched
 
 log = logging.getLogger(__name__)
 _Code = vortex.ErrorCode
@@ -71,7 +74,6 @@ STREAM_POLL_S = 0.005
 STREAM_POLL_MAX_S = 0.04
 HOLD_BYTES = 64 * 1024
 TLS_HANDSHAKE_S = 10.0  # a TLS client that does not finish its handshake in time is dropped
-TLS_CHUNK = 1024 * 1024  # bytes read and encrypted at a time on a TLS piece connection
 
 
 class PieceServer:
@@ -93,7 +95,9 @@ class PieceServer:
     answered ``Error(RESOURCE_EXHAUSTED, "busy...")`` at once and the child asks
     another parent or retries shortly, a plain request waits its turn.
     ``extensions`` (config ``wire.extensions``): serve Damselfly's request
-    (tag 224) at all. ``wall_clock`` dates the pieces' ``created_at``.
+    (tag 224) at all. ``wall_clock`` dates the pieces' ``created_at``. ``limits``
+    (:mod:`.send_guard`): a send without progress, or slower than the minimum rate,
+    ends its connection (and frees its slot); connections per remote address are capped.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class PieceServer:
         upload_slots: int = 0,
         super_seed: bool = False,
         extensions: bool = True,
+        limits: SendLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -135,6 +140,11 @@ class PieceServer:
         self.limiter = limiter
         self.request_limiter = request_limiter
         self._idle_timeout = idle_timeout
+        self.limits = limits or SendLimits()
+        self._by_address: dict[str, set[Connection]] = {}
+        self.stalled_sends = 0  # connections ended for a send without progress or too slow
+        self.evicted = 0  # ... to make room for another from their address
+        self.refused_connections = 0  # new connections refused: their address was full
         self._on_upload = on_upload
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -173,14 +183,37 @@ class PieceServer:
             await server.wait_closed()
 
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        now = self._clock()
+        conn = Connection(_requester(writer), now, now)
+        peers = self._by_address.setdefault(conn.address, set())
+        if self.limits.per_address and len(peers) >= self.limits.per_address:
+            victim = to_evict(peers, self.limits, now)
+            if victim is None:  # every one of them is sending and making progress
+                self.refused_connections += 1
+                log.info("refusing a piece connection from %s: %d open already", conn.address, len(peers))
+                _reset(writer)
+                return
+            self.evicted += 1
+            peers.discard(victim)
+            victim.dropped = True
+            victim.evict()
+        peers.add(conn)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer, conn))
+        conn.evict = task.cancel
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def address_connections(self, address: str) -> list[Connection]:
+        """The connections open from ``address``, as the per-address cap sees them (metrics, tests)."""
+        return list(self._by_address.get(address, ()))
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
+    ) -> None:
         self.active_connections += 1
+        stalled = False  # a send without progress: reset, not closed behind unread bytes
         parser = vortex.FrameParser()
-        files = _OpenFiles(self._store)
+        files = OpenFiles(self._store)
         peer = writer.get_extra_info("peername")
         try:
             while True:
@@ -191,8 +224,7 @@ class PieceServer:
                     return
                 except ProtocolError as e:
                     log.info("piece request from %s is malformed: %s", peer, e)
-                    writer.write(vortex.encode_error(0, vortex.ErrorCode.INVALID_ARGUMENT, str(e)))
-                    await writer.drain()
+                    await self._refuse(writer, 0, vortex.ErrorCode.INVALID_ARGUMENT, str(e))
                     return
                 if event is None:
                     try:
@@ -203,6 +235,7 @@ class PieceServer:
                         return
                     if not data:
                         return
+                    conn.moved(self._clock())
                     parser.feed(data)
                     continue
                 if not isinstance(event, vortex.DownloadPiece) or event.tag not in self._served:
@@ -210,20 +243,37 @@ class PieceServer:
                     # Dragonfly's server does, close without an answer.
                     log.debug("piece connection from %s ends with %s", peer, type(event).__name__)
                     return
-                if not await self._send_piece(writer, event, files) or not event.damselfly:
+                if not await self._send_piece(writer, event, files, conn) or not event.damselfly:
                     return  # a plain request: one per connection, as Dragonfly's server
+        except TimeoutError as e:  # before OSError, of which it is one
+            self.stalled_sends += 1
+            stalled = True
+            log.info("closing piece connection from %s: %s", peer, e or "no progress")
         except (ConnectionError, OSError, RuntimeError) as e:
             # RuntimeError: loop.sendfile on a transport the peer already closed.
             log.debug("piece connection from %s ended: %s", peer, e)
         finally:
             self.active_connections -= 1
+            peers = self._by_address.get(conn.address)
+            if peers is not None:
+                peers.discard(conn)
+                if not peers:
+                    del self._by_address[conn.address]
             files.close()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            if stalled or conn.dropped:
+                _reset(writer)
+            else:
+                writer.close()
+                try:
+                    async with asyncio.timeout(self.limits.idle_timeout):
+                        await writer.wait_closed()
+                except TimeoutError:
+                    _reset(writer)  # the child reads nothing more: drop what is queued for it
+                except Exception:
+                    pass
 
     async def _send_piece(
-        self, writer: asyncio.StreamWriter, request: vortex.DownloadPiece, files: _OpenFiles
+        self, writer: asyncio.StreamWriter, request: vortex.DownloadPiece, files: OpenFiles, conn: Connection
     ) -> bool:
         """Answer one piece request; False when the connection must close.
 
@@ -235,10 +285,10 @@ class PieceServer:
         damselfly = request.damselfly  # only served when extensions are on
         if self.request_limiter is not None and not self.request_limiter.allow():
             code = _Code.RESOURCE_EXHAUSTED if damselfly else _Code.INTERNAL
-            return await _refuse(writer, pid, code, "too many piece requests; retry")
+            return await self._refuse(writer, pid, code, "too many piece requests; retry")
         meta = self._store.get(request.task_id)
         if meta is None:
-            return await _refuse(writer, pid, _Code.NOT_FOUND, "unknown task")
+            return await self._refuse(writer, pid, _Code.NOT_FOUND, "unknown task")
         piece = meta.pieces.get(request.number)
         incoming = self._store.receiving.get(request.task_id, request.number) if piece is None else None
         if incoming is not None and not damselfly:
@@ -247,7 +297,7 @@ class PieceServer:
             await incoming.ended()
             meta = self._store.get(request.task_id)
             if meta is None:
-                return await _refuse(writer, pid, _Code.NOT_FOUND, "unknown task")
+                return await self._refuse(writer, pid, _Code.NOT_FOUND, "unknown task")
             piece, incoming = meta.pieces.get(request.number), None
         if piece is None and incoming is None:
             count = meta.piece_count
@@ -255,7 +305,7 @@ class PieceServer:
                 code, message = _Code.INVALID_ARGUMENT, f"piece {request.number} >= {count} pieces"
             else:
                 code, message = _Code.NOT_FOUND, f"piece {request.number} is not held (yet)"
-            return await _refuse(writer, pid, code, message)
+            return await self._refuse(writer, pid, code, message)
         first = False
         verdict = ""
         requester = _requester(writer)
@@ -270,7 +320,7 @@ class PieceServer:
             if verdict == "elsewhere" and damselfly:
                 self.elsewhere_refusals += 1
                 message = f"piece {request.number} is with other peers already"
-                return await _refuse(writer, pid, _Code.ELSEWHERE, message)
+                return await self._refuse(writer, pid, _Code.ELSEWHERE, message)
             first = verdict == "first" and self._sending < self.upload_slots * FIRST_SEND_FACTOR
         if (
             damselfly
@@ -284,14 +334,14 @@ class PieceServer:
             # child waits its turn: it would take a refusal as a failed parent.)
             self.busy_refusals += 1
             message = f"busy: {self.upload_slots} pieces in flight"
-            return await _refuse(writer, pid, _Code.RESOURCE_EXHAUSTED, message)
+            return await self._refuse(writer, pid, _Code.RESOURCE_EXHAUSTED, message)
         try:
             file = files.get(request.task_id)
         except DamselflyError as e:
-            return await _refuse(writer, pid, _Code.NOT_FOUND, str(e))
+            return await self._refuse(writer, pid, _Code.NOT_FOUND, str(e))
         if incoming is not None and incoming.state == "failed":
             message = f"piece {request.number} is not held"
-            return await _refuse(writer, pid, _Code.NOT_FOUND, message)
+            return await self._refuse(writer, pid, _Code.NOT_FOUND, message)
         number = request.number
         parent_id, cost_s = "", 0  # for a piece still arriving: not known yet
         if incoming is not None:
@@ -314,11 +364,13 @@ class PieceServer:
         sent = -1
         try:
             async with self._turn(bypass=first):
+                conn.sending = True
+                conn.moved(self._clock())  # the wait for a slot was not the child's doing
                 writer.write(header)
                 began = self._clock()
                 with self._store.using(request.task_id):
                     if incoming is not None:
-                        sent = await self._stream_incoming(writer, file, incoming)
+                        sent = await self._stream_incoming(writer, file, incoming, conn)
                         if sent < 0:
                             log.info("task %s piece %d: our own transfer failed; aborting the stream",
                                      request.task_id[:12], number)  # fmt: skip
@@ -331,9 +383,10 @@ class PieceServer:
                                 return False
                             writer.write(vortex.encode_piece_digest(pid, incoming.digest))
                     else:
-                        sent = await self._sendfile(writer, file, offset, length, request.task_id)
+                        sent = await self._sendfile(writer, file, offset, length, request.task_id, conn)
                 self._send_time += 0.2 * ((self._clock() - began) - self._send_time)
         finally:
+            conn.sending = False
             if verdict == "first":
                 self._first_send_ended(request.task_id, request.number, requester, ok=sent == length)
         self.bytes_sent += sent
@@ -355,7 +408,7 @@ class PieceServer:
         return True
 
     async def _stream_incoming(
-        self, writer: asyncio.StreamWriter, file: io.FileIO, incoming: Receiving
+        self, writer: asyncio.StreamWriter, file: io.FileIO, incoming: Receiving, conn: Connection
     ) -> int:
         """Send a piece that is still arriving from our parent, as its bytes land.
 
@@ -377,7 +430,9 @@ class PieceServer:
             if state == "receiving":
                 ready = min(ready, length - min(HOLD_BYTES, length))
             if ready > pos:
-                n = await self._sendfile(writer, file, incoming.offset + pos, ready - pos, incoming.task_id)
+                n = await self._sendfile(
+                    writer, file, incoming.offset + pos, ready - pos, incoming.task_id, conn
+                )
                 if n <= 0:
                     break
                 pos += n
@@ -386,6 +441,7 @@ class PieceServer:
             if state == "receiving" and incoming.written >= length:
                 await incoming.ended()  # all here: the held bytes go the moment it is verified
                 continue
+            conn.moved(self._clock())  # waiting for our upstream is not the child's stall
             await asyncio.sleep(pause)
             pause = min(2 * pause, STREAM_POLL_MAX_S)  # a slow upstream: look less often
         return pos
@@ -459,47 +515,53 @@ class PieceServer:
         self._first_sent.pop(task_id, None)
 
     async def _sendfile(
-        self, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int, task_id: str
+        self,
+        writer: asyncio.StreamWriter,
+        file: io.FileIO,
+        offset: int,
+        length: int,
+        task_id: str,
+        conn: Connection,
     ) -> int:
+        """Send ``length`` bytes of ``file``, in chunks of the host limiter's grants when it
+        limits; a send the child stops acknowledging for the idle timeout, or slower than the
+        minimum rate (limiter waits not counted), raises TimeoutError (:func:`.send_guard.watched`)."""
         loop = asyncio.get_running_loop()
         limiter = self.limiter
-        send = _send_through_tls if writer.get_extra_info("ssl_object") is not None else _sendfile
-        if limiter is None or limiter.unlimited:
-            return await send(loop, writer, file, offset, length)
+        limited = limiter is not None and not limiter.unlimited
+        send = send_through_tls if writer.get_extra_info("ssl_object") is not None else send_plain
+        sock = writer.get_extra_info("socket")
+        budget = self.limits.budget(length)
         sent = 0
         while sent < length:
-            n = await limiter.acquire(length - sent, task_id)  # turns are fair per task
-            got = await send(loop, writer, file, offset + sent, n)
+            n = length - sent
+            if limiter is not None and limited:
+                n = await limiter.acquire(n, task_id)  # turns are fair per task
+            began = loop.time()
+            moved = lambda: conn.moved(self._clock())  # noqa: E731
+            try:
+                async with watched(lambda: acked_bytes(sock), self.limits, budget, moved):
+                    got = await send(loop, writer, file, offset + sent, n)
+            except TimeoutError as e:
+                raise TimeoutError(f"{e} ({sent} of {length} bytes sent)") from None
+            budget -= loop.time() - began
+            conn.moved(self._clock())
             sent += got
             if got < n:
-                limiter.refund(n - got)
+                if limiter is not None and limited:
+                    limiter.refund(n - got)
                 break
         return sent
 
-
-async def _sendfile(
-    loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int
-) -> int:
-    return await loop.sendfile(writer.transport, file, offset, length)
-
-
-async def _send_through_tls(
-    loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, file: io.FileIO, offset: int, length: int
-) -> int:
-    """``length`` bytes of ``file`` at ``offset`` through a TLS transport, in large chunks, each
-    written and drained (``loop.sendfile``'s own fallback reads 16 KiB per executor round trip,
-    a sixth of this path's throughput). The read is on the loop, as ``sendfile``'s is in the
-    kernel: not in the default executor, whose few threads the piece client's receives hold
-    (a parent's sends queued behind its own receives stalled whole swarms)."""
-    sent = 0
-    while sent < length:
-        chunk = os.pread(file.fileno(), min(TLS_CHUNK, length - sent), offset + sent)
-        if not chunk:
-            break
-        writer.write(chunk)
-        await writer.drain()
-        sent += len(chunk)
-    return sent
+    async def _refuse(
+        self, writer: asyncio.StreamWriter, pid: int, code: vortex.ErrorCode, message: str
+    ) -> bool:
+        """Answer a piece request with an Error frame; the connection stays usable. A child
+        that does not read the answer within the idle timeout: TimeoutError."""
+        writer.write(vortex.encode_error(pid, code, message))
+        async with asyncio.timeout(self.limits.idle_timeout):
+            await writer.drain()
+        return True
 
 
 @dataclass(slots=True)
@@ -510,56 +572,16 @@ class _FirstSend:
     finished: float | None = None
 
 
-class _OpenFiles:
-    """The content file of the last task served on a connection (children ask for many
-    pieces of one task in a row, so one open file per connection is enough)."""
-
-    def __init__(self, store: PieceStore) -> None:
-        self._store = store
-        self._task_id = ""
-        self._file: io.FileIO | None = None
-
-    def get(self, task_id: str) -> io.FileIO:
-        if self._file is not None and self._task_id == task_id and self._same_file(task_id, self._file):
-            return self._file
-        self.close()
-        fd = self._store.open_read_fd(task_id)
-        try:
-            self._file = io.FileIO(fd, "rb", closefd=True)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._task_id = task_id
-        return self._file
-
-    def _same_file(self, task_id: str, file: io.FileIO) -> bool:
-        # A task deleted and downloaded again has a new content file.
-        try:
-            return os.stat(self._store.content_path(task_id)).st_ino == os.fstat(file.fileno()).st_ino
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        """Close the file in a worker thread: if its task was deleted meanwhile, this is the
-        last reference, and the file system frees (and may discard) every block of it in
-        close(): a 1 GiB file stalled the event loop 0.3-0.5 s on an ext4 mounted ``discard``."""
-        file, self._file = self._file, None
-        if file is None:
-            return
-        try:
-            asyncio.get_running_loop().run_in_executor(None, file.close)
-        except RuntimeError:  # no running loop, or its executor is shut down
-            file.close()
-
-
 def _requester(writer: asyncio.StreamWriter) -> str:
     """The address a piece request came from (the super-seed's notion of "who has it")."""
     peer = writer.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
-async def _refuse(writer: asyncio.StreamWriter, pid: int, code: vortex.ErrorCode, message: str) -> bool:
-    """Answer a piece request with an Error frame; the connection stays usable."""
-    writer.write(vortex.encode_error(pid, code, message))
-    await writer.drain()
-    return True
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Drop a connection at once: a reset, not a FIN queued behind bytes the child never reads."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # closed already
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
