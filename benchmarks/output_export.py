@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from damselfly.daemon.download import output  # noqa: E402
-from damselfly.units import parse_size  # noqa: E402
+from damselfly.daemon.download import output
+from damselfly.units import parse_size
 
 PIECE = 16 * 1024 * 1024
 

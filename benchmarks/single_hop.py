@@ -20,7 +20,7 @@ With ``--tls`` a third contender runs in the same alternation:
 
 * **damselfly over mTLS**: the same pull from a second parent process whose
   piece server speaks Vortex over TLS (certificates made in the temp dir with
-  ``damselfly.certs``, both sides verified); reported as ``tls_MBps`` and
+  ``damselfly.security.certs``, both sides verified); reported as ``tls_MBps`` and
   ``tls_ratio`` (over mTLS / plain TCP, target >= 0.6).
 
 Usage: ``python benchmarks/single_hop.py --size 1GiB [--tls]`` (needs ``nginx``
@@ -45,7 +45,6 @@ import time
 import zlib
 from pathlib import Path
 
-from damselfly.certs import issue, make_ca
 from damselfly.config import TLSConfig
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.transfer.piece_client import PieceConnectionPool
@@ -53,7 +52,8 @@ from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.domain import PieceInfo
 from damselfly.ids import task_id
 from damselfly.pieces import piece_count, piece_length_for, piece_span
-from damselfly.tls import TLSFiles, client_ssl_context, load_tls, server_ssl_context
+from damselfly.security.certs import issue, make_ca
+from damselfly.security.tls import TLSFiles, client_ssl_context, load_tls, server_ssl_context
 from damselfly.units import MiB, parse_size
 
 TID = task_id("http://bench/single_hop")

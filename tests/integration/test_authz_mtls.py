@@ -28,8 +28,8 @@ import grpc
 import pytest
 
 from damselfly.api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from damselfly.certs import issue, make_ca
 from damselfly.runtime.children import ChildProcess
+from damselfly.security.certs import issue, make_ca
 from damselfly.units import MiB
 from helpers.metrics import sample_now
 from helpers.processes import OriginProcess, Procs, random_file, run_dfget, sha256_of, short_tempdir

@@ -26,9 +26,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from damselfly.certs import issue, make_ca
 from damselfly.daemon.transfer import vortex
 from damselfly.runtime.children import ChildProcess, python_module_command
+from damselfly.security.certs import issue, make_ca
 from damselfly.units import MiB
 from helpers.metrics import sample_now
 from helpers.processes import Procs, random_file, run_dfget, sha256_of, short_tempdir

@@ -1,4 +1,4 @@
-"""The credentials of :mod:`damselfly.tls` on real sockets, in one process.
+"""The credentials of :mod:`damselfly.security.tls` on real sockets, in one process.
 
 gRPC: a server with :func:`server_credentials` and a channel from
 :func:`make_channel` talk; the servicer sees the caller's certificate identity
@@ -24,7 +24,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from damselfly.certs import issue, make_ca
 from damselfly.config import TLSConfig
 from damselfly.daemon.ratelimit import ByteLimiter
 from damselfly.daemon.store.piece_store import PieceStore
@@ -34,7 +33,8 @@ from damselfly.domain import PieceInfo
 from damselfly.errors import PeerError
 from damselfly.ids import task_id
 from damselfly.pieces import piece_count, piece_span
-from damselfly.tls import (
+from damselfly.security.certs import issue, make_ca
+from damselfly.security.tls import (
     PeerIdentity,
     TLSFiles,
     client_ssl_context,

@@ -297,8 +297,8 @@ def certs_ca(
     force: Annotated[bool, typer.Option(help="replace a CA already in --out")] = False,
 ) -> None:
     """Make a CA (ECDSA P-256) that issues the fleet's host certificates."""
-    from ..certs import make_ca
     from ..errors import ConfigError
+    from ..security.certs import make_ca
 
     try:
         cert, key = make_ca(out, name=name, force=force)
@@ -322,8 +322,8 @@ def certs_issue(
     days: Annotated[int, typer.Option(help="validity in days")] = 825,
 ) -> None:
     """Issue a host certificate (server and client use) with the host's IPs and names as SANs."""
-    from ..certs import issue
     from ..errors import ConfigError
+    from ..security.certs import issue
 
     try:
         issued = issue(ca, name, ips=ip or [], dns=dns or [], out=out, days=days)

@@ -123,13 +123,13 @@ def run_server(
     from ..logs import setup_logging
 
     loader, app_module = _SERVERS[command]
-    from ..tls import load_tls
+    from ..security.tls import load_tls
 
     try:
         config = getattr(config_module, loader)(config_file, overrides)
         load_tls(config.tls)  # unreadable or mismatched TLS files: one line, before anything starts
         if command == "scheduler":
-            from ..authz import check_security
+            from ..security.authz import check_security
 
             check_security(config.security)  # a bad CIDR in security.*: one line too
     except ConfigError as e:

@@ -29,12 +29,12 @@ from aiohttp import web
 from .. import __version__, ids
 from ..api import dfdaemon_pb2_grpc
 from ..api.health import DFDAEMON_DOWNLOAD, DFDAEMON_UPLOAD, Health
-from ..authz import SchedulerGate
 from ..config import DaemonConfig
 from ..domain import HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
 from ..process import metrics_app, run_until_signal, write_ready_file
-from ..tls import client_ssl_context, load_tls, server_credentials, server_ssl_context
+from ..security.authz import SchedulerGate
+from ..security.tls import client_ssl_context, load_tls, server_credentials, server_ssl_context
 from .announcer import Announcer
 from .download.conductor import ConductorDeps
 from .download.tasks import TaskManager

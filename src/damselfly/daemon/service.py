@@ -24,12 +24,12 @@ from google.protobuf import empty_pb2
 from .. import tracing
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..api.convert import local_task_to_pb, task_to_pb
-from ..authz import SchedulerGate, require_scheduler
 from ..domain import PieceInfo
 from ..errors import (
     DamselflyError,
     InvalidArgument,
 )
+from ..security.authz import SchedulerGate, require_scheduler
 from .download_rpc import (
     Downloads,
     local_task_info,

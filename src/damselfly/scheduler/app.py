@@ -19,7 +19,7 @@ from ..api.health import SCHEDULER, Health
 from ..config import SchedulerConfig
 from ..errors import ConfigError
 from ..process import run_until_signal, write_ready_file
-from ..tls import load_tls, server_credentials
+from ..security.tls import load_tls, server_credentials
 from .metrics import SchedulerMetrics
 from .runtime import GCPauses, gc_tuning_wanted, tune_gc
 from .service import SchedulerService

@@ -21,10 +21,10 @@ import grpc
 from google.protobuf import empty_pb2
 
 from ..api import cache_convert, common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
-from ..authz import HostAuthority, caller_of
 from ..domain import PersistentCachePeerInfo, PersistentCacheTaskInfo
 from ..errors import DamselflyError, InvalidArgument, NotFound, PermissionDenied, SchedulerError
-from ..tls import TLSFiles
+from ..security.authz import HostAuthority, caller_of
+from ..security.tls import TLSFiles
 from .persistent_cache import (
     FAILED,
     PENDING,

@@ -23,7 +23,7 @@ Progress: while the RPC runs, ``StatImage`` / ``StatFile`` say which hosts hold
 peers; ``damselfly preheat`` polls them.
 
 Who: only an admin may preheat (docs/SECURITY.md), and only hosts that passed the
-announce checks (:class:`damselfly.authz.HostAuthority`) are targets.
+announce checks (:class:`damselfly.security.authz.HostAuthority`) are targets.
 
 Credentials: ``username``/``password`` open the registry for the scheduler;
 the ``Authorization`` that worked (a bearer token or basic auth) is put in
@@ -51,7 +51,6 @@ from google.protobuf import empty_pb2
 
 from .. import registry_client
 from ..api import convert, scheduler_pb2
-from ..authz import HostAuthority, caller_of
 from ..domain import DownloadSpec, HostInfo
 from ..errors import (
     DamselflyError,
@@ -61,7 +60,8 @@ from ..errors import (
     SourceStatusError,
     SourceUnreachable,
 )
-from ..tls import TLSFiles
+from ..security.authz import HostAuthority, caller_of
+from ..security.tls import TLSFiles
 from ..units import MINUTES
 from .preheat import (
     HostLoad,

@@ -2,7 +2,7 @@
 
 ``StatPeer``, ``DeletePeer``, ``StatTask``, ``DeleteTask``, ``AnnounceHost``,
 ``ListHosts``, ``DeleteHost`` (docs/INTEROP.md §2.1, §2.4): the request checks
-first (:mod:`.validate_rpc`), who may (:mod:`damselfly.authz`: a host's own
+first (:mod:`.validate_rpc`), who may (:mod:`damselfly.security.authz`: a host's own
 deletes, or an admin's; docs/SECURITY.md), then the answer or the error in Dragonfly's words
 (G:scheduler/service/service_v2.go at 66db4564). Mixed into
 :class:`~.service.SchedulerService`, which owns the state they read and whose
@@ -18,9 +18,9 @@ import grpc
 from google.protobuf import empty_pb2
 
 from ..api import common_pb2, convert, scheduler_pb2
-from ..authz import HostAuthority, caller_of
 from ..domain import HostType
 from ..errors import DamselflyError
+from ..security.authz import HostAuthority, caller_of
 from .metrics import SchedulerMetrics
 from .resources import Host, Resources, Task
 from .stream import status_of

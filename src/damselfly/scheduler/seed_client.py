@@ -26,7 +26,7 @@ from .. import tracing
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..domain import HostInfo
 from ..errors import SchedulerError
-from ..tls import TLSFiles, make_channel
+from ..security.tls import TLSFiles, make_channel
 
 log = logging.getLogger(__name__)
 

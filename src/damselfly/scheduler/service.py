@@ -39,12 +39,12 @@ import grpc
 
 from .. import tracing
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
-from ..authz import Caller, HostAuthority, caller_of
 from ..config import SchedulerConfig
 from ..domain import EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
 from ..errors import ConfigError, DamselflyError, NotFound
 from ..logs import log_context
-from ..tls import TLSFiles
+from ..security.authz import Caller, HostAuthority, caller_of
+from ..security.tls import TLSFiles
 from . import gc
 from .absent_rpc import CacheTaskStubs, PersistentTaskAbsent
 from .evaluator import get_evaluator

@@ -79,7 +79,7 @@ def write_tls_configs(
 ) -> tuple[Path, Path]:
     """A CA and a certificate for ``ips`` under ``root/tls``, and the daemon and scheduler
     configs (the user's, with ``tls.*`` set) under ``root/run``: their paths."""
-    from ..certs import issue, make_ca  # cryptography: only for a TLS run
+    from ..security.certs import issue, make_ca  # cryptography: only for a TLS run
 
     make_ca(root / "tls" / "ca", force=True)
     host = issue(root / "tls" / "ca", "swarm", ips=ips, out=root / "tls" / "hosts")

@@ -1,13 +1,14 @@
-"""The rules of :mod:`damselfly.authz` over plain callers (real calls: tests/integration/test_authz*.py)."""
+"""The rules of :mod:`damselfly.security.authz` over plain callers
+(real calls: tests/integration/test_authz*.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from damselfly.authz import Caller, HostAuthority, SchedulerGate, peer_ip, split_host
 from damselfly.config import SecurityConfig
 from damselfly.errors import ConfigError, PermissionDenied
-from damselfly.tls import PeerIdentity
+from damselfly.security.authz import Caller, HostAuthority, SchedulerGate, peer_ip, split_host
+from damselfly.security.tls import PeerIdentity
 
 
 def cert(cn: str, *ips: str, dns: tuple[str, ...] = (), fp: str = "") -> PeerIdentity:

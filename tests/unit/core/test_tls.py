@@ -1,4 +1,4 @@
-"""``damselfly certs`` and the checks of ``tls.*`` (:func:`damselfly.tls.load_tls`)."""
+"""``damselfly certs`` and the checks of ``tls.*`` (:func:`damselfly.security.tls.load_tls`)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from damselfly.certs import issue, make_ca
 from damselfly.config import TLSConfig
 from damselfly.errors import ConfigError
-from damselfly.tls import (
+from damselfly.security.certs import issue, make_ca
+from damselfly.security.tls import (
     client_ssl_context,
     identity_from_der,
     load_tls,

@@ -10,13 +10,13 @@ import pytest
 from sched_world import FakeClock
 
 from damselfly.api import common_pb2, scheduler_pb2
-from damselfly.authz import Caller
 from damselfly.config import SchedulerConfig
 from damselfly.domain import HostInfo
 from damselfly.errors import PermissionDenied
 from damselfly.scheduler.resources import PeerState
 from damselfly.scheduler.service import SchedulerService
 from damselfly.scheduler.stream import Abort, PeerStream
+from damselfly.security.authz import Caller
 
 TASK = "f" * 64
 

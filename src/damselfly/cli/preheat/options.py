@@ -25,7 +25,7 @@ from ...errors import InvalidArgument
 from ..exitcodes import ExitCode
 
 if TYPE_CHECKING:
-    from ...tls import TLSFiles
+    from ...security.tls import TLSFiles
 
 SCHEDULER_ENV = "DAMSELFLY_SCHEDULER"
 DEFAULT_SCHEDULER = "127.0.0.1:8002"
@@ -120,7 +120,7 @@ def shared_flags(
     from ...config import TLSConfig
     from ...errors import ConfigError
     from ...scheduler.preheat import Scope
-    from ...tls import load_tls
+    from ...security.tls import load_tls
     from ..parsing import parse_duration, parse_headers, parse_piece_length
 
     files = {"ca_cert": tls_ca_cert, "cert": tls_cert, "key": tls_key}

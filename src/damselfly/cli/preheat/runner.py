@@ -181,7 +181,7 @@ async def run_image(
     from ... import registry_client
     from ...api import scheduler_pb2, scheduler_pb2_grpc
     from ...errors import InvalidArgument
-    from ...tls import make_channel
+    from ...security.tls import make_channel
 
     try:
         ref = registry_client.parse_reference(image, scheme="http" if plain_http else "https")
@@ -232,7 +232,7 @@ async def run_files(c: PreheatOptions, urls: list[str], *, err: TextIO = sys.std
 
     from ...api import scheduler_pb2, scheduler_pb2_grpc
     from ...errors import InvalidArgument
-    from ...tls import make_channel
+    from ...security.tls import make_channel
     from ..parsing import check_url
 
     try:

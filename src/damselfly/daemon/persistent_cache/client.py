@@ -25,7 +25,7 @@ from ...errors import (
     NotFound,
     SchedulerError,
 )
-from ...tls import TLSFiles, make_channel
+from ...security.tls import TLSFiles, make_channel
 from ..scheduler_client import PeerStream, StreamRequest, StreamResponse
 from ..transfer.peer_rpc import PeerRPC
 

@@ -35,7 +35,7 @@ from ...errors import (
     SchedulerError,
 )
 from ...pieces import piece_length_for
-from ...tls import TLSFiles
+from ...security.tls import TLSFiles
 from ...units import HOURS
 from ..download import output
 from ..download.conductor import Conductor, ConductorDeps

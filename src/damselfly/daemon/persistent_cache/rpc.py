@@ -31,12 +31,12 @@ from ...api.cache_convert import (
     cache_task_to_pb,
 )
 from ...api.convert import duration, timestamp
-from ...authz import SchedulerGate, require_scheduler
 from ...errors import (
     NotFound,
     SchedulerError,
     StorageError,
 )
+from ...security.authz import SchedulerGate, require_scheduler
 from ..grpc_status import status_for, write_stream
 from ..store.metadata import TaskMeta
 from .manager import PersistentCache

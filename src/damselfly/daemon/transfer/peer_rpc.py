@@ -27,7 +27,7 @@ from ...api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from ...api.convert import UNKNOWN_CONTENT_LENGTH
 from ...domain import HostInfo
 from ...errors import PeerError
-from ...tls import TLSFiles, make_channel
+from ...security.tls import TLSFiles, make_channel
 
 log = logging.getLogger(__name__)
 

@@ -155,7 +155,7 @@ class PieceServer:
     async def start(self, host: str, port: int, *, ssl: SSLContext | None = None) -> int:
         """Listen on ``host:port`` (0: a free port) and return the bound port.
 
-        With ``ssl`` (:func:`damselfly.tls.server_ssl_context`) every connection is
+        With ``ssl`` (:func:`damselfly.security.tls.server_ssl_context`) every connection is
         TLS with a client certificate from the fleet's CA; ``loop.sendfile`` then
         reads the file and writes it through TLS (no kernel TLS).
         """

@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from .config import TLSConfig
-from .errors import ConfigError
+from ..config import TLSConfig
+from ..errors import ConfigError
 
 _KEYS = (("caCert", "ca_cert"), ("cert", "cert"), ("key", "key"))
 

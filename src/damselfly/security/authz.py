@@ -3,7 +3,7 @@
 Every decision starts from a :class:`Caller`, read from the gRPC call itself
 (:func:`caller_of`): the connection's own source address (``context.peer()``,
 an IPv4-mapped IPv6 address compared as the IPv4 one) and, under mTLS, the
-verified client certificate (:func:`damselfly.tls.grpc_peer_identity`). Never a
+verified client certificate (:func:`damselfly.security.tls.grpc_peer_identity`). Never a
 field of the request: an announced IP, a ``remote_ip`` or a host ID are claims,
 checked against the caller.
 
@@ -35,8 +35,8 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .config import SecurityConfig
-from .errors import ConfigError, PermissionDenied
+from ..config import SecurityConfig
+from ..errors import ConfigError, PermissionDenied
 from .tls import PeerIdentity, TLSFiles, grpc_peer_identity, identity_from_der
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

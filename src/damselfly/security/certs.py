@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .daemon.proxy.ca import _write_private, generate_ca
-from .errors import ConfigError
+from ..daemon.proxy.ca import _write_private, generate_ca
+from ..errors import ConfigError
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"

@@ -1,0 +1,2 @@
+"""Trust on the network: mTLS credentials (:mod:`.tls`), the fleet CA and host
+certificates (:mod:`.certs`), and who may do what (:mod:`.authz`)."""
