@@ -43,6 +43,11 @@ class TLSConfig(Section):
     ca_cert: str = ""
     cert: str = ""
     key: str = ""
+    # A DNS name every daemon's certificate carries (one certificate shared by a fleet, as a
+    # Kubernetes Secret is): daemons' certificates are then checked against this name, not the
+    # IP a daemon is dialed at, and the scheduler checks such a daemon's announced IP against
+    # the address it calls from. Weaker than a certificate per host (docs/TLS.md). Empty: by IP.
+    peer_name: str = ""
 
 
 class LogConfig(Section):

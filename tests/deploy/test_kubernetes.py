@@ -410,7 +410,7 @@ def test_the_small_overlay_runs_one_scheduler_and_one_seed() -> None:
 
 def test_the_mtls_overlay_differs_from_the_default_in_tls_only(tmp_path: Path) -> None:
     base, mtls = render("default"), render("mtls")
-    secrets = {}
+    secrets, peer_names = {}, {}
     for workload in (o for o in mtls if o["kind"] in WORKLOADS):
         name = workload["metadata"]["name"]
         plain = next(o for o in base if o["kind"] == workload["kind"] and o["metadata"]["name"] == name)
@@ -426,6 +426,10 @@ def test_the_mtls_overlay_differs_from_the_default_in_tls_only(tmp_path: Path) -
         assert Path(tls.key).parent == Path(tls.ca_cert).parent == Path(mount["mountPath"])
         volume = next(v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"])
         secrets[name] = volume["secret"]["secretName"]
+        peer_names[name] = tls.peer_name
+    # One certificate is shared by every daemon and seed: they, and the schedulers that dial them,
+    # check it against one DNS name, not each node's IP.
+    assert set(peer_names.values()) == {"peer.damselfly.internal"} and len(peer_names) == 3
     assert secrets == {
         "damselfly-scheduler": "damselfly-scheduler-tls",
         "damselfly-seed": "damselfly-peer-tls",

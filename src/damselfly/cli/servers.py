@@ -127,7 +127,8 @@ def run_server(
 
     try:
         config = getattr(config_module, loader)(config_file, overrides)
-        load_tls(config.tls)  # unreadable or mismatched TLS files: one line, before anything starts
+        # Unreadable or mismatched TLS files: one line, before anything starts.
+        load_tls(config.tls, presents_peer_name=command != "scheduler")
         if command == "scheduler":
             from ..security.authz import check_security
 

@@ -83,7 +83,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         # mTLS on every TCP link (docs/TLS.md); checked first: bad TLS files refuse the start.
-        self.tls = load_tls(config.tls)
+        self.tls = load_tls(config.tls, presents_peer_name=True)
         self.is_seed = config.seed_peer.enable
         self.ip = _advertise_ip(config)
         self.host_id = ids.host_id(self.ip, config.host.hostname, seed=self.is_seed)
@@ -98,6 +98,7 @@ class Daemon:
             local=LocalPieces() if config.storage.local_share else None,
             extensions=config.wire.extensions,
             tls=client_ssl_context(self.tls) if self.tls else None,
+            tls_name=self.tls.peer_name if self.tls else "",
         )
         self.peer_rpc = PeerRPC(tls=self.tls)
         sc = config.scheduler

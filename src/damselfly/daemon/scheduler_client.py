@@ -335,9 +335,15 @@ def _as_offered(parent: CandidateParent) -> common_pb2.Peer:
     return pb
 
 
-def open_channel(addr: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
-    """The one place a channel to a scheduler is made (TLS settings plug in here)."""
-    options = [
+def open_channel(
+    addr: str, credentials: grpc.ChannelCredentials | None = None, *, target_name: str = ""
+) -> grpc.aio.Channel:
+    """The one place a channel to a scheduler is made (TLS settings plug in here).
+
+    Under TLS the scheduler's certificate must name the host of ``addr``, or ``target_name``
+    when given: the DNS name ``addr``'s IP was resolved from, which a certificate can carry
+    where a pod's changing IP cannot."""
+    options: list[tuple[str, int | str]] = [
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         # A scheduler that restarts must be seen again within a health interval or two, not after
@@ -347,6 +353,8 @@ def open_channel(addr: str, credentials: grpc.ChannelCredentials | None = None) 
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
     if credentials is not None:
+        if target_name:
+            options.append(("grpc.ssl_target_name_override", target_name))
         return grpc.aio.secure_channel(addr, credentials, options=options)
     return grpc.aio.insecure_channel(addr, options=options)
 
@@ -373,13 +381,17 @@ class SchedulerLink:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         extensions: bool = True,
+        target_name: str = "",
     ) -> None:
         self.addr = addr
+        # The configured name ``addr`` came from ("" for an address given as an IP): under TLS
+        # the scheduler's certificate is checked against it.
+        self.target_name = target_name
         self.extensions = extensions
         # Whether the scheduler there speaks Damselfly's extensions: asked once per
         # connection (None: not asked yet, or to ask again).
         self._speaks: asyncio.Future[bool] | None = None
-        self._channel = open_channel(addr, credentials)
+        self._channel = open_channel(addr, credentials, target_name=target_name)
         self._stub = scheduler_pb2_grpc.SchedulerStub(self._channel)
         # Kept by the fleet: whether the health check says SERVING, whether this host was
         # announced there since it last came up or lost state, and a count of such losses.

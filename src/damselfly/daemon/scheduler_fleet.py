@@ -2,7 +2,9 @@
 
 A daemon is given schedulers by address (``scheduler.addrs``, ``--scheduler``
 repeated) or by a DNS name that resolves to several; names are resolved again
-every ``scheduler.resolveInterval``. Each address is a
+every ``scheduler.resolveInterval``. Under mTLS, a scheduler reached at an
+address a name resolved to must present a certificate for that name (not for
+its IP, which in Kubernetes is a pod's and changes). Each address is a
 :class:`~.scheduler_client.SchedulerLink`, checked with ``grpc.health.v1``
 every ``scheduler.healthInterval``. A task goes to its scheduler on the
 consistent-hash ring (:mod:`.scheduler_ring`), skipping those that are down:
@@ -90,6 +92,8 @@ class SchedulerFleet:
         self.resolve_interval = resolve_interval
         self.announce_interval = announce_interval
         self.links: dict[str, SchedulerLink] = {}
+        # The configured name each resolved address came from (none for an address given as an IP).
+        self._names: dict[str, str] = {}
         self.ring = HashRing()
         self.sync: Sync | None = None
         self._keepers: dict[str, asyncio.Task[None]] = {}
@@ -108,7 +112,12 @@ class SchedulerFleet:
         if not wanted:
             return  # nothing resolved: keep what we have rather than lose every scheduler
         for addr in wanted - self.links.keys():
-            link = SchedulerLink(addr, credentials=self._credentials, extensions=self.extensions)
+            link = SchedulerLink(
+                addr,
+                credentials=self._credentials,
+                extensions=self.extensions,
+                target_name=self._names.get(addr, ""),
+            )
             link.on_lost = self._lost
             self.links[addr] = link
             self._kicks[addr] = asyncio.Event()
@@ -134,6 +143,7 @@ class SchedulerFleet:
         for host, port in self._targets:
             if _is_ip(host):
                 out.append(join_addr(host, port))
+                self._names[join_addr(host, port)] = ""  # given as an IP: checked as the IP
                 continue
             try:
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -141,7 +151,10 @@ class SchedulerFleet:
                 log.warning("cannot resolve scheduler %s: %s", host, e)
                 out.extend(a for a in self.links if a.endswith(f":{port}"))  # keep the last answer
                 continue
-            out.extend(join_addr(str(info[4][0]), port) for info in infos)
+            for info in infos:
+                addr = join_addr(str(info[4][0]), port)
+                out.append(addr)
+                self._names.setdefault(addr, host)
         return sorted(set(out))
 
     async def _resolve_loop(self) -> None:

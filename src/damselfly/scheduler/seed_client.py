@@ -26,7 +26,7 @@ from .. import tracing
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..domain import HostInfo
 from ..errors import SchedulerError
-from ..security.tls import TLSFiles, make_channel
+from ..security.tls import TLSFiles, peer_channel
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ def target(host: HostInfo) -> str:
 
 
 def daemon_channel(host: HostInfo, tls: TLSFiles | None) -> grpc.aio.Channel:
-    """A channel to ``host``'s upload gRPC, dialed by IP (under mTLS its certificate needs that IP SAN)."""
-    return make_channel(target(host), tls)
+    """A channel to ``host``'s upload gRPC, dialed by IP (under mTLS its certificate needs that IP
+    SAN, or with ``tls.peerName`` that DNS SAN)."""
+    return peer_channel(target(host), tls)
 
 
 async def download_on(host: HostInfo, download: common_pb2.Download, *, tls: TLSFiles | None = None) -> None:

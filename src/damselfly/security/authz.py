@@ -10,7 +10,8 @@ checked against the caller.
 - :class:`HostAuthority` (the scheduler's): binds each host ID to the first
   caller that announced it (its certificate's names, or with TLS off its source
   address), checks an announce (the announced IP is one of the certificate's IP
-  SANs; with TLS off, the source address, unless the source is in a declared
+  SANs; with TLS off, or from a certificate shared by the fleet's daemons
+  (``tls.peerName``), the source address, unless the source is in a declared
   NAT'd network), narrows who may announce a seed, and says whether a caller may
   act for a host (the host itself or an admin).
 - :class:`SchedulerGate` (the daemon's): whether a call comes from one of this
@@ -142,14 +143,17 @@ def _same_address(announced: str, source: str | None) -> bool:
     return announced == source or (announced in _LOOPBACKS and source in _LOOPBACKS)
 
 
-def identity_key(caller: Caller) -> str:
+def identity_key(caller: Caller, shared_name: str = "") -> str:
     """What a host ID is bound to: the certificate's subject and SANs (a renewed certificate with
-    the same names keeps its hosts), or with TLS off the source address."""
+    the same names keeps its hosts), or with TLS off the source address. A certificate that
+    carries ``shared_name`` (``tls.peerName``: every daemon holds one like it) is bound together
+    with the source address, so one daemon cannot act for another's host."""
     ident = caller.identity
     if ident is None:
         return f"addr:{caller.ip}"
     h = hashlib.sha256()
-    for part in (ident.common_name, *sorted(ident.ips), *sorted(ident.dns_names)):
+    where = [f"from {caller.ip}"] if shared_name and ident.has_dns_name(shared_name) else []
+    for part in (ident.common_name, *sorted(ident.ips), *sorted(ident.dns_names), *where):
         h.update(part.encode())
         h.update(b"\0")
     return f"cert:{h.hexdigest()}"
@@ -173,6 +177,8 @@ class HostAuthority:
 
     def __init__(self, config: SecurityConfig, tls: TLSFiles | None, live: Callable[[str], bool]) -> None:
         self.tls = tls is not None
+        # tls.peerName: the name on the certificate the fleet's daemons share (it names no IP).
+        self.peer_name = tls.peer_name if tls is not None else ""
         self.seed_peers = Names("security.seedPeers", config.seed_peers)
         self.admins = Names("security.admins", config.admins)
         self.admin_addresses = parse_networks("security.adminAddresses", config.admin_addresses)
@@ -195,27 +201,39 @@ class HostAuthority:
         if announced is None:
             raise PermissionDenied(f"host {host_id}: announced IP {ip!r} is not an IP address")
         if caller.identity is not None:
-            if announced not in caller.identity.ips:
+            if self._shared(caller) and announced not in caller.identity.ips:
+                self._check_source(host_id, announced, caller)  # the fleet's certificate names no host
+            elif announced not in caller.identity.ips:
                 raise PermissionDenied(
                     f"host {host_id}: announced IP {announced} is not among the IP SANs of the "
                     f"caller's certificate ({', '.join(sorted(caller.identity.ips)) or 'none'})"
+                    + (f" nor does it carry tls.peerName {self.peer_name}" if self.peer_name else "")
                 )
         elif self.tls:
             raise PermissionDenied(f"host {host_id}: no client certificate")
-        elif not _same_address(announced, caller.ip) and not in_networks(caller.ip, self.trusted_networks):
-            raise PermissionDenied(
-                f"host {host_id}: announced IP {announced} is not the address it calls from "
-                f"({caller.ip}); a NAT'd network goes in security.trustedNetworks"
-            )
+        else:
+            self._check_source(host_id, announced, caller)
         if seed and self.seed_peers and not self.seed_peers.match(caller):
             raise PermissionDenied(
                 f"host {host_id}: {caller.describe()} may not announce a seed peer (security.seedPeers)"
             )
-        key = identity_key(caller)
+        key = identity_key(caller, self.peer_name)
         bound = self._bindings.get(host_id)
         if bound is not None and bound != key:
             raise PermissionDenied(f"host {host_id} belongs to another caller")
         self._bind(host_id, key)
+
+    def _shared(self, caller: Caller) -> bool:
+        """Whether the caller's certificate is the fleet's shared one (carries ``tls.peerName``)."""
+        ident = caller.identity
+        return bool(self.peer_name) and ident is not None and ident.has_dns_name(self.peer_name)
+
+    def _check_source(self, host_id: str, announced: str, caller: Caller) -> None:
+        if not _same_address(announced, caller.ip) and not in_networks(caller.ip, self.trusted_networks):
+            raise PermissionDenied(
+                f"host {host_id}: announced IP {announced} is not the address it calls from "
+                f"({caller.ip}); a NAT'd network goes in security.trustedNetworks"
+            )
 
     def _bind(self, host_id: str, key: str) -> None:
         self._bindings[host_id] = key
@@ -239,7 +257,7 @@ class HostAuthority:
     def owns(self, caller: Caller, host_id: str) -> bool:
         """Whether ``host_id`` was announced by this caller (its certificate, or its address)."""
         bound = self._bindings.get(host_id)
-        return bound is not None and bound == identity_key(caller)
+        return bound is not None and bound == identity_key(caller, self.peer_name)
 
     def check_host(self, caller: Caller, host_id: str, what: str) -> None:
         """The host itself or an admin may ``what`` for ``host_id``; a host ID never announced is

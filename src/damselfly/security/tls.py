@@ -10,11 +10,14 @@ One place makes every credential a link needs (docs/TLS.md):
 - gRPC: :func:`server_credentials` (a client certificate from the CA is
   required) and :func:`make_channel` (presents ours, verifies the server's
   against the CA and the address dialed: an IP SAN for an IP, a DNS SAN for
-  a name).
+  a name; or against ``target_name``, for an IP that came from that name).
 - The piece port (Vortex over TLS): :func:`server_ssl_context` and
   :func:`client_ssl_context`, TLS 1.2 or later (1.3 when both sides have it),
   certificates required both ways, the server's checked against the address
   dialed.
+- Another daemon (peer gRPC, piece port): :func:`peer_channel` and
+  :func:`peer_server_name` check its certificate against its IP, or with
+  ``tls.peerName`` set against that one name every daemon's certificate carries.
 - Who is calling: :func:`grpc_peer_identity` (a servicer's ``context``) and
   :func:`ssl_peer_identity` (a piece connection's SSL object) give the
   verified certificate's identity: its IP and DNS SANs and subject CN.
@@ -26,6 +29,7 @@ import datetime
 import functools
 import hashlib
 import ipaddress
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +46,7 @@ from cryptography.x509.oid import NameOID
 from ..config import TLSConfig
 from ..errors import ConfigError
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _KEYS = (("caCert", "ca_cert"), ("cert", "cert"), ("key", "key"))
 
 
@@ -55,6 +60,8 @@ class TLSFiles:
     ca_pem: bytes = field(repr=False)
     cert_pem: bytes = field(repr=False)
     key_pem: bytes = field(repr=False)
+    # ``tls.peerName``: daemons' certificates are checked against this DNS name, not their IP.
+    peer_name: str = ""
 
     @functools.cached_property
     def channel_credentials(self) -> grpc.ChannelCredentials:
@@ -97,19 +104,48 @@ def _issued_by(chain: list[x509.Certificate], cas: list[x509.Certificate]) -> bo
     return False
 
 
-def load_tls(config: TLSConfig, names: Mapping[str, str] | None = None) -> TLSFiles | None:
+def _check_peer_name(name: str) -> str:
+    """``tls.peerName`` lower-cased, or a :class:`ConfigError` when it is not a DNS name."""
+    text = name.strip().lower().rstrip(".")
+    if not all(_DNS_LABEL.fullmatch(label) for label in text.split(".")) or _is_ip(text):
+        raise ConfigError(
+            f"tls.peerName: {name!r} is not a DNS name (the name every daemon's certificate carries)"
+        )
+    return text
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_tls(
+    config: TLSConfig, names: Mapping[str, str] | None = None, *, presents_peer_name: bool = False
+) -> TLSFiles | None:
     """The checked mTLS files of ``config`` (None: all three unset, plaintext).
 
     Raises :class:`ConfigError` naming the key and the file for anything that
     would make the process fail later: a key not set while the others are, a
     file missing or unreadable, no PEM in it, a key that is not the
-    certificate's, a certificate the CA did not issue or that has expired.
-    ``names``: how the user set each of ``caCert``, ``cert``, ``key``
-    (default ``tls.caCert``...; a command's flags, say).
+    certificate's, a certificate the CA did not issue or that has expired;
+    ``tls.peerName`` that is not a DNS name, set without the files, or (with
+    ``presents_peer_name``: a daemon, whose certificate others check against
+    it) not among the certificate's DNS SANs. ``names``: how the user set each
+    of ``caCert``, ``cert``, ``key`` (default ``tls.caCert``...; a command's
+    flags, say).
     """
     label = {k: (names or {}).get(k, f"tls.{k}") for k, _ in _KEYS}
     values = {name: str(getattr(config, attr)) for name, attr in _KEYS}
+    peer_name = _check_peer_name(config.peer_name) if config.peer_name else ""
     if not any(values.values()):
+        if peer_name:
+            raise ConfigError(
+                f"tls.peerName is set but {label['caCert']}, {label['cert']} and {label['key']} are not: "
+                "it names the daemons' certificates, so it needs mTLS"
+            )
         return None
     missing = [name for name, value in values.items() if not value]
     if missing:
@@ -142,7 +178,16 @@ def load_tls(config: TLSConfig, names: Mapping[str, str] | None = None) -> TLSFi
     expires = chain[0].not_valid_after_utc
     if expires < datetime.datetime.now(datetime.UTC):
         raise ConfigError(f"{label['cert']}: {cert_path} expired on {expires:%Y-%m-%d %H:%M} UTC")
-    return TLSFiles(Path(ca_path), Path(cert_path), Path(key_path), ca_pem, cert_pem, key_pem)
+    if presents_peer_name and peer_name:
+        own = identity_from_der(chain[0].public_bytes(serialization.Encoding.DER))
+        if not own.has_dns_name(peer_name):
+            raise ConfigError(
+                f"{label['cert']}: {cert_path} does not carry tls.peerName {peer_name} as a DNS SAN "
+                f"(it has {', '.join(sorted(own.dns_names)) or 'none'}): other daemons would refuse it"
+            )
+    return TLSFiles(
+        Path(ca_path), Path(cert_path), Path(key_path), ca_pem, cert_pem, key_pem, peer_name=peer_name
+    )
 
 
 # -- gRPC ------------------------------------------------------------------------------
@@ -156,16 +201,38 @@ def server_credentials(tls: TLSFiles) -> grpc.ServerCredentials:
 
 
 def make_channel(
-    addr: str, tls: TLSFiles | None, *, options: Sequence[tuple[str, Any]] = ()
+    addr: str,
+    tls: TLSFiles | None,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+    target_name: str = "",
 ) -> grpc.aio.Channel:
     """A gRPC channel to ``addr`` (HOST:PORT): mTLS when ``tls`` is set, plaintext otherwise.
 
     The server's certificate must come from our CA and name the host part of
-    ``addr`` among its SANs (an IP SAN when dialed by IP).
+    ``addr`` among its SANs (an IP SAN when dialed by IP), or ``target_name``
+    when given (a DNS SAN): ``addr`` is still what is dialed, so an IP that a
+    name resolved to is checked against the name.
     """
     if tls is None:
         return grpc.aio.insecure_channel(addr, options=list(options))
-    return grpc.aio.secure_channel(addr, tls.channel_credentials, options=list(options))
+    opts = list(options)
+    if target_name:
+        opts.append(("grpc.ssl_target_name_override", target_name))
+    return grpc.aio.secure_channel(addr, tls.channel_credentials, options=opts)
+
+
+def peer_channel(
+    addr: str, tls: TLSFiles | None, *, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """A channel to another daemon's upload gRPC at ``addr`` (its IP): its certificate is checked
+    against that IP, or against ``tls.peerName`` when set."""
+    return make_channel(addr, tls, options=options, target_name=tls.peer_name if tls else "")
+
+
+def peer_server_name(tls: TLSFiles | None, host: str) -> str:
+    """The name a daemon's piece port at ``host`` must present: ``tls.peerName``, else ``host``."""
+    return tls.peer_name if tls is not None and tls.peer_name else host
 
 
 # -- the piece port (Vortex over TLS) -------------------------------------------------

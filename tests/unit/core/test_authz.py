@@ -154,3 +154,27 @@ async def test_under_mtls_a_daemon_obeys_the_certificate_its_scheduler_presents(
     named = SchedulerGate(lambda: ["10.0.0.1:8002"], certificate_name="Scheduler.Example")
     assert await named.allows(mtls(cert("x", dns=("scheduler.example",))))
     assert not await named.allows(mtls(cert("x", "10.0.0.1")))
+
+
+def test_a_certificate_shared_by_the_fleet_announces_the_address_it_calls_from() -> None:
+    # tls.peerName: every daemon holds a certificate for "peer.fleet" and no IP SAN.
+    m = authority(trusted_networks=["192.168.0.0/16"])
+    m.tls, m.peer_name = True, "peer.fleet"
+    shared = cert("peer.fleet", dns=("peer.fleet",))
+    m.admit_host(mtls(shared, ip="10.0.0.5"), "h5", "10.0.0.5", seed=False)
+    m.admit_host(mtls(shared, ip="192.168.3.3"), "nat", "10.0.0.7", seed=False)  # a declared NAT
+    with pytest.raises(PermissionDenied, match="not the address it calls from"):
+        m.admit_host(mtls(shared, ip="10.0.0.6"), "h6", "10.0.0.9", seed=False)
+    # One daemon cannot take or act for another's host: the ID is bound to the certificate and address.
+    with pytest.raises(PermissionDenied, match="belongs to another caller"):
+        m.admit_host(mtls(shared, ip="10.0.0.6"), "h5", "10.0.0.6", seed=False)
+    m.check_host(mtls(shared, ip="10.0.0.5"), "h5", "delete")
+    with pytest.raises(PermissionDenied, match="may not delete of host h5"):
+        m.check_host(mtls(shared, ip="10.0.0.6"), "h5", "delete")
+    # A certificate without the name still needs the IP SAN, and without peerName so does the shared one.
+    with pytest.raises(PermissionDenied, match=r"nor does it carry tls\.peerName peer\.fleet"):
+        m.admit_host(mtls(cert("other", dns=("other",)), ip="10.0.0.8"), "h8", "10.0.0.8", seed=False)
+    strict = authority()
+    strict.tls = True
+    with pytest.raises(PermissionDenied, match="not among the IP SANs"):
+        strict.admit_host(mtls(shared, ip="10.0.0.5"), "h5", "10.0.0.5", seed=False)

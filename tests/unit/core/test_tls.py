@@ -188,3 +188,26 @@ def test_a_command_names_its_own_flags(ca: Path, tmp_path: Path) -> None:
     flags = {"caCert": "--tls-ca-cert", "cert": "--tls-cert", "key": "--tls-key"}
     with pytest.raises(ConfigError, match="--tls-key is not set but --tls-ca-cert, --tls-cert is"):
         load_tls(TLSConfig(ca_cert=str(host.ca_cert), cert=str(host.cert)), flags)
+
+
+def _files(ca: Path, tmp_path: Path, name: str, **kw: object) -> TLSConfig:
+    out = issue(ca, name, out=tmp_path / name, **kw)  # type: ignore[arg-type]
+    return TLSConfig(ca_cert=str(out.ca_cert), cert=str(out.cert), key=str(out.key))
+
+
+def test_peer_name_is_a_dns_name_the_daemons_certificate_carries(ca: Path, tmp_path: Path) -> None:
+    shared = _files(ca, tmp_path, "peer.fleet.internal")
+    shared.peer_name = "Peer.Fleet.Internal."
+    tls = load_tls(shared, presents_peer_name=True)
+    assert tls is not None and tls.peer_name == "peer.fleet.internal"
+    node = _files(ca, tmp_path, "node", ips=["10.0.0.5"])
+    node.peer_name = "peer.fleet.internal"
+    assert load_tls(node) is not None  # a scheduler only checks daemons against it
+    with pytest.raises(ConfigError, match=r"^tls\.cert: .*node\.crt does not carry tls\.peerName peer"):
+        load_tls(node, presents_peer_name=True)
+    for bad in ("10.0.0.5", "peer_fleet", "-peer.fleet", "peer..fleet", "pèer.fleet"):
+        node.peer_name = bad
+        with pytest.raises(ConfigError, match=r"^tls\.peerName: .* is not a DNS name"):
+            load_tls(node)
+    with pytest.raises(ConfigError, match=r"^tls\.peerName is set but tls\.caCert, tls\.cert and tls\.key"):
+        load_tls(TLSConfig(peer_name="peer.fleet.internal"))

@@ -27,7 +27,7 @@ from ...api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from ...api.convert import UNKNOWN_CONTENT_LENGTH
 from ...domain import HostInfo
 from ...errors import PeerError
-from ...security.tls import TLSFiles, make_channel
+from ...security.tls import TLSFiles, peer_channel
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,15 @@ class PeerRPC:
     SYNC_REQUEST: Any = dfdaemon_pb2.SyncPiecesRequest
 
     def __init__(self, *, tls: TLSFiles | None = None) -> None:
-        self._tls = tls  # the daemon's mTLS files: parents are dialed by IP, their certificate names it
+        # The daemon's mTLS files: parents are dialed by IP, their certificate names it (or tls.peerName).
+        self._tls = tls
         self._channels: dict[str, Any] = {}
 
     def _stub(self, host: HostInfo) -> Any:
         addr = f"{host.ip}:{host.port}"
         channel = self._channels.get(addr)
         if channel is None:
-            channel = make_channel(addr, self._tls)
+            channel = peer_channel(addr, self._tls)
             self._channels[addr] = channel
         return dfdaemon_pb2_grpc.DfdaemonUploadStub(channel)
 

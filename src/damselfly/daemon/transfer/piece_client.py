@@ -163,17 +163,23 @@ class PieceClient:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, timeout: float = 10.0, tls: ssl.SSLContext | None = None
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+        tls_name: str = "",
     ) -> PieceClient:
         """Connect (and with ``tls``, finish a TLS handshake that checks the parent's
-        certificate names ``host``) within ``timeout`` seconds."""
+        certificate names ``tls_name``, or ``host``) within ``timeout`` seconds."""
         sock: socket.socket | None = None
         try:
             async with asyncio.timeout(timeout):  # the look-up, every address and the handshake
                 addresses = await net.resolve(host, port, timeout=timeout)
                 sock = await net.connect_first(addresses, timeout=timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                session = TLSSession(sock, tls, host) if tls is not None else None
+                session = TLSSession(sock, tls, tls_name or host) if tls is not None else None
                 if session is not None:
                     await session.handshake()
         except TimeoutError:
@@ -473,9 +479,12 @@ class PieceConnectionPool:
         local: LocalPieces | None = None,
         extensions: bool = True,
         tls: ssl.SSLContext | None = None,
+        tls_name: str = "",
     ) -> None:
         # Vortex over TLS toward every parent (the daemon's tls.*: all or nothing per fleet).
         self.tls = tls
+        # The name parents' certificates must carry (tls.peerName); empty: the parent's IP.
+        self.tls_name = tls_name
         # The host's download limit; a download's own limit (TASK_LIMITER) is taken under it.
         self.limiter = limiter
         # Parents on this machine hand over their file instead (local_pieces.py); only when no
@@ -501,7 +510,12 @@ class PieceConnectionPool:
             client = idle.pop()
             if not client.closed and not client.broken:
                 return client, True
-        return await PieceClient.connect(key[0], key[1], timeout=self._connect_timeout, tls=self.tls), False
+        return (
+            await PieceClient.connect(
+                key[0], key[1], timeout=self._connect_timeout, tls=self.tls, tls_name=self.tls_name
+            ),
+            False,
+        )
 
     async def _release(self, key: tuple[str, int], client: PieceClient) -> None:
         idle = self._idle.setdefault(key, [])
