@@ -31,7 +31,6 @@ import grpc
 import pytest
 
 from damselfly.api.health import Health
-from damselfly.security.certs import issue, make_ca
 from damselfly.config import TLSConfig
 from damselfly.daemon.scheduler_fleet import SchedulerFleet
 from damselfly.daemon.store.piece_store import PieceStore
@@ -42,6 +41,7 @@ from damselfly.errors import PeerError
 from damselfly.ids import task_id
 from damselfly.runtime.children import ChildProcess, spawn
 from damselfly.runtime.cluster import DaemonPorts, daemon_command
+from damselfly.security.certs import issue, make_ca
 from damselfly.security.tls import (
     TLSFiles,
     client_ssl_context,

@@ -258,8 +258,12 @@ def schedule(
     seed_trigger: bool = True,
     rng: random.Random | None = None,
     starting: bool = False,
+    grace_until: float | None = None,
 ) -> Decision:
-    """Decide what to answer ``peer`` now (see the module docstring for the rules)."""
+    """Decide what to answer ``peer`` now (see the module docstring for the rules).
+
+    ``starting``: within the scheduler's startup grace, which ends at ``grace_until``; a
+    peer's wait counts toward ``back_to_source_after`` only from then."""
     task = peer.task
     if peer.need_back_to_source:
         return BackToSource("the download asked for back-to-source")
@@ -277,18 +281,23 @@ def schedule(
         if parents:
             return Parents(evaluator.rank(parents, peer, cfg.candidate_parent_limit, now))
 
-    if peer.waiting_since is not None and now - peer.waiting_since >= cfg.back_to_source_after:
-        return _give_up(peer, f"no parent within {cfg.back_to_source_after:g}s")
-
-    if not someone_fetches_for(peer, res):
-        if starting:
-            return Wait("scheduler starting: holders of the task may still register")
+    nobody_fetches = not someone_fetches_for(peer, res)
+    if nobody_fetches and not starting:
+        # Before the give-up below: a peer that waited out the startup grace still gets the
+        # seed triggered for it, not the origin.
         if seed_trigger and task.seed_state is SeedState.NONE:
             seed = pick_seed_host(res, exclude=peer.host)
             if seed is not None:
                 return TriggerSeed(seed)
         if not peer.disable_back_to_source:
             return BackToSource("first peer of the task fetches it from the origin")
+
+    if peer.waiting_since is not None:
+        since = max(peer.waiting_since, grace_until) if grace_until is not None else peer.waiting_since
+        if now - since >= cfg.back_to_source_after:
+            return _give_up(peer, f"no parent within {cfg.back_to_source_after:g}s")
+    if nobody_fetches:
+        return Wait("scheduler starting: holders of the task may still register")
     return Wait("no candidate parent yet")
 
 

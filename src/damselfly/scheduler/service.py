@@ -235,6 +235,7 @@ class SchedulerService(
 
     def _decide_now(self, peer: Peer) -> Decision:
         now = self.clock()
+        grace_until = None if self.started_at is None else self.started_at + self.cfg.startup_grace
         started = time.perf_counter()
         decision = schedule(
             peer,
@@ -244,7 +245,8 @@ class SchedulerService(
             now,
             seed_trigger=self.config.seed_peer.enable,
             rng=self.rng,
-            starting=self.started_at is not None and now - self.started_at < self.cfg.startup_grace,
+            starting=grace_until is not None and now < grace_until,
+            grace_until=grace_until,
         )
         apply_decision(peer, decision, self.res, now)
         self.metrics.schedule_duration.observe((time.perf_counter() - started) * 1000.0)

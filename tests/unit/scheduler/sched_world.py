@@ -70,7 +70,9 @@ class World:
             self.res.set_state(p, state, self.clock())
         return p
 
-    def decide(self, peer: Peer, *, starting: bool = False) -> Decision:
+    def decide(
+        self, peer: Peer, *, starting: bool = False, grace_until: float | None = None
+    ) -> Decision:
         d = schedule(
             peer,
             self.res,
@@ -80,6 +82,7 @@ class World:
             seed_trigger=self.seed_trigger,
             rng=self.rng,
             starting=starting,
+            grace_until=grace_until,
         )
         apply_decision(peer, d, self.res, self.clock())
         return d

@@ -61,6 +61,23 @@ def test_a_starting_scheduler_waits_for_holders_before_it_triggers_a_seed() -> N
     assert isinstance(w2.decide(b), BackToSource)  # once the grace is over
 
 
+def test_the_startup_grace_does_not_count_toward_giving_up() -> None:
+    # A peer that arrived during the grace and waited it out gets the seed triggered, and then
+    # waits for it a whole back_to_source_after from the end of the grace, not from its arrival.
+    w = World()
+    seed_host = w.host("s", seed=True)
+    a, b = w.peer("a", "ha"), w.peer("b", "hb")
+    grace_until = w.clock() + 2.0
+    assert isinstance(w.decide(a, starting=True, grace_until=grace_until), Wait)
+    assert isinstance(w.decide(b, starting=True, grace_until=grace_until), Wait)
+    w.clock.advance(2.0 + w.cfg.back_to_source_after - 0.5)  # past arrival + give-up time
+    d = w.decide(a, grace_until=grace_until)
+    assert isinstance(d, TriggerSeed) and d.host is seed_host
+    assert isinstance(w.decide(b, grace_until=grace_until), Wait)  # the seed fetches for it
+    w.clock.advance(1.0)  # now a whole back_to_source_after after the grace
+    assert isinstance(w.decide(b, grace_until=grace_until), BackToSource)
+
+
 def test_seed_host_peer_goes_to_source_unless_another_seed_started() -> None:
     w = World()
     s1 = w.peer("s1", w.host("seed1", seed=True))

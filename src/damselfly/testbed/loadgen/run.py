@@ -112,6 +112,9 @@ def start_scheduler(root: Path, plan: LoadPlan, log_level: str, src: Path | None
         "server": {"ip": "127.0.0.1", "port": 0},
         "metrics": {"ip": "127.0.0.1", "port": 0},
         "seedPeer": {"enable": plan.seeds > 0},
+        # Steady-state decisions: no restart grace (scheduler.startupGrace) before the load; the
+        # simulated seed hosts live only as long as the load.
+        "scheduler": {"startupGrace": 0},
     }
     if src is None:
         # The simulated hosts announce 10.x addresses from loopback (docs/SECURITY.md).
