@@ -48,7 +48,8 @@ def scheduler_metrics_port(swarm: Swarm) -> int:
 
 
 async def announced(swarm: Swarm, kind: str) -> float:
-    return await sample(scheduler_metrics_port(swarm), "damselfly_scheduler_announce_peer_request_total", type=kind)
+    port = scheduler_metrics_port(swarm)
+    return await sample(port, "damselfly_scheduler_announce_peer_request_total", type=kind)
 
 
 async def test_an_edited_output_changes_nothing_the_daemon_serves(swarm: Swarm, tmp_path: Path) -> None:
