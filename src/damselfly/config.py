@@ -93,6 +93,22 @@ class SeedPeerTriggerConfig(Section):
     enable: bool = True
 
 
+class RedisConfig(Section):
+    """Redis for the state that must outlive a scheduler and be shared by several: persistent
+    cache tasks (dfcache), their peers and the hosts holding them (scheduler/cachestore/).
+
+    One key, ``url``: ``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or
+    ``unix:///path/redis.sock?db=0``. Empty (default): kept in the scheduler's memory, lost
+    when it stops. Dragonfly spells this ``database.redis.{addrs,username,password,db}``.
+    """
+
+    url: str = ""
+
+
+class DatabaseConfig(Section):
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+
+
 class SchedulerConfig(Section):
     server: SchedulerServerConfig = Field(default_factory=SchedulerServerConfig)
     scheduler: SchedulingConfig = Field(default_factory=SchedulingConfig)
@@ -100,6 +116,7 @@ class SchedulerConfig(Section):
     seed_peer: SeedPeerTriggerConfig = Field(default_factory=SeedPeerTriggerConfig)
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(port=8000))
     tls: TLSConfig = Field(default_factory=TLSConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
 
 
 # --------------------------------------------------------------------------- daemon

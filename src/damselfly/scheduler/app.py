@@ -63,6 +63,7 @@ async def serve(
     stop = stop or asyncio.Event()
     metrics = SchedulerMetrics()
     service = SchedulerService(config, metrics=metrics)
+    await service.persistent_cache.open()
     server = grpc.aio.server()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server)
     health = Health(server, [SCHEDULER])

@@ -19,6 +19,7 @@ from google.protobuf import empty_pb2
 from ..api import common_pb2, convert, scheduler_pb2
 from ..errors import DamselflyError
 from .metrics import SchedulerMetrics
+from .persistent_cache_service import PersistentCacheService
 from .resources import Host, Resources, Task
 from .stream import status_of
 from .validate_rpc import check_announce_host, check_ids
@@ -32,6 +33,7 @@ class ResourceRPCs:
     res: Resources
     metrics: SchedulerMetrics
     clock: Callable[[], float]
+    persistent_cache: PersistentCacheService  # told of announced hosts (shared with other schedulers)
 
     def _delete_peers(self, peer_ids: list[str]) -> None:
         raise NotImplementedError  # the service's: it owns the streams and wakes waiting peers
@@ -96,6 +98,7 @@ class ResourceRPCs:
             await self._abort(context, e)
         info = convert.host_from_pb(request.host)
         self.res.upsert_host(info, self.clock())
+        self.persistent_cache.host_announced(info)
         self.metrics.announce_host.inc()
         return empty_pb2.Empty()
 

@@ -44,6 +44,7 @@ from ..errors import ConfigError, DamselflyError, NotFound
 from ..logs import log_context
 from . import gc
 from .absent_rpc import CacheTaskStubs, PersistentTaskAbsent
+from .cachestore import open_store
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
 from .persistent_cache_service import PersistentCacheRPCs, PersistentCacheService
@@ -138,7 +139,11 @@ class SchedulerService(
         self.seeds = SeedTrigger(self._seed_done)
         # dfcache: persistent cache tasks (scheduler/persistent_cache.py; RPCs via PersistentCacheRPCs).
         self.persistent_cache = PersistentCacheService(
-            self.res, clock=self.clock, interval=config.gc.interval
+            self.res,
+            store=open_store(config.database.redis.url, clock=time.time),
+            interval=config.gc.interval,
+            host_ttl=config.gc.host_ttl,
+            upload_limits=(self.cfg.peer_upload_limit, self.cfg.seed_upload_limit),
         )
         self._streams: dict[str, Outbox] = {}
         # Task ID -> the first register's Download, for the seed: as sent, every field kept.
