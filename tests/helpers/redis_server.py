@@ -71,7 +71,9 @@ def redis_server() -> Iterator[RedisServer]:
             "--dir", str(root), "--unixsocket", str(root / "redis.sock"), "--unixsocketperm", "700",
             "--requirepass", password, "--logfile", str(root / "redis.log"), "--daemonize", "no",
         ]  # fmt: skip
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         server = RedisServer(root, proc, port, password)
         try:
             _wait_ready(server)

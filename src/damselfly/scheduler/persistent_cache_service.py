@@ -6,6 +6,11 @@ Redis when ``database.redis.url`` is set) and carries out the policy's decisions
 (``DfdaemonUpload.DownloadPersistentCacheTask``), fans deletes out
 (``DfdaemonUpload.DeletePersistentCacheTask``), and expires tasks at their TTL.
 :class:`PersistentCacheRPCs` is the mixin the scheduler's servicer inherits.
+
+Long because: every RPC answer and the background work (replication, deletion,
+TTL expiry) read and write the same store through the same few helpers and
+share the table of replications in flight; the state changes and the policy
+themselves are in :mod:`.persistent_cache`, the storage in :mod:`.cachestore`.
 """
 
 from __future__ import annotations

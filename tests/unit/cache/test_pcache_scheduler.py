@@ -57,7 +57,12 @@ def started(host: str, *, replicas: int = 2, ttl: float = 3600.0, size: int = 10
 
 
 async def imported(
-    svc: PersistentCacheService, host: str = "a", *, replicas: int = 2, ttl: float = 3600.0, finish: bool = True
+    svc: PersistentCacheService,
+    host: str = "a",
+    *,
+    replicas: int = 2,
+    ttl: float = 3600.0,
+    finish: bool = True,
 ) -> CacheTask:
     await svc.upload_started(started(host, replicas=replicas, ttl=ttl))  # type: ignore[arg-type]
     task, peer = await svc.peer(f"{host}-peer")
@@ -112,7 +117,8 @@ async def test_candidate_parents_are_live_complete_copies_on_other_hosts() -> No
     assert [p.id for p in candidate_parents(task, child, res.hosts)] == ["a-peer"]  # b is not complete
     await svc.set_state(task, b, SUCCEEDED)
     task = await svc.task(TASK)
-    assert [p.id for p in candidate_parents(task, child, res.hosts)] == ["a-peer", "b-peer"]  # persistent first
+    parents = [p.id for p in candidate_parents(task, child, res.hosts)]
+    assert parents == ["a-peer", "b-peer"]  # persistent first
     child.blocked.add("a-peer")
     assert [p.id for p in candidate_parents(task, child, res.hosts)] == ["b-peer"]
     res.delete_host("b")
