@@ -53,7 +53,8 @@ from damselfly.testbed.procs import current_rss_bytes, peak_rss_bytes
 from damselfly.units import MiB, parse_size
 
 NAME = "held"
-ORIGIN = "http://127.0.0.1:9/held/"  # the discard port: nothing answers, so a held task cannot come from there
+# The discard port: nothing answers there, so a held task cannot come from the origin.
+ORIGIN = "http://127.0.0.1:9/held/"
 
 
 def url_of(i: int) -> str:
@@ -117,7 +118,9 @@ class Probe:
             try:
                 with grpc.insecure_channel(f"unix://{self.socket}") as ch:
                     if self.health_s is None:
-                        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                        status = health_pb2_grpc.HealthStub(ch).Check(
+                            health_pb2.HealthCheckRequest(), timeout=2
+                        )
                         if status.status != health_pb2.HealthCheckResponse.SERVING:
                             time.sleep(0.01)
                             continue
@@ -128,10 +131,14 @@ class Probe:
                     download.need_piece_content = True
                     got = b""
                     stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(ch)
-                    for resp in stub.DownloadTask(dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=10):
+                    for resp in stub.DownloadTask(
+                        dfdaemon_pb2.DownloadTaskRequest(download=download), timeout=10
+                    ):
                         if resp.WhichOneof("response") == "download_piece_finished_response":
                             got += resp.download_piece_finished_response.piece.content
-                    want = (task_dir(self.store, download_task_id(DownloadSpec(url=url))) / CONTENT).read_bytes()
+                    want = (
+                        task_dir(self.store, download_task_id(DownloadSpec(url=url))) / CONTENT
+                    ).read_bytes()
                     if got != want:
                         self.error = f"task {i}: {len(got)} bytes served, not the {len(want)} held"
                         return
@@ -200,8 +207,12 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=100_000)
     ap.add_argument("--size", default="4KiB", help="bytes per task (one piece)")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds a run may take to register every task")
-    ap.add_argument("--baseline-src", type=Path, help="another tree's src dir, run alternating on the same store")
+    ap.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds a run may take to register every task"
+    )
+    ap.add_argument(
+        "--baseline-src", type=Path, help="another tree's src dir, run alternating on the same store"
+    )
     ap.add_argument("--store", type=Path, help="reuse (or build once, and keep) the store here")
     args = ap.parse_args()
 
@@ -225,7 +236,10 @@ def main() -> int:
                 print(f"{name} run {i + 1}: {json.dumps(result)}", file=sys.stderr, flush=True)
         report["runs"] = runs
         report["median"] = {
-            name: {k: median(rs, k) for k in ("health_s", "piece_s", "ready_s", "registered_s", "rss_mb", "peak_rss_mb")}
+            name: {
+                k: median(rs, k)
+                for k in ("health_s", "piece_s", "ready_s", "registered_s", "rss_mb", "peak_rss_mb")
+            }
             for name, rs in runs.items()
         }
         print(json.dumps(report, indent=2))

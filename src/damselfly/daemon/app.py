@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RESTORE_STREAMS = 32  # held tasks re-announced at once after a (re)connect
+
 SEED_TYPES = {"super": HostType.SUPER_SEED, "strong": HostType.STRONG_SEED, "weak": HostType.WEAK_SEED}
 
 
@@ -81,7 +83,9 @@ class Daemon:
         self.ip = _advertise_ip(config)
         self.host_id = ids.host_id(self.ip, config.host.hostname, seed=self.is_seed)
         self.metrics = DaemonMetrics()
-        self.store = PieceStore(Path(config.storage.dir))
+        # Loaded in a thread: the daemon serves at once, a held task is found on disk if asked
+        # for before its turn (100 k tasks: benchmarks/daemon_restart.py).
+        self.store = PieceStore(Path(config.storage.dir), background_load=True)
         self.limiters = HostLimiters(config)
         self.source = HTTPSource(config.source, limiter=self.limiters.back_to_source)
         self.pool = PieceConnectionPool(
@@ -365,30 +369,44 @@ class Daemon:
         Damselfly's extensions, Started waits for its ``MetadataOnlyResponse``.
         """
         assert self.scheduler is not None and self.manager is not None
+        await self.store.until_loaded()
         answer_timeout = (
             None if await self.scheduler.speaks_extensions() else self.config.scheduler.schedule_timeout
         )
-        count = 0
-        for meta in self.store.tasks():
-            if meta.state != "succeeded" or not meta.is_complete or self.manager.is_running(meta.task_id):
-                continue
-            if meta.persistent_cache:  # announced below, through the persistent-cache RPCs
-                continue
-            assert meta.content_length is not None and meta.piece_length is not None
-            stream = self.scheduler.peer_stream(
-                self.host_id, meta.task_id, ids.peer_id(self.ip, self.config.host.hostname, seed=self.is_seed)
-            )
-            spec = DownloadSpec(url=meta.url, tag=meta.tag, application=meta.application)
-            try:
-                await stream.restore(
-                    spec, meta.content_length, meta.piece_length, meta.piece_count or 0,
-                    answer_timeout=answer_timeout,
-                )  # fmt: skip
-            except SchedulerError as e:
-                log.warning("could not restore task %s: %s", meta.task_id[:12], e)
-            finally:
-                await stream.close()
-            count += 1
+        held = [
+            meta
+            for meta in self.store.tasks()
+            if meta.state == "succeeded"
+            and meta.is_complete
+            and not meta.persistent_cache  # announced below, through the persistent-cache RPCs
+            and not self.manager.is_running(meta.task_id)
+        ]
+        held.sort(key=lambda m: m.accessed_at, reverse=True)  # the likeliest asked for first
+        queue = iter(held)
+
+        async def restore_some() -> None:
+            assert self.scheduler is not None
+            for meta in queue:  # shared by the workers: each task goes once
+                assert meta.content_length is not None and meta.piece_length is not None
+                peer_id = ids.peer_id(self.ip, self.config.host.hostname, seed=self.is_seed)
+                stream = self.scheduler.peer_stream(self.host_id, meta.task_id, peer_id)
+                spec = DownloadSpec(url=meta.url, tag=meta.tag, application=meta.application)
+                try:
+                    await stream.restore(
+                        spec, meta.content_length, meta.piece_length, meta.piece_count or 0,
+                        answer_timeout=answer_timeout,
+                    )  # fmt: skip
+                except SchedulerError as e:
+                    log.warning("could not restore task %s: %s", meta.task_id[:12], e)
+                finally:
+                    await stream.close()
+
+        # Several streams at once: one at a time, each waits for the scheduler's end of the
+        # stream, and 100 k held tasks took minutes (benchmarks/daemon_restart.py).
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(RESTORE_STREAMS, len(held))):
+                group.create_task(restore_some())
+        count = len(held)
         if self.persistent_cache is not None:
             count += await self.persistent_cache.restore()
         if count:

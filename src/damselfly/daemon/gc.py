@@ -178,8 +178,11 @@ class CacheGC:
         return plan_eviction(self.snapshot(), now=self._clock(), policy=self.policy)
 
     async def run_once(self) -> list[Eviction]:
-        """Plan and evict; returns what was evicted (a task that became busy meanwhile is skipped)."""
+        """Plan and evict; returns what was evicted (a task that became busy meanwhile is skipped).
+        Nothing while the store still loads: the least recently used may not be known yet."""
         done: list[Eviction] = []
+        if not self.store.loaded:
+            return done
         for ev in self.plan():
             if ev.task_id in self.busy():
                 continue

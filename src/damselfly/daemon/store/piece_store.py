@@ -56,7 +56,7 @@ from .changes import ChangeWaiters, TaskChanges
 from .files import ACCESSED, CONTENT, JOURNAL, TASKS, TRASH, dir_usage, task_dir, valid_task_id
 from .metadata import TaskMeta, journal_line, save_meta
 from .receiving import ReceivingPieces
-from .recovery import recover
+from .recovery import empty_trash, load_task, task_dirs
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,19 @@ class PieceStore:
     offset) and recorded with :meth:`finish_piece` once verified.
     """
 
-    def __init__(self, root: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, root: Path, *, clock: Callable[[], float] = time.time, background_load: bool = False
+    ) -> None:
         self.root = Path(root)
         self._clock = clock
         self._lock = threading.RLock()
         self._tasks: dict[str, TaskMeta] = {}
+        # Set once every task on disk is in ``_tasks``. Until then (``background_load``: a
+        # thread reads them while the daemon already serves) a task not found is looked for
+        # on disk (:meth:`get`), so a held task is never taken for a new one.
+        self._loaded = threading.Event()
+        self._stop_loading = threading.Event()
+        self._loader: threading.Thread | None = None
         self._waiters = ChangeWaiters()
         self._journals: dict[str, int] = {}
         # Tasks in use (a piece being sent, an export): eviction skips them. task_id -> holders.
@@ -82,8 +90,51 @@ class PieceStore:
         # Pieces on their way in from a parent, served while they land (daemon/store/receiving.py).
         self.receiving = ReceivingPieces(self.notify)
         (self.root / TASKS).mkdir(parents=True, exist_ok=True)
-        for meta in recover(self.root):
-            self._tasks[meta.task_id] = meta
+        empty_trash(self.root)
+        if background_load:
+            self._loader = threading.Thread(target=self._load_all, name="store-load", daemon=True)
+            self._loader.start()
+        else:
+            self._load_all()
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_all(self) -> None:
+        """Bring every task on disk in (:mod:`.recovery`); each under the lock, so a task
+        deleted or created meanwhile is seen as it is."""
+        began = time.monotonic()
+        for path in task_dirs(self.root):
+            if self._stop_loading.is_set():
+                return
+            task_id = os.path.basename(path)
+            with self._lock:
+                if task_id not in self._tasks:
+                    meta = load_task(path)
+                    if meta is not None:
+                        self._tasks[task_id] = meta
+        self._loaded.set()
+        if self._loader is not None:
+            log.info("store loaded: %d task(s) in %.1fs", len(self._tasks), time.monotonic() - began)
+
+    def _load_one(self, task_id: str) -> TaskMeta | None:
+        """A task not loaded yet, read from disk now (None if it is not there)."""
+        with self._lock:
+            meta = self._tasks.get(task_id)
+            if meta is None and not self._loaded.is_set():
+                meta = load_task(task_dir(self.root, task_id))
+                if meta is not None:
+                    self._tasks[task_id] = meta
+            return meta
+
+    @property
+    def loaded(self) -> bool:
+        """Whether every task on disk is known (:meth:`tasks` lists them all)."""
+        return self._loaded.is_set()
+
+    async def until_loaded(self) -> None:
+        """Return once every task on disk is known (waits in a thread, half a second at a time)."""
+        while not self._loaded.is_set():
+            await asyncio.to_thread(self._loaded.wait, 0.5)
 
     # ------------------------------------------------------------------ paths
 
@@ -100,9 +151,13 @@ class PieceStore:
     def get(self, task_id: str) -> TaskMeta | None:
         # Only validated IDs are ever stored (create_task and recovery check them), so a plain
         # lookup is the check: this runs several times per piece on every download.
-        return self._tasks.get(task_id) if type(task_id) is str else None
+        meta = self._tasks.get(task_id) if type(task_id) is str else None
+        if meta is None and not self._loaded.is_set() and valid_task_id(task_id):
+            return self._load_one(task_id)
+        return meta
 
     def tasks(self) -> list[TaskMeta]:
+        """The tasks known; while the store still loads (:attr:`loaded`), not all of them."""
         with self._lock:
             return list(self._tasks.values())
 
@@ -148,7 +203,7 @@ class PieceStore:
         for it to appear."""
         path = self._dir(task_id)
         with self._lock:
-            meta = self._tasks.get(task_id)
+            meta = self.get(task_id)
             if meta is not None:
                 if meta.state == "failed":
                     meta.state = "pending"
@@ -465,7 +520,10 @@ class PieceStore:
         shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
-        """Close journal fds (the store stays usable; they reopen on demand)."""
+        """Stop a load under way; close journal fds (the store stays usable; they reopen on demand)."""
+        if self._loader is not None:
+            self._stop_loading.set()
+            self._loader.join()
         with self._lock:
             for task_id in list(self._journals):
                 self._close_journal(task_id)
