@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESTORE_STREAMS = 32  # held tasks re-announced at once after a (re)connect
+RESTORE_STREAMS = 8  # held tasks re-announced at once after a (re)connect (more swamps the scheduler)
 
 SEED_TYPES = {"super": HostType.SUPER_SEED, "strong": HostType.STRONG_SEED, "weak": HostType.WEAK_SEED}
 

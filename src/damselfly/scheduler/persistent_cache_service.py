@@ -527,8 +527,12 @@ class PersistentCacheRPCs:
     async def UploadPersistentCacheTaskFailed(
         self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest, context: Context
     ) -> empty_pb2.Empty:
-        with contextlib.suppress(NotFound):
-            await self._pc_call(context, self.persistent_cache.upload_failed, request)
+        try:
+            await self.persistent_cache.upload_failed(request)
+        except NotFound:
+            pass  # nothing to forget
+        except DamselflyError as e:
+            await context.abort(_status(e), str(e))
         return empty_pb2.Empty()
 
     async def StatPersistentCacheTask(
