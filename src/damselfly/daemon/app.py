@@ -369,7 +369,7 @@ class Daemon:
         Damselfly's extensions, Started waits for its ``MetadataOnlyResponse``.
         """
         assert self.scheduler is not None and self.manager is not None
-        await self.store.until_loaded()
+        await self.store.loading.until_loaded()
         answer_timeout = (
             None if await self.scheduler.speaks_extensions() else self.config.scheduler.schedule_timeout
         )

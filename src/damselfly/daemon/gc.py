@@ -183,7 +183,7 @@ class CacheGC:
         """Plan and evict; returns what was evicted (a task that became busy meanwhile is skipped).
         Nothing while the store still loads: the least recently used may not be known yet."""
         done: list[Eviction] = []
-        if not self.store.loaded:
+        if not self.store.loading.loaded:
             return done
         usage = await asyncio.to_thread(self.snapshot, self.busy())
         for ev in plan_eviction(usage, now=self._clock(), policy=self.policy):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon.store import piece_store
+from damselfly.daemon.store import loading
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.ids import task_id
 from helpers.store import put_piece
@@ -37,16 +37,16 @@ async def test_a_held_task_is_found_on_disk_while_the_store_still_loads(
 ) -> None:
     make_store(tmp_path)
     gate = threading.Event()
-    real_task_dirs = piece_store.task_dirs
+    real_task_dirs = loading.task_dirs
 
     def held_back(root: Path) -> list[str]:
         gate.wait(10)
         return real_task_dirs(root)
 
-    monkeypatch.setattr(piece_store, "task_dirs", held_back)
+    monkeypatch.setattr(loading, "task_dirs", held_back)
     store = PieceStore(tmp_path, background_load=True)
     try:
-        assert not store.loaded and store.tasks() == []  # the loader has not started its walk
+        assert not store.loading.loaded and store.tasks() == []  # the loader has not started its walk
         meta = store.get(HELD[2])
         assert meta is not None and meta.state == "succeeded" and meta.is_complete
         # A download of a held task must not start it over: create_task finds it.
@@ -55,8 +55,8 @@ async def test_a_held_task_is_found_on_disk_while_the_store_still_loads(
         assert store.get(NEW) is None  # not on disk: not invented
         store.create_task(NEW, url="http://example.com/new")
         gate.set()
-        await store.until_loaded()
-        assert store.loaded
+        await store.loading.until_loaded()
+        assert store.loading.loaded
         assert sorted(m.task_id for m in store.tasks()) == sorted([*HELD, NEW])
         assert store.get(HELD[2]) is meta  # loaded once, not replaced by the walk
         assert store.get(NEW).state == "pending"  # type: ignore[union-attr]
@@ -70,19 +70,19 @@ async def test_a_task_deleted_before_the_loader_reached_it_stays_deleted(
 ) -> None:
     make_store(tmp_path)
     gate = threading.Event()
-    real_task_dirs = piece_store.task_dirs
+    real_task_dirs = loading.task_dirs
 
     def held_back(root: Path) -> list[str]:
         dirs = real_task_dirs(root)  # the walk saw every task...
         gate.wait(10)  # ...and one is deleted before they are read
         return dirs
 
-    monkeypatch.setattr(piece_store, "task_dirs", held_back)
+    monkeypatch.setattr(loading, "task_dirs", held_back)
     store = PieceStore(tmp_path, background_load=True)
     try:
         store.delete_task(HELD[0])
         gate.set()
-        await store.until_loaded()
+        await store.loading.until_loaded()
         assert store.get(HELD[0]) is None
         assert sorted(m.task_id for m in store.tasks()) == sorted(HELD[1:])
     finally:

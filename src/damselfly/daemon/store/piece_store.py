@@ -33,8 +33,8 @@ Thread-safety: the store's state is guarded by one lock, so blocking calls
 on their own event loop (:mod:`.changes`).
 
 The store's neighbours: :mod:`.metadata` (the task record and its JSON),
-:mod:`.files` (file names, byte helpers), :mod:`.recovery` (the load at
-start), :mod:`.changes` (waiting for a task to change).
+:mod:`.files` (file names, byte helpers), :mod:`.recovery` and :mod:`.loading`
+(the load at start), :mod:`.changes` (waiting for a task to change).
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ from ...domain import PieceInfo
 from ...errors import InvalidArgument, NotFound, StorageError
 from .changes import ChangeWaiters, TaskChanges
 from .files import ACCESSED, CONTENT, JOURNAL, TASKS, TRASH, dir_usage, task_dir, valid_task_id
+from .loading import StoreLoader
 from .metadata import TaskMeta, journal_line, save_meta
 from .receiving import ReceivingPieces
-from .recovery import empty_trash, load_task, task_dirs
+from .recovery import empty_trash
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,6 @@ class PieceStore:
         self._clock = clock
         self._lock = threading.RLock()
         self._tasks: dict[str, TaskMeta] = {}
-        # Set once every task on disk is in ``_tasks``. Until then (``background_load``: a
-        # thread reads them while the daemon already serves) a task not found is looked for
-        # on disk (:meth:`get`), so a held task is never taken for a new one.
-        self._loaded = threading.Event()
-        self._stop_loading = threading.Event()
-        self._loader: threading.Thread | None = None
         self._waiters = ChangeWaiters()
         self._journals: dict[str, int] = {}
         # Tasks in use (a piece being sent, an export): eviction skips them. task_id -> holders.
@@ -91,50 +86,10 @@ class PieceStore:
         self.receiving = ReceivingPieces(self.notify)
         (self.root / TASKS).mkdir(parents=True, exist_ok=True)
         empty_trash(self.root)
-        if background_load:
-            self._loader = threading.Thread(target=self._load_all, name="store-load", daemon=True)
-            self._loader.start()
-        else:
-            self._load_all()
-
-    # ------------------------------------------------------------------ loading
-
-    def _load_all(self) -> None:
-        """Bring every task on disk in (:mod:`.recovery`); each under the lock, so a task
-        deleted or created meanwhile is seen as it is."""
-        began = time.monotonic()
-        for path in task_dirs(self.root):
-            if self._stop_loading.is_set():
-                return
-            task_id = os.path.basename(path)
-            with self._lock:
-                if task_id not in self._tasks:
-                    meta = load_task(path)
-                    if meta is not None:
-                        self._tasks[task_id] = meta
-        self._loaded.set()
-        if self._loader is not None:
-            log.info("store loaded: %d task(s) in %.1fs", len(self._tasks), time.monotonic() - began)
-
-    def _load_one(self, task_id: str) -> TaskMeta | None:
-        """A task not loaded yet, read from disk now (None if it is not there)."""
-        with self._lock:
-            meta = self._tasks.get(task_id)
-            if meta is None and not self._loaded.is_set():
-                meta = load_task(task_dir(self.root, task_id))
-                if meta is not None:
-                    self._tasks[task_id] = meta
-            return meta
-
-    @property
-    def loaded(self) -> bool:
-        """Whether every task on disk is known (:meth:`tasks` lists them all)."""
-        return self._loaded.is_set()
-
-    async def until_loaded(self) -> None:
-        """Return once every task on disk is known (waits in a thread, half a second at a time)."""
-        while not self._loaded.is_set():
-            await asyncio.to_thread(self._loaded.wait, 0.5)
+        # Every task on disk into ``_tasks``: now, or (``background_load``, the daemon) in a
+        # thread while the store already serves (``loading.loaded``, ``loading.until_loaded``).
+        self.loading = StoreLoader(self.root, self._lock, self._tasks)
+        self.loading.start(background=background_load)
 
     # ------------------------------------------------------------------ paths
 
@@ -152,12 +107,12 @@ class PieceStore:
         # Only validated IDs are ever stored (create_task and recovery check them), so a plain
         # lookup is the check: this runs several times per piece on every download.
         meta = self._tasks.get(task_id) if type(task_id) is str else None
-        if meta is None and not self._loaded.is_set() and valid_task_id(task_id):
-            return self._load_one(task_id)
+        if meta is None and not self.loading.loaded and valid_task_id(task_id):
+            return self.loading.load_one(task_id)  # held, but not reached by the load yet?
         return meta
 
     def tasks(self) -> list[TaskMeta]:
-        """The tasks known; while the store still loads (:attr:`loaded`), not all of them."""
+        """The tasks known; while the store still loads (``loading.loaded``), not all of them."""
         with self._lock:
             return list(self._tasks.values())
 
@@ -521,9 +476,7 @@ class PieceStore:
 
     def close(self) -> None:
         """Stop a load under way; close journal fds (the store stays usable; they reopen on demand)."""
-        if self._loader is not None:
-            self._stop_loading.set()
-            self._loader.join()
+        self.loading.stop()
         with self._lock:
             for task_id in list(self._journals):
                 self._close_journal(task_id)

@@ -104,11 +104,15 @@ def task_dirs(root: Path) -> list[str]:
     except FileNotFoundError:
         return found
     for prefix in prefixes:
-        with os.scandir(prefix.path) as entries:
-            for entry in entries:
-                name = entry.name
-                if name[:3] == prefix.name and valid_task_id(name) and entry.is_dir(follow_symlinks=False):
-                    found.append(entry.path)
+        try:
+            with os.scandir(prefix.path) as entries:
+                for entry in entries:
+                    name = entry.name
+                    laid_out = name[:3] == prefix.name and valid_task_id(name)
+                    if laid_out and entry.is_dir(follow_symlinks=False):
+                        found.append(entry.path)
+        except FileNotFoundError:
+            continue  # its last task was deleted meanwhile (a store loading while it serves)
     found.sort(key=os.path.basename)
     return found
 
