@@ -148,6 +148,22 @@ class SecurityConfig(Section):
     trusted_networks: list[str] = Field(default_factory=list)
 
 
+class RedisConfig(Section):
+    """Redis for the state that must outlive a scheduler and be shared by several: persistent
+    cache tasks (dfcache), their peers and the hosts holding them (scheduler/cachestore/).
+
+    One key, ``url``: ``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or
+    ``unix:///path/redis.sock?db=0``. Empty (default): kept in the scheduler's memory, lost
+    when it stops. Dragonfly spells this ``database.redis.{addrs,username,password,db}``.
+    """
+
+    url: str = ""
+
+
+class DatabaseConfig(Section):
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+
+
 class SchedulerConfig(Section):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     server: SchedulerServerConfig = Field(default_factory=SchedulerServerConfig)
@@ -158,6 +174,7 @@ class SchedulerConfig(Section):
     tls: TLSConfig = Field(default_factory=TLSConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
 
 
 # --------------------------------------------------------------------------- daemon

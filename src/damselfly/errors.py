@@ -15,7 +15,8 @@ The tree::
     ├── PeerError                   a parent failed to serve a piece
     ├── PieceElsewhere              a seed peer gave this piece out already: ask a peer
     ├── SchedulerError              the scheduler refused or is unreachable
-    │   └── NoCandidateParents      nothing to download from and back-to-source is disabled
+    │   ├── NoCandidateParents      nothing to download from and back-to-source is disabled
+    │   └── StoreUnavailable        the scheduler's shared store (Redis) cannot be reached
     ├── DaemonUnavailable           the local daemon is not running (dfget)
     ├── DownloadTimeout (TimeoutError)
     ├── ResourceExhausted           a limit was hit; try again later
@@ -89,6 +90,10 @@ class SchedulerError(DamselflyError):
 
 
 class NoCandidateParents(SchedulerError):
+    pass
+
+
+class StoreUnavailable(SchedulerError):
     pass
 
 

@@ -16,6 +16,7 @@ link generation): :class:`Announcer`, on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -29,6 +30,8 @@ from .scheduler_fleet import SchedulerFleet
 from .store.piece_store import PieceStore
 
 log = logging.getLogger(__name__)
+
+RESTORE_STREAMS = 8  # held tasks registered at once with one scheduler (more swamps it)
 
 
 class Announcer:
@@ -101,38 +104,55 @@ class Announcer:
             self.on_first = None
 
     async def _restore(self, link: SchedulerLink) -> int:
+        """Register at ``link`` the complete tasks held here that the ring gives it, the most
+        recently used first, over :data:`RESTORE_STREAMS` streams at once (one at a time, each
+        waiting for the scheduler's end of its stream, 100 k held tasks took minutes:
+        benchmarks/daemon_restart.py). Waits for the store's background load first."""
+        await self.store.loading.until_loaded()
         generation = link.generation
         known = self._known_at(link)
         answer_timeout = None if await link.speaks_extensions() else self.schedule_timeout
+        held = [
+            meta
+            for meta in self.store.tasks()
+            if meta.state == "succeeded"
+            and meta.is_complete
+            and not meta.persistent_cache  # announced through the persistent-cache RPCs
+            and meta.task_id not in known
+            and not self.manager.is_running(meta.task_id)
+            and self.fleet.owner(meta.task_id) is link
+        ]
+        held.sort(key=lambda m: m.accessed_at, reverse=True)  # the likeliest asked for first
+        queue = iter(held)
         count = 0
-        for meta in self.store.tasks():
-            if link.generation != generation or not link.up:
-                raise SchedulerError(f"scheduler {link.addr} changed while registering held tasks")
-            if (
-                meta.state != "succeeded"
-                or not meta.is_complete
-                or meta.persistent_cache  # announced through the persistent-cache RPCs
-                or meta.task_id in known
-                or self.manager.is_running(meta.task_id)
-            ):
-                continue
-            owner = self.fleet.owner(meta.task_id)
-            if owner is not link:
-                continue
-            assert meta.content_length is not None and meta.piece_length is not None
-            peer_id = ids.peer_id(self.host.ip, self.hostname, seed=self.is_seed)
-            stream = link.peer_stream(self.host.id, meta.task_id, peer_id)
-            spec = DownloadSpec(url=meta.url, tag=meta.tag, application=meta.application)
-            try:
-                await stream.restore(
-                    spec, meta.content_length, meta.piece_length, meta.piece_count or 0,
-                    answer_timeout=answer_timeout,
-                )  # fmt: skip
-                known.add(meta.task_id)
-                count += 1
-            except SchedulerError as e:
-                log.warning("could not register task %s with %s: %s", meta.task_id[:12], link.addr, e)
-            finally:
-                await stream.close()
-        self.restored_total += count
+
+        async def register_some() -> None:
+            nonlocal count
+            for meta in queue:  # shared by the workers: each task goes once
+                if link.generation != generation or not link.up:
+                    raise SchedulerError(f"scheduler {link.addr} changed while registering held tasks")
+                assert meta.content_length is not None and meta.piece_length is not None
+                peer_id = ids.peer_id(self.host.ip, self.hostname, seed=self.is_seed)
+                stream = link.peer_stream(self.host.id, meta.task_id, peer_id)
+                spec = DownloadSpec(url=meta.url, tag=meta.tag, application=meta.application)
+                try:
+                    await stream.restore(
+                        spec, meta.content_length, meta.piece_length, meta.piece_count or 0,
+                        answer_timeout=answer_timeout,
+                    )  # fmt: skip
+                    known.add(meta.task_id)
+                    count += 1
+                except SchedulerError as e:
+                    log.warning("could not register task %s with %s: %s", meta.task_id[:12], link.addr, e)
+                finally:
+                    await stream.close()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(RESTORE_STREAMS, len(held))):
+                    group.create_task(register_some())
+        except* SchedulerError as group_error:
+            raise group_error.exceptions[0] from None
+        finally:
+            self.restored_total += count
         return count

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 SEED_TYPES = {"super": HostType.SUPER_SEED, "strong": HostType.STRONG_SEED, "weak": HostType.WEAK_SEED}
 
 
@@ -88,7 +89,9 @@ class Daemon:
         self.ip = _advertise_ip(config)
         self.host_id = ids.host_id(self.ip, config.host.hostname, seed=self.is_seed)
         self.metrics = DaemonMetrics(config.storage.dir)
-        self.store = PieceStore(Path(config.storage.dir))
+        # Loaded in a thread: the daemon serves at once, a held task is found on disk if asked
+        # for before its turn (100 k tasks: benchmarks/daemon_restart.py).
+        self.store = PieceStore(Path(config.storage.dir), background_load=True)
         self.limiters = HostLimiters(config)
         self.source = HTTPSource(config.source, limiter=self.limiters.back_to_source)
         self.pool = PieceConnectionPool(

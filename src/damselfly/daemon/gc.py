@@ -160,8 +160,10 @@ class CacheGC:
     def busy(self) -> set[str]:
         return set(self._in_use()) | self.store.pinned()
 
-    def snapshot(self) -> list[TaskUsage]:
-        busy = self.busy()
+    def snapshot(self, busy: set[str] | None = None) -> list[TaskUsage]:
+        """Every task with its size on disk (a ``du`` of each task dir: with 100 k tasks, seconds,
+        so :meth:`run_once` takes it in a thread, with ``busy`` found on the event loop)."""
+        busy = self.busy() if busy is None else busy
         return [
             TaskUsage(
                 task_id=meta.task_id,
@@ -178,9 +180,13 @@ class CacheGC:
         return plan_eviction(self.snapshot(), now=self._clock(), policy=self.policy)
 
     async def run_once(self) -> list[Eviction]:
-        """Plan and evict; returns what was evicted (a task that became busy meanwhile is skipped)."""
+        """Plan and evict; returns what was evicted (a task that became busy meanwhile is skipped).
+        Nothing while the store still loads: the least recently used may not be known yet."""
         done: list[Eviction] = []
-        for ev in self.plan():
+        if not self.store.loading.loaded:
+            return done
+        usage = await asyncio.to_thread(self.snapshot, self.busy())
+        for ev in plan_eviction(usage, now=self._clock(), policy=self.policy):
             if ev.task_id in self.busy():
                 continue
             if self._forget is not None:

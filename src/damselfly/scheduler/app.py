@@ -49,6 +49,7 @@ async def serve(
     tls = load_tls(config.tls)  # before anything listens: bad TLS files refuse the start
     metrics = SchedulerMetrics()
     service = SchedulerService(config, metrics=metrics, tls=tls)
+    await service.persistent_cache.open()
     server = grpc.aio.server()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server)
     health = Health(server, [SCHEDULER])

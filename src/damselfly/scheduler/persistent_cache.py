@@ -10,17 +10,20 @@ registration with the hosts holding the task (``NormalPersistentCacheTaskRespons
 Persistent peers are not evicted by the daemons' LRU; every copy goes at the
 task's TTL, and ``DeletePersistentCacheTask`` removes it from every host.
 
-Decide, then do: :class:`PersistentCacheRegistry` is plain state with
-synchronous methods, and :func:`replica_hosts` / :func:`candidate_parents` /
-:func:`expired_tasks` are pure policy (this module, no I/O).
+Decide, then do: the state changes (:func:`start_upload`, :func:`attach_peer`,
+:func:`set_peer_state`) and the policy (:func:`replica_hosts`,
+:func:`candidate_parents`, :func:`expired_tasks`) are pure functions over a
+:class:`CacheTask` (this module, no I/O). The tasks live in a
+:class:`~.cachestore.PersistentCacheStore` (in-process, or Redis to outlive a
+scheduler and be shared by several).
 :class:`~.persistent_cache_service.PersistentCacheService` carries out their
 decisions (gRPC calls to daemons) and answers the RPCs; the scheduler's
 servicer inherits them (``PersistentCacheRPCs``).
 
 Hosts are the scheduler's :class:`Resources` hosts: a peer whose host is gone
 (``DeleteHost``, host GC) is simply not offered, and the repair step replaces
-the replicas it held. Owner of the registry and of all background work:
-``PersistentCacheService``, on the event loop.
+the replicas it held. Owner of the store and of all background work: ``PersistentCacheService``, on
+the event loop.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
-from ..errors import InvalidArgument, NotFound
+from ..errors import InvalidArgument
 from .resources import Host
 
 PARENT_LIMIT = 4  # candidate parents per answer
@@ -54,7 +57,8 @@ class CachePeer:
 
 @dataclass(eq=False, slots=True)
 class CacheTask:
-    """A persistent cache task as the scheduler knows it."""
+    """A persistent cache task as the scheduler knows it. Times are wall-clock seconds
+    (schedulers sharing a store agree on them; daemons derive their expiry from them)."""
 
     id: str
     replica_count: int
@@ -64,8 +68,7 @@ class CacheTask:
     content_length: int
     piece_count: int
     ttl: float  # seconds from created_at; 0 = no TTL
-    created_at: float  # scheduler clock (monotonic)
-    created_wall: float  # wall clock, for the Timestamp daemons derive their expiry from
+    created_at: float
     updated_at: float
     state: str = PENDING
     peers: dict[str, CachePeer] = field(default_factory=dict)
@@ -87,120 +90,81 @@ class CacheTask:
         }
 
 
-class PersistentCacheRegistry:
-    """Every persistent cache task and its peers. Plain state; the service is its only writer."""
+# -- state changes (pure: the service loads the task, applies one, and writes it back) ---------
 
-    def __init__(self) -> None:
-        self.tasks: dict[str, CacheTask] = {}
-        self.peer_index: dict[str, CacheTask] = {}  # peer ID -> its task
 
-    def task(self, task_id: str) -> CacheTask:
-        try:
-            return self.tasks[task_id]
-        except KeyError:
-            raise NotFound(f"persistent cache task {task_id} is not known to the scheduler") from None
+def start_upload(
+    task: CacheTask | None,
+    *,
+    task_id: str,
+    host_id: str,
+    peer_id: str,
+    replica_count: int,
+    tag: str,
+    application: str,
+    piece_length: int,
+    content_length: int,
+    piece_count: int,
+    ttl: float,
+    now: float,
+) -> CacheTask:
+    """An import began on ``host_id``: the task (new, or ``task`` updated). A task imported
+    again keeps its numbers and TTL. The importer's peer is attached by the caller."""
+    if not task_id or not peer_id or not host_id:
+        raise InvalidArgument("UploadPersistentCacheTaskStarted needs host_id, task_id and peer_id")
+    if piece_length <= 0 or content_length < 0:
+        raise InvalidArgument(f"bad sizes: content {content_length}, piece length {piece_length}")
+    if task is None:
+        return CacheTask(
+            id=task_id,
+            replica_count=max(1, replica_count),
+            tag=tag,
+            application=application,
+            piece_length=piece_length,
+            content_length=content_length,
+            piece_count=piece_count,
+            ttl=ttl,
+            created_at=now,
+            updated_at=now,
+            state=UPLOADING,
+        )
+    if (task.content_length, task.piece_length) != (content_length, piece_length):
+        raise InvalidArgument(
+            f"persistent cache task {task_id} exists with {task.content_length} bytes in pieces of "
+            f"{task.piece_length}; this upload has {content_length} in pieces of {piece_length}"
+        )
+    task.replica_count = max(task.replica_count, replica_count)
+    return task
 
-    def upload_started(
-        self,
-        *,
-        task_id: str,
-        host_id: str,
-        peer_id: str,
-        replica_count: int,
-        tag: str,
-        application: str,
-        piece_length: int,
-        content_length: int,
-        piece_count: int,
-        ttl: float,
-        now: float,
-        wall: float,
-    ) -> CacheTask:
-        """An import began on ``host_id``. A task imported again keeps its numbers and TTL."""
-        if not task_id or not peer_id or not host_id:
-            raise InvalidArgument("UploadPersistentCacheTaskStarted needs host_id, task_id and peer_id")
-        if piece_length <= 0 or content_length < 0:
-            raise InvalidArgument(f"bad sizes: content {content_length}, piece length {piece_length}")
-        task = self.tasks.get(task_id)
-        if task is None:
-            task = CacheTask(
-                id=task_id,
-                replica_count=max(1, replica_count),
-                tag=tag,
-                application=application,
-                piece_length=piece_length,
-                content_length=content_length,
-                piece_count=piece_count,
-                ttl=ttl,
-                created_at=now,
-                created_wall=wall,
-                updated_at=now,
-                state=UPLOADING,
-            )
-            self.tasks[task_id] = task
-        elif (task.content_length, task.piece_length) != (content_length, piece_length):
-            raise InvalidArgument(
-                f"persistent cache task {task_id} exists with {task.content_length} bytes in pieces of "
-                f"{task.piece_length}; this upload has {content_length} in pieces of {piece_length}"
-            )
-        else:
-            task.replica_count = max(task.replica_count, replica_count)
-        self.add_peer(task, peer_id, host_id, persistent=True, state=UPLOADING, now=now)
-        return task
 
-    def add_peer(
-        self, task: CacheTask, peer_id: str, host_id: str, *, persistent: bool, state: str, now: float
-    ) -> CachePeer:
-        old = self.peer_index.get(peer_id)
-        if old is not None:
-            old.peers.pop(peer_id, None)
-        # One copy per host: a new peer of the same host replaces the old one.
-        for other in [p for p in task.peers.values() if p.host_id == host_id]:
-            self.remove_peer(other.id)
-        peer = CachePeer(peer_id, host_id, persistent, state, now, now)
-        task.peers[peer_id] = peer
-        self.peer_index[peer_id] = task
-        task.updated_at = now
-        return peer
+def attach_peer(
+    task: CacheTask, peer_id: str, host_id: str, *, persistent: bool, state: str, now: float
+) -> tuple[CachePeer, list[str]]:
+    """Add a peer to ``task``; returns it and the IDs of the peers it replaces (one copy per
+    host: a new peer of the same host replaces the old one)."""
+    replaced = [p.id for p in task.peers.values() if p.host_id == host_id or p.id == peer_id]
+    for pid in replaced:
+        del task.peers[pid]
+    peer = CachePeer(peer_id, host_id, persistent, state, now, now)
+    task.peers[peer_id] = peer
+    task.updated_at = now
+    return peer, [pid for pid in replaced if pid != peer_id]
 
-    def peer(self, peer_id: str) -> tuple[CacheTask, CachePeer]:
-        task = self.peer_index.get(peer_id)
-        if task is None or peer_id not in task.peers:
-            raise NotFound(f"persistent cache peer {peer_id} is not known")
-        return task, task.peers[peer_id]
 
-    def set_state(self, peer_id: str, state: str, now: float) -> CacheTask:
-        task, peer = self.peer(peer_id)
-        peer.state = state
-        if state == FAILED:
-            task.failed_hosts.add(peer.host_id)
-        peer.updated_at = task.updated_at = now
-        if state == SUCCEEDED:
-            task.state = SUCCEEDED
-        elif (
-            state == FAILED
-            and task.state == UPLOADING
-            and not any(p.state == SUCCEEDED for p in task.peers.values())
-        ):
-            task.state = FAILED
-        return task
-
-    def remove_peer(self, peer_id: str) -> None:
-        task = self.peer_index.pop(peer_id, None)
-        if task is not None:
-            task.peers.pop(peer_id, None)
-
-    def forget_host(self, host_id: str) -> None:
-        for task in self.tasks.values():
-            for p in [p for p in task.peers.values() if p.host_id == host_id]:
-                self.remove_peer(p.id)
-
-    def delete_task(self, task_id: str) -> CacheTask | None:
-        task = self.tasks.pop(task_id, None)
-        if task is not None:
-            for pid in list(task.peers):
-                self.peer_index.pop(pid, None)
-        return task
+def set_peer_state(task: CacheTask, peer: CachePeer, state: str, now: float) -> None:
+    """A peer's new state, and what it means for the task's."""
+    peer.state = state
+    if state == FAILED:
+        task.failed_hosts.add(peer.host_id)
+    peer.updated_at = task.updated_at = now
+    if state == SUCCEEDED:
+        task.state = SUCCEEDED
+    elif (
+        state == FAILED
+        and task.state == UPLOADING
+        and not any(p.state == SUCCEEDED for p in task.peers.values())
+    ):
+        task.state = FAILED
 
 
 # -- policy --------------------------------------------------------------------
@@ -251,5 +215,5 @@ def candidate_parents(
     return out[:limit]
 
 
-def expired_tasks(registry: PersistentCacheRegistry, now: float) -> list[str]:
-    return [t.id for t in registry.tasks.values() if t.expired(now)]
+def expired_tasks(tasks: Iterable[CacheTask], now: float) -> list[str]:
+    return [t.id for t in tasks if t.expired(now)]

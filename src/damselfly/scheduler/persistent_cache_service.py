@@ -1,11 +1,16 @@
 """Persistent cache tasks on the scheduler, the doing half: RPCs, replication, deletion, TTL.
 
 :class:`PersistentCacheService` answers the ``scheduler.v2`` persistent-cache
-RPCs against the :class:`~.persistent_cache.PersistentCacheRegistry` and
-carries out the policy's decisions: it asks hosts for replicas
+RPCs against a :class:`~.cachestore.PersistentCacheStore` (in-process, or
+Redis when ``database.redis.url`` is set) and carries out the policy's decisions: it asks hosts for replicas
 (``DfdaemonUpload.DownloadPersistentCacheTask``), fans deletes out
 (``DfdaemonUpload.DeletePersistentCacheTask``), and expires tasks at their TTL.
 :class:`PersistentCacheRPCs` is the mixin the scheduler's servicer inherits.
+
+Long because: every RPC answer and the background work (replication, deletion,
+TTL expiry) read and write the same store through the same few helpers and
+share the table of replications in flight; the state changes and the policy
+themselves are in :mod:`.persistent_cache`, the storage in :mod:`.cachestore`.
 """
 
 from __future__ import annotations
@@ -14,17 +19,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
 
 from ..api import cache_convert, common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
-from ..domain import PersistentCachePeerInfo, PersistentCacheTaskInfo
-from ..errors import DamselflyError, InvalidArgument, NotFound, PermissionDenied, SchedulerError
+from ..domain import HostInfo, PersistentCachePeerInfo, PersistentCacheTaskInfo
+from ..errors import (
+    ConfigError,
+    DamselflyError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    SchedulerError,
+    StoreUnavailable,
+)
 from ..security.authz import HostAuthority, caller_of
 from ..security.tls import TLSFiles
+from .cachestore import PersistentCacheStore
+from .cachestore.memory import MemoryStore
 from .persistent_cache import (
     FAILED,
     PENDING,
@@ -33,10 +48,12 @@ from .persistent_cache import (
     UPLOADING,
     CachePeer,
     CacheTask,
-    PersistentCacheRegistry,
+    attach_peer,
     candidate_parents,
     expired_tasks,
     replica_hosts,
+    set_peer_state,
+    start_upload,
 )
 from .resources import Host, Resources
 from .seed_client import daemon_channel
@@ -65,26 +82,35 @@ DELETE_TIMEOUT = 10.0  # seconds each host gets to delete its copy
 class PersistentCacheService:
     """Answers the persistent-cache RPCs and carries out replication, deletion and TTL expiry.
 
-    Owns the replication calls in flight (one asyncio task per task and host)
-    and the repair/expiry loop; :meth:`close` cancels them.
+    Tasks live in ``store`` (:mod:`.cachestore`): each RPC reads what it needs,
+    applies a state change of :mod:`.persistent_cache`, and writes it back.
+    Hosts count as alive when this scheduler knows them or the store does
+    (another scheduler heard from them). Owns the replication calls in flight
+    (one asyncio task per task and host), the store writes that follow host
+    announcements, and the repair/expiry loop; :meth:`close` cancels them and
+    closes the store.
     """
 
     def __init__(
         self,
         res: Resources,
         *,
-        clock: Clock = time.monotonic,
+        store: PersistentCacheStore | None = None,
         wall_clock: Clock = time.time,
         interval: float = 5.0,
+        host_ttl: float = 180.0,
+        upload_limits: tuple[int, int] = (200, 2000),
         tls: TLSFiles | None = None,
     ) -> None:
         self.res = res
         self.tls = tls  # the scheduler's mTLS files, for its calls to daemons
-        self.clock = clock
         self.wall_clock = wall_clock
+        self.store = store if store is not None else MemoryStore(clock=wall_clock)
         self.interval = interval
-        self.registry = PersistentCacheRegistry()
+        self.host_ttl = host_ttl
+        self.upload_limits = upload_limits  # (normal, seed) hosts known only from the store
         self._replicating: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -93,42 +119,137 @@ class PersistentCacheService:
         self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name="persistent-cache")
 
     async def close(self) -> None:
-        tasks = list(self._replicating.values())
+        tasks = list(self._replicating.values()) + list(self._background)
         if self._loop_task is not None:
             tasks.append(self._loop_task)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._replicating.clear()
+        self._background.clear()
         self._loop_task = None
+        await self.store.close()
 
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:
                 await self.tick()
+            except StoreUnavailable as e:
+                log.warning("persistent cache step skipped: %s", e)
             except Exception:
                 log.exception("persistent cache step failed")
 
     async def tick(self) -> None:
         """Expire tasks past their TTL (everywhere), then top up replicas that went missing."""
-        for task_id in expired_tasks(self.registry, self.clock()):
+        tasks = await self.store.tasks()
+        expired = set(expired_tasks(tasks, self.wall_clock()))
+        for task_id in expired:
             log.info("persistent cache task %s reached its TTL; removing it everywhere", task_id[:12])
-            await self.delete_everywhere(task_id)
-        for task in list(self.registry.tasks.values()):
-            self.replicate(task)
+            with contextlib.suppress(NotFound):  # another scheduler sharing the store was first
+                await self.delete_everywhere(task_id)
+        hosts = await self.hosts()
+        for task in tasks:
+            if task.id not in expired:
+                self.replicate(task, hosts)
+
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
+        t = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    async def open(self) -> None:
+        """Check the store answers (a Redis server that cannot be reached stops the start)."""
+        try:
+            await self.store.ping()
+        except StoreUnavailable as e:
+            await self.store.close()
+            raise ConfigError(f"cannot use database.redis.url: {e}") from None
+        log.info("persistent cache tasks kept in %s", self.store.describe())
+
+    # -- hosts ---------------------------------------------------------------------
+
+    def host_announced(self, info: HostInfo) -> None:
+        """A host announced itself here: record it as alive in the store (for other schedulers)."""
+        self._spawn(self._put_host(info), f"pcache-host-{info.id[:12]}")
+
+    async def _put_host(self, info: HostInfo) -> None:
+        try:
+            await self.store.put_host(info, self.host_ttl)
+        except StoreUnavailable as e:
+            log.warning("cannot record host %s: %s", info.id, e)
 
     def forget_host(self, host_id: str) -> None:
-        self.registry.forget_host(host_id)
+        """A host left (DeleteHost): its copies are gone; the store forgets it (in the background)."""
+        self._spawn(self._forget_host(host_id), f"pcache-forget-{host_id[:12]}")
+
+    async def _forget_host(self, host_id: str) -> None:
+        try:
+            await self.store.delete_host(host_id)
+            for task in await self.store.tasks():
+                for p in [p for p in task.peers.values() if p.host_id == host_id]:
+                    await self.store.remove_peer(task.id, p.id)
+        except StoreUnavailable as e:
+            log.warning("cannot forget host %s in the store: %s", host_id, e)
+
+    async def hosts(self) -> dict[str, Host]:
+        """The hosts alive: this scheduler's, and those only the store knows (another scheduler's)."""
+        hosts = dict(self.res.hosts)
+        normal, seed = self.upload_limits
+        for host_id, info in (await self.store.hosts()).items():
+            if host_id not in hosts:
+                limit = seed if info.type.is_seed else normal
+                hosts[host_id] = Host(info=info, upload_limit=limit, last_announce=0.0)
+        return hosts
+
+    # -- reading and writing tasks ------------------------------------------------------
+
+    async def task(self, task_id: str) -> CacheTask:
+        task = await self.store.get_task(task_id)
+        if task is None or task.expired(self.wall_clock()):
+            raise NotFound(f"persistent cache task {task_id} is not known to the scheduler")
+        return task
+
+    async def peer(self, peer_id: str) -> tuple[CacheTask, CachePeer]:
+        task_id = await self.store.task_of_peer(peer_id)
+        task = await self.store.get_task(task_id) if task_id is not None else None
+        if task is None or peer_id not in task.peers:
+            raise NotFound(f"persistent cache peer {peer_id} is not known")
+        return task, task.peers[peer_id]
+
+    async def add_peer(
+        self, task: CacheTask, peer_id: str, host_id: str, *, persistent: bool, state: str
+    ) -> CachePeer:
+        """Attach a peer (replacing the host's earlier one, and the peer's place in another task)."""
+        old_task = await self.store.task_of_peer(peer_id)
+        if old_task is not None and old_task != task.id:
+            await self.store.remove_peer(old_task, peer_id)
+        peer, replaced = attach_peer(
+            task, peer_id, host_id, persistent=persistent, state=state, now=self.wall_clock()
+        )
+        for pid in replaced:
+            await self.store.remove_peer(task.id, pid)
+        await self.store.put_task(task)
+        await self.store.put_peer(task, peer)
+        return peer
+
+    async def set_state(self, task: CacheTask, peer: CachePeer, state: str) -> None:
+        set_peer_state(task, peer, state, self.wall_clock())
+        await self.store.put_task(task)
+        await self.store.put_peer(task, peer)
+
+    async def remove_peer(self, task: CacheTask, peer_id: str) -> None:
+        task.peers.pop(peer_id, None)
+        await self.store.remove_peer(task.id, peer_id)
 
     # -- replication ---------------------------------------------------------------
 
     def _busy_hosts(self, task_id: str) -> set[str]:
         return {h for (t, h) in self._replicating if t == task_id}
 
-    def replicate(self, task: CacheTask) -> list[str]:
+    def replicate(self, task: CacheTask, hosts: dict[str, Host]) -> list[str]:
         """Ask the hosts :func:`replica_hosts` picks to fetch ``task``; returns their IDs."""
-        chosen = replica_hosts(task, self.res.hosts, self._busy_hosts(task.id))
+        chosen = replica_hosts(task, hosts, self._busy_hosts(task.id))
         for host in chosen:
             key = (task.id, host.id)
             t = asyncio.get_running_loop().create_task(
@@ -157,23 +278,28 @@ class PersistentCacheService:
                     pass
             log.info("host %s holds a replica of persistent cache task %s", host.id, task.id[:12])
         except grpc.aio.AioRpcError as e:
-            task.failed_hosts.add(host.id)
             log.warning(
                 "host %s could not replicate persistent cache task %s: %s %s",
                 host.id, task.id[:12], e.code().name, e.details(),
             )  # fmt: skip
+            with contextlib.suppress(StoreUnavailable):
+                now = await self.store.get_task(task.id)
+                if now is not None:
+                    now.failed_hosts.add(host.id)
+                    await self.store.put_task(now)
 
     # -- deletion --------------------------------------------------------------------
 
     async def delete_everywhere(self, task_id: str) -> list[str]:
         """Forget the task and ask every live host with a copy to delete it; returns those hosts."""
-        task = self.registry.delete_task(task_id)
+        task = await self.store.delete_task(task_id)
         if task is None:
             raise NotFound(f"persistent cache task {task_id} is not known to the scheduler")
         for (t, _h), job in list(self._replicating.items()):
             if t == task_id:
                 job.cancel()
-        hosts = [self.res.hosts[h] for h in {p.host_id for p in task.peers.values()} if h in self.res.hosts]
+        alive = await self.hosts()
+        hosts = [alive[h] for h in {p.host_id for p in task.peers.values()} if h in alive]
         await asyncio.gather(*(self._delete_on(h, task_id) for h in hosts))
         return [h.id for h in hosts]
 
@@ -193,9 +319,10 @@ class PersistentCacheService:
 
     # -- what the messages say ------------------------------------------------------------
 
-    def task_info(self, task: CacheTask) -> PersistentCacheTaskInfo:
+    @staticmethod
+    def task_info(task: CacheTask, hosts: dict[str, Host]) -> PersistentCacheTaskInfo:
         """The task with its live replica counts; times on the wall clock (daemons derive expiry)."""
-        holders = task.holders(self.res.hosts)
+        holders = task.holders(hosts)
         return PersistentCacheTaskInfo(
             id=task.id,
             persistent_replica_count=task.replica_count,
@@ -208,15 +335,15 @@ class PersistentCacheService:
             piece_count=task.piece_count,
             state=task.state,
             ttl_s=task.ttl,
-            created_at=task.created_wall,
-            updated_at=task.created_wall + (task.updated_at - task.created_at),
+            created_at=task.created_at,
+            updated_at=task.updated_at,
         )
 
-    def peer_info(self, task: CacheTask, peer: CachePeer) -> PersistentCachePeerInfo:
-        host = self.res.hosts.get(peer.host_id)
+    def peer_info(self, task: CacheTask, peer: CachePeer, hosts: dict[str, Host]) -> PersistentCachePeerInfo:
+        host = hosts.get(peer.host_id)
         return PersistentCachePeerInfo(
             id=peer.id,
-            task=self.task_info(task),
+            task=self.task_info(task, hosts),
             persistent=peer.persistent,
             state=peer.state,
             host=host.info if host is not None else None,
@@ -224,9 +351,10 @@ class PersistentCacheService:
 
     # -- the RPCs -----------------------------------------------------------------------
 
-    def upload_started(self, request: scheduler_pb2.UploadPersistentCacheTaskStartedRequest) -> None:
-        self.res.host(request.host_id)
-        self.registry.upload_started(
+    async def upload_started(self, request: scheduler_pb2.UploadPersistentCacheTaskStartedRequest) -> None:
+        host = self.res.host(request.host_id)
+        task = start_upload(
+            await self.store.get_task(request.task_id),
             task_id=request.task_id,
             host_id=request.host_id,
             peer_id=request.peer_id,
@@ -237,107 +365,120 @@ class PersistentCacheService:
             content_length=request.content_length,
             piece_count=request.piece_count,
             ttl=convert.seconds(request.ttl) if request.HasField("ttl") else 0.0,
-            now=self.clock(),
-            wall=self.wall_clock(),
+            now=self.wall_clock(),
         )
+        await self.store.put_host(host.info, self.host_ttl)
+        await self.add_peer(task, request.peer_id, request.host_id, persistent=True, state=UPLOADING)
 
-    def upload_finished(
+    async def upload_finished(
         self, request: scheduler_pb2.UploadPersistentCacheTaskFinishedRequest
     ) -> common_pb2.PersistentCacheTask:
-        task = self.registry.set_state(request.peer_id, SUCCEEDED, self.clock())
-        chosen = self.replicate(task)
+        task, peer = await self.peer(request.peer_id)
+        await self.set_state(task, peer, SUCCEEDED)
+        hosts = await self.hosts()
+        chosen = self.replicate(task, hosts)
         log.info(
             "persistent cache task %s imported on %s; replicating to %s",
             task.id[:12],
             request.host_id,
             chosen,
         )
-        return cache_convert.cache_task_to_pb(self.task_info(task))
+        return cache_convert.cache_task_to_pb(self.task_info(task, hosts))
 
-    def upload_failed(self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest) -> None:
-        task, _ = self.registry.peer(request.peer_id)
-        self.registry.remove_peer(request.peer_id)
+    async def upload_failed(self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest) -> None:
+        task, _ = await self.peer(request.peer_id)
+        await self.remove_peer(task, request.peer_id)
         if not task.peers:
-            self.registry.delete_task(task.id)
+            await self.store.delete_task(task.id)
 
-    def stat_task(
+    async def stat_task(
         self, request: scheduler_pb2.StatPersistentCacheTaskRequest
     ) -> common_pb2.PersistentCacheTask:
-        return cache_convert.cache_task_to_pb(self.task_info(self.registry.task(request.task_id)))
+        task = await self.task(request.task_id)
+        return cache_convert.cache_task_to_pb(self.task_info(task, await self.hosts()))
 
-    def stat_peer(
+    async def stat_peer(
         self, request: scheduler_pb2.StatPersistentCachePeerRequest
     ) -> common_pb2.PersistentCachePeer:
-        task, peer = self.registry.peer(request.peer_id)
-        return cache_convert.cache_peer_to_pb(self.peer_info(task, peer))
+        task, peer = await self.peer(request.peer_id)
+        return cache_convert.cache_peer_to_pb(self.peer_info(task, peer, await self.hosts()))
 
-    def delete_peer(self, request: scheduler_pb2.DeletePersistentCachePeerRequest) -> None:
+    async def delete_peer(self, request: scheduler_pb2.DeletePersistentCachePeerRequest) -> None:
         """Forget one peer; with no peer ID, whichever peer ``host_id`` has of ``task_id`` (daemon GC)."""
         if request.peer_id:
-            self.registry.remove_peer(request.peer_id)
+            with contextlib.suppress(NotFound):
+                task, _ = await self.peer(request.peer_id)
+                await self.remove_peer(task, request.peer_id)
             return
-        task = self.registry.tasks.get(request.task_id)
-        if task is not None:
-            for p in [p for p in task.peers.values() if p.host_id == request.host_id]:
-                self.registry.remove_peer(p.id)
+        found = await self.store.get_task(request.task_id)
+        if found is not None:
+            for p in [p for p in found.peers.values() if p.host_id == request.host_id]:
+                await self.remove_peer(found, p.id)
 
-    def handle(
+    async def handle(
         self, request: scheduler_pb2.AnnouncePersistentCachePeerRequest
     ) -> scheduler_pb2.AnnouncePersistentCachePeerResponse | None:
         """One AnnouncePersistentCachePeerRequest; returns the answer to send, if any."""
         kind = request.WhichOneof("request")
-        now = self.clock()
         if kind == "register_persistent_cache_peer_request":
             self.res.host(request.host_id)
-            task = self.registry.task(request.task_id)
+            task = await self.task(request.task_id)
             if task.state != SUCCEEDED:
                 raise SchedulerError(
                     f"persistent cache task {task.id} is still being imported ({task.state})"
                 )
             msg = request.register_persistent_cache_peer_request
-            peer = self.registry.add_peer(
-                task, request.peer_id, request.host_id, persistent=msg.persistent, state=PENDING, now=now
+            peer = await self.add_peer(
+                task, request.peer_id, request.host_id, persistent=msg.persistent, state=PENDING
             )
-            return self._answer(task, peer)
-        task, peer = self.registry.peer(request.peer_id)
+            return await self._answer(task, peer)
+        task, peer = await self.peer(request.peer_id)
         if kind == "download_persistent_cache_peer_started_request":
-            self.registry.set_state(peer.id, RUNNING, now)
+            await self.set_state(task, peer, RUNNING)
         elif kind == "download_piece_finished_request":
             peer.pieces += 1
-            peer.updated_at = now
+            peer.updated_at = self.wall_clock()
+            await self.store.put_peer(task, peer)
         elif kind == "download_piece_failed_request":
             msg = request.download_piece_failed_request
             if msg.parent_id and not msg.temporary:
                 peer.blocked.add(msg.parent_id)
+                await self.store.put_peer(task, peer)
         elif kind == "reschedule_persistent_cache_peer_request":
             peer.blocked.update(
                 p.id for p in request.reschedule_persistent_cache_peer_request.candidate_parents
             )
-            return self._answer(task, peer)
+            await self.store.put_peer(task, peer)
+            return await self._answer(task, peer)
         elif kind == "download_persistent_cache_peer_finished_request":
-            self.registry.set_state(peer.id, SUCCEEDED, now)
+            await self.set_state(task, peer, SUCCEEDED)
         elif kind == "download_persistent_cache_peer_failed_request":
-            self.registry.set_state(peer.id, FAILED, now)
-            self.registry.remove_peer(peer.id)
+            await self.set_state(task, peer, FAILED)
+            await self.remove_peer(task, peer.id)
         else:
             raise InvalidArgument(f"unexpected AnnouncePersistentCachePeerRequest {kind!r}")
         return None
 
-    def _answer(self, task: CacheTask, peer: CachePeer) -> scheduler_pb2.AnnouncePersistentCachePeerResponse:
+    async def _answer(
+        self, task: CacheTask, peer: CachePeer
+    ) -> scheduler_pb2.AnnouncePersistentCachePeerResponse:
         if task.content_length == 0:
             return cache_convert.cache_answer_to_pb(None)
-        parents = candidate_parents(task, peer, self.res.hosts)
+        hosts = await self.hosts()
+        parents = candidate_parents(task, peer, hosts)
         if not parents:
             raise SchedulerError(
                 f"no live host holds persistent cache task {task.id} (it has no origin to fall back to)"
             )
-        return cache_convert.cache_answer_to_pb([self.peer_info(task, p) for p in parents])
+        return cache_convert.cache_answer_to_pb([self.peer_info(task, p, hosts) for p in parents])
 
-    def host_of(self, peer_id: str, host_id: str) -> str:
+    async def host_of(self, peer_id: str, host_id: str) -> str:
         """The host a known peer belongs to (whatever a request says), else ``host_id``."""
-        task = self.registry.peer_index.get(peer_id)
-        peer = task.peers.get(peer_id) if task is not None else None
-        return peer.host_id if peer is not None else host_id
+        try:
+            _, peer = await self.peer(peer_id)
+        except NotFound:
+            return host_id
+        return peer.host_id
 
     async def announce_peer(self, context: Context, admit: Callable[[str], None] | None = None) -> None:
         """One AnnouncePersistentCachePeer stream; ``admit(host_id)`` raises when the caller may not
@@ -349,29 +490,31 @@ class PersistentCacheService:
                 if request is grpc.aio.EOF:
                     break
                 if admit is not None:
-                    admit(self.host_of(request.peer_id, request.host_id))
+                    admit(await self.host_of(request.peer_id, request.host_id))
                 peer_id = request.peer_id
-                answer = self.handle(request)
+                answer = await self.handle(request)
                 if answer is not None:
                     await context.write(answer)
         except DamselflyError as e:
-            self._stream_ended(peer_id)
+            await self._stream_ended(peer_id)
             await context.abort(_status(e), str(e))
         except grpc.aio.AioRpcError:
-            self._stream_ended(peer_id)
+            await self._stream_ended(peer_id)
             return
-        self._stream_ended(peer_id)
+        await self._stream_ended(peer_id)
 
-    def _stream_ended(self, peer_id: str) -> None:
+    async def _stream_ended(self, peer_id: str) -> None:
         """A download that ends without finishing leaves no peer behind."""
-        with contextlib.suppress(NotFound):
-            _, peer = self.registry.peer(peer_id)
+        with contextlib.suppress(NotFound, StoreUnavailable):
+            task, peer = await self.peer(peer_id)
             if peer.state not in (SUCCEEDED, UPLOADING):
-                self.registry.set_state(peer_id, FAILED, self.clock())
-                self.registry.remove_peer(peer_id)
+                await self.set_state(task, peer, FAILED)
+                await self.remove_peer(task, peer_id)
 
 
 def _status(error: DamselflyError) -> grpc.StatusCode:
+    if isinstance(error, StoreUnavailable):
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(error, InvalidArgument):
@@ -393,18 +536,26 @@ class PersistentCacheRPCs:
     authority: HostAuthority
 
     async def _pc_call(
-        self, context: Context, fn: Callable[[Req], Resp], request: Req, *, acts_for: str | None = None
+        self,
+        context: Context,
+        fn: Callable[[Req], Awaitable[Resp]],
+        request: Req,
+        *,
+        acts_for: PeerRequest | None = None,
     ) -> Resp:
+        """``fn(request)`` with its errors as statuses; ``acts_for``: a request that changes a
+        host's copies, allowed to that host (or an admin) only."""
         try:
             if acts_for is not None:
-                self.authority.check_host(caller_of(context), acts_for, "change persistent cache tasks")
-            return fn(request)
+                host_id = await self._acts_for(acts_for)
+                self.authority.check_host(caller_of(context), host_id, "change persistent cache tasks")
+            return await fn(request)
         except DamselflyError as e:
             await context.abort(_status(e), str(e))
             raise AssertionError("unreachable") from e
 
-    def _acts_for(self, request: PeerRequest) -> str:
-        return self.persistent_cache.host_of(request.peer_id, request.host_id)
+    async def _acts_for(self, request: PeerRequest) -> str:
+        return await self.persistent_cache.host_of(request.peer_id, request.host_id)
 
     async def AnnouncePersistentCachePeer(
         self,
@@ -422,7 +573,7 @@ class PersistentCacheRPCs:
         self, request: scheduler_pb2.UploadPersistentCacheTaskStartedRequest, context: Context
     ) -> empty_pb2.Empty:
         await self._pc_call(
-            context, self.persistent_cache.upload_started, request, acts_for=self._acts_for(request)
+            context, self.persistent_cache.upload_started, request, acts_for=request
         )
         return empty_pb2.Empty()
 
@@ -430,18 +581,19 @@ class PersistentCacheRPCs:
         self, request: scheduler_pb2.UploadPersistentCacheTaskFinishedRequest, context: Context
     ) -> common_pb2.PersistentCacheTask:
         return await self._pc_call(
-            context, self.persistent_cache.upload_finished, request, acts_for=self._acts_for(request)
+            context, self.persistent_cache.upload_finished, request, acts_for=request
         )
 
     async def UploadPersistentCacheTaskFailed(
         self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest, context: Context
     ) -> empty_pb2.Empty:
         try:
-            self.authority.check_host(caller_of(context), self._acts_for(request), "fail uploads")
+            self.authority.check_host(caller_of(context), await self._acts_for(request), "fail uploads")
+            await self.persistent_cache.upload_failed(request)
+        except NotFound:
+            pass  # nothing to forget
         except DamselflyError as e:
             await context.abort(_status(e), str(e))
-        with contextlib.suppress(NotFound):
-            self.persistent_cache.upload_failed(request)
         return empty_pb2.Empty()
 
     async def StatPersistentCacheTask(
@@ -457,9 +609,7 @@ class PersistentCacheRPCs:
     async def DeletePersistentCachePeer(
         self, request: scheduler_pb2.DeletePersistentCachePeerRequest, context: Context
     ) -> empty_pb2.Empty:
-        await self._pc_call(
-            context, self.persistent_cache.delete_peer, request, acts_for=self._acts_for(request)
-        )
+        await self._pc_call(context, self.persistent_cache.delete_peer, request, acts_for=request)
         return empty_pb2.Empty()
 
     async def DeletePersistentCacheTask(

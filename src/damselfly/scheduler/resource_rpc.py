@@ -22,6 +22,7 @@ from ..domain import HostType
 from ..errors import DamselflyError
 from ..security.authz import HostAuthority, caller_of
 from .metrics import SchedulerMetrics
+from .persistent_cache_service import PersistentCacheService
 from .resources import Host, Resources, Task
 from .stream import status_of
 from .validate_rpc import check_announce_host, check_ids
@@ -36,6 +37,7 @@ class ResourceRPCs:
     metrics: SchedulerMetrics
     clock: Callable[[], float]
     authority: HostAuthority
+    persistent_cache: PersistentCacheService  # told of announced hosts (shared with other schedulers)
 
     def _delete_peers(self, peer_ids: list[str]) -> None:
         raise NotImplementedError  # the service's: it owns the streams and wakes waiting peers
@@ -110,6 +112,7 @@ class ResourceRPCs:
         except DamselflyError as e:
             await self._abort(context, e)
         self.res.upsert_host(info, self.clock())
+        self.persistent_cache.host_announced(info)
         h = request.host
         self.metrics.announce_host.labels(
             h.os, h.platform, h.platform_family, h.platform_version, h.kernel_version,

@@ -47,6 +47,7 @@ from ..security.authz import Caller, HostAuthority, caller_of
 from ..security.tls import TLSFiles
 from . import gc
 from .absent_rpc import CacheTaskStubs, PersistentTaskAbsent
+from .cachestore import open_store
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
 from .persistent_cache_service import PersistentCacheRPCs, PersistentCacheService
@@ -145,7 +146,12 @@ class SchedulerService(
         self.seeds = SeedTrigger(self._seed_done, tls=tls)
         # dfcache: persistent cache tasks (scheduler/persistent_cache.py; RPCs via PersistentCacheRPCs).
         self.persistent_cache = PersistentCacheService(
-            self.res, clock=self.clock, interval=config.gc.interval, tls=tls
+            self.res,
+            store=open_store(config.database.redis.url, clock=time.time),
+            interval=config.gc.interval,
+            host_ttl=config.gc.host_ttl,
+            upload_limits=(self.cfg.peer_upload_limit, self.cfg.seed_upload_limit),
+            tls=tls,
         )
         self._streams: dict[str, Outbox] = {}
         # Task ID -> the first register's Download, for the seed: as sent, every field kept.

@@ -33,8 +33,8 @@ Thread-safety: the store's state is guarded by one lock, so blocking calls
 on their own event loop (:mod:`.changes`).
 
 The store's neighbours: :mod:`.metadata` (the task record and its JSON),
-:mod:`.files` (file names, byte helpers), :mod:`.recovery` (the load at
-start), :mod:`.changes` (waiting for a task to change).
+:mod:`.files` (file names, byte helpers), :mod:`.recovery` and :mod:`.loading`
+(the load at start), :mod:`.changes` (waiting for a task to change).
 """
 
 from __future__ import annotations
@@ -54,9 +54,10 @@ from ...domain import PieceInfo
 from ...errors import InvalidArgument, NotFound, StorageError
 from .changes import ChangeWaiters, TaskChanges
 from .files import ACCESSED, CONTENT, JOURNAL, TASKS, TRASH, dir_usage, task_dir, valid_task_id
+from .loading import StoreLoader
 from .metadata import TaskMeta, journal_line, save_meta
 from .receiving import ReceivingPieces
-from .recovery import recover
+from .recovery import empty_trash
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ class PieceStore:
     offset) and recorded with :meth:`finish_piece` once verified.
     """
 
-    def __init__(self, root: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, root: Path, *, clock: Callable[[], float] = time.time, background_load: bool = False
+    ) -> None:
         self.root = Path(root)
         self._clock = clock
         self._lock = threading.RLock()
@@ -82,8 +85,11 @@ class PieceStore:
         # Pieces on their way in from a parent, served while they land (daemon/store/receiving.py).
         self.receiving = ReceivingPieces(self.notify)
         (self.root / TASKS).mkdir(parents=True, exist_ok=True)
-        for meta in recover(self.root):
-            self._tasks[meta.task_id] = meta
+        empty_trash(self.root)
+        # Every task on disk into ``_tasks``: now, or (``background_load``, the daemon) in a
+        # thread while the store already serves (``loading.loaded``, ``loading.until_loaded``).
+        self.loading = StoreLoader(self.root, self._lock, self._tasks)
+        self.loading.start(background=background_load)
 
     # ------------------------------------------------------------------ paths
 
@@ -100,9 +106,13 @@ class PieceStore:
     def get(self, task_id: str) -> TaskMeta | None:
         # Only validated IDs are ever stored (create_task and recovery check them), so a plain
         # lookup is the check: this runs several times per piece on every download.
-        return self._tasks.get(task_id) if type(task_id) is str else None
+        meta = self._tasks.get(task_id) if type(task_id) is str else None
+        if meta is None and not self.loading.loaded and valid_task_id(task_id):
+            return self.loading.load_one(task_id)  # held, but not reached by the load yet?
+        return meta
 
     def tasks(self) -> list[TaskMeta]:
+        """The tasks known; while the store still loads (``loading.loaded``), not all of them."""
         with self._lock:
             return list(self._tasks.values())
 
@@ -148,7 +158,7 @@ class PieceStore:
         for it to appear."""
         path = self._dir(task_id)
         with self._lock:
-            meta = self._tasks.get(task_id)
+            meta = self.get(task_id)
             if meta is not None:
                 if meta.state == "failed":
                     meta.state = "pending"
@@ -465,7 +475,8 @@ class PieceStore:
         shutil.rmtree(path, ignore_errors=True)
 
     def close(self) -> None:
-        """Close journal fds (the store stays usable; they reopen on demand)."""
+        """Stop a load under way; close journal fds (the store stays usable; they reopen on demand)."""
+        self.loading.stop()
         with self._lock:
             for task_id in list(self._journals):
                 self._close_journal(task_id)

@@ -62,14 +62,27 @@ def recover(root: Path) -> list[TaskMeta]:
     Leftovers of interrupted evictions are removed; a task dir whose metadata is
     unreadable is removed; one without metadata (a crash inside ``create_task``)
     or with metadata naming another task is left alone and not loaded.
+
+    A store may hold 100 000 tasks, so the walk is two ``scandir`` levels with
+    string paths, one read of each metadata file and one ``stat`` of each
+    ``content`` and ``accessed``: 100 k tasks in 8.9 s in one process on the
+    shared 2-core machine, against 12.4 s with pathlib's glob, sorted ``Path``
+    objects and ``exists()``. The daemon loads in a thread and serves meanwhile
+    (:class:`~.piece_store.PieceStore` ``background_load``; benchmarks/daemon_restart.py).
     """
     empty_trash(root)
     tasks = []
     for task_dir in task_dirs(root):
-        meta = read_task(task_dir)
+        meta = load_task(task_dir)
         if meta is not None:
-            tasks.append(recover_task(meta, task_dir))
+            tasks.append(meta)
     return tasks
+
+
+def load_task(task_dir: Path | str) -> TaskMeta | None:
+    """One task dir: its metadata read (:func:`read_task`) and recovered (:func:`recover_task`)."""
+    meta = read_task(task_dir)
+    return recover_task(meta, task_dir) if meta is not None else None
 
 
 def empty_trash(root: Path) -> None:
@@ -80,37 +93,74 @@ def empty_trash(root: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def task_dirs(root: Path) -> list[Path]:
-    """The task dirs under ``root/tasks`` that hold metadata and are named as the layout says."""
-    found = []
-    for meta_path in sorted((root / TASKS).glob(f"*/*/{META}")):
-        task_dir = meta_path.parent
-        if valid_task_id(task_dir.name) and task_dir.parent.name == task_dir.name[:3]:
-            found.append(task_dir)
+def task_dirs(root: Path) -> list[str]:
+    """The task dirs under ``root/tasks`` named as the layout says (``<id[:3]>/<id>``), by task ID.
+
+    Whether each holds metadata is found when it is read (:func:`read_task`).
+    """
+    found: list[str] = []
+    try:
+        prefixes = [e for e in os.scandir(root / TASKS) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return found
+    for prefix in prefixes:
+        try:
+            with os.scandir(prefix.path) as entries:
+                for entry in entries:
+                    name = entry.name
+                    laid_out = name[:3] == prefix.name and valid_task_id(name)
+                    if laid_out and entry.is_dir(follow_symlinks=False):
+                        found.append(entry.path)
+        except FileNotFoundError:
+            continue  # its last task was deleted meanwhile (a store loading while it serves)
+    found.sort(key=os.path.basename)
     return found
 
 
-def read_task(task_dir: Path) -> TaskMeta | None:
-    """The task's metadata as written, its last access from the marker file; None if unusable."""
+def _read_file(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        meta = TaskMeta.from_json(json.loads((task_dir / META).read_bytes()))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("dropping task %s: unreadable metadata (%s)", task_dir.name, e)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_task(task_dir: Path | str) -> TaskMeta | None:
+    """The task's metadata as written, its last access from the marker file; None if there
+    is no metadata (left alone) or it is unusable (the dir is removed)."""
+    task_dir = os.fspath(task_dir)
+    name = os.path.basename(task_dir)
+    try:
+        raw = _read_file(os.path.join(task_dir, META))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("dropping task %s: unreadable metadata (%s)", name, e)
         shutil.rmtree(task_dir, ignore_errors=True)
         return None
-    if meta.task_id != task_dir.name:
-        log.warning("dropping task dir %s: metadata names %s", task_dir.name, meta.task_id)
+    try:
+        meta = TaskMeta.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("dropping task %s: unreadable metadata (%s)", name, e)
+        shutil.rmtree(task_dir, ignore_errors=True)
+        return None
+    if meta.task_id != name:
+        log.warning("dropping task dir %s: metadata names %s", name, meta.task_id)
         return None
     with contextlib.suppress(OSError):
-        meta.accessed_at = max(meta.accessed_at, (task_dir / ACCESSED).stat().st_mtime)
+        meta.accessed_at = max(meta.accessed_at, os.stat(os.path.join(task_dir, ACCESSED)).st_mtime)
     return meta
 
 
-def recover_task(meta: TaskMeta, task_dir: Path) -> TaskMeta:
+def recover_task(meta: TaskMeta, task_dir: Path | str) -> TaskMeta:
     """Carry out :func:`plan` for the task: re-check what is not trusted, settle its state."""
-    how = plan(meta, has_content=(task_dir / CONTENT).exists())
+    how = plan(meta, has_content=os.path.exists(os.path.join(task_dir, CONTENT)))
     if how is Plan.TRUST:
         return meta
+    task_dir = Path(task_dir)
     if how is Plan.RESUME:
         meta.pieces = recover_pieces(meta, task_dir)
         if meta.state == "running":
