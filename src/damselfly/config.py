@@ -5,6 +5,10 @@ exists (camelCase, e.g. ``download.concurrentPieceCount``); snake_case field
 names are accepted too. Load with :func:`load_daemon_config` /
 :func:`load_scheduler_config`, which read an optional YAML file and apply
 overrides given as a nested dict (from the command line).
+
+Long because: every key of both components is declared here, once, with its default and
+the comment that deploy/config's example files are generated from; splitting the sections
+over modules would scatter what an operator reads as one reference.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.daemon.app import RESTORE_STREAMS
+from damselfly.daemon.announcer import RESTORE_STREAMS
 from helpers.processes import Procs, run_dfget, sha256_of
 from helpers.store import write_held_task
 
@@ -54,4 +54,5 @@ def test_a_daemon_restarted_with_its_store_serves_and_reregisters_held_tasks(
         assert r.returncode == 0, r.stderr + b.log_tail()
         assert sha256_of(out) == sha256_of(files / name)
     assert sum(origin.bytes_for(f"/{name}") for name in sizes) == 0  # nothing from the origin
-    assert f"announced {HELD + 1} stored task(s)" in (short_tmp / "logs" / "a.log").read_text()
+    said = (short_tmp / "logs" / "a.log").read_text()
+    assert f"registered {HELD + 1} stored task(s) with scheduler" in said

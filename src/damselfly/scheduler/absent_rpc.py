@@ -13,7 +13,7 @@ features it lacks, so a Rust dfdaemon or dfcache sees these answers rather than
   tasks, so it is that scheduler.
 
 The request checks run first, as Dragonfly's validating interceptor does.
-(Persistent *cache* tasks, dfcache, are Damselfly's own: persistent_cache_service.py.)
+(Persistent *cache* tasks, dfcache, are Damselfly's own: scheduler/dfcache/.)
 """
 
 from __future__ import annotations

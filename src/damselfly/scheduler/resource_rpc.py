@@ -21,8 +21,8 @@ from ..api import common_pb2, convert, scheduler_pb2
 from ..domain import HostType
 from ..errors import DamselflyError
 from ..security.authz import HostAuthority, caller_of
+from .dfcache.service import PersistentCacheService
 from .metrics import SchedulerMetrics
-from .persistent_cache_service import PersistentCacheService
 from .resources import Host, Resources, Task
 from .stream import status_of
 from .validate_rpc import check_announce_host, check_ids

@@ -48,9 +48,10 @@ from ..security.tls import TLSFiles
 from . import gc
 from .absent_rpc import CacheTaskStubs, PersistentTaskAbsent
 from .cachestore import open_store
+from .dfcache.rpc import PersistentCacheRPCs
+from .dfcache.service import PersistentCacheService
 from .evaluator import get_evaluator
 from .metrics import SchedulerMetrics
-from .persistent_cache_service import PersistentCacheRPCs, PersistentCacheService
 from .preheat_rpc import PreheatRPCs
 from .resource_rpc import ResourceRPCs
 from .resources import Host, Peer, PeerState, Resources, SeedState, Task
@@ -144,7 +145,7 @@ class SchedulerService(
             lambda: len(self.res.hosts), lambda: len(self.res.peers), lambda: len(self.res.tasks)
         )
         self.seeds = SeedTrigger(self._seed_done, tls=tls)
-        # dfcache: persistent cache tasks (scheduler/persistent_cache.py; RPCs via PersistentCacheRPCs).
+        # dfcache: persistent cache tasks (scheduler/dfcache/; RPCs via PersistentCacheRPCs).
         self.persistent_cache = PersistentCacheService(
             self.res,
             store=open_store(config.database.redis.url, clock=time.time),

@@ -8,7 +8,8 @@ from damselfly.api import scheduler_pb2
 from damselfly.domain import HostInfo, HostType
 from damselfly.errors import InvalidArgument, NotFound
 from damselfly.scheduler.cachestore.memory import MemoryStore
-from damselfly.scheduler.persistent_cache import (
+from damselfly.scheduler.dfcache.service import PersistentCacheService
+from damselfly.scheduler.dfcache.state import (
     FAILED,
     SUCCEEDED,
     CacheTask,
@@ -16,7 +17,6 @@ from damselfly.scheduler.persistent_cache import (
     expired_tasks,
     replica_hosts,
 )
-from damselfly.scheduler.persistent_cache_service import PersistentCacheService
 from damselfly.scheduler.resources import Resources
 
 TASK = "c" * 64

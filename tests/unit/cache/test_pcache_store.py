@@ -18,7 +18,7 @@ from damselfly.scheduler.cachestore import PersistentCacheStore, open_store, red
 from damselfly.scheduler.cachestore.base import EXPIRY_GRACE
 from damselfly.scheduler.cachestore.memory import MemoryStore
 from damselfly.scheduler.cachestore.redis_store import RedisStore
-from damselfly.scheduler.persistent_cache import SUCCEEDED, UPLOADING, CacheTask, attach_peer
+from damselfly.scheduler.dfcache.state import SUCCEEDED, UPLOADING, CacheTask, attach_peer
 from helpers.processes import closed_port
 from helpers.redis_server import RedisServer, redis_server
 from helpers.wait import until

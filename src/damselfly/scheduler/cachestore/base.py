@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from ...domain import HostInfo, HostType
 from ...errors import ConfigError
 from ...units import MINUTES
-from ..persistent_cache import CachePeer, CacheTask
+from ..dfcache.state import CachePeer, CacheTask
 
 EXPIRY_GRACE = 10 * MINUTES  # a task past its TTL stays this long for the scheduler to delete its copies
 SCHEMES = ("redis", "rediss", "unix")
@@ -39,7 +39,7 @@ class PersistentCacheStore(ABC):
 
     Reads return fresh objects: a change is kept only once written back
     (:meth:`put_task`, :meth:`put_peer`). Owner: the scheduler's
-    :class:`~..persistent_cache_service.PersistentCacheService`.
+    :class:`~..dfcache.service.PersistentCacheService`.
     """
 
     @abstractmethod

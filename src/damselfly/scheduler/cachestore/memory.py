@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from ...domain import HostInfo
-from ..persistent_cache import CachePeer, CacheTask
+from ..dfcache.state import CachePeer, CacheTask
 from .base import (
     Clock,
     PersistentCacheStore,

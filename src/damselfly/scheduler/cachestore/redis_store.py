@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from ...domain import HostInfo
 from ...errors import StoreUnavailable
-from ..persistent_cache import CachePeer, CacheTask
+from ..dfcache.state import CachePeer, CacheTask
 from .base import (
     PersistentCacheStore,
     decode_host,

@@ -16,7 +16,7 @@ Decide, then do: the state changes (:func:`start_upload`, :func:`attach_peer`,
 :class:`CacheTask` (this module, no I/O). The tasks live in a
 :class:`~.cachestore.PersistentCacheStore` (in-process, or Redis to outlive a
 scheduler and be shared by several).
-:class:`~.persistent_cache_service.PersistentCacheService` carries out their
+:class:`~.service.PersistentCacheService` carries out their
 decisions (gRPC calls to daemons) and answers the RPCs; the scheduler's
 servicer inherits them (``PersistentCacheRPCs``).
 
@@ -31,8 +31,8 @@ from __future__ import annotations
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
-from ..errors import InvalidArgument
-from .resources import Host
+from ...errors import InvalidArgument
+from ..resources import Host
 
 PARENT_LIMIT = 4  # candidate parents per answer
 

@@ -1,16 +1,16 @@
 """Persistent cache tasks on the scheduler, the doing half: RPCs, replication, deletion, TTL.
 
 :class:`PersistentCacheService` answers the ``scheduler.v2`` persistent-cache
-RPCs against a :class:`~.cachestore.PersistentCacheStore` (in-process, or
+RPCs against a :class:`~..cachestore.PersistentCacheStore` (in-process, or
 Redis when ``database.redis.url`` is set) and carries out the policy's decisions: it asks hosts for replicas
 (``DfdaemonUpload.DownloadPersistentCacheTask``), fans deletes out
 (``DfdaemonUpload.DeletePersistentCacheTask``), and expires tasks at their TTL.
-:class:`PersistentCacheRPCs` is the mixin the scheduler's servicer inherits.
+:class:`~.rpc.PersistentCacheRPCs` (the mixin the scheduler's servicer inherits) calls it.
 
 Long because: every RPC answer and the background work (replication, deletion,
 TTL expiry) read and write the same store through the same few helpers and
 share the table of replications in flight; the state changes and the policy
-themselves are in :mod:`.persistent_cache`, the storage in :mod:`.cachestore`.
+themselves are in :mod:`.state`, the storage in :mod:`..cachestore`.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TypeAlias, TypeVar
 
 import grpc
-from google.protobuf import empty_pb2
 
-from ..api import cache_convert, common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
-from ..domain import HostInfo, PersistentCachePeerInfo, PersistentCacheTaskInfo
-from ..errors import (
+from ...api import cache_convert, common_pb2, convert, dfdaemon_pb2, dfdaemon_pb2_grpc, scheduler_pb2
+from ...domain import HostInfo, PersistentCachePeerInfo, PersistentCacheTaskInfo
+from ...errors import (
     ConfigError,
     DamselflyError,
     InvalidArgument,
@@ -36,11 +35,12 @@ from ..errors import (
     SchedulerError,
     StoreUnavailable,
 )
-from ..security.authz import HostAuthority, caller_of
-from ..security.tls import TLSFiles
-from .cachestore import PersistentCacheStore
-from .cachestore.memory import MemoryStore
-from .persistent_cache import (
+from ...security.tls import TLSFiles
+from ..cachestore import PersistentCacheStore
+from ..cachestore.memory import MemoryStore
+from ..resources import Host, Resources
+from ..seed_client import daemon_channel
+from .state import (
     FAILED,
     PENDING,
     RUNNING,
@@ -55,8 +55,6 @@ from .persistent_cache import (
     set_peer_state,
     start_upload,
 )
-from .resources import Host, Resources
-from .seed_client import daemon_channel
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +81,7 @@ class PersistentCacheService:
     """Answers the persistent-cache RPCs and carries out replication, deletion and TTL expiry.
 
     Tasks live in ``store`` (:mod:`.cachestore`): each RPC reads what it needs,
-    applies a state change of :mod:`.persistent_cache`, and writes it back.
+    applies a state change of :mod:`.state`, and writes it back.
     Hosts count as alive when this scheduler knows them or the store does
     (another scheduler heard from them). Owns the replication calls in flight
     (one asyncio task per task and host), the store writes that follow host
@@ -497,7 +495,7 @@ class PersistentCacheService:
                     await context.write(answer)
         except DamselflyError as e:
             await self._stream_ended(peer_id)
-            await context.abort(_status(e), str(e))
+            await context.abort(status_for(e), str(e))
         except grpc.aio.AioRpcError:
             await self._stream_ended(peer_id)
             return
@@ -512,7 +510,7 @@ class PersistentCacheService:
                 await self.remove_peer(task, peer_id)
 
 
-def _status(error: DamselflyError) -> grpc.StatusCode:
+def status_for(error: DamselflyError) -> grpc.StatusCode:
     if isinstance(error, StoreUnavailable):
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(error, NotFound):
@@ -524,106 +522,3 @@ def _status(error: DamselflyError) -> grpc.StatusCode:
     if isinstance(error, PermissionDenied):
         return grpc.StatusCode.PERMISSION_DENIED
     return grpc.StatusCode.INTERNAL
-
-
-class PersistentCacheRPCs:
-    """The ``scheduler.v2.Scheduler`` persistent-cache methods; mixed into the scheduler's servicer.
-
-    What changes a host's copies is the host's own call or an admin's (docs/SECURITY.md):
-    a request's ``host_id``, or the host of the peer it names, must be the caller's."""
-
-    persistent_cache: PersistentCacheService
-    authority: HostAuthority
-
-    async def _pc_call(
-        self,
-        context: Context,
-        fn: Callable[[Req], Awaitable[Resp]],
-        request: Req,
-        *,
-        acts_for: PeerRequest | None = None,
-    ) -> Resp:
-        """``fn(request)`` with its errors as statuses; ``acts_for``: a request that changes a
-        host's copies, allowed to that host (or an admin) only."""
-        try:
-            if acts_for is not None:
-                host_id = await self._acts_for(acts_for)
-                self.authority.check_host(caller_of(context), host_id, "change persistent cache tasks")
-            return await fn(request)
-        except DamselflyError as e:
-            await context.abort(_status(e), str(e))
-            raise AssertionError("unreachable") from e
-
-    async def _acts_for(self, request: PeerRequest) -> str:
-        return await self.persistent_cache.host_of(request.peer_id, request.host_id)
-
-    async def AnnouncePersistentCachePeer(
-        self,
-        request_iterator: AsyncIterator[scheduler_pb2.AnnouncePersistentCachePeerRequest],
-        context: Context,
-    ) -> None:
-        caller = caller_of(context)
-
-        def admit(host_id: str) -> None:
-            self.authority.check_host(caller, host_id, "announce persistent cache peers")
-
-        await self.persistent_cache.announce_peer(context, admit)
-
-    async def UploadPersistentCacheTaskStarted(
-        self, request: scheduler_pb2.UploadPersistentCacheTaskStartedRequest, context: Context
-    ) -> empty_pb2.Empty:
-        await self._pc_call(
-            context, self.persistent_cache.upload_started, request, acts_for=request
-        )
-        return empty_pb2.Empty()
-
-    async def UploadPersistentCacheTaskFinished(
-        self, request: scheduler_pb2.UploadPersistentCacheTaskFinishedRequest, context: Context
-    ) -> common_pb2.PersistentCacheTask:
-        return await self._pc_call(
-            context, self.persistent_cache.upload_finished, request, acts_for=request
-        )
-
-    async def UploadPersistentCacheTaskFailed(
-        self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest, context: Context
-    ) -> empty_pb2.Empty:
-        try:
-            self.authority.check_host(caller_of(context), await self._acts_for(request), "fail uploads")
-            await self.persistent_cache.upload_failed(request)
-        except NotFound:
-            pass  # nothing to forget
-        except DamselflyError as e:
-            await context.abort(_status(e), str(e))
-        return empty_pb2.Empty()
-
-    async def StatPersistentCacheTask(
-        self, request: scheduler_pb2.StatPersistentCacheTaskRequest, context: Context
-    ) -> common_pb2.PersistentCacheTask:
-        return await self._pc_call(context, self.persistent_cache.stat_task, request)
-
-    async def StatPersistentCachePeer(
-        self, request: scheduler_pb2.StatPersistentCachePeerRequest, context: Context
-    ) -> common_pb2.PersistentCachePeer:
-        return await self._pc_call(context, self.persistent_cache.stat_peer, request)
-
-    async def DeletePersistentCachePeer(
-        self, request: scheduler_pb2.DeletePersistentCachePeerRequest, context: Context
-    ) -> empty_pb2.Empty:
-        await self._pc_call(context, self.persistent_cache.delete_peer, request, acts_for=request)
-        return empty_pb2.Empty()
-
-    async def DeletePersistentCacheTask(
-        self, request: scheduler_pb2.DeletePersistentCacheTaskRequest, context: Context
-    ) -> empty_pb2.Empty:
-        """Every copy goes: asked by a host that announced itself (``host_id`` is the caller's,
-        as dfcache on any host of the cluster may), or by an admin."""
-        try:
-            caller = caller_of(context)
-            if not (self.authority.owns(caller, request.host_id) or self.authority.is_admin(caller)):
-                raise PermissionDenied(
-                    f"{caller.describe()} may not delete persistent cache tasks as host {request.host_id}"
-                )
-            await self.persistent_cache.delete_everywhere(request.task_id)
-        except DamselflyError as e:
-            await context.abort(_status(e), str(e))
-        return empty_pb2.Empty()
