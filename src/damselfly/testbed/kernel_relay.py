@@ -69,7 +69,9 @@ def send_file(sock: socket.socket, fd: int, size: int) -> int:
     return sent
 
 
-def relay(parent: tuple[str, int], size: int, children: int, out: Path, listener: socket.socket) -> dict[str, float]:
+def relay(
+    parent: tuple[str, int], size: int, children: int, out: Path, listener: socket.socket
+) -> dict[str, float]:
     accepted: list[socket.socket] = []
     for _ in range(children):
         conn, _addr = listener.accept()

@@ -214,9 +214,7 @@ class RelayBench:
         self.origin_port = int(self.origin.wait_ready(30)["port"])
         config = self.root / "run" / "daemon.yaml"
         config.write_text(DAEMON_CONFIG)
-        self.cluster = LocalCluster(
-            self.root, [PeerSpec("relay")], log_level="WARNING", daemon_config=config
-        )
+        self.cluster = LocalCluster(self.root, [PeerSpec("relay")], log_level="WARNING", daemon_config=config)
         self.cluster.start()
 
     @property
@@ -283,7 +281,9 @@ class RelayBench:
                 "--size", str(self.size), "--children", str(k), "--out", str(out),
                 "--ready-file", str(ready), "--result", str(result_file),
             )  # fmt: skip
-            child = spawn("kernel-relay", argv, log_path=self.root / "logs" / "kernel-relay.log", ready_file=ready)
+            child = spawn(
+                "kernel-relay", argv, log_path=self.root / "logs" / "kernel-relay.log", ready_file=ready
+            )
             self.extra.append(child)
             port = int(child.wait_ready(30)["port"])
             received = [0] * k
