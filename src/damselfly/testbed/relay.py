@@ -82,7 +82,7 @@ class RelayRound:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["cpu_s"] = round(self.cpu_s, 3)
+        out["cpu_s"] = round(self.cpu_s, 6)
         out["wall_s"] = round(self.wall_s, 3)
         out["gb_per_cpu_s"] = self.gb_per_cpu_s
         out["cpu_s_per_gib"] = self.cpu_s_per_gib

@@ -240,7 +240,8 @@ def per_gib(cpu_s: float, nbytes: int) -> float | None:
 
 
 def cpu_breakdown(hosts: Sequence[HostResult], cpu_s: dict[str, float]) -> dict[str, Any]:
-    """The testbed's CPU seconds by role (origin, scheduler, seeds, peers, dfgets, the rest) and
+    """The testbed's CPU seconds by role (origin, scheduler, seeds, peers, dfgets, the rest; the total
+    leaves out the benchmark's own supervisor, which no baseline has) and
     each daemon's CPU seconds per GiB it received and per GiB it sent (one CPU figure over each
     byte count: a daemon's receiving and sending share its threads and cannot be told apart)."""
     roles = {h.name: h.role for h in hosts}
@@ -263,7 +264,7 @@ def cpu_breakdown(hosts: Sequence[HostResult], cpu_s: dict[str, float]) -> dict[
         }
     moved = [d["cpu_s_per_gib_moved"] for d in daemons.values() if d["cpu_s_per_gib_moved"] is not None]
     return {
-        "total_s": round(sum(cpu_s.values()), 3),
+        "total_s": round(sum(v for k, v in cpu_s.items() if k != "supervisor"), 3),
         "by_role": {k: round(v, 3) for k, v in sorted(by_role.items())},
         "daemons": daemons,
         "median_cpu_s_per_gib_moved": round(statistics.median(moved), 4) if moved else None,
