@@ -20,6 +20,7 @@ async def test_a_parent_slower_than_the_low_water_mark_still_delivers(tmp_path: 
     """The parent sends 4 KiB every 20 ms: the first low water mark's worth takes longer than the
     0.3 s idle timeout, yet bytes keep coming, so the piece lands whole and checks out."""
     payload = os.urandom(LENGTH)
+    served = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raw = await reader.readexactly(vortex.HEADER_SIZE + vortex.DOWNLOAD_PIECE_LENGTH)
@@ -35,6 +36,8 @@ async def test_a_parent_slower_than_the_low_water_mark_still_delivers(tmp_path: 
             await asyncio.sleep(0.02)
         await reader.read()  # until the child closes
         writer.close()
+        await writer.wait_closed()
+        served.set()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -48,6 +51,7 @@ async def test_a_parent_slower_than_the_low_water_mark_still_delivers(tmp_path: 
     finally:
         os.close(fd)
         await pool.close()
+        await asyncio.wait_for(served.wait(), 10)
         server.close()
         await server.wait_closed()
     assert info.digest == f"crc32:{zlib.crc32(payload)}"
