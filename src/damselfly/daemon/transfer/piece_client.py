@@ -77,9 +77,12 @@ THREADED_BODY = True
 log = logging.getLogger(__name__)
 
 RECV_BUFFER_SIZE = 1 * MiB
-# The least a threaded body recv waits for (SO_RCVLOWAT): fewer, larger steps per piece. A
-# piece's cut-through children see its bytes in steps of this size (at 100 mbit/s, ~10 ms).
+# What a threaded body recv waits for (SO_RCVLOWAT): the bytes a parent sends in RECV_STEP_S at
+# its measured pace, within these bounds. Fewer, larger steps per piece cost less CPU; a piece's
+# cut-through children see its bytes in those steps, so a step is kept short in time.
+RECV_STEP_S = 0.01
 RECV_LOW_WATER = 128 * 1024
+RECV_LOW_WATER_MIN = 16 * 1024
 
 
 @dataclass(slots=True)
@@ -150,6 +153,7 @@ class PieceClient:
         self._where = f"{address[0]}:{address[1]}"
         self._loop = asyncio.get_running_loop()
         self._view = memoryview(bytearray(buffer_size))
+        self._spb = -1.0  # seconds per byte of piece bodies from this parent, smoothed (<0: not yet)
         self._clock = clock
         self._packet_id = 0
         self._busy = False
@@ -201,25 +205,36 @@ class PieceClient:
         self.received_any = True
         return n
 
+    def _low_water(self) -> int:
+        """Bytes a recv waits for: what arrives in :data:`RECV_STEP_S` at this parent's pace,
+        within ``RECV_LOW_WATER_MIN`` .. ``RECV_LOW_WATER``."""
+        if self._spb < 0:
+            return RECV_LOW_WATER_MIN
+        return max(RECV_LOW_WATER_MIN, min(RECV_LOW_WATER, int(RECV_STEP_S / max(self._spb, 1e-12))))
+
     def _receive_threaded(self, body: _Landing, idle: float) -> None:
         """The piece body, in a worker thread: blocking recv_into, pwrite and crc32 all
         release the GIL, so bodies from several parents land in parallel on several
         cores, with no event-loop round trip per socket read.
 
-        Each recv waits for at least :data:`RECV_LOW_WATER` bytes (``SO_RCVLOWAT``, or what is
-        left of the piece when less), so a body arriving over a slow link lands in a few
-        large steps rather than a step per packet; back to 1 afterwards, for the frames."""
+        Each recv waits for at least what this parent sends in :data:`RECV_STEP_S`
+        (``SO_RCVLOWAT``, see :meth:`_low_water`; or what is left of the piece when less), so
+        a body lands in a few large steps rather than a step per packet, and a child streaming
+        the piece from us (cut-through) waits at most about that long for each step; back to 1
+        afterwards, for the frames."""
         sock = self._sock
         sock.settimeout(idle or None)
         lowat = 1
         plain = type(sock) is socket.socket  # a TLS socket reads records: leave its wake-ups alone
+        clock = time.monotonic
         try:
             while body.pos < body.end:
                 if plain:
-                    want = min(RECV_LOW_WATER, body.end - body.pos)
+                    want = min(self._low_water(), body.end - body.pos)
                     if want != lowat:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
                         lowat = want
+                began = clock()
                 try:
                     n = sock.recv_into(body.room())
                 except TimeoutError:
@@ -231,6 +246,11 @@ class PieceClient:
                     self.timed_out = True
                     raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
                 body.land(self._got(n))
+                if n >= lowat > 1:
+                    # The pace bytes come at, as seconds per byte: a recv that found its bytes
+                    # waiting weighs little, a wait for a stalled parent much (steps get shorter).
+                    spb = (clock() - began) / n
+                    self._spb = spb if self._spb < 0 else self._spb + 0.25 * (spb - self._spb)
         finally:
             with contextlib.suppress(OSError):
                 if lowat != 1:
