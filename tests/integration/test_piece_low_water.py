@@ -8,11 +8,11 @@ import os
 import zlib
 from pathlib import Path
 
-from damselfly.daemon.transfer import piece_client, vortex
+from damselfly.daemon.transfer import landing, vortex
 from damselfly.daemon.transfer.piece_client import PieceConnectionPool
 
 TID = "b" * 64
-LENGTH = piece_client.RECV_LOW_WATER + 64 * 1024  # more than one low water mark
+LENGTH = landing.RECV_LOW_WATER + 64 * 1024  # more than one low water mark
 DRIBBLE = 4096
 
 

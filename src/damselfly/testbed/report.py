@@ -287,7 +287,7 @@ def human_summary(data: dict[str, Any]) -> str:
     if data["error"]:
         lines.append(f"  error: {data['error']}")
     wires = {h.get("wire", DAMSELFLY) for h in data["hosts"]}
-    mixed = wires != {DAMSELFLY}  # say each host's wire only when some spoke Dragonfly's
+    mixed = len(wires) > 1  # say each host's wire only when they differ
     for h in data["hosts"]:
         if h["role"] != "peer":
             continue

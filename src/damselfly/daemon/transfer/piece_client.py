@@ -13,10 +13,8 @@ Receiving is copy-light: frame headers are read exactly (never past the
 frame), then content goes from the socket with ``recv_into`` into one reused
 buffer (in a worker thread; on the event loop when a byte limit applies) and
 from there with ``os.pwrite`` to the piece offset in the caller's fd, with the
-crc32 computed on the way (:class:`_Landing`). A piece is never held whole in
-memory. A threaded body's socket wakes its reader only once ``RECV_LOW_WATER``
-bytes are there (``SO_RCVLOWAT``), so a piece over a 100 mbit/s link lands in
-32 steps, not one per packet.
+crc32 computed on the way (:mod:`.landing`). A piece is never held whole in
+memory; a threaded body lands in steps of the parent's pace, not one per packet.
 
 The caller says where the piece goes (offset, length it computed from the
 task's geometry). A parent whose header disagrees gets :class:`ProtocolError`:
@@ -36,18 +34,13 @@ splitting the pool off would put one receive path in two files.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
-import fcntl
 import logging
 import socket
-import termios
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from ...checksum import crc32
 from ...domain import PieceInfo, TrafficType
 from ...errors import (
     DigestMismatch,
@@ -57,13 +50,12 @@ from ...errors import (
     ProtocolError,
     ResourceExhausted,
 )
-from ...units import MiB
 from .. import net
 from ..ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
 from ..store.digesting import Feed, InOrderDigest
-from ..store.files import pwrite_all
 from ..store.receiving import Receiving
 from . import vortex
+from .landing import RECV_BUFFER_SIZE, Landing, Pace, receive_blocking
 from .local_pieces import LocalPieces
 
 Limiter = ByteLimiter | LimiterChain
@@ -75,60 +67,6 @@ OnHeader = Callable[[str], Receiving | None]
 THREADED_BODY = True
 
 log = logging.getLogger(__name__)
-
-RECV_BUFFER_SIZE = 1 * MiB
-# What a threaded body recv waits for (SO_RCVLOWAT): the bytes a parent sends in RECV_STEP_S at
-# its measured pace, within these bounds. Fewer, larger steps per piece cost less CPU; a piece's
-# cut-through children see its bytes in those steps, so a step is kept short in time.
-RECV_STEP_S = 0.01
-RECV_LOW_WATER = 128 * 1024
-RECV_LOW_WATER_MIN = 16 * 1024
-
-
-@dataclass(slots=True)
-class _Landing:
-    """Where one piece body's bytes go as they arrive, from the one reused buffer.
-
-    Both ways of receiving (:meth:`PieceClient._receive_threaded`,
-    :meth:`PieceClient._receive_paced`) recv into :meth:`room` and hand the
-    count to :meth:`land`, which does the per-chunk work once: ``pwrite`` at
-    the piece offset, crc32, the task's whole-content digest, and the
-    cut-through count (after the write, so what it counts is on disk).
-    """
-
-    view: memoryview
-    fd: int
-    offset: int
-    end: int
-    progress: Receiving | None
-    feed: Feed | None
-    pos: int = field(init=False)
-    crc: int = 0
-
-    def __post_init__(self) -> None:
-        self.pos = self.offset
-
-    def room(self) -> memoryview:
-        """The part of the buffer the next recv may fill: never past the piece's end."""
-        return self.view[: min(len(self.view), self.end - self.pos)]
-
-    def land(self, n: int) -> None:
-        """The first ``n`` bytes of the buffer arrived: write them where they go."""
-        chunk = self.view[:n]
-        pwrite_all(self.fd, chunk, self.pos)
-        self.pos += n
-        self.crc = crc32(chunk, self.crc)
-        if self.feed is not None:
-            self.feed.update(chunk)
-        if self.progress is not None:
-            self.progress.advance(self.pos - self.offset)
-
-
-def _pending(sock: socket.socket) -> int:
-    """Bytes waiting in ``sock``'s receive queue (FIONREAD)."""
-    buf = array.array("i", [0])
-    fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf, True)
-    return buf[0]
 
 
 class PieceClient:
@@ -153,7 +91,7 @@ class PieceClient:
         self._where = f"{address[0]}:{address[1]}"
         self._loop = asyncio.get_running_loop()
         self._view = memoryview(bytearray(buffer_size))
-        self._spb = -1.0  # seconds per byte of piece bodies from this parent, smoothed (<0: not yet)
+        self._pace = Pace()  # how fast piece bodies come from this parent
         self._clock = clock
         self._packet_id = 0
         self._busy = False
@@ -205,61 +143,25 @@ class PieceClient:
         self.received_any = True
         return n
 
-    def _low_water(self) -> int:
-        """Bytes a recv waits for: what arrives in :data:`RECV_STEP_S` at this parent's pace,
-        within ``RECV_LOW_WATER_MIN`` .. ``RECV_LOW_WATER``."""
-        if self._spb < 0:
-            return RECV_LOW_WATER_MIN
-        return max(RECV_LOW_WATER_MIN, min(RECV_LOW_WATER, int(RECV_STEP_S / max(self._spb, 1e-12))))
-
-    def _receive_threaded(self, body: _Landing, idle: float) -> None:
+    def _receive_threaded(self, body: Landing, idle: float) -> None:
         """The piece body, in a worker thread: blocking recv_into, pwrite and crc32 all
         release the GIL, so bodies from several parents land in parallel on several
-        cores, with no event-loop round trip per socket read.
-
-        Each recv waits for at least what this parent sends in :data:`RECV_STEP_S`
-        (``SO_RCVLOWAT``, see :meth:`_low_water`; or what is left of the piece when less), so
-        a body lands in a few large steps rather than a step per packet, and a child streaming
-        the piece from us (cut-through) waits at most about that long for each step; back to 1
-        afterwards, for the frames."""
+        cores, with no event-loop round trip per socket read; each recv waits for a step
+        of this parent's pace (:func:`.landing.receive_blocking`)."""
         sock = self._sock
         sock.settimeout(idle or None)
-        lowat = 1
-        plain = type(sock) is socket.socket  # a TLS socket reads records: leave its wake-ups alone
-        clock = time.monotonic
         try:
-            while body.pos < body.end:
-                if plain:
-                    want = min(self._low_water(), body.end - body.pos)
-                    if want != lowat:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
-                        lowat = want
-                began = clock()
-                try:
-                    n = sock.recv_into(body.room())
-                except TimeoutError:
-                    if lowat > 1 and _pending(sock):
-                        plain = False  # a parent slower than the low water mark: every byte, then
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-                        lowat = 1
-                        continue
-                    self.timed_out = True
-                    raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
-                body.land(self._got(n))
-                if n >= lowat > 1:
-                    # The pace bytes come at, as seconds per byte: a recv that found its bytes
-                    # waiting weighs little, a wait for a stalled parent much (steps get shorter).
-                    spb = (clock() - began) / n
-                    self._spb = spb if self._spb < 0 else self._spb + 0.25 * (spb - self._spb)
+            receive_blocking(sock, body, self._pace, self._got)
+        except TimeoutError:
+            self.timed_out = True
+            raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
         finally:
             with contextlib.suppress(OSError):
-                if lowat != 1:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
                 sock.setblocking(False)
 
     async def _receive_paced(
         self,
-        body: _Landing,
+        body: Landing,
         limiter: Limiter | None,
         task_id: str,
         deadline: asyncio.Timeout,
@@ -369,7 +271,7 @@ class PieceClient:
         event = self._expect_header(await self._next_frame(), packet_id, number, offset, length)
         progress = on_header(event.digest) if on_header is not None else None
         feed = whole.claim(offset) if whole is not None else None
-        body = _Landing(self._view, fd, offset, offset + length, progress, feed)
+        body = Landing(self._view, fd, offset, offset + length, progress, feed)
         try:
             if limiter is None and THREADED_BODY:
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now
