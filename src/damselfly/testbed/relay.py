@@ -51,7 +51,7 @@ from .procs import process_cpu_s
 
 Say = Callable[[str], None]
 FILE_NAME = "blob.bin"
-RETRY_S = 0.002  # a child asked for a piece the relay does not hold yet: ask again after this
+RETRY_S = 0.01  # a child asked for a piece the relay does not hold yet: ask again after this
 DAEMON_CONFIG = "storage:\n  localShare: false\n"
 ROUND_TIMEOUT_S = 600.0
 

@@ -7,15 +7,17 @@ whole-content digest fed when this piece is the next it needs, and the
 cut-through count advanced (after the write, so what it counts is on disk).
 
 The CPU this costs is mostly per *step*, not per byte: each wake-up runs a few
-Python calls whatever its size. Over a shaped link a plain blocking ``recv``
-returns about one packet (~1.4 KB at a time at 100 mbit/s, some 190 000 steps
-per GiB), so :func:`receive_blocking` sets ``SO_RCVLOWAT`` and the kernel wakes
+Python calls whatever its size. Over a link slower than the reader a plain
+blocking ``recv`` returns whatever came since the last wake-up, a packet or a
+few, so :func:`receive_blocking` sets ``SO_RCVLOWAT`` and the kernel wakes
 the reader only once a step's worth is there: what this parent sends in
 :data:`RECV_STEP_S` at its measured pace (:class:`Pace`), within
 ``RECV_LOW_WATER_MIN`` .. ``RECV_LOW_WATER`` and never more than the piece has
 left. Short in time on purpose: children streaming the piece from us see its
-bytes in those steps (a fixed 128 KiB step measured 1.17 -> 1.24 x T_min on
-16 x 25 mbit, where it is 42 ms per hop; the pace-following one did not).
+bytes in those steps (a fixed 128 KiB step, 42 ms per hop at 25 mbit/s, took
+16 x 25 mbit from max 1.17 to 1.24 x T_min; the pace-following one did not
+lose time). Measured, A/B medians of 3: peers' CPU-s on 4 x 100 mbit 6.05 ->
+4.01, on 16 x 25 mbit 21.9 -> 17.2 (benchmarks/ab_trees.py).
 
 Owner: :class:`~damselfly.daemon.transfer.piece_client.PieceClient` makes one
 :class:`Landing` per piece and one :class:`Pace` per connection.
