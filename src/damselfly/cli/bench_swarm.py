@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from ..testbed.scenarios import Scenario
+    from ..testbed.swarm import SwarmOptions
 
 SCENARIO_HELP = (
     "flash-crowd, staggered, mixed-rates, large-file-few-peers, small-file-many-peers, "
@@ -74,6 +78,16 @@ def swarm(
     tls: Annotated[
         bool, typer.Option("--tls", help="mTLS on every link (a CA and certificates made for the run)")
     ] = False,
+    runs: Annotated[
+        int, typer.Option(min=1, max=20, help="runs (with --baseline: of each, alternating)")
+    ] = 1,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="aria2: also run aria2c + opentracker on the same hosts and links (the origin's host "
+            "seeds, the peers leech), alternating with Damselfly's runs"
+        ),
+    ] = None,
     cleanup: Annotated[
         str | None,
         typer.Option("--cleanup", metavar="PREFIX", help="remove the namespaces PREFIX-* and exit"),
@@ -138,8 +152,12 @@ def swarm(
         )
         if link_queue not in QUEUES:
             raise InvalidArgument(f"--link-queue {link_queue!r}: choose one of {', '.join(QUEUES)}")
+        if baseline not in (None, "aria2"):
+            raise InvalidArgument(f"--baseline {baseline!r}: the one baseline is aria2")
     except (InvalidArgument, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
+    if runs > 1 or baseline is not None:
+        _compare(sc, options, runs, baseline, json_out=json_out, out=out)
     try:
         result = run_swarm(sc, options)
     except netns.TestbedError as e:
@@ -163,3 +181,24 @@ def swarm(
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _compare(
+    sc: Scenario, options: SwarmOptions, runs: int, baseline: str | None, *, json_out: bool, out: Path | None
+) -> None:
+    """``runs`` runs of Damselfly (and of the baseline, alternating which goes first), then medians."""
+    from ..testbed import netns
+    from ..testbed.compare import compare_runs, human_comparison
+
+    try:
+        data = compare_runs(sc, options, runs, baseline)
+    except netns.TestbedError as e:
+        typer.echo(f"damselfly bench swarm: {e}", err=True)
+        raise typer.Exit(2) from None
+    if out is not None:
+        out.write_text(json.dumps(data, indent=2) + "\n")
+    typer.echo(human_comparison(data), err=json_out)
+    if json_out:
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    raise typer.Exit(0 if data["ok"] else 1)

@@ -341,6 +341,9 @@ def _register_bench_swarm() -> None:
     from .bench_swarm import swarm
 
     bench_app.command("swarm")(swarm)
+    from .bench_relay import relay
+
+    bench_app.command("relay")(relay)
 
 
 _register_bench_swarm()

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..units import human_size
+from ..units import GiB, human_size
 from .procs import process_cpu_s
 from .scenarios import Scenario
 from .wire import DAMSELFLY, WIRES
@@ -228,6 +228,7 @@ class SwarmResult:
             "cpu_busy_fraction": None if self.cpu_busy_fraction is None else round(self.cpu_busy_fraction, 4),
             "testbed_cpu_s": {k: round(v, 2) for k, v in self.testbed_cpu_s.items()},
             "testbed_cpu_fraction": self.testbed_cpu_fraction,
+            "cpu": cpu_breakdown(self.hosts, self.testbed_cpu_s),
             "cpu_count": self.cpu_count,
             "wall_s": round(self.wall_s, 3),
             "hosts": [h.to_json() for h in self.hosts],
@@ -236,6 +237,43 @@ class SwarmResult:
             "plot": self.plot,
             "workdir": self.workdir,
         }
+
+
+def per_gib(cpu_s: float, nbytes: int) -> float | None:
+    """CPU seconds per GiB of ``nbytes`` (None when nothing moved)."""
+    return round(cpu_s / (nbytes / GiB), 4) if nbytes > 0 else None
+
+
+def cpu_breakdown(hosts: Sequence[HostResult], cpu_s: dict[str, float]) -> dict[str, Any]:
+    """The testbed's CPU seconds by role (origin, scheduler, seeds, peers, dfgets, the rest; the total
+    leaves out the benchmark's own supervisor, which no baseline has) and
+    each daemon's CPU seconds per GiB it received and per GiB it sent (one CPU figure over each
+    byte count: a daemon's receiving and sending share its threads and cannot be told apart)."""
+    roles = {h.name: h.role for h in hosts}
+    by_role: dict[str, float] = {}
+    for name, seconds in cpu_s.items():
+        role = {"seed": "seeds", "peer": "peers"}.get(roles.get(name, ""), name)
+        by_role[role] = by_role.get(role, 0.0) + seconds
+    daemons: dict[str, dict[str, Any]] = {}
+    for h in hosts:
+        if h.name not in cpu_s:
+            continue
+        got = sum(h.downloaded.values())
+        daemons[h.name] = {
+            "cpu_s": round(cpu_s[h.name], 3),
+            "received_bytes": got,
+            "sent_bytes": h.uploaded_bytes,
+            "cpu_s_per_gib_received": per_gib(cpu_s[h.name], got),
+            "cpu_s_per_gib_sent": per_gib(cpu_s[h.name], h.uploaded_bytes),
+            "cpu_s_per_gib_moved": per_gib(cpu_s[h.name], got + h.uploaded_bytes),
+        }
+    moved = [d["cpu_s_per_gib_moved"] for d in daemons.values() if d["cpu_s_per_gib_moved"] is not None]
+    return {
+        "total_s": round(sum(v for k, v in cpu_s.items() if k != "supervisor"), 3),
+        "by_role": {k: round(v, 3) for k, v in sorted(by_role.items())},
+        "daemons": daemons,
+        "median_cpu_s_per_gib_moved": round(statistics.median(moved), 4) if moved else None,
+    }
 
 
 def human_summary(data: dict[str, Any]) -> str:
@@ -254,7 +292,7 @@ def human_summary(data: dict[str, Any]) -> str:
     if data["error"]:
         lines.append(f"  error: {data['error']}")
     wires = {h.get("wire", DAMSELFLY) for h in data["hosts"]}
-    mixed = wires != {DAMSELFLY}  # say each host's wire only when some spoke Dragonfly's
+    mixed = len(wires) > 1  # say each host's wire only when they differ
     for h in data["hosts"]:
         if h["role"] != "peer":
             continue
@@ -299,5 +337,12 @@ def human_summary(data: dict[str, Any]) -> str:
         f"  CPU busy {num(data['cpu_busy_fraction'], '{:.0%}')} of all {data['cpu_count']} cores during the "
         f"transfer, of which the testbed's own processes {num(data['testbed_cpu_fraction'], '{:.0%}')}"
     )
+    cpu = data.get("cpu")
+    if cpu:
+        roles = ", ".join(f"{k} {v:.1f}" for k, v in cpu["by_role"].items())
+        lines.append(
+            f"  testbed CPU {cpu['total_s']:.1f} s ({roles}); a daemon's median "
+            f"{num(cpu['median_cpu_s_per_gib_moved'])} CPU-s per GiB received + sent"
+        )
     lines.append("  all digests ok" if data["ok"] else "  RUN FAILED")
     return "\n".join(lines)

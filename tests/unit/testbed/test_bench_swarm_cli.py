@@ -22,9 +22,17 @@ def test_help_lists_the_scenarios() -> None:
         (["--size", "huge"], "not a size"),
         (["--piece-length", "big"], "not a size"),
         (["--scenario", "mixed-rates", "--slow-fraction", "2"], "slow-fraction"),
+        (["--baseline", "transmission"], "the one baseline is aria2"),
+        (["--runs", "0"], "--runs"),
     ],
 )
 def test_bad_flags_exit_2(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["bench", "swarm", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize("args", [["--children", "0"], ["--children", "x"], ["--size", "huge"]])
+def test_bench_relay_bad_flags_exit_2(args: list[str]) -> None:
+    result = CliRunner().invoke(app, ["bench", "relay", *args])
+    assert result.exit_code == 2

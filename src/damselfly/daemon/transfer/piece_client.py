@@ -13,8 +13,8 @@ Receiving is copy-light: frame headers are read exactly (never past the
 frame), then content goes from the socket with ``recv_into`` into one reused
 buffer (in a worker thread; on the event loop when a byte limit applies) and
 from there with ``os.pwrite`` to the piece offset in the caller's fd, with the
-crc32 computed on the way (:class:`_Landing`). A piece is never held whole in
-memory.
+crc32 computed on the way (:mod:`.landing`). A piece is never held whole in
+memory; a threaded body lands in steps of the parent's pace, not one per packet.
 
 The caller says where the piece goes (offset, length it computed from the
 task's geometry). A parent whose header disagrees gets :class:`ProtocolError`:
@@ -41,9 +41,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from ...checksum import crc32
 from ...domain import PieceInfo, TrafficType
 from ...errors import (
     DigestMismatch,
@@ -54,13 +52,12 @@ from ...errors import (
     ResourceExhausted,
     StorageError,
 )
-from ...units import MiB
 from .. import net
 from ..ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
 from ..store.digesting import Feed, InOrderDigest
-from ..store.files import pwrite_all
 from ..store.receiving import Receiving
 from . import vortex
+from .landing import RECV_BUFFER_SIZE, Landing, Pace, receive_blocking
 from .local_pieces import LocalPieces
 from .piece_tls import TLSSession
 
@@ -73,50 +70,6 @@ OnHeader = Callable[[str], Receiving | None]
 THREADED_BODY = True
 
 log = logging.getLogger(__name__)
-
-RECV_BUFFER_SIZE = 1 * MiB
-
-
-@dataclass(slots=True)
-class _Landing:
-    """Where one piece body's bytes go as they arrive, from the one reused buffer.
-
-    Both ways of receiving (:meth:`PieceClient._receive_threaded`,
-    :meth:`PieceClient._receive_paced`) recv into :meth:`room` and hand the
-    count to :meth:`land`, which does the per-chunk work once: ``pwrite`` at
-    the piece offset, crc32, the task's whole-content digest, and the
-    cut-through count (after the write, so what it counts is on disk).
-    """
-
-    view: memoryview
-    fd: int
-    offset: int
-    end: int
-    progress: Receiving | None
-    feed: Feed | None
-    pos: int = field(init=False)
-    crc: int = 0
-
-    def __post_init__(self) -> None:
-        self.pos = self.offset
-
-    def room(self) -> memoryview:
-        """The part of the buffer the next recv may fill: never past the piece's end."""
-        return self.view[: min(len(self.view), self.end - self.pos)]
-
-    def land(self, n: int) -> None:
-        """The first ``n`` bytes of the buffer arrived: write them where they go."""
-        chunk = self.view[:n]
-        try:
-            pwrite_all(self.fd, chunk, self.pos)
-        except OSError as e:  # our own disk (full, failing, read-only): never the parent's doing
-            raise StorageError(e.errno, f"cannot write a piece into the store: {e.strerror}") from e
-        self.pos += n
-        self.crc = crc32(chunk, self.crc)
-        if self.feed is not None:
-            self.feed.update(chunk)
-        if self.progress is not None:
-            self.progress.advance(self.pos - self.offset)
 
 
 class PieceClient:
@@ -143,6 +96,7 @@ class PieceClient:
         self._where = f"{address[0]}:{address[1]}"
         self._loop = asyncio.get_running_loop()
         self._view = memoryview(bytearray(buffer_size))
+        self._pace = Pace()  # how fast piece bodies come from this parent
         self._clock = clock
         self._packet_id = 0
         self._busy = False
@@ -227,28 +181,26 @@ class PieceClient:
         self.received_any = True
         return n
 
-    def _receive_threaded(self, body: _Landing, idle: float) -> None:
+    def _receive_threaded(self, body: Landing, idle: float) -> None:
         """The piece body, in a worker thread: blocking recv_into, pwrite and crc32 all
         release the GIL, so bodies from several parents land in parallel on several
-        cores, with no event-loop round trip per socket read."""
+        cores, with no event-loop round trip per socket read; each recv waits for a step
+        of this parent's pace (:func:`.landing.receive_blocking`)."""
         sock = self._sock
-        recv_into = self._tls.recv_into_blocking if self._tls is not None else sock.recv_into
+        recv_into = self._tls.recv_into_blocking if self._tls is not None else None
         sock.settimeout(idle or None)
         try:
-            while body.pos < body.end:
-                try:
-                    n = recv_into(body.room())
-                except TimeoutError:
-                    self.timed_out = True
-                    raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
-                body.land(self._got(n))
+            receive_blocking(sock, body, self._pace, self._got, recv_into=recv_into)
+        except TimeoutError:
+            self.timed_out = True
+            raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
         finally:
             with contextlib.suppress(OSError):
                 sock.setblocking(False)
 
     async def _receive_paced(
         self,
-        body: _Landing,
+        body: Landing,
         limiter: Limiter | None,
         task_id: str,
         deadline: asyncio.Timeout,
@@ -360,7 +312,7 @@ class PieceClient:
         event = self._expect_header(await self._next_frame(), packet_id, number, offset, length)
         progress = on_header(event.digest) if on_header is not None else None
         feed = whole.claim(offset) if whole is not None else None
-        body = _Landing(self._view, fd, offset, offset + length, progress, feed)
+        body = Landing(self._view, fd, offset, offset + length, progress, feed)
         try:
             if limiter is None and THREADED_BODY:
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now

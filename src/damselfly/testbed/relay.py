@@ -1,0 +1,362 @@
+"""A relaying daemon's CPU per byte on loopback, beside the kernel's own relay of the same bytes.
+
+Why: in a swarm every peer is a relay (it receives each piece once and sends it on
+to its children), so the CPU a daemon spends per relayed byte bounds how many
+hosts one machine's cores can serve. Links are not shaped here: the question is
+CPU per byte, not time.
+
+One round for ``k`` children (:func:`run_relay`):
+
+* **damselfly**: an origin, a scheduler, a seed daemon (the *parent*, warmed with
+  the file first) and one peer daemon (the *relay*), all on 127.0.0.1 with
+  ``storage.localShare`` off so pieces cross TCP as between two hosts. A dfget on
+  the relay pulls the file from the parent while ``k`` children pull every piece
+  from the relay's piece server (Damselfly's request, pieces served as they land,
+  each child's crc32 checked by :class:`~damselfly.daemon.transfer.piece_client.PieceClient`).
+  Counted: the relay daemon's CPU seconds (``/proc/PID/stat``) from the dfget's
+  start to the last child's last piece.
+* **kernel**: :mod:`damselfly.testbed.kernel_relay` in a process of its own
+  receives the same number of bytes from a parent socket with ``splice``
+  (socket -> pipe -> file) and sends them to ``k`` children with ``sendfile``.
+
+Reported per round: bytes in and out, the relay's CPU seconds, GB relayed (sent
+on) per CPU second, CPU seconds per GiB in + out, and the ratio of the daemon's
+rate to the kernel's. Rounds alternate damselfly and kernel; the summary takes
+medians per ``k``. Every process is stopped by PID, the temp dir removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import NotFound, ResourceExhausted
+from ..pieces import piece_count, piece_length_for, piece_span
+from ..runtime.children import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
+from ..runtime.cluster import LocalCluster, PeerSpec
+from ..runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
+from ..units import GiB, MiB
+from .procs import process_cpu_s
+
+Say = Callable[[str], None]
+FILE_NAME = "blob.bin"
+RETRY_S = 0.01  # a child asked for a piece the relay does not hold yet: ask again after this
+DAEMON_CONFIG = "storage:\n  localShare: false\n"
+ROUND_TIMEOUT_S = 600.0
+
+
+@dataclass
+class RelayRound:
+    """One measured relay of ``bytes_in`` to ``children`` children."""
+
+    kind: str  # "damselfly" or "kernel"
+    children: int
+    bytes_in: int = 0
+    bytes_out: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    retries: int = 0  # damselfly: children's requests for a piece not held yet
+    ok: bool = False
+
+    @property
+    def gb_per_cpu_s(self) -> float | None:
+        """GB (1e9 bytes) sent on to children per CPU second of the relay."""
+        return None if self.cpu_s <= 0 else round(self.bytes_out / 1e9 / self.cpu_s, 4)
+
+    @property
+    def cpu_s_per_gib(self) -> float | None:
+        """CPU seconds per GiB moved through the relay (received plus sent)."""
+        moved = self.bytes_in + self.bytes_out
+        return None if moved <= 0 else round(self.cpu_s / (moved / GiB), 4)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["cpu_s"] = round(self.cpu_s, 6)
+        out["wall_s"] = round(self.wall_s, 3)
+        out["gb_per_cpu_s"] = self.gb_per_cpu_s
+        out["cpu_s_per_gib"] = self.cpu_s_per_gib
+        return out
+
+
+@dataclass
+class RelayResult:
+    size: int
+    children: list[int]
+    rounds: list[RelayRound] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and bool(self.rounds) and all(r.ok for r in self.rounds)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Medians per ``k``: each kind's GB per CPU second and CPU-s per GiB, and damselfly / kernel."""
+        out: dict[str, dict[str, Any]] = {}
+        for k in self.children:
+            row: dict[str, Any] = {}
+            for kind in ("damselfly", "kernel"):
+                rs = [r for r in self.rounds if r.children == k and r.kind == kind and r.ok]
+                rates = [r.gb_per_cpu_s for r in rs if r.gb_per_cpu_s is not None]
+                per_gib = [r.cpu_s_per_gib for r in rs if r.cpu_s_per_gib is not None]
+                row[kind] = {
+                    "runs": len(rs),
+                    "gb_per_cpu_s": round(statistics.median(rates), 4) if rates else None,
+                    "cpu_s_per_gib": round(statistics.median(per_gib), 4) if per_gib else None,
+                }
+            d, kern = row["damselfly"]["gb_per_cpu_s"], row["kernel"]["gb_per_cpu_s"]
+            row["damselfly_over_kernel"] = round(d / kern, 4) if d and kern else None
+            out[str(k)] = row
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "size": self.size,
+            "children": self.children,
+            "summary": self.summary(),
+            "rounds": [r.to_json() for r in self.rounds],
+        }
+
+
+def human_summary(data: dict[str, Any]) -> str:
+    lines = [f"relay of {data['size'] / MiB:.0f} MiB on loopback (medians per k; GB sent on per CPU-s)"]
+    if data["error"]:
+        lines.append(f"  error: {data['error']}")
+    for k, row in data["summary"].items():
+        d, kern = row["damselfly"], row["kernel"]
+
+        def num(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3f}"
+
+        lines.append(
+            f"  k={k}: damselfly {num(d['gb_per_cpu_s'])} GB/CPU-s ({num(d['cpu_s_per_gib'])} CPU-s/GiB), "
+            f"kernel {num(kern['gb_per_cpu_s'])} GB/CPU-s ({num(kern['cpu_s_per_gib'])} CPU-s/GiB); "
+            f"ratio {num(row['damselfly_over_kernel'])}"
+        )
+    lines.append("  all rounds ok" if data["ok"] else "  RUN FAILED")
+    return "\n".join(lines)
+
+
+def find_task_ids(storage: Path) -> set[str]:
+    """The task IDs whose dirs are under a daemon's storage (``tasks/<3 hex>/<id>``)."""
+    tasks = storage / "tasks"
+    if not tasks.is_dir():
+        return set()
+    return {d.name for shard in tasks.iterdir() if shard.is_dir() for d in shard.iterdir() if d.is_dir()}
+
+
+async def _pull_all(
+    address: tuple[str, int], task_id: str, size: int, out: Path, counters: list[int], index: int
+) -> None:
+    """One child: every piece of the task from the relay, in order, each crc32-checked."""
+    from ..daemon.transfer.piece_client import PieceClient
+
+    piece_length = piece_length_for(size)
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    client = await PieceClient.connect(*address)
+    client.damselfly = True
+    try:
+        for number in range(piece_count(size, piece_length)):
+            span = piece_span(number, size, piece_length)
+            while True:
+                if client.broken:
+                    await client.close()
+                    client = await PieceClient.connect(*address)
+                    client.damselfly = True
+                try:
+                    await client.download_piece(task_id, number, fd, span.offset, span.length, timeout=60)
+                    break
+                except (NotFound, ResourceExhausted):
+                    counters[index] += 1
+                    await asyncio.sleep(RETRY_S)
+    finally:
+        await client.close()
+        os.close(fd)
+
+
+async def _children(address: tuple[str, int], task_id: str, size: int, outs: Sequence[Path]) -> list[int]:
+    counters = [0] * len(outs)
+    await asyncio.gather(*(_pull_all(address, task_id, size, out, counters, i) for i, out in enumerate(outs)))
+    return counters
+
+
+class RelayBench:
+    """The processes of a relay benchmark under one temp dir; :meth:`close` stops them all."""
+
+    def __init__(self, size: int, say: Say) -> None:
+        self.size = size
+        self.say = say
+        self.root = Path(tempfile.mkdtemp(prefix="dfrelay-"))
+        self.origin: ChildProcess | None = None
+        self.cluster: LocalCluster | None = None
+        self.extra: list[ChildProcess] = []
+        self.rounds = 0
+
+    def start(self) -> None:
+        from ..cli.bench import start_origin, write_random_file
+
+        for d in ("origin", "out", "logs", "run"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        write_random_file(self.root / "origin" / FILE_NAME, self.size)
+        self.origin = start_origin(self.root, self.root / "origin")
+        self.origin_port = int(self.origin.wait_ready(30)["port"])
+        config = self.root / "run" / "daemon.yaml"
+        config.write_text(DAEMON_CONFIG)
+        self.cluster = LocalCluster(self.root, [PeerSpec("relay")], log_level="WARNING", daemon_config=config)
+        self.cluster.start()
+
+    @property
+    def relay(self) -> ChildProcess:
+        assert self.cluster is not None and self.cluster.peers
+        return self.cluster.peers[0]
+
+    def _dfget(self, name: str, url: str, socket_path: Path) -> ChildProcess:
+        argv = python_module_command(
+            "damselfly", "get", url, "-O", str(self.root / "out" / f"{name}.bin"), "-e", str(socket_path),
+            "--no-progress", "--timeout", f"{int(ROUND_TIMEOUT_S)}s",
+        )  # fmt: skip
+        child = spawn(name, argv, log_path=self.root / "logs" / f"{name}.log")
+        self.extra.append(child)
+        return child
+
+    def _finish(self, child: ChildProcess) -> None:
+        code = child.popen.wait(timeout=ROUND_TIMEOUT_S)
+        if code != 0:
+            raise ChildFailed(child, f"{child.name} exited {code}:\n{log_tail(child.log_path, 8)}")
+        self.extra.remove(child)
+
+    def damselfly_round(self, k: int) -> RelayRound:
+        assert self.cluster is not None and self.cluster.seed is not None
+        self.rounds += 1
+        url = f"http://127.0.0.1:{self.origin_port}/{FILE_NAME}?round={self.rounds}"
+        seed_storage = self.root / "seed"
+        before = find_task_ids(seed_storage)
+        self._finish(self._dfget("warm", url, seed_storage / "dfdaemon.sock"))
+        new = find_task_ids(seed_storage) - before
+        if len(new) != 1:
+            raise RuntimeError(f"expected one new task on the parent, found {len(new)}")
+        task_id = new.pop()
+        piece_port = int(self.relay.ready["piece_port"])
+        outs = [self.root / "out" / f"child{i}.bin" for i in range(k)]
+        result = RelayRound("damselfly", k)
+        cpu0 = process_cpu_s(self.relay.pid) or 0.0
+        began = time.monotonic()
+        dfget = self._dfget("relay-get", url, self.cluster.socket_of(0))
+        counters = asyncio.run(_children(("127.0.0.1", piece_port), task_id, self.size, outs))
+        self._finish(dfget)
+        result.wall_s = time.monotonic() - began
+        result.cpu_s = (process_cpu_s(self.relay.pid) or 0.0) - cpu0
+        result.retries = sum(counters)
+        from ..pieces import file_digest
+
+        expected = file_digest(str(self.root / "origin" / FILE_NAME), "sha256")
+        result.ok = all(file_digest(str(o), "sha256") == expected for o in outs)
+        result.bytes_in = self.size
+        result.bytes_out = sum(o.stat().st_size for o in outs)
+        for o in (*outs, self.root / "out" / "warm.bin", self.root / "out" / "relay-get.bin"):
+            o.unlink(missing_ok=True)
+        return result
+
+    def kernel_round(self, k: int) -> RelayRound:
+        src = self.root / "origin" / FILE_NAME
+        ready = self.root / "run" / "kernel-relay.ready.json"
+        result_file = self.root / "run" / "kernel-relay.result.json"
+        result_file.unlink(missing_ok=True)
+        out = self.root / "out" / "kernel-relay.bin"
+        with socket.create_server(("127.0.0.1", 0)) as parent:
+            argv = python_module_command(
+                "damselfly.testbed.kernel_relay", "--parent", f"127.0.0.1:{parent.getsockname()[1]}",
+                "--size", str(self.size), "--children", str(k), "--out", str(out),
+                "--ready-file", str(ready), "--result", str(result_file),
+            )  # fmt: skip
+            child = spawn(
+                "kernel-relay", argv, log_path=self.root / "logs" / "kernel-relay.log", ready_file=ready
+            )
+            self.extra.append(child)
+            port = int(child.wait_ready(30)["port"])
+            received = [0] * k
+            began = time.monotonic()
+
+            def drain(i: int) -> None:
+                buf = bytearray(1 * MiB)
+                with socket.create_connection(("127.0.0.1", port)) as s:
+                    while n := s.recv_into(buf):
+                        received[i] += n
+
+            threads = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(k)]
+            for t in threads:
+                t.start()
+            conn, _ = parent.accept()
+            with conn, open(src, "rb") as f:
+                sent = 0
+                while sent < self.size:
+                    sent += os.sendfile(conn.fileno(), f.fileno(), sent, self.size - sent)
+            for t in threads:
+                t.join(ROUND_TIMEOUT_S)
+            self._finish(child)
+        import json
+
+        data = json.loads(result_file.read_text())
+        out.unlink(missing_ok=True)
+        return RelayRound(
+            "kernel",
+            k,
+            bytes_in=int(data["bytes_in"]),
+            bytes_out=int(data["bytes_out"]),
+            cpu_s=float(data["cpu_s"]),
+            wall_s=time.monotonic() - began,
+            ok=data["bytes_in"] == self.size and received == [self.size] * k,
+        )
+
+    def close(self) -> None:
+        stop_all(self.extra, grace=5)
+        if self.cluster is not None:
+            self.cluster.stop(grace=10)
+        if self.origin is not None:
+            stop_all([self.origin], grace=5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run_relay(
+    size: int, children: Sequence[int] = (1, 2, 4), runs: int = 3, say: Say | None = None
+) -> RelayResult:
+    """``runs`` rounds of each kind for each ``k`` in ``children``, damselfly and kernel alternating."""
+    printer = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = RelayResult(size=size, children=list(children))
+    bench = RelayBench(size, printer)
+    with interrupt_on_signals():
+        try:
+            bench.start()
+            bench.damselfly_round(1)  # not counted: the relay's first task pays its imports and caches
+            for run in range(runs):
+                for k in children:
+                    for kind in ("damselfly", "kernel") if run % 2 == 0 else ("kernel", "damselfly"):
+                        r = bench.damselfly_round(k) if kind == "damselfly" else bench.kernel_round(k)
+                        result.rounds.append(r)
+                        printer(
+                            f"relay: run {run + 1} k={k} {kind}: {r.cpu_s:.2f} CPU-s, "
+                            f"{r.gb_per_cpu_s} GB/CPU-s, {r.cpu_s_per_gib} CPU-s/GiB"
+                            + (f", {r.retries} early asks" if kind == "damselfly" else "")
+                            + ("" if r.ok else "  FAILED")
+                        )
+        except (ChildFailed, RuntimeError, OSError) as e:
+            result.error = str(e).splitlines()[0]
+            printer(f"relay: {e}")
+        except Interrupted:
+            result.error = "interrupted"
+        finally:
+            ignore_signals()
+            bench.close()
+    return result
