@@ -28,12 +28,14 @@ C:dragonfly-client/src/resource/task.rs:730-760).
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 
 from ..config import SchedulingConfig
 from .evaluator import Evaluator
-from .resources import Host, Peer, PeerState, Resources, SeedState
+from .resources import Host, Peer, PeerState, Resources, SeedState, Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,17 +231,102 @@ def someone_fetches_for(peer: Peer, res: Resources) -> bool:
     return peer.task.seed_state is SeedState.TRIGGERED and not seed_registered
 
 
-def pick_seed_host(res: Resources, exclude: Host | None = None) -> Host | None:
-    """The least loaded seed host (fewest used upload slots relative to its limit)."""
-    best: Host | None = None
-    best_load = 2.0
-    for host in res.seed_hosts():
-        if host is exclude or host.info.disable_shared:
-            continue
-        load = host.children / host.upload_limit if host.upload_limit else 1.0
-        if load < best_load or (load == best_load and best is not None and host.id < best.id):
-            best, best_load = host, load
-    return best
+def seed_rank(task_id: str, host_id: str) -> int:
+    """The rendezvous-hash weight of seed host ``host_id`` for ``task_id`` (highest wins)."""
+    digest = hashlib.sha256(f"{task_id}\0{host_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+# A seed host using this share of its upload slots is passed over while another one has room.
+SEED_BUSY = 0.8
+
+
+def _seed_load(host: Host) -> float:
+    return host.children / host.upload_limit if host.upload_limit else 1.0
+
+
+def pick_seed_host(
+    res: Resources, exclude: Host | None = None, *, task_id: str = "", skip: Set[str] = frozenset()
+) -> Host | None:
+    """The seed host to download ``task_id`` first.
+
+    With several seed hosts, tasks spread over them by rendezvous hashing of the
+    task ID (every scheduler picks the same seed for a task, and a seed host that
+    joins or leaves moves only its share of tasks); a busy one (:data:`SEED_BUSY`
+    of its upload slots used) is passed over for the next in the task's order, and
+    when all are busy the least loaded is taken. ``skip``: hosts that failed the
+    task (``Task.failed_seed_hosts``).
+    """
+    eligible = [
+        h for h in res.seed_hosts() if h is not exclude and not h.info.disable_shared and h.id not in skip
+    ]
+    if not eligible:
+        return None
+    ranked = sorted(eligible, key=lambda h: (-seed_rank(task_id, h.id), h.id))
+    for host in ranked:
+        if _seed_load(host) < SEED_BUSY:
+            return host
+    return min(ranked, key=_seed_load)
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """The task's fetcher from the origin is gone: send ``peer``, which is downloading from
+    parents, back to source for the pieces it lacks (its parents keep the others coming to
+    the rest of the swarm, through it)."""
+
+    peer: Peer
+
+
+def _fetching(task: Task, res: Resources) -> bool:
+    return any((p := res.peers.get(pid)) is not None and not p.state.is_final for pid in task.source_peers)
+
+
+def after_source_lost(
+    task: Task,
+    res: Resources,
+    *,
+    reachable: Callable[[Peer], bool],
+    seed_trigger: bool = True,
+) -> Backfill | TriggerSeed | None:
+    """Who fetches the rest of ``task`` now that a peer fetching it from the origin (a seed,
+    or a first peer) failed or left. None when nothing needs doing.
+
+    Nothing, when a peer holds the task whole or another fetcher is still at it. Else
+    the pieces nobody holds must come from the origin, once:
+
+    1. A peer downloading from parents that holds pieces: the one holding most goes back
+       to source (:class:`Backfill`). It fetches only what it lacks, so the origin serves
+       again little more than the pieces the lost fetcher had in flight; the others keep
+       their parents (it among them) and receive the rest from it as it lands. A second
+       seed would fetch the whole task again.
+    2. Nobody holds anything yet: another seed host (not one that failed the task).
+    3. No seed host left: the earliest downloading peer goes back to source.
+
+    Peers waiting for a first parent are left to :func:`schedule`; ``reachable`` says
+    whether a peer can be told (its stream is open); a peer with back-to-source disabled
+    is never chosen.
+    """
+    if task.succeeded or _fetching(task, res):
+        return None
+    candidates = [
+        p
+        for p in task.peers.values()
+        if p.state in (PeerState.PENDING, PeerState.RUNNING)
+        and p.waiting_since is None
+        and not p.disable_back_to_source
+        and reachable(p)
+    ]
+    holders = [p for p in candidates if p.finished_pieces]
+    if holders:
+        return Backfill(min(holders, key=lambda p: (-len(p.finished_pieces), p.created_at, p.id)))
+    if seed_trigger and task.seed_state is not SeedState.TRIGGERED:
+        seed = pick_seed_host(res, task_id=task.id, skip=task.failed_seed_hosts)
+        if seed is not None:
+            return TriggerSeed(seed)
+    if candidates:
+        return Backfill(min(candidates, key=lambda p: (p.created_at, p.id)))
+    return None
 
 
 def _give_up(peer: Peer, reason: str) -> Decision:
@@ -284,7 +371,7 @@ def schedule(
         if starting:
             return Wait("scheduler starting: holders of the task may still register")
         if seed_trigger and task.seed_state is SeedState.NONE:
-            seed = pick_seed_host(res, exclude=peer.host)
+            seed = pick_seed_host(res, exclude=peer.host, task_id=task.id, skip=task.failed_seed_hosts)
             if seed is not None:
                 return TriggerSeed(seed)
         if not peer.disable_back_to_source:

@@ -40,7 +40,7 @@ import grpc
 from .. import tracing
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
 from ..config import SchedulerConfig
-from ..domain import EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
+from ..domain import DownloadSpec, EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
 from ..errors import ConfigError, DamselflyError, NotFound
 from ..logs import log_context
 from . import gc
@@ -54,6 +54,7 @@ from .resources import Host, Peer, PeerState, Resources, SeedState, Task
 from .runtime import watch_loop_lag
 from .scheduling import (
     TOPOLOGIES,
+    Backfill,
     BackToSource,
     Decision,
     Empty,
@@ -61,6 +62,7 @@ from .scheduling import (
     Parents,
     TriggerSeed,
     Wait,
+    after_source_lost,
     apply_decision,
     refresh,
     schedule,
@@ -268,12 +270,7 @@ class SchedulerService(
                     if outbox:
                         outbox.send(convert.answer_to_pb(EmptyTask()))
                 case TriggerSeed(host):
-                    log.info("triggering seed host %s", host.id)
-                    self.metrics.seed_trigger.labels("triggered").inc()
-                    download = self._downloads.get(peer.task.id)
-                    if download is None:
-                        download = convert.download_to_pb(peer.spec)
-                    self.seeds.trigger(peer.task.id, host.info, download)
+                    self._trigger_seed(peer.task, host, peer.spec)
                 case Wait():
                     pass
                 case Fail(reason):
@@ -297,13 +294,40 @@ class SchedulerService(
     def _tasks_of(self, peer_ids: Iterable[str]) -> set[str]:
         return {p.task.id for pid in peer_ids if (p := self.res.peers.get(pid)) is not None}
 
-    def _seed_done(self, task_id: str, error: DamselflyError | None) -> None:
+    def _seed_done(self, task_id: str, host_id: str, error: DamselflyError | None, lost: bool) -> None:
         self.metrics.seed_trigger.labels("failed" if error else "succeeded").inc()
         task = self.res.tasks.get(task_id)
         if task is None or error is None:
             return
-        task.seed_state = SeedState.FAILED
+        task.failed_seed_hosts.add(host_id)
+        if task.seed_state is SeedState.TRIGGERED and not self.seeds.running_for(task_id):
+            # A lost seed host leaves the task to another; one that failed the download ends the triggers.
+            task.seed_state = SeedState.NONE if lost else SeedState.FAILED
+        self._source_lost(task)
         self._wake(task)
+
+    def _source_lost(self, task: Task) -> None:
+        """A peer fetching ``task`` from the origin failed or left: have the rest fetched once
+        (:func:`~.scheduling.after_source_lost`), not by every peer that was downloading it;
+        not just after a restart, while the fetchers register again."""
+        now = self.clock()
+        if self.started_at is None or now - self.started_at >= self.cfg.startup_grace:
+            match after_source_lost(task, self.res, reachable=lambda p: p.id in self._streams,
+                                    seed_trigger=self.config.seed_peer.enable):  # fmt: skip
+                case Backfill(peer):
+                    self.metrics.count(self.metrics.decisions, "Backfill")
+                    answer = BackToSource(f"the fetcher is gone; {len(peer.finished_pieces)} pieces held")
+                    apply_decision(peer, answer, self.res, now)
+                    self._carry_out(peer, answer)
+                case TriggerSeed(host):
+                    task.seed_state = SeedState.TRIGGERED
+                    self._trigger_seed(task, host, task.spec)
+
+    def _trigger_seed(self, task: Task, host: Host, spec: DownloadSpec) -> None:
+        log.info("triggering seed host %s", host.id)
+        self.metrics.seed_trigger.labels("triggered").inc()
+        download = self._downloads.get(task.id) or convert.download_to_pb(spec)
+        self.seeds.trigger(task.id, host.info, download)
 
     # -- AnnouncePeer ------------------------------------------------------------
 
@@ -367,8 +391,11 @@ class SchedulerService(
             return
         with log_context(task_id=peer.task.id, peer_id=peer.id):
             log.info("stream of peer %s closed before the peer finished; marking it failed", peer_id)
+        was_source = peer.id in peer.task.source_peers
         self.res.set_state(peer, PeerState.FAILED, self.clock())
         self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=False)
+        if was_source:
+            self._source_lost(peer.task)
         self._wake(peer.task)
 
     def handle(self, request: scheduler_pb2.AnnouncePeerRequest, stream: Outbox) -> bool:
@@ -414,8 +441,11 @@ class SchedulerService(
             kind in ("download_peer_failed_request", "download_peer_back_to_source_failed_request")
             and peer.state is not PeerState.SUCCEEDED
         ):
+            was_source = peer.id in task.source_peers
             self.res.set_state(peer, PeerState.FAILED, now)
             self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=False)
+            if was_source:
+                self._source_lost(task)
             self._wake(task)
         if kind in FINAL_REQUESTS:
             stream.end()
@@ -527,17 +557,27 @@ class SchedulerService(
 
     def _delete_peers(self, peer_ids: list[str]) -> None:
         touched = self._tasks_of(peer_ids)
+        fetched = self._fetched_by(peer_ids)
         for pid in peer_ids:
             self.res.delete_peer(pid)
             self._streams.pop(pid, None)
+        for task in fetched:
+            self._source_lost(task)
         self._wake_tasks(touched)
 
     def _delete_host(self, host: Host) -> None:
         touched = {p.task.id for p in host.peers.values()}
+        fetched = self._fetched_by(host.peers)
         self.persistent_cache.forget_host(host.id)
         for peer in self.res.delete_host(host.id):
             self._streams.pop(peer.id, None)
+        for task in fetched:
+            self._source_lost(task)
         self._wake_tasks(touched)
+
+    def _fetched_by(self, peer_ids: Iterable[str]) -> list[Task]:
+        """The tasks that ``peer_ids`` were fetching from the origin."""
+        return [p.task for pid in peer_ids if (p := self.res.peers.get(pid)) and pid in p.task.source_peers]
 
 
 async def _unimplemented(self: SchedulerService, request: object, context: Context) -> None:
