@@ -146,7 +146,8 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, now: float) -> list[Peer]:
 
     A peer's parent is the nearest peer registered before it that is alive (pending ones too:
     in a flash crowd the one before may not have started yet) and usable; the first peer's
-    parents are the task's seed peers. Each host then receives at its full rate from one
+    parents are the task's seed peers, or the peer the scheduler sent to the origin in the
+    seed's place (:func:`after_source_lost`). Each host then receives at its full rate from one
     parent and sends at that rate to one child, pieces cut through every hop as they land,
     so when the origin is the narrowest link every peer trails it by a few hops' latency
     instead of by the pieces it has in flight from many half-shared parents. A failed or
@@ -177,10 +178,14 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, now: float) -> list[Peer]:
             if not slow_ok:
                 continue
         return [cand]
+    sources = peer.task.source_peers
     return [
         p
         for p in peer.task.available
-        if p.host.is_seed and p is not peer and p.id not in peer.blocked and p.host is not peer.host
+        if (p.host.is_seed or p.id in sources)
+        and p is not peer
+        and p.id not in peer.blocked
+        and p.host is not peer.host
     ][: cfg.candidate_parent_limit]
 
 
@@ -278,6 +283,13 @@ class Backfill:
     peer: Peer
 
 
+def anyone_holds(task: Task) -> bool:
+    """Whether a peer of the task that has not failed holds a piece of it."""
+    return any(p.finished_pieces and not p.state.is_final for p in task.peers.values()) or bool(
+        task.succeeded
+    )
+
+
 def _fetching(task: Task, res: Resources) -> bool:
     return any((p := res.peers.get(pid)) is not None and not p.state.is_final for pid in task.source_peers)
 
@@ -370,7 +382,9 @@ def schedule(
     if not someone_fetches_for(peer, res):
         if starting:
             return Wait("scheduler starting: holders of the task may still register")
-        if seed_trigger and task.seed_state is SeedState.NONE:
+        # Once peers hold pieces (the seed was lost), a new seed would fetch the whole task
+        # again: this peer fetches only what it lacks instead.
+        if seed_trigger and task.seed_state is SeedState.NONE and not anyone_holds(task):
             seed = pick_seed_host(res, exclude=peer.host, task_id=task.id, skip=task.failed_seed_hosts)
             if seed is not None:
                 return TriggerSeed(seed)

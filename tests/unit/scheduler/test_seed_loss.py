@@ -36,7 +36,7 @@ def swarm_that_lost_its_seed(w: World, held: dict[str, int]) -> Peer:
     for name, pieces in held.items():
         p = w.peer(name, f"h-{name}", pieces=pieces, state=PeerState.RUNNING)
         w.decide(p)
-        assert "seed" in p.parents
+        assert "seed" in p.parents or w.cfg.topology == "chain"  # a line: p0 <- p1 <- ...
     w.res.set_state(seed, PeerState.FAILED, w.clock())
     return seed
 
@@ -160,3 +160,31 @@ def test_a_seed_killed_mid_swarm_sends_one_holder_back_to_source() -> None:
     # The seed's failed DownloadTask call, heard after, changes nothing: a fetcher is at it.
     svc._seed_done(TASK, "s", None, False)
     assert all(kinds(s) == [] for s in streams.values())
+
+
+def test_once_peers_hold_pieces_a_parentless_peer_fetches_the_rest_rather_than_a_new_seed() -> None:
+    # The head of a line asks again first, before the scheduler heard the seed's stream break:
+    # the seed host it lost is blocked; another seed host would fetch the whole task again.
+    w = World()
+    w.cfg.topology = "chain"
+    seed = swarm_that_lost_its_seed(w, {"p0": 4, "p1": 3})
+    w.task().failed_seed_hosts.add(seed.host.id)
+    w.task().seed_state = SeedState.NONE
+    w.host("s2", seed=True)
+    head = w.res.peers["p0"]
+    head.blocked.add(seed.id)
+    w.res.clear_parents(head)
+    assert isinstance(w.decide(head), BackToSource)
+    assert after_source_lost(w.task(), w.res, reachable=everyone) is None  # one fetcher
+
+
+def test_the_head_of_a_line_follows_the_peer_sent_in_the_lost_seeds_place() -> None:
+    w = World()
+    w.cfg.topology = "chain"
+    swarm_that_lost_its_seed(w, {"p0": 2, "p1": 5})
+    d = after_source_lost(w.task(), w.res, reachable=everyone)
+    assert isinstance(d, Backfill) and d.peer.id == "p1"
+    apply_decision(d.peer, BackToSource("the fetcher is gone"), w.res, w.clock())
+    w.res.set_state(d.peer, PeerState.BACK_TO_SOURCE, w.clock())
+    head = w.res.peers["p0"]
+    assert [p.id for p in w.decide(head).parents] == ["p1"]  # type: ignore[union-attr]
