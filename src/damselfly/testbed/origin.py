@@ -144,9 +144,9 @@ class _CountedFileResponse(web.FileResponse):
         """aiohttp's sendfile, in slices, so ``bytes_sent`` knows what an aborted body cost."""
         transport = request.transport
         if self.compression or transport is None:
-            writer = await super()._sendfile(request, fobj, offset, count)
+            done = await super()._sendfile(request, fobj, offset, count)
             self.path_stats.bytes_sent += count
-            return writer
+            return done
         writer = await web.StreamResponse.prepare(self, request)
         assert writer is not None
         loop = asyncio.get_running_loop()
