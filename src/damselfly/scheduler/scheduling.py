@@ -14,9 +14,13 @@ docs/PROTOCOL.md, step 1 and 4:
 5. No candidate: after ``back_to_source_after`` seconds of waiting -> back to
    source (fail when back-to-source is disabled).
    Else, if nobody is fetching the task yet: trigger a seed peer when a seed
-   host exists (once per task), otherwise send this peer to the origin (but
-   in the scheduler's ``startup_grace`` wait instead: after a restart the
+   host exists (once per task, or again on another seed host when the first
+   was lost before anyone held a piece), otherwise send this peer to the origin
+   (but in the scheduler's ``startup_grace`` wait instead: after a restart the
    task's holders are registering again). Else wait for a candidate to appear.
+
+When the task's fetcher is lost mid-download, :func:`after_source_lost` decides
+who fetches the rest (docs/PROTOCOL.md, "Several seeds, and losing one").
 
 As in Dragonfly's scheduler, reschedules are not counted: each is a fresh
 scheduling (with the failed parents blocked), whose only limit is how long the
