@@ -336,7 +336,7 @@ def after_source_lost(
     holders = [p for p in candidates if p.finished_pieces]
     if holders:
         return Backfill(min(holders, key=lambda p: (-len(p.finished_pieces), p.created_at, p.id)))
-    if seed_trigger and task.seed_state is not SeedState.TRIGGERED:
+    if seed_trigger and task.seed_state is SeedState.NONE:
         seed = pick_seed_host(res, task_id=task.id, skip=task.failed_seed_hosts)
         if seed is not None:
             return TriggerSeed(seed)

@@ -392,6 +392,9 @@ class SchedulerService(
         with log_context(task_id=peer.task.id, peer_id=peer.id):
             log.info("stream of peer %s closed before the peer finished; marking it failed", peer_id)
         was_source = peer.id in peer.task.source_peers
+        if peer.host.is_seed and peer.task.seed_state is SeedState.TRIGGERED:  # the seed host is lost
+            peer.task.failed_seed_hosts.add(peer.host.id)
+            peer.task.seed_state = SeedState.NONE
         self.res.set_state(peer, PeerState.FAILED, self.clock())
         self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=False)
         if was_source:

@@ -188,3 +188,27 @@ def test_the_head_of_a_line_follows_the_peer_sent_in_the_lost_seeds_place() -> N
     w.res.set_state(d.peer, PeerState.BACK_TO_SOURCE, w.clock())
     head = w.res.peers["p0"]
     assert [p.id for p in w.decide(head).parents] == ["p1"]  # type: ignore[union-attr]
+
+
+async def test_a_seed_killed_before_anyone_holds_a_piece_is_replaced_by_the_other_seed() -> None:
+    svc, _ = make_service()
+    for name in ("s1", "s2"):
+        svc.res.upsert_host(
+            HostInfo(
+                id=name, hostname=name, ip="127.0.0.1", port=1, download_port=2, type=HostType.SUPER_SEED
+            ),
+            svc.clock(),
+        )
+    triggered: list[str] = []
+    svc.seeds.trigger = lambda task_id, host, download: triggered.append(host.id)  # type: ignore[method-assign]
+    waiting = PeerStream()
+    svc.handle(register("a", "pa"), waiting)
+    assert kinds(waiting) == [] and len(triggered) == 1
+    first = triggered[0]
+    seed = PeerStream()
+    svc.handle(register(first, "ps"), seed)
+    assert kinds(seed) == ["need_back_to_source_response"]
+    svc._stream_closed("ps", seed)  # killed before it finished a piece
+    assert triggered == [first, "s2" if first == "s1" else "s1"]
+    assert svc.res.task(TASK).failed_seed_hosts == {first}
+    assert kinds(waiting) == []  # pa waits for the new seed, not the origin
