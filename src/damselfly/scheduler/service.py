@@ -309,7 +309,7 @@ class SchedulerService(
     def _source_lost(self, task: Task) -> None:
         """A peer fetching ``task`` from the origin failed or left: have the rest fetched once
         (:func:`~.scheduling.after_source_lost`), not by every peer that was downloading it;
-        not just after a restart, while the fetchers register again."""
+        nothing in the startup grace after a restart, while the fetchers register again."""
         now = self.clock()
         if self.started_at is None or now - self.started_at >= self.cfg.startup_grace:
             match after_source_lost(task, self.res, reachable=lambda p: p.id in self._streams,

@@ -462,7 +462,7 @@ class Conductor:
     async def _refresh_parents(self) -> None:
         """Ask for more parents now and then: peers that started with us hold pieces by now;
         and take what the scheduler says unasked in between (it sends a peer back to source
-        at once when the task's fetcher is gone: docs/PROTOCOL.md, "Losing a seed").
+        at once when the task's fetcher is gone: docs/PROTOCOL.md, "Several seeds, and losing one").
 
         No asking toward a scheduler without Damselfly's extensions: Dragonfly's client never
         sends an empty reschedule, and the Go scheduler takes one for a new round that
