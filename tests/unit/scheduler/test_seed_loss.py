@@ -1,5 +1,6 @@
 """Several seeds, and losing the one fetching a task: which seed host a task gets, and who
-fetches the rest from the origin when its fetcher is gone (docs/PROTOCOL.md, "Several seeds, and losing one")."""
+fetches the rest from the origin when its fetcher is gone (docs/PROTOCOL.md, "Several seeds,
+and losing one")."""
 
 from __future__ import annotations
 
