@@ -161,6 +161,15 @@ def test_a_seed_killed_mid_swarm_sends_one_holder_back_to_source() -> None:
     # The seed's failed DownloadTask call, heard after, changes nothing: a fetcher is at it.
     svc._seed_done(TASK, "s", None, False)
     assert all(kinds(s) == [] for s in streams.values())
+    # A child whose pieces from pb were cut off with the seed reports pb failed: pb fetches the
+    # rest from the origin now, so it is not blocked (blocked, the child would fetch the same).
+    bts = scheduler_pb2.DownloadPeerBackToSourceStartedRequest()
+    svc.handle(request("b", "pb", download_peer_back_to_source_started_request=bts), streams["b"])
+    failed = scheduler_pb2.ReschedulePeerRequest(candidate_parents=[common_pb2.Peer(id="pb")])
+    svc.handle(request("c", "pc", reschedule_peer_request=failed), streams["c"])
+    (answer,) = streams["c"].pending()
+    assert "pb" in {p.id for p in answer.normal_task_response.candidate_parents}
+    assert "pb" not in svc.res.peer("pc").blocked and task.source_peers == {"pb"}
 
 
 def test_once_peers_hold_pieces_a_parentless_peer_fetches_the_rest_rather_than_a_new_seed() -> None:
