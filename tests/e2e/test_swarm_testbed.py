@@ -91,6 +91,26 @@ def test_a_scheduler_killed_at_30_percent_loses_no_download(scenario: str) -> No
     assert _namespaces_with(result.prefix) == []
 
 
+def test_a_seed_killed_at_30_percent_costs_the_origin_only_what_was_in_flight() -> None:
+    """``seed-loss``, small: two seeds, the one serving the task SIGKILLed at ~30 %. Every download
+    succeeds, the other seed fetches nothing, and the origin hands the network the file once plus
+    what was in flight (a piece of the seed's, one of the peer sent to the origin in its place)."""
+    sc = build_scenario("seed-loss", Knobs(peers=3, seeds=2, size=64 * MiB, rate_bits=200_000_000))
+    lines: list[str] = []
+    result = run_swarm(sc, SwarmOptions(timeout_s=120, log_level="INFO"), say=lines.append)
+    data = result.to_json()
+    assert result.error == "", "\n".join(lines)
+    fault = data["fault"]
+    assert fault["kind"] == "seed-loss" and fault["role"] == "seed", "\n".join(lines)
+    assert fault["progress"] >= 0.3 and fault["seed_bytes"] > 0
+    assert data["failed_downloads"] == 0 and data["ok"] is True, "\n".join(lines)
+    assert sc.file_size <= data["origin"]["bytes_sent"] <= sc.file_size + 2 * 4 * MiB + 1 * MiB
+    spare = next(h for h in result.hosts if h.role == "seed" and h.name != fault["killed"])
+    assert spare.downloaded.get("back_to_source", 0) == 0, spare.downloaded
+    assert sum(1 for h in result.peers if h.downloaded.get("back_to_source", 0) > 0) == 1
+    assert _namespaces_with(result.prefix) == []
+
+
 def test_mixed_wire_swarm_with_plain_peers_and_seed(tmp_path: Path) -> None:
     """Half the peers and the seed on Dragonfly's wire only (``--plain-peers 2 --plain-seed``), the
     key merged into a user's daemon config: every digest right, and the origin sends F once plus

@@ -65,9 +65,10 @@ class OriginProcess:
             data: dict[str, Any] = json.loads(r.read())
         return data
 
-    def bytes_for(self, path: str) -> int:
+    def bytes_for(self, path: str, counter: str = "bytes") -> int:
+        """``path``'s ``bytes`` (what the origin began to send), or another counter (``bytes_sent``)."""
         entry = self.stats()["paths"].get(path)
-        return int(entry["bytes"]) if entry else 0
+        return int(entry[counter]) if entry else 0
 
 
 class Procs:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 SCENARIO_HELP = (
     "flash-crowd, staggered, mixed-rates, large-file-few-peers, small-file-many-peers, "
-    "scheduler-restart or scheduler-failover (ignored with --rates-file)"
+    "scheduler-restart, scheduler-failover or seed-loss (ignored with --rates-file)"
 )
 
 

@@ -152,6 +152,8 @@ class Task:
     waiting: dict[str, Peer] = field(default_factory=dict)  # peers with no answer yet
     source_peers: set[str] = field(default_factory=set)  # peers sent to the origin, not failed
     seed_state: SeedState = SeedState.NONE
+    # Seed hosts that were triggered for the task and were lost or failed it: not asked again.
+    failed_seed_hosts: set[str] = field(default_factory=set)
     succeeded: int = 0
     failed: int = 0
     # Pieces reported fetched from the origin, by number: what StatTask lists, as Dragonfly's does.

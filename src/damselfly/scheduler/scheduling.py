@@ -14,9 +14,13 @@ docs/PROTOCOL.md, step 1 and 4:
 5. No candidate: after ``back_to_source_after`` seconds of waiting -> back to
    source (fail when back-to-source is disabled).
    Else, if nobody is fetching the task yet: trigger a seed peer when a seed
-   host exists (once per task), otherwise send this peer to the origin (but
-   in the scheduler's ``startup_grace`` wait instead: after a restart the
+   host exists (once per task, or again on another seed host when the first
+   was lost before anyone held a piece), otherwise send this peer to the origin
+   (but in the scheduler's ``startup_grace`` wait instead: after a restart the
    task's holders are registering again). Else wait for a candidate to appear.
+
+When the task's fetcher is lost mid-download, :func:`after_source_lost` decides
+who fetches the rest (docs/PROTOCOL.md, "Several seeds, and losing one").
 
 As in Dragonfly's scheduler, reschedules are not counted: each is a fresh
 scheduling (with the failed parents blocked), whose only limit is how long the
@@ -28,12 +32,14 @@ C:dragonfly-client/src/resource/task.rs:730-760).
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 
 from ..config import SchedulingConfig
 from .evaluator import Evaluator
-from .resources import Host, Peer, PeerState, Resources, SeedState
+from .resources import Host, Peer, PeerState, Resources, SeedState, Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +150,8 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, now: float) -> list[Peer]:
 
     A peer's parent is the nearest peer registered before it that is alive (pending ones too:
     in a flash crowd the one before may not have started yet) and usable; the first peer's
-    parents are the task's seed peers. Each host then receives at its full rate from one
+    parents are the task's seed peers, or the peer the scheduler sent to the origin in the
+    seed's place (:func:`after_source_lost`). Each host then receives at its full rate from one
     parent and sends at that rate to one child, pieces cut through every hop as they land,
     so when the origin is the narrowest link every peer trails it by a few hops' latency
     instead of by the pieces it has in flight from many half-shared parents. A failed or
@@ -175,10 +182,14 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, now: float) -> list[Peer]:
             if not slow_ok:
                 continue
         return [cand]
+    sources = peer.task.source_peers
     return [
         p
         for p in peer.task.available
-        if p.host.is_seed and p is not peer and p.id not in peer.blocked and p.host is not peer.host
+        if (p.host.is_seed or p.id in sources)
+        and p is not peer
+        and p.id not in peer.blocked
+        and p.host is not peer.host
     ][: cfg.candidate_parent_limit]
 
 
@@ -229,17 +240,109 @@ def someone_fetches_for(peer: Peer, res: Resources) -> bool:
     return peer.task.seed_state is SeedState.TRIGGERED and not seed_registered
 
 
-def pick_seed_host(res: Resources, exclude: Host | None = None) -> Host | None:
-    """The least loaded seed host (fewest used upload slots relative to its limit)."""
-    best: Host | None = None
-    best_load = 2.0
-    for host in res.seed_hosts():
-        if host is exclude or host.info.disable_shared:
-            continue
-        load = host.children / host.upload_limit if host.upload_limit else 1.0
-        if load < best_load or (load == best_load and best is not None and host.id < best.id):
-            best, best_load = host, load
-    return best
+def seed_rank(task_id: str, host_id: str) -> int:
+    """The rendezvous-hash weight of seed host ``host_id`` for ``task_id`` (highest wins)."""
+    digest = hashlib.sha256(f"{task_id}\0{host_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+# A seed host using this share of its upload slots is passed over while another one has room.
+SEED_BUSY = 0.8
+
+
+def _seed_load(host: Host) -> float:
+    return host.children / host.upload_limit if host.upload_limit else 1.0
+
+
+def pick_seed_host(
+    res: Resources, exclude: Host | None = None, *, task_id: str = "", skip: Set[str] = frozenset()
+) -> Host | None:
+    """The seed host to download ``task_id`` first.
+
+    With several seed hosts, tasks spread over them by rendezvous hashing of the
+    task ID (every scheduler picks the same seed for a task, and a seed host that
+    joins or leaves moves only its share of tasks); a busy one (:data:`SEED_BUSY`
+    of its upload slots used) is passed over for the next in the task's order, and
+    when all are busy the least loaded is taken. ``skip``: hosts that failed the
+    task (``Task.failed_seed_hosts``).
+    """
+    eligible = [
+        h for h in res.seed_hosts() if h is not exclude and not h.info.disable_shared and h.id not in skip
+    ]
+    if not eligible:
+        return None
+    ranked = sorted(eligible, key=lambda h: (-seed_rank(task_id, h.id), h.id))
+    for host in ranked:
+        if _seed_load(host) < SEED_BUSY:
+            return host
+    return min(ranked, key=_seed_load)
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """The task's fetcher from the origin is gone: send ``peer``, which is downloading from
+    parents, back to source for the pieces it lacks (its parents keep the others coming to
+    the rest of the swarm, through it)."""
+
+    peer: Peer
+
+
+def anyone_holds(task: Task) -> bool:
+    """Whether a peer of the task that has not failed holds a piece of it."""
+    return any(p.finished_pieces and not p.state.is_final for p in task.peers.values()) or bool(
+        task.succeeded
+    )
+
+
+def _fetching(task: Task, res: Resources) -> bool:
+    return any((p := res.peers.get(pid)) is not None and not p.state.is_final for pid in task.source_peers)
+
+
+def after_source_lost(
+    task: Task,
+    res: Resources,
+    *,
+    reachable: Callable[[Peer], bool],
+    seed_trigger: bool = True,
+) -> Backfill | TriggerSeed | None:
+    """Who fetches the rest of ``task`` now that a peer fetching it from the origin (a seed,
+    or a first peer) failed or left. None when nothing needs doing.
+
+    Nothing, when a peer holds the task whole or another fetcher is still at it. Else
+    the pieces nobody holds must come from the origin, once:
+
+    1. A peer downloading from parents that holds pieces: the one holding most goes back
+       to source (:class:`Backfill`). It fetches only what it lacks, so the origin serves
+       again little more than the pieces the lost fetcher had in flight; the others keep
+       their parents (it among them) and receive the rest from it as it lands. A second
+       seed would fetch the whole task again.
+    2. Nobody holds anything yet: another seed host (not one that failed the task).
+    3. No seed host left: the earliest downloading peer goes back to source.
+
+    Peers waiting for a first parent are left to :func:`schedule`; ``reachable`` says
+    whether a peer can be told (its stream is open); a peer with back-to-source disabled
+    is never chosen.
+    """
+    if task.succeeded or _fetching(task, res):
+        return None
+    candidates = [
+        p
+        for p in task.peers.values()
+        if p.state in (PeerState.PENDING, PeerState.RUNNING)
+        and p.waiting_since is None
+        and not p.disable_back_to_source
+        and reachable(p)
+    ]
+    holders = [p for p in candidates if p.finished_pieces]
+    if holders:
+        return Backfill(min(holders, key=lambda p: (-len(p.finished_pieces), p.created_at, p.id)))
+    if seed_trigger and task.seed_state is SeedState.NONE:
+        seed = pick_seed_host(res, task_id=task.id, skip=task.failed_seed_hosts)
+        if seed is not None:
+            return TriggerSeed(seed)
+    if candidates:
+        return Backfill(min(candidates, key=lambda p: (p.created_at, p.id)))
+    return None
 
 
 def _give_up(peer: Peer, reason: str) -> Decision:
@@ -284,9 +387,10 @@ def schedule(
     nobody_fetches = not someone_fetches_for(peer, res)
     if nobody_fetches and not starting:
         # Before the give-up below: a peer that waited out the startup grace still gets the
-        # seed triggered for it, not the origin.
-        if seed_trigger and task.seed_state is SeedState.NONE:
-            seed = pick_seed_host(res, exclude=peer.host)
+        # seed triggered for it, not the origin. Once peers hold pieces (the seed was lost), a
+        # new seed would fetch the whole task again: this peer fetches only what it lacks.
+        if seed_trigger and task.seed_state is SeedState.NONE and not anyone_holds(task):
+            seed = pick_seed_host(res, exclude=peer.host, task_id=task.id, skip=task.failed_seed_hosts)
             if seed is not None:
                 return TriggerSeed(seed)
         if not peer.disable_back_to_source:

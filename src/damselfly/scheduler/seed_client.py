@@ -2,9 +2,11 @@
 
 The policy (whether and which seed host) lives in :mod:`.scheduling`; this
 module does the I/O. :class:`SeedTrigger` owns one background task per
-triggered task: it has the seed host download it (:func:`download_on`: call
+triggered task and seed host (a task whose seed was lost is triggered on
+another): it has the seed host download it (:func:`download_on`: call
 ``DownloadTask`` and drain the progress stream), then reports the outcome
-through ``on_done`` (in the event loop). ``close()`` cancels whatever is still
+through ``on_done`` (in the event loop), saying whether the seed host was lost
+(the call broke: :data:`HOST_LOST`) or failed the download. ``close()`` cancels whatever is still
 running. Preheat (:mod:`.preheat_rpc`) has hosts download through
 :func:`download_on` too.
 
@@ -30,7 +32,11 @@ from ..security.tls import TLSFiles, peer_channel
 
 log = logging.getLogger(__name__)
 
-OnDone = Callable[[str, "SchedulerError | None"], None]
+# (task ID, seed host ID, the error or None, whether the host was lost rather than failing the task)
+OnDone = Callable[[str, str, "SchedulerError | None", bool], None]
+
+# A DownloadTask call that ends so lost its seed host (killed, unreachable), not the download.
+HOST_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 # Fields of common.v2.Download about one peer's copy, not the content: the seed
 # gets everything else (URL, tag, application, filtered params, headers, piece
@@ -94,34 +100,41 @@ class SeedTrigger:
     def __init__(self, on_done: OnDone, *, tls: TLSFiles | None = None) -> None:
         self._on_done = on_done
         self._tls = tls
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     @property
     def running(self) -> int:
         return len(self._running)
 
+    def running_for(self, task_id: str) -> int:
+        """Seed downloads of ``task_id`` still under way."""
+        return sum(1 for t, _ in self._running if t == task_id)
+
     def trigger(self, task_id: str, host: HostInfo, download: common_pb2.Download) -> None:
-        if task_id in self._running:
+        key = (task_id, host.id)
+        if key in self._running:
             return
         t = asyncio.get_running_loop().create_task(
             self._run(task_id, host, download), name=f"seed-trigger-{task_id[:12]}"
         )
-        self._running[task_id] = t
+        self._running[key] = t
 
     async def _run(self, task_id: str, host: HostInfo, download: common_pb2.Download) -> None:
         error: SchedulerError | None = None
+        lost = False
         try:
             await download_on(host, download, tls=self._tls)
             log.info("seed host %s downloaded task %s", host.id, task_id[:12])
         except grpc.aio.AioRpcError as e:
+            lost = e.code() in HOST_LOST
             error = SchedulerError(
                 f"seed host {host.id} ({target(host)}) failed task {task_id[:12]}: "
                 f"{e.code().name} {e.details()}"
             )
             log.warning("%s", error)
         finally:
-            self._running.pop(task_id, None)
-        self._on_done(task_id, error)
+            self._running.pop((task_id, host.id), None)
+        self._on_done(task_id, host.id, error, lost)
 
     async def close(self) -> None:
         tasks = list(self._running.values())

@@ -40,12 +40,11 @@ import grpc
 from .. import tracing
 from ..api import common_pb2, convert, scheduler_pb2, scheduler_pb2_grpc
 from ..config import SchedulerConfig
-from ..domain import EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
+from ..domain import DownloadSpec, EmptyTask, MetadataOnly, NeedBackToSource, NormalTask
 from ..errors import ConfigError, DamselflyError, NotFound
 from ..logs import log_context
 from ..security.authz import Caller, HostAuthority, caller_of
 from ..security.tls import TLSFiles
-from . import gc
 from .absent_rpc import CacheTaskStubs, PersistentTaskAbsent
 from .cachestore import open_store
 from .dfcache.rpc import PersistentCacheRPCs
@@ -58,6 +57,7 @@ from .resources import Host, Peer, PeerState, Resources, SeedState, Task
 from .runtime import watch_loop_lag
 from .scheduling import (
     TOPOLOGIES,
+    Backfill,
     BackToSource,
     Decision,
     Empty,
@@ -65,12 +65,14 @@ from .scheduling import (
     Parents,
     TriggerSeed,
     Wait,
+    after_source_lost,
     apply_decision,
     refresh,
     schedule,
 )
 from .seed_client import SeedTrigger
 from .stream import END, Abort, PeerStream, status_of
+from .upkeep import Upkeep
 from .validate_rpc import check_announce_peer
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ PIECE_REQUESTS = frozenset(
 
 
 class SchedulerService(
+    Upkeep,
     ResourceRPCs,
     PersistentCacheRPCs,
     PreheatRPCs,
@@ -187,49 +190,6 @@ class SchedulerService(
             outbox.abort(grpc.StatusCode.UNAVAILABLE, "scheduler is shutting down")
         self._streams.clear()
 
-    async def _retry_loop(self) -> None:
-        await self._every(max(self.cfg.retry_interval, 0.01), self.retry_waiting)
-
-    async def _gc_loop(self) -> None:
-        await self._every(self.config.gc.interval, self.run_gc)
-
-    @staticmethod
-    async def _every(interval: float, step: Callable[[], None]) -> None:
-        """Run ``step`` every ``interval`` seconds; a bug in one round must not stop the next."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                step()
-            except Exception:
-                log.exception("scheduler background step %s failed", getattr(step, "__name__", step))
-
-    def retry_waiting(self) -> None:
-        """Schedule every waiting peer again (the backstop for missed events and timeouts)."""
-        for peer in list(self.res.waiting.values()):
-            if peer.waiting_since is not None and peer.id in self.res.peers:
-                self._decide(peer)
-
-    def run_gc(self) -> None:
-        plan = gc.plan(self.res, self.config.gc, self.clock(), keep=self._streams)
-        if not plan:
-            return
-        touched = self._tasks_of(plan.peer_ids) | self._tasks_of(
-            pid for hid in plan.host_ids if (h := self.res.hosts.get(hid)) for pid in h.peers
-        )
-        gc.collect(self.res, plan)
-        for pid in plan.peer_ids:
-            self._streams.pop(pid, None)
-        for task_id in list(self._downloads):
-            if task_id not in self.res.tasks:
-                del self._downloads[task_id]
-        log.info(
-            "gc dropped %d hosts, %d peers, %d tasks",
-            len(plan.host_ids),
-            len(plan.peer_ids),
-            len(plan.task_ids),
-        )
-        self._wake_tasks(touched)
-
     # -- scheduling: decide, then do --------------------------------------------
 
     def _decide(self, peer: Peer) -> Decision:
@@ -283,12 +243,7 @@ class SchedulerService(
                     if outbox:
                         outbox.send(convert.answer_to_pb(EmptyTask()))
                 case TriggerSeed(host):
-                    log.info("triggering seed host %s", host.id)
-                    self.metrics.seed_trigger.labels("triggered").inc()
-                    download = self._downloads.get(peer.task.id)
-                    if download is None:
-                        download = convert.download_to_pb(peer.spec)
-                    self.seeds.trigger(peer.task.id, host.info, download)
+                    self._trigger_seed(peer.task, host, peer.spec)
                 case Wait():
                     pass
                 case Fail(reason):
@@ -312,13 +267,40 @@ class SchedulerService(
     def _tasks_of(self, peer_ids: Iterable[str]) -> set[str]:
         return {p.task.id for pid in peer_ids if (p := self.res.peers.get(pid)) is not None}
 
-    def _seed_done(self, task_id: str, error: DamselflyError | None) -> None:
+    def _seed_done(self, task_id: str, host_id: str, error: DamselflyError | None, lost: bool) -> None:
         self.metrics.seed_trigger.labels("failed" if error else "succeeded").inc()
         task = self.res.tasks.get(task_id)
         if task is None or error is None:
             return
-        task.seed_state = SeedState.FAILED
+        task.failed_seed_hosts.add(host_id)
+        if task.seed_state is SeedState.TRIGGERED and not self.seeds.running_for(task_id):
+            # A lost seed host leaves the task to another; one that failed the download ends the triggers.
+            task.seed_state = SeedState.NONE if lost else SeedState.FAILED
+        self._source_lost(task)
         self._wake(task)
+
+    def _source_lost(self, task: Task) -> None:
+        """A peer fetching ``task`` from the origin failed or left: have the rest fetched once
+        (:func:`~.scheduling.after_source_lost`), not by every peer that was downloading it;
+        nothing in the startup grace after a restart, while the fetchers register again."""
+        now = self.clock()
+        if self.started_at is None or now - self.started_at >= self.cfg.startup_grace:
+            match after_source_lost(task, self.res, reachable=lambda p: p.id in self._streams,
+                                    seed_trigger=self.config.seed_peer.enable):  # fmt: skip
+                case Backfill(peer):
+                    self.metrics.count(self.metrics.decisions, "Backfill")
+                    answer = BackToSource(f"the fetcher is gone; {len(peer.finished_pieces)} pieces held")
+                    apply_decision(peer, answer, self.res, now)
+                    self._carry_out(peer, answer)
+                case TriggerSeed(host):
+                    task.seed_state = SeedState.TRIGGERED
+                    self._trigger_seed(task, host, task.spec)
+
+    def _trigger_seed(self, task: Task, host: Host, spec: DownloadSpec) -> None:
+        log.info("triggering seed host %s", host.id)
+        self.metrics.seed_trigger.labels("triggered").inc()
+        download = self._downloads.get(task.id) or convert.download_to_pb(spec)
+        self.seeds.trigger(task.id, host.info, download)
 
     # -- AnnouncePeer ------------------------------------------------------------
 
@@ -390,8 +372,14 @@ class SchedulerService(
             return
         with log_context(task_id=peer.task.id, peer_id=peer.id):
             log.info("stream of peer %s closed before the peer finished; marking it failed", peer_id)
+        was_source = peer.id in peer.task.source_peers
+        if peer.host.is_seed and peer.task.seed_state is SeedState.TRIGGERED:  # the seed host is lost
+            peer.task.failed_seed_hosts.add(peer.host.id)
+            peer.task.seed_state = SeedState.NONE
         self.res.set_state(peer, PeerState.FAILED, self.clock())
         self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=False)
+        if was_source:
+            self._source_lost(peer.task)
         self._wake(peer.task)
 
     def handle(self, request: scheduler_pb2.AnnouncePeerRequest, stream: Outbox) -> bool:
@@ -437,8 +425,11 @@ class SchedulerService(
             kind in ("download_peer_failed_request", "download_peer_back_to_source_failed_request")
             and peer.state is not PeerState.SUCCEEDED
         ):
+            was_source = peer.id in task.source_peers
             self.res.set_state(peer, PeerState.FAILED, now)
             self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=False)
+            if was_source:
+                self._source_lost(task)
             self._wake(task)
         if kind in FINAL_REQUESTS:
             stream.end()
@@ -491,7 +482,10 @@ class SchedulerService(
                 self._carry_out(peer, more)
                 return
         else:
-            peer.blocked.update(c.id for c in msg.candidate_parents)
+            # Not a live fetcher from the origin: what it failed was cut off upstream (a lost seed's
+            # pieces); blocked, it would send this peer to the origin for the same pieces.
+            fetching = {p for p in task.source_peers if (f := self.res.peers.get(p)) and f.state.can_serve}
+            peer.blocked.update(c.id for c in msg.candidate_parents if c.id not in fetching)
             peer.reschedule_count += 1  # for the log
         self.res.clear_parents(peer)
         with log_context(task_id=task.id, peer_id=peer.id):
@@ -550,17 +544,27 @@ class SchedulerService(
 
     def _delete_peers(self, peer_ids: list[str]) -> None:
         touched = self._tasks_of(peer_ids)
+        fetched = self._fetched_by(peer_ids)
         for pid in peer_ids:
             self.res.delete_peer(pid)
             self._streams.pop(pid, None)
+        for task in fetched:
+            self._source_lost(task)
         self._wake_tasks(touched)
 
     def _delete_host(self, host: Host) -> None:
         touched = {p.task.id for p in host.peers.values()}
+        fetched = self._fetched_by(host.peers)
         self.persistent_cache.forget_host(host.id)
         for peer in self.res.delete_host(host.id):
             self._streams.pop(peer.id, None)
+        for task in fetched:
+            self._source_lost(task)
         self._wake_tasks(touched)
+
+    def _fetched_by(self, peer_ids: Iterable[str]) -> list[Task]:
+        """The tasks that ``peer_ids`` were fetching from the origin."""
+        return [p.task for pid in peer_ids if (p := self.res.peers.get(pid)) and pid in p.task.source_peers]
 
 
 async def _unimplemented(self: SchedulerService, request: object, context: Context) -> None:

@@ -9,6 +9,10 @@ aiohttp's ``FileResponse``) and keeps per-path counters:
 * ``bytes``: body bytes the server *began* to send (the Content-Length of each
   200/206 answer). An aborted transfer counts in full, so this is an upper
   bound: a test asserting ``bytes <= F`` can only be made to fail by it;
+* ``bytes_sent``: body bytes handed to the socket, counted a slice of at most
+  :data:`SEND_SLICE` (1 MiB) at a time just before each slice goes: an aborted
+  transfer counts what went out, to a slice. Still an upper bound, and the one
+  that tells what a client killed mid-transfer cost the origin;
 * ``bytes_completed``: bodies that were sent to the end.
 
 and, over all paths, ``size_probes``: GETs for the first byte only
@@ -32,7 +36,8 @@ the full path:
 * ``/_fault/stall/<file>``: sends the headers and the first 64 KiB, then nothing
   until the client goes away or ``?stall_s=N`` seconds pass (default 30, so a
   forgotten client never keeps the server busy for long);
-* ``/_fault/slow/<file>``: sends the body at ``?rate=BYTES_PER_S`` (default 1 MiB/s).
+* ``/_fault/slow/<file>``: sends the body at ``?rate=BYTES_PER_S`` (default 1 MiB/s),
+  a ``Range`` answered with 206 (``bytes`` counts the range; ``bytes_sent`` what went).
 
 Query strings are otherwise ignored, so ``/a.bin?run=2`` is the same file under
 another URL (a new task for Damselfly).
@@ -53,9 +58,10 @@ import signal
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from ..process import write_ready_file
 from ..units import MiB
@@ -65,12 +71,14 @@ log = logging.getLogger(__name__)
 FAULTS = ("404", "500", "truncate", "stall", "slow")
 _STALL_HEAD = 64 * 1024
 _CHUNK = 256 * 1024
+SEND_SLICE = 1 * MiB
 
 
 @dataclass(slots=True)
 class PathStats:
     requests: int = 0
     bytes: int = 0
+    bytes_sent: int = 0
     bytes_completed: int = 0
 
 
@@ -90,6 +98,10 @@ class OriginStats:
         return sum(p.bytes for p in self.paths.values())
 
     @property
+    def bytes_sent(self) -> int:
+        return sum(p.bytes_sent for p in self.paths.values())
+
+    @property
     def bytes_completed(self) -> int:
         return sum(p.bytes_completed for p in self.paths.values())
 
@@ -97,6 +109,7 @@ class OriginStats:
         return {
             "requests": self.requests,
             "bytes": self.bytes,
+            "bytes_sent": self.bytes_sent,
             "bytes_completed": self.bytes_completed,
             "size_probes": self.size_probes,
             "paths": {k: asdict(v) for k, v in sorted(self.paths.items())},
@@ -123,6 +136,27 @@ class _CountedFileResponse(web.FileResponse):
         writer = await super().prepare(request)
         if request.method != "HEAD" and self.status in (200, 206):
             self.path_stats.bytes_completed += self.content_length or 0
+        return writer
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        """aiohttp's sendfile, in slices, so ``bytes_sent`` knows what an aborted body cost."""
+        transport = request.transport
+        if self.compression or transport is None:
+            done = await super()._sendfile(request, fobj, offset, count)
+            self.path_stats.bytes_sent += count
+            return done
+        writer = await web.StreamResponse.prepare(self, request)
+        assert writer is not None
+        loop = asyncio.get_running_loop()
+        end = offset + count
+        while offset < end:
+            n = min(SEND_SLICE, end - offset)
+            self.path_stats.bytes_sent += n
+            await loop.sendfile(transport, fobj, offset, n)
+            offset += n
+        await web.StreamResponse.write_eof(self)
         return writer
 
 
@@ -227,21 +261,35 @@ class Origin:
     async def _serve_fault(
         self, request: web.Request, fault: str, target: Path, size: int, stats: PathStats
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=200)
-        response.content_length = size
+        start, stop = 0, size
+        if fault == "slow" and "Range" in request.headers:
+            try:
+                r = request.http_range
+            except ValueError:
+                raise web.HTTPRequestRangeNotSatisfiable() from None
+            start = size + r.start if r.start is not None and r.start < 0 else (r.start or 0)
+            stop = min(size, r.stop) if r.stop is not None else size
+            if not 0 <= start < stop:
+                raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+        response = web.StreamResponse(status=206 if (start, stop) != (0, size) else 200)
+        if response.status == 206:
+            response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        response.content_length = stop - start
         response.content_type = "application/octet-stream"
         await response.prepare(request)
         if request.method == "HEAD":
             return response
-        stats.bytes += size
+        stats.bytes += stop - start
         transport = request.transport
         with target.open("rb") as f:
             if fault == "truncate":
+                stats.bytes_sent += size // 2
                 await response.write(f.read(size // 2))
                 if transport is not None:
                     transport.close()
                 return response
             if fault == "stall":
+                stats.bytes_sent += min(size, _STALL_HEAD)
                 await response.write(f.read(min(size, _STALL_HEAD)))
                 deadline = asyncio.get_running_loop().time() + float(request.query.get("stall_s", "30"))
                 while asyncio.get_running_loop().time() < deadline:
@@ -253,11 +301,15 @@ class Origin:
                 return response
             rate = max(1, int(request.query.get("rate", str(1 * MiB))))
             chunk = max(1, min(_CHUNK, rate // 10))
-            while block := f.read(chunk):
+            f.seek(start)
+            left = stop - start
+            while left > 0 and (block := f.read(min(chunk, left))):
+                stats.bytes_sent += len(block)
+                left -= len(block)
                 await response.write(block)
                 await asyncio.sleep(len(block) / rate)
         await response.write_eof()
-        stats.bytes_completed += size
+        stats.bytes_completed += stop - start
         return response
 
 

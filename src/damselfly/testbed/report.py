@@ -131,6 +131,9 @@ class SwarmResult:
     workdir: str
     hosts: list[HostResult] = field(default_factory=list)
     origin_bytes: int = 0
+    # What the origin handed to its sockets (a transfer cut off counts what went, not what was
+    # asked): the cost of a fetcher killed mid-way (testbed/origin.py, ``bytes_sent``).
+    origin_bytes_sent: int | None = None
     origin_requests: int = 0
     # GETs for the first byte only, the size probe a daemon on Dragonfly's wire sends before it registers.
     origin_size_probes: int = 0
@@ -219,6 +222,10 @@ class SwarmResult:
                 "bytes": self.origin_bytes,
                 "requests": self.origin_requests,
                 "bytes_over_f": round(self.origin_bytes / f, 4) if f else None,
+                "bytes_sent": self.origin_bytes_sent,
+                "sent_over_f": (
+                    round(self.origin_bytes_sent / f, 4) if f and self.origin_bytes_sent is not None else None
+                ),
                 "size_probes": self.origin_size_probes,
             },
             "back_to_source_count": self.back_to_source_count,
@@ -324,11 +331,17 @@ def human_summary(data: dict[str, Any]) -> str:
         + (f" ({probes} one-byte size probes)" if probes else "")
         + f"; back-to-source hosts: {data['back_to_source_count']}"
     )
+    if o.get("bytes_sent") is not None and o["bytes_sent"] != o["bytes"]:
+        lines.append(
+            f"    of which handed to the network {human_size(o['bytes_sent'])} = "
+            f"{num(o['sent_over_f'], '{:.3f}')} F (the rest was asked for by a fetcher that died)"
+        )
     fault = data.get("fault") or {}
     if fault:
         lines.append(
-            f"  fault: {fault['kind']} at {fault['at_s']:.1f} s ({fault['progress']:.0%}): scheduler "
-            f"{fault['killed']} killed" + (", restarted" if fault["restarted"] else " for good")
+            f"  fault: {fault['kind']} at {fault['at_s']:.1f} s ({fault['progress']:.0%}): "
+            f"{fault.get('role', 'scheduler')} {fault['killed']} killed"
+            + (", restarted" if fault["restarted"] else " for good")
             + f"; failed downloads: {data.get('failed_downloads', 0)}"
         )  # fmt: skip
     elif data["scenario"].get("fault"):

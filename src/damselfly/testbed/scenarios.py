@@ -13,6 +13,7 @@ are shaped with. Named presets::
     small-file-many-peers  16 MiB to 16 peers
     scheduler-restart      flash-crowd; the scheduler SIGKILLed at ~30 % progress, restarted at once
     scheduler-failover     flash-crowd with three schedulers; the task's one SIGKILLed at ~30 %, for good
+    seed-loss              flash-crowd; the seed serving the task SIGKILLed at ~30 %, for good
 
 A rates file (YAML or JSON) describes any other topology::
 
@@ -186,6 +187,13 @@ def scheduler_failover(k: Knobs) -> Scenario:
     return replace(s, schedulers=k.schedulers or 3, fault="scheduler-failover")
 
 
+def seed_loss(k: Knobs) -> Scenario:
+    s = _uniform("seed-loss", k, peers=8, size=256 * MiB)
+    if not s.seeds:
+        raise InvalidArgument("seed-loss needs at least one seed")
+    return replace(s, fault="seed-loss")
+
+
 PRESETS: dict[str, Callable[[Knobs], Scenario]] = {
     "flash-crowd": flash_crowd,
     "staggered": staggered,
@@ -194,6 +202,7 @@ PRESETS: dict[str, Callable[[Knobs], Scenario]] = {
     "small-file-many-peers": small_file_many_peers,
     "scheduler-restart": scheduler_restart,
     "scheduler-failover": scheduler_failover,
+    "seed-loss": seed_loss,
 }
 
 

@@ -19,6 +19,9 @@ polls the daemon's ``/metrics`` (bytes downloaded, for progress and the plot);
 the origin's ``/_stats`` gives origin bytes. Completion of a peer is its dfget's
 exit time minus the scenario start; the CPU busy fraction is read from
 /proc/stat over the same interval.
+
+Long because: one run's whole life (hosts, shaping, processes, faults, measuring, the
+cleanup on every path) is one sequence, and splitting it would hide the cleanup's order.
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ class SwarmRun:
         )
         self.children: list[ChildProcess] = []  # servers: origin, scheduler, daemons
         self.dfgets: list[ChildProcess] = []
+        self._pollers: dict[str, MetricsPoller] = {}  # the distribution's, per downloading host
         downloaders = [*(("seed", h) for h in scenario.seeds), *(("peer", h) for h in scenario.peers)]
         self.host_nets: dict[str, HostNet] = {}
         self.scheduler_names = ["scheduler", *(f"scheduler{i}" for i in range(1, scenario.schedulers))]
@@ -211,6 +215,11 @@ class SwarmRun:
         child = self._spawn("origin", "origin", argv)
         self.children.append(child)
         child.wait_ready(READY_TIMEOUT)
+
+    def downloaded_by(self, name: str) -> int:
+        """The bytes host ``name``'s daemon has downloaded so far (its metrics poller's last sample)."""
+        poller = self._pollers.get(name)
+        return poller.latest if poller is not None else 0
 
     def scheduler_addr(self, name: str) -> str:
         return f"{self.host_nets[name].ip}:{SCHEDULER_PORT}"
@@ -313,6 +322,7 @@ class SwarmRun:
             )
             for _, spec in self.downloaders
         }
+        self._pollers = pollers
         for p in pollers.values():
             p.start()
         cpu0 = read_cpu_times()
@@ -400,6 +410,7 @@ class SwarmRun:
             )
         )
         self.result.origin_bytes = int(stats["bytes"])
+        self.result.origin_bytes_sent = int(stats["bytes_sent"]) if "bytes_sent" in stats else None
         self.result.origin_requests = int(stats["requests"])
         self.result.origin_size_probes = int(stats.get("size_probes", 0))
         for h in self.result.peers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,7 +38,12 @@ async def test_full_get_is_counted(origin: Origin, http: aiohttp.ClientSession) 
         assert await r.read() == b"bee"
     async with http.get(f"http://127.0.0.1:{origin.port}/_stats") as r:
         stats = await r.json()
-    assert stats["paths"]["/a.bin"] == {"requests": 1, "bytes": len(DATA), "bytes_completed": len(DATA)}
+    assert stats["paths"]["/a.bin"] == {
+        "requests": 1,
+        "bytes": len(DATA),
+        "bytes_sent": len(DATA),
+        "bytes_completed": len(DATA),
+    }
     assert stats["bytes"] == len(DATA) + 3 and stats["requests"] == 2
 
 
@@ -102,3 +108,36 @@ async def test_unknown_fault_and_reset(origin: Origin, http: aiohttp.ClientSessi
     async with http.post(f"http://127.0.0.1:{origin.port}/_stats/reset") as r:
         assert r.status == 200
     assert origin.stats.requests == 0
+
+
+async def test_slow_answers_a_range_and_counts_what_it_sent(
+    origin: Origin, http: aiohttp.ClientSession
+) -> None:
+    url = origin.url("a.bin", fault="slow", query="rate=10000000")
+    async with http.get(url, headers={"Range": "bytes=100000-"}) as r:
+        assert r.status == 206
+        assert r.headers["Content-Range"] == f"bytes 100000-{len(DATA) - 1}/{len(DATA)}"
+        assert await r.read() == DATA[100000:]
+    async with http.get(f"http://127.0.0.1:{origin.port}/_stats") as r:  # after the handler ended
+        assert r.status == 200
+    stats = origin.stats.paths["/_fault/slow/a.bin"]
+    assert stats.bytes == stats.bytes_sent == stats.bytes_completed == len(DATA) - 100000
+
+
+async def test_a_client_gone_mid_body_costs_what_was_sent_not_what_was_asked(
+    tmp_path: Path, http: aiohttp.ClientSession, no_loop_blocking: None
+) -> None:
+    big = 64 * 1024 * 1024
+    with (tmp_path / "big.bin").open("wb") as f:
+        f.truncate(big)
+    async with Origin(tmp_path) as o:
+        for url in (o.url("big.bin"), o.url("big.bin", fault="slow", query="rate=20000000")):
+            async with http.get(url) as r:
+                await r.content.readexactly(2 * 1024 * 1024)
+                r.close()  # the client dies: the connection is dropped mid-body
+        await asyncio.sleep(0.5)  # the server notices the dropped connections
+        for path in ("/big.bin", "/_fault/slow/big.bin"):
+            stats = o.stats.paths[path]
+            assert stats.bytes == big, path  # the upper bound: what was asked
+            assert 2 * 1024 * 1024 <= stats.bytes_sent < big // 2, (path, stats)
+            assert stats.bytes_completed == 0, path

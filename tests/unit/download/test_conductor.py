@@ -61,19 +61,33 @@ def with_length(p: CandidateParent) -> CandidateParent:
 
 @dataclass
 class FakeStream:
-    """A PeerStream that records what the conductor says and answers from a script."""
+    """A PeerStream that records what the conductor says and answers from a script: the
+    next scripted answer for each register or reschedule, as a scheduler does; :meth:`push`
+    sends one nobody asked for."""
 
     answers: list[ScheduleAnswer]
     said: list[tuple[Any, ...]] = field(default_factory=list)
     closed: bool = False
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     addr: str = "scheduler"
+    # Answers sent and not yet read (None: the script had none left for a request).
+    sent: list[ScheduleAnswer | None] = field(default_factory=list)
+    news: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _answer(self) -> None:
+        self.sent.append(self.answers.pop(0) if self.answers else None)
+        self.news.set()
+
+    def push(self, answer: ScheduleAnswer) -> None:
+        self.sent.append(answer)
+        self.news.set()
 
     def register(
         self, spec: DownloadSpec, *, content_length: int | None = None, piece_length: int = 0
     ) -> None:
         sizes = () if content_length is None else (content_length, piece_length)
         self.said.append(("register", spec.url, *sizes))
+        self._answer()
 
     def started(self) -> None:
         self.said.append(("started",))
@@ -89,6 +103,7 @@ class FakeStream:
 
     def reschedule(self, failed_parents: list[CandidateParent], description: str) -> None:
         self.said.append(("reschedule", [p.peer_id for p in failed_parents]))
+        self._answer()
 
     def back_to_source_started(self, description: str = "") -> None:
         self.said.append(("back_to_source_started",))
@@ -103,9 +118,16 @@ class FakeStream:
         self.said.append(("failed", description))
 
     async def next_answer(self, timeout: float | None) -> ScheduleAnswer:
-        if not self.answers:
+        while not self.sent:
+            self.news.clear()
+            try:
+                await asyncio.wait_for(self.news.wait(), timeout)
+            except TimeoutError:
+                raise SchedulerError("no answer in time") from None
+        answer = self.sent.pop(0)
+        if answer is None:
             raise SchedulerError("the script has no more answers")
-        return self.answers.pop(0)
+        return answer
 
     async def flush(self, timeout: float = 10) -> None:
         pass
@@ -143,8 +165,10 @@ class FakePeerRPC:
         empty: tuple[CandidateParent, ...] = (),
         broken: tuple[CandidateParent, ...] = (),
         mute: tuple[CandidateParent, ...] = (),
+        partial: dict[str, int] | None = None,
     ) -> None:
         self.empty = {p.host.id for p in empty}
+        self.partial = partial or {}  # host ID -> how many pieces (the first ones) it holds
         self.broken = {p.host.id for p in broken}  # their SyncPieces fails at once
         self.mute = {p.host.id for p in mute}  # they cannot say the content length
         self.open_syncs = 0
@@ -163,7 +187,7 @@ class FakePeerRPC:
             raise PeerError(f"SyncPieces with parent {host.id} failed: UNAVAILABLE")
         self.open_syncs += 1
         try:
-            for n in range(0 if host.id in self.empty else PIECES):
+            for n in range(0 if host.id in self.empty else self.partial.get(host.id, PIECES)):
                 yield ParentPiece(n, n * PL, min(PL, len(DATA) - n * PL), host.ip, host.download_port, True)
             await asyncio.Event().wait()  # until the download is over
         finally:
@@ -460,8 +484,43 @@ async def test_toward_dragonfly_no_more_parents_are_asked_for(store: PieceStore)
     conductor = Conductor(plain_deps(store, stream, FakeSource(), refresh_interval=0.0), TASK, SPEC)
     conductor._extensions = False
     conductor._stream = stream  # type: ignore[assignment]
-    await conductor._refresh_parents()  # returns at once
-    assert stream.said == []
+    loop = asyncio.create_task(conductor._refresh_parents())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert stream.said == [] and not loop.done()  # it asks nothing...
+    stream.push(NeedBackToSource("the fetcher is gone"))  # ...but takes what it is told
+    await asyncio.wait_for(loop, 5)
+    assert isinstance(conductor._pending_answer, NeedBackToSource) and stream.said == []
+
+
+async def test_sent_back_to_source_unasked_mid_download_fetches_only_what_it_lacks(
+    store: PieceStore,
+) -> None:
+    # The scheduler lost the task's seed; this peer holds most and is told to fetch the rest.
+    held = 5
+    stream = FakeStream([NormalTask([with_length(GOOD)])])
+    rpc = FakePeerRPC(partial={GOOD.host.id: held})
+    source = FakeSource()
+    conductor = Conductor(deps(store, stream, FakePool({}), rpc, source), TASK, SPEC)
+    run = asyncio.create_task(conductor.run())
+    for _ in range(2000):
+        meta = store.get(TASK)
+        if meta is not None and len(meta.pieces) == held:
+            break
+        await asyncio.sleep(0.001)
+    else:
+        raise AssertionError("the parent's pieces never landed")
+    assert not run.done()  # nobody holds the rest: it waits
+    stream.push(NeedBackToSource("the fetcher is gone"))
+    await asyncio.wait_for(run, 10)
+
+    assert content(store) == DATA and conductor.back_to_source and source.fetched == 1
+    assert sorted(n for _, n in stream.of("piece_back_to_source_finished")) == list(range(held, PIECES))
+    assert sorted(n for _, n, _ in stream.of("piece_finished")) == list(range(held))
+    kinds = stream.kinds()
+    assert "reschedule" not in kinds  # told at once, not after the round stalled
+    assert kinds.index("back_to_source_started") > kinds.index("started")
+    assert kinds[-1] == "back_to_source_finished"
 
 
 async def test_an_origin_that_cannot_say_the_size_fails_the_download_before_the_register(

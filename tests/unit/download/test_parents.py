@@ -168,6 +168,23 @@ def test_errors_go_unreported_until_the_limit_then_the_parent_is_dropped_and_rep
     assert all(f.parent is ps["b"] for f in fetches(t.plan(set(range(10)), running=0)))
 
 
+def test_pieces_in_flight_together_that_fail_together_count_once():
+    # A parent whose own upstream died fails every piece it was cutting through at once: one
+    # failure, not the limit; it stays, and failures after that count as usual.
+    t = table(Clock())
+    (a,) = parents(t, {"a": set(range(10))}).values()
+    together = fetches(t.plan(set(range(10)), running=0))
+    assert len(together) == LONE_PARENT_DEPTH >= PARENT_FAILURE_LIMIT
+    assert [t.piece_failed(f, Failure.ERROR) for f in together] == [None] * len(together)
+    assert not a.dead and a.failures == 1
+    reports = []
+    for _ in range(PARENT_FAILURE_LIMIT - 1):
+        f, *_ = fetches(t.plan(set(range(10)), running=0))
+        reports.append(t.piece_failed(f, Failure.ERROR))
+        t.end_round()
+    assert reports[-1] is not None and a.dead
+
+
 def test_a_piece_that_comes_resets_the_failure_count():
     t = table(Clock())
     (a,) = parents(t, {"a": set(range(10))}).values()

@@ -469,25 +469,37 @@ class Conductor:
         await asyncio.gather(self._refresh_parents(), self._keep_stream(back_to_source=False))
 
     async def _refresh_parents(self) -> None:
-        """Ask for more parents now and then: peers that started with us hold pieces by now.
+        """Ask for more parents now and then: peers that started with us hold pieces by now;
+        and take what the scheduler says unasked in between (it sends a peer back to source
+        at once when the task's fetcher is gone: docs/PROTOCOL.md, "Several seeds, and losing one").
 
-        Not toward a scheduler without Damselfly's extensions: Dragonfly's client never
+        No asking toward a scheduler without Damselfly's extensions: Dragonfly's client never
         sends an empty reschedule, and the Go scheduler takes one for a new round that
         answers back-to-source after ~2 s without a candidate (docs/INTEROP.md §2.2, S6).
         """
-        if not self._extensions:
-            return
         table = self._parents
         while True:
-            await asyncio.sleep(table.refresh_delay())
             stream = self._stream
-            if not table.wants_more_parents() or self._reopening or stream is None or stream.lost.is_set():
+            if self._reopening or stream is None or stream.lost.is_set():
+                await asyncio.sleep(table.refresh_delay())  # the keeper reads this stream's answers
                 continue
-            try:
-                stream.reschedule([], "more parents")
-                answer = await stream.next_answer(self.deps.schedule_timeout)
-            except SchedulerError:
-                continue  # a broken stream: the keeper registers again
+            try:  # an answer now is one nobody asked for
+                answer: ScheduleAnswer | None = await asyncio.wait_for(
+                    stream.next_answer(None), table.refresh_delay() if self._extensions else None
+                )
+            except TimeoutError:
+                answer = None
+            except SchedulerError:  # the stream ended or broke: the keeper registers again
+                await asyncio.sleep(table.refresh_delay())
+                continue
+            if answer is None:
+                if not table.wants_more_parents() or self._reopening or stream is not self._stream:
+                    continue
+                try:
+                    stream.reschedule([], "more parents")
+                    answer = await stream.next_answer(self.deps.schedule_timeout)
+                except SchedulerError:
+                    continue  # a broken stream: the keeper registers again
             if not isinstance(answer, NormalTask):
                 self._pending_answer = answer
                 self._pieces.interrupt()

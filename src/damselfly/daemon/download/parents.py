@@ -74,7 +74,8 @@ class Parent:
 
     candidate: CandidateParent
     view: ParentView  # what the picker sees
-    failures: int = 0  # pieces failed in a row
+    failures: int = 0  # pieces failed in a row (those in flight together counting once)
+    failed_after: int = -1  # the last counted failure's: fetches planned up to this one share it
     dead: bool = False
     sync_done: bool = False  # its SyncPieces stream ended: it announces no more pieces
     costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_WINDOW))
@@ -89,10 +90,12 @@ class Parent:
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """Fetch piece ``number`` from ``parent`` (the table counts it in flight already)."""
+    """Fetch piece ``number`` from ``parent`` (the table counts it in flight already);
+    ``seq``: the table's count of fetches planned, this one included."""
 
     number: int
     parent: Parent
+    seq: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,7 @@ class ParentTable:
         self._refresh = refresh_interval
         self._stuck_rounds = 0
         self._idle_logged = 0.0
+        self._planned = 0  # fetches planned so far (Fetch.seq)
 
     # ------------------------------------------------------------ the parents
 
@@ -280,7 +284,8 @@ class ParentTable:
             parent = self.parents[pid]
             self.in_flight.add(number)
             parent.view.in_flight += 1
-            actions.append(Fetch(number, parent))
+            self._planned += 1
+            actions.append(Fetch(number, parent, self._planned))
         if running + len(actions) == 0:
             stuck = all(p.dead or p.sync_done for p in self.parents.values())
             if stuck or idle > self.piece_timeout:
@@ -330,7 +335,11 @@ class ParentTable:
         A busy parent is left alone briefly and a piece a super-seed sent elsewhere
         is asked of the others for a while: neither counts against the parent. A
         corrupt piece drops the parent for good. Other failures drop it after
-        PARENT_FAILURE_LIMIT in a row, or at once for a protocol error.
+        PARENT_FAILURE_LIMIT in a row, or at once for a protocol error. Pieces that
+        were in flight together when one failed fail for the same cause and count
+        once: a parent whose own upstream died mid-piece (a seed killed under the
+        pieces it was passing on) fails every piece it was cutting through at once,
+        yet serves the next ones from wherever it fetches them now.
 
         The scheduler hears of a failure only when the parent is dropped, with
         ``temporary=true`` (:class:`ReportFailed`: avoid this parent):
@@ -357,7 +366,10 @@ class ParentTable:
         if failure is Failure.NOT_FOUND:
             p.view.pieces.discard(number)
         if failure is not Failure.CORRUPT:
+            if fetch.seq and fetch.seq <= p.failed_after and failure is not Failure.PROTOCOL:
+                return None  # in flight when the parent last failed: the same failure
             p.failures += 1
+            p.failed_after = self._planned
             if p.failures < PARENT_FAILURE_LIMIT and failure is not Failure.PROTOCOL:
                 return None
         self.drop(p)
