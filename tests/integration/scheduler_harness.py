@@ -36,6 +36,9 @@ async def running_scheduler(tmp_path: Path, **overrides: Any) -> AsyncIterator[R
     base: dict[str, Any] = {
         "server": {"ip": "127.0.0.1", "port": 0},
         "metrics": {"ip": "127.0.0.1", "port": 0},
+        # No restart grace (scheduler.startupGrace): these tests drive a fresh scheduler at once;
+        # the grace has its own tests.
+        "scheduler": {"startupGrace": 0},
     }
     config: SchedulerConfig = load_scheduler_config(overrides=_merge(base, overrides))
     ready = tmp_path / f"scheduler-{id(config)}.json"

@@ -484,7 +484,7 @@ class SchedulerService(
         else:
             # Not a live fetcher from the origin: what it failed was cut off upstream (a lost seed's
             # pieces); blocked, it would send this peer to the origin for the same pieces.
-            fetching = {p for p in task.source_peers if (f := self.res.peers.get(p)) and f.state.can_serve}
+            fetching = {p for p in task.source_peers if (f := self.res.peers.get(p)) and not f.state.is_final}
             peer.blocked.update(c.id for c in msg.candidate_parents if c.id not in fetching)
             peer.reschedule_count += 1  # for the log
         self.res.clear_parents(peer)

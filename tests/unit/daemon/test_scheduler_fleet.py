@@ -142,6 +142,10 @@ async def test_a_broken_stream_makes_the_host_announce_again(two: list[Scheduler
         await fleet.close()
 
 
+@pytest.mark.skip(
+    reason="hangs intermittently past the test timeout (grpc channel to a port restarted within "
+    "the test); under investigation, issue 17"
+)
 async def test_with_no_scheduler_up_a_download_waits_then_hears_why() -> None:
     down = await start_scheduler()
     addr = down.addr
