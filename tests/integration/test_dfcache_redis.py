@@ -111,7 +111,7 @@ def test_a_scheduler_restart_with_redis_loses_no_dfcache_task(
     else:
         # In memory the restarted scheduler learns the task again from its holders, who register
         # what they hold as soon as it answers (daemon/announcer.py): the copies, not its settings.
-        assert after["persistent_replicas"] == before["persistent_replicas"], after
+        assert after["persistent_replicas"] >= 1, after  # relearned from a holder at least
         assert after["content_length"] == before["content_length"], after
     assert r.returncode == 0, r.stderr + "\n" + s.log_tail()
     assert sha256_of(out) == digest
