@@ -1,7 +1,8 @@
 """What a daemon serves never changes with what happens on its own host.
 
-* A user who edits dfget's output in place edits a copy: the next dfget and the
-  children get the original bytes.
+* A user who edits dfget's output in place (a hard link to the stored content,
+  read-only, but root may write it) never changes what the daemon serves: the
+  next dfget and the children get the original bytes.
 * The daemon's own disk failing (ENOSPC, for real: its store on an 8 MiB tmpfs)
   fails the download with a clear error, frees the partial task at once, and is
   never blamed on the parent (no piece failure reported, no reschedule, no

@@ -59,7 +59,14 @@ from ...domain import (
     PieceInfo,
     ScheduleAnswer,
 )
-from ...errors import DamselflyError, DigestMismatch, NoCandidateParents, SchedulerError, StorageError
+from ...errors import (
+    DamselflyError,
+    DigestMismatch,
+    NoCandidateParents,
+    NotFound,
+    SchedulerError,
+    StorageError,
+)
 from ...pieces import Digest, piece_length_for
 from ..origin.source import HTTPSource
 from ..scheduler_client import PeerStream
@@ -156,7 +163,12 @@ class Conductor:
         store = self.deps.store
         meta = store.get(self.task_id)
         if meta is not None and meta.state == "succeeded" and meta.is_complete:
-            return
+            try:
+                store.check_unchanged(self.task_id)
+            except NotFound:
+                pass  # its content was edited in place (through an output link): fetched again
+            else:
+                return
         store.create_task(
             self.task_id, url=self.spec.url, tag=self.spec.tag, application=self.spec.application
         )

@@ -10,6 +10,7 @@ write or a short read is handled in one place.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,3 +90,22 @@ def crc32_of_range(
             each(view[:n], pos)
         pos += n
     return crc
+
+
+def seal_content(path: Path) -> int:
+    """Make a finished task's content read-only and stamp it; return the stamp (an mtime in ns).
+
+    dfget's output is a hard link to this file (:mod:`damselfly.daemon.download.output`):
+    read-only keeps users other than the daemon's from writing it, and the stamp lets the
+    store notice a write by anyone who still can (:func:`unchanged`). The stamp is a whole
+    second before now, so even a write within the same clock tick moves the mtime off it."""
+    st = os.stat(path)
+    os.chmod(path, st.st_mode & 0o7555)
+    sealed = (time.time_ns() // 1_000_000_000 - 1) * 1_000_000_000
+    os.utime(path, ns=(st.st_atime_ns, sealed))
+    return sealed
+
+
+def unchanged(st: os.stat_result, sealed_ns: int, length: int | None) -> bool:
+    """Whether a sealed content file (``st``, its stat) is as the store sealed it."""
+    return st.st_mtime_ns == sealed_ns and (length is None or st.st_size == length)

@@ -50,6 +50,9 @@ class TaskMeta:
     persistent_cache: bool = False
     persistent: bool = False
     expires_at: float = 0.0
+    # The content file's mtime (ns) set when the task succeeded and its content was made
+    # read-only (PieceStore.seal); any later write to the file changes it. 0: not sealed.
+    sealed_ns: int = 0
 
     @property
     def piece_count(self) -> int | None:
@@ -95,6 +98,8 @@ class TaskMeta:
         }
         if self.persistent_cache:
             data.update(persistent_cache=True, persistent=self.persistent, expires_at=self.expires_at)
+        if self.sealed_ns:
+            data["sealed_ns"] = self.sealed_ns
         if with_pieces:
             data["pieces"] = [piece_to_json(p) for p in sorted(self.pieces.values(), key=_number)]
         return data
@@ -119,6 +124,7 @@ class TaskMeta:
             persistent_cache=bool(data.get("persistent_cache", False)),
             persistent=bool(data.get("persistent", False)),
             expires_at=float(data.get("expires_at", 0.0)),
+            sealed_ns=int(data.get("sealed_ns", 0)),
         )
         for raw in data.get("pieces", []):
             piece = piece_from_json(raw)

@@ -25,12 +25,23 @@ Crash consistency:
   but not fsynced: after a crash it is the old or the new version, or torn
   (the task is dropped), and pieces are re-verified either way.
 
+Sealed content: when a task succeeds its content file is made read-only and its
+mtime set to a stamp recorded in the metadata (``sealed_ns``). dfget's output is
+a hard link to it; a write through that link by anyone who still may (root)
+moves the mtime, and every reader's open (:meth:`PieceStore.open_read_fd`), every
+piece served (the piece port's open file) and every local hit check it
+(:meth:`PieceStore.check_unchanged`): changed content is dropped, never served.
+
 Task IDs are checked with :func:`damselfly.ids.is_task_id` before any path is
 built, so a request cannot reach outside ``root``.
 
 Thread-safety: the store's state is guarded by one lock, so blocking calls
 (``mark_succeeded`` fsyncs) may run in ``asyncio.to_thread``; waiters are woken
 on their own event loop (:mod:`.changes`).
+
+Long because: every change of a task's state goes through this one object and its
+lock (create, pieces, success and sealing, deletion, eviction); the byte-level and
+record-level helpers already live in the neighbours.
 
 The store's neighbours: :mod:`.metadata` (the task record and its JSON),
 :mod:`.files` (file names, byte helpers), :mod:`.recovery` and :mod:`.loading`
@@ -53,7 +64,18 @@ from typing import Any
 from ...domain import PieceInfo
 from ...errors import InvalidArgument, NotFound, StorageError
 from .changes import ChangeWaiters, TaskChanges
-from .files import ACCESSED, CONTENT, JOURNAL, TASKS, TRASH, dir_usage, task_dir, valid_task_id
+from .files import (
+    ACCESSED,
+    CONTENT,
+    JOURNAL,
+    TASKS,
+    TRASH,
+    dir_usage,
+    seal_content,
+    task_dir,
+    unchanged,
+    valid_task_id,
+)
 from .loading import StoreLoader
 from .metadata import TaskMeta, journal_line, save_meta
 from .receiving import ReceivingPieces
@@ -250,11 +272,47 @@ class PieceStore:
             raise StorageError(e.errno, f"cannot open task {task_id} for writing: {e.strerror}") from e
 
     def open_read_fd(self, task_id: str) -> int:
+        """The content opened read-only; a sealed content changed since raises NotFound (and the
+        task is dropped: see :meth:`check_unchanged`)."""
         self._require(task_id)
         try:
-            return os.open(self.content_path(task_id), os.O_RDONLY)
+            fd = os.open(self.content_path(task_id), os.O_RDONLY)
         except OSError as e:
             raise StorageError(e.errno, f"cannot open task {task_id} for reading: {e.strerror}") from e
+        try:
+            self.check_unchanged(task_id, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def check_unchanged(self, task_id: str, st: os.stat_result | None = None) -> None:
+        """Raise NotFound, and drop the task, when its sealed content was written since it
+        succeeded (``st``: the content's stat, else taken here).
+
+        dfget's output is a hard link to the content (read-only): a user who can still write
+        it (root, or the daemon's own user) and edits their output in place changes these
+        bytes. They are then never served as good, to a peer or to the next dfget: the task is
+        forgotten and downloaded again when asked for."""
+        meta = self.get(task_id)
+        if meta is None or not meta.sealed_ns or meta.state != "succeeded":
+            return
+        if st is None:
+            try:
+                st = os.stat(self.content_path(task_id))
+            except FileNotFoundError:
+                st = None
+            except OSError as e:
+                raise StorageError(e.errno, f"cannot stat task {task_id}: {e.strerror}") from e
+        if st is not None and unchanged(st, meta.sealed_ns, meta.content_length):
+            return
+        log.warning(
+            "the content of task %s changed on disk after it was stored (an output edited in "
+            "place?); dropping the task",
+            task_id,
+        )
+        self.delete_task(task_id)
+        raise NotFound(f"task {task_id} is not in the store (its content changed on disk)")
 
     def finish_piece(self, task_id: str, piece: PieceInfo) -> None:
         """Record a piece whose bytes the caller wrote and verified; wakes waiters.
@@ -318,8 +376,13 @@ class PieceStore:
             )
         if durable:
             self._fsync_content(task_id)
+        try:
+            sealed = seal_content(self.content_path(task_id))
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot seal task {task_id}: {e.strerror}") from e
         with self._lock:
             meta = self._require(task_id)
+            meta.sealed_ns = sealed
             meta.state = "succeeded"
             meta.failure = ""
             meta.durable = durable

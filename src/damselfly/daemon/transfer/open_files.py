@@ -19,8 +19,17 @@ class OpenFiles:
         self._file: io.FileIO | None = None
 
     def get(self, task_id: str) -> io.FileIO:
-        if self._file is not None and self._task_id == task_id and self._same_file(task_id, self._file):
-            return self._file
+        """The task's content, open; NotFound once its sealed content was written since it was
+        stored (checked on every piece, with the one ``fstat`` the reuse check takes anyway)."""
+        if self._file is not None and self._task_id == task_id:
+            st = self._same_file(task_id, self._file)
+            if st is not None:
+                try:
+                    self._store.check_unchanged(task_id, st)
+                except BaseException:
+                    self.close()
+                    raise
+                return self._file
         self.close()
         fd = self._store.open_read_fd(task_id)
         try:
@@ -31,12 +40,14 @@ class OpenFiles:
         self._task_id = task_id
         return self._file
 
-    def _same_file(self, task_id: str, file: io.FileIO) -> bool:
-        # A task deleted and downloaded again has a new content file.
+    def _same_file(self, task_id: str, file: io.FileIO) -> os.stat_result | None:
+        """``file``'s stat while it is still the task's content, else None (a task deleted and
+        downloaded again has a new content file)."""
         try:
-            return os.stat(self._store.content_path(task_id)).st_ino == os.fstat(file.fileno()).st_ino
+            st = os.fstat(file.fileno())
+            return st if os.stat(self._store.content_path(task_id)).st_ino == st.st_ino else None
         except OSError:
-            return False
+            return None
 
     def close(self) -> None:
         """Close the file in a worker thread: if its task was deleted meanwhile, this is the
