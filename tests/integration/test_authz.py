@@ -252,10 +252,7 @@ def test_the_real_scheduler_still_has_the_seed_fetch_a_task(plain: Plain, tmp_pa
     assert r.returncode == 0, r.stderr + plain.logs()
     assert sha256_of(out) == digest
     # The seed downloaded it on the scheduler's DownloadTask and served the peer.
-    assert (
-        sample_now(int(plain.seed.ready["metrics_port"]), "dragonfly_client_upload_traffic")
-        >= size
-    )
+    assert sample_now(int(plain.seed.ready["metrics_port"]), "dragonfly_client_upload_traffic") >= size
     assert plain.origin.bytes_for("/swarm.bin") == size
 
 

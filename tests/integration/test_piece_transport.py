@@ -35,6 +35,7 @@ from damselfly.domain import PieceInfo, TrafficType
 from damselfly.errors import DigestMismatch, NotFound, PeerError, ProtocolError, ResourceExhausted
 from damselfly.ids import task_id
 from damselfly.pieces import Digest, piece_count, piece_span
+from helpers.store import rot as rot_file
 from helpers.wait import TIMEOUT, parked_on, until
 
 pytestmark = pytest.mark.integration
@@ -194,6 +195,11 @@ def land(store: PieceStore, data: bytes, end: int, start: int = 0) -> None:
         os.close(fd)
 
 
+def rot(store: PieceStore, data: bytes, offset: int) -> None:
+    """``data`` replaces the parent's content at ``offset``: bit rot, not a write."""
+    rot_file(store.content_path(TID), data, offset)
+
+
 async def assert_moves_task(fetch: Fetch, parent: Parent, child: PieceStore, data: bytes) -> None:
     """Every piece of a task fetched at once arrives whole, where it belongs, reported right."""
     seed(parent.store, TID, data)
@@ -231,7 +237,7 @@ async def test_contract_a_corrupt_piece_is_a_digest_mismatch(
     data, fd = held_by_parent(parent, child, 3 * PL)
     bad = bytearray(data)
     bad[PL + 77] ^= 0xFF
-    land(parent.store, bytes(bad), PL + 78, PL + 77)  # a byte of piece 1 went bad on its disk
+    rot(parent.store, bytes(bad[PL + 77 : PL + 78]), PL + 77)  # a byte of piece 1 went bad on its disk
     try:
         with pytest.raises(DigestMismatch):
             await transport.fetch(TID, 1, fd, PL, PL)
@@ -487,9 +493,7 @@ async def test_close_frame_ends_the_connection(parent: Parent) -> None:
 async def test_corrupted_parent_content_is_a_digest_mismatch(parent: Parent, tmp_path: Path) -> None:
     data = make_content(3 * PL)
     seed(parent.store, TID, data)
-    fd = os.open(parent.store.content_path(TID), os.O_WRONLY)
-    os.pwrite(fd, bytes([data[PL + 77] ^ 0xFF]), PL + 77)
-    os.close(fd)
+    rot(parent.store, bytes([data[PL + 77] ^ 0xFF]), PL + 77)
     client = await damselfly_client(parent.port)
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
     try:
@@ -510,8 +514,7 @@ async def test_pieces_feed_the_content_digest_and_a_corrupt_one_is_taken_back(
     monkeypatch.setattr(piece_client, "THREADED_BODY", threaded)
     data = make_content(3 * PL)
     seed(parent.store, TID, data)
-    out = os.open(parent.store.content_path(TID), os.O_WRONLY)
-    os.pwrite(out, bytes([data[PL + 77] ^ 0xFF]), PL + 77)
+    rot(parent.store, bytes([data[PL + 77] ^ 0xFF]), PL + 77)
     child.create_task(TID)
     child.set_content_length(TID, len(data), PL)
     digester = InOrderDigest(child, TID, Digest("sha256", hashlib.sha256(data).hexdigest()))
@@ -522,7 +525,7 @@ async def test_pieces_feed_the_content_digest_and_a_corrupt_one_is_taken_back(
         with pytest.raises(DigestMismatch):
             await client.download_piece(TID, 1, fd, PL, PL, digest=digester)
         assert digester.fed == PL  # the corrupt piece's bytes went back out of the digest
-        os.pwrite(out, data[PL + 77 : PL + 78], PL + 77)  # the parent mends its copy
+        rot(parent.store, data[PL + 77 : PL + 78], PL + 77)  # the parent mends its copy
         for number in (1, 2):
             child.finish_piece(
                 TID, await client.download_piece(TID, number, fd, number * PL, PL, digest=digester)
@@ -530,7 +533,6 @@ async def test_pieces_feed_the_content_digest_and_a_corrupt_one_is_taken_back(
         await asyncio.wait_for(digester.check("content"), 5.0)
         assert digester.fed == len(data)  # nothing was read back from the file
     finally:
-        os.close(out)
         os.close(fd)
         await digester.close()
         await client.close()

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from damselfly.daemon.app import Daemon
 from damselfly.domain import DownloadSpec
 from damselfly.scheduler.app import serve as serve_scheduler
 from damselfly.testbed.origin import Origin
+from helpers.store import rot
 from helpers.wait import until
 
 
@@ -183,10 +183,8 @@ def task_content(d: Daemon, task_id: str) -> Path:
 
 
 def corrupt(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
+    """One byte of a content file flips on disk (bit rot: its mtime stays)."""
+    with open(path, "rb") as f:
         f.seek(offset)
         b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
-        f.flush()
-        os.fsync(f.fileno())
+    rot(path, bytes([b[0] ^ 0xFF]), offset)

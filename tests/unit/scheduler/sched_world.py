@@ -70,9 +70,7 @@ class World:
             self.res.set_state(p, state, self.clock())
         return p
 
-    def decide(
-        self, peer: Peer, *, starting: bool = False, grace_until: float | None = None
-    ) -> Decision:
+    def decide(self, peer: Peer, *, starting: bool = False, grace_until: float | None = None) -> Decision:
         d = schedule(
             peer,
             self.res,

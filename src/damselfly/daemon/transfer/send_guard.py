@@ -153,7 +153,7 @@ async def watched(
         handle.cancel()
 
 
-TLS_CHUNK = 1024 * 1024  # bytes read and encrypted at a time on a TLS piece connection
+TLS_CHUNK = 256 * 1024  # bytes read and encrypted at a time on a TLS piece connection
 
 
 async def send_plain(

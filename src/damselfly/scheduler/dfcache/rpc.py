@@ -59,17 +59,13 @@ class PersistentCacheRPCs:
     async def UploadPersistentCacheTaskStarted(
         self, request: scheduler_pb2.UploadPersistentCacheTaskStartedRequest, context: Context
     ) -> empty_pb2.Empty:
-        await self._pc_call(
-            context, self.persistent_cache.upload_started, request, acts_for=request
-        )
+        await self._pc_call(context, self.persistent_cache.upload_started, request, acts_for=request)
         return empty_pb2.Empty()
 
     async def UploadPersistentCacheTaskFinished(
         self, request: scheduler_pb2.UploadPersistentCacheTaskFinishedRequest, context: Context
     ) -> common_pb2.PersistentCacheTask:
-        return await self._pc_call(
-            context, self.persistent_cache.upload_finished, request, acts_for=request
-        )
+        return await self._pc_call(context, self.persistent_cache.upload_finished, request, acts_for=request)
 
     async def UploadPersistentCacheTaskFailed(
         self, request: scheduler_pb2.UploadPersistentCacheTaskFailedRequest, context: Context
