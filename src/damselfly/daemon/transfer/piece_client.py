@@ -66,7 +66,10 @@ Limiter = ByteLimiter | LimiterChain
 OnHeader = Callable[[str], Receiving | None]
 
 # Receive piece bodies in worker threads (see PieceClient._receive_threaded); the
-# limited path stays on the event loop, where the limiter's tokens are awaited.
+# limited path stays on the event loop, where the limiter's tokens are awaited, and so do
+# bodies over TLS: a TLS session hands out one 16 KiB record per read, so threads would take
+# the GIL back some 65 000 times a GiB and queue on it (one loopback hop of 1 GiB: 2.7-3.0 s
+# and 2.3-2.5 child CPU-s threaded, 2.0-2.1 s and 1.3-1.4 CPU-s on the loop).
 THREADED_BODY = True
 
 log = logging.getLogger(__name__)
@@ -187,10 +190,9 @@ class PieceClient:
         cores, with no event-loop round trip per socket read; each recv waits for a step
         of this parent's pace (:func:`.landing.receive_blocking`)."""
         sock = self._sock
-        recv_into = self._tls.recv_into_blocking if self._tls is not None else None
         sock.settimeout(idle or None)
         try:
-            receive_blocking(sock, body, self._pace, self._got, recv_into=recv_into)
+            receive_blocking(sock, body, self._pace, self._got)
         except TimeoutError:
             self.timed_out = True
             raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
@@ -314,7 +316,7 @@ class PieceClient:
         feed = whole.claim(offset) if whole is not None else None
         body = Landing(self._view, fd, offset, offset + length, progress, feed)
         try:
-            if limiter is None and THREADED_BODY:
+            if limiter is None and THREADED_BODY and self._tls is None:
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now
                 await asyncio.to_thread(self._receive_threaded, body, idle)
                 if idle:
