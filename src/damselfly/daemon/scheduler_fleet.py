@@ -40,7 +40,7 @@ import grpc
 from ..errors import ConfigError, SchedulerError
 from .scheduler_client import SchedulerLink
 from .scheduler_ring import HashRing
-from .threads import cancel_and_wait
+from .threads import cancel_and_wait, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ class SchedulerFleet:
                         await self._sync(link, announce=False)  # the ring changed: take what it gained
             except Exception:  # a bug in one round must not stop this scheduler being kept
                 log.exception("keeping scheduler %s failed; trying again", link.addr)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(kick.wait(), self.health_interval)
+            # A cancel (close) that comes as the kick is set must still end the keeper.
+            await wait_event(kick, self.health_interval)
 
     async def _sync(self, link: SchedulerLink, *, announce: bool) -> None:
         """Announce (the periodic one), or after a loss announce, mark ready and register the
@@ -271,8 +271,7 @@ class SchedulerFleet:
             if left is not None and left <= 0:
                 down = ", ".join(sorted(self.links)) or "none"
                 raise SchedulerError(f"no scheduler ready within {wait:g}s (tried {down})")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
+            await wait_event(changed, left)
 
     def ready_links(self) -> list[SchedulerLink]:
         return [link for link in self.links.values() if link.ready]

@@ -1,5 +1,6 @@
-"""Work a cancel cannot leave running on its own: blocking work in a worker thread, and
-background tasks stopped by their owner."""
+"""Work a cancel cannot leave running on its own: blocking work in a worker thread,
+background tasks stopped by their owner, and a bounded wait for an event that a cancel
+always ends."""
 
 from __future__ import annotations
 
@@ -43,3 +44,20 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     for task in tasks:
         if not task.cancelled():
             task.exception()
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set, for at most ``timeout`` seconds (None: forever); whether it is.
+
+    Not ``asyncio.wait_for(event.wait(), timeout)``: on Python 3.11 that returns normally,
+    dropping the cancel, when its task is cancelled just as the event is set (CPython
+    gh-86296, fixed in 3.12). A loop around it then goes on after being cancelled, and
+    whoever waits for the loop to end waits forever: a scheduler link's keeper kicked as the
+    daemon stops. ``asyncio.timeout`` counts cancels and never hides one.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True

@@ -142,10 +142,6 @@ async def test_a_broken_stream_makes_the_host_announce_again(two: list[Scheduler
         await fleet.close()
 
 
-@pytest.mark.skip(
-    reason="hangs intermittently past the test timeout (grpc channel to a port restarted within "
-    "the test); under investigation, issue 17"
-)
 async def test_with_no_scheduler_up_a_download_waits_then_hears_why() -> None:
     down = await start_scheduler()
     addr = down.addr
@@ -164,6 +160,27 @@ async def test_with_no_scheduler_up_a_download_waits_then_hears_why() -> None:
             await up.stop()
     finally:
         await fleet.close()
+
+
+async def test_close_ends_a_keeper_kicked_as_it_is_cancelled() -> None:
+    """close() cancels each keeper once: one whose kick is set at that moment must still end
+    (asyncio.wait_for on Python 3.11 dropped that cancel, and close waited forever)."""
+    fleet = SchedulerFleet(["127.0.0.1:1"], health_interval=60)
+    (link,) = fleet.links.values()
+    checked = asyncio.Event()
+
+    async def check(*, timeout: float = 2.0) -> bool:
+        checked.set()
+        return False
+
+    link.check = check  # type: ignore[method-assign]
+    await fleet.start()
+    await checked.wait()  # the keeper now waits for its kick (or the health interval)
+    keeper = asyncio.all_tasks() - {asyncio.current_task()}
+    fleet.kick(link.addr)  # and, before the keeper runs on, close
+    async with asyncio.timeout(5):
+        await fleet.close()
+    assert keeper and all(task.done() for task in keeper)
 
 
 async def test_a_name_resolves_to_its_addresses(two: list[Scheduler]) -> None:
