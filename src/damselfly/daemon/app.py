@@ -450,7 +450,8 @@ async def serve(
         await daemon.start()
         if daemon.scheduler is not None:
             try:
-                await asyncio.wait_for(daemon.announced.wait(), 15)
+                async with asyncio.timeout(15):
+                    await daemon.announced.wait()
             except TimeoutError:
                 log.warning("the scheduler has not accepted this host yet; serving anyway")
         if ready_file is not None:

@@ -496,9 +496,10 @@ class Conductor:
                 await asyncio.sleep(table.refresh_delay())  # the keeper reads this stream's answers
                 continue
             try:  # an answer now is one nobody asked for
-                answer: ScheduleAnswer | None = await asyncio.wait_for(
-                    stream.next_answer(None), table.refresh_delay() if self._extensions else None
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can return an answer that came
+                # as the task was cancelled, and lose the cancel (CPython gh-86296).
+                async with asyncio.timeout(table.refresh_delay() if self._extensions else None):
+                    answer: ScheduleAnswer | None = await stream.next_answer(None)
             except TimeoutError:
                 answer = None
             except SchedulerError:  # the stream ended or broke: the keeper registers again

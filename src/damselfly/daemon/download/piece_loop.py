@@ -39,6 +39,7 @@ from ...pieces import PieceSpan, piece_count, piece_length_for, piece_span
 from ..scheduler_client import PeerStream
 from ..store.digesting import InOrderDigest
 from ..store.receiving import Receiving
+from ..threads import wait_event
 from .parents import Complete, Failure, Fetch, Parent, ParentTable, Stalled, Wait
 from .picker import get_picker
 
@@ -275,8 +276,7 @@ class PieceLoop:
                         case Wait():
                             wait = action.seconds
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                await wait_event(self._wake, wait)  # a cancel meanwhile always ends the loop
         finally:
             companion.cancel()
             for t in workers:
