@@ -155,10 +155,10 @@ async def test_an_existing_output_is_refused_unless_overwrite(env: Env, tmp_path
 
     await _answers(env, rust_dfget_request(url, output=out, overwrite=True))
     assert out.read_bytes() == content
-    # The output is a copy of the task's content (never the store's own file, so a user's edit
-    # cannot change what the daemon serves): asked again without overwrite, it is refused as any
-    # existing file, as D refuses an output it copied (not linked), and kept.
-    with pytest.raises(grpc.aio.AioRpcError) as e:
-        await _answers(env, rust_dfget_request(url, output=out))
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # The output is a hard link to the task's (read-only) stored content: asked again without
+    # overwrite, it is already the task's file and stays, as D keeps an output of the same inode.
+    (task,) = [m.task_id for m in env.daemon.store.tasks() if m.url == url]
+    held = env.daemon.store.content_path(task)
+    await _answers(env, rust_dfget_request(url, output=out))
     assert out.read_bytes() == content
+    assert out.stat().st_ino == held.stat().st_ino

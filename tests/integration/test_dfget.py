@@ -155,7 +155,15 @@ def test_ctrl_c_cancels_with_130_and_no_file(cluster: Cluster, short_tmp: Path) 
     argv = python_module_command(
         "damselfly", "get", url, "-O", str(out), "-e", str(cluster.socket), "--no-progress"
     )
-    p = subprocess.Popen(argv, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    # Ctrl-C as at a terminal: a test run started in the background (a shell's `&`) hands its
+    # children SIGINT ignored, and a Python started so keeps ignoring it.
+    p = subprocess.Popen(
+        argv,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         _wait_for_origin_request(cluster, "/_fault/stall/stall1.bin")
         p.send_signal(signal.SIGINT)

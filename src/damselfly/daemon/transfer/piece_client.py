@@ -209,8 +209,15 @@ class PieceClient:
         idle: float,
     ) -> None:
         """The piece body on the event loop, where a limiter's tokens are awaited: bytes are
-        granted before each recv, and each recv reads at most what was granted."""
+        granted before each recv, and each recv reads at most what was granted.
+
+        A body over TLS with no limiter wakes the loop once per step of this parent's pace, as
+        :func:`.landing.receive_blocking` does in a thread (``SO_RCVLOWAT``), never for more
+        than the body still needs from the socket: what it lacks less the ciphertext already
+        in hand, which is at least its plaintext."""
         credit = 0  # bytes granted by the limiter and not received yet
+        tls = self._tls if limiter is None else None
+        lowat = 1
         try:
             while body.pos < body.end:
                 room = body.room()
@@ -218,14 +225,26 @@ class PieceClient:
                     if credit <= 0:
                         credit = await self._grant(limiter, len(room), task_id, deadline)
                     room = room[:credit]
+                if tls is not None:
+                    want = min(self._pace.low_water(), body.end - body.pos - tls.ciphertext_in_hand)
+                    want = max(1, want)
+                    if want != lowat:
+                        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+                        lowat = want
+                began = time.monotonic()
                 n = self._got(await self._recv_into(room))
                 if idle:
                     deadline.reschedule(self._loop.time() + idle)  # progress: the parent is alive
                 credit -= n
                 body.land(n)
+                if n >= lowat > 1:
+                    self._pace.note(n, time.monotonic() - began)
         finally:
             if limiter is not None and credit > 0:
                 limiter.refund(credit)
+            if lowat != 1:
+                with contextlib.suppress(OSError):
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
     async def download_piece(
         self,

@@ -85,6 +85,11 @@ class TLSSession:
         self._in.write(self._raw[:n])
         return True
 
+    @property
+    def ciphertext_in_hand(self) -> int:
+        """Bytes read from the socket and not yet decrypted (a record not yet whole)."""
+        return self._in.pending
+
     async def recv_into(self, view: memoryview) -> int:
         """Like ``loop.sock_recv_into``: at least one byte of plaintext into ``view``, or 0 at EOF."""
         loop = asyncio.get_running_loop()
