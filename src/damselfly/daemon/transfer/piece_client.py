@@ -71,6 +71,9 @@ OnHeader = Callable[[str], Receiving | None]
 # the GIL back some 65 000 times a GiB and queue on it (one loopback hop of 1 GiB: 2.7-3.0 s
 # and 2.3-2.5 child CPU-s threaded, 2.0-2.1 s and 1.3-1.4 CPU-s on the loop).
 THREADED_BODY = True
+# The most ciphertext a TLS session may hold read but not decrypted: one record (16 KiB of
+# plaintext, 256 bytes of expansion at most in TLS 1.3, a 5-byte header).
+TLS_RECORD = 16 * 1024 + 256 + 5
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +217,9 @@ class PieceClient:
         A body over TLS with no limiter wakes the loop once per step of this parent's pace, as
         :func:`.landing.receive_blocking` does in a thread (``SO_RCVLOWAT``), never for more
         than the body still needs from the socket: what it lacks less the ciphertext already
-        in hand, which is at least its plaintext."""
+        in hand (at least its plaintext) and less one whole record, which the session may hold
+        read but not yet decrypted (without that margin the last step of a body waited for
+        bytes that were never coming)."""
         credit = 0  # bytes granted by the limiter and not received yet
         tls = self._tls if limiter is None else None
         lowat = 1
@@ -226,8 +231,8 @@ class PieceClient:
                         credit = await self._grant(limiter, len(room), task_id, deadline)
                     room = room[:credit]
                 if tls is not None:
-                    want = min(self._pace.low_water(), body.end - body.pos - tls.ciphertext_in_hand)
-                    want = max(1, want)
+                    lacking = body.end - body.pos - tls.ciphertext_in_hand - TLS_RECORD
+                    want = max(1, min(self._pace.low_water(), lacking))
                     if want != lowat:
                         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
                         lowat = want
