@@ -66,14 +66,16 @@ Limiter = ByteLimiter | LimiterChain
 OnHeader = Callable[[str], Receiving | None]
 
 # Receive piece bodies in worker threads (see PieceClient._receive_threaded); the
-# limited path stays on the event loop, where the limiter's tokens are awaited, and so do
-# bodies over TLS: a TLS session hands out one 16 KiB record per read, so threads would take
-# the GIL back some 65 000 times a GiB and queue on it (one loopback hop of 1 GiB: 2.7-3.0 s
-# and 2.3-2.5 child CPU-s threaded, 2.0-2.1 s and 1.3-1.4 CPU-s on the loop).
+# limited path stays on the event loop, where the limiter's tokens are awaited.
 THREADED_BODY = True
-# The most ciphertext a TLS session may hold read but not decrypted: one record (16 KiB of
-# plaintext, 256 bytes of expansion at most in TLS 1.3, a 5-byte header).
-TLS_RECORD = 16 * 1024 + 256 + 5
+# Bodies over TLS land in worker threads only while fewer than this many do: a TLS session
+# hands out one 16 KiB record per read, so each thread takes the GIL back ~65 000 times a
+# GiB, and many at once queue on it (a loopback hop of 1 GiB, 16 pieces in flight: 2.3-3.0 s
+# threaded, 1.7-2.1 s on the loop), while a few (a peer in a swarm, one parent, a few pieces
+# in flight) keep the event loop free for the sends its children wait for (8 x 100 mbit over
+# mTLS, p50: 1.16-1.25 T_min threaded, 1.24-1.31 on the loop).
+TLS_THREADED_BODIES = 2
+_tls_threaded = 0  # TLS bodies landing in worker threads now (one event loop per process)
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +189,32 @@ class PieceClient:
         self.received_any = True
         return n
 
+    def _threads_for_tls(self) -> bool:
+        """Whether this body may land in a worker thread (any plain one; one over TLS while
+        fewer than ``TLS_THREADED_BODIES`` do); counted until :meth:`_thread_done`."""
+        global _tls_threaded
+        if self._tls is None:
+            return True
+        if _tls_threaded >= TLS_THREADED_BODIES:
+            return False
+        _tls_threaded += 1
+        return True
+
+    def _thread_done(self) -> None:
+        global _tls_threaded
+        if self._tls is not None:
+            _tls_threaded -= 1
+
     def _receive_threaded(self, body: Landing, idle: float) -> None:
         """The piece body, in a worker thread: blocking recv_into, pwrite and crc32 all
         release the GIL, so bodies from several parents land in parallel on several
         cores, with no event-loop round trip per socket read; each recv waits for a step
         of this parent's pace (:func:`.landing.receive_blocking`)."""
         sock = self._sock
+        recv_into = self._tls.recv_into_blocking if self._tls is not None else None
         sock.settimeout(idle or None)
         try:
-            receive_blocking(sock, body, self._pace, self._got)
+            receive_blocking(sock, body, self._pace, self._got, recv_into=recv_into)
         except TimeoutError:
             self.timed_out = True
             raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
@@ -212,17 +231,8 @@ class PieceClient:
         idle: float,
     ) -> None:
         """The piece body on the event loop, where a limiter's tokens are awaited: bytes are
-        granted before each recv, and each recv reads at most what was granted.
-
-        A body over TLS with no limiter wakes the loop once per step of this parent's pace, as
-        :func:`.landing.receive_blocking` does in a thread (``SO_RCVLOWAT``), never for more
-        than the body still needs from the socket: what it lacks less the ciphertext already
-        in hand (at least its plaintext) and less one whole record, which the session may hold
-        read but not yet decrypted (without that margin the last step of a body waited for
-        bytes that were never coming)."""
+        granted before each recv, and each recv reads at most what was granted."""
         credit = 0  # bytes granted by the limiter and not received yet
-        tls = self._tls if limiter is None else None
-        lowat = 1
         try:
             while body.pos < body.end:
                 room = body.room()
@@ -230,26 +240,14 @@ class PieceClient:
                     if credit <= 0:
                         credit = await self._grant(limiter, len(room), task_id, deadline)
                     room = room[:credit]
-                if tls is not None:
-                    lacking = body.end - body.pos - tls.ciphertext_in_hand - TLS_RECORD
-                    want = max(1, min(self._pace.low_water(), lacking))
-                    if want != lowat:
-                        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
-                        lowat = want
-                began = time.monotonic()
                 n = self._got(await self._recv_into(room))
                 if idle:
                     deadline.reschedule(self._loop.time() + idle)  # progress: the parent is alive
                 credit -= n
                 body.land(n)
-                if n >= lowat > 1:
-                    self._pace.note(n, time.monotonic() - began)
         finally:
             if limiter is not None and credit > 0:
                 limiter.refund(credit)
-            if lowat != 1:
-                with contextlib.suppress(OSError):
-                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
     async def download_piece(
         self,
@@ -340,9 +338,12 @@ class PieceClient:
         feed = whole.claim(offset) if whole is not None else None
         body = Landing(self._view, fd, offset, offset + length, progress, feed)
         try:
-            if limiter is None and THREADED_BODY and self._tls is None:
+            if limiter is None and THREADED_BODY and self._threads_for_tls():
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now
-                await asyncio.to_thread(self._receive_threaded, body, idle)
+                try:
+                    await asyncio.to_thread(self._receive_threaded, body, idle)
+                finally:
+                    self._thread_done()
                 if idle:
                     deadline.reschedule(self._loop.time() + idle)
             else:
