@@ -52,6 +52,7 @@ from ...errors import (
     ResourceExhausted,
     StorageError,
 )
+from ...units import MiB
 from .. import net
 from ..ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
 from ..store.digesting import Feed, InOrderDigest
@@ -68,14 +69,13 @@ OnHeader = Callable[[str], Receiving | None]
 # Receive piece bodies in worker threads (see PieceClient._receive_threaded); the
 # limited path stays on the event loop, where the limiter's tokens are awaited.
 THREADED_BODY = True
-# Bodies over TLS land in worker threads only while fewer than this many do: a TLS session
-# hands out one 16 KiB record per read, so each thread takes the GIL back ~65 000 times a
-# GiB, and many at once queue on it (a loopback hop of 1 GiB, 16 pieces in flight: 2.3-3.0 s
-# threaded, 1.7-2.1 s on the loop), while a few (a peer in a swarm, one parent, a few pieces
-# in flight) keep the event loop free for the sends its children wait for (8 x 100 mbit over
-# mTLS, p50: 1.16-1.25 T_min threaded, 1.24-1.31 on the loop).
-TLS_THREADED_BODIES = 2
-_tls_threaded = 0  # TLS bodies landing in worker threads now (one event loop per process)
+# Bodies over TLS from a parent that sent the last one faster than this (bytes/s) land on
+# the event loop, slower ones in worker threads. A TLS session hands out one 16 KiB record
+# per read, so a fast stream in a thread takes the GIL back ~65 000 times a GiB, and several
+# queue on it (a loopback hop of 1 GiB, 16 pieces in flight: 2.3-3.0 s threaded, 1.7-2.1 s
+# on the loop); a slow one wakes a thread rarely and keeps the loop free for the sends its
+# children wait for (8 x 100 mbit over mTLS, p50 1.16-1.25 T_min threaded, 1.26-1.32 on the loop).
+TLS_LOOP_RATE = 25 * MiB
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class PieceClient:
         self._loop = asyncio.get_running_loop()
         self._view = memoryview(bytearray(buffer_size))
         self._pace = Pace()  # how fast piece bodies come from this parent
+        self._tls_rate = 0.0  # bytes/s of the last body (where a TLS body lands: TLS_LOOP_RATE)
         self._clock = clock
         self._packet_id = 0
         self._busy = False
@@ -188,22 +189,6 @@ class PieceClient:
             raise PeerError(f"parent {self._where} closed the connection mid-piece")
         self.received_any = True
         return n
-
-    def _threads_for_tls(self) -> bool:
-        """Whether this body may land in a worker thread (any plain one; one over TLS while
-        fewer than ``TLS_THREADED_BODIES`` do); counted until :meth:`_thread_done`."""
-        global _tls_threaded
-        if self._tls is None:
-            return True
-        if _tls_threaded >= TLS_THREADED_BODIES:
-            return False
-        _tls_threaded += 1
-        return True
-
-    def _thread_done(self) -> None:
-        global _tls_threaded
-        if self._tls is not None:
-            _tls_threaded -= 1
 
     def _receive_threaded(self, body: Landing, idle: float) -> None:
         """The piece body, in a worker thread: blocking recv_into, pwrite and crc32 all
@@ -338,16 +323,15 @@ class PieceClient:
         feed = whole.claim(offset) if whole is not None else None
         body = Landing(self._view, fd, offset, offset + length, progress, feed)
         try:
-            if limiter is None and THREADED_BODY and self._threads_for_tls():
+            began = time.monotonic()
+            if limiter is None and THREADED_BODY and (self._tls is None or self._tls_rate < TLS_LOOP_RATE):
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now
-                try:
-                    await asyncio.to_thread(self._receive_threaded, body, idle)
-                finally:
-                    self._thread_done()
+                await asyncio.to_thread(self._receive_threaded, body, idle)
                 if idle:
                     deadline.reschedule(self._loop.time() + idle)
             else:
                 await self._receive_paced(body, limiter, task_id, deadline, idle)
+            self._tls_rate = length / max(time.monotonic() - began, 1e-6)
             digest = event.digest or await self._trailer(packet_id, number, progress)
             self._frame_done = True
             return self._checked(task_id, number, offset, length, body.crc, digest, feed)
