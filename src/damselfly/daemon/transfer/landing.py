@@ -123,20 +123,18 @@ def receive_blocking(
     body: Landing,
     pace: Pace,
     got: Callable[[int], int],
-    *,
-    recv_into: Callable[[memoryview], int] | None = None,
 ) -> None:
     """Receive ``body`` whole from ``sock`` (blocking, or with the socket's own timeout) in steps of
     ``pace``; ``got(n)`` vets each recv's count (it raises on a closed connection).
 
     Raises ``TimeoutError`` only when nothing at all came for the socket's timeout: a parent
     slower than the low water mark is read byte by byte from then on. The mark is back at 1
-    afterwards, for the frames that follow the body. A TLS socket reads records, so its
-    wake-ups are left alone (``recv_into``: a TLS session's own read over ``sock``).
+    afterwards, for the frames that follow the body. (Bodies over TLS are received on the event
+    loop: see ``piece_client.THREADED_BODY``.)
     """
     lowat = 1
-    stepped = recv_into is None and type(sock) is socket.socket
-    read = recv_into if recv_into is not None else sock.recv_into
+    stepped = type(sock) is socket.socket
+    read = sock.recv_into
     clock = time.monotonic
     try:
         while body.pos < body.end:

@@ -52,7 +52,6 @@ from ...errors import (
     ResourceExhausted,
     StorageError,
 )
-from ...units import MiB
 from .. import net
 from ..ratelimit import TASK_LIMITER, ByteLimiter, LimiterChain, chain
 from ..store.digesting import Feed, InOrderDigest
@@ -67,15 +66,11 @@ Limiter = ByteLimiter | LimiterChain
 OnHeader = Callable[[str], Receiving | None]
 
 # Receive piece bodies in worker threads (see PieceClient._receive_threaded); the
-# limited path stays on the event loop, where the limiter's tokens are awaited.
+# limited path stays on the event loop, where the limiter's tokens are awaited, and so do
+# bodies over TLS: a TLS session hands out one 16 KiB record per read, so threads take the
+# GIL back some 65 000 times a GiB and queue on it (a loopback hop of 1 GiB, 16 pieces in
+# flight, alternating: 0.445 / 0.481 x plain TCP threaded, 0.736 / 0.617 on the loop).
 THREADED_BODY = True
-# Bodies over TLS from a parent that sent the last one faster than this (bytes/s) land on
-# the event loop, slower ones in worker threads. A TLS session hands out one 16 KiB record
-# per read, so a fast stream in a thread takes the GIL back ~65 000 times a GiB, and several
-# queue on it (a loopback hop of 1 GiB, 16 pieces in flight: 2.3-3.0 s threaded, 1.7-2.1 s
-# on the loop); a slow one wakes a thread rarely and keeps the loop free for the sends its
-# children wait for (8 x 100 mbit over mTLS, p50 1.16-1.25 T_min threaded, 1.26-1.32 on the loop).
-TLS_LOOP_RATE = 25 * MiB
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +100,6 @@ class PieceClient:
         self._loop = asyncio.get_running_loop()
         self._view = memoryview(bytearray(buffer_size))
         self._pace = Pace()  # how fast piece bodies come from this parent
-        self._tls_rate = 0.0  # bytes/s of the last body (where a TLS body lands: TLS_LOOP_RATE)
         self._clock = clock
         self._packet_id = 0
         self._busy = False
@@ -196,10 +190,9 @@ class PieceClient:
         cores, with no event-loop round trip per socket read; each recv waits for a step
         of this parent's pace (:func:`.landing.receive_blocking`)."""
         sock = self._sock
-        recv_into = self._tls.recv_into_blocking if self._tls is not None else None
         sock.settimeout(idle or None)
         try:
-            receive_blocking(sock, body, self._pace, self._got, recv_into=recv_into)
+            receive_blocking(sock, body, self._pace, self._got)
         except TimeoutError:
             self.timed_out = True
             raise PeerError(f"parent {self._where} sent nothing for {idle:g}s mid-piece") from None
@@ -323,15 +316,13 @@ class PieceClient:
         feed = whole.claim(offset) if whole is not None else None
         body = Landing(self._view, fd, offset, offset + length, progress, feed)
         try:
-            began = time.monotonic()
-            if limiter is None and THREADED_BODY and (self._tls is None or self._tls_rate < TLS_LOOP_RATE):
+            if limiter is None and THREADED_BODY and self._tls is None:
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now
                 await asyncio.to_thread(self._receive_threaded, body, idle)
                 if idle:
                     deadline.reschedule(self._loop.time() + idle)
             else:
                 await self._receive_paced(body, limiter, task_id, deadline, idle)
-            self._tls_rate = length / max(time.monotonic() - began, 1e-6)
             digest = event.digest or await self._trailer(packet_id, number, progress)
             self._frame_done = True
             return self._checked(task_id, number, offset, length, body.crc, digest, feed)

@@ -1,17 +1,15 @@
 """TLS over the piece client's bare socket (Vortex over TLS, docs/TLS.md).
 
 The piece client (:mod:`.piece_client`) receives into one reused buffer with
-``sock_recv_into``, on the event loop or, for a body, blocking in a worker
-thread (see ``piece_client.TLS_THREADED_BODIES`` for which); asyncio streams and
-``loop.sock_*`` do not take an ``ssl.SSLSocket``.
+``sock_recv_into`` on the event loop (bodies over TLS too: see
+``piece_client.THREADED_BODY``); asyncio streams and ``loop.sock_*`` do not take
+an ``ssl.SSLSocket``.
 So TLS here is an :class:`ssl.SSLObject` over two memory BIOs: ciphertext is
 read from the socket into a reused buffer and fed in, plaintext comes out
 straight into the caller's buffer (as many records as are in hand per call,
 so a body lands in large writes), and whatever the session has to send goes
-out on the socket. The same session is driven from the event loop
-(:meth:`TLSSession.recv_into`, :meth:`sendall`) or from a worker thread
-(:meth:`recv_into_blocking`), one at a time, as the piece client uses its
-socket. OpenSSL releases the GIL while it decrypts.
+out on the socket, all from the event loop (:meth:`TLSSession.recv_into`,
+:meth:`sendall`).
 
 EOF: a ``close_notify`` or a connection closed without one both read as 0
 bytes (the piece client words it); any other TLS error is an
@@ -96,17 +94,6 @@ class TLSSession:
             if got is not None:
                 return got
             if not await self._fill(loop):
-                return self._read_in_hand(view) or 0
-
-    def recv_into_blocking(self, view: memoryview) -> int:
-        """:meth:`recv_into` for a worker thread, the socket blocking (its timeout raises TimeoutError)."""
-        while True:
-            got = self._read_in_hand(view)
-            if self._out.pending:
-                self.sock.sendall(self._out.read())
-            if got is not None:
-                return got
-            if not self._feed(self.sock.recv_into(self._raw)):
                 return self._read_in_hand(view) or 0
 
     async def sendall(self, data: bytes) -> None:
