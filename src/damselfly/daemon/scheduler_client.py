@@ -404,6 +404,13 @@ class SchedulerLink:
     def __repr__(self) -> str:
         return f"SchedulerLink({self.addr}, up={self.up}, ready={self.ready})"
 
+    def connection_state(self) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect=False)
+
+    async def connection_changed(self, state: grpc.ChannelConnectivity) -> None:
+        """Return once the channel's connection is no longer in ``state``."""
+        await self._channel.wait_for_state_change(state)
+
     async def check(self, *, timeout: float = 2.0) -> bool:
         """Whether the scheduler answers its health check with SERVING (``grpc.health.v1``,
         the overall service ``""``, as Dragonfly's client checks); one without a health

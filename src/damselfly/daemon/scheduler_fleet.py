@@ -97,6 +97,7 @@ class SchedulerFleet:
         self.ring = HashRing()
         self.sync: Sync | None = None
         self._keepers: dict[str, asyncio.Task[None]] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}  # each link's connection watcher
         self._kicks: dict[str, asyncio.Event] = {}
         self._resolver: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()  # links that no longer resolve, closing
@@ -126,9 +127,10 @@ class SchedulerFleet:
         for addr in self.links.keys() - wanted:
             log.info("scheduler %s no longer resolves; leaving it", addr)
             link = self.links.pop(addr)
-            keeper = self._keepers.pop(addr, None)
-            if keeper is not None:
-                keeper.cancel()
+            for tasks in (self._keepers, self._watchers):
+                task = tasks.pop(addr, None)
+                if task is not None:
+                    task.cancel()
             self._kicks.pop(addr, None)
             closing = asyncio.get_running_loop().create_task(link.close())
             self._closing.add(closing)
@@ -174,8 +176,24 @@ class SchedulerFleet:
             self._keep(link)
 
     def _keep(self, link: SchedulerLink) -> None:
-        task = asyncio.get_running_loop().create_task(self._keeper(link), name=f"scheduler-{link.addr}")
-        self._keepers[link.addr] = task
+        loop = asyncio.get_running_loop()
+        self._keepers[link.addr] = loop.create_task(self._keeper(link), name=f"scheduler-{link.addr}")
+        self._watchers[link.addr] = loop.create_task(self._watch(link), name=f"scheduler-conn-{link.addr}")
+
+    async def _watch(self, link: SchedulerLink) -> None:
+        """Resync ``link`` whenever its connection is lost: a scheduler killed and started again
+        between two health checks has forgotten this host and its held tasks, and its new
+        process is always a new connection (a lost connection to one that did not restart
+        costs a spare announce)."""
+        state = link.connection_state()
+        while True:
+            await link.connection_changed(state)
+            new = link.connection_state()
+            # Left READY, or seen anywhere but READY (a change may pass unseen between two
+            # looks): a ready link resyncs (_lost ignores one that is not ready yet).
+            if grpc.ChannelConnectivity.READY not in (state, new) or state is grpc.ChannelConnectivity.READY:
+                self._lost(link, None)
+            state = new
 
     # --------------------------------------------------------------- health
 
@@ -294,8 +312,14 @@ class SchedulerFleet:
             await link.delete_task(host_id, task_id)
 
     async def close(self) -> None:
-        tasks = [*self._keepers.values(), *([self._resolver] if self._resolver else []), *self._closing]
+        tasks = [
+            *self._keepers.values(),
+            *self._watchers.values(),
+            *([self._resolver] if self._resolver else []),
+            *self._closing,
+        ]
         await cancel_and_wait(tasks)
         self._keepers.clear()
+        self._watchers.clear()
         for link in self.links.values():
             await link.close()

@@ -218,3 +218,30 @@ async def test_the_keys_in_a_config_file(tmp_path: Path) -> None:
     s = tmp_path / "s.yaml"
     s.write_text("scheduler:\n  startupGrace: 0.5\n")
     assert load_scheduler_config(s).scheduler.startup_grace == 0.5
+
+
+async def test_a_scheduler_restarted_between_health_checks_is_announced_to_again() -> None:
+    first = await start_scheduler()
+    fleet = SchedulerFleet([first.addr], health_interval=60, announce_interval=3600)
+    calls: list[tuple[str, bool]] = []
+
+    async def sync(link: SchedulerLink, announce: bool) -> None:
+        if announce:
+            await link.announce_host(HOST, 3600)
+        calls.append((link.addr, announce))
+
+    fleet.sync = sync
+    await fleet.start()
+    try:
+        await until(lambda: first.scheduler.hosts == 1 and fleet.links[first.addr].ready)
+        await first.stop()
+        # Back on its port long before the next health check (a minute away): the lost
+        # connection alone tells the daemon this scheduler may have forgotten it.
+        again = await start_scheduler(first.port)
+        try:
+            await until(lambda: again.scheduler.hosts == 1, timeout=20)
+            await until(lambda: fleet.links[first.addr].ready)
+        finally:
+            await again.stop()
+    finally:
+        await fleet.close()
