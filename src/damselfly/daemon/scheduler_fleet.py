@@ -13,8 +13,9 @@ scheduler's tasks move to the next live one, and one that comes back takes
 its share of new tasks again (running downloads keep the stream they have).
 
 A link is *ready* once this host was announced there since it came up or
-last lost its state (a broken stream: the scheduler may have restarted and
-forgotten everything). The keeper of each link (one task per link) announces
+last lost its state (a broken stream or a dropped connection, watched on the
+channel: the scheduler may have restarted and forgotten everything, even between
+two health checks). The keeper of each link (one task per link) announces
 the host, then has the held tasks the ring now gives that link registered
 again (``sync``, the daemon's :class:`~.announcer.Announcer`), at once when the
 link comes up, loses state, or the ring changes, and then every
