@@ -408,8 +408,7 @@ class SchedulerLink:
         return self._channel.get_state(try_to_connect=False)
 
     async def connection_changed(self, state: grpc.ChannelConnectivity) -> None:
-        """Return once the channel's connection is no longer in ``state``."""
-        await self._channel.wait_for_state_change(state)
+        await self._channel.wait_for_state_change(state)  # returns once it is not ``state``
 
     async def check(self, *, timeout: float = 2.0) -> bool:
         """Whether the scheduler answers its health check with SERVING (``grpc.health.v1``,

@@ -194,6 +194,8 @@ class SchedulerFleet:
             # looks): a ready link resyncs (_lost ignores one that is not ready yet).
             if grpc.ChannelConnectivity.READY not in (state, new) or state is grpc.ChannelConnectivity.READY:
                 self._lost(link, None)
+            if new is grpc.ChannelConnectivity.READY and not link.ready:
+                self.kick(link.addr)  # connected again: check and announce now, not at the next check
             state = new
 
     # --------------------------------------------------------------- health
