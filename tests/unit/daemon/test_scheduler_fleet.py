@@ -80,8 +80,8 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def fleet_of(addrs: list[str]) -> tuple[SchedulerFleet, list[tuple[str, bool]]]:
-    fleet = SchedulerFleet(addrs, health_interval=0.1, announce_interval=3600)
+def fleet_of(addrs: list[str], health_interval: float = 0.1) -> tuple[SchedulerFleet, list[tuple[str, bool]]]:
+    fleet = SchedulerFleet(addrs, health_interval=health_interval, announce_interval=3600)
     calls: list[tuple[str, bool]] = []
 
     async def sync(link: SchedulerLink, announce: bool) -> None:
@@ -222,15 +222,7 @@ async def test_the_keys_in_a_config_file(tmp_path: Path) -> None:
 
 async def test_a_scheduler_restarted_between_health_checks_is_announced_to_again() -> None:
     first = await start_scheduler()
-    fleet = SchedulerFleet([first.addr], health_interval=60, announce_interval=3600)
-    calls: list[tuple[str, bool]] = []
-
-    async def sync(link: SchedulerLink, announce: bool) -> None:
-        if announce:
-            await link.announce_host(HOST, 3600)
-        calls.append((link.addr, announce))
-
-    fleet.sync = sync
+    fleet, _ = fleet_of([first.addr], health_interval=60)
     await fleet.start()
     try:
         await until(lambda: first.scheduler.hosts == 1 and fleet.links[first.addr].ready)
