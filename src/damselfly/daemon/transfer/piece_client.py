@@ -184,6 +184,17 @@ class PieceClient:
         self.received_any = True
         return n
 
+    def _progress_until(self, deadline: asyncio.Timeout, idle: float) -> Callable[[int], int]:
+        """A vetting of each recv's count that also moves ``deadline`` ``idle`` seconds on."""
+
+        def got(n: int) -> int:
+            self._got(n)
+            if idle:
+                deadline.reschedule(self._loop.time() + idle)  # progress: the parent is alive
+            return n
+
+        return got
+
     def _receive_threaded(self, body: Landing, idle: float) -> None:
         """The piece body, in a worker thread: blocking recv_into, pwrite and crc32 all
         release the GIL, so bodies from several parents land in parallel on several
@@ -321,6 +332,8 @@ class PieceClient:
                 await asyncio.to_thread(self._receive_threaded, body, idle)
                 if idle:
                     deadline.reschedule(self._loop.time() + idle)
+            elif limiter is None and self._tls is not None:
+                await self._tls.receive_body(body, self._pace, self._progress_until(deadline, idle))
             else:
                 await self._receive_paced(body, limiter, task_id, deadline, idle)
             digest = event.digest or await self._trailer(packet_id, number, progress)

@@ -11,6 +11,15 @@ so a body lands in large writes), and whatever the session has to send goes
 out on the socket, all from the event loop (:meth:`TLSSession.recv_into`,
 :meth:`sendall`).
 
+A piece body is received in steps (:meth:`TLSSession.receive_body`), as the
+plain path's :func:`.landing.receive_blocking` does in a thread: ``SO_RCVLOWAT``
+keeps the event loop from waking until a step of the parent's pace has
+arrived, so each wake-up decrypts several records instead of one packet's
+worth. The mark never asks for more than the body still has on the wire (its
+plaintext left, less the ciphertext the session holds), and a timer wakes the
+reader anyway after :data:`STEP_WAIT_MAX_S`, so no step can wait for bytes that
+are not coming: at worst it lands late.
+
 EOF: a ``close_notify`` or a connection closed without one both read as 0
 bytes (the piece client words it); any other TLS error is an
 :class:`ssl.SSLError`, an ``OSError``.
@@ -19,11 +28,18 @@ bytes (the piece client words it); any other TLS error is an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
+from .landing import Landing, Pace
+
 _RAW_BUFFER = 256 * 1024
+# The longest a stepped read waits for its mark before reading what is there: a few
+# steps of the pace (landing.RECV_STEP_S), short enough that a wrong mark costs little.
+STEP_WAIT_MAX_S = 0.03
 
 
 class TLSSession:
@@ -99,6 +115,61 @@ class TLSSession:
     async def sendall(self, data: bytes) -> None:
         self.ssl_object.write(data)
         await self._flush(asyncio.get_running_loop())
+
+    async def receive_body(self, body: Landing, pace: Pace, got: Callable[[int], int]) -> None:
+        """Receive ``body`` whole, decrypted, in steps of ``pace``; ``got(n)`` vets each count
+        of plaintext landed (it raises on a closed connection, and notes progress)."""
+        loop = asyncio.get_running_loop()
+        lowat = 1
+        try:
+            while body.pos < body.end:
+                n = self._read_in_hand(body.room())
+                if self._out.pending:
+                    await self._flush(loop)
+                if n is not None:
+                    body.land(got(n))
+                    continue
+                # Nothing decryptable: wait for a step of ciphertext, never for more than the
+                # body can still send (its plaintext left, less what the session holds).
+                want = max(1, min(pace.low_water(), body.end - body.pos - self._in.pending))
+                if want != lowat:
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+                    lowat = want
+                began = time.monotonic()
+                raw = await self._stepped_recv(loop)
+                if raw is None:
+                    continue  # the timer woke us and nothing had come: wait again
+                if not self._feed(raw):
+                    body.land(got(self._read_in_hand(body.room()) or 0))
+                    continue
+                if raw >= lowat > 1:
+                    pace.note(raw, time.monotonic() - began)
+        finally:
+            if lowat != 1:
+                with contextlib.suppress(OSError):  # the connection is gone; nothing reads it again
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+    async def _stepped_recv(self, loop: asyncio.AbstractEventLoop) -> int | None:
+        """Wait until the socket holds its low water mark (or :data:`STEP_WAIT_MAX_S` passed),
+        then read what it holds: a count (0 at EOF), or None when nothing had come."""
+        woken = loop.create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        fd = self.sock.fileno()
+        loop.add_reader(fd, wake)
+        timer = loop.call_later(STEP_WAIT_MAX_S, wake)
+        try:
+            await woken
+        finally:
+            loop.remove_reader(fd)
+            timer.cancel()
+        try:
+            return self.sock.recv_into(self._raw)
+        except BlockingIOError:
+            return None
 
     def send_nowait(self, data: bytes) -> None:
         """Best effort, without waiting (a Close frame before the socket is closed)."""
