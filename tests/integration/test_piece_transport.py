@@ -11,11 +11,13 @@ tests/conformance/test_vortex.py plays Dragonfly's client and server against our
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import os
 import socket
 import struct
+import threading
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -391,6 +393,31 @@ async def test_one_connection_moves_a_task_sequentially(parent: Parent, child: P
         assert client.requests == 6 and not client.broken
         assert parent.server.bytes_sent == 5 * PL + 3
     finally:
+        await client.close()
+
+
+async def test_bodies_land_beside_a_busy_default_executor(parent: Parent, child: PieceStore) -> None:
+    """A body holds its thread until its last byte (a slow link: tens of seconds); bodies must
+    not queue behind the loop's default executor, whose few threads digests and store work
+    share: a body not read leaves its parent's send stuck until the parent drops it."""
+    data = make_content(2 * PL)
+    seed(parent.store, TID, data)
+    child_task(child, len(data))
+    client = await damselfly_client(parent.port)
+    fd = child.open_write_fd(TID)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+    release = threading.Event()
+    hog = loop.run_in_executor(None, release.wait)  # the default executor's one thread, taken
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            for n in range(2):
+                child.finish_piece(TID, await client.download_piece(TID, n, fd, n * PL, PL))
+        assert os.pread(fd, len(data) + 1, 0) == data
+    finally:
+        release.set()
+        await hog
+        os.close(fd)
         await client.close()
 
 

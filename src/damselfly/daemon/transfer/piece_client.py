@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from ...domain import PieceInfo, TrafficType
 from ...errors import (
@@ -71,6 +73,14 @@ OnHeader = Callable[[str], Receiving | None]
 # GIL back some 65 000 times a GiB and queue on it (a loopback hop of 1 GiB, 16 pieces in
 # flight, alternating: 0.445 / 0.481 x plain TCP threaded, 0.736 / 0.617 on the loop).
 THREADED_BODY = True
+# The threads bodies land in: their own pool, not the loop's default executor (six threads on
+# two cores, shared with digests and store work). A body holds its thread until its last byte,
+# 27 s for a 4 MiB piece at 5 mbit shared by four; a body queued behind busy threads is not
+# read at all, its parent's send makes no progress, and the parent drops the connection (64 x
+# 5 mbit: "0 of 734136 bytes sent" after 11 s, then the piece failed down the whole line).
+# Threads start only as bodies need them; one is cheap while it waits in recv.
+BODY_THREADS = 256
+_body_pool = ThreadPoolExecutor(max_workers=BODY_THREADS, thread_name_prefix="piece-body")
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +339,9 @@ class PieceClient:
         try:
             if limiter is None and THREADED_BODY and self._tls is None:
                 deadline.reschedule(None)  # the socket's own timeout judges the parent now
-                await asyncio.to_thread(self._receive_threaded, body, idle)
+                await self._loop.run_in_executor(
+                    _body_pool, functools.partial(self._receive_threaded, body, idle)
+                )
                 if idle:
                     deadline.reschedule(self._loop.time() + idle)
             elif limiter is None and self._tls is not None:
