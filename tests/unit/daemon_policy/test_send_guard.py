@@ -8,7 +8,14 @@ import time
 
 import pytest
 
-from damselfly.daemon.transfer.send_guard import Connection, SendLimits, acked_bytes, to_evict, watched
+from damselfly.daemon.transfer.send_guard import (
+    Connection,
+    SendLimits,
+    acked_bytes,
+    queued_bytes,
+    to_evict,
+    watched,
+)
 
 MiB = 1024 * 1024
 
@@ -111,3 +118,31 @@ def test_acked_bytes_of_a_real_connection() -> None:
             time.sleep(0.001)
         assert acked_bytes(c) == before + 100_000
     assert acked_bytes(object()) is None
+
+
+def test_queued_bytes_are_what_the_peer_has_not_acknowledged() -> None:
+    # A send's budget counts what waits ahead of it: bytes the peer's full window holds back.
+    with (
+        socket.create_server(("127.0.0.1", 0)) as srv,
+        socket.create_connection(srv.getsockname()) as c,
+        srv.accept()[0] as s,
+    ):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert queued_bytes(c) == 0
+        c.setblocking(False)
+        written = 0
+        try:
+            while True:
+                written += c.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        queued = queued_bytes(c)
+        assert 0 < queued <= written
+        got = 0
+        while got < written:
+            got += len(s.recv(1 << 20))
+        deadline = time.monotonic() + 10  # a bound on a hang: the last ACK may trail the bytes
+        while queued_bytes(c) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert queued_bytes(c) == 0
+    assert queued_bytes(object()) == 0

@@ -56,7 +56,16 @@ from ..store.piece_store import PieceStore
 from ..store.receiving import Receiving
 from . import vortex
 from .open_files import OpenFiles
-from .send_guard import Connection, SendLimits, acked_bytes, send_plain, send_through_tls, to_evict, watched
+from .send_guard import (
+    Connection,
+    SendLimits,
+    acked_bytes,
+    queued_bytes,
+    send_plain,
+    send_through_tls,
+    to_evict,
+    watched,
+)
 
 log = logging.getLogger(__name__)
 _Code = vortex.ErrorCode
@@ -531,7 +540,9 @@ class PieceServer:
         limited = limiter is not None and not limiter.unlimited
         send = send_through_tls if writer.get_extra_info("ssl_object") is not None else send_plain
         sock = writer.get_extra_info("socket")
-        budget = self.limits.budget(length)
+        # What is queued ahead of these bytes (the transport's buffer, the socket's) goes first.
+        ahead = writer.transport.get_write_buffer_size() + queued_bytes(sock)
+        budget = self.limits.budget(length + ahead)
         sent = 0
         while sent < length:
             n = length - sent
