@@ -192,7 +192,7 @@ class SchedulerFleet:
             new = link.connection_state()
             # Left READY, or seen anywhere but READY (a change may pass unseen between two
             # looks): a ready link resyncs (_lost ignores one that is not ready yet).
-            if grpc.ChannelConnectivity.READY not in (state, new) or state is grpc.ChannelConnectivity.READY:
+            if state is grpc.ChannelConnectivity.READY or new is not grpc.ChannelConnectivity.READY:
                 self._lost(link, None)
             if new is grpc.ChannelConnectivity.READY and not link.ready:
                 self.kick(link.addr)  # connected again: check and announce now, not at the next check

@@ -118,6 +118,27 @@ def pending(sock: socket.socket) -> int:
     return buf[0]
 
 
+@dataclass(slots=True)
+class LowWater:
+    """``sock``'s ``SO_RCVLOWAT``: set only when it changes, back at 1 when a body is done."""
+
+    sock: socket.socket
+    mark: int = 1
+
+    def set(self, want: int) -> None:
+        if want != self.mark:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+            self.mark = want
+
+    def reset(self) -> None:
+        """Back to 1 for the frames that follow a body; a connection already gone is left be."""
+        if self.mark != 1:
+            try:
+                self.set(1)
+            except OSError:
+                pass  # nothing reads from it again
+
+
 def receive_blocking(
     sock: socket.socket,
     body: Landing,
@@ -130,35 +151,27 @@ def receive_blocking(
     Raises ``TimeoutError`` only when nothing at all came for the socket's timeout: a parent
     slower than the low water mark is read byte by byte from then on. The mark is back at 1
     afterwards, for the frames that follow the body. (Bodies over TLS are received on the event
-    loop: see ``piece_client.THREADED_BODY``.)
+    loop, in the same steps: ``piece_tls.TLSSession.receive_body``.)
     """
-    lowat = 1
+    low = LowWater(sock)
     stepped = type(sock) is socket.socket
     read = sock.recv_into
     clock = time.monotonic
     try:
         while body.pos < body.end:
             if stepped:
-                want = min(pace.low_water(), body.end - body.pos)
-                if want != lowat:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
-                    lowat = want
+                low.set(min(pace.low_water(), body.end - body.pos))
             began = clock()
             try:
                 n = read(body.room())
             except TimeoutError:
-                if lowat > 1 and pending(sock):
+                if low.mark > 1 and pending(sock):
                     stepped = False
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-                    lowat = 1
+                    low.set(1)
                     continue
                 raise
             body.land(got(n))
-            if n >= lowat > 1:
+            if n >= low.mark > 1:
                 pace.note(n, clock() - began)
     finally:
-        if lowat != 1:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
-            except OSError:
-                pass  # the connection is gone; nothing reads from it again
+        low.reset()

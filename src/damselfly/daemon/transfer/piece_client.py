@@ -232,6 +232,7 @@ class PieceClient:
         """The piece body on the event loop, where a limiter's tokens are awaited: bytes are
         granted before each recv, and each recv reads at most what was granted."""
         credit = 0  # bytes granted by the limiter and not received yet
+        got = self._progress_until(deadline, idle)
         try:
             while body.pos < body.end:
                 room = body.room()
@@ -239,9 +240,7 @@ class PieceClient:
                     if credit <= 0:
                         credit = await self._grant(limiter, len(room), task_id, deadline)
                     room = room[:credit]
-                n = self._got(await self._recv_into(room))
-                if idle:
-                    deadline.reschedule(self._loop.time() + idle)  # progress: the parent is alive
+                n = got(await self._recv_into(room))
                 credit -= n
                 body.land(n)
         finally:

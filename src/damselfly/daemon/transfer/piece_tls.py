@@ -28,13 +28,12 @@ bytes (the piece client words it); any other TLS error is an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 import time
 from collections.abc import Callable
 
-from .landing import Landing, Pace
+from .landing import Landing, LowWater, Pace
 
 _RAW_BUFFER = 256 * 1024
 # The longest a stepped read waits for its mark before reading what is there: a few
@@ -120,7 +119,7 @@ class TLSSession:
         """Receive ``body`` whole, decrypted, in steps of ``pace``; ``got(n)`` vets each count
         of plaintext landed (it raises on a closed connection, and notes progress)."""
         loop = asyncio.get_running_loop()
-        lowat = 1
+        low = LowWater(self.sock)
         try:
             while body.pos < body.end:
                 n = self._read_in_hand(body.room())
@@ -131,10 +130,7 @@ class TLSSession:
                     continue
                 # Nothing decryptable: wait for a step of ciphertext, never for more than the
                 # body can still send (its plaintext left, less what the session holds).
-                want = max(1, min(pace.low_water(), body.end - body.pos - self._in.pending))
-                if want != lowat:
-                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
-                    lowat = want
+                low.set(max(1, min(pace.low_water(), body.end - body.pos - self._in.pending)))
                 began = time.monotonic()
                 raw = await self._stepped_recv(loop)
                 if raw is None:
@@ -142,12 +138,10 @@ class TLSSession:
                 if not self._feed(raw):
                     body.land(got(self._read_in_hand(body.room()) or 0))
                     continue
-                if raw >= lowat > 1:
+                if raw >= low.mark > 1:
                     pace.note(raw, time.monotonic() - began)
         finally:
-            if lowat != 1:
-                with contextlib.suppress(OSError):  # the connection is gone; nothing reads it again
-                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            low.reset()
 
     async def _stepped_recv(self, loop: asyncio.AbstractEventLoop) -> int | None:
         """Wait until the socket holds its low water mark (or :data:`STEP_WAIT_MAX_S` passed),
