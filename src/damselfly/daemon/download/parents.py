@@ -82,6 +82,9 @@ class Parent:
     view: ParentView  # what the picker sees
     failures: int = 0  # pieces failed in a row
     dead: bool = False
+    # Left out of the scheduler's latest answer to "more parents" (the line moved on): asked
+    # for nothing more unless offered again; not a failure, so never reported.
+    retired: bool = False
     sync_done: bool = False  # its SyncPieces stream ended: it announces no more pieces
     costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_WINDOW))
 
@@ -182,6 +185,7 @@ class ParentTable:
         for c in candidates:
             existing = self.parents.get(c.peer_id)
             if existing is not None and not existing.dead:
+                existing.retired = False
                 continue
             p = Parent(candidate=c, view=ParentView(pieces=set(), max_in_flight=self.parent_piece_depth))
             self.parents[c.peer_id] = p
@@ -189,7 +193,7 @@ class ParentTable:
         return added
 
     def live(self) -> list[Parent]:
-        return [p for p in self.parents.values() if not p.dead]
+        return [p for p in self.parents.values() if not p.dead and not p.retired]
 
     def holds(self, parent: Parent, number: int, *, whole_pieces: bool = False) -> None:
         """``parent`` announced piece ``number`` (SyncPieces); ``whole_pieces``: it announces
@@ -216,9 +220,21 @@ class ParentTable:
 
     def more_parents(self, candidates: Iterable[CandidateParent]) -> list[Parent]:
         """The answer to a request for more parents: ask again soon if it brought a new
-        one (peers that started with us hold pieces by now), later and later if not."""
+        one (peers that started with us hold pieces by now), later and later if not.
+
+        The answer lists every parent the scheduler wants this peer to use (the usable
+        current ones and the new ones; in the chain topology its place in the line): one
+        left out is retired, no longer asked for pieces, so a peer moved in the line stops
+        taking its old parent's upload from the peer now behind that parent."""
+        candidates = list(candidates)
         known = set(self.parents)
         added = self.add(candidates)
+        offered = {c.peer_id for c in candidates}
+        for p in self.parents.values() if offered else ():
+            if p.id not in offered and not p.dead and not p.retired:
+                log.debug("parent %s left out of the scheduler's answer: retired", p.id)
+                p.retired = True
+                p.view.max_in_flight = 0
         if any(p.id not in known for p in added):
             self._refresh = self.refresh_interval
         else:
@@ -265,7 +281,7 @@ class ParentTable:
         if not missing:
             return [Complete()]
         idle = now - self._last_progress
-        live = {p.id: p.view for p in self.parents.values() if not p.dead}
+        live = {p.id: p.view for p in self.parents.values() if not p.dead and not p.retired}
         if idle > 2 * self.piece_timeout:
             if running:
                 log.warning(
@@ -290,7 +306,7 @@ class ParentTable:
             parent.view.in_flight += 1
             actions.append(Fetch(number, parent))
         if running + len(actions) == 0:
-            stuck = all(p.dead or p.sync_done for p in self.parents.values())
+            stuck = all(p.dead or p.retired or p.sync_done for p in self.parents.values())
             if stuck or idle > self.piece_timeout:
                 return [Stalled(idle, 0)]
         wait = min([MAX_WAIT, *(v.ready_at - now for v in live.values() if v.ready_at > now)])
