@@ -12,6 +12,7 @@ from damselfly.daemon.download.parents import (
     PARENT_FAILURE_LIMIT,
     REFRESH_BACKOFF,
     WHOLE_PIECE_BACKLOG,
+    WHOLE_PIECE_CATCH_UP_DEPTH,
     Complete,
     Failure,
     Fetch,
@@ -99,13 +100,15 @@ def test_a_parent_serving_whole_pieces_gets_one_at_a_time_in_order_while_we_keep
     assert [f.number for f in fetches(t.plan(set(range(10)) - {3}, running=0))] == [5]
 
 
-def test_a_parent_serving_whole_pieces_far_ahead_gets_the_usual_depth():
+def test_a_parent_serving_whole_pieces_far_ahead_gets_two_at_a_time_in_order():
     t = table(Clock(), concurrent_piece_count=16)
     (p,) = t.add([candidate("plain")])
-    for n in (9, 2, 7, 4, 0, 8)[: WHOLE_PIECE_BACKLOG + 4]:
+    held = (9, 2, 7, 4, 0, 8)
+    for n in held:
         t.holds(p, n, whole_pieces=True)
     got = fetches(t.plan(set(range(10)), running=0))
-    assert [f.number for f in got] == [0, 2, 4, 7][:LONE_PARENT_DEPTH]  # in order, not at random
+    assert len(held) >= WHOLE_PIECE_BACKLOG and WHOLE_PIECE_CATCH_UP_DEPTH == 2 < LONE_PARENT_DEPTH
+    assert [f.number for f in got] == [0, 2]  # in order, not at random
 
 
 def test_a_damselfly_parent_keeps_the_lone_parent_depth():

@@ -38,9 +38,11 @@ PARENT_FAILURE_LIMIT = 3
 LONE_PARENT_DEPTH = 4
 # Pieces in flight to a parent that serves only whole pieces (Dragonfly's wire): one while we
 # keep up with it, so each lands at the full link rate and our own children can have it a
-# piece-time later, not four; the usual depth while it holds WHOLE_PIECE_BACKLOG or more
-# pieces we lack, so a child that fell behind catches up without a gap between its requests.
+# piece-time later, not four; WHOLE_PIECE_CATCH_UP_DEPTH while it holds WHOLE_PIECE_BACKLOG or
+# more pieces we lack, so a child that fell behind catches up without a gap between its
+# requests, its pieces landing in pairs rather than fours.
 WHOLE_PIECE_DEPTH = 1
+WHOLE_PIECE_CATCH_UP_DEPTH = 2
 WHOLE_PIECE_BACKLOG = 2
 # How long a piece a super-seed refused is asked of other parents only.
 ELSEWHERE_RETRY = 1.0 * SECONDS
@@ -316,9 +318,10 @@ class ParentTable:
     def _set_depths(self, live: dict[str, ParentView], missing: Set[int]) -> None:
         """A lone parent gets LONE_PARENT_DEPTH pieces (its upload slots and short queue
         take that many without refusals); several parents share the workers, a few each.
-        A parent that serves only whole pieces gets WHOLE_PIECE_DEPTH unless it is
-        WHOLE_PIECE_BACKLOG pieces ahead of us: pieces sharing a link all land late, and each
-        store-and-forward hop adds the time its pieces take to land."""
+        A parent that serves only whole pieces gets WHOLE_PIECE_DEPTH, or
+        WHOLE_PIECE_CATCH_UP_DEPTH while it is WHOLE_PIECE_BACKLOG pieces ahead of us: pieces
+        sharing a link all land late, and each store-and-forward hop adds the time its pieces
+        take to land."""
         depth = (
             LONE_PARENT_DEPTH
             if len(live) <= 1
@@ -327,7 +330,7 @@ class ParentTable:
         for view in live.values():
             if view.whole_pieces:
                 behind = len((view.pieces & missing) - self.in_flight) >= WHOLE_PIECE_BACKLOG
-                view.max_in_flight = depth if behind else min(depth, WHOLE_PIECE_DEPTH)
+                view.max_in_flight = min(depth, WHOLE_PIECE_CATCH_UP_DEPTH if behind else WHOLE_PIECE_DEPTH)
             else:
                 view.max_in_flight = depth
 
