@@ -39,12 +39,11 @@ LONE_PARENT_DEPTH = 4
 # Pieces in flight to a parent that serves only whole pieces (Dragonfly's wire): one while we
 # keep up with it, so each lands at the full link rate and our own children can have it a
 # piece-time later, not four; WHOLE_PIECE_CATCH_UP_DEPTH while it holds WHOLE_PIECE_BACKLOG or
-# more pieces we lack besides, so the link does not idle between one piece and the next
-# (each on a new connection: one request per connection), the pieces landing in pairs
-# rather than fours.
+# more pieces we lack, so a child that fell behind catches up without a gap between its
+# requests, its pieces landing in pairs rather than fours.
 WHOLE_PIECE_DEPTH = 1
 WHOLE_PIECE_CATCH_UP_DEPTH = 2
-WHOLE_PIECE_BACKLOG = 1
+WHOLE_PIECE_BACKLOG = 2
 # How long a piece a super-seed refused is asked of other parents only.
 ELSEWHERE_RETRY = 1.0 * SECONDS
 # A busy parent is left alone for a random while in this range: children refused
