@@ -157,7 +157,8 @@ def _line_slot(line: list[Peer], peer: Peer) -> int:
     Only the peer already at that index changes its parent (to the newcomer), so it must be
     one that may still move (:func:`_movable`): a plain peer never asks for parents again. A plain
     newcomer goes right after the last plain peer, so plain peers stand together and each
-    store-and-forward hop they cost is paid once by the peers behind them; a Damselfly
+    store-and-forward hop they cost is paid once by the peers behind them (at the end of the
+    line instead when plain peers lead it: it was answered before any Damselfly peer came); a Damselfly
     newcomer behind a plain tail goes instead before the last movable peer that follows a
     Damselfly peer or the seed, so it is not behind the plain peers.
     """
@@ -166,7 +167,10 @@ def _line_slot(line: list[Peer], peer: Peer) -> int:
         return len(line)
     if peer.plain:
         plain = [i for i in live if line[i].plain]
-        if plain and plain[-1] != live[-1]:
+        # Not when only plain peers lead the line: the Damselfly peers behind them would each
+        # move back again, and wait behind one more store-and-forward hop.
+        led = bool(plain) and any(not line[i].plain for i in live if i < plain[-1])
+        if led and plain[-1] != live[-1]:
             after = next(i for i in live if i > plain[-1])
             if _movable(line[after]):
                 return after

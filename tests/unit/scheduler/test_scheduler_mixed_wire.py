@@ -117,3 +117,21 @@ def test_damselfly_children_prefer_damselfly_parents() -> None:
     done = plain(w, "done", state=PeerState.SUCCEEDED, pieces=8)
     got = parent_ids(w.decide(w.peer("c2", "hc2")))
     assert done.id in got
+
+
+def test_plain_peers_leading_the_line_do_not_push_damselfly_ones_back() -> None:
+    # The first plain peer was answered before any Damselfly peer registered: it leads.
+    w = chain_world()
+    w.peer("seedpeer", w.host("s", seed=True), state=PeerState.BACK_TO_SOURCE)
+    x = plain(w, "x")
+    assert parent_ids(w.decide(x)) == ["seedpeer"]
+    a = w.peer("a", "ha")
+    assert parent_ids(w.decide(a)) == ["x"]
+    b = w.peer("b", "hb")
+    assert parent_ids(w.decide(b)) == ["a"]
+    # Later plain peers go to the end: a and b stay behind one store-and-forward hop, not more.
+    y = plain(w, "y")
+    assert parent_ids(w.decide(y)) == ["b"]
+    z = plain(w, "z")
+    assert parent_ids(w.decide(z)) == ["y"]
+    assert [p.id for p in line_of(w.task())] == ["x", "a", "b", "y", "z"]
