@@ -36,6 +36,14 @@ PARENT_FAILURE_LIMIT = 3
 # Pieces in flight to a lone parent: its upload slots plus its short queue (see
 # upload.concurrentPieceCount and piece_server.QUEUE_PER_SLOT), so none is refused.
 LONE_PARENT_DEPTH = 4
+# Pieces in flight to a parent that serves only whole pieces (Dragonfly's wire): one while we
+# keep up with it, so each lands at the full link rate and our own children can have it a
+# piece-time later, not four; WHOLE_PIECE_CATCH_UP_DEPTH while it holds WHOLE_PIECE_BACKLOG or
+# more pieces we lack, so a child that fell behind catches up without a gap between its
+# requests, its pieces landing in pairs rather than fours.
+WHOLE_PIECE_DEPTH = 1
+WHOLE_PIECE_CATCH_UP_DEPTH = 2
+WHOLE_PIECE_BACKLOG = 2
 # How long a piece a super-seed refused is asked of other parents only.
 ELSEWHERE_RETRY = 1.0 * SECONDS
 # A busy parent is left alone for a random while in this range: children refused
@@ -189,9 +197,11 @@ class ParentTable:
     def live(self) -> list[Parent]:
         return [p for p in self.parents.values() if not p.dead and not p.retired]
 
-    def holds(self, parent: Parent, number: int) -> None:
-        """``parent`` announced piece ``number`` (SyncPieces)."""
+    def holds(self, parent: Parent, number: int, *, whole_pieces: bool = False) -> None:
+        """``parent`` announced piece ``number`` (SyncPieces); ``whole_pieces``: it announces
+        and serves only pieces it holds whole (it did not say it speaks Damselfly's extensions)."""
         parent.view.pieces.add(number)
+        parent.view.whole_pieces = whole_pieces
 
     def sync_ended(self, parent: Parent) -> None:
         parent.sync_done = True
@@ -284,7 +294,7 @@ class ParentTable:
                     {pid: (len(v.pieces), v.in_flight) for pid, v in live.items()},
                 )
             return [Stalled(idle, running)]
-        self._set_depths(live)
+        self._set_depths(live, missing)
         actions: list[Action] = []
         state = PickState(missing, self.in_flight, live, self._rng, now)
         while running + len(actions) < self.concurrent_piece_count:
@@ -305,16 +315,24 @@ class ParentTable:
         actions.append(Wait(max(wait, MIN_WAIT)))
         return actions
 
-    def _set_depths(self, live: dict[str, ParentView]) -> None:
+    def _set_depths(self, live: dict[str, ParentView], missing: Set[int]) -> None:
         """A lone parent gets LONE_PARENT_DEPTH pieces (its upload slots and short queue
-        take that many without refusals); several parents share the workers, a few each."""
+        take that many without refusals); several parents share the workers, a few each.
+        A parent that serves only whole pieces gets WHOLE_PIECE_DEPTH, or
+        WHOLE_PIECE_CATCH_UP_DEPTH while it is WHOLE_PIECE_BACKLOG pieces ahead of us: pieces
+        sharing a link all land late, and each store-and-forward hop adds the time its pieces
+        take to land."""
         depth = (
             LONE_PARENT_DEPTH
             if len(live) <= 1
             else max(self.parent_piece_depth, self.concurrent_piece_count // (2 * len(live)))
         )
         for view in live.values():
-            view.max_in_flight = depth
+            if view.whole_pieces:
+                behind = len((view.pieces & missing) - self.in_flight) >= WHOLE_PIECE_BACKLOG
+                view.max_in_flight = min(depth, WHOLE_PIECE_CATCH_UP_DEPTH if behind else WHOLE_PIECE_DEPTH)
+            else:
+                view.max_in_flight = depth
 
     def _log_idle(self, now: float, running: int, missing: Set[int], live: dict[str, ParentView]) -> None:
         if not log.isEnabledFor(logging.DEBUG) or now - self._idle_logged <= IDLE_LOG_EVERY:
