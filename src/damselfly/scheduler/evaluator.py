@@ -53,6 +53,14 @@ def progress(peer: Peer) -> int:
     return len(peer.finished_pieces)
 
 
+def stores_and_forwards(parent: Peer, child: Peer) -> bool:
+    """Whether ``child`` gets each piece from ``parent`` only once the parent holds it whole,
+    while a Damselfly parent would pass it on as it lands: a plain parent (Dragonfly's wire)
+    that is still downloading, for a Damselfly child. A plain child asks every parent for
+    whole pieces only, so to it no parent is worse than another on this count."""
+    return parent.plain and not child.plain and parent.state is not PeerState.SUCCEEDED
+
+
 def is_bad_parent(costs: list[float] | tuple[float, ...]) -> bool:
     """Whether the newest served-piece cost is an outlier against the earlier ones.
 
@@ -138,7 +146,12 @@ class DefaultEvaluator:
         return is_bad_parent(tuple(parent.served_costs))
 
     def rank(self, candidates: list[Peer], child: Peer, limit: int, now: float) -> list[Peer]:
-        keyed = [((round(self.score(p, child, now), 3), progress(p)), p) for p in candidates]
+        """The best ``limit`` candidates; for a Damselfly child, parents that pass pieces on as
+        they land come before plain ones still downloading (:func:`stores_and_forwards`)."""
+        keyed = [
+            ((not stores_and_forwards(p, child), round(self.score(p, child, now), 3), progress(p)), p)
+            for p in candidates
+        ]
         keyed.sort(key=lambda kp: kp[0], reverse=True)
         return [p for _, p in keyed[:limit]]
 

@@ -158,6 +158,9 @@ class Task:
     failed: int = 0
     # Pieces reported fetched from the origin, by number: what StatTask lists, as Dragonfly's does.
     source_pieces: dict[int, PieceInfo] = field(default_factory=dict)
+    # A peer on Dragonfly's wire only (Peer.plain) registered: the chain's line is then ordered
+    # by Peer.line_key instead of by registration (scheduling.line_of).
+    mixed_wire: bool = False
 
     @property
     def is_empty_content(self) -> bool:
@@ -245,6 +248,11 @@ class Peer:
     waiting_since: float | None = None
     # (time, finished_bytes) at most every PROGRESS_SAMPLE_S, newest last: the peer's recent rate.
     progress_log: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=PROGRESS_SAMPLES))
+    # The peer speaks only Dragonfly's wire (a Rust dfdaemon, or a Damselfly daemon with
+    # wire.extensions off): it serves only whole pieces and never asks for more parents.
+    plain: bool = False
+    # Its place in the chain topology's line (scheduling.line_order), fixed once given.
+    line_key: float | None = None
 
     def __hash__(self) -> int:
         return id(self)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from ..config import SchedulingConfig
 from .evaluator import Evaluator
+from .line import line_of
 from .resources import Host, Peer, PeerState, Resources, SeedState, Task
 
 
@@ -148,7 +149,8 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, now: float) -> list[Peer]:
     after it (16 x 25 mbit with the test: 1.50, 1.30, 1.12 T_min, no failure logged, peers
     uploading up to 1.4 F; without it: 1.08, 1.08, 1.07, 1.08).
 
-    A peer's parent is the nearest peer registered before it that is alive (pending ones too:
+    A peer's parent is the nearest peer before it in the line (:func:`.line.line_of`: the order
+    of registration unless peers on Dragonfly's wire alone take part) that is alive (pending ones too:
     in a flash crowd the one before may not have started yet) and usable; the first peer's
     parents are the task's seed peers, or the peer the scheduler sent to the origin in the
     seed's place (:func:`after_source_lost`). Each host then receives at its full rate from one
@@ -164,7 +166,7 @@ def chain_parents(peer: Peer, cfg: SchedulingConfig, now: float) -> list[Peer]:
     """
     found = False
     slow_ok: bool | None = None  # whether the peer itself is slow; asked only when it matters
-    for cand in reversed(peer.task.peers.values()):
+    for cand in reversed(line_of(peer.task)):
         if not found:
             found = cand is peer
             continue

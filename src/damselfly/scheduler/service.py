@@ -499,9 +499,14 @@ class SchedulerService(
         task = self.res.get_or_create_task(request.task_id, spec, now)
         # A Rust dfdaemon sends the sizes it learnt from the origin on every register
         # (C:dragonfly-client/src/grpc/dfdaemon_download.rs:441-443); they size the task.
-        task.learn_sizes(*convert.actual_sizes(download))
+        sizes = convert.actual_sizes(download)
+        task.learn_sizes(*sizes)
         self._downloads.setdefault(task.id, download)
         peer = self.res.create_peer(request.peer_id, task, host, spec, now)
+        # Only Dragonfly's dialogue sends them on a fresh register (a Damselfly daemon toward this
+        # scheduler never does): the peer speaks Dragonfly's wire alone (scheduling.line_of).
+        if sizes != (None, None, None) and not download.metadata_only:
+            peer.plain = task.mixed_wire = True
         self._streams[peer.id] = stream
         stream.peer_id = peer.id
         self.metrics.count_peer(self.metrics.register_peer, spec.priority, host.info.type)

@@ -11,6 +11,8 @@ from damselfly.daemon.download.parents import (
     LONE_PARENT_DEPTH,
     PARENT_FAILURE_LIMIT,
     REFRESH_BACKOFF,
+    WHOLE_PIECE_BACKLOG,
+    WHOLE_PIECE_CATCH_UP_DEPTH,
     Complete,
     Failure,
     Fetch,
@@ -81,6 +83,40 @@ def test_several_parents_share_the_workers(count, depth, per_parent):
     got = fetches(t.plan(set(range(40)), running=0))
     assert len(got) == count * per_parent
     assert all(p.view.in_flight == per_parent for p in ps.values())
+
+
+def test_a_parent_serving_whole_pieces_gets_one_at_a_time_in_order_while_we_keep_up():
+    # A plain parent (no Damselfly extensions) announces a piece only once it holds it whole:
+    # four at once would share our link and all land late for our own children.
+    t = table(Clock(), concurrent_piece_count=16)
+    (p,) = t.add([candidate("plain")])
+    t.holds(p, 3, whole_pieces=True)
+    got = fetches(t.plan(set(range(10)), running=0))
+    assert [f.number for f in got] == [3]
+    # The next one it finishes waits for ours: it is less than WHOLE_PIECE_BACKLOG ahead.
+    t.holds(p, 5, whole_pieces=True)
+    assert fetches(t.plan(set(range(10)), running=1)) == []
+    t.piece_done(got[0], 0.4)
+    assert [f.number for f in fetches(t.plan(set(range(10)) - {3}, running=0))] == [5]
+
+
+def test_a_parent_serving_whole_pieces_far_ahead_gets_two_at_a_time_in_order():
+    t = table(Clock(), concurrent_piece_count=16)
+    (p,) = t.add([candidate("plain")])
+    held = (9, 2, 7, 4, 0, 8)
+    for n in held:
+        t.holds(p, n, whole_pieces=True)
+    got = fetches(t.plan(set(range(10)), running=0))
+    assert len(held) >= WHOLE_PIECE_BACKLOG and WHOLE_PIECE_CATCH_UP_DEPTH == 2 < LONE_PARENT_DEPTH
+    assert [f.number for f in got] == [0, 2]  # in order, not at random
+
+
+def test_a_damselfly_parent_keeps_the_lone_parent_depth():
+    t = table(Clock(), concurrent_piece_count=16)
+    (p,) = t.add([candidate("damselfly")])
+    for n in (5, 3):
+        t.holds(p, n, whole_pieces=False)
+    assert len(fetches(t.plan(set(range(10)), running=0))) == 2
 
 
 def test_never_more_workers_than_concurrent_piece_count():
@@ -288,6 +324,19 @@ def test_a_parent_offered_again_after_it_was_dropped_comes_back_afresh_but_is_no
     assert again is not a and not again.dead and again.view.pieces == set()
     assert t.refresh_delay() >= 0.75 * 4  # it doubled: no parent this download never had
     assert t.add([candidate("a")]) == []  # a live parent offered again stays as it is
+
+
+def test_a_parent_left_out_of_the_answer_to_more_parents_is_retired_not_failed():
+    # The scheduler moved us in its line: the old parent's upload belongs to the peer behind it.
+    t = table(Clock(), concurrent_piece_count=16)
+    ps = parents(t, {"old": set(range(10))})
+    t.more_parents([candidate("new")])
+    assert [p.id for p in t.live()] == [candidate("new").peer_id]
+    assert fetches(t.plan(set(range(10)), running=0)) == []  # nothing from "old" any more
+    assert t.reschedule() == []  # and it is not reported as failed
+    t.more_parents([candidate("new"), candidate("old")])  # offered again: asked again
+    assert ps["old"] in t.live()
+    assert len(fetches(t.plan(set(range(10)), running=0))) == LONE_PARENT_DEPTH
 
 
 def test_wants_more_parents_below_max_parents_counting_live_ones():

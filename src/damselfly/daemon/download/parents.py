@@ -36,6 +36,14 @@ PARENT_FAILURE_LIMIT = 3
 # Pieces in flight to a lone parent: its upload slots plus its short queue (see
 # upload.concurrentPieceCount and piece_server.QUEUE_PER_SLOT), so none is refused.
 LONE_PARENT_DEPTH = 4
+# Pieces in flight to a parent that serves only whole pieces (Dragonfly's wire): one while we
+# keep up with it, so each lands at the full link rate and our own children can have it a
+# piece-time later, not four; WHOLE_PIECE_CATCH_UP_DEPTH while it holds WHOLE_PIECE_BACKLOG or
+# more pieces we lack, so a child that fell behind catches up without a gap between its
+# requests, its pieces landing in pairs rather than fours.
+WHOLE_PIECE_DEPTH = 1
+WHOLE_PIECE_CATCH_UP_DEPTH = 2
+WHOLE_PIECE_BACKLOG = 2
 # How long a piece a super-seed refused is asked of other parents only.
 ELSEWHERE_RETRY = 1.0 * SECONDS
 # A busy parent is left alone for a random while in this range: children refused
@@ -77,6 +85,9 @@ class Parent:
     failures: int = 0  # pieces failed in a row (those in flight together counting once)
     failed_after: int = -1  # the last counted failure's: fetches planned up to this one share it
     dead: bool = False
+    # Left out of the scheduler's latest answer to "more parents" (the line moved on): asked
+    # for nothing more unless offered again; not a failure, so never reported.
+    retired: bool = False
     sync_done: bool = False  # its SyncPieces stream ended: it announces no more pieces
     costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_WINDOW))
 
@@ -180,6 +191,7 @@ class ParentTable:
         for c in candidates:
             existing = self.parents.get(c.peer_id)
             if existing is not None and not existing.dead:
+                existing.retired = False
                 continue
             p = Parent(candidate=c, view=ParentView(pieces=set(), max_in_flight=self.parent_piece_depth))
             self.parents[c.peer_id] = p
@@ -187,11 +199,13 @@ class ParentTable:
         return added
 
     def live(self) -> list[Parent]:
-        return [p for p in self.parents.values() if not p.dead]
+        return [p for p in self.parents.values() if not p.dead and not p.retired]
 
-    def holds(self, parent: Parent, number: int) -> None:
-        """``parent`` announced piece ``number`` (SyncPieces)."""
+    def holds(self, parent: Parent, number: int, *, whole_pieces: bool = False) -> None:
+        """``parent`` announced piece ``number`` (SyncPieces); ``whole_pieces``: it announces
+        and serves only pieces it holds whole (it did not say it speaks Damselfly's extensions)."""
         parent.view.pieces.add(number)
+        parent.view.whole_pieces = whole_pieces
 
     def sync_ended(self, parent: Parent) -> None:
         parent.sync_done = True
@@ -212,9 +226,21 @@ class ParentTable:
 
     def more_parents(self, candidates: Iterable[CandidateParent]) -> list[Parent]:
         """The answer to a request for more parents: ask again soon if it brought a new
-        one (peers that started with us hold pieces by now), later and later if not."""
+        one (peers that started with us hold pieces by now), later and later if not.
+
+        The answer lists every parent the scheduler wants this peer to use (the usable
+        current ones and the new ones; in the chain topology its place in the line): one
+        left out is retired, no longer asked for pieces, so a peer moved in the line stops
+        taking its old parent's upload from the peer now behind that parent."""
+        candidates = list(candidates)
         known = set(self.parents)
         added = self.add(candidates)
+        offered = {c.peer_id for c in candidates}
+        for p in self.parents.values() if offered else ():
+            if p.id not in offered and not p.dead and not p.retired:
+                log.debug("parent %s left out of the scheduler's answer: retired", p.id)
+                p.retired = True
+                p.view.max_in_flight = 0
         if any(p.id not in known for p in added):
             self._refresh = self.refresh_interval
         else:
@@ -261,7 +287,7 @@ class ParentTable:
         if not missing:
             return [Complete()]
         idle = now - self._last_progress
-        live = {p.id: p.view for p in self.parents.values() if not p.dead}
+        live = {p.id: p.view for p in self.parents.values() if not p.dead and not p.retired}
         if idle > 2 * self.piece_timeout:
             if running:
                 log.warning(
@@ -272,7 +298,7 @@ class ParentTable:
                     {pid: (len(v.pieces), v.in_flight) for pid, v in live.items()},
                 )
             return [Stalled(idle, running)]
-        self._set_depths(live)
+        self._set_depths(live, missing)
         actions: list[Action] = []
         state = PickState(missing, self.in_flight, live, self._rng, now)
         while running + len(actions) < self.concurrent_piece_count:
@@ -287,23 +313,31 @@ class ParentTable:
             self._planned += 1
             actions.append(Fetch(number, parent, self._planned))
         if running + len(actions) == 0:
-            stuck = all(p.dead or p.sync_done for p in self.parents.values())
+            stuck = all(p.dead or p.retired or p.sync_done for p in self.parents.values())
             if stuck or idle > self.piece_timeout:
                 return [Stalled(idle, 0)]
         wait = min([MAX_WAIT, *(v.ready_at - now for v in live.values() if v.ready_at > now)])
         actions.append(Wait(max(wait, MIN_WAIT)))
         return actions
 
-    def _set_depths(self, live: dict[str, ParentView]) -> None:
+    def _set_depths(self, live: dict[str, ParentView], missing: Set[int]) -> None:
         """A lone parent gets LONE_PARENT_DEPTH pieces (its upload slots and short queue
-        take that many without refusals); several parents share the workers, a few each."""
+        take that many without refusals); several parents share the workers, a few each.
+        A parent that serves only whole pieces gets WHOLE_PIECE_DEPTH, or
+        WHOLE_PIECE_CATCH_UP_DEPTH while it is WHOLE_PIECE_BACKLOG pieces ahead of us: pieces
+        sharing a link all land late, and each store-and-forward hop adds the time its pieces
+        take to land."""
         depth = (
             LONE_PARENT_DEPTH
             if len(live) <= 1
             else max(self.parent_piece_depth, self.concurrent_piece_count // (2 * len(live)))
         )
         for view in live.values():
-            view.max_in_flight = depth
+            if view.whole_pieces:
+                behind = len((view.pieces & missing) - self.in_flight) >= WHOLE_PIECE_BACKLOG
+                view.max_in_flight = min(depth, WHOLE_PIECE_CATCH_UP_DEPTH if behind else WHOLE_PIECE_DEPTH)
+            else:
+                view.max_in_flight = depth
 
     def _log_idle(self, now: float, running: int, missing: Set[int], live: dict[str, ParentView]) -> None:
         if not log.isEnabledFor(logging.DEBUG) or now - self._idle_logged <= IDLE_LOG_EVERY:

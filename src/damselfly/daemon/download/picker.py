@@ -10,6 +10,13 @@ conductor carries it out. Policies:
   the lower mean piece cost). Peers that start together then hold different
   pieces early and can trade.
 * ``sequential``: lowest piece number first (useful for streaming reads).
+
+Both take pieces in order from parents that serve only whole pieces
+(:attr:`ParentView.whole_pieces`: a Dragonfly parent, or any parent of a
+daemon on Dragonfly's wire): such a parent passes a piece on only once it
+holds it whole, so its children see pieces in the order they finish there,
+and a child that took them at random would hold back the ones its own
+children wait for.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ class ParentView:
     ready_at: float = 0.0  # a busy parent is left alone until then
     # Pieces this parent sent elsewhere (super-seeding): not asked for again until then.
     skip: dict[int, float] = field(default_factory=dict)
+    # It announces and serves only pieces it holds whole (Dragonfly's wire): store and forward.
+    whole_pieces: bool = False
 
     def offers(self, number: int, now: float) -> bool:
         return number in self.pieces and (not self.skip or self.skip.get(number, 0.0) <= now)
@@ -64,6 +73,8 @@ def rarest_first(state: PickState) -> tuple[int, str] | None:
     usable = _usable(state)
     if not usable:
         return None
+    if all(p.whole_pieces for p in usable.values()):
+        return sequential(state)
     wanted = state.missing - state.in_flight
     # Set intersections first: near the swarm's frontier most wanted pieces are held by no
     # parent, and this runs at every wake-up of the conductor.

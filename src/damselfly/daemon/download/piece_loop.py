@@ -157,7 +157,7 @@ class PieceLoop:
             ):
                 self._check_span(p, piece.number, piece.offset, piece.length)
                 self._servers[p.id] = (piece.ip, piece.port, piece.extensions)
-                self.table.holds(p, piece.number)
+                self.table.holds(p, piece.number, whole_pieces=not piece.extensions)
                 self._wake.set()
         except DamselflyError as e:
             error = e
