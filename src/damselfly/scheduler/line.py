@@ -3,7 +3,7 @@
 Between Damselfly peers the line is the order of registration. A peer on Dragonfly's wire
 (``Peer.plain``: a Rust dfdaemon, or a Damselfly daemon with ``wire.extensions: false``)
 serves a piece only once it holds it whole, so it gets a fixed place with the other plain
-peers, behind the Damselfly ones (docs/INTEROP.md section 6.9).
+peers, ahead of the Damselfly ones (docs/INTEROP.md section 6.9).
 """
 
 from __future__ import annotations
@@ -31,34 +31,20 @@ def _live(peer: Peer) -> bool:
 def _line_slot(line: list[Peer], peer: Peer) -> int:
     """Where a newcomer goes in the line (an index into ``line``; ``len(line)``: the end).
 
-    Only the peer already at that index changes its parent (to the newcomer), so it must be
-    one that may still move (:func:`_movable`): a plain peer never asks for parents again. A plain
-    newcomer goes right after the last plain peer, so plain peers stand together and each
-    store-and-forward hop they cost is paid once by the peers behind them (at the end of the
-    line instead when plain peers lead it: it was answered before any Damselfly peer came); a Damselfly
-    newcomer behind a plain tail goes instead before the last movable peer that follows a
-    Damselfly peer or the seed, so it is not behind the plain peers.
+    A Damselfly newcomer goes to the end. A plain one goes right after the plain peers that
+    lead the line (first when none does), before the Damselfly peer standing there, when that
+    peer may still move (:func:`_movable`; it is told its new parent at once, unasked);
+    otherwise to the end. Only the peer already at the chosen index changes its parent (to the
+    newcomer), so it must be one that follows such a change: a plain peer never asks for
+    parents again.
     """
     live = [i for i, p in enumerate(line) if _live(p)]
-    if not live:
+    if not peer.plain or not live:
         return len(line)
-    if peer.plain:
-        plain = [i for i in live if line[i].plain]
-        # Not when only plain peers lead the line: the Damselfly peers behind them would each
-        # move back again, and wait behind one more store-and-forward hop.
-        led = bool(plain) and any(not line[i].plain for i in live if i < plain[-1])
-        if led and plain[-1] != live[-1]:
-            after = next(i for i in live if i > plain[-1])
-            if _movable(line[after]):
-                return after
+    head = next((i for i in live if not line[i].plain), None)
+    if head is None or not _movable(line[head]):
         return len(line)
-    if not line[live[-1]].plain:
-        return len(line)
-    for k in range(len(live) - 1, -1, -1):
-        i = live[k]
-        if _movable(line[i]) and (k == 0 or not line[live[k - 1]].plain):
-            return i
-    return len(line)
+    return head
 
 
 def line_of(task: Task) -> list[Peer]:
@@ -66,11 +52,16 @@ def line_of(task: Task) -> list[Peer]:
 
     Between Damselfly peers it is the order they registered in. Once a peer on Dragonfly's
     wire alone has registered (``task.mixed_wire``), each newcomer gets a fixed place
-    (``Peer.line_key``) chosen by :func:`_line_slot`: such a peer serves a piece only once it
-    holds it whole, and the Damselfly parent of a plain child announces it only then too, so
-    every hop into or out of a plain peer costs a piece's whole transfer time. Registration
-    order would put the two kinds turn about in a flash crowd, paying that at nearly every
-    hop; grouped, the plain peers pay it about once each.
+    (``Peer.line_key``) chosen by :func:`_line_slot`. Such a peer serves a piece only once it
+    holds it whole, and takes from its parent only whole pieces: each one in the line costs
+    everyone behind it a piece's transfer time at least. Its parent's pieces must land one
+    after the other for that to be all: pieces that land together (a Damselfly peer has
+    several in flight, shared on its link) are forwarded one after the other, and a plain
+    peer behind Damselfly ones ends that many piece-times after its parent. So plain peers
+    lead the line: the seed's pieces land in order from the origin's one stream, each plain
+    peer passes them on one at a time, and the Damselfly peers behind them cut through as
+    they land. Registration order would alternate the two kinds in a flash crowd and pay
+    the burst at every plain peer.
     """
     if not task.mixed_wire:
         return list(task.peers.values())
@@ -89,3 +80,12 @@ def line_of(task: Task) -> list[Peer]:
 def _line_key(peer: Peer) -> float:
     assert peer.line_key is not None
     return peer.line_key
+
+
+def follower(peer: Peer) -> Peer | None:
+    """The live peer right after ``peer`` in its task's line (the one ``peer`` feeds), if any."""
+    line = line_of(peer.task)
+    if peer not in line:  # a seed peer stands before the line
+        return None
+    i = line.index(peer)
+    return next((p for p in line[i + 1 :] if _live(p)), None)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from ..config import SchedulingConfig
 from .evaluator import Evaluator
-from .line import line_of
+from .line import follower, line_of
 from .resources import Host, Peer, PeerState, Resources, SeedState, Task
 
 
@@ -217,6 +217,24 @@ def refresh(
     if not current and not new:
         return None
     return Parents(current + new)
+
+
+def move_follower(
+    peer: Peer, res: Resources, cfg: SchedulingConfig, evaluator: Evaluator, now: float, rng: random.Random
+) -> tuple[Peer, Parents] | None:
+    """After ``peer`` was answered: the Damselfly peer it was put before in the chain's line
+    (:func:`.line.line_of`, mixed-wire tasks only) and its new parents, to be sent unasked. Until
+    that peer hears, it and ``peer`` share its old parent's upload, and the lag this costs
+    ``peer`` stays with every peer behind it. Plain peers are never moved."""
+    if cfg.topology != "chain" or not peer.task.mixed_wire:
+        return None
+    nxt = follower(peer)
+    if nxt is None or nxt.plain or not nxt.parents:
+        return None
+    more = refresh(nxt, res, cfg, evaluator, now, rng)
+    if more is None or set(nxt.parents) == {p.id for p in more.parents}:
+        return None
+    return nxt, more
 
 
 def other_seed_started(peer: Peer) -> bool:

@@ -67,6 +67,7 @@ from .scheduling import (
     Wait,
     after_source_lost,
     apply_decision,
+    move_follower,
     refresh,
     schedule,
 )
@@ -219,7 +220,26 @@ class SchedulerService(
         self.metrics.schedule_duration.observe((time.perf_counter() - started) * 1000.0)
         self.metrics.count(self.metrics.decisions, type(decision).__name__)
         self._carry_out(peer, decision)
+        if isinstance(decision, Parents):
+            moved = move_follower(peer, self.res, self.cfg, self.evaluator, now, self.rng)
+            if moved is not None and moved[0].id in self._streams:
+                self._refreshed(*moved, now, " (told unasked: its place in the line changed)")
         return decision
+
+    def _refreshed(self, peer: Peer, more: Parents, now: float, how: str = "") -> None:
+        """Answer ``peer`` with the parents ``more`` (a "more parents" answer), saying so when
+        its place in the chain's line changed."""
+        if (
+            self.cfg.topology == "chain"
+            and peer.parents
+            and set(peer.parents) != {p.id for p in more.parents}
+        ):
+            with log_context(task_id=peer.task.id, peer_id=peer.id):
+                log.info("line changed: parent %s -> %s%s", ", ".join(peer.parents),
+                         ", ".join(p.id for p in more.parents), how)  # fmt: skip
+        apply_decision(peer, more, self.res, now)
+        self.metrics.count(self.metrics.decisions, "Refresh")
+        self._carry_out(peer, more)
 
     def _carry_out(self, peer: Peer, decision: Decision) -> None:
         outbox = self._streams.get(peer.id)
@@ -469,17 +489,7 @@ class SchedulerService(
         if not msg.candidate_parents:
             more = refresh(peer, self.res, self.cfg, self.evaluator, now, self.rng)
             if more is not None:
-                if (
-                    self.cfg.topology == "chain"
-                    and peer.parents
-                    and set(peer.parents) != {p.id for p in more.parents}
-                ):
-                    with log_context(task_id=task.id, peer_id=peer.id):
-                        log.info("line changed: parent %s -> %s", ", ".join(peer.parents),
-                                 ", ".join(p.id for p in more.parents))  # fmt: skip
-                apply_decision(peer, more, self.res, now)
-                self.metrics.count(self.metrics.decisions, "Refresh")
-                self._carry_out(peer, more)
+                self._refreshed(peer, more, now)
                 return
         else:
             # Not a live fetcher from the origin: what it failed was cut off upstream (a lost seed's
