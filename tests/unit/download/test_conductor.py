@@ -460,7 +460,50 @@ async def test_when_no_parent_can_say_the_length_the_schedulers_next_answer_does
 
 
 def plain_deps(store: PieceStore, stream: FakeStream, source: FakeSource, **settings: Any) -> ConductorDeps:
+    # DATA is far below Dragonfly's one-piece rule (tested on its own below): these go P2P.
+    settings = {"direct_max": 0, **settings}
     return deps(store, stream, FakePool({}), FakePeerRPC(), source, extensions=False, **settings)
+
+
+async def test_toward_dragonfly_content_of_at_most_one_small_piece_skips_the_scheduler(
+    store: PieceStore,
+) -> None:
+    # Dragonfly's client fetches content of <= 4 MiB from the origin without registering.
+    stream = FakeStream([NormalTask([GOOD])])
+    source = FakeSource()
+    conductor = Conductor(plain_deps(store, stream, source, direct_max=len(DATA)), TASK, SPEC)
+
+    await conductor.run()
+
+    assert content(store) == DATA and conductor.back_to_source
+    assert source.stats == 1 and source.fetched == 1
+    assert stream.said == []  # not even a register
+
+
+async def test_a_small_content_with_back_to_source_disabled_still_asks_the_scheduler(
+    store: PieceStore,
+) -> None:
+    stream = FakeStream([NormalTask([GOOD])])
+    source = FakeSource()
+    spec = dataclasses.replace(SPEC, disable_back_to_source=True)
+    conductor = Conductor(plain_deps(store, stream, source, direct_max=len(DATA)), TASK, spec)
+
+    await conductor.run()
+
+    assert content(store) == DATA and not conductor.back_to_source and source.fetched == 0
+    assert stream.said[0] == ("register", SPEC.url, len(DATA), PL)
+
+
+async def test_with_damselflys_scheduler_small_content_goes_through_it(store: PieceStore) -> None:
+    stream = FakeStream([NormalTask([GOOD])])
+    source = FakeSource()
+    conductor = Conductor(
+        deps(store, stream, FakePool({}), FakePeerRPC(), source, direct_max=len(DATA)), TASK, SPEC
+    )
+
+    await conductor.run()
+
+    assert content(store) == DATA and source.fetched == 0 and stream.kinds()[0] == "register"
 
 
 async def test_toward_dragonfly_the_size_is_learned_first_and_registered(store: PieceStore) -> None:

@@ -67,7 +67,7 @@ from ...errors import (
     SchedulerError,
     StorageError,
 )
-from ...pieces import Digest, piece_length_for
+from ...pieces import MIN_PIECE_LENGTH, Digest, piece_length_for
 from ..origin.source import HTTPSource
 from ..scheduler_client import PeerStream
 from ..scheduler_fleet import SchedulerFleet
@@ -115,6 +115,10 @@ class ConductorDeps:
     # are live (doubling while nothing new comes back).
     refresh_interval: float = 1.0
     max_parents: int = 8
+    # Speaking Dragonfly's wire (no Damselfly extensions on the scheduler link), content of at
+    # most this many bytes comes from the origin without the scheduler, as in Dragonfly's
+    # client (C:dragonfly-client/src/resource/task.rs:512-535: MIN_PIECE_LENGTH).
+    direct_max: int = MIN_PIECE_LENGTH
     # Serve a piece to children while it arrives from a parent (daemon/store/receiving.py).
     cut_through: bool = True
     on_piece: Callable[[PieceInfo], None] | None = None  # metrics
@@ -123,6 +127,10 @@ class ConductorDeps:
     on_unreported: Callable[[str], None] | None = None
     # A download whose end scheduler ``addr`` heard: (task ID, addr).
     on_reported: Callable[[str, str], None] | None = None
+
+
+class _OneSmallPiece(Exception):
+    """The content is too small to go through the scheduler (ConductorDeps.direct_max)."""
 
 
 class Conductor:
@@ -206,6 +214,9 @@ class Conductor:
         try:
             try:
                 answer = await self._open(self.deps.wait_for_scheduler)
+            except _OneSmallPiece as e:
+                await self._origin_only(f"{e} bytes: from the origin without the scheduler")
+                return
             except SchedulerError as e:
                 log.warning("scheduler unavailable (%s)", e)
                 await self._origin_only(f"scheduler unavailable: {e}")
@@ -248,6 +259,9 @@ class Conductor:
             # Toward Dragonfly's scheduler the size goes in the register; an origin that cannot
             # say it fails the download, as it does in Dragonfly's client (task.rs:153-304).
             size = None if self._extensions else await self._content_size()
+            first = answer and self._stream is None and not self.spec.disable_back_to_source
+            if first and size is not None and size[0] <= self.deps.direct_max:
+                raise _OneSmallPiece(size[0])
             old, self._stream = self._stream, link.peer_stream(self.deps.host_id, self.task_id, self.peer_id)
             if old is not None:
                 with contextlib.suppress(Exception):
