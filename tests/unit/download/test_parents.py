@@ -11,8 +11,8 @@ from damselfly.daemon.download.parents import (
     LONE_PARENT_DEPTH,
     PARENT_FAILURE_LIMIT,
     REFRESH_BACKOFF,
-    WHOLE_PIECE_BACKLOG,
-    WHOLE_PIECE_CATCH_UP_DEPTH,
+    WHOLE_PIECE_LEAD,
+    WHOLE_PIECE_LOOKAHEAD_DEPTH,
     Complete,
     Failure,
     Fetch,
@@ -85,30 +85,44 @@ def test_several_parents_share_the_workers(count, depth, per_parent):
     assert all(p.view.in_flight == per_parent for p in ps.values())
 
 
-def test_a_parent_serving_whole_pieces_gets_one_at_a_time_in_order_while_we_keep_up():
+def test_a_parent_serving_whole_pieces_gets_one_at_a_time_in_order():
     # A plain parent (no Damselfly extensions) announces a piece only once it holds it whole:
-    # four at once would share our link and all land late for our own children.
+    # several at once would share our link and all land late for our own children.
     t = table(Clock(), concurrent_piece_count=16)
     (p,) = t.add([candidate("plain")])
-    t.holds(p, 3, whole_pieces=True)
-    got = fetches(t.plan(set(range(10)), running=0))
-    assert [f.number for f in got] == [3]
-    # The next one it finishes waits for ours: it is less than WHOLE_PIECE_BACKLOG ahead.
-    t.holds(p, 5, whole_pieces=True)
-    assert fetches(t.plan(set(range(10)), running=1)) == []
-    t.piece_done(got[0], 0.4)
-    assert [f.number for f in fetches(t.plan(set(range(10)) - {3}, running=0))] == [5]
-
-
-def test_a_parent_serving_whole_pieces_far_ahead_gets_two_at_a_time_in_order():
-    t = table(Clock(), concurrent_piece_count=16)
-    (p,) = t.add([candidate("plain")])
-    held = (9, 2, 7, 4, 0, 8)
-    for n in held:
+    for n in (9, 2, 7, 4, 3):
         t.holds(p, n, whole_pieces=True)
     got = fetches(t.plan(set(range(10)), running=0))
-    assert len(held) >= WHOLE_PIECE_BACKLOG and WHOLE_PIECE_CATCH_UP_DEPTH == 2 < LONE_PARENT_DEPTH
-    assert [f.number for f in got] == [0, 2]  # in order, not at random
+    assert [f.number for f in got] == [2]  # the lowest, not one at random
+    assert fetches(t.plan(set(range(10)), running=1)) == []  # no cost known yet: no lookahead
+    t.piece_done(got[0], 0.4)
+    assert [f.number for f in fetches(t.plan(set(range(10)) - {2}, running=0))] == [3]
+
+
+def test_a_whole_piece_parents_next_piece_is_asked_just_before_the_one_in_flight_lands():
+    # Once its costs are known, the next piece goes WHOLE_PIECE_LEAD before the one in flight
+    # should land, so the link does not idle between one-request connections.
+    clock = Clock()
+    t = table(clock, concurrent_piece_count=16)
+    (p,) = t.add([candidate("plain")])
+    t.holds(p, 0, whole_pieces=True)
+    (first,) = fetches(t.plan(set(range(10)), running=0))
+    clock.now += 0.36
+    t.piece_done(first, 0.36)  # the link's time for a piece
+    for n in (1, 2, 3):
+        t.holds(p, n, whole_pieces=True)
+    missing = set(range(10)) - {0}
+    actions = t.plan(missing, running=0)
+    assert [f.number for f in fetches(actions)] == [1]
+    wait = actions[-1]
+    assert isinstance(wait, Wait) and wait.seconds == pytest.approx(0.36 - WHOLE_PIECE_LEAD)
+    clock.now += 0.36 - WHOLE_PIECE_LEAD - 0.01
+    assert fetches(t.plan(missing, running=1)) == []  # not yet
+    clock.now += 0.01
+    assert [f.number for f in fetches(t.plan(missing, running=1))] == [2]
+    clock.now += 0.01
+    assert fetches(t.plan(missing, running=2)) == []  # never a third
+    assert WHOLE_PIECE_LOOKAHEAD_DEPTH == 2 < LONE_PARENT_DEPTH
 
 
 def test_a_damselfly_parent_keeps_the_lone_parent_depth():

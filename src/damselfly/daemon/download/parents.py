@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Set
@@ -36,14 +38,18 @@ PARENT_FAILURE_LIMIT = 3
 # Pieces in flight to a lone parent: its upload slots plus its short queue (see
 # upload.concurrentPieceCount and piece_server.QUEUE_PER_SLOT), so none is refused.
 LONE_PARENT_DEPTH = 4
-# Pieces in flight to a parent that serves only whole pieces (Dragonfly's wire): one while we
-# keep up with it, so each lands at the full link rate and our own children can have it a
-# piece-time later, not four; WHOLE_PIECE_CATCH_UP_DEPTH while it holds WHOLE_PIECE_BACKLOG or
-# more pieces we lack, so a child that fell behind catches up without a gap between its
-# requests, its pieces landing in pairs rather than fours.
+# Pieces in flight to a parent that serves only whole pieces (Dragonfly's wire): one at a time,
+# so each lands at the full link rate and our own children can have it a piece-time later, not
+# four (pieces sharing a link all land late, and a store-and-forward hop adds the time its
+# pieces take to land). The next one (if the parent holds it) is asked WHOLE_PIECE_LEAD before
+# the one in flight should land by the parent's recent costs, so the request and the parent's
+# first bytes overlap the last bytes of the piece before and the link does not idle between
+# one-request connections. Measured on the 8 x 100 mbit testbed, a plain peer behind the seed:
+# 0.38-0.46 s behind it (one piece-time) through the first 40 of 64 pieces with the lead; without
+# it, a little further behind at each piece until it fetched two at a time (0.6-0.7 s behind).
 WHOLE_PIECE_DEPTH = 1
-WHOLE_PIECE_CATCH_UP_DEPTH = 2
-WHOLE_PIECE_BACKLOG = 2
+WHOLE_PIECE_LOOKAHEAD_DEPTH = 2
+WHOLE_PIECE_LEAD = 0.1 * SECONDS
 # How long a piece a super-seed refused is asked of other parents only.
 ELSEWHERE_RETRY = 1.0 * SECONDS
 # A busy parent is left alone for a random while in this range: children refused
@@ -89,6 +95,8 @@ class Parent:
     # for nothing more unless offered again; not a failure, so never reported.
     retired: bool = False
     sync_done: bool = False  # its SyncPieces stream ended: it announces no more pieces
+    # A whole-piece parent: when its next piece may be asked while one is in flight.
+    ask_next_at: float = math.inf
     costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_WINDOW))
 
     @property
@@ -298,7 +306,7 @@ class ParentTable:
                     {pid: (len(v.pieces), v.in_flight) for pid, v in live.items()},
                 )
             return [Stalled(idle, running)]
-        self._set_depths(live, missing)
+        self._set_depths(missing, now)
         actions: list[Action] = []
         state = PickState(missing, self.in_flight, live, self._rng, now)
         while running + len(actions) < self.concurrent_piece_count:
@@ -310,32 +318,36 @@ class ParentTable:
             parent = self.parents[pid]
             self.in_flight.add(number)
             parent.view.in_flight += 1
+            if parent.view.whole_pieces and parent.costs:
+                parent.ask_next_at = now + statistics.median(parent.costs) - WHOLE_PIECE_LEAD
             self._planned += 1
             actions.append(Fetch(number, parent, self._planned))
         if running + len(actions) == 0:
             stuck = all(p.dead or p.retired or p.sync_done for p in self.parents.values())
             if stuck or idle > self.piece_timeout:
                 return [Stalled(idle, 0)]
-        wait = min([MAX_WAIT, *(v.ready_at - now for v in live.values() if v.ready_at > now)])
+        soon = [v.ready_at for v in live.values()]
+        soon += [p.ask_next_at for p in self.live() if p.view.whole_pieces and p.view.in_flight == 1]
+        wait = min([MAX_WAIT, *(t - now for t in soon if now < t < math.inf)])
         actions.append(Wait(max(wait, MIN_WAIT)))
         return actions
 
-    def _set_depths(self, live: dict[str, ParentView], missing: Set[int]) -> None:
+    def _set_depths(self, missing: Set[int], now: float) -> None:
         """A lone parent gets LONE_PARENT_DEPTH pieces (its upload slots and short queue
         take that many without refusals); several parents share the workers, a few each.
-        A parent that serves only whole pieces gets WHOLE_PIECE_DEPTH, or
-        WHOLE_PIECE_CATCH_UP_DEPTH while it is WHOLE_PIECE_BACKLOG pieces ahead of us: pieces
-        sharing a link all land late, and each store-and-forward hop adds the time its pieces
-        take to land."""
+        A parent that serves only whole pieces gets WHOLE_PIECE_DEPTH, and a second piece
+        WHOLE_PIECE_LEAD before the one in flight should land (ask_next_at)."""
+        live = self.live()
         depth = (
             LONE_PARENT_DEPTH
             if len(live) <= 1
             else max(self.parent_piece_depth, self.concurrent_piece_count // (2 * len(live)))
         )
-        for view in live.values():
+        for p in live:
+            view = p.view
             if view.whole_pieces:
-                behind = len((view.pieces & missing) - self.in_flight) >= WHOLE_PIECE_BACKLOG
-                view.max_in_flight = min(depth, WHOLE_PIECE_CATCH_UP_DEPTH if behind else WHOLE_PIECE_DEPTH)
+                due = view.in_flight == 1 and now >= p.ask_next_at
+                view.max_in_flight = min(depth, WHOLE_PIECE_LOOKAHEAD_DEPTH if due else WHOLE_PIECE_DEPTH)
             else:
                 view.max_in_flight = depth
 
