@@ -28,6 +28,8 @@ catches them, so code above the boundary handles only these.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class DamselflyError(Exception):
     """Root of all Damselfly errors."""
@@ -66,11 +68,14 @@ class SourceError(DamselflyError):
 
 
 class SourceStatusError(SourceError):
-    def __init__(self, url: str, status: int, reason: str = "") -> None:
+    def __init__(
+        self, url: str, status: int, reason: str = "", headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(f"origin answered {status} {reason}".rstrip() + f" for {url}")
         self.url = url
         self.status = status
         self.reason = reason
+        self.headers = dict(headers or {})  # the error response's, for Dragonfly's Backend details
 
 
 class SourceUnreachable(SourceError):

@@ -44,6 +44,7 @@ class Result:
     details: str = ""
     content_length: int | None = None
     pieces: int = 0
+    trailers: dict[str, str | bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +158,7 @@ class Swarm:
                 result.ok = True
             except grpc.aio.AioRpcError as e:
                 result.code, result.details = e.code(), e.details() or ""
+                result.trailers = dict(e.trailing_metadata() or ())
         return result
 
     def origin_bytes(self, path: str | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 
@@ -76,7 +77,12 @@ async def test_origin_errors_are_clear_and_leave_no_output(swarm: Swarm, tmp_pat
     await swarm.add_daemon("peer")
     out = tmp_path / "out"
     r = await swarm.download("peer", swarm.url("x.bin", fault="404"), out)
-    assert not r.ok and r.code == grpc.StatusCode.FAILED_PRECONDITION and "404" in r.details
+    # As Dragonfly's dfdaemon: INTERNAL, the origin's status and headers as errordetails.v2.Backend
+    # JSON in grpc-status-details-bin (C:dragonfly-client/src/grpc/dfdaemon_download.rs:395-420).
+    assert not r.ok and r.code == grpc.StatusCode.INTERNAL and "404" in r.details
+    backend = json.loads(r.trailers["grpc-status-details-bin"])
+    assert backend["status_code"] == 404 and backend["message"].startswith("404")
+    assert isinstance(backend["header"], dict) and backend["header"]
     assert not out.exists()
     r = await swarm.download("peer", swarm.url("x.bin", fault="500"), out)
     assert not r.ok and "500" in r.details and not out.exists()

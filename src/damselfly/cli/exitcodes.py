@@ -17,6 +17,7 @@ unit-tested plainly.
 from __future__ import annotations
 
 import enum
+import json
 
 from ..errors import (
     DaemonUnavailable,
@@ -81,15 +82,39 @@ def _first_line(text: str) -> str:
 _TRANSPORT_MARKERS = ("failed to connect to all addresses", "socket closed", "connection reset by peer")
 
 
+def origin_status(details_bin: bytes) -> int | None:
+    """The origin's HTTP status from a status's ``grpc-status-details-bin`` when it holds
+    Dragonfly's ``errordetails.v2.Backend`` as JSON (how a daemon, Damselfly's or Dragonfly's,
+    says the origin refused the download); 0 for a Backend without a status; None otherwise."""
+    if not details_bin:
+        return None
+    try:
+        backend = json.loads(details_bin)
+    except ValueError:
+        return None
+    if not isinstance(backend, dict) or "message" not in backend:
+        return None
+    code = backend.get("status_code")
+    return code if isinstance(code, int) else 0
+
+
 def failure_from_status(
-    code_name: str, details: str, *, back_to_source_disabled: bool = False, started: bool = False
+    code_name: str,
+    details: str,
+    *,
+    back_to_source_disabled: bool = False,
+    started: bool = False,
+    details_bin: bytes = b"",
 ) -> DfgetFailure:
     """Map the gRPC status that ended a DownloadTask stream to an exit code and message.
 
     ``code_name`` is ``grpc.StatusCode.X.name`` (e.g. ``"DATA_LOSS"``);
-    ``started`` says whether the daemon had answered anything yet.
+    ``started`` says whether the daemon had answered anything yet; ``details_bin`` is the
+    status's binary details (Dragonfly's Backend JSON for an origin's refusal).
     """
     msg = _first_line(details) or code_name.lower().replace("_", " ")
+    if origin_status(details_bin) is not None:
+        return DfgetFailure(ExitCode.ORIGIN, f"origin error: {msg}")
     lowered = msg.lower()
     transport = "origin" not in lowered and any(m in lowered for m in _TRANSPORT_MARKERS)
     if code_name == "UNAVAILABLE" and transport:

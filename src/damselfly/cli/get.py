@@ -271,7 +271,11 @@ def execute_sync(p: GetPlan, sink: ProgressSink) -> GetResult:
             gone = DaemonUnavailable(f"no daemon answers on {p.socket} ({e.details}); {DAEMON_HINT}")
             raise failure_from_error(gone) from None
         raise failure_from_status(
-            e.code, e.details, back_to_source_disabled=p.spec.disable_back_to_source, started=state.started
+            e.code,
+            e.details,
+            back_to_source_disabled=p.spec.disable_back_to_source,
+            started=state.started,
+            details_bin=e.details_bin,
         ) from None
     except BaseException:
         state.discard()

@@ -24,6 +24,7 @@ path whose start-up this module exists to cut, the hand-written framing stays.
 
 from __future__ import annotations
 
+import base64
 import socket
 import struct
 import time
@@ -53,11 +54,20 @@ class RpcError(Exception):
     ``local``: this client ended it (no connection, the connection lost, a deadline), not a
     status the server sent."""
 
-    def __init__(self, code: str, details: str, *, local: bool = True) -> None:
+    def __init__(self, code: str, details: str, *, local: bool = True, details_bin: bytes = b"") -> None:
         super().__init__(f"{code}: {details}")
         self.code = code
         self.details = details
         self.local = local
+        self.details_bin = details_bin  # the ``grpc-status-details-bin`` trailer, decoded
+
+
+def _unbase64(text: str) -> bytes:
+    """A binary header's value: base64, padded or not (gRPC allows both); b"" if malformed."""
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except ValueError:
+        return b""
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -162,6 +172,7 @@ def _call(
     consumed = 0  # DATA bytes taken since the last WINDOW_UPDATE
     status: str | None = None
     details = ""
+    details_bin = b""
     while True:
         head = reader.take(9)
         length = int.from_bytes(head[:3], "big")
@@ -195,6 +206,7 @@ def _call(
                 code = int(fields["grpc-status"])
                 status = STATUS_NAMES[code] if 0 <= code < len(STATUS_NAMES) else "UNKNOWN"
                 details = unquote(fields.get("grpc-message", ""))
+                details_bin = _unbase64(fields.get("grpc-status-details-bin", ""))
             elif fields.get(":status", "200") != "200":
                 raise RpcError("UNAVAILABLE", f"the daemon answered HTTP {fields.get(':status')}")
             if block_ends_stream:
@@ -221,7 +233,7 @@ def _call(
     if status is None:
         raise RpcError("INTERNAL", "the call ended without a status")
     if status != "OK":
-        raise RpcError(status, details, local=False)
+        raise RpcError(status, details, local=False, details_bin=details_bin)
 
 
 def _strip(payload: bytes, flags: int, *, priority: bool = False) -> bytes:

@@ -35,7 +35,7 @@ from .download import output
 from .download.local_stream import PieceReader, started_pieces
 from .download.progress import follow_download
 from .download.tasks import TaskManager, task_id_for
-from .grpc_status import status_for
+from .grpc_status import backend_details, status_for
 from .metrics import DaemonMetrics
 from .ratelimit import TASK_LIMITER, ByteLimiter
 from .store.metadata import TaskMeta
@@ -53,7 +53,7 @@ Context: TypeAlias = grpc.aio.ServicerContext
 
 async def _abort(context: Context, exc: BaseException) -> NoReturn:
     code, message = status_for(exc)
-    await context.abort(code, message)
+    await context.abort(code, message, backend_details(exc))
     raise AssertionError("unreachable")
 
 

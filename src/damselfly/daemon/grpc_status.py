@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -21,6 +22,26 @@ from ..errors import (
     StorageError,
 )
 
+# The trailer gRPC carries a status's details in (binary, base64 on the wire).
+DETAILS_KEY = "grpc-status-details-bin"
+# Response headers of an origin's error that stay out of the details: a session cookie the
+# request's own credentials earned is not passed on to whoever asked (a peer, a scheduler).
+_PRIVATE_HEADERS = frozenset({"set-cookie", "set-cookie2"})
+
+
+def backend_details(exc: BaseException) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata for a download the origin refused, as Dragonfly's dfdaemon sends it:
+    ``grpc-status-details-bin`` holding JSON ``errordetails.v2.Backend{message, header,
+    status_code}`` (C:dragonfly-client/src/grpc/dfdaemon_download.rs:395-420; the Rust dfget
+    prints the origin's status and headers from it, C:dragonfly-client/src/bin/dfget/main.rs:
+    511-530; Damselfly's dfget maps it to exit code 4). Empty for any other failure."""
+    if not isinstance(exc, SourceStatusError):
+        return ()
+    header = {k: v for k, v in exc.headers.items() if k.lower() not in _PRIVATE_HEADERS}
+    message = f"{exc.status} {exc.reason}".rstrip()  # as the Rust backend's: "404 Not Found"
+    backend = {"message": message, "header": header, "status_code": exc.status}
+    return ((DETAILS_KEY, json.dumps(backend, separators=(",", ":")).encode()),)
+
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status a failed download ends with (see docs/PROTOCOL.md)."""
@@ -31,7 +52,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, DownloadTimeout | TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "download timed out"
     if isinstance(exc, SourceStatusError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        return grpc.StatusCode.INTERNAL, str(exc)  # as Dragonfly's, with backend_details
     if isinstance(exc, SourceUnreachable):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, NoCandidateParents):

@@ -106,3 +106,22 @@ def test_up_exits_0_when_stopped_1_when_a_child_fails_2_for_a_bad_layout() -> No
         Ending.START_FAILED: 1,
         Ending.BAD_SETUP: 2,
     }
+
+
+@pytest.mark.parametrize(
+    ("details_bin", "expected"),
+    [
+        (b'{"message":"404 Not Found","header":{},"status_code":404}', ExitCode.ORIGIN),
+        (b'{"message":"connection refused","header":{}}', ExitCode.ORIGIN),  # a Backend without a status
+        (b"", ExitCode.UNEXPECTED),
+        (b"\x08\x0d\x12\x03bad", ExitCode.UNEXPECTED),  # a google.rpc.Status, not Dragonfly's JSON
+        (b'{"unrelated":1}', ExitCode.UNEXPECTED),
+    ],
+)
+def test_internal_with_dragonflys_backend_details_is_the_origins_refusal(details_bin, expected):
+    # Damselfly's and Dragonfly's daemons end a download the origin refused with INTERNAL and
+    # errordetails.v2.Backend as JSON in grpc-status-details-bin.
+    f = failure_from_status(
+        "INTERNAL", "origin answered 404 Not Found for http://h/x", details_bin=details_bin
+    )
+    assert f.code is expected

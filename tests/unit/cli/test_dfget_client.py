@@ -38,8 +38,12 @@ class FakeDaemon(dfdaemon_pb2_grpc.DfdaemonDownloadServicer):  # type: ignore[mi
         self.requests.append(d)
         kind = d.url.rsplit("/", 1)[-1]
         out = Path(d.output_path)
-        if kind == "origin404":
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"origin answered 404 for {d.url}")
+        if kind == "origin404":  # as Damselfly's and Dragonfly's daemons: INTERNAL, Backend details
+            backend = b'{"message":"404 Not Found","header":{"server":"o"},"status_code":404}'
+            details = (("grpc-status-details-bin", backend),)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"origin answered 404 Not Found for {d.url}", details
+            )
         if d.need_piece_content:
             async for msg in self._with_content(kind, context):
                 yield msg

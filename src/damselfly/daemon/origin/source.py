@@ -36,7 +36,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Set
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -277,26 +277,26 @@ class HTTPSource:
                 pass  # a redirect or a chunked body: aiohttp below handles it
             else:
                 try:
-                    _check_status(url, raw.status, raw.reason)
+                    _check_status(url, raw.status, raw.reason, raw.headers)
                     yield raw
                 finally:
                     raw.close()
                 return
         async with self._get_session().get(url, headers=req) as resp:
-            _check_status(url, resp.status, resp.reason or "")
+            _check_status(url, resp.status, resp.reason or "", resp.headers)
             yield resp
 
 
-def _check_status(url: str, status: int, reason: str) -> None:
+def _check_status(url: str, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
     if status >= 400:
-        raise SourceStatusError(url, status, reason)
+        raise SourceStatusError(url, status, reason, headers)
     if status not in (200, 206):
         raise SourceError(f"the origin answered {status} {reason} for {url}")
 
 
 def _sized(url: str, resp: aiohttp.ClientResponse, total: int | None) -> OriginSize:
     """The answer to :meth:`HTTPSource.stat`, from a response whose status is not checked yet."""
-    _check_status(url, resp.status, resp.reason or "")
+    _check_status(url, resp.status, resp.reason or "", resp.headers)
     if total is None:
         raise SourceError(
             f"the origin did not say the content length of {url}, which the scheduler needs before "
