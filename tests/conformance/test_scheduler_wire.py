@@ -24,6 +24,7 @@ import pytest
 from dragonfly_api import errordetails_pb2
 
 from damselfly.api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from damselfly.api.convert import UNKNOWN_CONTENT_LENGTH
 from damselfly.config import SchedulerConfig
 from damselfly.scheduler.service import SchedulerService
 
@@ -263,6 +264,30 @@ async def test_register_with_actual_sizes_sizes_a_new_task_and_back_to_source_en
             assert (task.content_length, task.piece_count, task.state) == (3 * PIECE, 3, "Succeeded")
             assert [p.number for p in task.pieces] == [0, 1, 2]
             assert task.size_scope == common_pb2.NORMAL
+
+
+async def test_a_failed_back_to_source_leaves_the_length_to_the_next_register() -> None:
+    # G:scheduler/service/service_v2.go:1645-1672: BackToSourceFailed resets the task's content
+    # length and piece count, so the next peer's actual_* (the origin may now say otherwise) size
+    # it anew; the call ends (:225-242).
+    async with scheduler() as s:
+        a = await back_to_source_peer(s.stub, "a", "10.0.0.1")  # registered 3 pieces
+        async with peers(a):
+            a.piece_back_to_source_finished(0)
+            a.send(
+                download_peer_back_to_source_failed_request=scheduler_pb2.DownloadPeerBackToSourceFailedRequest(
+                    description="origin answered 503"
+                )
+            )
+            assert await a.call_ended() == grpc.StatusCode.OK
+        task = await s.stub.StatTask(scheduler_pb2.StatTaskRequest(host_id=a.host.id, task_id=TASK))
+        assert task.content_length == UNKNOWN_CONTENT_LENGTH and task.piece_count == 0
+        b = await new_peer(s.stub, "b", "10.0.0.2")
+        async with peers(b):
+            b.register(rust_download(5 * PIECE))
+            assert await b.kind() == "need_back_to_source_response"
+            task = await s.stub.StatTask(scheduler_pb2.StatTaskRequest(host_id=b.host.id, task_id=TASK))
+            assert (task.content_length, task.piece_count) == (5 * PIECE, 5)
 
 
 async def test_register_with_actual_length_zero_is_an_empty_task() -> None:

@@ -197,6 +197,14 @@ class Task:
             piece_count = -(-content_length // self.piece_length)
         self.piece_count = piece_count
 
+    def forget_sizes(self) -> None:
+        """A peer's fetch from the origin failed: the length is unknown again, so the next
+        register's ``actual_*`` size the task anew (the origin may answer otherwise now), as
+        Dragonfly's scheduler resets it (G:scheduler/service/service_v2.go:1656-1659). Kept while
+        a peer holds the whole task: its copy proves the length."""
+        if not self.succeeded:
+            self.content_length = self.piece_count = None
+
     @property
     def state(self) -> str:
         """``common.v2.Task.state``: Succeeded once any peer holds it all, else Running/Failed/Pending."""

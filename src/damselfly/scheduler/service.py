@@ -447,6 +447,8 @@ class SchedulerService(
         ):
             was_source = peer.id in task.source_peers
             self.res.set_state(peer, PeerState.FAILED, now)
+            if kind == "download_peer_back_to_source_failed_request":
+                task.forget_sizes()
             self.metrics.peer_done(peer.spec.priority, peer.host.info.type, ok=False)
             if was_source:
                 self._source_lost(task)
