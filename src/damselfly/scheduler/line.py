@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from .resources import Peer, PeerState, Task
 
-# A Damselfly peer holding at most this many pieces may still be moved in the line (it asks
-# for parents again within a second or so and follows); one holding more would wait for a
-# newcomer put before it to catch up.
+# A Damselfly peer holding at most this many pieces may still be moved in the line (it is told
+# its new parent at once); one holding more would wait for a newcomer put before it to catch up.
 MOVABLE_PIECES = 2
 
 
 def _movable(peer: Peer) -> bool:
-    """Whether ``peer`` would follow a change of its parent: a Damselfly peer that holds next
-    to nothing yet, or a plain one still waiting for its first parent."""
-    if peer.state.is_final or len(peer.finished_pieces) > MOVABLE_PIECES:
-        return False
-    return not peer.plain or (not peer.parents and peer.id in peer.task.waiting)
+    """Whether ``peer`` may get a newcomer as its parent: a Damselfly peer (a plain one never
+    asks again) that holds next to nothing yet."""
+    return not peer.plain and not peer.state.is_final and len(peer.finished_pieces) <= MOVABLE_PIECES
 
 
 def _live(peer: Peer) -> bool:
