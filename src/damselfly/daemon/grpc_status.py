@@ -37,7 +37,8 @@ def backend_details(exc: BaseException) -> tuple[tuple[str, bytes], ...]:
     511-530; Damselfly's dfget maps it to exit code 4). Empty for any other failure."""
     if not isinstance(exc, SourceStatusError):
         return ()
-    header = {k: v for k, v in exc.headers.items() if k.lower() not in _PRIVATE_HEADERS}
+    # Names in lower case, as the Rust client's http::HeaderMap gives them.
+    header = {k.lower(): v for k, v in exc.headers.items() if k.lower() not in _PRIVATE_HEADERS}
     message = f"{exc.status} {exc.reason}".rstrip()  # as the Rust backend's: "404 Not Found"
     backend = {"message": message, "header": header, "status_code": exc.status}
     return ((DETAILS_KEY, json.dumps(backend, separators=(",", ":")).encode()),)

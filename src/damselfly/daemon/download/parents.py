@@ -306,7 +306,7 @@ class ParentTable:
                     {pid: (len(v.pieces), v.in_flight) for pid, v in live.items()},
                 )
             return [Stalled(idle, running)]
-        self._set_depths(missing, now)
+        self._set_depths(now)
         actions: list[Action] = []
         state = PickState(missing, self.in_flight, live, self._rng, now)
         while running + len(actions) < self.concurrent_piece_count:
@@ -332,7 +332,7 @@ class ParentTable:
         actions.append(Wait(max(wait, MIN_WAIT)))
         return actions
 
-    def _set_depths(self, missing: Set[int], now: float) -> None:
+    def _set_depths(self, now: float) -> None:
         """A lone parent gets LONE_PARENT_DEPTH pieces (its upload slots and short queue
         take that many without refusals); several parents share the workers, a few each.
         A parent that serves only whole pieces gets WHOLE_PIECE_DEPTH, and a second piece
