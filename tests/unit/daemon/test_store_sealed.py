@@ -50,6 +50,23 @@ def test_a_succeeded_task_is_read_only_and_stamped(tmp_path: Path) -> None:
     store.check_unchanged(TID)
 
 
+def test_a_stat_taken_as_the_task_completed_does_not_drop_it(tmp_path: Path) -> None:
+    # A piece connection took the content's stat while the task completed in another thread
+    # (stamped, then recorded as succeeded): the stale stat is not an edit.
+    store = PieceStore(tmp_path)
+    store.create_task(TID, url="http://example.com/sealed")
+    store.set_content_length(TID, len(DATA), PL)
+    store.mark_running(TID)
+    for n in range((len(DATA) + PL - 1) // PL):
+        put_piece(store, TID, DATA, n, PL)
+    os.utime(store.content_path(TID), ns=(0, 10**9))  # the last write's mtime, before the seal
+    before_seal = os.stat(store.content_path(TID))
+    store.mark_succeeded(TID)
+    store.check_unchanged(TID, before_seal)
+    assert store.get(TID) is not None
+    os.close(store.open_read_fd(TID))
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="writing a read-only file needs root")
 def test_an_edit_through_a_link_drops_the_task_at_the_next_open(tmp_path: Path) -> None:
     store = finished(tmp_path / "store")

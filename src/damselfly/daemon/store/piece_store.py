@@ -297,13 +297,16 @@ class PieceStore:
         meta = self.get(task_id)
         if meta is None or not meta.sealed_ns or meta.state != "succeeded":
             return
-        if st is None:
-            try:
-                st = os.stat(self.content_path(task_id))
-            except FileNotFoundError:
-                st = None
-            except OSError as e:
-                raise StorageError(e.errno, f"cannot stat task {task_id}: {e.strerror}") from e
+        if st is not None and unchanged(st, meta.sealed_ns, meta.content_length):
+            return
+        # The caller's stat may predate the seal (taken as the task completed in another
+        # thread, which stamps the file before it records the stamp): look again now.
+        try:
+            st = os.stat(self.content_path(task_id))
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise StorageError(e.errno, f"cannot stat task {task_id}: {e.strerror}") from e
         if st is not None and unchanged(st, meta.sealed_ns, meta.content_length):
             return
         log.warning(
