@@ -21,13 +21,19 @@ PL = 4096
 DATA = bytes(range(256)) * 40  # three pieces, the last one short
 
 
-def finished(root: Path) -> PieceStore:
+def every_piece(root: Path) -> PieceStore:
+    """A store holding every piece of the task, not yet marked succeeded."""
     store = PieceStore(root)
     store.create_task(TID, url="http://example.com/sealed")
     store.set_content_length(TID, len(DATA), PL)
     store.mark_running(TID)
     for n in range((len(DATA) + PL - 1) // PL):
         put_piece(store, TID, DATA, n, PL)
+    return store
+
+
+def finished(root: Path) -> PieceStore:
+    store = every_piece(root)
     store.mark_succeeded(TID)
     return store
 
@@ -53,12 +59,7 @@ def test_a_succeeded_task_is_read_only_and_stamped(tmp_path: Path) -> None:
 def test_a_stat_taken_as_the_task_completed_does_not_drop_it(tmp_path: Path) -> None:
     # A piece connection took the content's stat while the task completed in another thread
     # (stamped, then recorded as succeeded): the stale stat is not an edit.
-    store = PieceStore(tmp_path)
-    store.create_task(TID, url="http://example.com/sealed")
-    store.set_content_length(TID, len(DATA), PL)
-    store.mark_running(TID)
-    for n in range((len(DATA) + PL - 1) // PL):
-        put_piece(store, TID, DATA, n, PL)
+    store = every_piece(tmp_path)
     os.utime(store.content_path(TID), ns=(0, 10**9))  # the last write's mtime, before the seal
     before_seal = os.stat(store.content_path(TID))
     store.mark_succeeded(TID)
