@@ -82,20 +82,14 @@ def _first_line(text: str) -> str:
 _TRANSPORT_MARKERS = ("failed to connect to all addresses", "socket closed", "connection reset by peer")
 
 
-def origin_status(details_bin: bytes) -> int | None:
-    """The origin's HTTP status from a status's ``grpc-status-details-bin`` when it holds
-    Dragonfly's ``errordetails.v2.Backend`` as JSON (how a daemon, Damselfly's or Dragonfly's,
-    says the origin refused the download); 0 for a Backend without a status; None otherwise."""
-    if not details_bin:
-        return None
+def origin_refused(details_bin: bytes) -> bool:
+    """Whether a status's ``grpc-status-details-bin`` holds Dragonfly's ``errordetails.v2.Backend``
+    as JSON: how a daemon, Damselfly's or Dragonfly's, says the origin refused the download."""
     try:
-        backend = json.loads(details_bin)
+        backend = json.loads(details_bin) if details_bin else None
     except ValueError:
-        return None
-    if not isinstance(backend, dict) or "message" not in backend:
-        return None
-    code = backend.get("status_code")
-    return code if isinstance(code, int) else 0
+        return False
+    return isinstance(backend, dict) and "message" in backend
 
 
 def failure_from_status(
@@ -113,7 +107,7 @@ def failure_from_status(
     status's binary details (Dragonfly's Backend JSON for an origin's refusal).
     """
     msg = _first_line(details) or code_name.lower().replace("_", " ")
-    if origin_status(details_bin) is not None:
+    if origin_refused(details_bin):
         return DfgetFailure(ExitCode.ORIGIN, f"origin error: {msg}")
     lowered = msg.lower()
     transport = "origin" not in lowered and any(m in lowered for m in _TRANSPORT_MARKERS)
