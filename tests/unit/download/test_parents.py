@@ -340,17 +340,26 @@ def test_a_parent_offered_again_after_it_was_dropped_comes_back_afresh_but_is_no
     assert t.add([candidate("a")]) == []  # a live parent offered again stays as it is
 
 
-def test_a_parent_left_out_of_the_answer_to_more_parents_is_retired_not_failed():
+def test_a_parent_left_out_of_an_unasked_answer_is_retired_not_failed():
     # The scheduler moved us in its line: the old parent's upload belongs to the peer behind it.
     t = table(Clock(), concurrent_piece_count=16)
     ps = parents(t, {"old": set(range(10))})
-    t.more_parents([candidate("new")])
+    t.more_parents([candidate("new")], retire=True)
     assert [p.id for p in t.live()] == [candidate("new").peer_id]
     assert fetches(t.plan(set(range(10)), running=0)) == []  # nothing from "old" any more
     assert t.reschedule() == []  # and it is not reported as failed
-    t.more_parents([candidate("new"), candidate("old")])  # offered again: asked again
+    t.more_parents([candidate("new"), candidate("old")], retire=True)  # offered again: asked again
     assert ps["old"] in t.live()
     assert len(fetches(t.plan(set(range(10)), running=0))) == LONE_PARENT_DEPTH
+
+
+def test_an_answer_to_our_own_request_retires_nothing():
+    # A scheduler that restarted answers "more parents" without the parents we already use.
+    t = table(Clock(), concurrent_piece_count=16)
+    ps = parents(t, {"old": set(range(10))})
+    t.more_parents([candidate("new")])
+    assert ps["old"] in t.live()
+    assert fetches(t.plan(set(range(10)), running=0))  # still asked for pieces
 
 
 def test_wants_more_parents_below_max_parents_counting_live_ones():

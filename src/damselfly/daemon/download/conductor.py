@@ -519,6 +519,7 @@ class Conductor:
             except SchedulerError:  # the stream ended or broke: the keeper registers again
                 await asyncio.sleep(table.refresh_delay())
                 continue
+            unasked = answer is not None
             if answer is None:
                 if not table.wants_more_parents() or self._reopening or stream is not self._stream:
                     continue
@@ -531,7 +532,7 @@ class Conductor:
                 self._pending_answer = answer
                 self._pieces.interrupt()
                 return
-            self._pieces.more_parents(answer.parents)
+            self._pieces.more_parents(answer.parents, retire=unasked)
 
     def _stop_syncs(self) -> None:
         self._pieces.stop()

@@ -232,19 +232,21 @@ class ParentTable:
         """How long to wait before asking the scheduler for more parents."""
         return self._refresh * self._rng.uniform(*REFRESH_JITTER)
 
-    def more_parents(self, candidates: Iterable[CandidateParent]) -> list[Parent]:
+    def more_parents(self, candidates: Iterable[CandidateParent], *, retire: bool = False) -> list[Parent]:
         """The answer to a request for more parents: ask again soon if it brought a new
         one (peers that started with us hold pieces by now), later and later if not.
 
-        The answer lists every parent the scheduler wants this peer to use (the usable
-        current ones and the new ones; in the chain topology its place in the line): one
-        left out is retired, no longer asked for pieces, so a peer moved in the line stops
-        taking its old parent's upload from the peer now behind that parent."""
+        ``retire``: the scheduler sent the answer unasked, because it moved this peer in the
+        chain's line (scheduling.move_follower): the answer lists every parent it wants this
+        peer to use, and one left out is retired, no longer asked for pieces, so the peer stops
+        taking its old parent's upload from the peer now behind that parent. An answer to our
+        own request retires nothing: a scheduler that restarted knows nothing of the parents
+        we use, and leaving them out would cut us off from them."""
         candidates = list(candidates)
         known = set(self.parents)
         added = self.add(candidates)
         offered = {c.peer_id for c in candidates}
-        for p in self.parents.values() if offered else ():
+        for p in self.parents.values() if offered and retire else ():
             if p.id not in offered and not p.dead and not p.retired:
                 log.debug("parent %s left out of the scheduler's answer: retired", p.id)
                 p.retired = True

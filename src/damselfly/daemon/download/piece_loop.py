@@ -106,10 +106,11 @@ class PieceLoop:
         candidates = self._note_length(candidates)
         self._follow(self.table.add(candidates))
 
-    def more_parents(self, candidates: Iterable[CandidateParent]) -> None:
-        """Like :meth:`add_parents`, for the answer to a request for more parents."""
+    def more_parents(self, candidates: Iterable[CandidateParent], *, retire: bool = False) -> None:
+        """Like :meth:`add_parents`, for an answer with more parents (``retire``: one the
+        scheduler sent unasked, see :meth:`ParentTable.more_parents`)."""
         candidates = self._note_length(candidates)
-        self._follow(self.table.more_parents(candidates))
+        self._follow(self.table.more_parents(candidates, retire=retire))
         self._wake.set()
 
     def _note_length(self, candidates: Iterable[CandidateParent]) -> list[CandidateParent]:
