@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import zlib
 from pathlib import Path
 
@@ -56,3 +57,24 @@ async def test_a_parent_slower_than_the_low_water_mark_still_delivers(tmp_path: 
         await server.wait_closed()
     assert info.digest == f"crc32:{zlib.crc32(payload)}"
     assert out.read_bytes() == payload
+
+
+async def test_a_step_whose_low_water_mark_is_not_reached_still_reads_what_came() -> None:
+    """The mark is a hint to the kernel, never a condition: ten bytes under a 64 KiB mark are
+    read once the step's timer runs out (a wrong mark lands late, it does not stall). The
+    event-loop paths (bodies over TLS, the origin's body) wait this way."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname())
+    receiver, _ = listener.accept()
+    receiver.setblocking(False)
+    try:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 64 * 1024)
+        sender.sendall(b"0123456789")
+        into = memoryview(bytearray(64 * 1024))
+        async with asyncio.timeout(5):
+            got = await landing.stepped_recv(asyncio.get_running_loop(), receiver, into)
+        assert got == 10
+        assert bytes(into[:got]) == b"0123456789"
+    finally:
+        for s in (sender, receiver, listener):
+            s.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from damselfly.daemon.ratelimit import ByteLimiter
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.transfer.piece_client import PieceConnectionPool
 from damselfly.daemon.transfer.piece_server import PieceServer
-from damselfly.daemon.transfer.piece_tls import TLSSession
 from damselfly.domain import PieceInfo
 from damselfly.errors import PeerError
 from damselfly.ids import task_id
@@ -310,22 +308,3 @@ async def test_large_bodies_over_tls_land_whole_on_the_event_loop(tmp_path: Path
         await pool.close()
         await server.close()
         store.close()
-
-
-async def test_a_step_whose_low_water_mark_is_not_reached_still_reads_what_came(fleet: Fleet) -> None:
-    """The mark is a hint to the kernel, never a condition: ten bytes under a 64 KiB mark are
-    read once the step's timer runs out (a wrong mark lands late, it does not stall)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    sender = socket.create_connection(listener.getsockname())
-    receiver, _ = listener.accept()
-    receiver.setblocking(False)
-    session = TLSSession(receiver, client_ssl_context(fleet.node), "127.0.0.1")
-    try:
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 64 * 1024)
-        sender.sendall(b"0123456789")
-        async with asyncio.timeout(5):
-            got = await session._stepped_recv(asyncio.get_running_loop())
-        assert got == 10
-    finally:
-        for s in (sender, receiver, listener):
-            s.close()

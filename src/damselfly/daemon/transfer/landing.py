@@ -26,6 +26,7 @@ Owner: :class:`~damselfly.daemon.transfer.piece_client.PieceClient` makes one
 from __future__ import annotations
 
 import array
+import asyncio
 import fcntl
 import socket
 import termios
@@ -44,6 +45,9 @@ RECV_BUFFER_SIZE = 1 * MiB
 RECV_STEP_S = 0.01
 RECV_LOW_WATER = 128 * 1024
 RECV_LOW_WATER_MIN = 16 * 1024
+# The longest a stepped read on the event loop waits for its mark before reading what is
+# there: a few steps of the pace, short enough that a wrong mark costs little.
+STEP_WAIT_MAX_S = 0.03
 _SMOOTHING = 0.25
 
 
@@ -175,3 +179,27 @@ def receive_blocking(
                 pace.note(n, clock() - began)
     finally:
         low.reset()
+
+
+async def stepped_recv(loop: asyncio.AbstractEventLoop, sock: socket.socket, into: memoryview) -> int | None:
+    """On the event loop: wait until non-blocking ``sock`` holds its low water mark (the
+    kernel wakes epoll no sooner) or :data:`STEP_WAIT_MAX_S` passed, then read what it holds
+    into ``into``: a count (0 at EOF), or None when nothing had come."""
+    woken = loop.create_future()
+
+    def wake() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    fd = sock.fileno()
+    loop.add_reader(fd, wake)
+    timer = loop.call_later(STEP_WAIT_MAX_S, wake)
+    try:
+        await woken
+    finally:
+        loop.remove_reader(fd)
+        timer.cancel()
+    try:
+        return sock.recv_into(into)
+    except BlockingIOError:
+        return None

@@ -33,12 +33,10 @@ import ssl
 import time
 from collections.abc import Callable
 
-from .landing import Landing, LowWater, Pace
+from .landing import STEP_WAIT_MAX_S, Landing, LowWater, Pace, stepped_recv
 
 _RAW_BUFFER = 256 * 1024
-# The longest a stepped read waits for its mark before reading what is there: a few
-# steps of the pace (landing.RECV_STEP_S), short enough that a wrong mark costs little.
-STEP_WAIT_MAX_S = 0.03
+__all__ = ["STEP_WAIT_MAX_S", "TLSSession"]
 
 
 class TLSSession:
@@ -132,7 +130,7 @@ class TLSSession:
                 # body can still send (its plaintext left, less what the session holds).
                 low.set(max(1, min(pace.low_water(), body.end - body.pos - self._in.pending)))
                 began = time.monotonic()
-                raw = await self._stepped_recv(loop)
+                raw = await stepped_recv(loop, self.sock, self._raw)
                 if raw is None:
                     continue  # the timer woke us and nothing had come: wait again
                 if not self._feed(raw):
@@ -142,28 +140,6 @@ class TLSSession:
                     pace.note(raw, time.monotonic() - began)
         finally:
             low.reset()
-
-    async def _stepped_recv(self, loop: asyncio.AbstractEventLoop) -> int | None:
-        """Wait until the socket holds its low water mark (or :data:`STEP_WAIT_MAX_S` passed),
-        then read what it holds: a count (0 at EOF), or None when nothing had come."""
-        woken = loop.create_future()
-
-        def wake() -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        fd = self.sock.fileno()
-        loop.add_reader(fd, wake)
-        timer = loop.call_later(STEP_WAIT_MAX_S, wake)
-        try:
-            await woken
-        finally:
-            loop.remove_reader(fd)
-            timer.cancel()
-        try:
-            return self.sock.recv_into(self._raw)
-        except BlockingIOError:
-            return None
 
     def send_nowait(self, data: bytes) -> None:
         """Best effort, without waiting (a Close frame before the socket is closed)."""
