@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,7 @@ from damselfly.daemon.transfer.send_guard import (
     SendLimits,
     acked_bytes,
     queued_bytes,
+    send_at_once,
     to_evict,
     watched,
 )
@@ -127,8 +131,7 @@ def test_queued_bytes_are_what_the_peer_has_not_acknowledged() -> None:
         socket.create_connection(srv.getsockname()) as c,
         srv.accept()[0] as s,
     ):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        assert queued_bytes(c) == 0
+        assert queued_bytes(c) == 0  # (a tiny SO_RCVBUF here made the drain below take 100 s)
         c.setblocking(False)
         written = 0
         try:
@@ -146,3 +149,42 @@ def test_queued_bytes_are_what_the_peer_has_not_acknowledged() -> None:
             time.sleep(0.001)
         assert queued_bytes(c) == 0
     assert queued_bytes(object()) == 0
+
+
+def _content(path: Path, size: int) -> tuple[bytes, io.FileIO]:
+    content = os.urandom(size)
+    path.write_bytes(content)
+    return content, io.FileIO(path, "r")
+
+
+async def test_send_at_once_sends_what_the_socket_takes_in_order_and_never_past_queued_bytes(
+    tmp_path: Path,
+) -> None:
+    content, f = _content(tmp_path / "c", 8 * MiB)
+    received = bytearray()
+    srv = socket.create_server(("127.0.0.1", 0))
+    _, writer = await asyncio.open_connection(*srv.getsockname())
+    child, _ = srv.accept()
+    try:
+        with f:
+            writer.write(b"head")
+            assert send_at_once(writer, f, 0, 64 * 1024) == 64 * 1024  # room: all of it, after the head
+            took = send_at_once(writer, f, 64 * 1024, 8 * MiB - 64 * 1024)
+            assert 0 < took < 8 * MiB - 64 * 1024  # the socket filled: a part, the caller waits for the rest
+            assert send_at_once(writer, f, 64 * 1024 + took, 1024) == 0  # full: nothing, no error
+            writer.write(b"tail")  # the transport holds it now ...
+            assert writer.transport.get_write_buffer_size() > 0
+            assert send_at_once(writer, f, 0, 1024) == 0  # ... so nothing may overtake it
+            child.setblocking(False)
+            want = 4 + 64 * 1024 + took + 4
+            deadline = time.monotonic() + 10
+            while len(received) < want and time.monotonic() < deadline:
+                try:
+                    received += child.recv(1 << 20)
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)  # the loop flushes the transport's "tail"
+        assert bytes(received) == b"head" + content[: 64 * 1024 + took] + b"tail"
+    finally:
+        writer.close()
+        child.close()
+        srv.close()

@@ -61,6 +61,7 @@ from .send_guard import (
     SendLimits,
     acked_bytes,
     queued_bytes,
+    send_at_once,
     send_plain,
     send_through_tls,
     to_evict,
@@ -428,9 +429,7 @@ class PieceServer:
         length = incoming.length
         pos = 0
         pause = STREAM_POLL_S
-        # Whatever has landed goes at each look. (Tried: waiting for 256 KiB batches, up to
-        # 25 ms: a peer's CPU per 8 x 100 mbit run 2.9-3.0 -> 2.7 CPU-s, T_min ratio 1.29-1.30
-        # -> 1.28, but 16 x 25 mbit 1.32-1.35 -> 1.35-1.47: latency at every hop costs more.)
+        # Whatever has landed goes at each look (256 KiB batches cost time: BENCHMARKS.md).
         while pos < length:
             state = incoming.state
             if state == "failed":
@@ -540,10 +539,13 @@ class PieceServer:
         limited = limiter is not None and not limiter.unlimited
         send = send_through_tls if writer.get_extra_info("ssl_object") is not None else send_plain
         sock = writer.get_extra_info("socket")
+        sent = send_at_once(writer, file, offset, length) if send is send_plain and not limited else 0
+        if sent == length:  # the socket took it all: nothing to wait for, nothing to watch
+            conn.moved(self._clock())
+            return sent
         # What is queued ahead of these bytes (the transport's buffer, the socket's) goes first.
         ahead = writer.transport.get_write_buffer_size() + queued_bytes(sock)
-        budget = self.limits.budget(length + ahead)
-        sent = 0
+        budget = self.limits.budget(length - sent + ahead)
         while sent < length:
             n = length - sent
             if limiter is not None and limited:
