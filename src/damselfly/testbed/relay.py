@@ -199,7 +199,8 @@ async def _forget(task_id: str, sockets: Sequence[Path]) -> None:
 
     for path in sockets:
         async with LocalDaemon(path) as daemon:
-            await daemon.call("DeleteLocalTask", dfdaemon_pb2.DeleteLocalTaskRequest(task_id=task_id), timeout=30)
+            request = dfdaemon_pb2.DeleteLocalTaskRequest(task_id=task_id)
+            await daemon.call("DeleteLocalTask", request, timeout=30)
 
 
 class RelayBench:
