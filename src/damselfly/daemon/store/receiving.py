@@ -16,10 +16,12 @@ a complete piece that its parent did not verify.
 Owner: :class:`PieceStore` (``store.receiving``); the conductor starts and ends
 entries around each piece it fetches; the piece server and SyncPieces read them.
 The byte count is advanced from the worker thread that receives the body (a
-plain int store); readers poll it. The end of a transfer (``end``, on the event
-loop) wakes readers waiting in :meth:`Receiving.ended`: the last bytes of a
-piece wait for that verdict, and at every hop of a line of peers a poll's
-back-off would add its delay to the piece's way down the line.
+plain int store), and wakes the streams waiting in :meth:`Receiving.landed` for
+more (one wake-up per step the body lands in, not a poll that looks four or five
+times per step on a slow link and twice on a fast one). The end of a transfer
+(``end``, on the event loop) wakes readers waiting in :meth:`Receiving.ended`:
+the last bytes of a piece wait for that verdict, and at every hop of a line of
+peers a poll's back-off would add its delay to the piece's way down the line.
 """
 
 from __future__ import annotations
@@ -42,9 +44,43 @@ class Receiving:
     written: int = 0  # bytes of the piece written so far (from ``offset``)
     state: str = "receiving"  # receiving | done (verified and recorded) | failed
     _waiters: list[asyncio.Future[None]] = field(default_factory=list, repr=False)
+    # Streams waiting in landed() for the count to pass a mark, woken from whichever thread
+    # advances it.
+    _listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], int]] = field(
+        default_factory=list, repr=False
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def advance(self, written: int) -> None:
         self.written = written
+        if self._listeners:
+            with self._lock:
+                due = [entry for entry in self._listeners if written > entry[2]]
+                if due:
+                    self._listeners = [entry for entry in self._listeners if written <= entry[2]]
+            for loop, fut, _ in due:
+                loop.call_soon_threadsafe(_wake, fut)
+
+    async def landed(self, beyond: int, timeout: float) -> None:
+        """Return once more than ``beyond`` bytes landed, the transfer ended, or ``timeout``
+        passed (the bound on a wake-up that never comes); on the event loop only."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (loop, fut, beyond)
+        with self._lock:
+            self._listeners.append(entry)
+        try:
+            # Looked at once listed: a count advanced just before is seen here, one after wakes us.
+            if self.written <= beyond and self.state == "receiving":
+                timer = loop.call_later(timeout, _wake, fut)
+                try:
+                    await fut
+                finally:
+                    timer.cancel()
+        finally:
+            with self._lock:
+                if entry in self._listeners:
+                    self._listeners.remove(entry)
 
     async def ended(self) -> None:
         """Return once the transfer ended (done or failed); on the event loop only."""
@@ -59,11 +95,17 @@ class Receiving:
                 self._waiters.remove(waiter)
 
     def _settle(self, state: str) -> None:
-        self.state = state
+        with self._lock:
+            self.state = state
+            listeners, self._listeners = self._listeners, []
         waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        for waiter in (*waiters, *(fut for _, fut, _ in listeners)):
+            _wake(waiter)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class ReceivingPieces:

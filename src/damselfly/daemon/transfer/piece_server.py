@@ -78,10 +78,9 @@ QUEUE_PER_SLOT = 1  # requests that may wait for each upload slot before "busy"
 # times the slots at once: each receiver gives such a piece only its share of a busy
 # downlink, and the seed's upload must still keep pace with its fetch from the origin.
 FIRST_SEND_FACTOR = 4
-# A piece still arriving (cut-through): how often to look for newly landed bytes, and how
-# many final bytes wait for our own crc32 check.
-STREAM_POLL_S = 0.005
-STREAM_POLL_MAX_S = 0.04
+# A piece still arriving (cut-through): the longest a stream waits for its next step's wake-up
+# before it looks anyway, and how many final bytes wait for our own crc32 check.
+STREAM_WAIT_MAX_S = 0.04
 HOLD_BYTES = 64 * 1024
 TLS_HANDSHAKE_S = 10.0  # a TLS client that does not finish its handshake in time is dropped
 
@@ -428,8 +427,7 @@ class PieceServer:
         """
         length = incoming.length
         pos = 0
-        pause = STREAM_POLL_S
-        # Whatever has landed goes at each look (256 KiB batches cost time: BENCHMARKS.md).
+        # Whatever has landed goes at each wake-up (256 KiB batches cost time: BENCHMARKS.md).
         while pos < length:
             state = incoming.state
             if state == "failed":
@@ -444,14 +442,14 @@ class PieceServer:
                 if n <= 0:
                     break
                 pos += n
-                pause = STREAM_POLL_S
                 continue
             if state == "receiving" and incoming.written >= length:
                 await incoming.ended()  # all here: the held bytes go the moment it is verified
                 continue
             conn.moved(self._clock())  # waiting for our upstream is not the child's stall
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, STREAM_POLL_MAX_S)  # a slow upstream: look less often
+            # Woken when the next step lands or the transfer ends; past the bytes that may go
+            # early, when the whole piece is here (then its verdict, above).
+            await incoming.landed(pos if pos < length - HOLD_BYTES else length - 1, STREAM_WAIT_MAX_S)
         return pos
 
     @contextlib.asynccontextmanager
