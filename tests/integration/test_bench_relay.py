@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from damselfly.testbed.relay import human_summary, run_relay
+from damselfly.testbed.relay import RelayBench, find_task_ids, human_summary, run_relay
 from damselfly.units import MiB
 
 
@@ -27,3 +27,19 @@ def test_relay_smoke() -> None:
         assert row["damselfly"]["runs"] == row["kernel"]["runs"] == 1
         assert row["damselfly_over_kernel"] is not None and row["damselfly_over_kernel"] > 0
     assert "k=2:" in human_summary(data)
+
+
+@pytest.mark.timeout(300)
+def test_a_round_leaves_no_task_behind() -> None:
+    """As the kernel's round unlinks its file, each Damselfly round drops its task on the parent
+    and the relay, so the next round writes into pages this one freed."""
+    bench = RelayBench(2 * MiB, lambda _msg: None)
+    try:
+        bench.start()
+        for k in (1, 2):
+            assert bench.damselfly_round(k).ok
+            assert find_task_ids(bench.root / "seed") == set()
+            assert (bench.root / "relay" / "tasks").is_dir()  # the relay's store is where we look
+            assert find_task_ids(bench.root / "relay") == set()
+    finally:
+        bench.close()

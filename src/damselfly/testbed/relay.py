@@ -54,6 +54,7 @@ FILE_NAME = "blob.bin"
 RETRY_S = 0.01  # a child asked for a piece the relay does not hold yet: ask again after this
 DAEMON_CONFIG = "storage:\n  localShare: false\n"
 ROUND_TIMEOUT_S = 600.0
+FORGET_TRIES = 30  # asks to drop a round's task, 0.1 s apart
 
 
 @dataclass
@@ -193,14 +194,23 @@ async def _children(address: tuple[str, int], task_id: str, size: int, outs: Seq
 
 
 async def _forget(task_id: str, sockets: Sequence[Path]) -> None:
-    """Each daemon drops its copy of ``task_id`` (DeleteLocalTask on its unix socket)."""
+    """Each daemon drops its copy of ``task_id`` (DeleteLocalTask on its unix socket), asked
+    again for a while when the daemon is still winding the download up."""
     from ..api import dfdaemon_pb2
-    from ..cli.cache.persistent_tasks import LocalDaemon
+    from ..cli.cache.persistent_tasks import CacheFailure, LocalDaemon
 
+    request = dfdaemon_pb2.DeleteLocalTaskRequest(task_id=task_id)
     for path in sockets:
-        async with LocalDaemon(path) as daemon:
-            request = dfdaemon_pb2.DeleteLocalTaskRequest(task_id=task_id)
-            await daemon.call("DeleteLocalTask", request, timeout=30)
+        for _ in range(FORGET_TRIES):
+            try:
+                async with LocalDaemon(path) as daemon:
+                    await daemon.call("DeleteLocalTask", request, timeout=30)
+                break
+            except CacheFailure as e:
+                failure = e
+                await asyncio.sleep(RETRY_S * 10)
+        else:
+            raise RuntimeError(f"the daemon at {path} kept task {task_id[:12]}: {failure}")
 
 
 class RelayBench:
