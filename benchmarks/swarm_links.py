@@ -92,8 +92,8 @@ def main() -> None:
                 sum(v for k, v in results.items() if k.endswith(f">{h.name}")) * 8 / rate for h in hosts
             )
             print(
-                f"all-to-all, {count} hosts: each receives {into[0]:.1%} (min) {into[len(into) // 2]:.1%} (median)"
-                f" {into[-1]:.1%} (max) of the rate"
+                f"all-to-all, {count} hosts: each receives {into[0]:.1%} (min)"
+                f" {into[len(into) // 2]:.1%} (median) {into[-1]:.1%} (max) of the rate"
             )
     finally:
         net.destroy()
