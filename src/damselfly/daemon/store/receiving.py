@@ -27,6 +27,7 @@ peers a poll's back-off would add its delay to the piece's way down the line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ class Receiving:
                 if due:
                     self._listeners = [entry for entry in self._listeners if written <= entry[2]]
             for loop, fut, _ in due:
-                loop.call_soon_threadsafe(_wake, fut)
+                with contextlib.suppress(RuntimeError):  # its loop closed (the daemon stopping)
+                    loop.call_soon_threadsafe(_wake, fut)
 
     async def landed(self, beyond: int, timeout: float) -> None:
         """Return once more than ``beyond`` bytes landed, the transfer ended, or ``timeout``
