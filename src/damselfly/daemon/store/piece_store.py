@@ -340,7 +340,8 @@ class PieceStore:
                     self._journals[task_id] = fd
                 os.write(fd, line)
             except OSError as e:
-                raise StorageError(e.errno, f"cannot journal piece of task {task_id}: {e.strerror}") from e
+                what = f"cannot journal a piece of task {task_id} in the store: {e.strerror}"
+                raise StorageError(e.errno, what) from e
             meta.pieces[piece.number] = piece
             self._changed(meta)
 
