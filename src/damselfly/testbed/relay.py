@@ -54,7 +54,8 @@ FILE_NAME = "blob.bin"
 RETRY_S = 0.01  # a child asked for a piece the relay does not hold yet: ask again after this
 DAEMON_CONFIG = "storage:\n  localShare: false\n"
 ROUND_TIMEOUT_S = 600.0
-FORGET_TRIES = 30  # asks to drop a round's task, 0.1 s apart
+FORGET_TRIES = 30  # asks to drop a round's task ...
+FORGET_RETRY_S = 0.1  # ... this far apart
 
 
 @dataclass
@@ -208,7 +209,7 @@ async def _forget(task_id: str, sockets: Sequence[Path]) -> None:
                 break
             except CacheFailure as e:
                 failure = e
-                await asyncio.sleep(RETRY_S * 10)
+                await asyncio.sleep(FORGET_RETRY_S)
         else:
             raise RuntimeError(f"the daemon at {path} kept task {task_id[:12]}: {failure}")
 
