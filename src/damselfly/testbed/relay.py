@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..daemon.store.files import TRASH
 from ..errors import NotFound, ResourceExhausted
 from ..pieces import piece_count, piece_length_for, piece_span
 from ..runtime.children import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
@@ -214,6 +215,17 @@ async def _forget(task_id: str, sockets: Sequence[Path]) -> None:
             raise RuntimeError(f"the daemon at {path} kept task {task_id[:12]}: {failure}")
 
 
+def _await_empty_trash(storages: Sequence[Path], timeout: float = 60.0) -> None:
+    """Wait until no dropped task waits in any of these daemons' trash (see ``PieceStore.evict``)."""
+    deadline = time.monotonic() + timeout
+    for storage in storages:
+        trash = storage / TRASH
+        while trash.is_dir() and any(trash.iterdir()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{trash} still holds dropped tasks after {timeout:.0f} s")
+            time.sleep(FORGET_RETRY_S)
+
+
 class RelayBench:
     """The processes of a relay benchmark under one temp dir; :meth:`close` stops them all."""
 
@@ -293,6 +305,9 @@ class RelayBench:
         # freed by the round before. Pages the machine never touched cost far more (a VM's
         # host backs each on first touch: 0.5-0.6 CPU-s per 256 MiB here, against 0.05).
         asyncio.run(_forget(task_id, (seed_storage / "dfdaemon.sock", self.cluster.socket_of(0))))
+        # A dropped task's files are removed by a thread of the daemon's: done before the next
+        # round starts counting, as the kernel's unlink is never in its own count.
+        _await_empty_trash((seed_storage, self.root / "relay"))
         return result
 
     def kernel_round(self, k: int) -> RelayRound:
