@@ -32,7 +32,14 @@ from ..api.health import DFDAEMON_DOWNLOAD, DFDAEMON_UPLOAD, Health
 from ..config import DaemonConfig
 from ..domain import HostInfo, HostType
 from ..errors import DamselflyError, SchedulerError
-from ..process import metrics_app, run_until_signal, write_ready_file
+from ..process import (
+    DAEMON_GC_TUNING_ENV,
+    gc_tuning_wanted,
+    metrics_app,
+    run_until_signal,
+    tune_gc,
+    write_ready_file,
+)
 from ..security.authz import SchedulerGate
 from ..security.tls import client_ssl_context, load_tls, server_credentials, server_ssl_context
 from .announcer import Announcer
@@ -436,9 +443,15 @@ class Daemon:
 
 
 async def serve(
-    config: DaemonConfig, *, ready_file: Path | None = None, stop: asyncio.Event | None = None
+    config: DaemonConfig,
+    *,
+    ready_file: Path | None = None,
+    stop: asyncio.Event | None = None,
+    tune_runtime: bool = False,
 ) -> None:
-    """Run a daemon until ``stop`` is set."""
+    """Run a daemon until ``stop`` is set; ``tune_runtime`` tunes the process's garbage
+    collector once it is up (:func:`~damselfly.process.tune_gc`: process-wide, so only for a
+    process that is this daemon alone)."""
     stop = stop or asyncio.Event()
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
@@ -454,6 +467,8 @@ async def serve(
                     await daemon.announced.wait()
             except TimeoutError:
                 log.warning("the scheduler has not accepted this host yet; serving anyway")
+        if tune_runtime:
+            tune_gc()
         if ready_file is not None:
             write_ready_file(
                 ready_file,
@@ -473,4 +488,5 @@ async def serve(
 
 def run(config: DaemonConfig, *, ready_file: Path | None = None) -> None:
     """Run a daemon in the foreground; SIGINT/SIGTERM stop it cleanly."""
-    run_until_signal(lambda stop: serve(config, ready_file=ready_file, stop=stop))
+    tune = gc_tuning_wanted(DAEMON_GC_TUNING_ENV)
+    run_until_signal(lambda stop: serve(config, ready_file=ready_file, stop=stop, tune_runtime=tune))

@@ -35,20 +35,17 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-GC_THRESHOLDS = (1_000, 5, 400)
+from ..process import GC_THRESHOLDS, tune_gc
+from ..process import gc_tuning_wanted as process_gc_tuning_wanted
+
+__all__ = ["GC_THRESHOLDS", "GC_TUNING_ENV", "GCPauses", "gc_tuning_wanted", "tune_gc", "watch_loop_lag"]
+
 GC_TUNING_ENV = "DAMSELFLY_SCHEDULER_GC_TUNING"
 
 
 def gc_tuning_wanted(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether to tune (anything but ``0``, ``false``, ``no`` or ``off`` in :data:`GC_TUNING_ENV`)."""
-    return environ.get(GC_TUNING_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
-    """Freeze the start-up heap and set the collector's thresholds (process-wide; call once)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*thresholds)
+    return process_gc_tuning_wanted(GC_TUNING_ENV, environ)
 
 
 class GCPauses:
