@@ -147,6 +147,9 @@ class Task:
     content_length: int | None = None
     piece_count: int | None = None
     piece_length: int | None = None
+    # The longest piece any peer reported finished: the piece length in practice when the
+    # registers did not tell it (Damselfly daemons learn it from the origin, after registering).
+    longest_piece: int = 0
     peers: dict[str, Peer] = field(default_factory=dict)
     available: IndexedSet[Peer] = field(default_factory=IndexedSet)  # peers in a serving state
     waiting: dict[str, Peer] = field(default_factory=dict)  # peers with no answer yet
@@ -266,17 +269,27 @@ class Peer:
         return id(self)
 
     def recent_rate(self, now: float, window: float) -> float | None:
-        """Bytes per second finished over the last ``window`` seconds; None until the
-        peer has been finishing pieces for that long (no rate to judge it by yet)."""
+        """Bytes per second finished since the newest progress sample at least ``window``
+        seconds old, over that sample's age (samples come only with finished pieces: on a slow
+        link one may be a piece-time older than the window); None until the peer has been
+        finishing pieces for that long (no rate to judge it by yet)."""
         log = self.progress_log
         if not log or now - log[0][0] < window:
             return None
-        before = log[0][1]
+        since, before = log[0]
         for t, done in log:
             if t > now - window:
                 break
-            before = done
-        return (self.finished_bytes - before) / window
+            since, before = t, done
+        return (self.finished_bytes - before) / (now - since)
+
+    def logged_rate(self) -> float | None:
+        """Bytes per second finished over the whole progress log (its last
+        :data:`PROGRESS_SAMPLES` samples); None before two samples a while apart."""
+        log = self.progress_log
+        if len(log) < 2 or log[-1][0] - log[0][0] <= 0:
+            return None
+        return (log[-1][1] - log[0][1]) / (log[-1][0] - log[0][0])
 
     @property
     def need_back_to_source(self) -> bool:
@@ -453,6 +466,8 @@ class Resources:
         if piece.number not in peer.finished_pieces:
             peer.finished_pieces.add(piece.number)
             peer.finished_bytes += piece.length
+            if piece.length > peer.task.longest_piece:
+                peer.task.longest_piece = piece.length
             log = peer.progress_log
             if not log or now - log[-1][0] >= PROGRESS_SAMPLE_S:
                 log.append((now, peer.finished_bytes))

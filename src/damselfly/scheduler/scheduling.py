@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 
 from ..config import SchedulingConfig
@@ -118,9 +118,26 @@ def candidate_parents(
 # it gives a healthy peer's child a second parent's upload to share. Pieces finish in bursts
 # (a child with four in flight from one parent can finish none for four piece-times, 5 s at
 # 25 mbit with 4 MiB pieces, then all four), which a short window reads as a slow link (the
-# first version, 4 s at half the pace, was replaced before it could be judged alone).
+# first version, 4 s at half the pace, was replaced before it could be judged alone). On a
+# slow link a piece-time is a large part of that window (6.7 s at 5 mbit), so one finished
+# piece moved a child's rate across the line: a child at half its parent's pace was judged
+# slow half the time, and 64 x 5 mbit moved children back and forth 84 times in four minutes,
+# each move giving a parent two children whose connections starved in the shared queue (30 s
+# timeouts, pieces failed down the line). So the window also spans SLOW_LINK_PIECE_TIMES of
+# the parents' piece-time: a child slow enough to matter (a third of the pace) still finishes
+# five pieces in it.
 SLOW_LINK_WINDOW_S = 12.0
 SLOW_LINK_FACTOR = 0.35
+SLOW_LINK_PIECE_TIMES = 16
+
+
+def slow_link_window(parent_rates: Iterable[float], piece_length: int | None) -> float:
+    """The window a peer's pace is judged over: :data:`SLOW_LINK_WINDOW_S`, or
+    :data:`SLOW_LINK_PIECE_TIMES` piece-times at its fastest parent's pace when longer."""
+    fastest = max(parent_rates, default=0.0)
+    if not piece_length or fastest <= 0:
+        return SLOW_LINK_WINDOW_S
+    return max(SLOW_LINK_WINDOW_S, SLOW_LINK_PIECE_TIMES * piece_length / fastest)
 
 
 def is_slow_link(peer: Peer, now: float) -> bool:
@@ -128,15 +145,15 @@ def is_slow_link(peer: Peer, now: float) -> bool:
     narrow one): put behind it in a line, every peer after it would go at its pace."""
     if peer.state is not PeerState.RUNNING:
         return False
-    mine = peer.recent_rate(now, SLOW_LINK_WINDOW_S)
+    parents = [p for p in peer.parents.values() if p.state in (PeerState.RUNNING, PeerState.BACK_TO_SOURCE)]
+    window = slow_link_window(
+        (r for p in parents if (r := p.logged_rate()) is not None),
+        peer.task.piece_length or peer.task.longest_piece,
+    )
+    mine = peer.recent_rate(now, window)
     if mine is None:
         return False
-    theirs = [
-        r
-        for p in peer.parents.values()
-        if p.state in (PeerState.RUNNING, PeerState.BACK_TO_SOURCE)
-        and (r := p.recent_rate(now, SLOW_LINK_WINDOW_S)) is not None
-    ]
+    theirs = [r for p in parents if (r := p.recent_rate(now, window)) is not None]
     return bool(theirs) and mine < SLOW_LINK_FACTOR * max(theirs)
 
 

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
 from sched_world import World
 
 from damselfly.config import SchedulingConfig
 from damselfly.domain import PieceInfo
+from damselfly.scheduler import scheduling
 from damselfly.scheduler.resources import Peer, PeerState
-from damselfly.scheduler.scheduling import Parents, TriggerSeed, Wait, is_slow_link, refresh
+from damselfly.scheduler.scheduling import (
+    SLOW_LINK_WINDOW_S,
+    Parents,
+    TriggerSeed,
+    Wait,
+    is_slow_link,
+    refresh,
+    slow_link_window,
+)
 
 
 def chain_world() -> World:
@@ -168,3 +180,53 @@ def test_a_piece_served_slowly_once_does_not_break_the_line() -> None:
     a.served_costs.extend([0.1] * 40 + [30.0])
     assert w.evaluator.is_bad_parent(a)
     assert parent_ids(w.decide(b)) == ["a"]
+
+
+def test_the_slow_link_window_spans_many_piece_times_at_the_parents_pace() -> None:
+    # 4 MiB pieces at 100 mbit: a piece-time of 0.34 s, the fixed window rules.
+    assert slow_link_window([100e6 / 8], 4 << 20) == SLOW_LINK_WINDOW_S
+    # At 5 mbit a piece-time is 6.7 s: sixteen of them.
+    assert slow_link_window([5e6 / 8, 1e3], 4 << 20) == pytest.approx(16 * (4 << 20) / (5e6 / 8))
+    assert slow_link_window([], 4 << 20) == SLOW_LINK_WINDOW_S
+    assert slow_link_window([5e6 / 8], None) == SLOW_LINK_WINDOW_S
+
+
+def verdicts(w: World, seed: Peer, a: Peer, every: int, seconds: int = 300) -> list[bool]:
+    """The seed finishes a piece every 4 s, ``a`` one every ``every`` s: ``a``'s slow-link
+    verdict at each second."""
+    out = []
+    for second in range(seconds):
+        run_for(w, 1, {})
+        if second % 4 == 3:
+            run_for(w, 0.25, {seed: 4})
+        if second % every == every - 1:
+            run_for(w, 0.25, {a: 4})
+        out.append(is_slow_link(a, w.clock()))
+    return out
+
+
+def flips(seen: list[bool]) -> int:
+    return sum(1 for x, y in itertools.pairwise(seen) if x != y)
+
+
+def test_a_child_at_half_a_slow_parents_pace_is_never_judged_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pieces every 4 s at the parent, every 8 s at the child: over a window of a few pieces each
+    # finished piece swings the child's rate across the line, and children behind it would
+    # move away and back at every piece.
+    w = chain_world()
+    seed, (a,) = running_line(w, "a")
+    assert not any(verdicts(w, seed, a, every=8))
+    assert seed.task.longest_piece == 10  # learnt from the reports
+    monkeypatch.setattr(scheduling, "SLOW_LINK_PIECE_TIMES", 0)  # the fixed window alone
+    w = chain_world()
+    seed, (a,) = running_line(w, "a")
+    assert flips(verdicts(w, seed, a, every=8)) > 10
+
+
+def test_a_slow_peer_behind_a_slow_parent_is_still_found_out() -> None:
+    w = chain_world()
+    seed, (a, b) = running_line(w, "a", "b")
+    seen = verdicts(w, seed, a, every=20)  # a fifth of the parent's pace
+    assert seen[-1] and flips(seen) == 1  # judged once, and for good
+    assert seen.index(True) < 120
+    assert refreshed(w, b) == ["seedpeer"]
