@@ -216,7 +216,8 @@ async def _forget(task_id: str, sockets: Sequence[Path]) -> None:
 
 
 def _await_empty_trash(storages: Sequence[Path], timeout: float = 60.0) -> None:
-    """Wait until no dropped task waits in any of these daemons' trash (see ``PieceStore.evict``)."""
+    """Wait until no dropped task waits in any of these daemons' trash (``PieceStore.delete_task``
+    moves a task there and removes its files in a thread)."""
     deadline = time.monotonic() + timeout
     for storage in storages:
         trash = storage / TRASH
