@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 # scheduler's measurements: damselfly.scheduler.runtime).
 GC_THRESHOLDS = (1_000, 5, 400)
 DAEMON_GC_TUNING_ENV = "DAMSELFLY_DAEMON_GC_TUNING"
+SCHEDULER_GC_TUNING_ENV = "DAMSELFLY_SCHEDULER_GC_TUNING"
 
 
 def gc_tuning_wanted(variable: str, environ: Mapping[str, str] = os.environ) -> bool:

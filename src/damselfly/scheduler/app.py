@@ -18,10 +18,10 @@ from ..api import scheduler_pb2_grpc
 from ..api.health import SCHEDULER, Health
 from ..config import SchedulerConfig
 from ..errors import ConfigError
-from ..process import run_until_signal, write_ready_file
+from ..process import SCHEDULER_GC_TUNING_ENV, gc_tuning_wanted, run_until_signal, tune_gc, write_ready_file
 from ..security.tls import load_tls, server_credentials
 from .metrics import SchedulerMetrics
-from .runtime import GCPauses, gc_tuning_wanted, tune_gc
+from .runtime import GCPauses
 from .service import SchedulerService
 
 log = logging.getLogger(__name__)
@@ -110,5 +110,5 @@ async def serve(
 
 def run(config: SchedulerConfig, *, ready_file: Path | None = None) -> None:
     """Run :func:`serve` in a new event loop until SIGINT or SIGTERM."""
-    tune = gc_tuning_wanted()
+    tune = gc_tuning_wanted(SCHEDULER_GC_TUNING_ENV)
     run_until_signal(lambda stop: serve(config, ready_file=ready_file, stop=stop, tune_runtime=tune))

@@ -8,11 +8,11 @@ collection six times in 20 s, each one stopping the event loop for 0.2-0.7 s
 on the project machine: that pause *was* the p99 of register-to-answer
 latency (``damselfly bench scheduler``, BENCHMARKS.md).
 
-What :func:`tune_gc` does, once the server is up:
+What :func:`damselfly.process.tune_gc` does, once the server is up (daemons do the same):
 
 - ``gc.freeze()`` moves everything alive after start-up (imported modules,
   protobuf descriptors, config: ~60k objects) out of every later collection;
-- smaller young generations and a patient oldest one (:data:`GC_THRESHOLDS`):
+- smaller young generations and a patient oldest one (``process.GC_THRESHOLDS``):
   a full collection now waits until the tracked heap has grown by about
   ``threshold0 * threshold1 * (threshold2 + 1)`` objects (~2M, some 20k
   concurrent peers), and a young collection scans at most ~5k objects (a few
@@ -31,21 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import time
-from collections.abc import Callable, Mapping
-
-from ..process import GC_THRESHOLDS, tune_gc
-from ..process import gc_tuning_wanted as process_gc_tuning_wanted
-
-__all__ = ["GC_THRESHOLDS", "GC_TUNING_ENV", "GCPauses", "gc_tuning_wanted", "tune_gc", "watch_loop_lag"]
-
-GC_TUNING_ENV = "DAMSELFLY_SCHEDULER_GC_TUNING"
-
-
-def gc_tuning_wanted(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether to tune (anything but ``0``, ``false``, ``no`` or ``off`` in :data:`GC_TUNING_ENV`)."""
-    return process_gc_tuning_wanted(GC_TUNING_ENV, environ)
+from collections.abc import Callable
 
 
 class GCPauses:

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import generate_latest
 
+from damselfly.process import GC_THRESHOLDS, SCHEDULER_GC_TUNING_ENV, gc_tuning_wanted, tune_gc
 from damselfly.scheduler.metrics import SchedulerMetrics
-from damselfly.scheduler.runtime import GC_THRESHOLDS, GCPauses, gc_tuning_wanted, tune_gc, watch_loop_lag
+from damselfly.scheduler.runtime import GCPauses, watch_loop_lag
 
 
 @pytest.fixture
@@ -73,10 +74,10 @@ def test_metrics_count_reuses_one_child_per_label() -> None:
 
 
 def test_gc_tuning_can_be_switched_off_by_environment() -> None:
-    assert gc_tuning_wanted({})
-    assert gc_tuning_wanted({"DAMSELFLY_SCHEDULER_GC_TUNING": "1"})
+    assert gc_tuning_wanted(SCHEDULER_GC_TUNING_ENV, {})
+    assert gc_tuning_wanted(SCHEDULER_GC_TUNING_ENV, {"DAMSELFLY_SCHEDULER_GC_TUNING": "1"})
     for off in ("0", "false", "OFF", " no "):
-        assert not gc_tuning_wanted({"DAMSELFLY_SCHEDULER_GC_TUNING": off})
+        assert not gc_tuning_wanted(SCHEDULER_GC_TUNING_ENV, {"DAMSELFLY_SCHEDULER_GC_TUNING": off})
 
 
 async def test_loop_lag_is_how_late_the_timer_fired() -> None:
