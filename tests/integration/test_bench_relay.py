@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+from pathlib import Path
+
 import pytest
 
+from damselfly.testbed import kernel_relay
 from damselfly.testbed.relay import RelayBench, find_task_ids, human_summary, run_relay
 from damselfly.units import MiB
 
@@ -15,7 +21,10 @@ def test_relay_smoke() -> None:
     assert result.ok, result.error
     data = result.to_json()
     kinds = sorted((r["kind"], r["children"]) for r in data["rounds"])
-    assert kinds == [("damselfly", 1), ("damselfly", 2), ("kernel", 1), ("kernel", 2)]
+    assert kinds == [
+        ("damselfly", 1), ("damselfly", 2), ("kernel", 1), ("kernel", 2),
+        ("kernel-cut-through", 1), ("kernel-cut-through", 2),
+    ]  # fmt: skip
     for r in data["rounds"]:
         assert r["bytes_in"] == size
         assert r["bytes_out"] == r["children"] * size  # every child got every byte (checked by sha256)
@@ -24,9 +33,10 @@ def test_relay_smoke() -> None:
         assert r["cpu_s_per_gib"] is not None
     for k in ("1", "2"):
         row = data["summary"][k]
-        assert row["damselfly"]["runs"] == row["kernel"]["runs"] == 1
-        assert row["damselfly_over_kernel"] is not None and row["damselfly_over_kernel"] > 0
-    assert "k=2:" in human_summary(data)
+        assert row["damselfly"]["runs"] == row["kernel"]["runs"] == row["kernel-cut-through"]["runs"] == 1
+        for ratio in ("damselfly_over_kernel", "damselfly_over_kernel_cut_through"):
+            assert row[ratio] is not None and row[ratio] > 0
+    assert "k=2:" in human_summary(data) and "cut-through" in human_summary(data)
 
 
 @pytest.mark.timeout(300)
@@ -43,3 +53,61 @@ def test_a_round_leaves_no_task_behind() -> None:
             assert find_task_ids(bench.root / "relay") == set()
     finally:
         bench.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cut_through", [False, True])
+def test_kernel_relay_sends_every_byte_to_every_child(tmp_path: Path, cut_through: bool) -> None:
+    """Both kernel relays, in this process: each child gets the parent's bytes in order."""
+    size, k = 3 * MiB + 777, 3
+    data = os.urandom(size)
+    got: list[bytearray] = [bytearray() for _ in range(k)]
+    with socket.create_server(("127.0.0.1", 0)) as parent, socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def child(i: int) -> None:
+            with socket.create_connection(listener.getsockname()) as s:
+                while chunk := s.recv(1 << 16):
+                    got[i] += chunk
+
+        def feed() -> None:
+            conn, _ = parent.accept()
+            with conn:
+                for at in range(0, size, 100_000):  # in steps, as a parent's sends arrive
+                    conn.sendall(data[at : at + 100_000])
+
+        threads = [threading.Thread(target=child, args=(i,)) for i in range(k)] + [
+            threading.Thread(target=feed)
+        ]
+        for t in threads:
+            t.start()
+        result = kernel_relay.relay(
+            parent.getsockname(), size, k, tmp_path / "out.bin", listener, cut_through=cut_through
+        )
+        for t in threads:
+            t.join(30)
+    assert result["bytes_in"] == size and result["bytes_out"] == k * size
+    assert all(bytes(g) == data for g in got)
+    assert (tmp_path / "out.bin").read_bytes() == data
+
+
+@pytest.mark.timeout(60)
+def test_a_short_parent_ends_the_cut_through_senders(tmp_path: Path) -> None:
+    """The parent closes early: the relay sends on what landed and raises (it joins its
+    sending threads first, so one left waiting would hang it past the timeout)."""
+    with socket.create_server(("127.0.0.1", 0)) as parent, socket.create_server(("127.0.0.1", 0)) as listener:
+        kid = socket.create_connection(listener.getsockname())
+
+        def feed() -> None:
+            conn, _ = parent.accept()
+            with conn:
+                conn.sendall(b"x" * 1000)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        with pytest.raises(ConnectionError, match="parent closed after 1000"):
+            kernel_relay.relay(
+                parent.getsockname(), 5000, 1, tmp_path / "out.bin", listener, cut_through=True
+            )
+        feeder.join(10)
+        assert kid.recv(5000) == b"x" * 1000  # what had landed went on
+        kid.close()

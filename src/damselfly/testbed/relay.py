@@ -17,11 +17,14 @@ One round for ``k`` children (:func:`run_relay`):
   start to the last child's last piece.
 * **kernel**: :mod:`damselfly.testbed.kernel_relay` in a process of its own
   receives the same number of bytes from a parent socket with ``splice``
-  (socket -> pipe -> file) and sends them to ``k`` children with ``sendfile``.
+  (socket -> pipe -> file) and sends them to ``k`` children with ``sendfile``
+  once all are in (store and forward);
+* **kernel-cut-through**: the same, each step sent on as soon as it is in the
+  file, as the daemon sends a piece on while it lands.
 
 Reported per round: bytes in and out, the relay's CPU seconds, GB relayed (sent
 on) per CPU second, CPU seconds per GiB in + out, and the ratio of the daemon's
-rate to the kernel's. Rounds alternate damselfly and kernel; the summary takes
+rate to each kernel relay's. Rounds alternate the three kinds; the summary takes
 medians per ``k``. Every process is stopped by PID, the temp dir removed.
 """
 
@@ -55,6 +58,8 @@ FILE_NAME = "blob.bin"
 RETRY_S = 0.01  # a child asked for a piece the relay does not hold yet: ask again after this
 DAEMON_CONFIG = "storage:\n  localShare: false\n"
 ROUND_TIMEOUT_S = 600.0
+KERNEL_KINDS = ("kernel", "kernel-cut-through")  # store and forward; each step on as it lands
+KINDS = ("damselfly", *KERNEL_KINDS)
 FORGET_TRIES = 30  # asks to drop a round's task ...
 FORGET_RETRY_S = 0.1  # ... this far apart
 
@@ -63,7 +68,7 @@ FORGET_RETRY_S = 0.1  # ... this far apart
 class RelayRound:
     """One measured relay of ``bytes_in`` to ``children`` children."""
 
-    kind: str  # "damselfly" or "kernel"
+    kind: str  # "damselfly", "kernel" or "kernel-cut-through"
     children: int
     bytes_in: int = 0
     bytes_out: int = 0
@@ -104,11 +109,12 @@ class RelayResult:
         return not self.error and bool(self.rounds) and all(r.ok for r in self.rounds)
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Medians per ``k``: each kind's GB per CPU second and CPU-s per GiB, and damselfly / kernel."""
+        """Medians per ``k``: each kind's GB per CPU second and CPU-s per GiB, and damselfly / each
+        kernel relay (``damselfly_over_kernel``: store and forward, ``..._cut_through``)."""
         out: dict[str, dict[str, Any]] = {}
         for k in self.children:
             row: dict[str, Any] = {}
-            for kind in ("damselfly", "kernel"):
+            for kind in KINDS:
                 rs = [r for r in self.rounds if r.children == k and r.kind == kind and r.ok]
                 rates = [r.gb_per_cpu_s for r in rs if r.gb_per_cpu_s is not None]
                 per_gib = [r.cpu_s_per_gib for r in rs if r.cpu_s_per_gib is not None]
@@ -117,8 +123,11 @@ class RelayResult:
                     "gb_per_cpu_s": round(statistics.median(rates), 4) if rates else None,
                     "cpu_s_per_gib": round(statistics.median(per_gib), 4) if per_gib else None,
                 }
-            d, kern = row["damselfly"]["gb_per_cpu_s"], row["kernel"]["gb_per_cpu_s"]
-            row["damselfly_over_kernel"] = round(d / kern, 4) if d and kern else None
+            d = row["damselfly"]["gb_per_cpu_s"]
+            for kind in KERNEL_KINDS:
+                kern = row[kind]["gb_per_cpu_s"]
+                ratio = "damselfly_over_" + kind.replace("-", "_")
+                row[ratio] = round(d / kern, 4) if d and kern else None
             out[str(k)] = row
         return out
 
@@ -137,16 +146,16 @@ def human_summary(data: dict[str, Any]) -> str:
     lines = [f"relay of {data['size'] / MiB:.0f} MiB on loopback (medians per k; GB sent on per CPU-s)"]
     if data["error"]:
         lines.append(f"  error: {data['error']}")
+
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
     for k, row in data["summary"].items():
-        d, kern = row["damselfly"], row["kernel"]
-
-        def num(v: float | None) -> str:
-            return "-" if v is None else f"{v:.3f}"
-
+        d, kern, cut = row["damselfly"], row["kernel"], row["kernel-cut-through"]
         lines.append(
-            f"  k={k}: damselfly {num(d['gb_per_cpu_s'])} GB/CPU-s ({num(d['cpu_s_per_gib'])} CPU-s/GiB), "
-            f"kernel {num(kern['gb_per_cpu_s'])} GB/CPU-s ({num(kern['cpu_s_per_gib'])} CPU-s/GiB); "
-            f"ratio {num(row['damselfly_over_kernel'])}"
+            f"  k={k}: damselfly {num(d['gb_per_cpu_s'])} GB/CPU-s ({num(d['cpu_s_per_gib'])} CPU-s/GiB); "
+            f"kernel {num(kern['gb_per_cpu_s'])} store and forward, {num(cut['gb_per_cpu_s'])} cut-through; "
+            f"ratio {num(row['damselfly_over_kernel'])} / {num(row['damselfly_over_kernel_cut_through'])}"
         )
     lines.append("  all rounds ok" if data["ok"] else "  RUN FAILED")
     return "\n".join(lines)
@@ -311,7 +320,7 @@ class RelayBench:
         _await_empty_trash((seed_storage, self.root / "relay"))
         return result
 
-    def kernel_round(self, k: int) -> RelayRound:
+    def kernel_round(self, k: int, *, cut_through: bool = False) -> RelayRound:
         src = self.root / "origin" / FILE_NAME
         ready = self.root / "run" / "kernel-relay.ready.json"
         result_file = self.root / "run" / "kernel-relay.result.json"
@@ -322,6 +331,7 @@ class RelayBench:
                 "damselfly.testbed.kernel_relay", "--parent", f"127.0.0.1:{parent.getsockname()[1]}",
                 "--size", str(self.size), "--children", str(k), "--out", str(out),
                 "--ready-file", str(ready), "--result", str(result_file),
+                *(["--cut-through"] if cut_through else []),
             )  # fmt: skip
             child = spawn(
                 "kernel-relay", argv, log_path=self.root / "logs" / "kernel-relay.log", ready_file=ready
@@ -353,7 +363,7 @@ class RelayBench:
         data = json.loads(result_file.read_text())
         out.unlink(missing_ok=True)
         return RelayRound(
-            "kernel",
+            KERNEL_KINDS[cut_through],
             k,
             bytes_in=int(data["bytes_in"]),
             bytes_out=int(data["bytes_out"]),
@@ -384,8 +394,11 @@ def run_relay(
             bench.damselfly_round(1)  # not counted: the relay's first task pays its imports and caches
             for run in range(runs):
                 for k in children:
-                    for kind in ("damselfly", "kernel") if run % 2 == 0 else ("kernel", "damselfly"):
-                        r = bench.damselfly_round(k) if kind == "damselfly" else bench.kernel_round(k)
+                    for kind in KINDS if run % 2 == 0 else KINDS[::-1]:
+                        if kind == "damselfly":
+                            r = bench.damselfly_round(k)
+                        else:
+                            r = bench.kernel_round(k, cut_through=kind == "kernel-cut-through")
                         result.rounds.append(r)
                         printer(
                             f"relay: run {run + 1} k={k} {kind}: {r.cpu_s:.2f} CPU-s, "
