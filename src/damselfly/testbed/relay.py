@@ -11,8 +11,10 @@ One round for ``k`` children (:func:`run_relay`):
   the file first) and one peer daemon (the *relay*), all on 127.0.0.1 with
   ``storage.localShare`` off so pieces cross TCP as between two hosts. A dfget on
   the relay pulls the file from the parent while ``k`` children pull every piece
-  from the relay's piece server (Damselfly's request, pieces served as they land,
-  each child's crc32 checked by :class:`~damselfly.daemon.transfer.piece_client.PieceClient`).
+  from the relay as a daemon's children do: a SyncPieces stream each (Damselfly's
+  extensions on, so pieces still landing are announced), each announced piece from
+  the relay's piece server as it lands, crc32-checked by
+  :class:`~damselfly.daemon.transfer.piece_client.PieceClient`.
   Counted: the relay daemon's CPU seconds (``/proc/PID/stat``) from the dfget's
   start to the last child's last piece.
 * **kernel**: :mod:`damselfly.testbed.kernel_relay` in a process of its own
@@ -31,6 +33,7 @@ medians per ``k``. Every process is stopped by PID, the temp dir removed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -45,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from ..daemon.store.files import TRASH
-from ..errors import NotFound, ResourceExhausted
+from ..domain import HostInfo
+from ..errors import NotFound, PeerError, ResourceExhausted
 from ..pieces import piece_count, piece_length_for, piece_span
 from ..runtime.children import ChildFailed, ChildProcess, log_tail, python_module_command, spawn, stop_all
 from ..runtime.cluster import LocalCluster, PeerSpec
@@ -55,7 +59,7 @@ from .procs import process_cpu_s
 
 Say = Callable[[str], None]
 FILE_NAME = "blob.bin"
-RETRY_S = 0.01  # a child asked for a piece the relay does not hold yet: ask again after this
+RETRY_S = 0.01  # a child's piece ask or SyncPieces stream was refused: again after this
 DAEMON_CONFIG = "storage:\n  localShare: false\n"
 ROUND_TIMEOUT_S = 600.0
 KERNEL_KINDS = ("kernel", "kernel-cut-through")  # store and forward; each step on as it lands
@@ -74,7 +78,7 @@ class RelayRound:
     bytes_out: int = 0
     cpu_s: float = 0.0
     wall_s: float = 0.0
-    retries: int = 0  # damselfly: children's requests for a piece not held yet
+    retries: int = 0  # damselfly: children's piece asks and SyncPieces streams refused (asked again)
     ok: bool = False
 
     @property
@@ -170,37 +174,59 @@ def find_task_ids(storage: Path) -> set[str]:
 
 
 async def _pull_all(
-    address: tuple[str, int], task_id: str, size: int, out: Path, counters: list[int], index: int
+    relay: HostInfo, task_id: str, size: int, out: Path, counters: list[int], index: int
 ) -> None:
-    """One child: every piece of the task from the relay, in order, each crc32-checked."""
+    """One child, as a daemon's child of the relay: a SyncPieces stream tells it which pieces
+    the relay holds or is receiving (Damselfly's extensions on, so pieces still landing are
+    announced and streamed as they land), and it takes each announced piece from the relay's
+    piece server, crc32-checked. A stream that fails (the relay has no task yet) or ends
+    early is opened again for the pieces still missing."""
+    from ..daemon.transfer.peer_rpc import PeerRPC
     from ..daemon.transfer.piece_client import PieceClient
 
     piece_length = piece_length_for(size)
+    missing = set(range(piece_count(size, piece_length)))
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    client = await PieceClient.connect(*address)
+    rpc = PeerRPC()
+    client = await PieceClient.connect(relay.ip, relay.download_port)
     client.damselfly = True
     try:
-        for number in range(piece_count(size, piece_length)):
-            span = piece_span(number, size, piece_length)
-            while True:
-                if client.broken:
-                    await client.close()
-                    client = await PieceClient.connect(*address)
-                    client.damselfly = True
-                try:
-                    await client.download_piece(task_id, number, fd, span.offset, span.length, timeout=60)
-                    break
-                except (NotFound, ResourceExhausted):
-                    counters[index] += 1
-                    await asyncio.sleep(RETRY_S)
+        while missing:
+            try:
+                stream = rpc.sync_pieces(relay, f"bench-child-{index}", task_id, missing, extensions=True)
+                async with contextlib.aclosing(stream):
+                    async for piece in stream:
+                        if piece.number not in missing:
+                            continue  # announced again once held
+                        span = piece_span(piece.number, size, piece_length)
+                        while True:
+                            if client.broken:
+                                await client.close()
+                                client = await PieceClient.connect(relay.ip, relay.download_port)
+                                client.damselfly = True
+                            try:
+                                await client.download_piece(
+                                    task_id, piece.number, fd, span.offset, span.length, timeout=60
+                                )
+                                break
+                            except (NotFound, ResourceExhausted):
+                                counters[index] += 1
+                                await asyncio.sleep(RETRY_S)
+                        missing.discard(piece.number)
+                        if not missing:
+                            break
+            except PeerError:
+                counters[index] += 1
+                await asyncio.sleep(RETRY_S)
     finally:
         await client.close()
+        await rpc.close()
         os.close(fd)
 
 
-async def _children(address: tuple[str, int], task_id: str, size: int, outs: Sequence[Path]) -> list[int]:
+async def _children(relay: HostInfo, task_id: str, size: int, outs: Sequence[Path]) -> list[int]:
     counters = [0] * len(outs)
-    await asyncio.gather(*(_pull_all(address, task_id, size, out, counters, i) for i, out in enumerate(outs)))
+    await asyncio.gather(*(_pull_all(relay, task_id, size, out, counters, i) for i, out in enumerate(outs)))
     return counters
 
 
@@ -292,13 +318,17 @@ class RelayBench:
         if len(new) != 1:
             raise RuntimeError(f"expected one new task on the parent, found {len(new)}")
         task_id = new.pop()
-        piece_port = int(self.relay.ready["piece_port"])
+        ready = self.relay.ready
+        relay = HostInfo(
+            id="relay", hostname="relay", ip="127.0.0.1",
+            port=int(ready["upload_port"]), download_port=int(ready["piece_port"]),
+        )  # fmt: skip
         outs = [self.root / "out" / f"child{i}.bin" for i in range(k)]
         result = RelayRound("damselfly", k)
         cpu0 = process_cpu_s(self.relay.pid) or 0.0
         began = time.monotonic()
         dfget = self._dfget("relay-get", url, self.cluster.socket_of(0))
-        counters = asyncio.run(_children(("127.0.0.1", piece_port), task_id, self.size, outs))
+        counters = asyncio.run(_children(relay, task_id, self.size, outs))
         self._finish(dfget)
         result.wall_s = time.monotonic() - began
         result.cpu_s = (process_cpu_s(self.relay.pid) or 0.0) - cpu0
@@ -403,7 +433,7 @@ def run_relay(
                         printer(
                             f"relay: run {run + 1} k={k} {kind}: {r.cpu_s:.2f} CPU-s, "
                             f"{r.gb_per_cpu_s} GB/CPU-s, {r.cpu_s_per_gib} CPU-s/GiB"
-                            + (f", {r.retries} early asks" if kind == "damselfly" else "")
+                            + (f", {r.retries} asks again" if kind == "damselfly" else "")
                             + ("" if r.ok else "  FAILED")
                         )
         except (ChildFailed, RuntimeError, OSError) as e:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +124,7 @@ class PeerRPC:
 
     async def sync_pieces(
         self, host: HostInfo, host_id: str, task_id: str, wanted: Iterable[int], *, extensions: bool = False
-    ) -> AsyncIterator[ParentPiece]:
+    ) -> AsyncGenerator[ParentPiece, None]:
         """The pieces among ``wanted`` the parent holds, then those it finishes.
 
         ``wanted`` must list every piece asked for: a Dragonfly parent answers an
