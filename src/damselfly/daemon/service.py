@@ -265,8 +265,7 @@ class UploadService(
         if damselfly:
             await context.send_initial_metadata(((EXTENSIONS_METADATA, "1"),))
         sent: set[int] = set()  # announced, held or arriving
-        held: set[int] = set()  # announced while held, or known held by the child
-        told_arriving: dict[int, Receiving] = {}  # announced while arriving, not yet held
+        held: set[int] = set()  # announced while held
         changes = self.store.changes(task_id)
         while True:
             meta = self.store.get(task_id)
@@ -277,25 +276,20 @@ class UploadService(
             assert meta is not None
             # Pieces held, and for a Damselfly child pieces arriving from a parent (served while
             # they land, daemon/store/receiving.py). One announced while arriving is announced
-            # again once held only when that transfer failed (the child, refused it, forgot it);
-            # one whose transfer succeeded was recorded before it ended, so a child asking for it
-            # was served, and a second message would tell it nothing. Only what changed is looked
-            # at (set operations, not a walk over every piece: this runs at each change of the
-            # task, for each child).
+            # again once held: its transfer may have failed in between and the child forgotten
+            # it. Only what changed is looked at (set operations, not a walk over every piece:
+            # this runs at each change of the task, for each child).
             arriving = self.store.receiving.of(task_id) if damselfly else {}
             pieces = meta.pieces
             for number in sorted((arriving.keys() - sent) | (pieces.keys() - held)):
                 if interested and number not in interested:
                     continue
+                sent.add(number)
                 piece: PieceInfo | Receiving | None = pieces.get(number)
                 if piece is not None:
                     held.add(number)
-                    told = told_arriving.pop(number, None)
-                    if told is not None and told.state == "done":
-                        continue
                 else:
-                    piece = told_arriving[number] = arriving[number]
-                sent.add(number)
+                    piece = arriving[number]
                 offset, length = piece.offset, piece.length
                 yield dfdaemon_pb2.SyncPiecesResponse(
                     number=number,

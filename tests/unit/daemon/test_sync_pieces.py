@@ -84,29 +84,6 @@ async def test_pieces_arriving_are_announced_and_again_after_a_failed_transfer(t
     assert isinstance(done.exception(), StopAsyncIteration)
 
 
-async def test_a_piece_that_arrived_whole_is_not_announced_again(tmp_path: Path) -> None:
-    """The child was told of piece 1 arriving and its transfer succeeded (recorded, then
-    ended): holding it is no news, so the next message is piece 2, and the stream ends once
-    every piece is held."""
-    store = PieceStore(tmp_path)
-    store.create_task(TID)
-    store.set_content_length(TID, len(DATA), PL)
-    hold(store, 0)
-    incoming = store.receiving.start(TID, 1, PL, PL, "crc32:1")
-    stream = service(store).SyncPieces(dfdaemon_pb2.SyncPiecesRequest(task_id=TID), Context())
-    assert {await next_number(stream), await next_number(stream)} == {0, 1}
-    hold(store, 1)  # as the piece loop does: recorded first, then the transfer ends ok
-    store.receiving.end(incoming, ok=True)
-    pending = asyncio.ensure_future(next_number(stream))
-    await until(lambda: parked_on(store, TID), "the stream looked at the held piece")
-    assert not pending.done()
-    hold(store, 2)
-    assert await pending == 2
-    done = asyncio.ensure_future(stream.__anext__())
-    await asyncio.wait({done}, timeout=5)
-    assert isinstance(done.exception(), StopAsyncIteration)
-
-
 async def test_a_piece_landing_while_the_stream_yields_is_not_lost(tmp_path: Path) -> None:
     store = PieceStore(tmp_path)
     store.create_task(TID)
