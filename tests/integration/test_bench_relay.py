@@ -29,6 +29,7 @@ def test_relay_smoke() -> None:
         assert r["bytes_in"] == size
         assert r["bytes_out"] == r["children"] * size  # every child got every byte (checked by sha256)
         assert r["cpu_s"] > 0
+        assert r["user_s"] >= 0 and r["sys_s"] >= 0  # each taken as an after-minus-before
         assert r["gb_per_cpu_s"] == pytest.approx(r["bytes_out"] / 1e9 / r["cpu_s"], rel=1e-2)
         assert r["cpu_s_per_gib"] is not None
     for k in ("1", "2"):
@@ -37,6 +38,11 @@ def test_relay_smoke() -> None:
         for ratio in ("damselfly_over_kernel", "damselfly_over_kernel_cut_through"):
             assert row[ratio] is not None and row[ratio] > 0
     assert "k=2:" in human_summary(data) and "cut-through" in human_summary(data)
+    assert "user + system" in human_summary(data)
+    for k in ("1", "2"):
+        for kind in ("damselfly", "kernel", "kernel-cut-through"):
+            part = data["summary"][k][kind]
+            assert part["user_s"] is not None and part["sys_s"] is not None
 
 
 @pytest.mark.timeout(300)
@@ -86,6 +92,7 @@ def test_kernel_relay_sends_every_byte_to_every_child(tmp_path: Path, cut_throug
         for t in threads:
             t.join(30)
     assert result["bytes_in"] == size and result["bytes_out"] == k * size
+    assert result["user_s"] >= 0 and result["sys_s"] >= 0
     assert all(bytes(g) == data for g in got)
     assert (tmp_path / "out.bin").read_bytes() == data
 

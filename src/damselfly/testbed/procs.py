@@ -14,13 +14,19 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a live process (its threads included); None if it is gone."""
+def process_cpu_split(pid: int) -> tuple[float, float] | None:
+    """User and system CPU seconds of a live process (its threads included); None if it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return None
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (its threads included); None if it is gone."""
+    split = process_cpu_split(pid)
+    return None if split is None else split[0] + split[1]
 
 
 def _status_kib(pid: int, key: str) -> int | None:

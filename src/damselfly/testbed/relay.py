@@ -55,7 +55,7 @@ from ..runtime.children import ChildFailed, ChildProcess, log_tail, python_modul
 from ..runtime.cluster import LocalCluster, PeerSpec
 from ..runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
 from ..units import GiB, MiB
-from .procs import process_cpu_s
+from .procs import process_cpu_split
 
 Say = Callable[[str], None]
 FILE_NAME = "blob.bin"
@@ -77,6 +77,8 @@ class RelayRound:
     bytes_in: int = 0
     bytes_out: int = 0
     cpu_s: float = 0.0
+    user_s: float = 0.0  # of cpu_s: in user space (the interpreter, for the daemon) ...
+    sys_s: float = 0.0  # ... and in the kernel on the relay's behalf
     wall_s: float = 0.0
     retries: int = 0  # damselfly: children's piece asks and SyncPieces streams refused (asked again)
     ok: bool = False
@@ -94,7 +96,8 @@ class RelayRound:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["cpu_s"] = round(self.cpu_s, 6)
+        for key in ("cpu_s", "user_s", "sys_s"):
+            out[key] = round(getattr(self, key), 6)
         out["wall_s"] = round(self.wall_s, 3)
         out["gb_per_cpu_s"] = self.gb_per_cpu_s
         out["cpu_s_per_gib"] = self.cpu_s_per_gib
@@ -126,6 +129,8 @@ class RelayResult:
                     "runs": len(rs),
                     "gb_per_cpu_s": round(statistics.median(rates), 4) if rates else None,
                     "cpu_s_per_gib": round(statistics.median(per_gib), 4) if per_gib else None,
+                    "user_s": round(statistics.median(r.user_s for r in rs), 4) if rs else None,
+                    "sys_s": round(statistics.median(r.sys_s for r in rs), 4) if rs else None,
                 }
             d = row["damselfly"]["gb_per_cpu_s"]
             for kind in KERNEL_KINDS:
@@ -161,6 +166,11 @@ def human_summary(data: dict[str, Any]) -> str:
             f"kernel {num(kern['gb_per_cpu_s'])} store and forward, {num(cut['gb_per_cpu_s'])} cut-through; "
             f"ratio {num(row['damselfly_over_kernel'])} / {num(row['damselfly_over_kernel_cut_through'])}"
         )
+        split = ", ".join(
+            f"{name} {num(part['user_s'])} + {num(part['sys_s'])}"
+            for name, part in (("damselfly", d), ("store and forward", kern), ("cut-through", cut))
+        )
+        lines.append(f"       CPU-s a round, user + system: {split}")
     lines.append("  all rounds ok" if data["ok"] else "  RUN FAILED")
     return "\n".join(lines)
 
@@ -325,13 +335,15 @@ class RelayBench:
         )  # fmt: skip
         outs = [self.root / "out" / f"child{i}.bin" for i in range(k)]
         result = RelayRound("damselfly", k)
-        cpu0 = process_cpu_s(self.relay.pid) or 0.0
+        user0, sys0 = process_cpu_split(self.relay.pid) or (0.0, 0.0)
         began = time.monotonic()
         dfget = self._dfget("relay-get", url, self.cluster.socket_of(0))
         counters = asyncio.run(_children(relay, task_id, self.size, outs))
         self._finish(dfget)
         result.wall_s = time.monotonic() - began
-        result.cpu_s = (process_cpu_s(self.relay.pid) or 0.0) - cpu0
+        user1, sys1 = process_cpu_split(self.relay.pid) or (0.0, 0.0)
+        result.user_s, result.sys_s = user1 - user0, sys1 - sys0
+        result.cpu_s = result.user_s + result.sys_s
         result.retries = sum(counters)
         from ..pieces import file_digest
 
@@ -398,6 +410,8 @@ class RelayBench:
             bytes_in=int(data["bytes_in"]),
             bytes_out=int(data["bytes_out"]),
             cpu_s=float(data["cpu_s"]),
+            user_s=float(data["user_s"]),
+            sys_s=float(data["sys_s"]),
             wall_s=time.monotonic() - began,
             ok=data["bytes_in"] == self.size and received == [self.size] * k,
         )
@@ -431,7 +445,8 @@ def run_relay(
                             r = bench.kernel_round(k, cut_through=kind == "kernel-cut-through")
                         result.rounds.append(r)
                         printer(
-                            f"relay: run {run + 1} k={k} {kind}: {r.cpu_s:.2f} CPU-s, "
+                            f"relay: run {run + 1} k={k} {kind}: {r.cpu_s:.2f} CPU-s "
+                            f"({r.user_s:.2f} user + {r.sys_s:.2f} sys), "
                             f"{r.gb_per_cpu_s} GB/CPU-s, {r.cpu_s_per_gib} CPU-s/GiB"
                             + (f", {r.retries} asks again" if kind == "damselfly" else "")
                             + ("" if r.ok else "  FAILED")
