@@ -405,7 +405,7 @@ class RelayBench:
         data = json.loads(result_file.read_text())
         out.unlink(missing_ok=True)
         return RelayRound(
-            KERNEL_KINDS[cut_through],
+            "kernel-cut-through" if cut_through else "kernel",
             k,
             bytes_in=int(data["bytes_in"]),
             bytes_out=int(data["bytes_out"]),
