@@ -189,47 +189,44 @@ async def _pull_all(
     """One child, as a daemon's child of the relay: a SyncPieces stream tells it which pieces
     the relay holds or is receiving (Damselfly's extensions on, so pieces still landing are
     announced and streamed as they land), and it takes each announced piece from the relay's
-    piece server, crc32-checked. A stream that fails (the relay has no task yet) or ends
-    early is opened again for the pieces still missing."""
+    piece server through a daemon's connection pool, crc32-checked. A stream that fails (the
+    relay has no task yet) or ends early is opened again for the pieces still missing."""
     from ..daemon.transfer.peer_rpc import PeerRPC
-    from ..daemon.transfer.piece_client import PieceClient
+    from ..daemon.transfer.piece_client import PieceConnectionPool
 
     piece_length = piece_length_for(size)
     missing = set(range(piece_count(size, piece_length)))
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    rpc = PeerRPC()
-    client = await PieceClient.connect(relay.ip, relay.download_port)
-    client.damselfly = True
+    rpc, pool = PeerRPC(), PieceConnectionPool()
+
+    async def take(number: int) -> None:
+        span = piece_span(number, size, piece_length)
+        while True:
+            try:
+                await pool.download_piece(
+                    relay.ip, relay.download_port, task_id, number, fd, span.offset, span.length, timeout=60
+                )
+                return
+            except (NotFound, ResourceExhausted):
+                counters[index] += 1
+                await asyncio.sleep(RETRY_S)
+
     try:
         while missing:
             try:
                 stream = rpc.sync_pieces(relay, f"bench-child-{index}", task_id, missing, extensions=True)
                 async with contextlib.aclosing(stream):
                     async for piece in stream:
-                        if piece.number not in missing:
-                            continue  # announced again once held
-                        span = piece_span(piece.number, size, piece_length)
-                        while True:
-                            if client.broken:
-                                await client.close()
-                                client = await PieceClient.connect(relay.ip, relay.download_port)
-                                client.damselfly = True
-                            try:
-                                await client.download_piece(
-                                    task_id, piece.number, fd, span.offset, span.length, timeout=60
-                                )
-                                break
-                            except (NotFound, ResourceExhausted):
-                                counters[index] += 1
-                                await asyncio.sleep(RETRY_S)
-                        missing.discard(piece.number)
+                        if piece.number in missing:  # else announced again once held
+                            await take(piece.number)
+                            missing.discard(piece.number)
                         if not missing:
                             break
             except PeerError:
                 counters[index] += 1
                 await asyncio.sleep(RETRY_S)
     finally:
-        await client.close()
+        await pool.close()
         await rpc.close()
         os.close(fd)
 
