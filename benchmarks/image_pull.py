@@ -49,6 +49,7 @@ from tests.e2e.containerd import Containerd, hosts_dir
 from tests.e2e.harness import Swarm, assert_dir_image, registries_conf
 
 from damselfly.config import SchedulingConfig
+from damselfly.testbed.procs import process_cpu_s
 from damselfly.testbed.registry import build_image, start_registry
 from damselfly.units import parse_size
 
@@ -80,9 +81,11 @@ def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a live process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds a live process has used so far (it must be alive)."""
+    used = process_cpu_s(pid)
+    if used is None:
+        raise SystemExit(f"image_pull: process {pid} is gone")
+    return used
 
 
 def children_cpu_s() -> float:
