@@ -11,6 +11,7 @@ in :mod:`.unsupported_tasks_rpc`, the rest here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -24,10 +25,10 @@ from google.protobuf import empty_pb2
 from .. import tracing
 from ..api import common_pb2, dfdaemon_pb2, dfdaemon_pb2_grpc
 from ..api.convert import local_task_to_pb, task_to_pb
-from ..domain import PieceInfo
 from ..errors import (
     DamselflyError,
     InvalidArgument,
+    NotFound,
 )
 from ..security.authz import SchedulerGate, require_scheduler
 from .download_rpc import (
@@ -41,7 +42,7 @@ from .host_network import NetworkMonitor
 from .persistent_cache import PersistentCache, PersistentCacheDownloadRPCs, PersistentCacheUploadRPCs
 from .ratelimit import RequestLimiter
 from .store.metadata import TaskMeta
-from .store.receiving import Receiving
+from .transfer.announce import TaskFailed, announcements
 from .transfer.peer_rpc import EXTENSIONS_METADATA, says_extensions
 from .unsupported_tasks_rpc import UnsupportedTaskDownloadRPCs, UnsupportedTaskUploadRPCs
 
@@ -264,46 +265,22 @@ class UploadService(
             await context.abort(code, f"task {task_id} not found")
         if damselfly:
             await context.send_initial_metadata(((EXTENSIONS_METADATA, "1"),))
-        sent: set[int] = set()  # announced, held or arriving
-        held: set[int] = set()  # announced while held
-        changes = self.store.changes(task_id)
-        while True:
-            meta = self.store.get(task_id)
-            if meta is None or meta.state == "failed":
-                if damselfly:
-                    await context.abort(grpc.StatusCode.ABORTED, "the parent's download failed")
-                await context.abort(grpc.StatusCode.INTERNAL, f"task {task_id} failed")
-            assert meta is not None
-            # Pieces held, and for a Damselfly child pieces arriving from a parent (served while
-            # they land, daemon/store/receiving.py). One announced while arriving is announced
-            # again once held: its transfer may have failed in between and the child forgotten
-            # it. Only what changed is looked at (set operations, not a walk over every piece:
-            # this runs at each change of the task, for each child).
-            arriving = self.store.receiving.of(task_id) if damselfly else {}
-            pieces = meta.pieces
-            for number in sorted((arriving.keys() - sent) | (pieces.keys() - held)):
-                if interested and number not in interested:
-                    continue
-                sent.add(number)
-                piece: PieceInfo | Receiving | None = pieces.get(number)
-                if piece is not None:
-                    held.add(number)
-                else:
-                    piece = arriving[number]
-                offset, length = piece.offset, piece.length
-                yield dfdaemon_pb2.SyncPiecesResponse(
-                    number=number,
-                    offset=offset,
-                    length=length,
-                    ip=self.piece_ip,
-                    tcp_port=self.piece_port,
-                )
-            wanted = interested or (set(range(meta.piece_count)) if meta.piece_count is not None else None)
-            if wanted is not None and wanted <= held:
-                return
-            if meta.state == "succeeded" and meta.pieces.keys() <= held:
-                return
-            await changes.wait(30)  # deleted meanwhile: ABORTED on the next round
+        # What is announced, and when: announce.announcements (the piece port's SyncPieces too).
+        follow = announcements(self.store, task_id, interested, arriving=damselfly)
+        try:
+            async with contextlib.aclosing(follow):
+                async for a in follow:
+                    yield dfdaemon_pb2.SyncPiecesResponse(
+                        number=a.number,
+                        offset=a.offset,
+                        length=a.length,
+                        ip=self.piece_ip,
+                        tcp_port=self.piece_port,
+                    )
+        except (NotFound, TaskFailed):
+            if damselfly:
+                await context.abort(grpc.StatusCode.ABORTED, "the parent's download failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"task {task_id} failed")
 
     async def SyncPersistentCachePieces(
         self, request: dfdaemon_pb2.SyncPersistentCachePiecesRequest, context: Context

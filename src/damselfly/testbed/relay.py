@@ -186,11 +186,13 @@ def find_task_ids(storage: Path) -> set[str]:
 async def _pull_all(
     relay: HostInfo, task_id: str, size: int, out: Path, counters: list[int], index: int
 ) -> None:
-    """One child, as a daemon's child of the relay: a SyncPieces stream tells it which pieces
-    the relay holds or is receiving (Damselfly's extensions on, so pieces still landing are
-    announced and streamed as they land), and it takes each announced piece from the relay's
-    piece server through a daemon's connection pool, crc32-checked. A stream that fails (the
-    relay has no task yet) or ends early is opened again for the pieces still missing."""
+    """One child, as a daemon's child of the relay: a SyncPieces stream (on the relay's piece
+    port, as between Damselfly daemons) tells it which pieces the relay holds or is receiving
+    (pieces still landing announced and streamed as they land), and it takes each announced
+    piece from the relay's piece server through a daemon's connection pool, crc32-checked. A
+    stream that fails (the relay has no task yet) or ends early is opened again for the pieces
+    still missing."""
+    from ..daemon.transfer.announce import follow_parent
     from ..daemon.transfer.peer_rpc import PeerRPC
     from ..daemon.transfer.piece_client import PieceConnectionPool
 
@@ -214,7 +216,7 @@ async def _pull_all(
     try:
         while missing:
             try:
-                stream = rpc.sync_pieces(relay, f"bench-child-{index}", task_id, missing, extensions=True)
+                stream = follow_parent(pool, rpc, relay, f"bench-child-{index}", task_id, missing)
                 async with contextlib.aclosing(stream):
                     async for piece in stream:
                         if piece.number in missing:  # else announced again once held

@@ -40,6 +40,7 @@ from ..scheduler_client import PeerStream
 from ..store.digesting import InOrderDigest
 from ..store.receiving import Receiving
 from ..threads import wait_event
+from ..transfer.announce import follow_parent
 from .parents import Complete, Failure, Fetch, Parent, ParentTable, Stalled, Wait
 from .picker import get_picker
 
@@ -151,15 +152,15 @@ class PieceLoop:
             wanted = await self._wanted()
             if not wanted:
                 return  # nothing to ask for (an empty list would mean "all" to a Damselfly parent)
-            extensions = self.deps.pool.extensions
             host = p.candidate.host
-            async for piece in self.deps.peer_rpc.sync_pieces(
-                host, self.deps.host_id, self.task_id, wanted, extensions=extensions
-            ):
-                self._check_span(p, piece.number, piece.offset, piece.length)
-                self._servers[p.id] = (piece.ip, piece.port, piece.extensions)
-                self.table.holds(p, piece.number, whole_pieces=not piece.extensions)
-                self._wake.set()
+            deps = self.deps
+            follow = follow_parent(deps.pool, deps.peer_rpc, host, deps.host_id, self.task_id, wanted)
+            async with contextlib.aclosing(follow):
+                async for piece in follow:
+                    self._check_span(p, piece.number, piece.offset, piece.length)
+                    self._servers[p.id] = (piece.ip, piece.port, piece.extensions)
+                    self.table.holds(p, piece.number, whole_pieces=not piece.extensions)
+                    self._wake.set()
         except DamselflyError as e:
             error = e
         finally:

@@ -2,7 +2,8 @@
 
 A child learns what a parent holds with SyncPieces (:mod:`.peer_rpc`, gRPC
 ``DfdaemonUpload``), where two Damselfly daemons also agree to use Damselfly's
-wire extensions, then pulls each piece's bytes over Dragonfly's Vortex:
+wire extensions, or between Damselfly daemons on the parent's piece port
+(:mod:`.announce`), then pulls each piece's bytes over Dragonfly's Vortex:
 :mod:`.vortex` is its framing (sans-IO), :mod:`.piece_server` the parent's
 listener (the content sent from the store, or cut through while it still
 arrives), :mod:`.piece_client` the child's connections (pooled toward Damselfly

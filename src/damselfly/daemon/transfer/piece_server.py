@@ -42,8 +42,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import socket
-import struct
 import time
 from collections.abc import AsyncIterator, Callable, Sized
 from dataclasses import dataclass
@@ -55,12 +53,14 @@ from ..ratelimit import ByteLimiter, RequestLimiter
 from ..store.piece_store import PieceStore
 from ..store.receiving import Receiving
 from . import vortex
+from .announce import serve_sync
 from .open_files import OpenFiles
 from .send_guard import (
     Connection,
     SendLimits,
     acked_bytes,
     queued_bytes,
+    reset_connection,
     send_at_once,
     send_plain,
     send_through_tls,
@@ -103,8 +103,8 @@ class PieceServer:
     pieces are sent at once; beyond that a Damselfly child's request is
     answered ``Error(RESOURCE_EXHAUSTED, "busy...")`` at once and the child asks
     another parent or retries shortly, a plain request waits its turn.
-    ``extensions`` (config ``wire.extensions``): serve Damselfly's request
-    (tag 224) at all. ``wall_clock`` dates the pieces' ``created_at``. ``limits``
+    ``extensions`` (config ``wire.extensions``): serve Damselfly's requests
+    (tags 224 and 226) at all. ``wall_clock`` dates the pieces' ``created_at``. ``limits``
     (:mod:`.send_guard`): a send without progress, or slower than the minimum rate,
     ends its connection (and frees its slot); connections per remote address are capped.
     """
@@ -200,7 +200,7 @@ class PieceServer:
             if victim is None:  # every one of them is sending and making progress
                 self.refused_connections += 1
                 log.info("refusing a piece connection from %s: %d open already", conn.address, len(peers))
-                _reset(writer)
+                reset_connection(writer)
                 return
             self.evicted += 1
             peers.discard(victim)
@@ -247,6 +247,10 @@ class PieceServer:
                     conn.moved(self._clock())
                     parser.feed(data)
                     continue
+                if isinstance(event, vortex.SyncPieces) and self.extensions:  # until it ends
+                    return await serve_sync(
+                        self._store, event, reader, writer, lambda: conn.moved(self._clock())
+                    )
                 if not isinstance(event, vortex.DownloadPiece) or event.tag not in self._served:
                     # Close, a frame only a parent sends, or a request not served here: as
                     # Dragonfly's server does, close without an answer.
@@ -270,14 +274,14 @@ class PieceServer:
                     del self._by_address[conn.address]
             files.close()
             if stalled or conn.dropped:
-                _reset(writer)
+                reset_connection(writer)
             else:
                 writer.close()
                 try:
                     async with asyncio.timeout(self.limits.idle_timeout):
                         await writer.wait_closed()
                 except TimeoutError:
-                    _reset(writer)  # the child reads nothing more: drop what is queued for it
+                    reset_connection(writer)  # the child reads nothing more: drop what is queued for it
                 except Exception:
                     pass
 
@@ -587,12 +591,3 @@ def _requester(writer: asyncio.StreamWriter) -> str:
     """The address a piece request came from (the super-seed's notion of "who has it")."""
     peer = writer.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Drop a connection at once: a reset, not a FIN queued behind bytes the child never reads."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):  # closed already
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()

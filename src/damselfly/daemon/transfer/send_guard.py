@@ -213,3 +213,12 @@ async def send_through_tls(
         await writer.drain()
         sent += len(chunk)
     return sent
+
+
+def reset_connection(writer: asyncio.StreamWriter) -> None:
+    """Drop a connection at once: a reset, not a FIN queued behind bytes the child never reads."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # closed already
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...errors import ProtocolError
@@ -47,6 +48,10 @@ METADATA_LENGTH = struct.Struct(">I")
 PIECE_FIXED = struct.Struct(">IQQI")  # number, offset, length, digest_length
 PARENT_ID_LENGTH = struct.Struct(">I")
 PIECE_TAIL = struct.Struct(">BQq")  # traffic_type, cost, created_at
+SYNC_FIXED = TASK_ID_SIZE + 4  # task_id, then the count of piece numbers (u32 each) that follow
+MAX_SYNC_PIECES = 1 << 20  # piece numbers one SyncPieces may list (0: every piece)
+ANNOUNCE = struct.Struct(">IQQB")  # number, offset, length, flags
+ANNOUNCE_ARRIVING = 1  # flags: the piece is still arriving at the parent (served as it lands)
 MIN_METADATA = PIECE_FIXED.size + PARENT_ID_LENGTH.size + PIECE_TAIL.size  # 45
 MAX_METADATA = 4 * KiB
 MAX_DIGEST_LENGTH = 128
@@ -72,6 +77,11 @@ class Tag(enum.IntEnum):
     # content), the busy and elsewhere codes, and the connection kept for more requests.
     DOWNLOAD_PIECE_TRAILER = 224
     PIECE_DIGEST = 225
+    # Damselfly's SyncPieces on the piece port: a Damselfly child asks which pieces of a task
+    # the parent holds or is receiving; the parent answers with a PieceAnnounce per piece and a
+    # Close once every piece asked for is held (daemon/transfer/announce.py).
+    SYNC_PIECES = 226
+    PIECE_ANNOUNCE = 227
     CLOSE = 254
     ERROR = 255
 
@@ -133,6 +143,27 @@ class DownloadPiece:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncPieces:
+    """A Damselfly child asks to hear of the pieces ``numbers`` of ``task_id`` (empty: every
+    piece) the parent holds or is receiving, and of those it finishes."""
+
+    packet_id: int
+    task_id: str
+    numbers: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PieceAnnounce:
+    """The parent holds piece ``number`` (or, with ``arriving``, is receiving it)."""
+
+    packet_id: int
+    number: int
+    offset: int
+    length: int
+    arriving: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PieceHeader:
     """A parent starts sending a piece; ``length`` content bytes follow the frame.
 
@@ -182,7 +213,7 @@ class Error:
     message: str
 
 
-Event = DownloadPiece | PieceHeader | PieceDigest | PieceData | Close | Error
+Event = DownloadPiece | SyncPieces | PieceAnnounce | PieceHeader | PieceDigest | PieceData | Close | Error
 
 
 # --------------------------------------------------------------------------- encoding
@@ -246,6 +277,23 @@ def encode_piece_header(
     )
 
 
+def encode_sync_pieces(packet_id: int, task_id: str, numbers: Sequence[int]) -> bytes:
+    _check_u8("packet id", packet_id)
+    if not is_task_id(task_id):
+        raise ProtocolError(f"not a task id: {task_id!r}")
+    if len(numbers) > MAX_SYNC_PIECES:
+        raise ProtocolError(f"at most {MAX_SYNC_PIECES} piece numbers per SyncPieces, got {len(numbers)}")
+    value = task_id.encode("ascii") + _U32.pack(len(numbers)) + struct.pack(f">{len(numbers)}I", *numbers)
+    return HEADER.pack(packet_id, Tag.SYNC_PIECES, len(value)) + value
+
+
+def encode_piece_announce(packet_id: int, number: int, offset: int, length: int, *, arriving: bool) -> bytes:
+    flags = ANNOUNCE_ARRIVING if arriving else 0
+    return HEADER.pack(packet_id, Tag.PIECE_ANNOUNCE, ANNOUNCE.size) + ANNOUNCE.pack(
+        number, offset, length, flags
+    )
+
+
 def encode_piece_digest(packet_id: int, digest: str) -> bytes:
     """The trailer of a piece sent with an empty digest in its header."""
     _check_u8("packet id", packet_id)
@@ -292,6 +340,12 @@ def parse_header(data: bytes | bytearray | memoryview) -> FrameHeader:
         raise ProtocolError(f"PieceContent of {length} bytes does not fit piece metadata")
     if tag is Tag.PIECE_DIGEST and not 1 <= length <= MAX_DIGEST_LENGTH:
         raise ProtocolError(f"PieceDigest value must be 1..{MAX_DIGEST_LENGTH} bytes, got {length}")
+    if tag is Tag.SYNC_PIECES and not (
+        SYNC_FIXED <= length <= SYNC_FIXED + 4 * MAX_SYNC_PIECES and (length - SYNC_FIXED) % 4 == 0
+    ):
+        raise ProtocolError(f"SyncPieces value of {length} bytes is not a task id and piece numbers")
+    if tag is Tag.PIECE_ANNOUNCE and length != ANNOUNCE.size:
+        raise ProtocolError(f"PieceAnnounce value must be {ANNOUNCE.size} bytes, got {length}")
     if tag is Tag.CLOSE and length != 0:
         raise ProtocolError(f"Close must be empty, got {length} bytes")
     if tag is Tag.ERROR and not 1 <= length <= MAX_ERROR_LENGTH:
@@ -313,6 +367,20 @@ def decode_download_piece(
         raise ProtocolError(f"not a task id: {task_id!r}")
     (number,) = _U32.unpack(value[TASK_ID_SIZE:])
     return DownloadPiece(packet_id, task_id, number, tag)
+
+
+def decode_sync_pieces(packet_id: int, value: bytes | bytearray | memoryview) -> SyncPieces:
+    head = decode_download_piece(packet_id, value[:SYNC_FIXED])  # the task id, then the count
+    count = head.number
+    if len(value) != SYNC_FIXED + 4 * count:
+        raise ProtocolError(f"SyncPieces lists {count} pieces in {len(value) - SYNC_FIXED} bytes")
+    numbers = struct.unpack(f">{count}I", value[SYNC_FIXED:])
+    return SyncPieces(packet_id, head.task_id, numbers)
+
+
+def decode_piece_announce(packet_id: int, value: bytes | bytearray | memoryview) -> PieceAnnounce:
+    number, offset, length, flags = ANNOUNCE.unpack(value)
+    return PieceAnnounce(packet_id, number, offset, length, bool(flags & ANNOUNCE_ARRIVING))
 
 
 def decode_error(packet_id: int, value: bytes | bytearray | memoryview) -> Error:
@@ -464,6 +532,10 @@ class FrameParser:
                     return decode_download_piece(header.packet_id, value, header.tag)
                 if header.tag is Tag.PIECE_DIGEST:
                     return PieceDigest(header.packet_id, decode_digest(value))
+                if header.tag is Tag.SYNC_PIECES:
+                    return decode_sync_pieces(header.packet_id, value)
+                if header.tag is Tag.PIECE_ANNOUNCE:
+                    return decode_piece_announce(header.packet_id, value)
                 return decode_error(header.packet_id, value)
             # CONTENT
             if not self._buf:

@@ -1,0 +1,265 @@
+"""Which pieces a parent can give: SyncPieces, on gRPC or on the piece port.
+
+:func:`announcements` is what a parent tells one child of a task, whatever carries
+it: the interested pieces it holds, then those it finishes, and for a Damselfly
+child also those still arriving here (the piece server streams them as they land,
+store/receiving.py). The upload service sends them as gRPC ``SyncPiecesResponse``
+messages, as Dragonfly does (daemon/service.py).
+
+Between two Damselfly daemons the same announcements go on the parent's piece port
+instead (Vortex tags of Damselfly's own, docs/PROTOCOL.md): the child sends one
+``SyncPieces`` frame, the parent answers a 21-byte ``PieceAnnounce`` frame per piece
+and ``Close`` once every piece asked for is held, or ``Error`` (2: the task is not
+here; 3: its download failed). Measured (``benchmarks/announce_cost.py``), a parent
+spends ~53 µs of CPU on each gRPC message and ~7 on a frame, and a relaying parent
+tells each child of each piece twice. A parent that does not know the tag (a
+Dragonfly daemon, or a Damselfly one with ``wire.extensions: false``) closes the
+connection without an answer; the child then asks over gRPC, and keeps doing so
+for that parent (:func:`follow_parent`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncGenerator, Callable, Iterable
+from dataclasses import dataclass
+
+from ...domain import HostInfo, PieceInfo
+from ...errors import DamselflyError, NotFound, PeerError, ProtocolError
+from ..store.piece_store import PieceStore
+from ..store.receiving import Receiving
+from . import vortex
+from .peer_rpc import ParentPiece, PeerRPC
+from .piece_client import PieceConnectionPool
+
+log = logging.getLogger(__name__)
+
+CHANGES_WAIT_S = 30.0  # a look at the task even when no change wakes the wait
+CONNECT_TIMEOUT_S = 10.0
+READ_SIZE = 64 * 1024
+
+
+class TaskFailed(DamselflyError):
+    """The parent's copy of the task failed or was dropped while a child followed it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    number: int
+    offset: int
+    length: int
+    arriving: bool  # still arriving here: served as it lands
+
+
+async def announcements(
+    store: PieceStore, task_id: str, interested: Iterable[int], *, arriving: bool
+) -> AsyncGenerator[Announcement, None]:
+    """The pieces among ``interested`` (empty: every piece) held here, then those that finish;
+    with ``arriving``, also those still arriving, each announced again once held (its transfer
+    may fail in between and the child forget it). Ends once every piece asked for is held.
+
+    Raises NotFound when the task is not here (or failed) at the start, TaskFailed when it
+    fails or goes while followed. Only what changed is looked at at each change of the task
+    (set operations, not a walk over every piece: this runs for each child).
+    """
+    wanted_numbers = set(interested)
+    meta = store.get(task_id)
+    if meta is None or meta.state == "failed":
+        raise NotFound(f"task {task_id} not found")
+    sent: set[int] = set()  # announced, held or arriving
+    held: set[int] = set()  # announced while held
+    changes = store.changes(task_id)
+    while True:
+        meta = store.get(task_id)
+        if meta is None or meta.state == "failed":
+            raise TaskFailed(f"task {task_id} failed here")
+        coming = store.receiving.of(task_id) if arriving else {}
+        pieces = meta.pieces
+        for number in sorted((coming.keys() - sent) | (pieces.keys() - held)):
+            if wanted_numbers and number not in wanted_numbers:
+                continue
+            sent.add(number)
+            piece: PieceInfo | Receiving | None = pieces.get(number)
+            if piece is not None:
+                held.add(number)
+            else:
+                piece = coming[number]
+            yield Announcement(number, piece.offset, piece.length, arriving=number not in held)
+        wanted = wanted_numbers or (set(range(meta.piece_count)) if meta.piece_count is not None else None)
+        if wanted is not None and wanted <= held:
+            return
+        if meta.state == "succeeded" and meta.pieces.keys() <= held:
+            return
+        await changes.wait(CHANGES_WAIT_S)  # deleted meanwhile: TaskFailed on the next round
+
+
+# --------------------------------------------------------------------------- parent
+
+
+async def serve_sync(
+    store: PieceStore,
+    request: vortex.SyncPieces,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    on_sent: Callable[[], None] | None = None,
+) -> None:
+    """Answer a child's SyncPieces frame on its piece connection until every piece it asked for
+    is held here (then Close), the task fails or is missing (Error), or the child hangs up
+    (it sends nothing more after its request: any byte or EOF ends the answer). ``on_sent`` is
+    called after each announcement the socket took (the connection is not idle)."""
+    store.note_access(request.task_id)
+    packet = request.packet_id
+    meta = store.get(request.task_id)
+    if meta is None or meta.state == "failed":
+        missing = f"task {request.task_id} not found"
+        writer.write(vortex.encode_error(packet, vortex.ErrorCode.NOT_FOUND, missing))
+        await writer.drain()
+        return
+    writer.write(vortex.encode_sync_pieces(packet, request.task_id, ()))  # taken: what follows is ours
+
+    async def answer() -> None:
+        follow = announcements(store, request.task_id, request.numbers, arriving=True)
+        try:
+            async with contextlib.aclosing(follow):
+                async for a in follow:
+                    writer.write(
+                        vortex.encode_piece_announce(
+                            packet, a.number, a.offset, a.length, arriving=a.arriving
+                        )
+                    )
+                    await writer.drain()
+                    if on_sent is not None:
+                        on_sent()
+            writer.write(vortex.encode_close(packet))
+        except NotFound as e:
+            writer.write(vortex.encode_error(packet, vortex.ErrorCode.NOT_FOUND, str(e)))
+        except TaskFailed as e:
+            writer.write(vortex.encode_error(packet, vortex.ErrorCode.INTERNAL, str(e)))
+        await writer.drain()
+
+    answering = asyncio.ensure_future(answer())
+    hung_up = asyncio.ensure_future(reader.read(1))
+    try:
+        await asyncio.wait({answering, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (answering, hung_up):
+            task.cancel()
+        results = await asyncio.gather(answering, hung_up, return_exceptions=True)
+    error = results[0]
+    if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError):
+        raise error
+
+
+# --------------------------------------------------------------------------- child
+
+
+class PlainParent(PeerError):
+    """The parent closed on SyncPieces without an answer: it does not take it on its piece port."""
+
+
+async def sync_on_piece_port(
+    host: HostInfo,
+    task_id: str,
+    wanted: Iterable[int],
+    *,
+    tls: ssl.SSLContext | None = None,
+    tls_name: str = "",
+    timeout: float = CONNECT_TIMEOUT_S,
+) -> AsyncGenerator[ParentPiece, None]:
+    """The pieces among ``wanted`` the parent holds or is receiving, then those it finishes,
+    asked on its piece port. Raises PlainParent when the parent does not take the request (it
+    closes without an answer, or answers in another protocol), PeerError when it does not have
+    the task or its download failed there, PeerError or ProtocolError on anything else."""
+    where = f"{host.ip}:{host.download_port}"
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                host.ip, host.download_port, ssl=tls, server_hostname=(tls_name or host.ip) if tls else None
+            )
+    except (OSError, TimeoutError) as e:
+        raise PeerError(f"cannot connect to parent {where}: {e or 'timed out'}") from e
+    try:
+        writer.write(vortex.encode_sync_pieces(1, task_id, sorted(wanted)))
+        parser = vortex.FrameParser()
+        event = await _first_answer(reader, parser, timeout)
+        if isinstance(event, vortex.SyncPieces) and event.task_id == task_id and not event.numbers:
+            event = None  # taken: announcements follow
+        elif not isinstance(event, vortex.Error):
+            raise PlainParent(f"parent {where} does not take SyncPieces on its piece port")
+        while True:
+            if event is None:
+                event = parser.next_event()
+                if event is None:
+                    data = await reader.read(READ_SIZE)
+                    if not data:
+                        raise PeerError(f"parent {where} closed its SyncPieces")
+                    parser.feed(data)
+                    continue
+            frame, event = event, None
+            if isinstance(frame, vortex.PieceAnnounce):
+                yield ParentPiece(frame.number, frame.offset, frame.length, host.ip, host.download_port, True)
+            elif isinstance(frame, vortex.Close):
+                return
+            elif isinstance(frame, vortex.Error):  # NOT_FOUND (not here) or INTERNAL (failed here)
+                raise PeerError(f"SyncPieces with parent {where} failed: {frame.message}")
+            else:
+                raise ProtocolError(f"parent {where} answered SyncPieces with {type(frame).__name__}")
+    except (ConnectionError, OSError) as e:
+        raise PeerError(f"SyncPieces with parent {where} broke off: {e}") from e
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+async def _first_answer(
+    reader: asyncio.StreamReader, parser: vortex.FrameParser, timeout: float
+) -> vortex.Event | None:
+    """The parent's first frame; None when it closed, sent what is not Vortex (some other server
+    behind the port) or nothing within ``timeout``. A Damselfly parent answers at once."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                event = parser.next_event()
+                if event is not None:
+                    return event
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    return None
+                parser.feed(data)
+    except (ProtocolError, TimeoutError):
+        return None
+
+
+async def follow_parent(
+    pool: PieceConnectionPool,
+    peer_rpc: PeerRPC,
+    host: HostInfo,
+    host_id: str,
+    task_id: str,
+    wanted: Iterable[int],
+) -> AsyncGenerator[ParentPiece, None]:
+    """What a child hears of a parent's pieces: as :meth:`PeerRPC.sync_pieces`, but on the
+    parent's piece port when the pool speaks Damselfly's extensions and the parent takes it
+    (``pool.plain_sync`` remembers those that do not). Persistent-cache tasks keep their own
+    gRPC call (``peer_rpc.SYNC_METHOD``)."""
+    numbers = sorted(wanted)
+    key = (host.ip, host.download_port)
+    portable = pool.extensions and peer_rpc.SYNC_METHOD == PeerRPC.SYNC_METHOD and host.download_port
+    if portable and key not in pool.plain_sync:
+        stream = sync_on_piece_port(host, task_id, numbers, tls=pool.tls, tls_name=pool.tls_name)
+        try:
+            async with contextlib.aclosing(stream):
+                async for piece in stream:
+                    yield piece
+            return
+        except PlainParent:
+            log.info("parent %s does not take SyncPieces on its piece port: asked over gRPC", host.id)
+            pool.plain_sync.add(key)
+    stream = peer_rpc.sync_pieces(host, host_id, task_id, numbers, extensions=pool.extensions)
+    async with contextlib.aclosing(stream):
+        async for piece in stream:
+            yield piece

@@ -1,0 +1,200 @@
+"""SyncPieces on the piece port between Damselfly daemons, over real sockets.
+
+A child follows a parent's pieces with one Vortex frame of Damselfly's own on the
+parent's piece port (daemon/transfer/announce.py): the parent echoes it, then
+announces each piece it holds or receives, and closes once every piece asked for
+is held. A parent that does not take the frame (wire extensions off, a Dragonfly
+daemon, another server behind the port) sends the child back to gRPC, and the
+child remembers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+
+from damselfly.daemon.store.piece_store import PieceStore
+from damselfly.daemon.transfer import vortex
+from damselfly.daemon.transfer.announce import PlainParent, follow_parent, sync_on_piece_port
+from damselfly.daemon.transfer.peer_rpc import ParentPiece, PeerRPC
+from damselfly.daemon.transfer.piece_client import PieceConnectionPool
+from damselfly.daemon.transfer.piece_server import PieceServer
+from damselfly.domain import HostInfo
+from damselfly.errors import PeerError, ProtocolError
+from damselfly.ids import task_id
+from helpers.store import put_piece
+from helpers.wait import parked_on, until
+
+pytestmark = pytest.mark.integration
+
+TID = task_id("http://example.com/announced")
+PL = 4096
+DATA = os.urandom(4 * PL)
+
+
+def hold(store: PieceStore, number: int) -> None:
+    put_piece(store, TID, DATA, number, PL)
+
+
+def host(port: int) -> HostInfo:
+    return HostInfo(id="parent", hostname="parent", ip="127.0.0.1", port=1, download_port=port)
+
+
+@contextlib.asynccontextmanager
+async def parent(
+    tmp_path: Path, *, extensions: bool = True
+) -> AsyncIterator[tuple[PieceStore, PieceServer, int]]:
+    store = PieceStore(tmp_path / "parent")
+    server = PieceServer(store, extensions=extensions)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        yield store, server, port
+    finally:
+        await server.close()
+
+
+async def test_held_then_arriving_then_finished_pieces_are_announced_and_the_stream_ends(
+    tmp_path: Path,
+) -> None:
+    async with parent(tmp_path) as (store, server, port):
+        store.create_task(TID)
+        store.set_content_length(TID, len(DATA), PL)
+        hold(store, 0)
+        incoming = store.receiving.start(TID, 2, 2 * PL, PL, "crc32:1")
+        stream = sync_on_piece_port(host(port), TID, [0, 2, 3])
+        async with contextlib.aclosing(stream):
+            first = await asyncio.wait_for(anext(stream), 5)
+            second = await asyncio.wait_for(anext(stream), 5)
+            assert (first.number, second.number) == (0, 2)
+            assert (first.offset, first.length, second.offset, second.length) == (0, PL, 2 * PL, PL)
+            # Nothing more until piece 2 is held (announced again) and piece 3 arrives.
+            pending = asyncio.ensure_future(anext(stream))
+            await until(lambda: parked_on(store, TID), "the parent looked at the task")
+            assert not pending.done()
+            hold(store, 2)
+            store.receiving.end(incoming, ok=True)
+            assert (await asyncio.wait_for(pending, 5)).number == 2
+            hold(store, 1)  # not asked for: never announced
+            hold(store, 3)
+            assert (await asyncio.wait_for(anext(stream), 5)).number == 3
+            # Every piece asked for is held: the parent closes the stream.
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(anext(stream), 5)
+        await until(lambda: server.active_connections == 0, "the parent let the connection go")
+
+
+async def test_an_unknown_task_is_a_peer_error_not_a_plain_parent(tmp_path: Path) -> None:
+    async with parent(tmp_path) as (_, _, port):
+        stream = sync_on_piece_port(host(port), TID, [0])
+        with pytest.raises(PeerError, match="not found") as caught:
+            await asyncio.wait_for(anext(stream), 5)
+        assert not isinstance(caught.value, PlainParent)
+
+
+async def test_a_task_that_fails_while_followed_ends_the_stream_with_an_error(tmp_path: Path) -> None:
+    async with parent(tmp_path) as (store, _, port):
+        store.create_task(TID)
+        store.set_content_length(TID, len(DATA), PL)
+        hold(store, 0)
+        stream = sync_on_piece_port(host(port), TID, [0, 1])
+        assert (await asyncio.wait_for(anext(stream), 5)).number == 0
+        store.mark_failed(TID, "the origin went away")
+        with pytest.raises(PeerError, match="failed"):
+            await asyncio.wait_for(anext(stream), 5)
+
+
+async def test_a_child_that_hangs_up_ends_the_parents_answer(tmp_path: Path) -> None:
+    async with parent(tmp_path) as (store, server, port):
+        store.create_task(TID)
+        store.set_content_length(TID, len(DATA), PL)
+        hold(store, 0)
+        stream = sync_on_piece_port(host(port), TID, [0, 1])
+        assert (await asyncio.wait_for(anext(stream), 5)).number == 0
+        await until(lambda: parked_on(store, TID), "the parent waits for piece 1")
+        await stream.aclose()
+        await until(lambda: server.active_connections == 0, "the parent stopped answering")
+        await until(lambda: not parked_on(store, TID), "nobody follows the task any more")
+
+
+async def test_a_parent_with_the_extensions_off_closes_and_the_child_asks_over_grpc_from_then_on(
+    tmp_path: Path,
+) -> None:
+    class GrpcOnly(PeerRPC):
+        """The gRPC side, recorded (the upload service's SyncPieces has tests of its own)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: list[list[int]] = []
+
+        async def sync_pieces(
+            self,
+            host: HostInfo,
+            host_id: str,
+            task_id: str,
+            wanted: Iterable[int],
+            *,
+            extensions: bool = False,
+        ) -> AsyncGenerator[ParentPiece, None]:
+            numbers = sorted(wanted)
+            self.asked.append(numbers)
+            for n in numbers:
+                yield ParentPiece(n, n * PL, PL, host.ip, host.download_port, False)
+
+    async with parent(tmp_path, extensions=False) as (store, _, port):
+        store.create_task(TID)
+        store.set_content_length(TID, len(DATA), PL)
+        hold(store, 0)
+        with pytest.raises(PlainParent):
+            await asyncio.wait_for(anext(sync_on_piece_port(host(port), TID, [0])), 5)
+        pool, rpc = PieceConnectionPool(), GrpcOnly()
+        for _ in range(2):
+            got = [p.number async for p in follow_parent(pool, rpc, host(port), "child", TID, [1, 0])]
+            assert got == [0, 1]
+        assert rpc.asked == [[0, 1], [0, 1]]
+        assert pool.plain_sync == {("127.0.0.1", port)}
+        await pool.close()
+
+
+async def test_a_port_that_answers_in_another_protocol_is_a_plain_parent() -> None:
+    """A Dragonfly daemon's Host.download_port may be its gRPC port: an HTTP/2 server answers
+    the frame with a GOAWAY of its own."""
+
+    async def http2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(bytes.fromhex("000008070000000000000000000000000001"))  # GOAWAY, PROTOCOL_ERROR
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http2, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(PlainParent):
+            await asyncio.wait_for(anext(sync_on_piece_port(host(port), TID, [0])), 5)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_the_frames_round_trip() -> None:
+    raw = (
+        vortex.encode_sync_pieces(7, TID, [3, 1])
+        + vortex.encode_piece_announce(7, 3, 3 * PL, PL, arriving=True)
+        + vortex.encode_piece_announce(7, 1, PL, PL, arriving=False)
+    )
+    parser = vortex.FrameParser()
+    parser.feed(raw)
+    assert parser.next_event() == vortex.SyncPieces(7, TID, (3, 1))
+    assert parser.next_event() == vortex.PieceAnnounce(7, 3, 3 * PL, PL, True)
+    assert parser.next_event() == vortex.PieceAnnounce(7, 1, PL, PL, False)
+    assert parser.next_event() is None
+    bad = bytearray(vortex.encode_sync_pieces(7, TID, [3]))
+    bad[5] -= 1  # the value's length no longer a whole number of piece numbers
+    parser = vortex.FrameParser()
+    parser.feed(bytes(bad))
+    with pytest.raises(ProtocolError):
+        parser.next_event()
