@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.transfer import vortex
-from damselfly.daemon.transfer.announce import PlainParent, follow_parent, sync_on_piece_port
+from damselfly.daemon.transfer.announce import PlainParent, sync_on_piece_port
 from damselfly.daemon.transfer.peer_rpc import ParentPiece, PeerRPC
-from damselfly.daemon.transfer.piece_client import PieceConnectionPool
 from damselfly.daemon.transfer.piece_server import PieceServer
 from damselfly.domain import HostInfo
 from damselfly.errors import PeerError, ProtocolError
@@ -124,25 +123,18 @@ async def test_a_child_that_hangs_up_ends_the_parents_answer(tmp_path: Path) -> 
 async def test_a_parent_with_the_extensions_off_closes_and_the_child_asks_over_grpc_from_then_on(
     tmp_path: Path,
 ) -> None:
-    class GrpcOnly(PeerRPC):
-        """The gRPC side, recorded (the upload service's SyncPieces has tests of its own)."""
+    class GrpcRecorded(PeerRPC):
+        """gRPC SyncPieces recorded, not sent (the upload service's side has tests of its own)."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.asked: list[list[int]] = []
+            self.asked: list[tuple[list[int], bool]] = []
 
-        async def sync_pieces(
-            self,
-            host: HostInfo,
-            host_id: str,
-            task_id: str,
-            wanted: Iterable[int],
-            *,
-            extensions: bool = False,
+        async def _grpc_sync_pieces(
+            self, host: HostInfo, host_id: str, task_id: str, wanted: list[int], *, extensions: bool
         ) -> AsyncGenerator[ParentPiece, None]:
-            numbers = sorted(wanted)
-            self.asked.append(numbers)
-            for n in numbers:
+            self.asked.append((wanted, extensions))
+            for n in wanted:
                 yield ParentPiece(n, n * PL, PL, host.ip, host.download_port, False)
 
     async with parent(tmp_path, extensions=False) as (store, _, port):
@@ -151,13 +143,51 @@ async def test_a_parent_with_the_extensions_off_closes_and_the_child_asks_over_g
         hold(store, 0)
         with pytest.raises(PlainParent):
             await asyncio.wait_for(anext(sync_on_piece_port(host(port), TID, [0])), 5)
-        pool, rpc = PieceConnectionPool(), GrpcOnly()
+        rpc = GrpcRecorded()
         for _ in range(2):
-            got = [p.number async for p in follow_parent(pool, rpc, host(port), "child", TID, [1, 0])]
+            got = [p.number async for p in rpc.sync_pieces(host(port), "child", TID, [1, 0], extensions=True)]
             assert got == [0, 1]
-        assert rpc.asked == [[0, 1], [0, 1]]
-        assert pool.plain_sync == {("127.0.0.1", port)}
-        await pool.close()
+        # Asked over gRPC both times, still saying it speaks the extensions (the piece requests'
+        # own); the piece port was tried only the first time.
+        assert rpc.asked == [([0, 1], True), ([0, 1], True)]
+        assert rpc.plain_sync == {("127.0.0.1", port)}
+
+
+async def test_a_damselfly_parent_is_followed_on_its_piece_port_and_a_persistent_cache_task_over_grpc(
+    tmp_path: Path,
+) -> None:
+    class Recorded(PeerRPC):
+        def __init__(self) -> None:
+            super().__init__()
+            self.grpc_calls = 0
+
+        async def _grpc_sync_pieces(
+            self, host: HostInfo, host_id: str, task_id: str, wanted: list[int], *, extensions: bool
+        ) -> AsyncGenerator[ParentPiece, None]:
+            self.grpc_calls += 1
+            for n in wanted:
+                yield ParentPiece(n, n * PL, PL, host.ip, host.download_port, False)
+
+    class CacheRecorded(Recorded):
+        SYNC_ON_PIECE_PORT = False  # as CachePeerRPC: SyncPersistentCachePieces
+
+    async with parent(tmp_path) as (store, _, port):
+        store.create_task(TID)
+        store.set_content_length(TID, len(DATA), PL)
+        for n in range(4):
+            hold(store, n)
+        rpc = Recorded()
+        got = [
+            (p.number, p.extensions)
+            async for p in rpc.sync_pieces(host(port), "c", TID, [2, 3], extensions=True)
+        ]
+        assert got == [(2, True), (3, True)] and rpc.grpc_calls == 0 and not rpc.plain_sync
+        # Without the extensions (wire.extensions: false), gRPC as Dragonfly's child asks.
+        assert [p.number async for p in rpc.sync_pieces(host(port), "c", TID, [1])] == [1]
+        assert rpc.grpc_calls == 1
+        cache = CacheRecorded()
+        assert [p.number async for p in cache.sync_pieces(host(port), "c", TID, [1], extensions=True)] == [1]
+        assert cache.grpc_calls == 1
 
 
 async def test_a_port_that_answers_in_another_protocol_is_a_plain_parent() -> None:
@@ -192,8 +222,14 @@ def test_the_frames_round_trip() -> None:
     assert parser.next_event() == vortex.PieceAnnounce(7, 3, 3 * PL, PL, True)
     assert parser.next_event() == vortex.PieceAnnounce(7, 1, PL, PL, False)
     assert parser.next_event() is None
+    traced = vortex.encode_sync_pieces(7, TID, [2], "00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+    parser = vortex.FrameParser()
+    parser.feed(traced)
+    event = parser.next_event()
+    assert isinstance(event, vortex.SyncPieces) and event.numbers == (2,)
+    assert event.traceparent.endswith("-01")
     bad = bytearray(vortex.encode_sync_pieces(7, TID, [3]))
-    bad[5] -= 1  # the value's length no longer a whole number of piece numbers
+    bad[6 + 64 + 3] = 2  # the count says two numbers where the value holds one
     parser = vortex.FrameParser()
     parser.feed(bytes(bad))
     with pytest.raises(ProtocolError):

@@ -192,7 +192,6 @@ async def _pull_all(
     piece from the relay's piece server through a daemon's connection pool, crc32-checked. A
     stream that fails (the relay has no task yet) or ends early is opened again for the pieces
     still missing."""
-    from ..daemon.transfer.announce import follow_parent
     from ..daemon.transfer.peer_rpc import PeerRPC
     from ..daemon.transfer.piece_client import PieceConnectionPool
 
@@ -216,7 +215,7 @@ async def _pull_all(
     try:
         while missing:
             try:
-                stream = follow_parent(pool, rpc, relay, f"bench-child-{index}", task_id, missing)
+                stream = rpc.sync_pieces(relay, f"bench-child-{index}", task_id, missing, extensions=True)
                 async with contextlib.aclosing(stream):
                     async for piece in stream:
                         if piece.number in missing:  # else announced again once held

@@ -40,7 +40,6 @@ from ..scheduler_client import PeerStream
 from ..store.digesting import InOrderDigest
 from ..store.receiving import Receiving
 from ..threads import wait_event
-from ..transfer.announce import follow_parent
 from .parents import Complete, Failure, Fetch, Parent, ParentTable, Stalled, Wait
 from .picker import get_picker
 
@@ -154,7 +153,9 @@ class PieceLoop:
                 return  # nothing to ask for (an empty list would mean "all" to a Damselfly parent)
             host = p.candidate.host
             deps = self.deps
-            follow = follow_parent(deps.pool, deps.peer_rpc, host, deps.host_id, self.task_id, wanted)
+            follow = deps.peer_rpc.sync_pieces(
+                host, deps.host_id, self.task_id, wanted, extensions=deps.pool.extensions
+            )
             async with contextlib.aclosing(follow):
                 async for piece in follow:
                     self._check_span(p, piece.number, piece.offset, piece.length)

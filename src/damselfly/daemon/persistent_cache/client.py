@@ -214,3 +214,4 @@ class CachePeerRPC(PeerRPC):
 
     SYNC_METHOD = "SyncPersistentCachePieces"
     SYNC_REQUEST = dfdaemon_pb2.SyncPersistentCachePiecesRequest
+    SYNC_ON_PIECE_PORT = False  # the piece port's SyncPieces names tasks only

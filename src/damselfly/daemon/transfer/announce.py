@@ -15,7 +15,7 @@ spends ~53 µs of CPU on each gRPC message and ~7 on a frame, and a relaying par
 tells each child of each piece twice. A parent that does not know the tag (a
 Dragonfly daemon, or a Damselfly one with ``wire.extensions: false``) closes the
 connection without an answer; the child then asks over gRPC, and keeps doing so
-for that parent (:func:`follow_parent`).
+for that parent (:meth:`.peer_rpc.PeerRPC.sync_pieces`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ import ssl
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 
+from ... import tracing
 from ...domain import HostInfo, PieceInfo
 from ...errors import DamselflyError, NotFound, PeerError, ProtocolError
 from ..store.piece_store import PieceStore
 from ..store.receiving import Receiving
 from . import vortex
-from .peer_rpc import ParentPiece, PeerRPC
-from .piece_client import PieceConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,23 @@ READ_SIZE = 64 * 1024
 
 class TaskFailed(DamselflyError):
     """The parent's copy of the task failed or was dropped while a child followed it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParentPiece:
+    """A piece a parent holds, and where its piece server is.
+
+    ``ip``/``port`` come from the parent's SyncPieces answer (a Dragonfly
+    parent's ``Host.download_port`` is its gRPC port, not its piece server);
+    ``extensions``: the parent speaks Damselfly's wire extensions.
+    """
+
+    number: int
+    offset: int
+    length: int
+    ip: str
+    port: int
+    extensions: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +135,23 @@ async def serve_sync(
         await writer.drain()
         return
     writer.write(vortex.encode_sync_pieces(packet, request.task_id, ()))  # taken: what follows is ours
+    if tracing.enabled():  # a span of the child's trace, as the gRPC call makes one
+        remote = {tracing.TRACEPARENT: request.traceparent} if request.traceparent else None
+        attributes = {"task.id": request.task_id}
+        with tracing.span("daemon", "dfdaemon.SyncPieces", remote=remote, attributes=attributes):
+            await _answer_until_hung_up(store, request, reader, writer, on_sent)
+        return
+    await _answer_until_hung_up(store, request, reader, writer, on_sent)
+
+
+async def _answer_until_hung_up(
+    store: PieceStore,
+    request: vortex.SyncPieces,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    on_sent: Callable[[], None] | None,
+) -> None:
+    packet = request.packet_id
 
     async def answer() -> None:
         follow = announcements(store, request.task_id, request.numbers, arriving=True)
@@ -182,7 +215,8 @@ async def sync_on_piece_port(
     except (OSError, TimeoutError) as e:
         raise PeerError(f"cannot connect to parent {where}: {e or 'timed out'}") from e
     try:
-        writer.write(vortex.encode_sync_pieces(1, task_id, sorted(wanted)))
+        traceparent = dict(tracing.metadata()).get(tracing.TRACEPARENT, "")
+        writer.write(vortex.encode_sync_pieces(1, task_id, sorted(wanted), traceparent))
         parser = vortex.FrameParser()
         event = await _first_answer(reader, parser, timeout)
         if isinstance(event, vortex.SyncPieces) and event.task_id == task_id and not event.numbers:
@@ -232,34 +266,3 @@ async def _first_answer(
                 parser.feed(data)
     except (ProtocolError, TimeoutError):
         return None
-
-
-async def follow_parent(
-    pool: PieceConnectionPool,
-    peer_rpc: PeerRPC,
-    host: HostInfo,
-    host_id: str,
-    task_id: str,
-    wanted: Iterable[int],
-) -> AsyncGenerator[ParentPiece, None]:
-    """What a child hears of a parent's pieces: as :meth:`PeerRPC.sync_pieces`, but on the
-    parent's piece port when the pool speaks Damselfly's extensions and the parent takes it
-    (``pool.plain_sync`` remembers those that do not). Persistent-cache tasks keep their own
-    gRPC call (``peer_rpc.SYNC_METHOD``)."""
-    numbers = sorted(wanted)
-    key = (host.ip, host.download_port)
-    portable = pool.extensions and peer_rpc.SYNC_METHOD == PeerRPC.SYNC_METHOD and host.download_port
-    if portable and key not in pool.plain_sync:
-        stream = sync_on_piece_port(host, task_id, numbers, tls=pool.tls, tls_name=pool.tls_name)
-        try:
-            async with contextlib.aclosing(stream):
-                async for piece in stream:
-                    yield piece
-            return
-        except PlainParent:
-            log.info("parent %s does not take SyncPieces on its piece port: asked over gRPC", host.id)
-            pool.plain_sync.add(key)
-    stream = peer_rpc.sync_pieces(host, host_id, task_id, numbers, extensions=pool.extensions)
-    async with contextlib.aclosing(stream):
-        async for piece in stream:
-            yield piece

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,7 +26,8 @@ from ...api import dfdaemon_pb2, dfdaemon_pb2_grpc
 from ...api.convert import UNKNOWN_CONTENT_LENGTH
 from ...domain import HostInfo
 from ...errors import PeerError
-from ...security.tls import TLSFiles, peer_channel
+from ...security.tls import TLSFiles, client_ssl_context, peer_channel
+from .announce import ParentPiece, PlainParent, sync_on_piece_port
 
 log = logging.getLogger(__name__)
 
@@ -49,34 +49,22 @@ def says_extensions(metadata: Sequence[tuple[str, Any]] | None) -> bool:
     return any(key == EXTENSIONS_METADATA and value == "1" for key, value in metadata or ())
 
 
-@dataclass(frozen=True, slots=True)
-class ParentPiece:
-    """A piece a parent holds, and where its piece server is.
-
-    ``ip``/``port`` come from the parent's SyncPieces answer (a Dragonfly
-    parent's ``Host.download_port`` is its gRPC port, not its piece server);
-    ``extensions``: the parent speaks Damselfly's wire extensions.
-    """
-
-    number: int
-    offset: int
-    length: int
-    ip: str
-    port: int
-    extensions: bool = False
-
-
 class PeerRPC:
     """A cache of gRPC channels to parents, and the two calls a child makes."""
 
-    # The piece sync call and its request (a subclass may name another of the same shape).
+    # The piece sync call and its request (a subclass may name another of the same shape), and
+    # whether a Damselfly parent is asked on its piece port instead (announce.py: tasks only).
     SYNC_METHOD = "SyncPieces"
     SYNC_REQUEST: Any = dfdaemon_pb2.SyncPiecesRequest
+    SYNC_ON_PIECE_PORT = True
 
     def __init__(self, *, tls: TLSFiles | None = None) -> None:
         # The daemon's mTLS files: parents are dialed by IP, their certificate names it (or tls.peerName).
         self._tls = tls
+        self._piece_tls = client_ssl_context(tls) if tls is not None else None
         self._channels: dict[str, Any] = {}
+        # Piece ports that did not take SyncPieces: those parents are asked over gRPC.
+        self.plain_sync: set[tuple[str, int]] = set()
 
     def _stub(self, host: HostInfo) -> Any:
         addr = f"{host.ip}:{host.port}"
@@ -128,12 +116,36 @@ class PeerRPC:
         """The pieces among ``wanted`` the parent holds, then those it finishes.
 
         ``wanted`` must list every piece asked for: a Dragonfly parent answers an
-        empty list with nothing. ``extensions``: announce that this daemon speaks
-        Damselfly's wire extensions; each :class:`ParentPiece` says whether the
-        parent does too.
+        empty list with nothing. ``extensions``: this daemon speaks Damselfly's wire
+        extensions; a parent is then asked on its piece port first (a frame per
+        piece, not a gRPC message: announce.py) and, if it does not take that, over
+        gRPC from then on, announcing the extensions. Each :class:`ParentPiece` says
+        whether the parent speaks them too.
         """
+        numbers = sorted(wanted)
+        key = (host.ip, host.download_port)
+        if extensions and self.SYNC_ON_PIECE_PORT and host.download_port and key not in self.plain_sync:
+            tls_name = self._tls.peer_name if self._tls is not None else ""
+            stream = sync_on_piece_port(host, task_id, numbers, tls=self._piece_tls, tls_name=tls_name)
+            try:
+                async with contextlib.aclosing(stream):
+                    async for piece in stream:
+                        yield piece
+                return
+            except PlainParent:
+                log.info("parent %s does not take SyncPieces on its piece port: asked over gRPC", host.id)
+                self.plain_sync.add(key)
+        stream = self._grpc_sync_pieces(host, host_id, task_id, numbers, extensions=extensions)
+        async with contextlib.aclosing(stream):
+            async for piece in stream:
+                yield piece
+
+    async def _grpc_sync_pieces(
+        self, host: HostInfo, host_id: str, task_id: str, wanted: list[int], *, extensions: bool
+    ) -> AsyncGenerator[ParentPiece, None]:
+        """SyncPieces over gRPC: Dragonfly's call."""
         metadata = tracing.with_metadata(((EXTENSIONS_METADATA, "1"),) if extensions else ())
-        request = self.SYNC_REQUEST(host_id=host_id, task_id=task_id, interested_piece_numbers=sorted(wanted))
+        request = self.SYNC_REQUEST(host_id=host_id, task_id=task_id, interested_piece_numbers=wanted)
         call = getattr(self._stub(host), self.SYNC_METHOD)(request, metadata=metadata)
         try:
             theirs = extensions and says_extensions(await call.initial_metadata())

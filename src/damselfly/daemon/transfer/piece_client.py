@@ -477,8 +477,6 @@ class PieceConnectionPool:
         self.trailer = trailer
         # Parents that announced the extensions but closed on Damselfly's request.
         self._plain: set[tuple[str, int]] = set()
-        # Piece ports that closed on Damselfly's SyncPieces (announce.follow_parent).
-        self.plain_sync: set[tuple[str, int]] = set()
         self._max_idle = max_idle_per_parent
         self._connect_timeout = connect_timeout
         self._idle: dict[tuple[str, int], list[PieceClient]] = {}

@@ -159,6 +159,7 @@ class PieceServer:
         self._connections: set[asyncio.Task[None]] = set()
         self.bytes_sent = 0
         self.pieces_sent = 0
+        self.syncs = 0  # SyncPieces answered on this port (announce.py)
         self.active_connections = 0
 
     async def start(self, host: str, port: int, *, ssl: SSLContext | None = None) -> int:
@@ -248,6 +249,7 @@ class PieceServer:
                     parser.feed(data)
                     continue
                 if isinstance(event, vortex.SyncPieces) and self.extensions:  # until it ends
+                    self.syncs += 1
                     return await serve_sync(
                         self._store, event, reader, writer, lambda: conn.moved(self._clock())
                     )

@@ -16,9 +16,14 @@ parser with :meth:`FrameParser.content_consumed`, or feed it and get
 complete the current unit, so a reader that reads exactly that many never
 over-reads past a frame into the next one.
 
-Damselfly adds two tags in Vortex's reserved range (224 DownloadPiece with a
-trailer digest, 225 PieceDigest) and two error codes (4 busy, 5 elsewhere);
-they are used only between Damselfly peers (piece_server.py says how).
+Damselfly adds four tags in Vortex's reserved range (224 DownloadPiece with a
+trailer digest, 225 PieceDigest, 226 SyncPieces, 227 PieceAnnounce) and two
+error codes (4 busy, 5 elsewhere); they are used only between Damselfly peers
+(piece_server.py and announce.py say how).
+
+Long because: the whole wire format of the piece port, Dragonfly's frames and
+Damselfly's, is encoded, decoded and validated in this one place, where the
+conformance tests hold it against Vortex's golden frames.
 
 Malformed input raises :class:`~damselfly.errors.ProtocolError`: a length that
 does not fit the tag, a bad task ID, inconsistent piece metadata. A tag this
@@ -50,6 +55,8 @@ PARENT_ID_LENGTH = struct.Struct(">I")
 PIECE_TAIL = struct.Struct(">BQq")  # traffic_type, cost, created_at
 SYNC_FIXED = TASK_ID_SIZE + 4  # task_id, then the count of piece numbers (u32 each) that follow
 MAX_SYNC_PIECES = 1 << 20  # piece numbers one SyncPieces may list (0: every piece)
+MAX_TRACE_CONTEXT = 256  # after the numbers, a W3C traceparent (ASCII) when the child traces
+SYNC_MAX = SYNC_FIXED + 4 * MAX_SYNC_PIECES + MAX_TRACE_CONTEXT
 ANNOUNCE = struct.Struct(">IQQB")  # number, offset, length, flags
 ANNOUNCE_ARRIVING = 1  # flags: the piece is still arriving at the parent (served as it lands)
 MIN_METADATA = PIECE_FIXED.size + PARENT_ID_LENGTH.size + PIECE_TAIL.size  # 45
@@ -150,6 +157,7 @@ class SyncPieces:
     packet_id: int
     task_id: str
     numbers: tuple[int, ...]
+    traceparent: str = ""  # the child's span (W3C), when it traces
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,13 +285,17 @@ def encode_piece_header(
     )
 
 
-def encode_sync_pieces(packet_id: int, task_id: str, numbers: Sequence[int]) -> bytes:
+def encode_sync_pieces(packet_id: int, task_id: str, numbers: Sequence[int], traceparent: str = "") -> bytes:
     _check_u8("packet id", packet_id)
     if not is_task_id(task_id):
         raise ProtocolError(f"not a task id: {task_id!r}")
     if len(numbers) > MAX_SYNC_PIECES:
         raise ProtocolError(f"at most {MAX_SYNC_PIECES} piece numbers per SyncPieces, got {len(numbers)}")
-    value = task_id.encode("ascii") + _U32.pack(len(numbers)) + struct.pack(f">{len(numbers)}I", *numbers)
+    trace = traceparent.encode("ascii")
+    if len(trace) > MAX_TRACE_CONTEXT:
+        raise ProtocolError(f"a traceparent of {len(trace)} bytes is over {MAX_TRACE_CONTEXT}")
+    listed = _U32.pack(len(numbers)) + struct.pack(f">{len(numbers)}I", *numbers)
+    value = task_id.encode("ascii") + listed + trace
     return HEADER.pack(packet_id, Tag.SYNC_PIECES, len(value)) + value
 
 
@@ -340,9 +352,7 @@ def parse_header(data: bytes | bytearray | memoryview) -> FrameHeader:
         raise ProtocolError(f"PieceContent of {length} bytes does not fit piece metadata")
     if tag is Tag.PIECE_DIGEST and not 1 <= length <= MAX_DIGEST_LENGTH:
         raise ProtocolError(f"PieceDigest value must be 1..{MAX_DIGEST_LENGTH} bytes, got {length}")
-    if tag is Tag.SYNC_PIECES and not (
-        SYNC_FIXED <= length <= SYNC_FIXED + 4 * MAX_SYNC_PIECES and (length - SYNC_FIXED) % 4 == 0
-    ):
+    if tag is Tag.SYNC_PIECES and not SYNC_FIXED <= length <= SYNC_MAX:
         raise ProtocolError(f"SyncPieces value of {length} bytes is not a task id and piece numbers")
     if tag is Tag.PIECE_ANNOUNCE and length != ANNOUNCE.size:
         raise ProtocolError(f"PieceAnnounce value must be {ANNOUNCE.size} bytes, got {length}")
@@ -372,10 +382,15 @@ def decode_download_piece(
 def decode_sync_pieces(packet_id: int, value: bytes | bytearray | memoryview) -> SyncPieces:
     head = decode_download_piece(packet_id, value[:SYNC_FIXED])  # the task id, then the count
     count = head.number
-    if len(value) != SYNC_FIXED + 4 * count:
+    end = SYNC_FIXED + 4 * count
+    if not end <= len(value) <= end + MAX_TRACE_CONTEXT:
         raise ProtocolError(f"SyncPieces lists {count} pieces in {len(value) - SYNC_FIXED} bytes")
-    numbers = struct.unpack(f">{count}I", value[SYNC_FIXED:])
-    return SyncPieces(packet_id, head.task_id, numbers)
+    numbers = struct.unpack(f">{count}I", value[SYNC_FIXED:end])
+    try:
+        traceparent = bytes(value[end:]).decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("a SyncPieces traceparent is not ASCII") from None
+    return SyncPieces(packet_id, head.task_id, numbers, traceparent)
 
 
 def decode_piece_announce(packet_id: int, value: bytes | bytearray | memoryview) -> PieceAnnounce:
