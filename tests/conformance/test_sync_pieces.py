@@ -272,13 +272,26 @@ async def test_two_damselfly_daemons_agree_on_the_extensions(damselfly_parent: D
     parent = damselfly_parent
     put_piece(parent.store, TID, DATA, 2, PL)
     rpc = PeerRPC()
-    host = HostInfo(id="127.0.0.1-d", hostname="d", ip="127.0.0.1", port=parent.upload_port, download_port=1)
+    host = HostInfo(
+        id="127.0.0.1-d",
+        hostname="d",
+        ip="127.0.0.1",
+        port=parent.upload_port,
+        download_port=parent.piece_port,
+    )
     try:
+        # Between Damselfly daemons the child asks on the piece port first (announce.py) ...
+        on_port = [p async for p in rpc.sync_pieces(host, "me", TID, [2], extensions=True)]
+        assert not rpc.plain_sync
+        # ... and over gRPC where the port did not take it, where the metadata agrees on them.
+        rpc.plain_sync.add(("127.0.0.1", parent.piece_port))
         on = [p async for p in rpc.sync_pieces(host, "me", TID, [2], extensions=True)]
         off = [p async for p in rpc.sync_pieces(host, "me", TID, [2], extensions=False)]
     finally:
         await rpc.close()
-    assert [(p.number, p.ip, p.port, p.extensions) for p in on] == [(2, "127.0.0.1", parent.piece_port, True)]
+    expected = [(2, "127.0.0.1", parent.piece_port, True)]
+    assert [(p.number, p.ip, p.port, p.extensions) for p in on_port] == expected
+    assert [(p.number, p.ip, p.port, p.extensions) for p in on] == expected
     assert [(p.number, p.port, p.extensions) for p in off] == [(2, parent.piece_port, False)]
 
 

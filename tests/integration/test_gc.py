@@ -57,7 +57,7 @@ async def test_evicted_task_is_forgotten_and_no_peer_is_sent_to_it(swarm: Swarm,
     assert sha256_file(tmp_path / "b.out") == sha256_file(swarm.root / "origin" / "gc.bin")
     # Nobody asked the evicting host for the task: the scheduler had forgotten it.
     assert a.upload_service is not None
-    assert a.upload_service.calls["SyncPieces"] == a.piece_server.syncs == 0
+    assert a.upload_service.calls["SyncPieces"] == a.piece_server.sync_streams.answered == 0
     assert a.piece_server.pieces_sent == 0
     assert swarm.origin_bytes() == 2 * SIZE
     assert b.store.get(tid) is not None
@@ -82,7 +82,7 @@ async def test_without_forgetting_the_scheduler_sends_peers_to_the_empty_host(
     r = await swarm.download("b", url, tmp_path / "b.out")
     assert r.ok, r.details
     assert a.upload_service is not None
-    assert a.upload_service.calls["SyncPieces"] + a.piece_server.syncs >= 1
+    assert a.upload_service.calls["SyncPieces"] + a.piece_server.sync_streams.answered >= 1
 
 
 async def test_a_task_being_uploaded_is_not_evicted(swarm: Swarm, tmp_path: Path) -> None:

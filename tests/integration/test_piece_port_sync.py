@@ -22,7 +22,9 @@ from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.transfer import vortex
 from damselfly.daemon.transfer.announce import PlainParent, sync_on_piece_port
 from damselfly.daemon.transfer.peer_rpc import ParentPiece, PeerRPC
+from damselfly.daemon.transfer.piece_client import PieceConnectionPool
 from damselfly.daemon.transfer.piece_server import PieceServer
+from damselfly.daemon.transfer.send_guard import SendLimits
 from damselfly.domain import HostInfo
 from damselfly.errors import PeerError, ProtocolError
 from damselfly.ids import task_id
@@ -234,3 +236,36 @@ def test_the_frames_round_trip() -> None:
     parser.feed(bytes(bad))
     with pytest.raises(ProtocolError):
         parser.next_event()
+
+
+async def test_streams_neither_count_toward_nor_give_way_to_piece_connections_and_have_a_cap_of_their_own(
+    tmp_path: Path,
+) -> None:
+    store = PieceStore(tmp_path / "parent")
+    server = PieceServer(store, limits=SendLimits(per_address=1))
+    port = await server.start("127.0.0.1", 0)
+    pool = PieceConnectionPool()
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        store.create_task(TID)
+        store.set_content_length(TID, len(DATA), PL)
+        hold(store, 0)
+        stream = sync_on_piece_port(host(port), TID, [0, 1])
+        assert (await asyncio.wait_for(anext(stream), 5)).number == 0
+        # A piece connection from the same address: neither refused nor taking the stream's place.
+        await pool.download_piece("127.0.0.1", port, TID, 0, fd, 0, PL)
+        assert os.pread(fd, PL, 0) == DATA[:PL]
+        assert (server.evicted, server.refused_connections) == (0, 0)
+        # A second stream from that address is over the cap: no answer, the child asks over gRPC.
+        with pytest.raises(PlainParent):
+            await asyncio.wait_for(anext(sync_on_piece_port(host(port), TID, [1])), 5)
+        # The first goes on.
+        hold(store, 1)
+        assert (await asyncio.wait_for(anext(stream), 5)).number == 1
+        assert server.sync_streams.answered == 1
+        await stream.aclose()
+        await until(lambda: server.sync_streams.open_from("127.0.0.1") == 0, "the stream was let go")
+    finally:
+        os.close(fd)
+        await pool.close()
+        await server.close()

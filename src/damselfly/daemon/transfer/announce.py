@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections import Counter
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 
 from ... import tracing
@@ -120,12 +121,10 @@ async def serve_sync(
     request: vortex.SyncPieces,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    on_sent: Callable[[], None] | None = None,
 ) -> None:
     """Answer a child's SyncPieces frame on its piece connection until every piece it asked for
     is held here (then Close), the task fails or is missing (Error), or the child hangs up
-    (it sends nothing more after its request: any byte or EOF ends the answer). ``on_sent`` is
-    called after each announcement the socket took (the connection is not idle)."""
+    (it sends nothing more after its request: any byte or EOF ends the answer)."""
     store.note_access(request.task_id)
     packet = request.packet_id
     meta = store.get(request.task_id)
@@ -139,9 +138,9 @@ async def serve_sync(
         remote = {tracing.TRACEPARENT: request.traceparent} if request.traceparent else None
         attributes = {"task.id": request.task_id}
         with tracing.span("daemon", "dfdaemon.SyncPieces", remote=remote, attributes=attributes):
-            await _answer_until_hung_up(store, request, reader, writer, on_sent)
+            await _answer_until_hung_up(store, request, reader, writer)
         return
-    await _answer_until_hung_up(store, request, reader, writer, on_sent)
+    await _answer_until_hung_up(store, request, reader, writer)
 
 
 async def _answer_until_hung_up(
@@ -149,7 +148,6 @@ async def _answer_until_hung_up(
     request: vortex.SyncPieces,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    on_sent: Callable[[], None] | None,
 ) -> None:
     packet = request.packet_id
 
@@ -164,8 +162,6 @@ async def _answer_until_hung_up(
                         )
                     )
                     await writer.drain()
-                    if on_sent is not None:
-                        on_sent()
             writer.write(vortex.encode_close(packet))
         except NotFound as e:
             writer.write(vortex.encode_error(packet, vortex.ErrorCode.NOT_FOUND, str(e)))
@@ -184,6 +180,41 @@ async def _answer_until_hung_up(
     error = results[0]
     if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError):
         raise error
+
+
+class SyncStreams:
+    """A piece server's SyncPieces streams: at most ``per_address`` at once from one child
+    address (0: no cap), counted apart from its piece connections, which they neither count
+    toward nor give way to (a stream waits for pieces for as long as the download runs). One
+    over the cap is closed without an answer: that child asks over gRPC."""
+
+    def __init__(self, per_address: int) -> None:
+        self.per_address = per_address
+        self.answered = 0
+        self._open: Counter[str] = Counter()
+
+    def open_from(self, address: str) -> int:
+        return self._open[address]
+
+    async def serve(
+        self,
+        store: PieceStore,
+        request: vortex.SyncPieces,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        address: str,
+    ) -> None:
+        if self.per_address and self._open[address] >= self.per_address:
+            log.info("SyncPieces from %s refused: %d streams open already", address, self._open[address])
+            return
+        self._open[address] += 1
+        self.answered += 1
+        try:
+            await serve_sync(store, request, reader, writer)
+        finally:
+            self._open[address] -= 1
+            if not self._open[address]:
+                del self._open[address]
 
 
 # --------------------------------------------------------------------------- child

@@ -53,7 +53,7 @@ from ..ratelimit import ByteLimiter, RequestLimiter
 from ..store.piece_store import PieceStore
 from ..store.receiving import Receiving
 from . import vortex
-from .announce import serve_sync
+from .announce import SyncStreams
 from .open_files import OpenFiles
 from .send_guard import (
     Connection,
@@ -150,6 +150,7 @@ class PieceServer:
         self.request_limiter = request_limiter
         self._idle_timeout = idle_timeout
         self.limits = limits or SendLimits()
+        self.sync_streams = SyncStreams(self.limits.per_address)  # SyncPieces on this port
         self._by_address: dict[str, set[Connection]] = {}
         self.stalled_sends = 0  # connections ended for a send without progress or too slow
         self.evicted = 0  # ... to make room for another from their address
@@ -159,7 +160,6 @@ class PieceServer:
         self._connections: set[asyncio.Task[None]] = set()
         self.bytes_sent = 0
         self.pieces_sent = 0
-        self.syncs = 0  # SyncPieces answered on this port (announce.py)
         self.active_connections = 0
 
     async def start(self, host: str, port: int, *, ssl: SSLContext | None = None) -> int:
@@ -249,10 +249,8 @@ class PieceServer:
                     parser.feed(data)
                     continue
                 if isinstance(event, vortex.SyncPieces) and self.extensions:  # until it ends
-                    self.syncs += 1
-                    return await serve_sync(
-                        self._store, event, reader, writer, lambda: conn.moved(self._clock())
-                    )
+                    self._unlist(conn)  # a stream, not a piece connection (SyncStreams)
+                    return await self.sync_streams.serve(self._store, event, reader, writer, conn.address)
                 if not isinstance(event, vortex.DownloadPiece) or event.tag not in self._served:
                     # Close, a frame only a parent sends, or a request not served here: as
                     # Dragonfly's server does, close without an answer.
@@ -269,11 +267,7 @@ class PieceServer:
             log.debug("piece connection from %s ended: %s", peer, e)
         finally:
             self.active_connections -= 1
-            peers = self._by_address.get(conn.address)
-            if peers is not None:
-                peers.discard(conn)
-                if not peers:
-                    del self._by_address[conn.address]
+            self._unlist(conn)
             files.close()
             if stalled or conn.dropped:
                 reset_connection(writer)
@@ -286,6 +280,13 @@ class PieceServer:
                     reset_connection(writer)  # the child reads nothing more: drop what is queued for it
                 except Exception:
                     pass
+
+    def _unlist(self, conn: Connection) -> None:
+        peers = self._by_address.get(conn.address)
+        if peers is not None:
+            peers.discard(conn)
+            if not peers:
+                del self._by_address[conn.address]
 
     async def _send_piece(
         self, writer: asyncio.StreamWriter, request: vortex.DownloadPiece, files: OpenFiles, conn: Connection
