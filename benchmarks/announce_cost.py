@@ -1,8 +1,10 @@
 """What a parent pays to tell a child of one piece: a SyncPieces message against a plain frame.
 
-A relaying daemon tells each Damselfly child of every piece twice over SyncPieces
-(while it arrives, and once held), besides reporting it to the scheduler and to
-dfget: at k = 4 children some 770 gRPC messages per 256 MiB relayed. This measures
+A relaying daemon tells each Damselfly child of every piece twice (while it
+arrives, and once held): as gRPC SyncPieces messages, some 770 gRPC messages per
+256 MiB relayed at k = 4 children with the scheduler's and dfget's, until
+SyncPieces between Damselfly daemons moved to the piece port
+(daemon/transfer/announce.py; Dragonfly's children still get gRPC). This measures
 the sender's CPU per message for the same announcements two ways, each to a client
 in a process of its own on loopback:
 
