@@ -97,13 +97,19 @@ async def test_an_unknown_task_is_a_peer_error_not_a_plain_parent(tmp_path: Path
         assert not isinstance(caught.value, PlainParent)
 
 
+async def following(store: PieceStore, port: int) -> AsyncGenerator[ParentPiece, None]:
+    """A child's stream of a task whose piece 0 of 4 the parent holds, that piece announced."""
+    store.create_task(TID)
+    store.set_content_length(TID, len(DATA), PL)
+    hold(store, 0)
+    stream = sync_on_piece_port(host(port), TID, [0, 1])
+    assert (await asyncio.wait_for(anext(stream), 5)).number == 0
+    return stream
+
+
 async def test_a_task_that_fails_while_followed_ends_the_stream_with_an_error(tmp_path: Path) -> None:
     async with parent(tmp_path) as (store, _, port):
-        store.create_task(TID)
-        store.set_content_length(TID, len(DATA), PL)
-        hold(store, 0)
-        stream = sync_on_piece_port(host(port), TID, [0, 1])
-        assert (await asyncio.wait_for(anext(stream), 5)).number == 0
+        stream = await following(store, port)
         store.mark_failed(TID, "the origin went away")
         with pytest.raises(PeerError, match="failed"):
             await asyncio.wait_for(anext(stream), 5)
@@ -111,11 +117,7 @@ async def test_a_task_that_fails_while_followed_ends_the_stream_with_an_error(tm
 
 async def test_a_child_that_hangs_up_ends_the_parents_answer(tmp_path: Path) -> None:
     async with parent(tmp_path) as (store, server, port):
-        store.create_task(TID)
-        store.set_content_length(TID, len(DATA), PL)
-        hold(store, 0)
-        stream = sync_on_piece_port(host(port), TID, [0, 1])
-        assert (await asyncio.wait_for(anext(stream), 5)).number == 0
+        stream = await following(store, port)
         await until(lambda: parked_on(store, TID), "the parent waits for piece 1")
         await stream.aclose()
         await until(lambda: server.active_connections == 0, "the parent stopped answering")
