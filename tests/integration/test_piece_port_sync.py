@@ -194,17 +194,24 @@ async def test_a_damselfly_parent_is_followed_on_its_piece_port_and_a_persistent
         assert cache.grpc_calls == 1
 
 
-async def test_a_port_that_answers_in_another_protocol_is_a_plain_parent() -> None:
-    """A Dragonfly daemon's Host.download_port may be its gRPC port: an HTTP/2 server answers
-    the frame with a GOAWAY of its own."""
-
-    async def http2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # A Dragonfly daemon's Host.download_port may be its gRPC port: HTTP/2's GOAWAY.
+        bytes.fromhex("000008070000000000000000000000000001"),
+        # A Vortex server of another kind refusing the unknown tag with an Error frame.
+        vortex.encode_error(1, vortex.ErrorCode.INVALID_ARGUMENT, "unsupported tag 226"),
+    ],
+    ids=["http2-goaway", "vortex-error"],
+)
+async def test_a_port_that_answers_anything_but_the_echo_is_a_plain_parent(answer: bytes) -> None:
+    async def other(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(100)
-        writer.write(bytes.fromhex("000008070000000000000000000000000001"))  # GOAWAY, PROTOCOL_ERROR
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(http2, "127.0.0.1", 0)
+    server = await asyncio.start_server(other, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(PlainParent):

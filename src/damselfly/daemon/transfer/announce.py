@@ -8,13 +8,14 @@ messages, as Dragonfly does (daemon/service.py).
 
 Between two Damselfly daemons the same announcements go on the parent's piece port
 instead (Vortex tags of Damselfly's own, docs/PROTOCOL.md): the child sends one
-``SyncPieces`` frame, the parent answers a 21-byte ``PieceAnnounce`` frame per piece
-and ``Close`` once every piece asked for is held, or ``Error`` (2: the task is not
-here; 3: its download failed). Measured (``benchmarks/announce_cost.py``), a parent
-spends ~53 µs of CPU on each gRPC message and ~7 on a frame, and a relaying parent
-tells each child of each piece twice. A parent that does not know the tag (a
-Dragonfly daemon, or a Damselfly one with ``wire.extensions: false``) closes the
-connection without an answer; the child then asks over gRPC, and keeps doing so
+``SyncPieces`` frame, the parent echoes it at once ("taken"), then answers a 21-byte
+``PieceAnnounce`` frame per piece and ``Close`` once every piece asked for is held,
+or ``Error`` (2: the task is not here; 3: its download failed). Measured
+(``benchmarks/announce_cost.py``), a parent spends ~53 µs of CPU on each gRPC
+message and ~7 on a frame, and a relaying parent tells each child of each piece
+twice. A parent that does not know the tag (a Dragonfly daemon, or a Damselfly one
+with ``wire.extensions: false``) closes the connection without an answer; on that,
+or on any first answer but the echo, the child asks over gRPC, and keeps doing so
 for that parent (:meth:`.peer_rpc.PeerRPC.sync_pieces`).
 """
 
@@ -127,13 +128,15 @@ async def serve_sync(
     (it sends nothing more after its request: any byte or EOF ends the answer)."""
     store.note_access(request.task_id)
     packet = request.packet_id
+    # Taken, first whatever follows: a child takes nothing else as a Damselfly parent's answer
+    # (a server of another kind may well send an Error frame of its own).
+    writer.write(vortex.encode_sync_pieces(packet, request.task_id, ()))
     meta = store.get(request.task_id)
     if meta is None or meta.state == "failed":
         missing = f"task {request.task_id} not found"
         writer.write(vortex.encode_error(packet, vortex.ErrorCode.NOT_FOUND, missing))
         await writer.drain()
         return
-    writer.write(vortex.encode_sync_pieces(packet, request.task_id, ()))  # taken: what follows is ours
     if tracing.enabled():  # a span of the child's trace, as the gRPC call makes one
         remote = {tracing.TRACEPARENT: request.traceparent} if request.traceparent else None
         attributes = {"task.id": request.task_id}
@@ -250,10 +253,9 @@ async def sync_on_piece_port(
         writer.write(vortex.encode_sync_pieces(1, task_id, sorted(wanted), traceparent))
         parser = vortex.FrameParser()
         event = await _first_answer(reader, parser, timeout)
-        if isinstance(event, vortex.SyncPieces) and event.task_id == task_id and not event.numbers:
-            event = None  # taken: announcements follow
-        elif not isinstance(event, vortex.Error):
+        if not (isinstance(event, vortex.SyncPieces) and event.task_id == task_id and not event.numbers):
             raise PlainParent(f"parent {where} does not take SyncPieces on its piece port")
+        event = None  # taken: announcements (or an error) follow
         while True:
             if event is None:
                 event = parser.next_event()
