@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from damselfly.daemon.ratelimit import RequestLimiter
 from damselfly.daemon.store.piece_store import PieceStore
 from damselfly.daemon.transfer import vortex
 from damselfly.daemon.transfer.announce import PlainParent, sync_on_piece_port
@@ -277,4 +278,25 @@ async def test_streams_neither_count_toward_nor_give_way_to_piece_connections_an
     finally:
         os.close(fd)
         await pool.close()
+        await server.close()
+
+
+async def test_a_stream_over_the_ports_request_rate_is_refused_busy(tmp_path: Path) -> None:
+    """The port's request-rate limit (``storage.server.requestRateLimit``) counts a stream as a
+    request, as the upload service counted gRPC SyncPieces against its own."""
+    store = PieceStore(tmp_path / "parent")
+    server = PieceServer(store, request_limiter=RequestLimiter(rate=0.001, burst=1))
+    port = await server.start("127.0.0.1", 0)
+    try:
+        store.create_task(TID)
+        store.set_content_length(TID, len(DATA), PL)
+        for n in range(4):
+            hold(store, n)
+        first = [p.number async for p in sync_on_piece_port(host(port), TID, [3])]
+        assert first == [3]
+        with pytest.raises(PeerError, match="too many requests") as caught:
+            await asyncio.wait_for(anext(sync_on_piece_port(host(port), TID, [3])), 5)
+        assert not isinstance(caught.value, PlainParent)  # a Damselfly parent, busy: not asked over gRPC
+        assert server.sync_streams.answered == 1
+    finally:
         await server.close()

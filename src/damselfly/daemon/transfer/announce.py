@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ... import tracing
 from ...domain import HostInfo, PieceInfo
 from ...errors import DamselflyError, NotFound, PeerError, ProtocolError
+from ..ratelimit import RequestLimiter
 from ..store.piece_store import PieceStore
 from ..store.receiving import Receiving
 from . import vortex
@@ -189,10 +190,13 @@ class SyncStreams:
     """A piece server's SyncPieces streams: at most ``per_address`` at once from one child
     address (0: no cap), counted apart from its piece connections, which they neither count
     toward nor give way to (a stream waits for pieces for as long as the download runs). One
-    over the cap is closed without an answer: that child asks over gRPC."""
+    over the cap is closed without an answer: that child asks over gRPC. A stream is a request
+    of the port's as a piece is: over ``limiter``'s rate it is refused (taken, then ``Error`` 4),
+    as the upload service refuses SyncPieces over its own."""
 
-    def __init__(self, per_address: int) -> None:
+    def __init__(self, per_address: int, limiter: RequestLimiter | None = None) -> None:
         self.per_address = per_address
+        self.limiter = limiter
         self.answered = 0
         self._open: Counter[str] = Counter()
 
@@ -209,6 +213,12 @@ class SyncStreams:
     ) -> None:
         if self.per_address and self._open[address] >= self.per_address:
             log.info("SyncPieces from %s refused: %d streams open already", address, self._open[address])
+            return
+        if self.limiter is not None and not self.limiter.allow():
+            writer.write(vortex.encode_sync_pieces(request.packet_id, request.task_id, ()))
+            busy = "too many requests to this peer; retry later"
+            writer.write(vortex.encode_error(request.packet_id, vortex.ErrorCode.RESOURCE_EXHAUSTED, busy))
+            await writer.drain()
             return
         self._open[address] += 1
         self.answered += 1

@@ -150,7 +150,7 @@ class PieceServer:
         self.request_limiter = request_limiter
         self._idle_timeout = idle_timeout
         self.limits = limits or SendLimits()
-        self.sync_streams = SyncStreams(self.limits.per_address)  # SyncPieces on this port
+        self.sync_streams = SyncStreams(self.limits.per_address, request_limiter)  # SyncPieces on this port
         self._by_address: dict[str, set[Connection]] = {}
         self.stalled_sends = 0  # connections ended for a send without progress or too slow
         self.evicted = 0  # ... to make room for another from their address
