@@ -277,7 +277,7 @@ class UploadConfig(Section):
 class StorageServerConfig(Section):
     ip: str = "0.0.0.0"
     tcp_port: int = 4005  # Vortex piece server; 0: pick a free port
-    request_rate_limit: float = 0  # piece requests/s; over it: Error(RESOURCE_EXHAUSTED). 0: unlimited
+    request_rate_limit: float = 0  # piece requests (and SyncPieces streams)/s; over: Error 4. 0: unlimited
 
 
 class StorageConfig(Section):
