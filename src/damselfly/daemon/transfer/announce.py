@@ -234,7 +234,8 @@ class SyncStreams:
 
 
 class PlainParent(PeerError):
-    """The parent closed on SyncPieces without an answer: it does not take it on its piece port."""
+    """The parent's first answer to SyncPieces was not its echo (a close, another protocol, an
+    error frame, nothing): it does not take SyncPieces on its piece port."""
 
 
 async def sync_on_piece_port(
