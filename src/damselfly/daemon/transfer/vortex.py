@@ -236,11 +236,16 @@ def encode_download_piece(packet_id: int, task_id: str, number: int, tag: Tag = 
     _check_u8("packet id", packet_id)
     if tag not in REQUESTS:
         raise ProtocolError(f"{tag!r} is not a piece request")
-    if not is_task_id(task_id):
-        raise ProtocolError(f"not a task id: {task_id!r}")
     if not 0 <= number < 2**32:
         raise ProtocolError(f"piece number {number} does not fit in u32")
-    return HEADER.pack(packet_id, tag, DOWNLOAD_PIECE_LENGTH) + task_id.encode("ascii") + _U32.pack(number)
+    return HEADER.pack(packet_id, tag, DOWNLOAD_PIECE_LENGTH) + _task_and_u32(task_id, number)
+
+
+def _task_and_u32(task_id: str, n: int) -> bytes:
+    """A task ID (64 ASCII hex bytes) and a u32: DownloadPiece's value, and SyncPieces' head."""
+    if not is_task_id(task_id):
+        raise ProtocolError(f"not a task id: {task_id!r}")
+    return task_id.encode("ascii") + _U32.pack(n)
 
 
 def encode_piece_header(
@@ -287,15 +292,12 @@ def encode_piece_header(
 
 def encode_sync_pieces(packet_id: int, task_id: str, numbers: Sequence[int], traceparent: str = "") -> bytes:
     _check_u8("packet id", packet_id)
-    if not is_task_id(task_id):
-        raise ProtocolError(f"not a task id: {task_id!r}")
     if len(numbers) > MAX_SYNC_PIECES:
         raise ProtocolError(f"at most {MAX_SYNC_PIECES} piece numbers per SyncPieces, got {len(numbers)}")
     trace = traceparent.encode("ascii")
     if len(trace) > MAX_TRACE_CONTEXT:
         raise ProtocolError(f"a traceparent of {len(trace)} bytes is over {MAX_TRACE_CONTEXT}")
-    listed = _U32.pack(len(numbers)) + struct.pack(f">{len(numbers)}I", *numbers)
-    value = task_id.encode("ascii") + listed + trace
+    value = _task_and_u32(task_id, len(numbers)) + struct.pack(f">{len(numbers)}I", *numbers) + trace
     return HEADER.pack(packet_id, Tag.SYNC_PIECES, len(value)) + value
 
 
