@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from ..testbed.memory import MEMORY_HELP
+
 
 def relay(
     size: Annotated[str, typer.Option(help="bytes relayed per round, e.g. 256MiB")] = "256MiB",
@@ -19,10 +21,12 @@ def relay(
     runs: Annotated[int, typer.Option(min=1, max=20, help="rounds of each kind per k (alternating)")] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="print the JSON result on stdout")] = False,
     out: Annotated[Path | None, typer.Option(help="write the JSON result here")] = None,
+    memory: Annotated[str, typer.Option(help=MEMORY_HELP)] = "resident",
 ) -> None:
     """One parent daemon, one relaying daemon and k children on 127.0.0.1, no shaping: GB sent on per
     CPU-second of the relaying daemon, against the kernel's splice/sendfile relay of the same bytes
     measured in the same run."""
+    from ..testbed.memory import memory_mode, resident_memory
     from ..testbed.relay import human_summary, run_relay
     from ..units import parse_size
 
@@ -31,10 +35,13 @@ def relay(
         ks = [int(k) for k in children.split(",") if k.strip()]
         if not ks or any(k < 1 or k > 64 for k in ks):
             raise ValueError(f"--children {children!r}: give counts between 1 and 64, e.g. 1,2,4")
+        as_is = memory_mode(memory)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    result = run_relay(size_bytes, ks, runs)
+    with resident_memory(as_is=as_is) as prep:
+        result = run_relay(size_bytes, ks, runs)
     data = result.to_json()
+    data["memory"] = prep.to_json()
     if out is not None:
         out.write_text(json.dumps(data, indent=2) + "\n")
     typer.echo(human_summary(data), err=json_out)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from ..testbed.memory import MEMORY_HELP
 
 if TYPE_CHECKING:
     from ..testbed.scenarios import Scenario
@@ -95,12 +97,14 @@ def swarm(
     cleanup_stale: Annotated[
         bool, typer.Option("--cleanup-stale", help="remove namespaces of crashed runs and exit")
     ] = False,
+    memory: Annotated[str, typer.Option(help=MEMORY_HELP)] = "resident",
 ) -> None:
     """Origin, scheduler, seed(s) and N peers, each in its own network namespace with tc-shaped
     links; every peer runs dfget at its arrival time. Reports completion times against the
     fluid bound T_min, origin bytes / F and CPU use. Needs root."""
     from ..errors import InvalidArgument
     from ..testbed import netns
+    from ..testbed.memory import memory_mode, resident_memory
     from ..testbed.report import human_summary
     from ..testbed.scenarios import Knobs, build_scenario, load_rates_file, with_plain_wire
     from ..testbed.shaping import QUEUES, parse_rate
@@ -154,16 +158,19 @@ def swarm(
             raise InvalidArgument(f"--link-queue {link_queue!r}: choose one of {', '.join(QUEUES)}")
         if baseline not in (None, "aria2"):
             raise InvalidArgument(f"--baseline {baseline!r}: the one baseline is aria2")
+        as_is = memory_mode(memory)
     except (InvalidArgument, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
-    if runs > 1 or baseline is not None:
-        _compare(sc, options, runs, baseline, json_out=json_out, out=out)
-    try:
-        result = run_swarm(sc, options)
-    except netns.TestbedError as e:
-        typer.echo(f"damselfly bench swarm: {e}", err=True)
-        raise typer.Exit(2) from None
+    with resident_memory(as_is=as_is) as prep:
+        if runs > 1 or baseline is not None:
+            _compare(sc, options, runs, baseline, json_out=json_out, out=out, memory=prep.to_json())
+        try:
+            result = run_swarm(sc, options)
+        except netns.TestbedError as e:
+            typer.echo(f"damselfly bench swarm: {e}", err=True)
+            raise typer.Exit(2) from None
     data = result.to_json()
+    data["memory"] = prep.to_json()
     plot_path = plot or (out.with_suffix(".png") if out else Path(f"swarm-{sc.name}-{result.prefix}.png"))
     if not no_plot and result.hosts:
         from ..testbed.plot import plot_progress
@@ -173,7 +180,7 @@ def swarm(
         except netns.TestbedError as e:
             typer.echo(f"damselfly bench swarm: no plot: {e}", err=True)
     if out is not None:
-        data = dump_result(result, out)
+        data = dump_result(result, out, memory=data["memory"])
     typer.echo(human_summary(data), err=json_out)
     if data["plot"]:
         typer.echo(f"  plot: {data['plot']}", err=json_out)
@@ -184,7 +191,14 @@ def swarm(
 
 
 def _compare(
-    sc: Scenario, options: SwarmOptions, runs: int, baseline: str | None, *, json_out: bool, out: Path | None
+    sc: Scenario,
+    options: SwarmOptions,
+    runs: int,
+    baseline: str | None,
+    *,
+    json_out: bool,
+    out: Path | None,
+    memory: dict[str, Any],
 ) -> None:
     """``runs`` runs of Damselfly (and of the baseline, alternating which goes first), then medians."""
     from ..testbed import netns
@@ -195,6 +209,7 @@ def _compare(
     except netns.TestbedError as e:
         typer.echo(f"damselfly bench swarm: {e}", err=True)
         raise typer.Exit(2) from None
+    data["memory"] = memory
     if out is not None:
         out.write_text(json.dumps(data, indent=2) + "\n")
     typer.echo(human_comparison(data), err=json_out)

@@ -55,6 +55,7 @@ from ..runtime.children import ChildFailed, ChildProcess, log_tail, python_modul
 from ..runtime.cluster import LocalCluster, PeerSpec
 from ..runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
 from ..units import GiB, MiB
+from .memory import describe
 from .procs import process_cpu_split
 
 Say = Callable[[str], None]
@@ -153,6 +154,8 @@ class RelayResult:
 
 def human_summary(data: dict[str, Any]) -> str:
     lines = [f"relay of {data['size'] / MiB:.0f} MiB on loopback (medians per k; GB sent on per CPU-s)"]
+    if "memory" in data:
+        lines.append(f"  {describe(data['memory'])}")
     if data["error"]:
         lines.append(f"  error: {data['error']}")
 

@@ -504,7 +504,8 @@ def run_swarm(
     return SwarmRun(scenario, options, printer).run()
 
 
-def dump_result(result: SwarmResult, path: Path) -> dict[str, Any]:
+def dump_result(result: SwarmResult, path: Path, **extra: Any) -> dict[str, Any]:
     data = result.to_json()
+    data.update(extra)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return data

@@ -36,3 +36,10 @@ def test_bad_flags_exit_2(args: list[str], message: str) -> None:
 def test_bench_relay_bad_flags_exit_2(args: list[str]) -> None:
     result = CliRunner().invoke(app, ["bench", "relay", *args])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["swarm", "relay"])
+def test_a_bad_memory_mode_exits_2(command: str) -> None:
+    result = CliRunner().invoke(app, ["bench", command, "--memory", "warm"])
+    assert result.exit_code == 2
+    assert "resident or as-is" in result.output

@@ -1,0 +1,184 @@
+"""Memory as a benchmark needs it: resident, so writing into the page cache costs what a server's does.
+
+Why: on a virtual machine whose balloon device reports free pages to the hypervisor
+(Linux *free page reporting*, ``virtio_balloon``), a page that stayed free for a few
+seconds is handed back, and the next write into it faults it in again from the host.
+Measured on the project machine (256 MiB written with ``pwrite`` into a new file, CPU
+seconds of the writer): **0.04** when the pages had been freed a moment before, **0.62-0.67**
+once they had been free for 10 s or more (the kernel's ``page_reporting`` counters went up
+by gigabytes a minute). Which process pays that ~2.5 CPU-s per GiB depends on when the
+pages it gets were freed, not on its own work: the same relay round cost a daemon
+0.53-0.96 CPU-s, and a kernel relay that truncates and rewrites one file reused warm
+pages while the daemon's new task files drew cold ones. A server, or a VM without
+reporting, never pays it.
+
+So a benchmark, for its run (:func:`resident_memory`):
+
+* holds reporting off where the kernel lets it (``page_reporting.min_free_ms``: a
+  page is reported only after it has been free that long; restored afterwards);
+* drops the page cache (after ``sync``), so the run starts from the same state each time;
+* faults in ``warm`` bytes of anonymous memory and frees them, so what the run writes
+  lands in pages that are already resident (the allocator hands out unreported pages
+  before reported ones).
+
+``MemoryPrep.to_json`` says what was done, so a figure always names its memory.
+Without root or without the parameter the run goes on as the machine gives it, and the
+JSON says that too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..units import GiB, MiB
+
+REPORTING = Path("/sys/module/page_reporting/parameters")
+HOLD_MS = 300_000  # the largest min_free_ms the project machine's kernel takes (5 minutes)
+DEFAULT_WARM = 4 * GiB
+_TOUCH_STEP = 64 * MiB
+_PAGE = mmap.PAGESIZE
+
+
+@dataclass
+class MemoryPrep:
+    """What :func:`resident_memory` did before the run."""
+
+    mode: str  # "resident" or "as-is"
+    reporting: str = "absent"  # "absent", "held off", or why it could not be
+    hold_ms: int = 0
+    cache_dropped: bool = False
+    warmed_bytes: int = 0
+    warm_cpu_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "page_reporting": self.reporting,
+            "reporting_hold_ms": self.hold_ms,
+            "page_cache_dropped": self.cache_dropped,
+            "warmed_bytes": self.warmed_bytes,
+            "warm_cpu_s": round(self.warm_cpu_s, 2),
+        }
+
+
+MODES = ("resident", "as-is")
+MEMORY_HELP = (
+    "resident: free page reporting held off, the page cache dropped, memory faulted in first "
+    "(testbed/memory.py); as-is: the machine's memory as it is"
+)
+
+
+def memory_mode(value: str) -> bool:
+    """A ``--memory`` value: whether it asks for the memory as-is. Raises ValueError otherwise."""
+    if value not in MODES:
+        raise ValueError(f"--memory {value!r}: choose resident or as-is")
+    return value == "as-is"
+
+
+def describe(data: dict[str, Any]) -> str:
+    """One line for a human summary: the memory a run had."""
+    if data["mode"] == "as-is":
+        return "memory: as the machine gave it"
+    return (
+        f"memory: resident (page reporting {data['page_reporting']}, page cache "
+        f"{'dropped' if data['page_cache_dropped'] else 'not dropped'}, "
+        f"{data['warmed_bytes'] / GiB:.1f} GiB faulted in first)"
+    )
+
+
+def warm_bytes(wanted: int, meminfo: Path = Path("/proc/meminfo")) -> int:
+    """``wanted``, but at most half of what the machine has available."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return max(0, min(wanted, int(line.split()[1]) * 1024 // 2))
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def touch(nbytes: int) -> None:
+    """Fault in ``nbytes`` of anonymous memory, a write per page, then give it back."""
+    zeros = bytes(_TOUCH_STEP)
+    with mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as area:
+        for off in range(0, nbytes, _TOUCH_STEP):
+            n = min(_TOUCH_STEP, nbytes - off)
+            area[off : off + n] = zeros[:n]
+
+
+def drop_page_cache(control: Path = Path("/proc/sys/vm/drop_caches")) -> bool:
+    """``sync``, then drop the clean page cache; whether it could (root only)."""
+    os.sync()
+    try:
+        control.write_text("1\n")
+    except OSError:
+        return False
+    return True
+
+
+def write_param(param: Path, value: int | str) -> None:
+    """Write a kernel parameter (a value over its cap: OSError EINVAL)."""
+    param.write_text(f"{value}\n")
+
+
+def _hold_reporting(param: Path, prep: MemoryPrep) -> str | None:
+    """Set ``min_free_ms`` to :data:`HOLD_MS` (or the largest value under it the kernel takes);
+    the value to put back, or None when it could not be set."""
+    try:
+        old = param.read_text().strip()
+    except OSError:
+        prep.reporting = "absent"
+        return None
+    hold = HOLD_MS
+    while hold >= 1000:
+        try:
+            write_param(param, hold)
+        except PermissionError:
+            prep.reporting = "not held off: no permission"
+            return None
+        except OSError:  # EINVAL: over the kernel's cap
+            hold //= 2
+            continue
+        prep.reporting, prep.hold_ms = "held off", hold
+        return old
+    prep.reporting = "not held off: the kernel refused every value"
+    return None
+
+
+@contextlib.contextmanager
+def resident_memory(
+    warm: int = DEFAULT_WARM,
+    *,
+    as_is: bool = False,
+    reporting: Path = REPORTING,
+    drop_control: Path = Path("/proc/sys/vm/drop_caches"),
+) -> Iterator[MemoryPrep]:
+    """For the ``with`` block: free page reporting held off, the page cache dropped and ``warm``
+    bytes (at most half of what is available) faulted in and freed; everything put back after.
+    ``as_is``: nothing done, the block runs on the memory as the machine gives it."""
+    prep = MemoryPrep(mode="as-is" if as_is else "resident")
+    if as_is:
+        prep.reporting = "untouched"
+        yield prep
+        return
+    param = reporting / "min_free_ms"
+    old = _hold_reporting(param, prep) if param.exists() else None
+    try:
+        prep.cache_dropped = drop_page_cache(drop_control)
+        prep.warmed_bytes = warm_bytes(warm) // _PAGE * _PAGE
+        began = time.process_time()
+        if prep.warmed_bytes:
+            touch(prep.warmed_bytes)
+        prep.warm_cpu_s = time.process_time() - began
+        yield prep
+    finally:
+        if old is not None:
+            with contextlib.suppress(OSError):
+                write_param(param, old)
