@@ -36,6 +36,15 @@ def test_reporting_is_held_off_for_the_block_and_put_back(tmp_path: Path) -> Non
     assert "held off" in memory.describe(data) and "dropped" in memory.describe(data)
 
 
+def test_the_cap_on_waiting_pages_is_lifted_and_put_back(tmp_path: Path) -> None:
+    params = _reporting_dir(tmp_path, "0")
+    (params / "max_waiting_mib").write_text("1024\n")
+    with memory.resident_memory(0, reporting=params, drop_control=tmp_path / "drop") as prep:
+        assert (params / "max_waiting_mib").read_text().strip() == str(memory.WAITING_MIB)
+    assert (params / "max_waiting_mib").read_text().strip() == "1024"
+    assert prep.to_json()["reporting_max_waiting_mib"] == memory.WAITING_MIB
+
+
 def test_put_back_even_when_the_run_fails(tmp_path: Path) -> None:
     params = _reporting_dir(tmp_path, "7")
     drop = tmp_path / "drop_caches"
