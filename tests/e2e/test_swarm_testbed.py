@@ -222,7 +222,7 @@ def test_ctrl_c_removes_everything() -> None:
     """SIGINT mid-transfer: every process inside the run's namespaces ends, the namespaces go."""
     argv = [
         sys.executable, "-m", "damselfly", "bench", "swarm", "--peers", "1", "--size", "64MiB",
-        "--rate", "10mbit", "--no-plot", "--timeout", "60s",
+        "--rate", "10mbit", "--no-plot", "--timeout", "60s", "--memory", "as-is",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     prefix, pids, seen = "", [], []
