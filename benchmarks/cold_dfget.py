@@ -7,7 +7,8 @@ seed must fetch from the origin; curl and dfget alternate, median of ``--runs``.
 After each cold run a second peer daemon downloads the same URL: its parents
 hold the finished task, so that is one hop through whole daemons (dfget start-up,
 scheduling, piece transfer, output) — ``warm_throughput_ratio`` is curl's time
-over that dfget's (target >= 0.8). Every timed step starts after ``sync``.
+over that dfget's (target >= 0.8). Every timed step starts after ``sync``; the
+memory is made resident first (``--memory``, :mod:`damselfly.testbed.machine`).
 Also reports the peak RSS (VmHWM) of each daemon after the runs.
 
     .venv/bin/python benchmarks/cold_dfget.py --size 1GiB --runs 3
@@ -19,6 +20,7 @@ missed target: that is a number to report, not a crash).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,7 +36,7 @@ from damselfly.cli.bench import origin_stats, start_origin, write_random_file
 from damselfly.pieces import file_digest
 from damselfly.runtime.children import ChildProcess, python_module_command, stop_all
 from damselfly.runtime.cluster import LocalCluster, PeerSpec
-from damselfly.testbed.procs import peak_rss_bytes
+from damselfly.testbed.machine import MEMORY_HELP, MODES, peak_rss_bytes, resident_memory
 from damselfly.units import parse_size
 
 
@@ -79,6 +81,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     ap.add_argument("--log-level", default="WARNING", help="daemons' and scheduler's log level")
     ap.add_argument("--daemon-config", type=Path, help="YAML for seed and peers (to compare)")
+    ap.add_argument("--memory", choices=MODES, default="resident", help=MEMORY_HELP)
     args = ap.parse_args()
     size = parse_size(args.size)
     if shutil.which("curl") is None:
@@ -90,7 +93,9 @@ def main() -> int:
     cluster: LocalCluster | None = None
     result: dict[str, Any] = {"size_bytes": size, "runs": args.runs, "target_ratio": 1.3}
     ok = True
+    memory = contextlib.ExitStack()
     try:
+        result["memory"] = memory.enter_context(resident_memory(as_is=args.memory == "as-is")).to_json()
         (root / "origin").mkdir()
         expected = write_random_file(root / "origin" / "blob.bin", size)
         origin = start_origin(root, root / "origin")
@@ -160,6 +165,7 @@ def main() -> int:
             cluster.stop()
         if origin is not None:
             stop_all([origin])
+        memory.close()
         if args.keep:
             print(f"cold_dfget: kept {root}", file=sys.stderr)
         else:

@@ -49,7 +49,7 @@ from damselfly.domain import DownloadSpec, PieceInfo, TrafficType
 from damselfly.ids import download_task_id
 from damselfly.runtime.children import ChildProcess, spawn, stop_all
 from damselfly.runtime.cluster import daemon_command, scheduler_command
-from damselfly.testbed.procs import current_rss_bytes, peak_rss_bytes
+from damselfly.testbed.machine import current_rss_bytes, peak_rss_bytes
 from damselfly.units import MiB, parse_size
 
 NAME = "held"

@@ -13,7 +13,7 @@ with ``--client containerd``, ``ctr images pull`` against a fresh containerd
 registry is Debian's ``docker-registry`` on loopback, the swarm daemons as processes (a fresh swarm,
 so a cold cache, for every mirrored run). Direct and mirrored pulls alternate;
 every timed step starts after ``sync``. Memory is made resident first
-(``--memory``, :mod:`damselfly.testbed.memory`). Two topologies, both on this machine's
+(``--memory``, :mod:`damselfly.testbed.machine`). Two topologies, both on this machine's
 two cores:
 
 * ``up``: scheduler + seed peer + the client's daemon, as ``damselfly up`` runs
@@ -51,8 +51,7 @@ from tests.e2e.containerd import Containerd, hosts_dir
 from tests.e2e.harness import Swarm, assert_dir_image, registries_conf
 
 from damselfly.config import SchedulingConfig
-from damselfly.testbed.memory import MEMORY_HELP, MODES, resident_memory
-from damselfly.testbed.procs import process_cpu_s
+from damselfly.testbed.machine import MEMORY_HELP, MODES, process_cpu_s, resident_memory
 from damselfly.testbed.registry import build_image, start_registry
 from damselfly.units import parse_size
 

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from ..testbed.memory import MEMORY_HELP
+from ..testbed.machine import MEMORY_HELP
 
 
 def relay(
@@ -26,7 +26,7 @@ def relay(
     """One parent daemon, one relaying daemon and k children on 127.0.0.1, no shaping: GB sent on per
     CPU-second of the relaying daemon, against the kernel's splice/sendfile relay of the same bytes
     measured in the same run."""
-    from ..testbed.memory import memory_mode, resident_memory
+    from ..testbed.machine import memory_mode, resident_memory
     from ..testbed.relay import human_summary, run_relay
     from ..units import parse_size
 

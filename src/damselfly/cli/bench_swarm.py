@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..testbed.memory import MEMORY_HELP
+from ..testbed.machine import MEMORY_HELP
 
 if TYPE_CHECKING:
     from ..testbed.scenarios import Scenario
@@ -104,7 +104,7 @@ def swarm(
     fluid bound T_min, origin bytes / F and CPU use. Needs root."""
     from ..errors import InvalidArgument
     from ..testbed import netns
-    from ..testbed.memory import memory_mode, resident_memory
+    from ..testbed.machine import memory_mode, resident_memory
     from ..testbed.report import human_summary
     from ..testbed.scenarios import Knobs, build_scenario, load_rates_file, with_plain_wire
     from ..testbed.shaping import QUEUES, parse_rate

@@ -30,8 +30,8 @@ from typing import Any
 from ..runtime.children import ChildFailed, ChildProcess, log_tail, stop_all
 from ..runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
 from ..units import MiB
+from .machine import process_cpu_s
 from .netns import TestbedError, call_in_netns, sweep_stale
-from .procs import process_cpu_s
 from .report import HostResult, SwarmResult, busy_fraction, read_cpu_times
 from .swarm import FILE_NAME, Say, SwarmOptions, SwarmRun, sha256_file, write_random_file
 from .torrent import DEFAULT_PIECE_LENGTH, info_hash, make_torrent

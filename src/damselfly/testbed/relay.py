@@ -55,8 +55,7 @@ from ..runtime.children import ChildFailed, ChildProcess, log_tail, python_modul
 from ..runtime.cluster import LocalCluster, PeerSpec
 from ..runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
 from ..units import GiB, MiB
-from .memory import describe
-from .procs import process_cpu_split
+from .machine import describe, process_cpu_split
 
 Say = Callable[[str], None]
 FILE_NAME = "blob.bin"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..units import GiB, human_size
-from .procs import process_cpu_s
+from .machine import process_cpu_s
 from .scenarios import Scenario
 from .wire import DAMSELFLY, WIRES
 

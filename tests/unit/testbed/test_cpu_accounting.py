@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from damselfly.testbed.procs import process_cpu_s
+from damselfly.testbed.machine import process_cpu_s
 from damselfly.testbed.report import HostResult, cpu_breakdown, per_gib
 from damselfly.units import GiB, MiB
 

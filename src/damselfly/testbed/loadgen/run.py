@@ -38,7 +38,7 @@ import yaml
 from ...process import write_ready_file
 from ...runtime.children import ChildFailed, ChildProcess, python_module_command, spawn, stop_all
 from ...runtime.supervisor import Interrupted, ignore_signals, interrupt_on_signals
-from ..procs import current_rss_bytes, peak_rss_bytes, process_cpu_s
+from ..machine import current_rss_bytes, peak_rss_bytes, process_cpu_s
 from .plan import LoadPlan, latency_summary, timeline
 
 _GC_METRICS = (

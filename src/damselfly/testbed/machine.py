@@ -1,9 +1,15 @@
-"""Memory as a benchmark needs it: resident, so writing into the page cache costs what a server's does.
+"""The machine under a benchmark: what ``/proc`` says about a process, and memory made resident.
 
-Why: on a virtual machine whose balloon device reports free pages to the hypervisor
-(Linux *free page reporting*, ``virtio_balloon``), a page that stayed free for a few
-seconds is handed back, and the next write into it faults it in again from the host.
-Measured on the project machine (256 MiB written with ``pwrite`` into a new file, CPU
+Why a module: the benchmarks report what the scheduler and daemons cost
+(``bench scheduler``'s RSS and CPU, ``benchmarks/cold_dfget.py``'s peak RSS), and
+they need the machine's memory in a known state before they measure. Starting and
+stopping those processes is the product's own (:mod:`damselfly.runtime`); measuring
+them is the testbed's.
+
+**Resident memory** (:func:`resident_memory`). Why: on a virtual machine whose balloon
+device reports free pages to the hypervisor (Linux *free page reporting*,
+``virtio_balloon``), a page that stayed free for a few seconds is handed back, and
+the next write into it faults it in again from the host. Measured on the project machine (256 MiB written with ``pwrite`` into a new file, CPU
 seconds of the writer): **0.04** when the pages had been freed a moment before, **0.62-0.67**
 once they had been free for 10 s or more (the kernel's ``page_reporting`` counters went up
 by gigabytes a minute). Which process pays that ~2.5 CPU-s per GiB depends on when the
@@ -41,6 +47,44 @@ from typing import Any
 
 from ..units import GiB, MiB
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_split(pid: int) -> tuple[float, float] | None:
+    """User and system CPU seconds of a live process (its threads included); None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (its threads included); None if it is gone."""
+    split = process_cpu_split(pid)
+    return None if split is None else split[0] + split[1]
+
+
+def _status_kib(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def current_rss_bytes(pid: int) -> int | None:
+    """Resident set size (VmRSS) of a live process; None if unknown."""
+    return _status_kib(pid, "VmRSS:")
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of a live process; None if unknown."""
+    return _status_kib(pid, "VmHWM:")
+
+
 REPORTING = Path("/sys/module/page_reporting/parameters")
 HOLD_MS = 300_000  # the largest min_free_ms the project machine's kernel takes (5 minutes)
 WAITING_MIB = 1 << 20  # max_waiting_mib while held: no cap (the machine's default, 1024, reports the rest)
@@ -76,7 +120,7 @@ class MemoryPrep:
 MODES = ("resident", "as-is")
 MEMORY_HELP = (
     "resident: free page reporting held off, the page cache dropped, memory faulted in first "
-    "(testbed/memory.py); as-is: the machine's memory as it is"
+    "(testbed/machine.py); as-is: the machine's memory as it is"
 )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.testbed import memory
+from damselfly.testbed import machine as memory
 from damselfly.units import GiB, MiB
 
 
