@@ -8,15 +8,15 @@ them is the testbed's.
 
 **Resident memory** (:func:`resident_memory`). Why: on a virtual machine whose balloon
 device reports free pages to the hypervisor (Linux *free page reporting*,
-``virtio_balloon``), a page that stayed free for a few seconds is handed back, and
-the next write into it faults it in again from the host. Measured on the project machine (256 MiB written with ``pwrite`` into a new file, CPU
-seconds of the writer): **0.04** when the pages had been freed a moment before, **0.62-0.67**
-once they had been free for 10 s or more (the kernel's ``page_reporting`` counters went up
-by gigabytes a minute). Which process pays that ~2.5 CPU-s per GiB depends on when the
-pages it gets were freed, not on its own work: the same relay round cost a daemon
-0.53-0.96 CPU-s, and a kernel relay that truncates and rewrites one file reused warm
-pages while the daemon's new task files drew cold ones. A server, or a VM without
-reporting, never pays it.
+``virtio_balloon``), a page that stayed free for a few seconds is handed back, and the next
+write into it faults it in again from the host. Measured on the project machine (256 MiB
+written with ``pwrite`` into a new file, CPU seconds of the writer): **0.04** when the pages
+had been freed a moment before, **0.62-0.67** once they had been free for 10 s or more (the
+kernel's ``page_reporting`` counters went up by gigabytes a minute). Which process pays that
+~2.5 CPU-s per GiB depends on when the pages it gets were freed, not on its own work: the
+same relay round cost a daemon 0.53-0.96 CPU-s, and a kernel relay that truncates and
+rewrites one file reused warm pages while the daemon's new task files drew cold ones. A
+server, or a VM without reporting, never pays it.
 
 So a benchmark, for its run (:func:`resident_memory`):
 
