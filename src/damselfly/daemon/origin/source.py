@@ -56,7 +56,7 @@ from ...errors import (
     StorageError,
 )
 from ..store.digesting import Feed, InOrderDigest
-from ..store.files import pwrite_all
+from ..store.files import pwrite_all, reserve
 from ..store.receiving import Receiving
 from . import ranges, rawhttp
 
@@ -447,8 +447,11 @@ class _Fetch:
                         await limiter.consume(take)
                     if number not in self.skip:
                         crc = crc32(chunk, crc)
-                        if pos == piece_start and self.digest is not None:
-                            feed = self.digest.claim(pos)
+                        if pos == piece_start:
+                            if total is not None:  # a chunked body's last piece ends where it ends
+                                reserve(fd, piece_start, piece_end - piece_start)
+                            if self.digest is not None:
+                                feed = self.digest.claim(pos)
                         if feed is not None:
                             feed.update(chunk)
                         _pwrite_all(fd, chunk, pos)

@@ -4,11 +4,14 @@ The layout itself is drawn in :mod:`.piece_store`'s docstring. Every writer of
 downloaded bytes (the origin's body, pieces from parents over TCP, local copies)
 goes through :func:`pwrite_all`, and every crc32 check of bytes already on disk
 (restart recovery, local copies) through :func:`crc32_of_range`, so a short
-write or a short read is handled in one place.
+write or a short read is handled in one place. Each of them first reserves the
+piece's blocks (:func:`reserve`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -57,6 +60,42 @@ def dir_usage(path: Path) -> int:
     except FileNotFoundError:
         pass  # removed meanwhile: what was counted stands
     return total
+
+
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.fallocate
+    except (OSError, AttributeError):  # no C library to ask, or one without fallocate(2)
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    call.restype = ctypes.c_int
+    return call
+
+
+_FALLOCATE = _fallocate()
+_KEEP_SIZE = 0x01  # FALLOC_FL_KEEP_SIZE (linux/falloc.h)
+
+
+def reserve(fd: int, offset: int, length: int) -> bool:
+    """Allocate the blocks of ``length`` bytes at ``offset`` before they are written
+    (``fallocate(2)`` with ``FALLOC_FL_KEEP_SIZE``: the file's size never changes, the
+    range reads as zeros until written).
+
+    Why: ext4 (delayed allocation) otherwise reserves a block for each page as it is
+    written; one call per piece is cheaper. Measured, 256 MiB written in 128 KiB steps:
+    0.044 CPU-s into a sparse file, 0.027 with each 4 MiB reserved first (the machine's
+    CPU including the ``fsync`` 0.07 against 0.055). Only what is about to be written is
+    reserved, so the disk holds what it would hold anyway. Best effort: a file system
+    that cannot (``EOPNOTSUPP``), a full disk, anything else: the range stays as it was
+    and the write that follows says what is wrong. Whether it was reserved."""
+    if _FALLOCATE is None or length <= 0:
+        return False
+    if _FALLOCATE(fd, _KEEP_SIZE, offset, length) == 0:
+        return True
+    if ctypes.get_errno() == errno.EINTR:  # a signal came first: once more
+        return _FALLOCATE(fd, _KEEP_SIZE, offset, length) == 0
+    return False
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:

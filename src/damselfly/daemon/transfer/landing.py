@@ -38,7 +38,7 @@ from ...checksum import crc32
 from ...errors import StorageError
 from ...units import MiB
 from ..store.digesting import Feed
-from ..store.files import pwrite_all
+from ..store.files import pwrite_all, reserve
 from ..store.receiving import Receiving
 
 RECV_BUFFER_SIZE = 1 * MiB
@@ -71,6 +71,7 @@ class Landing:
 
     def __post_init__(self) -> None:
         self.pos = self.offset
+        reserve(self.fd, self.offset, self.end - self.offset)
 
     def room(self) -> memoryview:
         """The part of the buffer the next recv may fill: never past the piece's end."""

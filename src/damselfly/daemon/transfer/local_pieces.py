@@ -39,7 +39,7 @@ from ...errors import DigestMismatch
 from ...units import MiB
 from ..ratelimit import ByteLimiter
 from ..store.digesting import Feed, InOrderDigest
-from ..store.files import crc32_of_range, pwrite_all
+from ..store.files import crc32_of_range, pwrite_all, reserve
 from ..store.piece_store import PieceStore
 from ..threads import cancel_and_wait, to_thread_to_the_end
 
@@ -310,6 +310,7 @@ def _copy_and_check(
     (task_id, number), (offset, length) = what, span
     buf = bytearray(min(length, _READ))
     with copying:
+        reserve(out, offset, length)
         feed = whole.claim(offset) if whole is not None else None
         if feed is not None:
             try:
