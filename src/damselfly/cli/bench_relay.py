@@ -1,6 +1,7 @@
 """``damselfly bench relay``: a relaying daemon's CPU per byte beside the kernel's (loopback).
 
-Imports the testbed lazily, so ``damselfly --help`` stays fast.
+Imports the testbed lazily, so ``damselfly --help`` stays fast (all but :mod:`..testbed.machine`,
+which imports only the standard library).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from ..testbed.machine import MEMORY_HELP
+from ..testbed.machine import MEMORY_HELP, memory_mode, resident_memory
 
 
 def relay(
@@ -26,7 +27,6 @@ def relay(
     """One parent daemon, one relaying daemon and k children on 127.0.0.1, no shaping: GB sent on per
     CPU-second of the relaying daemon, against the kernel's splice/sendfile relay of the same bytes
     measured in the same run."""
-    from ..testbed.machine import memory_mode, resident_memory
     from ..testbed.relay import human_summary, run_relay
     from ..units import parse_size
 

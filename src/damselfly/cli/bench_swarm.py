@@ -1,6 +1,7 @@
 """``damselfly bench swarm``: a real distribution across hosts in network namespaces (root).
 
-Imports the testbed lazily, so ``damselfly --help`` stays fast.
+Imports the testbed lazily, so ``damselfly --help`` stays fast (all but :mod:`..testbed.machine`,
+which imports only the standard library).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..testbed.machine import MEMORY_HELP
+from ..testbed.machine import MEMORY_HELP, memory_mode, resident_memory
 
 if TYPE_CHECKING:
     from ..testbed.scenarios import Scenario
@@ -104,7 +105,6 @@ def swarm(
     fluid bound T_min, origin bytes / F and CPU use. Needs root."""
     from ..errors import InvalidArgument
     from ..testbed import netns
-    from ..testbed.machine import memory_mode, resident_memory
     from ..testbed.report import human_summary
     from ..testbed.scenarios import Knobs, build_scenario, load_rates_file, with_plain_wire
     from ..testbed.shaping import QUEUES, parse_rate
