@@ -1,7 +1,7 @@
 """``damselfly bench relay``: a relaying daemon's CPU per byte beside the kernel's (loopback).
 
 Imports the testbed lazily, so ``damselfly --help`` stays fast (all but :mod:`..testbed.machine`,
-which imports only the standard library).
+which imports only the standard library and ``damselfly.units``).
 """
 
 from __future__ import annotations
