@@ -24,6 +24,11 @@ two cores:
   On the client's node this is the same work as receiving the blob from a seed
   on another host; the ``up`` topology adds that remote host's work to it.
 
+Beside them, alternating too, a floor: ``pass``, the client's daemon with a proxy rule
+sending blobs ``direct`` (forwarded as they come, nothing stored, hashed or shared), what
+putting any proxy of this kind in the client's path costs on this machine
+(``ratio_pass``; no target, and its pulls leave no blob in the store by design).
+
     .venv/bin/python benchmarks/image_pull.py --size 200MiB --layers 5 --runs 3 [--client containerd]
 
 Prints JSON; exits 1 if a pull failed (a missed target is a number, not a crash).
@@ -157,6 +162,8 @@ class Ctr:
 
 
 CLIENTS = {"skopeo": Skopeo, "containerd": Ctr}
+# The floor's daemon: blobs forwarded as registry requests, not fetched through the swarm.
+PASS_THROUGH = {"proxy": {"rules": [{"regx": "blobs/sha256.*", "direct": True}]}}
 
 
 def main() -> int:
@@ -196,11 +203,16 @@ def main() -> int:
         node_s: list[float] = []
         cpu_mirror: dict[str, dict[str, float]] = {}
 
+        pass_s: list[float] = []
+
         def mirrored(i: int, topology: str) -> float:
             """One cold pull through a fresh swarm's mirror; its time (and CPU in ``cpu_mirror``)."""
             nonlocal ok
             began = time.monotonic()
-            swarm = Swarm(root / f"swarm{i}-{topology}", registry, peers=1, seed=topology == "up")
+            config = PASS_THROUGH if topology == "pass" else None
+            swarm = Swarm(
+                root / f"swarm{i}-{topology}", registry, peers=1, seed=topology == "up", config=config
+            )
             try:
                 past_startup_grace(began)
                 before = registry.blob_bytes()
@@ -211,7 +223,8 @@ def main() -> int:
                 cpu.update({k: round(v, 2) for k, v in client_cpu.items()})
                 cpu_mirror[topology] = cpu
                 ok &= pulled
-                ok &= all(swarm.holds_blob(0, b.digest) for b in image.blobs)
+                if topology != "pass":
+                    ok &= all(swarm.holds_blob(0, b.digest) for b in image.blobs)
                 ok &= registry.blob_bytes() - before == image.blob_bytes
                 return t
             finally:
@@ -227,17 +240,21 @@ def main() -> int:
             direct_s.append(t)
             mirror_s.append(mirrored(i, "up"))
             node_s.append(mirrored(i, "node"))
+            pass_s.append(mirrored(i, "pass"))
         # CPU seconds per process in the last run: where the mirror's extra work goes.
         result["last_run_cpu_s"] = {
             "direct": {k: round(v, 2) for k, v in cpu_direct.items()},
             "mirror_up": cpu_mirror.get("up", {}),
             "mirror_node": cpu_mirror.get("node", {}),
+            "mirror_pass": cpu_mirror.get("pass", {}),
         }
         result["direct_s"] = [round(x, 2) for x in direct_s]
         result["mirror_s"] = [round(x, 2) for x in mirror_s]
         result["node_s"] = [round(x, 2) for x in node_s]
         result["ratio"] = round(statistics.median(mirror_s) / statistics.median(direct_s), 3)
         result["ratio_node"] = round(statistics.median(node_s) / statistics.median(direct_s), 3)
+        result["pass_s"] = [round(x, 2) for x in pass_s]
+        result["ratio_pass"] = round(statistics.median(pass_s) / statistics.median(direct_s), 3)
         result["target_ratio"] = 1.1
 
         for topology, key in (("up", "concurrent_3"), ("node", "concurrent_3_node")):
