@@ -27,6 +27,7 @@ def relay(
     """One parent daemon, one relaying daemon and k children on 127.0.0.1, no shaping: GB sent on per
     CPU-second of the relaying daemon, against the kernel's splice/sendfile relay of the same bytes
     measured in the same run."""
+    from ..runtime.supervisor import Interrupted
     from ..testbed.relay import human_summary, run_relay
     from ..units import parse_size
 
@@ -38,8 +39,12 @@ def relay(
         as_is = memory_mode(memory)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    with resident_memory(as_is=as_is) as prep:
-        result = run_relay(size_bytes, ks, runs)
+    try:
+        with resident_memory(as_is=as_is) as prep:
+            result = run_relay(size_bytes, ks, runs)
+    except Interrupted:  # stopped while the memory was prepared or put back
+        typer.echo("damselfly bench relay: interrupted", err=True)
+        raise typer.Exit(1) from None
     data = result.to_json()
     data["memory"] = prep.to_json()
     if out is not None:

@@ -104,6 +104,7 @@ def swarm(
     links; every peer runs dfget at its arrival time. Reports completion times against the
     fluid bound T_min, origin bytes / F and CPU use. Needs root."""
     from ..errors import InvalidArgument
+    from ..runtime.supervisor import Interrupted
     from ..testbed import netns
     from ..testbed.report import human_summary
     from ..testbed.scenarios import Knobs, build_scenario, load_rates_file, with_plain_wire
@@ -161,14 +162,18 @@ def swarm(
         as_is = memory_mode(memory)
     except (InvalidArgument, ValueError) as e:
         raise typer.BadParameter(str(e)) from None
-    with resident_memory(as_is=as_is) as prep:
-        if runs > 1 or baseline is not None:
-            _compare(sc, options, runs, baseline, json_out=json_out, out=out, memory=prep.to_json())
-        try:
-            result = run_swarm(sc, options)
-        except netns.TestbedError as e:
-            typer.echo(f"damselfly bench swarm: {e}", err=True)
-            raise typer.Exit(2) from None
+    try:
+        with resident_memory(as_is=as_is) as prep:
+            if runs > 1 or baseline is not None:
+                _compare(sc, options, runs, baseline, json_out=json_out, out=out, memory=prep.to_json())
+            try:
+                result = run_swarm(sc, options)
+            except netns.TestbedError as e:
+                typer.echo(f"damselfly bench swarm: {e}", err=True)
+                raise typer.Exit(2) from None
+    except Interrupted:  # stopped while the memory was prepared or put back
+        typer.echo("damselfly bench swarm: interrupted", err=True)
+        raise typer.Exit(1) from None
     data = result.to_json()
     data["memory"] = prep.to_json()
     plot_path = plot or (out.with_suffix(".png") if out else Path(f"swarm-{sc.name}-{result.prefix}.png"))

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,28 +178,41 @@ def write_param(param: Path, value: int | str) -> None:
     param.write_text(f"{value}\n")
 
 
-def _hold_reporting(param: Path, prep: MemoryPrep) -> str | None:
+def _hold_reporting(param: Path, prep: MemoryPrep, restore: dict[Path, str]) -> bool:
     """Set ``min_free_ms`` to :data:`HOLD_MS` (or the largest value under it the kernel takes);
-    the value to put back, or None when it could not be set."""
+    whether it could. The value to put back is in ``restore`` before anything is written."""
     try:
-        old = param.read_text().strip()
+        restore[param] = param.read_text().strip()
     except OSError:
         prep.reporting = "absent"
-        return None
+        return False
     hold = HOLD_MS
     while hold >= 1000:
         try:
             write_param(param, hold)
         except PermissionError:
             prep.reporting = "not held off: no permission"
-            return None
+            return False
         except OSError:  # EINVAL: over the kernel's cap
             hold //= 2
             continue
         prep.reporting, prep.hold_ms = "held off", hold
-        return old
+        return True
     prep.reporting = "not held off: the kernel refused every value"
-    return None
+    return False
+
+
+@contextlib.contextmanager
+def _stops_raise() -> Iterator[None]:
+    """In the main thread: SIGINT and SIGTERM raise ``Interrupted`` (the runtime's handling) for
+    the block, so a benchmark stopped by either still runs its ``finally``; elsewhere, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from ..runtime.supervisor import interrupt_on_signals
+
+    with interrupt_on_signals():
+        yield
 
 
 @contextlib.contextmanager
@@ -217,25 +231,32 @@ def resident_memory(
         prep.reporting = "untouched"
         yield prep
         return
-    param = reporting / "min_free_ms"
-    old = _hold_reporting(param, prep) if param.exists() else None
-    restore = {} if old is None else {param: old}
-    waiting = reporting / "max_waiting_mib"
-    if old is not None and waiting.exists():
-        # Past this many MiB of free pages waiting, the kernel reports them however recent.
-        with contextlib.suppress(OSError):
-            restore[waiting] = waiting.read_text().strip()
-            write_param(waiting, WAITING_MIB)
-            prep.waiting_mib = WAITING_MIB
-    try:
-        prep.cache_dropped = drop_page_cache(drop_control)
-        prep.warmed_bytes = warm_bytes(warm) // _PAGE * _PAGE
-        began = time.process_time()
-        if prep.warmed_bytes:
-            touch(prep.warmed_bytes)
-        prep.warm_cpu_s = time.process_time() - began
-        yield prep
-    finally:
-        for path, value in restore.items():
-            with contextlib.suppress(OSError):
-                write_param(path, value)
+    # What was changed goes back whatever ends the run: a failure, Ctrl-C, or a SIGTERM
+    # (`timeout`, a cancelled job), which would otherwise end the process with the machine
+    # left as the run set it. A second signal while it goes back is ignored.
+    restore: dict[Path, str] = {}
+    with _stops_raise():
+        try:
+            param = reporting / "min_free_ms"
+            waiting = reporting / "max_waiting_mib"
+            if param.exists() and _hold_reporting(param, prep, restore) and waiting.exists():
+                # Past this many MiB of free pages waiting, the kernel reports them however recent.
+                with contextlib.suppress(OSError):
+                    restore[waiting] = waiting.read_text().strip()
+                    write_param(waiting, WAITING_MIB)
+                    prep.waiting_mib = WAITING_MIB
+            prep.cache_dropped = drop_page_cache(drop_control)
+            prep.warmed_bytes = warm_bytes(warm) // _PAGE * _PAGE
+            began = time.process_time()
+            if prep.warmed_bytes:
+                touch(prep.warmed_bytes)
+            prep.warm_cpu_s = time.process_time() - began
+            yield prep
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                from ..runtime.supervisor import ignore_signals
+
+                ignore_signals()
+            for path, value in restore.items():
+                with contextlib.suppress(OSError):
+                    write_param(path, value)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
+from damselfly.runtime.supervisor import Interrupted
 from damselfly.testbed import machine as memory
 from damselfly.units import GiB, MiB
 
@@ -100,6 +106,74 @@ def test_no_root_no_drop(tmp_path: Path) -> None:
         pass
     assert prep.cache_dropped is False
     assert "not dropped" in memory.describe(prep.to_json())
+
+
+class _Unhandled(Exception):
+    """Raised by the test's own SIGTERM handler: the code under test did not take the signal."""
+
+
+@pytest.fixture
+def sigterm_guard() -> Iterator[None]:
+    """A SIGTERM reaching the test's own handler fails the test instead of killing pytest."""
+
+    def unhandled(signum: int, frame: FrameType | None) -> None:
+        raise _Unhandled(signum)
+
+    old = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _sigterm_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(1)  # the handler runs before this returns; if it raised nothing, the test fails below
+
+
+@pytest.mark.usefixtures("sigterm_guard")
+def test_a_sigterm_while_warming_up_puts_the_machine_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``timeout`` or a cancelled job stopping a benchmark during its warm-up: the parameters go back."""
+    params = _reporting_dir(tmp_path, "0")
+    (params / "max_waiting_mib").write_text("1024\n")
+    guard = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(memory, "touch", lambda nbytes: _sigterm_self())
+    with (
+        pytest.raises(Interrupted),
+        memory.resident_memory(MiB, reporting=params, drop_control=tmp_path / "d"),
+    ):
+        raise AssertionError("the block ran although the warm-up was stopped")
+    assert (params / "min_free_ms").read_text().strip() == "0"
+    assert (params / "max_waiting_mib").read_text().strip() == "1024"
+    assert signal.getsignal(signal.SIGTERM) is guard  # the handler that was there before is back
+
+
+@pytest.mark.usefixtures("sigterm_guard")
+def test_a_sigterm_during_the_run_puts_the_machine_back(tmp_path: Path) -> None:
+    params = _reporting_dir(tmp_path, "250")
+    with pytest.raises(Interrupted), memory.resident_memory(0, reporting=params, drop_control=tmp_path / "d"):
+        assert (params / "min_free_ms").read_text().strip() == str(memory.HOLD_MS)
+        _sigterm_self()
+    assert (params / "min_free_ms").read_text().strip() == "250"
+
+
+def test_outside_the_main_thread_no_signal_is_taken(tmp_path: Path) -> None:
+    params = _reporting_dir(tmp_path, "5")
+    before = signal.getsignal(signal.SIGTERM)
+    seen: list[object] = []
+
+    def run() -> None:
+        with memory.resident_memory(0, reporting=params, drop_control=tmp_path / "d") as prep:
+            seen.append(prep.reporting)
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=30)
+    assert seen == ["held off", before]
+    assert (params / "min_free_ms").read_text().strip() == "5"
 
 
 def test_as_is_touches_nothing(tmp_path: Path) -> None:
