@@ -201,9 +201,8 @@ def main() -> int:
         direct_s: list[float] = []
         mirror_s: list[float] = []
         node_s: list[float] = []
-        cpu_mirror: dict[str, dict[str, float]] = {}
-
         pass_s: list[float] = []
+        cpu_mirror: dict[str, dict[str, float]] = {}
 
         def mirrored(i: int, topology: str) -> float:
             """One cold pull through a fresh swarm's mirror; its time (and CPU in ``cpu_mirror``)."""
