@@ -203,19 +203,6 @@ def _hold_reporting(param: Path, prep: MemoryPrep, restore: dict[Path, str]) -> 
 
 
 @contextlib.contextmanager
-def _stops_raise() -> Iterator[None]:
-    """In the main thread: SIGINT and SIGTERM raise ``Interrupted`` (the runtime's handling) for
-    the block, so a benchmark stopped by either still runs its ``finally``; elsewhere, nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    from ..runtime.supervisor import interrupt_on_signals
-
-    with interrupt_on_signals():
-        yield
-
-
-@contextlib.contextmanager
 def resident_memory(
     warm: int = DEFAULT_WARM,
     *,
@@ -234,8 +221,11 @@ def resident_memory(
     # What was changed goes back whatever ends the run: a failure, Ctrl-C, or a SIGTERM
     # (`timeout`, a cancelled job), which would otherwise end the process with the machine
     # left as the run set it. A second signal while it goes back is ignored.
+    from ..runtime.supervisor import ignore_signals, interrupt_on_signals
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
     restore: dict[Path, str] = {}
-    with _stops_raise():
+    with interrupt_on_signals() if main else contextlib.nullcontext():
         try:
             param = reporting / "min_free_ms"
             waiting = reporting / "max_waiting_mib"
@@ -253,9 +243,7 @@ def resident_memory(
             prep.warm_cpu_s = time.process_time() - began
             yield prep
         finally:
-            if threading.current_thread() is threading.main_thread():
-                from ..runtime.supervisor import ignore_signals
-
+            if main:
                 ignore_signals()
             for path, value in restore.items():
                 with contextlib.suppress(OSError):
