@@ -116,8 +116,12 @@ async def _link_up(addr: str, client: TLSFiles) -> tuple[str, bool]:
     fleet = SchedulerFleet([addr], credentials=client.channel_credentials, health_interval=60)
     try:
         await fleet.start()
-        (link,) = fleet.links.values()
-        assert link.addr.startswith("127.0.0.1:")  # dialed by IP, whatever was configured
+        # Dialed by IP, whatever was configured: a name gives a link per address it resolves to
+        # (Debian's /etc/hosts also maps localhost to ::1, where these servers do not listen).
+        links = list(fleet.links.values())
+        assert links and all(link.addr.startswith(("127.0.0.1:", "[::1]:")) for link in links), links
+        assert len({link.target_name for link in links}) == 1  # every link checks the same name
+        (link,) = [link for link in links if link.addr.startswith("127.0.0.1:")]
         return link.target_name, await link.check(timeout=5)
     finally:
         await fleet.close()
